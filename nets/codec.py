@@ -1,0 +1,98 @@
+"""The token codec: tokens to msgpack bytes and back, with strict limits.
+
+A token is encoded as the msgpack array of its field values; the colour set (known
+from the place) turns it back into a token. Arrays are always decoded as tuples, so a
+tuple-typed field survives the round trip unchanged, and every decoded token is checked
+against its colour set. Later layers (the wire format, the LMDB store) build on
+:func:`pack` and :func:`unpack`, which refuse hostile input by size, nesting and
+length limits rather than by trusting the sender.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+import msgpack
+
+from nets.colour import ColourSet, check_token
+from nets.errors import CpnError, TokenError
+
+FRAME_BYTES_MAX: Final = 16 * 1024 * 1024
+STRING_BYTES_MAX: Final = 1024 * 1024
+ARRAY_LEN_MAX: Final = 1_000_000
+MAP_LEN_MAX: Final = 100_000
+
+
+class CodecError(CpnError):
+    """Bytes that do not decode into the expected value."""
+
+
+def pack(value: object) -> bytes:
+    """Encode ``value`` (scalars, tuples, lists, dicts with str/int keys) as msgpack."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode {type(value).__name__}: {exc}") from exc
+
+
+def unpack(data: bytes, *, frame_bytes_max: int = FRAME_BYTES_MAX) -> Any:
+    """Decode msgpack ``data`` with hostile-input limits; arrays come back as tuples.
+
+    Raises:
+        CodecError: the data is larger than ``frame_bytes_max``, truncated, has trailing
+            bytes, exceeds a length limit or nests too deeply.
+    """
+    if len(data) > frame_bytes_max:
+        raise CodecError(f"frame of {len(data)} bytes exceeds the limit of {frame_bytes_max}")
+    try:
+        return msgpack.unpackb(
+            data,
+            use_list=False,
+            raw=False,
+            strict_map_key=True,
+            max_buffer_size=frame_bytes_max,
+            max_str_len=STRING_BYTES_MAX,
+            max_bin_len=STRING_BYTES_MAX,
+            max_array_len=ARRAY_LEN_MAX,
+            max_map_len=MAP_LEN_MAX,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData as exc:
+        raise CodecError("trailing bytes after the msgpack value") from exc
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        raise CodecError(f"malformed msgpack: {exc}") from exc
+
+
+def token_fields(token: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The wire form of a token: the plain tuple of its field values."""
+    return tuple(token)
+
+
+def token_from_fields(colour: ColourSet, fields: object, *, where: str) -> tuple[Any, ...]:
+    """Rebuild and check a token of ``colour`` from its decoded field values.
+
+    Raises:
+        TokenError: the values do not fit the colour set (named after ``where``).
+    """
+    if type(fields) is not tuple or len(fields) != len(colour.fields):
+        raise TokenError(
+            f"{where}: a {colour.name} token needs {len(colour.fields)} fields "
+            f"{colour.fields}, got {fields!r}"
+        )
+    token = colour.cls(*fields)
+    check_token(colour, token, where=where)
+    return token
+
+
+def encode_tokens(tokens: Iterable[tuple[Any, ...]]) -> bytes:
+    """Encode a sequence of tokens of one colour set as one msgpack array."""
+    return pack([tuple(t) for t in tokens])
+
+
+def decode_tokens(colour: ColourSet, data: bytes, *, where: str) -> list[tuple[Any, ...]]:
+    """Decode what :func:`encode_tokens` wrote, checking every token against ``colour``."""
+    items = unpack(data)
+    if type(items) is not tuple:
+        raise CodecError(f"{where}: expected an array of tokens, got {type(items).__name__}")
+    return [token_from_fields(colour, fields, where=where) for fields in items]

@@ -1,0 +1,467 @@
+"""The firing engine: a pure, deterministic timed-CPN interpreter.
+
+Theory of operation:
+
+* ``now`` is a parameter (integer milliseconds); the engine never reads a clock.
+  :meth:`Engine.fire` first releases every pending token whose time has come, then
+  fires at most one binding and returns its :class:`Step`. :meth:`Engine.next_deadline`
+  tells the earliest time at which a pending token becomes available, the only event
+  that can enable something without a firing or a put.
+* Conflict resolution is a total order, so a marking always yields the same step:
+  highest priority first, then the transition declared first, then the binding whose
+  entries (in binding order: consume arcs, then read arcs) are least, comparing each
+  entry by time and then by token value. With ``tie_break="random"`` the choice among
+  enabled transitions of the same priority is drawn from a ``random.Random(seed)``.
+* Enabling is incremental: every place notifies the components that read it when
+  one of its available tokens is added or removed; only those components (for keyed
+  ones, only that key) are searched again. A transition whose output place is full
+  is skipped until that place loses a token.
+* Firing is atomic: all outputs are computed before the marking changes, so an
+  inscription that raises leaves the marking as it was.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, NamedTuple
+
+from nets.binding import (
+    CONSUME,
+    INHIBIT,
+    Component,
+    InscriptionError,
+    compile_components,
+    compile_search,
+)
+from nets.colour import check_token
+from nets.errors import CpnError
+from nets.marking import Entry, PlaceStore
+from nets.model import Net, Token, Transition
+from nets.outputs import compile_outputs
+
+StepHook = Callable[["Step"], None]
+PlacedEntry = tuple[str, int, Token]  # (place name, time, token)
+
+
+class TieBreak(Enum):
+    """How the engine chooses among enabled transitions of equal priority."""
+
+    ORDERED = "ordered"
+    RANDOM = "random"
+
+
+class Step(NamedTuple):
+    """One firing: what it consumed and produced, ready to persist or ship."""
+
+    transition: str
+    time: int
+    binding: Mapping[str, Any]
+    consumed: tuple[PlacedEntry, ...]
+    produced: tuple[PlacedEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    """Counters of an engine since it was created."""
+
+    now: int
+    steps: int
+    firings: Mapping[str, int]
+    tokens: Mapping[str, int]
+    pending: int
+
+
+class _ComponentState:
+    """A component, its compiled search and its cached preferred binding(s).
+
+    A component searched as a whole caches one result. A per-key component keeps,
+    for each key with a binding, an item in a heap ordered by the binding's entries;
+    ``current`` names each key's live item (older items are stale and are dropped
+    when they reach the top).
+    """
+
+    __slots__ = (
+        "all_dirty",
+        "best",
+        "component",
+        "consumed",
+        "current",
+        "dirty_keys",
+        "heap",
+        "key_var",
+        "search",
+        "seq",
+        "tname",
+    )
+
+    def __init__(self, component: Component, tname: str) -> None:
+        self.component = component
+        self.tname = tname
+        self.search = compile_search(component, tname)
+        self.key_var = component.key_var
+        self.all_dirty = True
+        self.best: _Found | None = None
+        self.dirty_keys: set[Any] = set()
+        self.heap: list[tuple[tuple[Any, ...], int, Any, dict[str, Any]]] = []
+        self.current: dict[Any, int] = {}
+        self.seq = 0
+        # (slot in the entries tuple, store, is_many) for each consume arc.
+        slots = [st for st in component.steps if st.kind != INHIBIT]
+        self.consumed = tuple(
+            (i, st.store, st.count != 1) for i, st in enumerate(slots) if st.kind == CONSUME
+        )
+
+    def run_search(self, values: dict[str, Any]) -> tuple[Any, ...] | None:
+        try:
+            return self.search(values)
+        except InscriptionError:
+            raise
+        except Exception as exc:
+            raise InscriptionError(
+                f"guard of transition {self.tname!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def preferred(self) -> _Found | None:
+        """The component's preferred binding, searching again only what changed."""
+        if self.key_var is None:
+            if self.all_dirty:
+                values: dict[str, Any] = {}
+                entries = self.run_search(values)
+                self.best = None if entries is None else (entries, values)
+                self.all_dirty = False
+            return self.best
+        if self.all_dirty:
+            # A change to a non-keyed place of this component can affect every key.
+            for store in self.component.key_stores:
+                self.dirty_keys.update(store.primary.buckets)
+            self.dirty_keys.update(self.current)
+            self.all_dirty = False
+        heap, current = self.heap, self.current
+        if self.dirty_keys:
+            key_var = self.key_var
+            for key in self.dirty_keys:
+                values = {key_var: key}
+                entries = self.run_search(values)
+                if entries is None:
+                    current.pop(key, None)
+                else:
+                    self.seq += 1
+                    current[key] = self.seq
+                    heapq.heappush(heap, (entries, self.seq, key, values))
+            self.dirty_keys.clear()
+            if len(heap) > 2 * len(current) + 64:
+                heap[:] = [item for item in heap if current.get(item[2]) == item[1]]
+                heapq.heapify(heap)
+        while heap:
+            item = heap[0]
+            if current.get(item[2]) == item[1]:
+                return item[0], item[3]
+            heapq.heappop(heap)
+        return None
+
+
+_Found = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+class _TransitionState:
+    __slots__ = (
+        "blocked",
+        "capacity",
+        "components",
+        "const_guard",
+        "index",
+        "outputs",
+        "transition",
+    )
+
+    def __init__(self, index: int, transition: Transition, stores: dict[str, PlaceStore]) -> None:
+        self.index = index
+        self.transition = transition
+        self.components = [
+            _ComponentState(c, transition.name) for c in compile_components(transition, stores)
+        ]
+        self.outputs = compile_outputs(transition.name, transition.produce)
+        delta: dict[str, int] = {}
+        for out in transition.produce:
+            delta[out.place.name] = delta.get(out.place.name, 0) + 1
+        for pattern in transition.consume:
+            delta[pattern.place.name] = delta.get(pattern.place.name, 0) - pattern.count
+        self.capacity = [
+            (stores[name], d, cap)
+            for name, d in delta.items()
+            if (cap := stores[name].place.capacity) is not None and d > 0
+        ]
+        self.blocked: PlaceStore | None = None
+        self.const_guard = transition.guard is not None and not transition.guard_variables()
+
+    def preferred(self) -> list[_Found] | None:
+        """The transition's preferred binding (one per component), or ``None``."""
+        if self.blocked is not None:
+            return None
+        if self.const_guard and not _guard_holds(self.transition):
+            return None
+        found = []
+        for cs in self.components:
+            match = cs.preferred()
+            if match is None:
+                return None
+            found.append(match)
+        for store, delta, cap in self.capacity:
+            if store.count + delta > cap:
+                self.blocked = store
+                return None
+        return found
+
+
+class Engine:
+    """Fires a net under a time that the caller passes in.
+
+    Args:
+        net: a validated :class:`Net`.
+        seed: seeds the random tie break (ignored when ordered).
+        tie_break: ``"ordered"`` (default, a total order) or ``"random"``.
+        initial_marking: load the places' initial tokens (at time 0). A store that
+            recovers a marking passes ``False`` and adds the tokens itself.
+    """
+
+    def __init__(
+        self,
+        net: Net,
+        *,
+        seed: int = 0,
+        tie_break: TieBreak | str = TieBreak.ORDERED,
+        initial_marking: bool = True,
+    ) -> None:
+        self.net = net
+        self.tie_break = TieBreak(tie_break)
+        self._rng = random.Random(seed)
+        self.now = 0
+        self._stores = {p.name: PlaceStore(p) for p in net.places}
+        self._pending: list[tuple[int, int, str, Token]] = []
+        self._pending_seq = 0
+        self._steps = 0
+        self._firings = {t.name: 0 for t in net.transitions}
+        self.hooks: list[StepHook] = []
+        self._transitions = [
+            _TransitionState(i, t, self._stores) for i, t in enumerate(net.transitions)
+        ]
+        priorities = sorted({t.priority for t in net.transitions}, reverse=True)
+        self._groups = [
+            [ts for ts in self._transitions if ts.transition.priority == p] for p in priorities
+        ]
+        self._wire_listeners()
+        if initial_marking:
+            for place in net.places:
+                for token in place.initial:
+                    self._add(place.name, 0, token)
+
+    # -- wiring -----------------------------------------------------------------------
+
+    def _wire_listeners(self) -> None:
+        for ts in self._transitions:
+            for cs in ts.components:
+                comp = cs.component
+                for store in comp.stores:
+                    if comp.per_key and store in comp.key_stores:
+                        store.key_watchers = (*store.key_watchers, cs)
+                    else:
+                        store.place_watchers = (*store.place_watchers, cs)
+            for store, _delta, _cap in ts.capacity:
+                store.capacity_watchers = (*store.capacity_watchers, ts)
+
+    # -- marking changes ---------------------------------------------------------------
+
+    def _store(self, place: str) -> PlaceStore:
+        store = self._stores.get(place)
+        if store is None:
+            raise CpnError(
+                f"net {self.net.name!r} has no place {place!r} (places: {', '.join(self._stores)})"
+            )
+        return store
+
+    def _add(self, place: str, time: int, token: Token) -> None:
+        store = self._stores[place]
+        store.count += 1
+        if time <= self.now:
+            store.add_available((time, token))
+        else:
+            self._pending_seq += 1
+            heapq.heappush(self._pending, (time, self._pending_seq, place, token))
+
+    def add(self, place: str, token: Token, *, time: int | None = None) -> None:
+        """Put ``token`` into ``place``, available from ``time`` (default: now).
+
+        Raises:
+            CpnError: the place does not exist.
+            TokenError: the token is not of the place's colour set.
+        """
+        store = self._store(place)
+        check_token(store.place.colour_set, token, where=f"place {place!r}")
+        self._add(place, self.now if time is None else time, token)
+
+    def remove(self, place: str, token: Token, *, time: int) -> None:
+        """Take one available entry ``(time, token)`` out of ``place``.
+
+        Raises:
+            CpnError: no such available entry (the marking is unchanged).
+        """
+        store = self._store(place)
+        entry = (time, token)
+        if not store.primary.contains(entry):
+            raise CpnError(f"place {place!r} has no available token {token!r} at time {time}")
+        store.remove_available(entry)
+
+    def advance(self, now: int) -> None:
+        """Move the engine's time to ``now`` and release pending tokens that are due."""
+        assert now >= self.now, f"time went backwards: {now} < {self.now}"
+        self.now = now
+        pending = self._pending
+        stores = self._stores
+        while pending and pending[0][0] <= now:
+            time, _seq, place, token = heapq.heappop(pending)
+            stores[place].add_available((time, token))
+
+    # -- choosing and firing ------------------------------------------------------------
+
+    def fire(self, now: int) -> Step | None:
+        """Advance to ``now`` and fire the preferred enabled binding, if any.
+
+        Returns:
+            The :class:`Step` fired, or ``None`` when nothing is enabled at ``now``.
+
+        Raises:
+            InscriptionError: a guard or output function raised or returned a token of
+                the wrong colour; the marking is unchanged.
+        """
+        self.advance(now)
+        for group in self._groups:
+            if self.tie_break is TieBreak.ORDERED or len(group) == 1:
+                for ts in group:
+                    matches = ts.preferred()
+                    if matches is not None:
+                        return self._fire(ts, matches)
+            else:
+                enabled = [(ts, m) for ts in group if (m := ts.preferred()) is not None]
+                if enabled:
+                    ts, matches = enabled[self._rng.randrange(len(enabled))]
+                    return self._fire(ts, matches)
+        return None
+
+    def enabled(self, now: int) -> list[tuple[str, dict[str, Any]]]:
+        """Each enabled transition with its preferred binding, in conflict order."""
+        self.advance(now)
+        result = []
+        for group in self._groups:
+            for ts in group:
+                matches = ts.preferred()
+                if matches is not None:
+                    values: dict[str, Any] = {}
+                    for _entries, component_values in matches:
+                        values.update(component_values)
+                    result.append((ts.transition.name, values))
+        return result
+
+    def _fire(self, ts: _TransitionState, found: list[_Found]) -> Step:
+        now = self.now
+        if len(found) == 1:
+            values = found[0][1]
+        else:
+            values = {}
+            for _entries, component_values in found:
+                values.update(component_values)
+        consumed: list[tuple[PlaceStore, Entry]] = []
+        for cs, (entries, _values) in zip(ts.components, found, strict=True):
+            for slot, store, many in cs.consumed:
+                if many:
+                    consumed.extend((store, e) for e in entries[slot])
+                else:
+                    consumed.append((store, entries[slot]))
+        produced = ts.outputs(values, now)
+        for store, entry in consumed:
+            store.remove_available(entry)
+        stores, pending = self._stores, self._pending
+        for place, time, token in produced:
+            store = stores[place]
+            store.count += 1
+            if time <= now:
+                store.add_available((time, token))
+            else:
+                self._pending_seq += 1
+                heapq.heappush(pending, (time, self._pending_seq, place, token))
+        self._steps += 1
+        name = ts.transition.name
+        self._firings[name] += 1
+        step = Step(
+            name,
+            now,
+            values,
+            tuple([(store.place.name, e[0], e[1]) for store, e in consumed]),
+            tuple(produced),
+        )
+        for hook in self.hooks:
+            hook(step)
+        return step
+
+    def run(self, *, until: int, max_steps: int | None = None) -> Iterator[Step]:
+        """Fire in virtual time: everything enabled now, then jump to the next deadline.
+
+        Stops when nothing is enabled before ``until`` (inclusive) or after
+        ``max_steps`` firings. Yields each step.
+        """
+        fired = 0
+        now = self.now
+        while max_steps is None or fired < max_steps:
+            step = self.fire(now)
+            if step is not None:
+                fired += 1
+                yield step
+                continue
+            deadline = self.next_deadline()
+            if deadline is None or deadline > until:
+                return
+            now = deadline
+
+    def next_deadline(self) -> int | None:
+        """The earliest time a pending token becomes available, or ``None``."""
+        return self._pending[0][0] if self._pending else None
+
+    # -- inspection ---------------------------------------------------------------------
+
+    def tokens(self, place: str) -> list[tuple[int, Token]]:
+        """All entries ``(time, token)`` of ``place``, pending ones included, sorted."""
+        store = self._store(place)
+        entries = list(store.entries())
+        entries.extend((t, tok) for t, _s, p, tok in self._pending if p == place)
+        entries.sort()
+        return entries
+
+    def marking(self) -> dict[str, list[tuple[int, Token]]]:
+        """Every place's sorted entries (see :meth:`tokens`)."""
+        return {name: self.tokens(name) for name in self._stores}
+
+    def count(self, place: str) -> int:
+        """How many tokens ``place`` holds, available or pending."""
+        return self._store(place).count
+
+    def statistics(self) -> EngineStatistics:
+        return EngineStatistics(
+            now=self.now,
+            steps=self._steps,
+            firings=dict(self._firings),
+            tokens={name: store.count for name, store in self._stores.items()},
+            pending=len(self._pending),
+        )
+
+
+def _guard_holds(transition: Transition) -> bool:
+    assert transition.guard is not None
+    try:
+        return bool(transition.guard())
+    except Exception as exc:
+        raise InscriptionError(
+            f"guard of transition {transition.name!r} raised {type(exc).__name__}: {exc}"
+        ) from exc

@@ -1,0 +1,208 @@
+"""The marking: per-place multisets of timed tokens, with the indexes joins need.
+
+Theory of operation:
+
+* A marking entry is ``(time, token)``: the token is available from ``time`` (integer
+  milliseconds) on. The same entry may occur several times (a multiset).
+* Only *available* entries (``time <= now``) live in a place's indexes; entries from
+  the future wait in the engine's pending heap and are released into the indexes when
+  time reaches them. So an index lookup never has to skip invisible tokens, and the
+  engine's next deadline is simply the top of that heap.
+* Every place has a *primary* index: by partition key for a keyed place, one bucket
+  for a pool or fixed place. Arcs that match on other fields get a *secondary* index
+  on exactly the fields bound when the arc is searched. A bucket is kept sorted, so
+  its first entry is the one conflict resolution prefers (earliest time, then smallest
+  token). Small buckets are plain lists (``bisect`` in C is the fastest structure at
+  that size); a bucket that grows past ``BUCKET_LIST_MAX`` becomes a ``SortedList``
+  so that removal at the head stays O(log n) for a million tokens.
+* A store tells the engine which component searches to redo when an available entry
+  is added or removed: per-key watchers get the token's key, whole-place watchers are
+  simply marked (incremental enabling).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Protocol
+
+from sortedcontainers import SortedList
+
+from nets.model import Place, Token
+
+Entry = tuple[int, Token]
+# A bucket is a sorted ``list[Entry]`` or, once large, a ``SortedList`` of entries; both
+# iterate in order, index and test truthiness alike (SortedList is untyped).
+Bucket = Any
+
+BUCKET_LIST_MAX: Final = 2048
+
+
+class KeyWatcher(Protocol):
+    dirty_keys: set[Any]
+
+
+class PlaceWatcher(Protocol):
+    all_dirty: bool
+
+
+class Index:
+    """Buckets of entries grouped by the values of some fields (all entries if none).
+
+    ``buckets`` is never replaced, only mutated, so compiled searches may hold it.
+    """
+
+    __slots__ = ("buckets", "positions", "project")
+
+    def __init__(self, positions: tuple[int, ...]) -> None:
+        self.positions = positions
+        self.buckets: dict[Any, Bucket] = {}
+        self.project: Callable[[Token], Any] = _projector(positions)
+
+    def add(self, entry: Entry) -> None:
+        value = self.project(entry[1])
+        bucket = self.buckets.get(value)
+        if bucket is None:
+            self.buckets[value] = [entry]
+        elif type(bucket) is list:
+            insort(bucket, entry)
+            if len(bucket) > BUCKET_LIST_MAX:
+                self.buckets[value] = SortedList(bucket)
+        else:
+            bucket.add(entry)
+
+    def remove(self, entry: Entry) -> None:
+        value = self.project(entry[1])
+        bucket = self.buckets[value]
+        if type(bucket) is list:
+            i = bisect_left(bucket, entry)
+            assert bucket[i] == entry, f"entry {entry!r} is not in the index"
+            del bucket[i]
+        else:
+            bucket.remove(entry)
+        if not bucket:
+            del self.buckets[value]
+
+    def bucket(self, value: Any) -> Bucket:
+        return self.buckets.get(value, ())
+
+    def contains(self, entry: Entry) -> bool:
+        bucket = self.buckets.get(self.project(entry[1]))
+        if bucket is None:
+            return False
+        if type(bucket) is list:
+            i = bisect_left(bucket, entry)
+            return i < len(bucket) and bucket[i] == entry
+        return entry in bucket
+
+
+def _projector(positions: tuple[int, ...]) -> Callable[[Token], Any]:
+    """A function mapping a token to its index value (one field: the bare value)."""
+    if not positions:
+        return lambda _token: None
+    if len(positions) == 1:
+        (p,) = positions
+        return lambda token: token[p]
+    return lambda token: tuple(token[p] for p in positions)
+
+
+class PlaceStore:
+    """The available tokens of one place, its indexes and its total token count.
+
+    ``count`` includes pending (future) tokens, because a capacity bounds everything a
+    place holds, available or not.
+    """
+
+    __slots__ = (
+        "capacity_watchers",
+        "count",
+        "indexes",
+        "key_position",
+        "key_watchers",
+        "place",
+        "place_watchers",
+        "primary",
+        "secondary",
+    )
+
+    def __init__(self, place: Place) -> None:
+        self.place = place
+        self.key_position = place.colour_set.field_index(place.key) if place.key is not None else -1
+        key_positions = (self.key_position,) if place.key is not None else ()
+        self.primary = Index(key_positions)
+        self.indexes: dict[tuple[int, ...], Index] = {key_positions: self.primary}
+        self.secondary: tuple[Index, ...] = ()
+        self.count = 0
+        self.key_watchers: tuple[KeyWatcher, ...] = ()
+        self.place_watchers: tuple[PlaceWatcher, ...] = ()
+        self.capacity_watchers: tuple[Any, ...] = ()
+
+    def index(self, positions: tuple[int, ...]) -> Index:
+        """The index on ``positions``, created (and filled) on first request."""
+        found = self.indexes.get(positions)
+        if found is None:
+            found = self.indexes[positions] = Index(positions)
+            for entry in self.entries():
+                found.add(entry)
+            self.secondary = (*self.secondary, found)
+        return found
+
+    def add_available(self, entry: Entry) -> None:
+        # The primary index is updated inline: this is the engine's hottest path.
+        token = entry[1]
+        primary = self.primary
+        value = token[self.key_position] if self.key_position >= 0 else None
+        bucket = primary.buckets.get(value)
+        if bucket is None:
+            primary.buckets[value] = [entry]
+        elif type(bucket) is list:
+            if not bucket or bucket[-1] <= entry:
+                bucket.append(entry)
+            else:
+                insort(bucket, entry)
+            if len(bucket) > BUCKET_LIST_MAX:
+                primary.buckets[value] = SortedList(bucket)
+        else:
+            bucket.add(entry)
+        for index in self.secondary:
+            index.add(entry)
+        if self.key_watchers:
+            for watcher in self.key_watchers:
+                watcher.dirty_keys.add(value)
+        for place_watcher in self.place_watchers:
+            place_watcher.all_dirty = True
+
+    def remove_available(self, entry: Entry) -> None:
+        token = entry[1]
+        primary = self.primary
+        value = token[self.key_position] if self.key_position >= 0 else None
+        bucket = primary.buckets[value]
+        if type(bucket) is list:
+            if bucket[0] == entry:
+                del bucket[0]
+            else:
+                i = bisect_left(bucket, entry)
+                assert bucket[i] == entry, f"entry {entry!r} is not in place {self.place.name!r}"
+                del bucket[i]
+        else:
+            bucket.remove(entry)
+        if not bucket:
+            del primary.buckets[value]
+        for index in self.secondary:
+            index.remove(entry)
+        self.count -= 1
+        if self.key_watchers:
+            for watcher in self.key_watchers:
+                watcher.dirty_keys.add(value)
+        for place_watcher in self.place_watchers:
+            place_watcher.all_dirty = True
+        for capacity_watcher in self.capacity_watchers:
+            capacity_watcher.blocked = None
+
+    def entries(self) -> Iterator[Entry]:
+        """Available entries, bucket by bucket (buckets in no particular order)."""
+        for bucket in self.primary.buckets.values():
+            yield from bucket
+
+    def available(self) -> int:
+        return sum(len(b) for b in self.primary.buckets.values())

@@ -1,0 +1,455 @@
+"""The modelling language: variables, places, arcs, transitions and nets.
+
+A net is plain, immutable data built from ordinary Python objects, so it can be
+validated, drawn, explored and diffed. Arc inscriptions are patterns
+(``targets(t, domain=d)``: bind the whole token to ``t``, require or bind its field
+``domain`` to ``d``) and output inscriptions are ordinary functions whose parameter
+names are the variables they read (``lambda t: t._replace(attempt=t.attempt + 1)``).
+Nothing is evaluated from strings and nothing is registered globally.
+
+Theory of operation (validation): :class:`Net` checks everything that can be checked
+without running the net, and raises :class:`NetDefinitionError` naming the net,
+transition, arc and variable at fault:
+
+* names are unique; every arc's place belongs to the net;
+* patterns name fields the colour set has, constants have the field's type;
+* variables read by guards, inhibitor arcs, outputs and delays are bound by a
+  consume or read arc; ``many`` arcs only match on variables bound before them;
+* the partition rule: every consume, read and inhibitor arc on a keyed place binds
+  the key field, and all of them bind it to the same variable (so every firing, and
+  every absence check, is local to one partition); pool and fixed places are exempt;
+* initial tokens belong to their place's colour set and fit its capacity; a place
+  with a capacity only receives a fixed number of tokens per firing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from nets.colour import ColourSet, check_token, describe
+from nets.errors import NetDefinitionError, TokenError
+
+Token = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Var:
+    """A variable of an arc inscription; bound to a token or to a field value."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def variables(names: str) -> tuple[Var, ...]:
+    """``d, t = variables("d t")``: one :class:`Var` per whitespace-separated name."""
+    parsed = tuple(Var(n) for n in names.split())
+    for v in parsed:
+        if not v.name.isidentifier():
+            raise NetDefinitionError(f"variable name {v.name!r} is not a Python identifier")
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """What an arc matches in its place: ``place(var, field=var_or_constant, ...)``.
+
+    ``var`` binds the whole token (a tuple of ``count`` tokens for a ``many`` arc);
+    each field entry either binds a variable, joins on an already bound one, or
+    requires a constant.
+    """
+
+    place: Place
+    var: Var | None
+    fields: tuple[tuple[str, object], ...]
+    count: int = 1
+
+    def variables(self) -> set[str]:
+        names = {v.name for _, v in self.fields if isinstance(v, Var)}
+        if self.var is not None:
+            names.add(self.var.name)
+        return names
+
+    def describe(self) -> str:
+        parts = [] if self.var is None else [self.var.name]
+        parts += [f"{f}={v!r}" for f, v in self.fields]
+        head = (
+            f"{self.place.name}.many({self.count}, " if self.count != 1 else f"{self.place.name}("
+        )
+        return head + ", ".join(parts) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeArc:
+    """An input arc: the matched tokens are removed when the transition fires."""
+
+    pattern: Pattern
+
+
+@dataclass(frozen=True, slots=True)
+class ReadArc:
+    """A read (test) arc: a matching token must be present; it is not consumed."""
+
+    pattern: Pattern
+
+
+@dataclass(frozen=True, slots=True)
+class InhibitorArc:
+    """An inhibitor arc: the transition is enabled only if no available token matches."""
+
+    pattern: Pattern
+
+
+Inscription = Callable[..., Any]
+
+
+def parameters(fn: Callable[..., Any], what: str) -> tuple[str, ...]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError) as exc:
+        raise NetDefinitionError(f"{what}: cannot read the parameters of {fn!r}") from exc
+    names = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY):
+            raise NetDefinitionError(
+                f"{what}: parameter {p.name!r} of {fn!r} is variadic; name each variable"
+            )
+        names.append(p.name)
+    return tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputArc:
+    """An output arc: tokens computed from the binding, available after ``delay`` ms.
+
+    ``expr`` is a :class:`Var` (produce the bound value), a token (produce a
+    constant) or a function whose parameter names are variables. ``delay`` is an
+    ``int`` of milliseconds or such a function. With ``many=True`` the expression
+    returns an iterable of tokens (zero or more).
+    """
+
+    place: Place
+    expr: object
+    delay: object = 0
+    many: bool = False
+
+    def variables(self) -> set[str]:
+        names: set[str] = set()
+        for part in (self.expr, self.delay):
+            if isinstance(part, Var):
+                names.add(part.name)
+            elif callable(part):
+                names.update(parameters(part, f"output to {self.place.name}"))
+        return names
+
+
+@dataclass(frozen=True, eq=False)
+class Place:
+    """A place: a colour set, an optional capacity, a partition key or ``pool=True``.
+
+    Args:
+        name: unique within the net.
+        colour: a ``typing.NamedTuple`` class; its instances are the tokens.
+        key: the field that partitions the place (e.g. ``"domain"``).
+        pool: the tokens have no home partition and move between shards on demand
+            (e.g. proxies). A place with neither ``key`` nor ``pool`` lives in one
+            fixed partition.
+        capacity: at most this many tokens (available or not); a transition that
+            would overfill the place is not enabled (back pressure). In a cluster the
+            capacity applies per shard.
+        initial: the initial marking, tokens available at time 0.
+
+    Calling the place builds an arc pattern; ``produce`` builds an output arc.
+    """
+
+    name: str
+    colour: type
+    key: str | None = None
+    pool: bool = False
+    capacity: int | None = None
+    initial: Sequence[Token] = ()
+    colour_set: ColourSet = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise NetDefinitionError(f"place name {self.name!r} is not an identifier")
+        colour = describe(self.colour)
+        object.__setattr__(self, "colour_set", colour)
+        object.__setattr__(self, "initial", tuple(self.initial))
+        where = f"place {self.name!r}"
+        if self.key is not None and self.pool:
+            raise NetDefinitionError(f"{where} has both key={self.key!r} and pool=True; pick one")
+        if self.key is not None and self.key not in colour.fields:
+            raise NetDefinitionError(
+                f"{where}: key {self.key!r} is not a field of {colour.name} "
+                f"(fields: {', '.join(colour.fields)})"
+            )
+        if self.capacity is not None and (type(self.capacity) is not int or self.capacity < 1):
+            raise NetDefinitionError(
+                f"{where}: capacity must be a positive int, got {self.capacity!r}"
+            )
+        for token in self.initial:
+            try:
+                check_token(colour, token, where=f"initial marking of {where}")
+            except TokenError as exc:
+                raise NetDefinitionError(str(exc)) from exc
+        if self.capacity is not None and len(self.initial) > self.capacity:
+            raise NetDefinitionError(
+                f"{where}: initial marking has {len(self.initial)} tokens, "
+                f"capacity is {self.capacity}"
+            )
+
+    @property
+    def keyed(self) -> bool:
+        return self.key is not None
+
+    def __call__(self, var: Var | None = None, /, **fields: object) -> Pattern:
+        """``place(t, domain=d)``: a pattern binding the token to ``t`` and its domain to ``d``."""
+        return Pattern(self, var, tuple(fields.items()))
+
+    def many(self, count: int, var: Var | None = None, /, **fields: object) -> Pattern:
+        """A multi-token pattern: ``count`` matching tokens, bound to ``var`` as a tuple."""
+        if type(count) is not int or count < 1:
+            raise NetDefinitionError(
+                f"{self.name}.many: count must be a positive int, got {count!r}"
+            )
+        return Pattern(self, var, tuple(fields.items()), count)
+
+    def produce(self, expr: object, *, delay: object = 0) -> OutputArc:
+        """An output arc producing one token per firing (see :class:`OutputArc`)."""
+        return OutputArc(self, expr, delay)
+
+    def produce_all(self, expr: Inscription, *, delay: object = 0) -> OutputArc:
+        """An output arc whose function returns any number of tokens."""
+        return OutputArc(self, expr, delay, many=True)
+
+    def __repr__(self) -> str:
+        return f"Place({self.name!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class Transition:
+    """A transition: arcs, a guard and a priority.
+
+    Args:
+        name: unique within the net.
+        consume: input arc patterns; their tokens are removed when it fires.
+        read: read arc patterns (tested, not consumed).
+        inhibit: inhibitor patterns (no available token may match).
+        produce: output arcs (``place.produce(...)``).
+        guard: a pure predicate whose parameter names are bound variables.
+        priority: higher fires first when several transitions are enabled.
+    """
+
+    name: str
+    consume: Sequence[Pattern]
+    read: Sequence[Pattern] = ()
+    inhibit: Sequence[Pattern] = ()
+    produce: Sequence[OutputArc] = ()
+    guard: Callable[..., bool] | None = None
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise NetDefinitionError(f"transition name {self.name!r} is not an identifier")
+        for attr in ("consume", "read", "inhibit", "produce"):
+            object.__setattr__(self, attr, tuple(getattr(self, attr)))
+
+    @property
+    def arcs(self) -> tuple[ConsumeArc | ReadArc | InhibitorArc, ...]:
+        """Input-side arcs in binding order: consume arcs, then read arcs, then inhibitors."""
+        return (
+            tuple(ConsumeArc(p) for p in self.consume)
+            + tuple(ReadArc(p) for p in self.read)
+            + tuple(InhibitorArc(p) for p in self.inhibit)
+        )
+
+    def guard_variables(self) -> tuple[str, ...]:
+        if self.guard is None:
+            return ()
+        return parameters(self.guard, f"guard of transition {self.name!r}")
+
+    def __repr__(self) -> str:
+        return f"Transition({self.name!r})"
+
+
+_Named = TypeVar("_Named", Place, Transition)
+
+
+class Net:
+    """A validated net: places, transitions and their initial marking.
+
+    Raises:
+        NetDefinitionError: on the first problem found (see the module docstring).
+    """
+
+    def __init__(
+        self, name: str, *, places: Iterable[Place], transitions: Iterable[Transition]
+    ) -> None:
+        self.name = name
+        self.places: tuple[Place, ...] = tuple(places)
+        self.transitions: tuple[Transition, ...] = tuple(transitions)
+        self._places = _unique(name, "place", self.places)
+        self._transitions = _unique(name, "transition", self.transitions)
+        for transition in self.transitions:
+            _validate_transition(self, transition)
+
+    def place(self, name: str) -> Place:
+        """The place called ``name``.
+
+        Raises:
+            KeyError: with a message listing the places the net has.
+        """
+        try:
+            return self._places[name]
+        except KeyError:
+            raise KeyError(
+                f"net {self.name!r} has no place {name!r} (places: {', '.join(self._places)})"
+            ) from None
+
+    def transition(self, name: str) -> Transition:
+        """The transition called ``name`` (``KeyError`` naming the known ones otherwise)."""
+        try:
+            return self._transitions[name]
+        except KeyError:
+            raise KeyError(
+                f"net {self.name!r} has no transition {name!r} "
+                f"(transitions: {', '.join(self._transitions)})"
+            ) from None
+
+    def has_place(self, name: str) -> bool:
+        return name in self._places
+
+    def __repr__(self) -> str:
+        return f"Net({self.name!r}, {len(self.places)} places, {len(self.transitions)} transitions)"
+
+
+def _unique(net: str, kind: str, items: Sequence[_Named]) -> dict[str, _Named]:
+    seen: dict[str, _Named] = {}
+    for item in items:
+        if item.name in seen:
+            raise NetDefinitionError(f"net {net!r}: duplicate {kind} name {item.name!r}")
+        seen[item.name] = item
+    return seen
+
+
+def _validate_transition(net: Net, t: Transition) -> None:
+    where_t = f"net {net.name!r}, transition {t.name!r}"
+    if not t.consume:
+        raise NetDefinitionError(
+            f"{where_t}: has no consume arc; a transition that consumes nothing could fire forever"
+        )
+    if type(t.priority) is not int:
+        raise NetDefinitionError(f"{where_t}: priority must be an int, got {t.priority!r}")
+    bound: set[str] = set()
+    key_var: str | None = None
+    key_arc: str | None = None
+    kinds = (("consume", t.consume), ("read", t.read), ("inhibit", t.inhibit))
+    for kind, patterns in kinds:
+        for i, pattern in enumerate(patterns):
+            where = f"{where_t}, {kind} arc {i} ({pattern.describe()})"
+            if not isinstance(pattern, Pattern):
+                raise NetDefinitionError(
+                    f"{where_t}: {kind} arc {i} is not a place pattern: {pattern!r}"
+                )
+            place = pattern.place
+            if net._places.get(place.name) is not place:
+                raise NetDefinitionError(f"{where}: place {place.name!r} is not part of the net")
+            colour = place.colour_set
+            for fname, value in pattern.fields:
+                if fname not in colour.fields:
+                    raise NetDefinitionError(
+                        f"{where}: pattern field {fname!r} is not a field of {colour.name} "
+                        f"(fields: {', '.join(colour.fields)})"
+                    )
+                if not isinstance(value, Var):
+                    ftype = colour.types[colour.field_index(fname)]
+                    if not ftype.accepts(value):
+                        raise NetDefinitionError(
+                            f"{where}: constant {value!r} for field {fname!r} is not of type "
+                            f"{ftype.describe()}"
+                        )
+            if place.key is not None:
+                key_value = dict(pattern.fields).get(place.key)
+                if not isinstance(key_value, Var):
+                    raise NetDefinitionError(
+                        f"{where}: place {place.name!r} is keyed by {place.key!r}, so the arc must "
+                        f"bind {place.key}= to a variable (the partition rule; use pool=True for "
+                        "tokens without a home partition)"
+                    )
+                if key_var is None:
+                    key_var, key_arc = key_value.name, where
+                elif key_value.name != key_var:
+                    raise NetDefinitionError(
+                        f"{where}: binds the partition key to variable {key_value.name!r}, but "
+                        f"{key_arc} binds it to {key_var!r}; all keyed arcs of a transition "
+                        "must share one key variable so that it fires within one partition"
+                    )
+            names = pattern.variables()
+            if kind == "inhibit":
+                if pattern.var is not None:
+                    raise NetDefinitionError(
+                        f"{where}: an inhibitor arc cannot bind the whole token (variable "
+                        f"{pattern.var.name!r}); it only tests for absence"
+                    )
+                if pattern.count != 1:
+                    raise NetDefinitionError(f"{where}: an inhibitor arc cannot take many tokens")
+                unbound = sorted(names - bound)
+                if unbound:
+                    raise NetDefinitionError(
+                        f"{where}: variable {unbound[0]!r} is not bound by a consume or read arc; "
+                        "inhibitor arcs only test bound values"
+                    )
+            elif pattern.count != 1:
+                field_vars = {v.name for _, v in pattern.fields if isinstance(v, Var)}
+                early = sorted(field_vars - bound - {key_var})
+                if early:
+                    raise NetDefinitionError(
+                        f"{where}: a many-token arc can only match variables bound by earlier "
+                        f"arcs (or the partition key); {early[0]!r} is not"
+                    )
+            bound |= names if kind != "inhibit" else set()
+    for name in t.guard_variables():
+        if name not in bound:
+            raise NetDefinitionError(
+                f"{where_t}, guard: variable {name!r} is not bound by any consume or read arc "
+                f"(bound: {', '.join(sorted(bound)) or 'none'})"
+            )
+    for i, out in enumerate(t.produce):
+        where = f"{where_t}, produce arc {i} (to {getattr(out.place, 'name', out.place)!r})"
+        if not isinstance(out, OutputArc):
+            raise NetDefinitionError(
+                f"{where_t}: produce arc {i} is not place.produce(...): {out!r}"
+            )
+        if net._places.get(out.place.name) is not out.place:
+            raise NetDefinitionError(f"{where}: place {out.place.name!r} is not part of the net")
+        for name in sorted(out.variables()):
+            if name not in bound:
+                raise NetDefinitionError(
+                    f"{where}: uses variable {name!r} that no consume or read arc binds "
+                    f"(bound: {', '.join(sorted(bound)) or 'none'})"
+                )
+        if not (isinstance(out.expr, Var) or callable(out.expr)):
+            try:
+                check_token(out.place.colour_set, out.expr, where=where)
+            except TokenError as exc:
+                raise NetDefinitionError(str(exc)) from exc
+        if out.many and not callable(out.expr):
+            raise NetDefinitionError(f"{where}: produce_all needs a function returning tokens")
+        if out.many and out.place.capacity is not None:
+            raise NetDefinitionError(
+                f"{where}: produce_all into place {out.place.name!r} which has a capacity; "
+                "capacity checks need a fixed number of tokens per firing"
+            )
+        delay = out.delay
+        if not (isinstance(delay, Var) or callable(delay)) and (
+            type(delay) is not int or delay < 0
+        ):
+            raise NetDefinitionError(
+                f"{where}: delay must be a non-negative int of milliseconds or a function, "
+                f"got {delay!r}"
+            )
