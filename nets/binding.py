@@ -50,7 +50,8 @@ class ArcStep:
     lookup: Callable[[dict[str, Any]], Any]
     sources: tuple[tuple[str, object], ...]  # how the index value is built (see _lookup)
     binds: tuple[tuple[int, str], ...]  # field position -> variable bound here
-    checks: tuple[tuple[int, str], ...]  # field position -> variable bound earlier in this arc
+    checks: tuple[tuple[int, str], ...]  # field position -> variable it must equal
+    const_checks: tuple[tuple[int, object], ...]  # field position -> constant it must equal
     whole: str | None
     count: int
     shares_place: bool
@@ -241,12 +242,23 @@ def _arc_step(
         assert pattern.var is not None
         for pos in range(len(colour.fields)):
             index_fields[pos] = ("field", (pattern.var.name, pos))
+    const_checks: list[tuple[int, object]] = []
     for fname, value in pattern.fields:
         pos = colour.field_index(fname)
-        if not isinstance(value, Var):
+        if whole_bound:
+            # The index already matches every field against the bound token, so each
+            # pattern field must agree with it: a constant or bound variable is checked.
+            if not isinstance(value, Var):
+                const_checks.append((pos, value))
+            elif value.name in bound or value.name in bound_here:
+                checks.append((pos, value.name))
+            else:
+                binds.append((pos, value.name))
+                bound_here.add(value.name)
+        elif not isinstance(value, Var):
             index_fields[pos] = ("const", value)
         elif value.name in bound:
-            index_fields.setdefault(pos, ("var", value.name))
+            index_fields[pos] = ("var", value.name)
         elif value.name in bound_here:
             checks.append((pos, value.name))
         else:
@@ -264,6 +276,7 @@ def _arc_step(
         sources=tuple(index_fields[p] for p in ordered),
         binds=tuple(binds),
         checks=tuple(checks),
+        const_checks=tuple(const_checks),
         whole=whole,
         count=pattern.count,
         shares_place=pattern.place.name in seen_places,
@@ -325,6 +338,9 @@ def compile_search(component: Component, transition_name: str) -> Searcher:
             bound.append(name)
         for pos, name in step.checks:
             lines.append(f"{pad}if t{i}[{pos}] != v_{name}: continue")
+        for j, (pos, value) in enumerate(step.const_checks):
+            namespace[f"K{i}_{j}"] = value
+            lines.append(f"{pad}if t{i}[{pos}] != K{i}_{j}: continue")
         if step.whole is not None:
             lines.append(f"{pad}v_{step.whole} = t{i}")
             bound.append(step.whole)
@@ -414,6 +430,8 @@ def _search(
         for pos, name in binds:
             values[name] = token[pos]
         if checks and any(token[pos] != values[name] for pos, name in checks):
+            continue
+        if step.const_checks and any(token[pos] != c for pos, c in step.const_checks):
             continue
         if whole is not None:
             values[whole] = token

@@ -45,13 +45,14 @@ def unpack(data: bytes, *, frame_bytes_max: int = FRAME_BYTES_MAX) -> Any:
     """
     if len(data) > frame_bytes_max:
         raise CodecError(f"frame of {len(data)} bytes exceeds the limit of {frame_bytes_max}")
+    # unpackb reads one complete buffer, whose size was checked above; the other limits
+    # bound what a small hostile frame can make the decoder allocate.
     try:
         return msgpack.unpackb(
             data,
             use_list=False,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=frame_bytes_max,
             max_str_len=STRING_BYTES_MAX,
             max_bin_len=STRING_BYTES_MAX,
             max_array_len=ARRAY_LEN_MAX,

@@ -6,7 +6,9 @@ Theory of operation:
   :meth:`Engine.fire` first releases every pending token whose time has come, then
   fires at most one binding and returns its :class:`Step`. :meth:`Engine.next_deadline`
   tells the earliest time at which a pending token becomes available, the only event
-  that can enable something without a firing or a put.
+  that can enable something without a firing or a put. Only places that some arc reads
+  (or that the caller asks to ``watch``) keep future tokens pending; a place no arc
+  reads takes them into its index at once, since nothing can wait for them.
 * Conflict resolution is a total order, so a marking always yields the same step:
   highest priority first, then the transition declared first, then the binding whose
   entries (in binding order: consume arcs, then read arcs) are least, comparing each
@@ -23,8 +25,9 @@ Theory of operation:
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple
@@ -93,6 +96,7 @@ class _ComponentState:
         "dirty_keys",
         "heap",
         "key_var",
+        "required",
         "search",
         "seq",
         "tname",
@@ -109,6 +113,14 @@ class _ComponentState:
         self.heap: list[tuple[tuple[Any, ...], int, Any, dict[str, Any]]] = []
         self.current: dict[Any, int] = {}
         self.seq = 0
+        self.required = tuple(
+            store.primary.buckets
+            for store in dict.fromkeys(
+                st.store
+                for st in component.steps
+                if st.kind != INHIBIT and st.store.place.key is not None
+            )
+        )
         # (slot in the entries tuple, store, is_many) for each consume arc.
         slots = [st for st in component.steps if st.kind != INHIBIT]
         self.consumed = tuple(
@@ -142,16 +154,30 @@ class _ComponentState:
             self.all_dirty = False
         heap, current = self.heap, self.current
         if self.dirty_keys:
-            key_var = self.key_var
-            for key in self.dirty_keys:
-                values = {key_var: key}
-                entries = self.run_search(values)
-                if entries is None:
-                    current.pop(key, None)
-                else:
-                    self.seq += 1
-                    current[key] = self.seq
-                    heapq.heappush(heap, (entries, self.seq, key, values))
+            key_var, search, required = self.key_var, self.search, self.required
+            try:
+                for key in self.dirty_keys:
+                    # Cheap pre-check: a key missing from a keyed consume or read place
+                    # has no binding, whatever the rest of the search would find.
+                    for buckets in required:
+                        if key not in buckets:
+                            current.pop(key, None)
+                            break
+                    else:
+                        values = {key_var: key}
+                        entries = search(values)
+                        if entries is None:
+                            current.pop(key, None)
+                        else:
+                            seq = self.seq = self.seq + 1
+                            current[key] = seq
+                            heapq.heappush(heap, (entries, seq, key, values))
+            except InscriptionError:
+                raise
+            except Exception as exc:
+                raise InscriptionError(
+                    f"guard of transition {self.tname!r} raised {type(exc).__name__}: {exc}"
+                ) from exc
             self.dirty_keys.clear()
             if len(heap) > 2 * len(current) + 64:
                 heap[:] = [item for item in heap if current.get(item[2]) == item[1]]
@@ -206,6 +232,11 @@ class _TransitionState:
             return None
         found = []
         for cs in self.components:
+            # Fast path: a clean component known to have no binding needs no call.
+            if not cs.all_dirty and (
+                not cs.heap and not cs.dirty_keys if cs.key_var is not None else cs.best is None
+            ):
+                return None
             match = cs.preferred()
             if match is None:
                 return None
@@ -226,6 +257,9 @@ class Engine:
         tie_break: ``"ordered"`` (default, a total order) or ``"random"``.
         initial_marking: load the places' initial tokens (at time 0). A store that
             recovers a marking passes ``False`` and adds the tokens itself.
+        watch: places that no arc reads but whose future tokens must still come due
+            on time (e.g. a work queue that workers lease from). Other unread places
+            keep future tokens in their index directly: nothing waits for them.
     """
 
     def __init__(
@@ -235,14 +269,18 @@ class Engine:
         seed: int = 0,
         tie_break: TieBreak | str = TieBreak.ORDERED,
         initial_marking: bool = True,
+        watch: Iterable[str] = (),
     ) -> None:
         self.net = net
+        self._watched = frozenset(watch)
+        for name in self._watched:
+            net.place(name)  # raises KeyError naming the known places
         self.tie_break = TieBreak(tie_break)
         self._rng = random.Random(seed)
         self.now = 0
         self._stores = {p.name: PlaceStore(p) for p in net.places}
         self._pending: list[tuple[int, int, str, Token]] = []
-        self._pending_seq = 0
+        self._pending_seq = itertools.count()
         self._steps = 0
         self._firings = {t.name: 0 for t in net.transitions}
         self.hooks: list[StepHook] = []
@@ -255,9 +293,9 @@ class Engine:
         ]
         self._wire_listeners()
         if initial_marking:
+            # Components start dirty, so bulk loading needs no notifications.
             for place in net.places:
-                for token in place.initial:
-                    self._add(place.name, 0, token)
+                self._stores[place.name].load([(0, token) for token in place.initial])
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -272,6 +310,12 @@ class Engine:
                         store.place_watchers = (*store.place_watchers, cs)
             for store, _delta, _cap in ts.capacity:
                 store.capacity_watchers = (*store.capacity_watchers, ts)
+        for store in self._stores.values():
+            # A place that no arc reads needs no wake-up when its tokens come due: they
+            # go straight into its index with their time (see PlaceStore.timed).
+            store.timed = bool(store.key_watchers or store.place_watchers) or (
+                store.place.name in self._watched
+            )
 
     # -- marking changes ---------------------------------------------------------------
 
@@ -286,11 +330,10 @@ class Engine:
     def _add(self, place: str, time: int, token: Token) -> None:
         store = self._stores[place]
         store.count += 1
-        if time <= self.now:
+        if time <= self.now or not store.timed:
             store.add_available((time, token))
         else:
-            self._pending_seq += 1
-            heapq.heappush(self._pending, (time, self._pending_seq, place, token))
+            heapq.heappush(self._pending, (time, next(self._pending_seq), place, token))
 
     def add(self, place: str, token: Token, *, time: int | None = None) -> None:
         """Put ``token`` into ``place``, available from ``time`` (default: now).
@@ -307,10 +350,16 @@ class Engine:
         """Take one available entry ``(time, token)`` out of ``place``.
 
         Raises:
-            CpnError: no such available entry (the marking is unchanged).
+            CpnError: no such available entry, or it is not available before ``time``
+                (the marking is unchanged).
         """
         store = self._store(place)
         entry = (time, token)
+        if time > self.now:
+            raise CpnError(
+                f"place {place!r} has no available token {token!r} at time {time}: "
+                f"it becomes available then, and now is {self.now}"
+            )
         if not store.primary.contains(entry):
             raise CpnError(f"place {place!r} has no available token {token!r} at time {time}")
         store.remove_available(entry)
@@ -383,15 +432,14 @@ class Engine:
         produced = ts.outputs(values, now)
         for store, entry in consumed:
             store.remove_available(entry)
-        stores, pending = self._stores, self._pending
+        stores, pending, seq = self._stores, self._pending, self._pending_seq
         for place, time, token in produced:
             store = stores[place]
             store.count += 1
-            if time <= now:
+            if time <= now or not store.timed:
                 store.add_available((time, token))
             else:
-                self._pending_seq += 1
-                heapq.heappush(pending, (time, self._pending_seq, place, token))
+                heapq.heappush(pending, (time, next(seq), place, token))
         self._steps += 1
         name = ts.transition.name
         self._firings[name] += 1
@@ -426,7 +474,12 @@ class Engine:
             now = deadline
 
     def next_deadline(self) -> int | None:
-        """The earliest time a pending token becomes available, or ``None``."""
+        """The earliest time a pending token becomes available, or ``None``.
+
+        Pending tokens are those of places that an arc reads or that are watched, so
+        this is the next time at which something can become enabled (or a watched
+        place gains an available token) without a firing or a put.
+        """
         return self._pending[0][0] if self._pending else None
 
     # -- inspection ---------------------------------------------------------------------

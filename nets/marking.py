@@ -4,10 +4,12 @@ Theory of operation:
 
 * A marking entry is ``(time, token)``: the token is available from ``time`` (integer
   milliseconds) on. The same entry may occur several times (a multiset).
-* Only *available* entries (``time <= now``) live in a place's indexes; entries from
-  the future wait in the engine's pending heap and are released into the indexes when
-  time reaches them. So an index lookup never has to skip invisible tokens, and the
-  engine's next deadline is simply the top of that heap.
+* Only *available* entries (``time <= now``) live in the indexes of a place that some
+  arc reads; entries from the future wait in the engine's pending heap and are released
+  into the indexes when time reaches them. So an index lookup never has to skip
+  invisible tokens, and the engine's next deadline is simply the top of that heap. A
+  place that no arc reads (``timed`` is false) takes future entries into its index at
+  once, since nothing waits for them; whoever takes tokens from it checks their time.
 * Every place has a *primary* index: by partition key for a keyed place, one bucket
   for a pool or fixed place. Arcs that match on other fields get a *secondary* index
   on exactly the fields bound when the arc is searched. A bucket is kept sorted, so
@@ -71,6 +73,27 @@ class Index:
         else:
             bucket.add(entry)
 
+    def add_many(self, entries: list[Entry]) -> None:
+        """Add many entries at once: group, then sort each bucket once (bulk loading)."""
+        project, buckets = self.project, self.buckets
+        touched: dict[Any, None] = {}
+        for entry in entries:
+            value = project(entry[1])
+            bucket = buckets.get(value)
+            if bucket is None:
+                buckets[value] = [entry]
+            elif type(bucket) is list:
+                bucket.append(entry)
+            else:
+                bucket.add(entry)
+            touched[value] = None
+        for value in touched:
+            bucket = buckets[value]
+            if type(bucket) is list:
+                bucket.sort()
+                if len(bucket) > BUCKET_LIST_MAX:
+                    buckets[value] = SortedList(bucket)
+
     def remove(self, entry: Entry) -> None:
         value = self.project(entry[1])
         bucket = self.buckets[value]
@@ -123,6 +146,7 @@ class PlaceStore:
         "place_watchers",
         "primary",
         "secondary",
+        "timed",
     )
 
     def __init__(self, place: Place) -> None:
@@ -136,6 +160,9 @@ class PlaceStore:
         self.key_watchers: tuple[KeyWatcher, ...] = ()
         self.place_watchers: tuple[PlaceWatcher, ...] = ()
         self.capacity_watchers: tuple[Any, ...] = ()
+        # False for a place that no arc reads: its future entries are indexed at once
+        # (nothing waits for them), so they never pass through the pending heap.
+        self.timed = True
 
     def index(self, positions: tuple[int, ...]) -> Index:
         """The index on ``positions``, created (and filled) on first request."""
@@ -198,6 +225,13 @@ class PlaceStore:
             place_watcher.all_dirty = True
         for capacity_watcher in self.capacity_watchers:
             capacity_watcher.blocked = None
+
+    def load(self, entries: list[Entry]) -> None:
+        """Bulk-add available entries without notifying anyone (initial loading)."""
+        self.primary.add_many(entries)
+        for index in self.secondary:
+            index.add_many(entries)
+        self.count += len(entries)
 
     def entries(self) -> Iterator[Entry]:
         """Available entries, bucket by bucket (buckets in no particular order)."""

@@ -405,6 +405,11 @@ def _validate_transition(net: Net, t: Transition) -> None:
                         "inhibitor arcs only test bound values"
                     )
             elif pattern.count != 1:
+                if pattern.var is not None and pattern.var.name in bound:
+                    raise NetDefinitionError(
+                        f"{where}: a many-token arc binds a tuple of tokens, so its variable "
+                        f"{pattern.var.name!r} must not be bound by an earlier arc"
+                    )
                 field_vars = {v.name for _, v in pattern.fields if isinstance(v, Var)}
                 early = sorted(field_vars - bound - {key_var})
                 if early:
