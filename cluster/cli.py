@@ -84,7 +84,7 @@ def cli() -> None:
 )
 def run(net_path: str, until_ms: int, seed: int, tie_break: str, max_steps: int) -> None:
     """Run NET (package.module:attr) in one process under virtual time and summarise it."""
-    net = load_net(net_path)
+    net = load_net(net_path, seed=seed)
     started = time.perf_counter()
     summary = simulate(net, until_ms=until_ms, seed=seed, tie_break=tie_break, steps_max=max_steps)
     wall_s = time.perf_counter() - started

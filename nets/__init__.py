@@ -22,8 +22,9 @@ Typical use::
 See ``docs/language.md`` for the whole language.
 """
 
-from nets.engine import Engine, EngineStatistics, Step, TieBreak
+from nets.engine import Engine, EngineStatistics, TieBreak
 from nets.errors import CpnError, NetDefinitionError, TokenError
+from nets.firing import Step
 from nets.model import (
     ConsumeArc,
     InhibitorArc,

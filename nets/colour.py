@@ -112,7 +112,13 @@ def describe(cls: object) -> ColourSet:
     fields: tuple[str, ...] = cls._fields
     if not fields:
         raise NetDefinitionError(f"colour set {cls.__name__} has no fields")
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:  # a string annotation naming something not in scope
+        raise NetDefinitionError(
+            f"colour set {cls.__name__}: cannot resolve its field annotations "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     types_ = tuple(_field_type(hints.get(f), f"field {cls.__name__}.{f}") for f in fields)
     colour = ColourSet(cls=cls, fields=fields, types=types_)
     _described[cls] = colour
@@ -127,9 +133,12 @@ def check_token(colour: ColourSet, token: object, *, where: str) -> None:
             first field that does not fit.
     """
     if type(token) is not colour.cls:
-        raise TokenError(
-            f"{where}: expected a {colour.name} token, got {type(token).__name__} {token!r}"
-        )
+        got = type(token)
+        expected, found = colour.name, got.__name__
+        if expected == found:  # two classes of one name: say which module each is from
+            expected = f"{colour.cls.__module__}.{colour.cls.__qualname__}"
+            found = f"{got.__module__}.{got.__qualname__}"
+        raise TokenError(f"{where}: expected a {expected} token, got {found} {token!r}")
     assert isinstance(token, tuple)
     for name, ftype, value in zip(colour.fields, colour.types, token, strict=True):
         if not ftype.accepts(value):

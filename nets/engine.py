@@ -30,7 +30,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 from nets.binding import (
     CONSUME,
@@ -42,9 +42,9 @@ from nets.binding import (
 )
 from nets.colour import check_token
 from nets.errors import CpnError
-from nets.marking import Entry, PlaceStore
+from nets.firing import FireFn, Found, Step, compile_firing
+from nets.marking import PlaceStore
 from nets.model import Net, Token, Transition
-from nets.outputs import compile_outputs
 
 StepHook = Callable[["Step"], None]
 PlacedEntry = tuple[str, int, Token]  # (place name, time, token)
@@ -55,16 +55,6 @@ class TieBreak(Enum):
 
     ORDERED = "ordered"
     RANDOM = "random"
-
-
-class Step(NamedTuple):
-    """One firing: what it consumed and produced, ready to persist or ship."""
-
-    transition: str
-    time: int
-    binding: Mapping[str, Any]
-    consumed: tuple[PlacedEntry, ...]
-    produced: tuple[PlacedEntry, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +168,7 @@ class _ComponentState:
                 raise InscriptionError(
                     f"guard of transition {self.tname!r} raised {type(exc).__name__}: {exc}"
                 ) from exc
+            # Cleared in place, never replaced: compiled firings hold this set.
             self.dirty_keys.clear()
             if len(heap) > 2 * len(current) + 64:
                 heap[:] = [item for item in heap if current.get(item[2]) == item[1]]
@@ -190,7 +181,7 @@ class _ComponentState:
         return None
 
 
-_Found = tuple[tuple[Any, ...], dict[str, Any]]
+_Found = Found
 
 
 class _TransitionState:
@@ -199,8 +190,8 @@ class _TransitionState:
         "capacity",
         "components",
         "const_guard",
+        "fire",
         "index",
-        "outputs",
         "transition",
     )
 
@@ -210,7 +201,7 @@ class _TransitionState:
         self.components = [
             _ComponentState(c, transition.name) for c in compile_components(transition, stores)
         ]
-        self.outputs = compile_outputs(transition.name, transition.produce)
+        self.fire: FireFn | None = None  # compiled once the engine's heap exists
         delta: dict[str, int] = {}
         for out in transition.produce:
             delta[out.place.name] = delta.get(out.place.name, 0) + 1
@@ -292,6 +283,14 @@ class Engine:
             [ts for ts in self._transitions if ts.transition.priority == p] for p in priorities
         ]
         self._wire_listeners()
+        for ts in self._transitions:
+            ts.fire = compile_firing(
+                ts.transition,
+                [cs.component for cs in ts.components],
+                self._stores,
+                self._pending,
+                self._pending_seq,
+            )
         if initial_marking:
             # Components start dirty, so bulk loading needs no notifications.
             for place in net.places:
@@ -415,41 +414,10 @@ class Engine:
         return result
 
     def _fire(self, ts: _TransitionState, found: list[_Found]) -> Step:
-        now = self.now
-        if len(found) == 1:
-            values = found[0][1]
-        else:
-            values = {}
-            for _entries, component_values in found:
-                values.update(component_values)
-        consumed: list[tuple[PlaceStore, Entry]] = []
-        for cs, (entries, _values) in zip(ts.components, found, strict=True):
-            for slot, store, many in cs.consumed:
-                if many:
-                    consumed.extend((store, e) for e in entries[slot])
-                else:
-                    consumed.append((store, entries[slot]))
-        produced = ts.outputs(values, now)
-        for store, entry in consumed:
-            store.remove_available(entry)
-        stores, pending, seq = self._stores, self._pending, self._pending_seq
-        for place, time, token in produced:
-            store = stores[place]
-            store.count += 1
-            if time <= now or not store.timed:
-                store.add_available((time, token))
-            else:
-                heapq.heappush(pending, (time, next(seq), place, token))
+        assert ts.fire is not None
+        step = ts.fire(found, self.now)
         self._steps += 1
-        name = ts.transition.name
-        self._firings[name] += 1
-        step = Step(
-            name,
-            now,
-            values,
-            tuple([(store.place.name, e[0], e[1]) for store, e in consumed]),
-            tuple(produced),
-        )
+        self._firings[step.transition] += 1
         for hook in self.hooks:
             hook(step)
         return step

@@ -1,8 +1,10 @@
 """Loading a net by import path: ``package.module:attr``.
 
-``attr`` names a :class:`Net`, or a function taking no arguments that returns one (so
-a module can build its net from defaults). Every way this can fail raises
-:class:`LoadError` with one line saying what was wrong and how to fix it. Importing a
+``attr`` names a :class:`Net`, or a function returning one, called with no arguments
+(so a module can build its net from defaults) or, if it has a ``seed`` parameter, with
+the run's seed (so ``cpn run --seed`` reaches the net's own seeded choices). Every way
+this can fail raises :class:`LoadError` with one line saying what was wrong and how to
+fix it. Importing a
 module is not I/O in the sense of the functional core: it is how Python code is
 found, and nets are Python code.
 """
@@ -10,13 +12,16 @@ found, and nets are Python code.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from nets.errors import LoadError, NetDefinitionError
 from nets.model import Net
 
 
-def load_net(path: str) -> Net:
+def load_net(path: str, *, seed: int = 0) -> Net:
     """Import and return the net named by ``path`` (``package.module:attr``).
+
+    ``seed`` is passed to a net-building function that has a ``seed`` parameter.
 
     Raises:
         LoadError: malformed path, module not importable, attribute missing, or the
@@ -44,7 +49,11 @@ def load_net(path: str) -> Net:
         raise LoadError(f"module {module_name!r} has no attribute {attr!r}") from None
     if callable(value) and not isinstance(value, Net):
         try:
-            value = value()
+            takes_seed = "seed" in inspect.signature(value).parameters
+        except (TypeError, ValueError):
+            takes_seed = False
+        try:
+            value = value(seed=seed) if takes_seed else value()
         except NetDefinitionError:
             raise
         except TypeError as exc:

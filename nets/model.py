@@ -41,17 +41,18 @@ class Var:
 
     name: str
 
+    def __post_init__(self) -> None:
+        # Generated searches use the name as part of a local variable (v_<name>).
+        if not (isinstance(self.name, str) and self.name.isidentifier()):
+            raise NetDefinitionError(f"variable name {self.name!r} is not a Python identifier")
+
     def __repr__(self) -> str:
         return self.name
 
 
 def variables(names: str) -> tuple[Var, ...]:
     """``d, t = variables("d t")``: one :class:`Var` per whitespace-separated name."""
-    parsed = tuple(Var(n) for n in names.split())
-    for v in parsed:
-        if not v.name.isidentifier():
-            raise NetDefinitionError(f"variable name {v.name!r} is not a Python identifier")
-    return parsed
+    return tuple(Var(n) for n in names.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,7 +419,11 @@ def _validate_transition(net: Net, t: Transition) -> None:
                         f"arcs (or the partition key); {early[0]!r} is not"
                     )
             bound |= names if kind != "inhibit" else set()
-    for name in t.guard_variables():
+    try:
+        guard_variables = t.guard_variables()
+    except NetDefinitionError as exc:
+        raise NetDefinitionError(f"net {net.name!r}: {exc}") from exc
+    for name in guard_variables:
         if name not in bound:
             raise NetDefinitionError(
                 f"{where_t}, guard: variable {name!r} is not bound by any consume or read arc "
@@ -432,7 +437,11 @@ def _validate_transition(net: Net, t: Transition) -> None:
             )
         if net._places.get(out.place.name) is not out.place:
             raise NetDefinitionError(f"{where}: place {out.place.name!r} is not part of the net")
-        for name in sorted(out.variables()):
+        try:
+            used = out.variables()
+        except NetDefinitionError as exc:
+            raise NetDefinitionError(f"{where}: {exc}") from exc
+        for name in sorted(used):
             if name not in bound:
                 raise NetDefinitionError(
                     f"{where}: uses variable {name!r} that no consume or read arc binds "

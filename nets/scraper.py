@@ -183,5 +183,6 @@ def scraper_net(params: ScraperParams = ScraperParams()) -> Net:
     )
 
 
-net = scraper_net()
-"""The default instance, for ``cpn run nets.scraper:net``."""
+def net(seed: int = 0) -> Net:
+    """The default instance, for ``cpn run nets.scraper:net [--seed S]``."""
+    return scraper_net(ScraperParams(seed=seed))
