@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -16,6 +17,8 @@ import click
 from nets.errors import CpnError
 from nets.loader import load_net
 from nets.simulation import simulate
+from shard.process import ShardConfig, serve
+from shard.store import Durability
 
 EXIT_USER_ERROR = 2
 
@@ -107,6 +110,47 @@ def run(net_path: str, until_ms: int, seed: int, tie_break: str, max_steps: int)
     click.echo("tokens per place:")
     for name, count in summary.tokens.items():
         click.echo(f"  {name:<{width}}  {count:>12,}")
+
+
+@cli.command()
+@click.option(
+    "--net", "net_path", required=True, metavar="NET", help="The net, as package.module:attr."
+)
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The shard's data directory (LMDB store, endpoint file, log).",
+)
+@click.option(
+    "--bind",
+    default="tcp://127.0.0.1:0",
+    show_default=True,
+    help="Endpoint to serve on; port 0 picks a free port, published in DATA/endpoint.",
+)
+@click.option(
+    "--durability",
+    type=click.Choice([d.value for d in Durability]),
+    default=Durability.FSYNC.value,
+    show_default=True,
+    help="fsync: commits survive power loss; process: they survive a killed process.",
+)
+@click.option(
+    "--allow-remote", is_flag=True, help="Allow binding to an address other than loopback."
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Passed to the net's builder, if it takes a seed.",
+)
+def shard(
+    net_path: str, data_dir: Path, bind: str, durability: str, allow_remote: bool, seed: int
+) -> None:
+    """Run one shard: recover NET's marking from DATA, then serve and fire."""
+    serve(ShardConfig(net_path, data_dir, bind, Durability(durability), allow_remote, seed))
 
 
 def main() -> None:

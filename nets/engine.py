@@ -363,6 +363,44 @@ class Engine:
             raise CpnError(f"place {place!r} has no available token {token!r} at time {time}")
         store.remove_available(entry)
 
+    def restore(self, marking: Mapping[str, Iterable[tuple[int, Token]]]) -> None:
+        """Load a recovered marking into an engine created with ``initial_marking=False``.
+
+        Entries are trusted (they were checked when they first entered the net);
+        entries after the engine's ``now`` wait as usual. Call :meth:`advance` first to
+        set the time.
+        """
+        assert self._steps == 0, "restore() is for a fresh engine"
+        now = self.now
+        for place, entries in marking.items():
+            store = self._store(place)
+            available = []
+            for time, token in entries:
+                if time <= now or not store.timed:
+                    available.append((time, token))
+                else:
+                    store.count += 1
+                    self._pending.append((time, next(self._pending_seq), place, token))
+            store.load(available)
+        heapq.heapify(self._pending)
+        for ts in self._transitions:
+            for cs in ts.components:
+                cs.all_dirty = True
+
+    def holds(self, place: str, token: Token, *, time: int) -> bool:
+        """Whether ``place`` has the available entry ``(time, token)``."""
+        return time <= self.now and self._store(place).primary.contains((time, token))
+
+    def available(self, place: str, limit: int) -> list[tuple[int, Token]]:
+        """The first ``limit`` available entries of ``place`` in marking order."""
+        store = self._store(place)
+        found: list[tuple[int, Token]] = []
+        for entry in heapq.merge(*store.primary.buckets.values()):
+            if entry[0] > self.now or len(found) >= limit:
+                break
+            found.append(entry)
+        return found
+
     def advance(self, now: int) -> None:
         """Move the engine's time to ``now`` and release pending tokens that are due."""
         assert now >= self.now, f"time went backwards: {now} < {self.now}"

@@ -163,6 +163,9 @@ class Place:
             would overfill the place is not enabled (back pressure). In a cluster the
             capacity applies per shard.
         initial: the initial marking, tokens available at time 0.
+        work_queue: workers may lease this place's tokens (see shard/leases.py): a
+            leased token is held for the lease time and comes back if the lease
+            expires before the worker completes it.
 
     Calling the place builds an arc pattern; ``produce`` builds an output arc.
     """
@@ -173,6 +176,7 @@ class Place:
     pool: bool = False
     capacity: int | None = None
     initial: Sequence[Token] = ()
+    work_queue: bool = False
     colour_set: ColourSet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,303 @@
+"""The wire format: a closed set of messages as msgpack frames.
+
+Every frame is the msgpack array ``[version, type, message_id, incarnation, body]``:
+
+* ``version``: :data:`PROTOCOL_VERSION`; a frame of another version is refused;
+* ``type``: the message type's code (the ``TYPE`` of one of the classes below);
+* ``message_id``: chosen by the requester, echoed in the reply (correlation);
+* ``incarnation``: the sender's incarnation (a shard's start count; 0 for clients),
+  so that a receiver can tell an old incarnation's messages from the current one's;
+* ``body``: the message's fields, in declaration order.
+
+Theory of operation: :func:`encode` and :func:`decode` are the only way in and out.
+:func:`decode` validates everything (sizes via :func:`nets.codec.unpack`'s limits, the
+envelope's shape, the type code, the number and the type of every field) and raises
+:class:`WireFormatError` naming the problem, never anything else, so a shell can answer
+garbage with an :class:`Error` reply and carry on. Tokens travel as tuples of field
+values (arrays decode as tuples, so tuple-typed fields survive); turning them back into
+typed tokens is the receiver's job, because only it knows the place's colour set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from nets.codec import CodecError, pack, unpack
+from nets.errors import CpnError
+
+PROTOCOL_VERSION: Final = 1
+FRAME_BYTES_MAX: Final = 4 * 1024 * 1024
+TOKENS_PER_MESSAGE_MAX: Final = 100_000
+
+Fields = tuple[Any, ...]  # a token on the wire: its field values
+TimedFields = tuple[int, Fields]  # (time in ms, field values)
+
+
+class WireFormatError(CpnError):
+    """A frame that is not a valid message (malformed, oversized, unknown type...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of all messages; ``TYPE`` is the code on the wire."""
+
+    TYPE: ClassVar[int] = 0
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Put(Message):
+    """Put tokens into a place; applied once per (client_id, request_seq)."""
+
+    TYPE: ClassVar[int] = 1
+    client_id: str
+    request_seq: int
+    place: str
+    tokens: tuple[Fields, ...]
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueryCounts(Message):
+    """How many tokens each place holds."""
+
+    TYPE: ClassVar[int] = 2
+
+
+@dataclass(frozen=True, slots=True)
+class QueryTokens(Message):
+    """One page of a place's entries, in marking order."""
+
+    TYPE: ClassVar[int] = 3
+    place: str
+    offset: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease(Message):
+    """Take up to ``max_tokens`` available tokens of a work-queue place for ``lease_ms``."""
+
+    TYPE: ClassVar[int] = 4
+    client_id: str
+    request_seq: int
+    place: str
+    max_tokens: int
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Complete(Message):
+    """Finish a lease, putting result tokens ``(place, fields)`` in one atomic step."""
+
+    TYPE: ClassVar[int] = 5
+    client_id: str
+    request_seq: int
+    lease_id: str
+    results: tuple[tuple[str, Fields], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Message):
+    """The shard's statistics."""
+
+    TYPE: ClassVar[int] = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    """Stop gracefully: finish the current batch, commit, close."""
+
+    TYPE: ClassVar[int] = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Liveness check."""
+
+    TYPE: ClassVar[int] = 8
+
+
+# -- replies -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PutAck(Message):
+    """The put is committed (``duplicate``: it had been applied before)."""
+
+    TYPE: ClassVar[int] = 101
+    request_seq: int
+    accepted: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Counts(Message):
+    """Tokens per place (available and future) at the shard's time ``now_ms``."""
+
+    TYPE: ClassVar[int] = 102
+    counts: dict[str, int]
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens(Message):
+    """A page of a place's entries; ``total`` is the place's token count."""
+
+    TYPE: ClassVar[int] = 103
+    place: str
+    offset: int
+    total: int
+    entries: tuple[TimedFields, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Leased(Message):
+    """The tokens now leased (possibly none) and when the lease expires."""
+
+    TYPE: ClassVar[int] = 104
+    request_seq: int
+    lease_id: str
+    expires_at_ms: int
+    entries: tuple[TimedFields, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Completed(Message):
+    """The lease's results are committed (``duplicate``: they had been before)."""
+
+    TYPE: ClassVar[int] = 105
+    request_seq: int
+    lease_id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics(Message):
+    """Counters and gauges, by name (see the shard's documentation)."""
+
+    TYPE: ClassVar[int] = 106
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ShuttingDown(Message):
+    TYPE: ClassVar[int] = 107
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    TYPE: ClassVar[int] = 108
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """A request that could not be served; ``code`` is stable, ``message`` is for people."""
+
+    TYPE: ClassVar[int] = 199
+    code: str
+    message: str
+
+
+REQUESTS: Final = (Put, QueryCounts, QueryTokens, Lease, Complete, Stats, Shutdown, Ping)
+REPLIES: Final = (PutAck, Counts, Tokens, Leased, Completed, Statistics, ShuttingDown, Pong, Error)
+_BY_TYPE: Final[dict[int, type[Message]]] = {cls.TYPE: cls for cls in REQUESTS + REPLIES}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded frame: the message and its envelope fields."""
+
+    message: Message
+    message_id: int
+    incarnation: int
+
+
+def encode(message: Message, *, message_id: int, incarnation: int = 0) -> bytes:
+    """The frame for ``message`` (see the module docstring)."""
+    body = tuple(getattr(message, f.name) for f in dataclasses.fields(message))
+    return pack((PROTOCOL_VERSION, message.TYPE, message_id, incarnation, body))
+
+
+def decode(frame: bytes) -> Envelope:
+    """Decode and validate one frame.
+
+    Raises:
+        WireFormatError: naming what is wrong; nothing else escapes.
+    """
+    try:
+        value = unpack(frame, frame_bytes_max=FRAME_BYTES_MAX)
+    except CodecError as exc:
+        raise WireFormatError(str(exc)) from exc
+    if type(value) is not tuple or len(value) != 5:
+        raise WireFormatError("a frame must be [version, type, message_id, incarnation, body]")
+    version, code, message_id, incarnation, body = value
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise WireFormatError(f"protocol version {version!r} is not {PROTOCOL_VERSION}")
+    if type(message_id) is not int or message_id < 0:
+        raise WireFormatError(f"message id {message_id!r} is not a non-negative int")
+    if type(incarnation) is not int or incarnation < 0:
+        raise WireFormatError(f"incarnation {incarnation!r} is not a non-negative int")
+    cls = _BY_TYPE.get(code) if type(code) is int else None
+    if cls is None:
+        raise WireFormatError(f"unknown message type {code!r}")
+    fields = dataclasses.fields(cls)
+    if type(body) is not tuple or len(body) != len(fields):
+        raise WireFormatError(
+            f"{cls.__name__} needs {len(fields)} fields "
+            f"({', '.join(f.name for f in fields)}), got {body!r:.200}"
+        )
+    hints = _hints(cls)
+    for f, item in zip(fields, body, strict=True):
+        if not _conforms(item, hints[f.name]):
+            raise WireFormatError(
+                f"{cls.__name__}.{f.name} must be {_describe(hints[f.name])}, got {item!r:.200}"
+            )
+    return Envelope(cls(*body), message_id, incarnation)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    found = _HINTS.get(cls)
+    if found is None:
+        found = _HINTS[cls] = typing.get_type_hints(cls)
+    return found
+
+
+def _conforms(value: object, hint: Any) -> bool:
+    """Does a decoded value fit a field's type hint? (the few shapes messages use)"""
+    if hint is Any:
+        return True
+    if hint in (int, str, bool):
+        return type(value) is hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if type(value) is not tuple:
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return len(value) <= TOKENS_PER_MESSAGE_MAX and all(
+                _conforms(item, args[0]) for item in value
+            )
+        return len(value) == len(args) and all(
+            _conforms(item, a) for item, a in zip(value, args, strict=True)
+        )
+    if origin is dict:
+        return type(value) is dict and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+        )
+    if isinstance(hint, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    raise AssertionError(f"unsupported message field type {hint!r}")
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -1,0 +1,562 @@
+"""One shard process: recover, then serve and fire on the real clock (SHELL).
+
+Theory of operation (one loop, one thread):
+
+1. Wait on the socket until a message arrives or the engine's next deadline comes
+   (``zmq.Poller.poll`` with the time left; at most ``IDLE_WAKE_MS``).
+2. Take up to ``REQUESTS_PER_BATCH_MAX`` messages. Each is decoded (garbage gets an
+   :class:`~router.wire.Error` reply and is counted) and applied to the engine: puts add
+   tokens, leases move tokens into held, completions swap held tokens for results.
+3. Fire everything enabled at the current time (at most ``FIRINGS_PER_BATCH_MAX``).
+4. Commit the batch, every marking change of steps 2 and 3 plus the per-client replies,
+   in one LMDB write transaction.
+5. Only then send the replies. Nothing leaves the process before it is committed.
+
+If a commit fails (a full disk), the shard reloads its engine from what is committed,
+answers the batch's requests with ``store_unavailable`` and from then on refuses
+writes; queries keep working. A retried request carries the same client id and
+sequence number and is answered from the client table, never applied twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import signal
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import zmq
+
+from nets.codec import token_from_fields
+from nets.engine import Engine
+from nets.errors import CpnError, TokenError
+from nets.firing import Step
+from nets.loader import load_net
+from nets.model import Net, Token
+from router.wire import (
+    FRAME_BYTES_MAX,
+    Complete,
+    Completed,
+    Counts,
+    Envelope,
+    Error,
+    Lease,
+    Leased,
+    Message,
+    Ping,
+    Pong,
+    Put,
+    PutAck,
+    QueryCounts,
+    QueryTokens,
+    Shutdown,
+    ShuttingDown,
+    Statistics,
+    Stats,
+    Tokens,
+    WireFormatError,
+    decode,
+    encode,
+)
+from shard.leases import WorkQueue, with_work_queues
+from shard.store import MAP_SIZE_BYTES_INITIAL, Batch, Durability, Store, StoreError
+
+ENDPOINT_FILE: Final = "endpoint"
+LOG_FILE: Final = "shard.log"
+IDLE_WAKE_MS: Final = 1_000
+REQUESTS_PER_BATCH_MAX: Final = 1_000
+FIRINGS_PER_BATCH_MAX: Final = 10_000
+TOKENS_PAGE_MAX: Final = 10_000
+LEASE_TOKENS_MAX: Final = 10_000
+LATENCIES_KEPT_MAX: Final = 4_096
+
+log = logging.getLogger("cpn.shard")
+
+
+class SystemClock:
+    """Milliseconds since the Unix epoch, never going backwards within a process."""
+
+    def __init__(self, floor_ms: int = 0) -> None:
+        self._last_ms = floor_ms
+
+    def now_ms(self) -> int:
+        self._last_ms = max(self._last_ms, time.time_ns() // 1_000_000)
+        return self._last_ms
+
+
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    net_path: str
+    data_dir: Path
+    bind: str = "tcp://127.0.0.1:0"
+    durability: Durability = Durability.FSYNC
+    allow_remote: bool = False
+    seed: int = 0
+    map_size_bytes: int = MAP_SIZE_BYTES_INITIAL
+
+
+class RequestError(CpnError):
+    """A request the shard understood but cannot serve; ``code`` goes on the wire."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def bind_address(endpoint: str, *, allow_remote: bool) -> str:
+    """Check an endpoint and turn port 0 into ZeroMQ's "any free port" form.
+
+    Raises:
+        CpnError: not a ``tcp://host:port`` endpoint, or not loopback without
+            ``allow_remote``.
+    """
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
+        raise CpnError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:PORT")
+    try:
+        loopback = ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        loopback = parts.hostname == "localhost"
+    if not loopback and not allow_remote:
+        raise CpnError(
+            f"refusing to bind {endpoint}: it is not a loopback address; pass "
+            "--allow-remote to serve other hosts"
+        )
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"tcp://{host}:{'*' if parts.port == 0 else parts.port}"
+
+
+def read_endpoint(data_dir: Path) -> tuple[str, int] | None:
+    """The ``(endpoint, pid)`` a shard published in ``data_dir`` (``None`` until it has).
+
+    The pid tells a launcher whether the file is from the process it started or from
+    an earlier, killed incarnation.
+    """
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        endpoint, pid = (data_dir / ENDPOINT_FILE).read_text().split()
+        return endpoint, int(pid)
+    return None
+
+
+class Shard:
+    """The shard's state and its request handlers (see the module docstring)."""
+
+    def __init__(self, config: ShardConfig) -> None:
+        self.config = config
+        base = load_net(config.net_path, seed=config.seed)
+        self.net: Net
+        self.net, self.queues = with_work_queues(base)
+        self.store = Store(
+            config.data_dir,
+            net=self.net,
+            durability=config.durability,
+            map_size_bytes=config.map_size_bytes,
+        )
+        self.incarnation = self.store.incarnation
+        self.stopping = False
+        self.read_only_reason: str | None = None
+        self.counters: Counter[str] = Counter()
+        self.commit_latencies_ms: deque[float] = deque(maxlen=LATENCIES_KEPT_MAX)
+        self.batch_sizes: deque[int] = deque(maxlen=LATENCIES_KEPT_MAX)
+        self._lease_seq = 0
+        self._recover()
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        recovered = self.store.recover()
+        self.clock = SystemClock(floor_ms=recovered.clock_ms)
+        self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
+        self.engine = Engine(self.net, initial_marking=False, watch=list(self.queues))
+        self.engine.advance(self.clock.now_ms())
+        self.batch = Batch()
+        self.engine.hooks.append(self._record_step)
+        if recovered.initialised:
+            self.engine.restore(recovered.marking)
+        else:
+            for place in self.net.places:
+                for token in place.initial:
+                    self._add(place.name, token, self.engine.now)
+            self.batch.clock_ms = self.engine.now
+            self.store.commit(self.batch, initialised=True)
+            self.batch = Batch()
+        self.leases: dict[str, list[tuple[str, int, Token]]] = {}
+        for queue in self.queues.values():
+            for time_ms, held in self.engine.tokens(queue.held.name):
+                self.leases.setdefault(held[0], []).append((queue.held.name, time_ms, held))
+
+    def _record_step(self, step: Step) -> None:
+        for place, time_ms, token in step.consumed:
+            self.batch.remove(place, time_ms, token)
+        for place, time_ms, token in step.produced:
+            self.batch.add(place, time_ms, token)
+        if step.transition.endswith("__lease_expired"):
+            self.counters["leases_expired"] += 1
+
+    def _add(self, place: str, token: Token, time_ms: int) -> None:
+        self.engine.add(place, token, time=time_ms)
+        self.batch.add(place, time_ms, token)
+
+    def _remove(self, place: str, token: Token, time_ms: int) -> None:
+        self.engine.remove(place, token, time=time_ms)
+        self.batch.remove(place, time_ms, token)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def handle(self, envelope: Envelope) -> Message:
+        """Apply one request to the engine and the batch; return its reply."""
+        message = envelope.message
+        self.counters[f"requests_{type(message).__name__}"] += 1
+        if isinstance(message, Put | Lease | Complete):
+            duplicate = self._duplicate(message.client_id, message.request_seq)
+            if duplicate is not None:
+                return duplicate
+            if self.read_only_reason is not None:
+                raise RequestError("store_unavailable", self.read_only_reason)
+        if isinstance(message, Put):
+            return self._put(message)
+        if isinstance(message, Lease):
+            return self._lease(message)
+        if isinstance(message, Complete):
+            return self._complete(message)
+        if isinstance(message, QueryCounts):
+            return Counts(self._counts(), self.engine.now)
+        if isinstance(message, QueryTokens):
+            return self._tokens(message)
+        if isinstance(message, Stats):
+            return Statistics(self.statistics())
+        if isinstance(message, Ping):
+            return Pong(self.engine.now)
+        if isinstance(message, Shutdown):
+            self.stopping = True
+            return ShuttingDown()
+        raise RequestError("not_a_request", f"{type(message).__name__} is a reply, not a request")
+
+    def _duplicate(self, client_id: str, seq: int) -> Message | None:
+        known = self.clients.get(client_id)
+        if known is None or seq > known[0]:
+            return None
+        self.counters["requests_duplicate"] += 1
+        if seq == known[0]:
+            # The very reply the client may have missed, marked as a repeat.
+            reply = decode(known[1]).message
+            if isinstance(reply, PutAck | Completed):
+                reply = dataclasses.replace(reply, duplicate=True)
+            return reply
+        raise RequestError(
+            "stale_request",
+            f"client {client_id!r} sent request {seq}, but request {known[0]} came after it",
+        )
+
+    def _remember(self, client_id: str, seq: int, reply: Message) -> Message:
+        frame = encode(reply, message_id=0, incarnation=self.incarnation)
+        self.clients[client_id] = (seq, frame)
+        self.batch.clients[client_id] = (seq, frame)
+        return reply
+
+    def _place(self, name: str) -> Any:
+        if not self.net.has_place(name):
+            raise RequestError(
+                "unknown_place",
+                f"net {self.net.name!r} has no place {name!r} "
+                f"(places: {', '.join(p.name for p in self.net.places)})",
+            )
+        return self.net.place(name)
+
+    def _tokens_of(self, place_name: str, items: tuple[Any, ...]) -> list[Token]:
+        place = self._place(place_name)
+        try:
+            return [
+                token_from_fields(place.colour_set, fields, where=f"place {place_name!r}")
+                for fields in items
+            ]
+        except TokenError as exc:
+            raise RequestError("wrong_colour", str(exc)) from exc
+
+    def _put(self, put: Put) -> Message:
+        tokens = self._tokens_of(put.place, put.tokens)
+        if put.delay_ms < 0:
+            raise RequestError("bad_request", f"delay_ms must be >= 0, got {put.delay_ms}")
+        at = self.engine.now + put.delay_ms
+        for token in tokens:
+            self._add(put.place, token, at)
+        return self._remember(
+            put.client_id, put.request_seq, PutAck(put.request_seq, len(tokens), False)
+        )
+
+    def _queue(self, name: str) -> WorkQueue:
+        self._place(name)
+        queue = self.queues.get(name)
+        if queue is None:
+            raise RequestError(
+                "not_a_work_queue",
+                f"place {name!r} is not a work queue (declare it with work_queue=True); "
+                f"work queues: {', '.join(self.queues) or 'none'}",
+            )
+        return queue
+
+    def _lease(self, lease: Lease) -> Message:
+        queue = self._queue(lease.place)
+        if not 0 < lease.max_tokens <= LEASE_TOKENS_MAX or lease.lease_ms <= 0:
+            raise RequestError(
+                "bad_request",
+                f"lease needs 0 < max_tokens <= {LEASE_TOKENS_MAX} and lease_ms > 0",
+            )
+        now = self.engine.now
+        self._lease_seq += 1
+        lease_id = f"{self.incarnation}.{self._lease_seq}"
+        expires = now + lease.lease_ms
+        taken = self.engine.available(lease.place, lease.max_tokens)
+        held_entries = []
+        for index, (time_ms, token) in enumerate(taken):
+            self._remove(lease.place, token, time_ms)
+            held = queue.held_token(lease_id, index, token)
+            self._add(queue.held.name, held, now)
+            self._add(queue.timer.name, queue.timer_token(lease_id, index, token), expires)
+            held_entries.append((queue.held.name, now, held))
+        if held_entries:
+            self.leases[lease_id] = held_entries
+            self.counters["leases_granted"] += 1
+        reply = Leased(
+            lease.request_seq, lease_id, expires, tuple((t, tuple(tok)) for t, tok in taken)
+        )
+        return self._remember(lease.client_id, lease.request_seq, reply)
+
+    def _complete(self, complete: Complete) -> Message:
+        held = self.leases.get(complete.lease_id)
+        if held is None or not all(self.engine.holds(p, tok, time=t) for p, t, tok in held):
+            self.leases.pop(complete.lease_id, None)
+            raise RequestError(
+                "lease_expired",
+                f"lease {complete.lease_id!r} is unknown or expired; its tokens went back "
+                "to their queue",
+            )
+        results = [
+            (place, token)
+            for place, fields in complete.results
+            for token in self._tokens_of(place, (fields,))
+        ]
+        for place, time_ms, token in held:
+            self._remove(place, token, time_ms)
+        for place, token in results:
+            self._add(place, token, self.engine.now)
+        del self.leases[complete.lease_id]
+        self.counters["leases_completed"] += 1
+        reply = Completed(complete.request_seq, complete.lease_id, False)
+        return self._remember(complete.client_id, complete.request_seq, reply)
+
+    def _counts(self) -> dict[str, int]:
+        return {p.name: self.engine.count(p.name) for p in self.net.places}
+
+    def _tokens(self, query: QueryTokens) -> Message:
+        self._place(query.place)
+        if query.offset < 0 or not 0 < query.limit <= TOKENS_PAGE_MAX:
+            raise RequestError(
+                "bad_request", f"need offset >= 0 and 0 < limit <= {TOKENS_PAGE_MAX}"
+            )
+        entries = self.engine.tokens(query.place)
+        page = entries[query.offset : query.offset + query.limit]
+        return Tokens(
+            query.place, query.offset, len(entries), tuple((t, tuple(tok)) for t, tok in page)
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        stats = self.engine.statistics()
+        store = self.store.statistics()
+        latencies = sorted(self.commit_latencies_ms)
+        sizes = list(self.batch_sizes)
+        return {
+            "net": self.net.name,
+            "incarnation": self.incarnation,
+            "now_ms": self.engine.now,
+            "firings": dict(stats.firings),
+            "tokens": dict(stats.tokens),
+            "commits": store.commits,
+            "commit_entries": store.entries_written,
+            "commit_batch_mean": (sum(sizes) / len(sizes)) if sizes else 0.0,
+            "commit_batch_max": max(sizes, default=0),
+            "commit_ms_p50": _quantile(latencies, 0.50),
+            "commit_ms_p99": _quantile(latencies, 0.99),
+            "map_size_bytes": store.map_size_bytes,
+            "map_resizes": store.map_resizes,
+            "read_only": self.read_only_reason or "",
+            "counters": dict(self.counters),
+        }
+
+    # -- the batch ----------------------------------------------------------------------
+
+    def fire_due(self) -> int:
+        """Fire what is enabled now (bounded); the hook records the steps in the batch."""
+        if self.read_only_reason is not None:
+            return 0
+        now = self.clock.now_ms()
+        fired = 0
+        while fired < FIRINGS_PER_BATCH_MAX and self.engine.fire(now) is not None:
+            fired += 1
+        return fired
+
+    def commit(self) -> bool:
+        """Commit the batch; on failure, fall back to the committed state, read-only."""
+        batch, self.batch = self.batch, Batch()
+        batch.clock_ms = self.engine.now
+        if batch.is_empty():
+            return True
+        started = time.perf_counter()
+        try:
+            self.store.commit(batch)
+        except StoreError as exc:
+            log.error("commit failed, the shard is now read-only: %s", exc)
+            self.read_only_reason = f"the shard's store failed and refuses writes: {exc}"
+            self.counters["commits_failed"] += 1
+            self._recover()  # the engine must match what is on disk again
+            return False
+        self.commit_latencies_ms.append((time.perf_counter() - started) * 1000)
+        self.batch_sizes.append(len(batch.marking))
+        return True
+
+    def timeout_ms(self) -> int:
+        deadline = self.engine.next_deadline()
+        if deadline is None:
+            return IDLE_WAKE_MS
+        return max(0, min(IDLE_WAKE_MS, deadline - self.clock.now_ms()))
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 3)
+
+
+def serve(config: ShardConfig) -> None:
+    """Run a shard until it is asked to stop (Shutdown, SIGTERM or SIGINT).
+
+    Raises:
+        CpnError: the net does not load, the data directory is locked or holds another
+            net, or the endpoint cannot be bound.
+    """
+    address = bind_address(config.bind, allow_remote=config.allow_remote)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    _configure_logging(config.data_dir / LOG_FILE)
+    shard = Shard(config)
+    context = zmq.Context()
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    socket.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
+    try:
+        socket.bind(address)
+    except zmq.ZMQError as exc:
+        shard.store.close()
+        socket.close()
+        context.term()
+        raise CpnError(f"cannot bind {config.bind}: {exc.strerror}; is the port in use?") from exc
+    endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+    _publish_endpoint(config.data_dir, endpoint)
+    log.info(
+        "shard of net %r serving on %s (incarnation %d, durability %s, pid %d)",
+        shard.net.name,
+        endpoint,
+        shard.incarnation,
+        config.durability.value,
+        os.getpid(),
+    )
+
+    def stop(_signum: int, _frame: object) -> None:
+        shard.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    poller = zmq.Poller()
+    poller.register(socket, zmq.POLLIN)
+    try:
+        while not shard.stopping:
+            poller.poll(shard.timeout_ms())
+            replies = _receive(shard, socket)
+            shard.fire_due()
+            if not shard.commit():
+                replies = [
+                    (peer, Error("store_unavailable", shard.read_only_reason or ""), mid)
+                    if not isinstance(reply, Error) and _writes(reply)
+                    else (peer, reply, mid)
+                    for peer, reply, mid in replies
+                ]
+            for peer, reply, message_id in replies:
+                _send(shard, socket, peer, reply, message_id)
+    finally:
+        shard.commit()
+        with contextlib.suppress(FileNotFoundError):
+            (config.data_dir / ENDPOINT_FILE).unlink()
+        socket.close(linger=0)
+        context.term()
+        shard.store.close()
+        log.info("shard stopped")
+
+
+def _writes(reply: Message) -> bool:
+    return isinstance(reply, PutAck | Leased | Completed)
+
+
+def _receive(shard: Shard, socket: zmq.Socket[bytes]) -> list[tuple[bytes, Message, int]]:
+    replies: list[tuple[bytes, Message, int]] = []
+    while len(replies) < REQUESTS_PER_BATCH_MAX:
+        try:
+            frames = socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        peer, payload = frames[0], frames[-1]
+        message_id = 0
+        try:
+            if len(frames) not in (2, 3) or (len(frames) == 3 and frames[1]):
+                raise WireFormatError(f"expected one message frame, got {len(frames) - 1}")
+            envelope = decode(payload)
+            message_id = envelope.message_id
+            reply = shard.handle(envelope)
+        except WireFormatError as exc:
+            shard.counters["frames_malformed"] += 1
+            log.warning("malformed frame from %s: %s", peer.hex(), exc)
+            reply = Error("malformed_frame", str(exc))
+        except RequestError as exc:
+            shard.counters[f"errors_{exc.code}"] += 1
+            reply = Error(exc.code, str(exc))
+        except CpnError as exc:
+            shard.counters["errors_request"] += 1
+            reply = Error("bad_request", str(exc))
+        except Exception as exc:  # the loop must survive any single request
+            shard.counters["errors_internal"] += 1
+            log.exception("request failed")
+            reply = Error("internal", f"{type(exc).__name__}: {exc}")
+        replies.append((peer, reply, message_id))
+    return replies
+
+
+def _send(shard: Shard, socket: zmq.Socket[bytes], peer: bytes, reply: Message, mid: int) -> None:
+    frame = encode(reply, message_id=mid, incarnation=shard.incarnation)
+    try:
+        socket.send_multipart([peer, frame], zmq.NOBLOCK)
+    except (zmq.Again, zmq.ZMQError) as exc:
+        # The peer is gone or slow; a client retries with the same request id and is
+        # answered from the client table, so dropping the reply loses nothing.
+        shard.counters["replies_dropped"] += 1
+        log.info("reply to %s dropped: %s", peer.hex(), exc)
+
+
+def _publish_endpoint(data_dir: Path, endpoint: str) -> None:
+    tmp = data_dir / f".{ENDPOINT_FILE}.{os.getpid()}"
+    tmp.write_text(f"{endpoint}\n{os.getpid()}\n")
+    tmp.replace(data_dir / ENDPOINT_FILE)  # atomic: readers see all of it or nothing
+
+
+def _configure_logging(path: Path) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("cpn")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)

@@ -1,0 +1,329 @@
+"""The shard's durable state: one LMDB environment per data directory (SHELL).
+
+Layout (all keys sortable; the slot comes first so a slot is one contiguous range):
+
+* ``marking``: key ``slot (2 bytes BE) | place name | 0x00 | msgpack((time, fields))``,
+  value: the entry's multiplicity (4 bytes BE). The marking is stored directly (no log
+  to replay): recovery is one cursor scan, and each commit writes only the entries
+  that changed. See docs/store.md for the measurement behind this choice.
+* ``meta``: ``net`` (the net's name), ``incarnation`` (starts so far), ``clock_ms``
+  (the shard's time high-water mark), ``initialised`` (the initial marking was
+  committed), ``schema`` (layout version).
+* ``clients``: ``client_id`` -> msgpack((last request_seq, reply frame, last use)):
+  per-client deduplication, bounded to ``CLIENTS_MAX`` entries (least recently used
+  evicted).
+
+Theory of operation: the shard collects a :class:`Batch` (the marking's net change
+from many firings, puts, leases and completions; client replies; the clock) and
+:meth:`Store.commit` writes it in one write transaction. Nothing leaves the process
+before its batch is committed. A full map grows the map and retries; a full disk (or
+any other write failure) raises :class:`StoreError` and leaves the committed state as
+it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Final
+
+import lmdb
+
+from nets.codec import CodecError, pack, token_from_fields, unpack
+from nets.errors import CpnError
+from nets.model import Net, Token
+from router.slots import slot_of_token
+
+SCHEMA_VERSION: Final = 1
+MAP_SIZE_BYTES_INITIAL: Final = 64 * 1024 * 1024
+MAP_SIZE_BYTES_MAX: Final = 1 << 40
+CLIENTS_MAX: Final = 100_000
+LOCK_FILE: Final = "lock"
+
+MarkingDelta = Counter[tuple[str, int, Token]]  # (place, time, token) -> +n / -n
+
+
+class StoreError(CpnError):
+    """The store cannot do what was asked (locked, full disk, another net's data...)."""
+
+
+class Durability(Enum):
+    """What a committed batch survives.
+
+    ``FSYNC``: every commit is flushed to disk before it returns (survives power loss).
+    ``PROCESS``: commits reach the operating system but are not flushed (survives a
+    killed process, not a crashed host); much faster on slow disks.
+    """
+
+    FSYNC = "fsync"
+    PROCESS = "process"
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one write transaction commits."""
+
+    marking: MarkingDelta = field(default_factory=Counter)
+    clients: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    clock_ms: int = 0
+
+    def is_empty(self) -> bool:
+        return not self.marking and not self.clients
+
+    def add(self, place: str, time: int, token: Token, n: int = 1) -> None:
+        self.marking[(place, time, token)] += n
+
+    def remove(self, place: str, time: int, token: Token, n: int = 1) -> None:
+        self.marking[(place, time, token)] -= n
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a store holds when it is opened."""
+
+    marking: Mapping[str, list[tuple[int, Token]]]
+    clock_ms: int
+    clients: Mapping[str, tuple[int, bytes]]
+    initialised: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStatistics:
+    commits: int
+    entries_written: int
+    map_size_bytes: int
+    map_resizes: int
+
+
+class Store:
+    """One shard's LMDB environment, opened once per process.
+
+    Opening takes an exclusive lock on the directory (a second process gets a
+    :class:`StoreError`), clears reader slots left by killed processes and starts a
+    new incarnation.
+
+    Raises:
+        StoreError: the directory is locked by another process, holds another net's
+            data, or cannot be opened.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        net: Net,
+        durability: Durability = Durability.FSYNC,
+        map_size_bytes: int = MAP_SIZE_BYTES_INITIAL,
+    ) -> None:
+        self.path = Path(path)
+        self.net = net
+        self.durability = durability
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock_directory(self.path)
+        try:
+            self._env = lmdb.open(
+                str(self.path / "lmdb"),
+                map_size=map_size_bytes,
+                max_dbs=4,
+                subdir=True,
+                sync=durability is Durability.FSYNC,
+                metasync=durability is Durability.FSYNC,
+                writemap=False,  # a full disk must be an error, never SIGBUS
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            os.close(self._lock_fd)
+            raise StoreError(f"cannot open the store in {self.path}: {exc}") from exc
+        self._env.reader_check()  # reader slots of killed processes
+        self._marking = self._env.open_db(b"marking")
+        self._meta = self._env.open_db(b"meta")
+        self._clients = self._env.open_db(b"clients")
+        self._commits = 0
+        self._entries_written = 0
+        self._resizes = 0
+        self.incarnation = self._start_incarnation()
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _start_incarnation(self) -> int:
+        def start(txn: lmdb.Transaction) -> int:
+            stored = txn.get(b"net", db=self._meta)
+            stored_net = None if stored is None else bytes(stored).decode()
+            if stored_net is not None and stored_net != self.net.name:
+                raise StoreError(
+                    f"{self.path} holds the data of net {stored_net!r}, not "
+                    f"{self.net.name!r}; use another --data directory"
+                )
+            schema = txn.get(b"schema", db=self._meta)
+            if schema is not None and int(schema) != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has store schema {int(schema)}, not {SCHEMA_VERSION}"
+                )
+            incarnation = int(txn.get(b"incarnation", b"0", db=self._meta)) + 1
+            txn.put(b"net", self.net.name.encode(), db=self._meta)
+            txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
+            txn.put(b"incarnation", str(incarnation).encode(), db=self._meta)
+            return incarnation
+
+        try:
+            incarnation: int = self._write(start)
+            return incarnation
+        except StoreError:
+            self.close()
+            raise
+
+    def recover(self) -> Recovered:
+        """Read the committed state: marking, clock and client table."""
+        places = {p.name: p for p in self.net.places}
+        marking: dict[str, list[tuple[int, Token]]] = {name: [] for name in places}
+        clients: dict[str, tuple[int, bytes]] = {}
+        with self._env.begin() as txn:
+            clock_ms = int(txn.get(b"clock_ms", b"0", db=self._meta))
+            initialised = txn.get(b"initialised", db=self._meta) is not None
+            for key, value in txn.cursor(db=self._marking):
+                name, time, token = self._decode_entry(key, places)
+                marking[name].extend([(time, token)] * int.from_bytes(value, "big"))
+            for key, value in txn.cursor(db=self._clients):
+                seq, reply, _used = unpack(bytes(value))
+                clients[key.decode()] = (seq, reply)
+        return Recovered(marking, clock_ms, clients, initialised)
+
+    def _decode_entry(self, key: bytes, places: Mapping[str, Any]) -> tuple[str, int, Token]:
+        sep = key.index(0, 2)
+        name = key[2:sep].decode()
+        place = places.get(name)
+        if place is None:
+            raise StoreError(
+                f"{self.path} holds tokens of place {name!r}, which net {self.net.name!r} "
+                "does not have"
+            )
+        try:
+            time, fields = unpack(key[sep + 1 :])
+        except CodecError as exc:
+            raise StoreError(
+                f"{self.path}: corrupt marking entry in place {name!r}: {exc}"
+            ) from exc
+        return name, time, token_from_fields(place.colour_set, fields, where=f"stored {name}")
+
+    # -- committing ---------------------------------------------------------------------
+
+    def _entry_key(self, place: str, time: int, token: Token) -> bytes:
+        slot = slot_of_token(self.net.place(place), token)
+        return slot.to_bytes(2, "big") + place.encode() + b"\x00" + pack((time, tuple(token)))
+
+    def commit(self, batch: Batch, *, initialised: bool = False) -> None:
+        """Write ``batch`` in one transaction (nothing if it fails).
+
+        Raises:
+            StoreError: the write failed (e.g. the disk is full); the committed state
+                is unchanged and the caller must not release anything of the batch.
+        """
+
+        def write(txn: lmdb.Transaction) -> None:
+            written = 0
+            for (place, time, token), n in batch.marking.items():
+                if n == 0:
+                    continue
+                key = self._entry_key(place, time, token)
+                old = txn.get(key, db=self._marking)
+                count = (int.from_bytes(old, "big") if old is not None else 0) + n
+                assert count >= 0, f"negative count for {place} {time} {token!r}"
+                if count == 0:
+                    txn.delete(key, db=self._marking)
+                else:
+                    txn.put(key, count.to_bytes(4, "big"), db=self._marking)
+                written += 1
+            for client_id, (seq, reply) in batch.clients.items():
+                txn.put(client_id.encode(), pack((seq, reply, self._commits)), db=self._clients)
+            if batch.clients and txn.stat(self._clients)["entries"] > CLIENTS_MAX:
+                self._evict_clients(txn)
+            txn.put(b"clock_ms", str(batch.clock_ms).encode(), db=self._meta)
+            if initialised:
+                txn.put(b"initialised", b"1", db=self._meta)
+            self._entries_written += written
+
+        self._write(write)
+        self._commits += 1
+
+    def _evict_clients(self, txn: lmdb.Transaction) -> None:
+        """Drop the least recently used tenth of the client table (rare, bounded)."""
+        used = sorted(
+            (unpack(bytes(value))[2], bytes(key)) for key, value in txn.cursor(db=self._clients)
+        )
+        for _tick, key in used[: max(1, len(used) // 10)]:
+            txn.delete(key, db=self._clients)
+
+    def _write(self, work: Any) -> Any:
+        """Run ``work(txn)`` in a write transaction, growing the map when it is full."""
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    return work(txn)
+            except lmdb.MapFullError:
+                # No transaction is open here (the with block aborted it), which is
+                # the only time set_mapsize is allowed.
+                size = self._env.info()["map_size"]
+                if size >= MAP_SIZE_BYTES_MAX:
+                    raise StoreError(f"{self.path}: the store reached {size} bytes") from None
+                self._env.set_mapsize(min(size * 2, MAP_SIZE_BYTES_MAX))
+                self._resizes += 1
+            except lmdb.DiskError as exc:
+                raise StoreError(f"{self.path}: disk error, writes stopped: {exc}") from exc
+            except lmdb.Error as exc:
+                if getattr(exc, "errno", None) == errno.ENOSPC or "No space" in str(exc):
+                    raise StoreError(f"{self.path}: the disk is full, writes stopped") from exc
+                raise StoreError(f"{self.path}: write failed: {exc}") from exc
+
+    def statistics(self) -> CommitStatistics:
+        return CommitStatistics(
+            commits=self._commits,
+            entries_written=self._entries_written,
+            map_size_bytes=self._env.info()["map_size"],
+            map_resizes=self._resizes,
+        )
+
+    def entries(self) -> Iterator[tuple[str, int, Token]]:
+        """Every stored entry, one per token (for checks and tools)."""
+        places = {p.name: p for p in self.net.places}
+        with self._env.begin() as txn:
+            for key, value in txn.cursor(db=self._marking):
+                name, time, token = self._decode_entry(key, places)
+                for _ in range(int.from_bytes(value, "big")):
+                    yield name, time, token
+
+    def close(self) -> None:
+        """Close the environment and release the directory lock (idempotent)."""
+        env: lmdb.Environment | None = getattr(self, "_env", None)
+        if env is not None:
+            env.close()
+            del self._env
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _lock_directory(path: Path) -> int:
+    """Hold an exclusive lock on ``path/lock`` for the life of this process."""
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            holder = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
+        os.close(fd)
+        raise StoreError(
+            f"data directory {path} is in use by another process{holder}; stop it or use "
+            "another --data directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
