@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import ipaddress
 import logging
 import os
@@ -180,7 +181,16 @@ class Shard:
         self.batch = Batch()
         self.engine.hooks.append(self._record_step)
         if recovered.initialised:
-            self.engine.restore(recovered.marking)
+            gc_was_enabled = gc.isenabled()
+            gc.disable()  # see Store.recover: a million new objects, no cycles among them
+            try:
+                self.engine.restore(recovered.marking)
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+            # The recovered marking lives as long as the process: keep the collector
+            # from scanning it again and again.
+            gc.freeze()
         else:
             for place in self.net.places:
                 for token in place.initial:
