@@ -176,6 +176,7 @@ class Shard:
         recovered = self.store.recover()
         self.clock = SystemClock(floor_ms=recovered.clock_ms)
         self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
+        self.leases: dict[str, list[tuple[str, int, Token]]] = {}  # lease id -> held entries
         self.engine = Engine(self.net, initial_marking=False, watch=list(self.queues))
         self.engine.advance(self.clock.now_ms())
         self.batch = Batch()
@@ -198,7 +199,6 @@ class Shard:
             self.batch.clock_ms = self.engine.now
             self.store.commit(self.batch, initialised=True)
             self.batch = Batch()
-        self.leases: dict[str, list[tuple[str, int, Token]]] = {}
         for queue in self.queues.values():
             for time_ms, held in self.engine.tokens(queue.held.name):
                 self.leases.setdefault(held[0], []).append((queue.held.name, time_ms, held))
@@ -209,7 +209,10 @@ class Shard:
         for place, time_ms, token in step.produced:
             self.batch.add(place, time_ms, token)
         if step.transition.endswith("__lease_expired"):
-            self.counters["leases_expired"] += 1
+            self.counters["leased_tokens_expired"] += 1
+            for place, _time_ms, token in step.consumed:
+                if place.endswith("__held"):
+                    self.leases.pop(token[0], None)  # the lease id; its work is back
 
     def _add(self, place: str, token: Token, time_ms: int) -> None:
         self.engine.add(place, token, time=time_ms)
@@ -403,6 +406,10 @@ class Shard:
 
     # -- the batch ----------------------------------------------------------------------
 
+    def tick(self) -> None:
+        """Move the engine to the current time (requests then see the right ``now``)."""
+        self.engine.advance(self.clock.now_ms())
+
     def fire_due(self) -> int:
         """Fire what is enabled now (bounded); the hook records the steps in the batch."""
         if self.read_only_reason is not None:
@@ -489,6 +496,7 @@ def serve(config: ShardConfig) -> None:
     try:
         while not shard.stopping:
             poller.poll(shard.timeout_ms())
+            shard.tick()
             replies = _receive(shard, socket)
             shard.fire_due()
             if not shard.commit():
