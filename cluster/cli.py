@@ -18,7 +18,7 @@ from nets.errors import CpnError
 from nets.loader import load_net
 from nets.simulation import simulate
 from shard.process import ShardConfig, serve
-from shard.store import Durability
+from shard.store import MAP_SIZE_BYTES_INITIAL, Durability
 
 EXIT_USER_ERROR = 2
 
@@ -146,11 +146,28 @@ def run(net_path: str, until_ms: int, seed: int, tie_break: str, max_steps: int)
     show_default=True,
     help="Passed to the net's builder, if it takes a seed.",
 )
+@click.option(
+    "--map-size",
+    "map_size_bytes",
+    type=click.IntRange(min=1 << 16),
+    default=MAP_SIZE_BYTES_INITIAL,
+    show_default=True,
+    help="Initial LMDB map size in bytes; the map grows by itself when full.",
+)
 def shard(
-    net_path: str, data_dir: Path, bind: str, durability: str, allow_remote: bool, seed: int
+    net_path: str,
+    data_dir: Path,
+    bind: str,
+    durability: str,
+    allow_remote: bool,
+    seed: int,
+    map_size_bytes: int,
 ) -> None:
     """Run one shard: recover NET's marking from DATA, then serve and fire."""
-    serve(ShardConfig(net_path, data_dir, bind, Durability(durability), allow_remote, seed))
+    config = ShardConfig(
+        net_path, data_dir, bind, Durability(durability), allow_remote, seed, map_size_bytes
+    )
+    serve(config)
 
 
 def main() -> None:

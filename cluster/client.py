@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -130,8 +131,8 @@ class ShardClient:
         assert self._socket is not None
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
-        remaining = self.timeout_ms
-        while remaining > 0:
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        while (remaining := int((deadline - time.monotonic()) * 1000)) > 0:
             if not poller.poll(remaining):
                 return None
             try:
@@ -143,9 +144,8 @@ class ShardClient:
             self.last_incarnation = envelope.incarnation
             if envelope.message_id == message_id:
                 return envelope.message
-            # A late reply to an earlier, already retried request: ignore it. The
-            # bounded wait keeps a flood of them from stalling us forever.
-            remaining = min(remaining, self.timeout_ms) - 1
+            # Otherwise a late reply to an earlier, already retried request: ignore it.
+            # The deadline keeps a flood of them from stalling us forever.
         return None
 
     def close(self) -> None:

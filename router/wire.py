@@ -38,7 +38,15 @@ TimedFields = tuple[int, Fields]  # (time in ms, field values)
 
 
 class WireFormatError(CpnError):
-    """A frame that is not a valid message (malformed, oversized, unknown type...)."""
+    """A frame that is not a valid message (malformed, oversized, unknown type...).
+
+    ``message_id`` is the frame's id when the envelope was readable (0 otherwise), so
+    that the error reply can still be matched to the request by its sender.
+    """
+
+    def __init__(self, message: str, *, message_id: int = 0) -> None:
+        super().__init__(message)
+        self.message_id = message_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,21 +252,25 @@ def decode(frame: bytes) -> Envelope:
     if type(message_id) is not int or message_id < 0:
         raise WireFormatError(f"message id {message_id!r} is not a non-negative int")
     if type(incarnation) is not int or incarnation < 0:
-        raise WireFormatError(f"incarnation {incarnation!r} is not a non-negative int")
+        raise WireFormatError(
+            f"incarnation {incarnation!r} is not a non-negative int", message_id=message_id
+        )
     cls = _BY_TYPE.get(code) if type(code) is int else None
     if cls is None:
-        raise WireFormatError(f"unknown message type {code!r}")
+        raise WireFormatError(f"unknown message type {code!r}", message_id=message_id)
     fields = dataclasses.fields(cls)
     if type(body) is not tuple or len(body) != len(fields):
         raise WireFormatError(
             f"{cls.__name__} needs {len(fields)} fields "
-            f"({', '.join(f.name for f in fields)}), got {body!r:.200}"
+            f"({', '.join(f.name for f in fields)}), got {body!r:.200}",
+            message_id=message_id,
         )
     hints = _hints(cls)
     for f, item in zip(fields, body, strict=True):
         if not _conforms(item, hints[f.name]):
             raise WireFormatError(
-                f"{cls.__name__}.{f.name} must be {_describe(hints[f.name])}, got {item!r:.200}"
+                f"{cls.__name__}.{f.name} must be {_describe(hints[f.name])}, got {item!r:.200}",
+                message_id=message_id,
             )
     return Envelope(cls(*body), message_id, incarnation)
 

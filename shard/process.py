@@ -78,6 +78,8 @@ FIRINGS_PER_BATCH_MAX: Final = 10_000
 TOKENS_PAGE_MAX: Final = 10_000
 LEASE_TOKENS_MAX: Final = 10_000
 LATENCIES_KEPT_MAX: Final = 4_096
+# Times are stored as msgpack integers; a delay or lease beyond ten years is a mistake.
+DURATION_MS_MAX: Final = 10 * 365 * 24 * 3_600_000
 
 log = logging.getLogger("cpn.shard")
 
@@ -155,6 +157,9 @@ class Shard:
         base = load_net(config.net_path, seed=config.seed)
         self.net: Net
         self.net, self.queues = with_work_queues(base)
+        self.companions = {
+            place.name for queue in self.queues.values() for place in (queue.held, queue.timer)
+        }
         self.store = Store(
             config.data_dir,
             net=self.net,
@@ -286,6 +291,12 @@ class Shard:
 
     def _tokens_of(self, place_name: str, items: tuple[Any, ...]) -> list[Token]:
         place = self._place(place_name)
+        if place_name in self.companions:
+            raise RequestError(
+                "reserved_place",
+                f"place {place_name!r} belongs to the lease machinery; only leases and "
+                "completions change it",
+            )
         try:
             return [
                 token_from_fields(place.colour_set, fields, where=f"place {place_name!r}")
@@ -296,8 +307,10 @@ class Shard:
 
     def _put(self, put: Put) -> Message:
         tokens = self._tokens_of(put.place, put.tokens)
-        if put.delay_ms < 0:
-            raise RequestError("bad_request", f"delay_ms must be >= 0, got {put.delay_ms}")
+        if not 0 <= put.delay_ms <= DURATION_MS_MAX:
+            raise RequestError(
+                "bad_request", f"delay_ms must be in 0..{DURATION_MS_MAX}, got {put.delay_ms}"
+            )
         at = self.engine.now + put.delay_ms
         for token in tokens:
             self._add(put.place, token, at)
@@ -318,10 +331,14 @@ class Shard:
 
     def _lease(self, lease: Lease) -> Message:
         queue = self._queue(lease.place)
-        if not 0 < lease.max_tokens <= LEASE_TOKENS_MAX or lease.lease_ms <= 0:
+        if (
+            not 0 < lease.max_tokens <= LEASE_TOKENS_MAX
+            or not 0 < lease.lease_ms <= DURATION_MS_MAX
+        ):
             raise RequestError(
                 "bad_request",
-                f"lease needs 0 < max_tokens <= {LEASE_TOKENS_MAX} and lease_ms > 0",
+                f"a lease needs 0 < max_tokens <= {LEASE_TOKENS_MAX} and "
+                f"0 < lease_ms <= {DURATION_MS_MAX}",
             )
         now = self.engine.now
         self._lease_seq += 1
@@ -491,8 +508,14 @@ def serve(config: ShardConfig) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # A signal writes a byte to this pipe, which wakes the poll at once (instead of at
+    # the next deadline, up to IDLE_WAKE_MS later).
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
+    poller.register(wake_read, zmq.POLLIN)
     try:
         while not shard.stopping:
             poller.poll(shard.timeout_ms())
@@ -509,6 +532,9 @@ def serve(config: ShardConfig) -> None:
             for peer, reply, message_id in replies:
                 _send(shard, socket, peer, reply, message_id)
     finally:
+        signal.set_wakeup_fd(-1)
+        os.close(wake_read)
+        os.close(wake_write)
         shard.commit()
         with contextlib.suppress(FileNotFoundError):
             (config.data_dir / ENDPOINT_FILE).unlink()
@@ -538,6 +564,7 @@ def _receive(shard: Shard, socket: zmq.Socket[bytes]) -> list[tuple[bytes, Messa
             message_id = envelope.message_id
             reply = shard.handle(envelope)
         except WireFormatError as exc:
+            message_id = exc.message_id
             shard.counters["frames_malformed"] += 1
             log.warning("malformed frame from %s: %s", peer.hex(), exc)
             reply = Error("malformed_frame", str(exc))

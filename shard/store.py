@@ -263,7 +263,11 @@ class Store:
 
     def _entry_key(self, place: str, time: int, token: Token) -> bytes:
         slot = slot_of_token(self.net.place(place), token)
-        return slot.to_bytes(2, "big") + place.encode() + b"\x00" + pack((time, tuple(token)))
+        try:
+            entry = pack((time, tuple(token)))
+        except CodecError as exc:  # e.g. a time beyond 64 bits from a net's absurd delay
+            raise StoreError(f"cannot store {token!r} at time {time} in {place!r}: {exc}") from exc
+        return slot.to_bytes(2, "big") + place.encode() + b"\x00" + entry
 
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
         """Write ``batch`` in one transaction (nothing if it fails).

@@ -1,0 +1,87 @@
+"""Small nets for the shard's integration and chaos tests (``tests.nets_for_tests:NAME``).
+
+* :func:`jobs`: ``inbox`` --dispatch--> ``work`` (a work queue), ``results`` for what
+  workers complete, and ``notes``, a plain place that no transition touches. Every
+  place is keyed by ``queue``, so the partition rule holds.
+* :func:`circulation`: ``BALLS`` tokens move ``left`` -> ``right`` -> ``left`` forever,
+  each hop taking ``HOP_DELAY_MS``; no transition creates or destroys a ball, so the
+  set of balls is an invariant the shard must keep across kills.
+* :func:`jobs_and_circulation`: both in one net, for the chaos test (clients put,
+  lease and complete while the shard keeps firing the circulation on its clock).
+
+Subprocesses import this module by path, so it must stay importable with only the
+repository root on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from nets.model import Net, Place, Transition, variables
+
+BALLS = 8
+HOP_DELAY_MS = 15
+
+
+class Job(NamedTuple):
+    queue: str
+    job_id: str
+    payload: int
+
+
+class Result(NamedTuple):
+    queue: str
+    job_id: str
+    value: int
+
+
+class Ball(NamedTuple):
+    name: str
+    lap: int  # constant: a ball that changed would be a bug, not a lap counter
+
+
+def _jobs_parts() -> tuple[list[Place], list[Transition]]:
+    inbox = Place("inbox", Job, key="queue")
+    work = Place("work", Job, key="queue", work_queue=True)
+    results = Place("results", Result, key="queue")
+    notes = Place("notes", Job, key="queue")
+    j, q = variables("j q")
+    dispatch = Transition("dispatch", consume=[inbox(j, queue=q)], produce=[work.produce(j)])
+    return [inbox, work, results, notes], [dispatch]
+
+
+def _circulation_parts() -> tuple[list[Place], list[Transition]]:
+    balls = [Ball(f"ball{i:02d}", 0) for i in range(BALLS)]
+    left = Place("left", Ball, key="name", initial=balls)
+    right = Place("right", Ball, key="name")
+    b, n = variables("b n")
+    to_right = Transition(
+        "to_right", consume=[left(b, name=n)], produce=[right.produce(b, delay=HOP_DELAY_MS)]
+    )
+    to_left = Transition(
+        "to_left", consume=[right(b, name=n)], produce=[left.produce(b, delay=HOP_DELAY_MS)]
+    )
+    return [left, right], [to_right, to_left]
+
+
+def jobs() -> Net:
+    """Jobs flow from ``inbox`` to the work queue ``work``; results go to ``results``."""
+    places, transitions = _jobs_parts()
+    return Net("test_jobs", places=places, transitions=transitions)
+
+
+def circulation() -> Net:
+    """``BALLS`` balls circulating between ``left`` and ``right`` forever."""
+    places, transitions = _circulation_parts()
+    return Net("test_circulation", places=places, transitions=transitions)
+
+
+def jobs_and_circulation() -> Net:
+    """The jobs net and the circulation in one net (the chaos test's workload)."""
+    job_places, job_transitions = _jobs_parts()
+    ball_places, ball_transitions = _circulation_parts()
+    return Net(
+        "test_jobs_and_circulation",
+        places=job_places + ball_places,
+        transitions=job_transitions + ball_transitions,
+    )
