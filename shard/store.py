@@ -2,16 +2,20 @@
 
 Layout (all keys sortable; the slot comes first so a slot is one contiguous range):
 
-* ``marking``: key ``slot (2 bytes BE) | place name | 0x00 | msgpack((time, fields))``,
-  value: the entry's multiplicity (4 bytes BE). The marking is stored directly (no log
-  to replay): recovery is one cursor scan, and each commit writes only the entries
-  that changed. See docs/store.md for the measurement behind this choice.
+* ``marking``: key ``slot (2 bytes BE) | place name | 0x00 | digest`` where the digest
+  is 16 bytes of BLAKE2b over the entry's encoding ``msgpack((time, fields))``; value:
+  the entry's multiplicity (4 bytes BE) followed by that encoding. LMDB keys are at
+  most 511 bytes, tokens are not (a long URL), so the entry lives in the value and the
+  key only names it. The marking is stored directly (no log to replay): recovery is
+  one cursor scan, and each commit writes only the entries that changed. See
+  docs/shard.md for why.
 * ``meta``: ``net`` (the net's name), ``incarnation`` (starts so far), ``clock_ms``
   (the shard's time high-water mark), ``initialised`` (the initial marking was
   committed), ``schema`` (layout version).
-* ``clients``: ``client_id`` -> msgpack((last request_seq, reply frame, last use)):
-  per-client deduplication, bounded to ``CLIENTS_MAX`` entries (least recently used
-  evicted).
+* ``clients``: 16-byte BLAKE2b digest of the client id -> msgpack((client id, last
+  request_seq, reply frame, shard clock of last use)): per-client deduplication,
+  bounded to ``CLIENTS_MAX`` entries (least recently used evicted; the shard clock is
+  persisted and monotone, so the order holds across restarts).
 
 Theory of operation: the shard collects a :class:`Batch` (the marking's net change
 from many firings, puts, leases and completions; client replies; the clock) and
@@ -27,6 +31,7 @@ import contextlib
 import errno
 import fcntl
 import gc
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -43,7 +48,8 @@ from nets.errors import CpnError
 from nets.model import Net, Token
 from router.slots import slot_of_token
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+DIGEST_BYTES: Final = 16
 MAP_SIZE_BYTES_INITIAL: Final = 64 * 1024 * 1024
 MAP_SIZE_BYTES_MAX: Final = 1 << 40
 CLIENTS_MAX: Final = 100_000
@@ -215,8 +221,7 @@ class Store:
             entries: list[tuple[int, Token]] = []
             cls: Any = None
             for key, value in txn.cursor(db=self._marking):
-                sep = key.index(0, 2)
-                name = key[2:sep]
+                name = key[2 : -DIGEST_BYTES - 1]
                 if name != last_name:
                     place = places.get(name)
                     if place is None:
@@ -226,25 +231,26 @@ class Store:
                         )
                     last_name, entries, cls = name, marking[place.name], place.colour_set.cls
                 try:
-                    time, fields = msgpack.unpackb(key[sep + 1 :], use_list=False)
+                    time, fields = msgpack.unpackb(value[4:], use_list=False)
                     token = new(cls, fields)
                 except (ValueError, TypeError, msgpack.UnpackException) as exc:
                     raise StoreError(
                         f"{self.path}: corrupt marking entry in place {name.decode()!r}: {exc}"
                     ) from exc
-                count = int.from_bytes(value, "big")
+                count = int.from_bytes(value[:4], "big")
                 if count == 1:
                     entries.append((time, token))
                 else:
                     entries.extend([(time, token)] * count)
-            for key, value in txn.cursor(db=self._clients):
-                seq, reply, _used = unpack(bytes(value))
-                clients[key.decode()] = (seq, reply)
+            for _key, value in txn.cursor(db=self._clients):
+                client_id, seq, reply, _used = unpack(bytes(value))
+                clients[client_id] = (seq, reply)
         return Recovered(marking, clock_ms, clients, initialised)
 
-    def _decode_entry(self, key: bytes, places: Mapping[str, Any]) -> tuple[str, int, Token]:
-        sep = key.index(0, 2)
-        name = key[2:sep].decode()
+    def _decode_entry(
+        self, key: bytes, value: bytes, places: Mapping[str, Any]
+    ) -> tuple[str, int, Token, int]:
+        name = key[2 : -DIGEST_BYTES - 1].decode()
         place = places.get(name)
         if place is None:
             raise StoreError(
@@ -252,22 +258,25 @@ class Store:
                 "does not have"
             )
         try:
-            time, fields = unpack(key[sep + 1 :])
+            time, fields = unpack(bytes(value[4:]))
         except CodecError as exc:
             raise StoreError(
                 f"{self.path}: corrupt marking entry in place {name!r}: {exc}"
             ) from exc
-        return name, time, token_from_fields(place.colour_set, fields, where=f"stored {name}")
+        token = token_from_fields(place.colour_set, fields, where=f"stored {name}")
+        return name, time, token, int.from_bytes(value[:4], "big")
 
     # -- committing ---------------------------------------------------------------------
 
-    def _entry_key(self, place: str, time: int, token: Token) -> bytes:
+    def _entry_key(self, place: str, time: int, token: Token) -> tuple[bytes, bytes]:
+        """The LMDB key of an entry and its encoding (see the module docstring)."""
         slot = slot_of_token(self.net.place(place), token)
         try:
             entry = pack((time, tuple(token)))
         except CodecError as exc:  # e.g. a time beyond 64 bits from a net's absurd delay
             raise StoreError(f"cannot store {token!r} at time {time} in {place!r}: {exc}") from exc
-        return slot.to_bytes(2, "big") + place.encode() + b"\x00" + entry
+        digest = hashlib.blake2b(entry, digest_size=DIGEST_BYTES).digest()
+        return slot.to_bytes(2, "big") + place.encode() + b"\x00" + digest, entry
 
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
         """Write ``batch`` in one transaction (nothing if it fails).
@@ -282,17 +291,25 @@ class Store:
             for (place, time, token), n in batch.marking.items():
                 if n == 0:
                     continue
-                key = self._entry_key(place, time, token)
+                key, entry = self._entry_key(place, time, token)
                 old = txn.get(key, db=self._marking)
-                count = (int.from_bytes(old, "big") if old is not None else 0) + n
+                if old is not None:
+                    # Distinct entries with one 128-bit digest would be a programmer error
+                    # (or a broken hash); refuse rather than merge their counts.
+                    assert bytes(old[4:]) == entry, f"digest collision in {place!r}"
+                count = (int.from_bytes(old[:4], "big") if old is not None else 0) + n
                 assert count >= 0, f"negative count for {place} {time} {token!r}"
                 if count == 0:
                     txn.delete(key, db=self._marking)
                 else:
-                    txn.put(key, count.to_bytes(4, "big"), db=self._marking)
+                    txn.put(key, count.to_bytes(4, "big") + entry, db=self._marking)
                 written += 1
             for client_id, (seq, reply) in batch.clients.items():
-                txn.put(client_id.encode(), pack((seq, reply, self._commits)), db=self._clients)
+                txn.put(
+                    _client_key(client_id),
+                    pack((client_id, seq, reply, batch.clock_ms)),
+                    db=self._clients,
+                )
             if batch.clients and txn.stat(self._clients)["entries"] > CLIENTS_MAX:
                 self._evict_clients(txn)
             txn.put(b"clock_ms", str(batch.clock_ms).encode(), db=self._meta)
@@ -306,7 +323,7 @@ class Store:
     def _evict_clients(self, txn: lmdb.Transaction) -> None:
         """Drop the least recently used tenth of the client table (rare, bounded)."""
         used = sorted(
-            (unpack(bytes(value))[2], bytes(key)) for key, value in txn.cursor(db=self._clients)
+            (unpack(bytes(value))[3], bytes(key)) for key, value in txn.cursor(db=self._clients)
         )
         for _tick, key in used[: max(1, len(used) // 10)]:
             txn.delete(key, db=self._clients)
@@ -345,8 +362,8 @@ class Store:
         places = {p.name: p for p in self.net.places}
         with self._env.begin() as txn:
             for key, value in txn.cursor(db=self._marking):
-                name, time, token = self._decode_entry(key, places)
-                for _ in range(int.from_bytes(value, "big")):
+                name, time, token, count = self._decode_entry(key, value, places)
+                for _ in range(count):
                     yield name, time, token
 
     def close(self) -> None:
@@ -359,6 +376,11 @@ class Store:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _client_key(client_id: str) -> bytes:
+    # Client ids are chosen by clients and may be long; LMDB keys may not.
+    return hashlib.blake2b(client_id.encode(), digest_size=DIGEST_BYTES).digest()
 
 
 def _lock_directory(path: Path) -> int:
