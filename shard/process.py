@@ -75,6 +75,7 @@ LOG_FILE: Final = "shard.log"
 IDLE_WAKE_MS: Final = 1_000
 REQUESTS_PER_BATCH_MAX: Final = 1_000
 FIRINGS_PER_BATCH_MAX: Final = 10_000
+BATCH_MS_MAX: Final = 20
 TOKENS_PAGE_MAX: Final = 10_000
 LEASE_TOKENS_MAX: Final = 10_000
 LATENCIES_KEPT_MAX: Final = 4_096
@@ -178,6 +179,19 @@ class Shard:
     # -- recovery -------------------------------------------------------------------------
 
     def _recover(self) -> None:
+        # Recovery creates up to millions of long-lived tuples and no cycles: the cyclic
+        # collector is paused meanwhile (it would run hundreds of times over the growing
+        # heap) and the result is frozen out of later collections.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._load()
+        finally:
+            gc.freeze()
+            if gc_was_enabled:
+                gc.enable()
+
+    def _load(self) -> None:
         recovered = self.store.recover()
         self.clock = SystemClock(floor_ms=recovered.clock_ms)
         self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
@@ -185,18 +199,10 @@ class Shard:
         self.engine = Engine(self.net, initial_marking=False, watch=list(self.queues))
         self.engine.advance(self.clock.now_ms())
         self.batch = Batch()
+        self.more_enabled = True  # until a batch shows otherwise
         self.engine.hooks.append(self._record_step)
         if recovered.initialised:
-            gc_was_enabled = gc.isenabled()
-            gc.disable()  # see Store.recover: a million new objects, no cycles among them
-            try:
-                self.engine.restore(recovered.marking)
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
-            # The recovered marking lives as long as the process: keep the collector
-            # from scanning it again and again.
-            gc.freeze()
+            self.engine.restore(recovered.marking)
         else:
             for place in self.net.places:
                 for token in place.initial:
@@ -209,10 +215,12 @@ class Shard:
                 self.leases.setdefault(held[0], []).append((queue.held.name, time_ms, held))
 
     def _record_step(self, step: Step) -> None:
-        for place, time_ms, token in step.consumed:
-            self.batch.remove(place, time_ms, token)
-        for place, time_ms, token in step.produced:
-            self.batch.add(place, time_ms, token)
+        # A step's entries are already (place, time, token) tuples: the batch's keys.
+        marking = self.batch.marking
+        for entry in step.consumed:
+            marking[entry] = marking.get(entry, 0) - 1
+        for entry in step.produced:
+            marking[entry] = marking.get(entry, 0) + 1
         if step.transition.endswith("__lease_expired"):
             self.counters["leased_tokens_expired"] += 1
             for place, _time_ms, token in step.consumed:
@@ -433,8 +441,18 @@ class Shard:
             return 0
         now = self.clock.now_ms()
         fired = 0
-        while fired < FIRINGS_PER_BATCH_MAX and self.engine.fire(now) is not None:
+        started = time.perf_counter()
+        fire = self.engine.fire
+        # A batch is bounded in count and in time, so that requests wait for at most
+        # about BATCH_MS_MAX of firing before their batch commits and they are answered.
+        while fired < FIRINGS_PER_BATCH_MAX:
+            if fire(now) is None:
+                self.more_enabled = False
+                return fired
             fired += 1
+            if fired % 256 == 0 and (time.perf_counter() - started) * 1000 > BATCH_MS_MAX:
+                break
+        self.more_enabled = True  # stopped by a bound, not because nothing is enabled
         return fired
 
     def commit(self) -> bool:
@@ -457,6 +475,8 @@ class Shard:
         return True
 
     def timeout_ms(self) -> int:
+        if self.more_enabled:
+            return 0  # the last batch stopped at a bound: go on at once
         deadline = self.engine.next_deadline()
         if deadline is None:
             return IDLE_WAKE_MS
@@ -479,6 +499,9 @@ def serve(config: ShardConfig) -> None:
     address = bind_address(config.bind, allow_remote=config.allow_remote)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     _configure_logging(config.data_dir / LOG_FILE)
+    # The loop allocates many short-lived tuples (entries, steps); a larger first
+    # generation makes young collections rarer without letting garbage pile up.
+    gc.set_threshold(50_000, 20, 100)
     shard = Shard(config)
     context = zmq.Context()
     socket = context.socket(zmq.ROUTER)

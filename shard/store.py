@@ -50,6 +50,7 @@ from router.slots import slot_of_token
 
 SCHEMA_VERSION: Final = 2
 DIGEST_BYTES: Final = 16
+PREFIXES_CACHED_MAX: Final = 100_000
 MAP_SIZE_BYTES_INITIAL: Final = 64 * 1024 * 1024
 MAP_SIZE_BYTES_MAX: Final = 1 << 40
 CLIENTS_MAX: Final = 100_000
@@ -155,6 +156,8 @@ class Store:
         self._clients = self._env.open_db(b"clients")
         self._commits = 0
         self._entries_written = 0
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._prefixes: dict[tuple[str, Any], bytes] = {}
         self._resizes = 0
         self.incarnation = self._start_incarnation()
 
@@ -270,13 +273,24 @@ class Store:
 
     def _entry_key(self, place: str, time: int, token: Token) -> tuple[bytes, bytes]:
         """The LMDB key of an entry and its encoding (see the module docstring)."""
-        slot = slot_of_token(self.net.place(place), token)
+        p = self.net.place(place)
+        key_value = None if p.key is None else token[p.colour_set.field_index(p.key)]
+        prefix = self._prefixes.get((place, key_value))
+        if prefix is None:
+            # Hashing the key to its slot costs more than the rest: remember the prefix.
+            if len(self._prefixes) >= PREFIXES_CACHED_MAX:
+                self._prefixes.clear()
+            slot = slot_of_token(p, token)
+            prefix = self._prefixes[(place, key_value)] = (
+                slot.to_bytes(2, "big") + place.encode() + b"\x00"
+            )
         try:
-            entry = pack((time, tuple(token)))
-        except CodecError as exc:  # e.g. a time beyond 64 bits from a net's absurd delay
+            entry: bytes = self._packer.pack((time, tuple(token)))
+        except (TypeError, ValueError, OverflowError) as exc:
+            # e.g. a time beyond 64 bits from a net's absurd delay
+            self._packer.reset()
             raise StoreError(f"cannot store {token!r} at time {time} in {place!r}: {exc}") from exc
-        digest = hashlib.blake2b(entry, digest_size=DIGEST_BYTES).digest()
-        return slot.to_bytes(2, "big") + place.encode() + b"\x00" + digest, entry
+        return prefix + hashlib.blake2b(entry, digest_size=DIGEST_BYTES).digest(), entry
 
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
         """Write ``batch`` in one transaction (nothing if it fails).
@@ -292,16 +306,23 @@ class Store:
                 if n == 0:
                     continue
                 key, entry = self._entry_key(place, time, token)
-                old = txn.get(key, db=self._marking)
-                if old is not None:
-                    # Distinct entries with one 128-bit digest would be a programmer error
-                    # (or a broken hash); refuse rather than merge their counts.
-                    assert bytes(old[4:]) == entry, f"digest collision in {place!r}"
-                count = (int.from_bytes(old[:4], "big") if old is not None else 0) + n
-                assert count >= 0, f"negative count for {place} {time} {token!r}"
-                if count == 0:
-                    txn.delete(key, db=self._marking)
+                # The common cases take one LMDB operation: a new entry (put without
+                # overwrite) and an entry that leaves (pop); a multiplicity needs two.
+                if n > 0:
+                    value = n.to_bytes(4, "big") + entry
+                    if txn.put(key, value, overwrite=False, db=self._marking):
+                        written += 1
+                        continue
+                    old = txn.get(key, db=self._marking)
                 else:
+                    old = txn.pop(key, db=self._marking)
+                assert old is not None, f"{place}: no stored entry {time} {token!r} to remove"
+                # Distinct entries with one 128-bit digest would be a programmer error
+                # (or a broken hash); refuse rather than merge their counts.
+                assert bytes(old[4:]) == entry, f"digest collision in {place!r}"
+                count = int.from_bytes(old[:4], "big") + n
+                assert count >= 0, f"negative count for {place} {time} {token!r}"
+                if count > 0:
                     txn.put(key, count.to_bytes(4, "big") + entry, db=self._marking)
                 written += 1
             for client_id, (seq, reply) in batch.clients.items():

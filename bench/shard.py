@@ -1,0 +1,561 @@
+"""Benchmark: one durable shard process against the bare engine, puts, and recovery.
+
+``python -m bench.shard [--quick] [--py-spy DIR]`` runs, in one invocation:
+
+1. the scraper decision workload with every delay set to 0 (``bench/shard_nets.py``:
+   100,000 targets, or 20,000 with ``--quick``; 500 domains; 50 proxies), so that the
+   clock never bounds the rate:
+
+   a. fired by the bare engine in this process (``Engine.run`` in virtual time;
+      construction timed apart from the run);
+   b. fired by one real ``cpn shard`` process with durability ``process``, and
+   c. with durability ``fsync``. A shard fires its initial marking on its own as soon
+      as it starts; the rate is all firings divided by the time from the shard being
+      ready (it published its endpoint; polled every millisecond) to the first
+      statistics reply showing every target finished (``fetched`` + ``give_up``
+      firings equal the targets; polled every ``STATS_POLL_S``). Both shards must make
+      exactly the engine's firings per transition: a fetch's outcome depends only on
+      (seed, url, attempt), never on the order of firings. The CPU time each run used
+      (the shard's read from ``/proc``) is reported too: on a shared machine it says
+      how much of a slow run was waiting rather than working.
+
+2. put throughput from one client against a shard in ``fsync`` mode whose net has one
+   keyed place that no transition consumes (the marking only grows): sequential
+   requests of one token each (unbatched) and of ``PUT_BATCH_TOKENS`` tokens each
+   (batched), in requests/s and tokens/s; the acknowledgement latency p50/p99 comes
+   from the unbatched run. The same runs against a ``process`` shard show how much of
+   the latency is the flush.
+
+3. recovery of a shard holding 1,000,000 tokens (also with ``--quick``): the store is
+   built by starting a shard (durability ``process``) whose net has 1,000,000 initial
+   tokens, which it commits before it serves (faster to set up than 1,000,000 put
+   tokens); then the shard is SIGKILLed and restarted (durability ``fsync``) on the
+   same net *without* the initial tokens, as a shard whose marking grew by puts would
+   be; the figure is the time from the SIGKILL to the restarted shard answering
+   ``counts()`` with all 1,000,000 tokens.
+
+Every shard runs in its own temporary data directory on 127.0.0.1 and is stopped by
+its pid before the benchmark ends. ``--py-spy DIR`` attaches ``py-spy record`` to each
+shard (raw collapsed stacks in ``DIR/<phase>.txt``); the figures of such a run are
+slowed by the sampling. The load average is printed with the wall time, since other
+processes on the machine move every figure. The last line of output is one JSON
+object whose first keys are ``engine_per_s``, ``process_per_s``, ``fsync_per_s``,
+``process_ratio``, ``fsync_ratio``, ``put_ack_p99_ms`` and ``recovery_s_1m``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from bench.shard_nets import (
+    DOMAINS,
+    PROXIES,
+    SINK_TOKENS_ENV,
+    TARGETS_ENV,
+    sink_item,
+    zero_delay_params,
+)
+from cluster.client import ShardClient
+from cluster.local import ShardProcess, start_shard
+from nets import Engine
+from nets.errors import CpnError
+from nets.scraper import scraper_net
+from shard.process import read_endpoint
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+SCRAPER_NET: Final = "bench.shard_nets:scraper_zero_delay"
+SINK_NET: Final = "bench.shard_nets:sink"
+SINK_PLACE: Final = "items"
+
+TARGETS_FULL: Final = 100_000
+TARGETS_QUICK: Final = 20_000
+UNTIL_MS: Final = 2**62  # "run until nothing is left to do"
+STATS_POLL_S: Final = 0.05
+READY_POLL_S: Final = 0.001
+READY_TIMEOUT_S: Final = 120.0
+WORKLOAD_TIMEOUT_S: Final = 600.0
+CLIENT_TIMEOUT_MS: Final = 60_000
+
+PUTS_UNBATCHED_FULL: Final = 5_000
+PUTS_UNBATCHED_QUICK: Final = 1_000
+PUTS_BATCHED_FULL: Final = 1_000
+PUTS_BATCHED_QUICK: Final = 200
+PUT_BATCH_TOKENS: Final = 100
+PUTS_WARMUP: Final = 20
+RECOVERY_TOKENS: Final = 1_000_000
+
+PROCESS_RATIO_MIN: Final = 0.7
+FSYNC_RATIO_MIN: Final = 0.4
+PUT_ACK_P99_MS_MAX: Final = 10.0
+RECOVERY_S_MAX: Final = 3.0
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def _quantile_ms(latencies_s: Sequence[float], q: float) -> float:
+    ordered = sorted(latencies_s)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+# -- shard processes ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _profiled(pid: int, profile_dir: Path | None, phase: str) -> Iterator[None]:
+    """Sample ``pid`` with ``py-spy record`` while the block runs (if asked to)."""
+    if profile_dir is None:
+        yield
+        return
+    out = profile_dir / f"{phase}.txt"
+    spy = subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--output", str(out)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+
+
+def _start(
+    net: str, data_dir: Path, *, durability: str, env: dict[str, str] | None = None
+) -> ShardProcess:
+    """Start ``cpn shard`` without waiting (the caller times the wait)."""
+    return start_shard(
+        net,
+        data_dir,
+        durability=durability,
+        env={"PYTHONPATH": str(ROOT), **(env or {})},
+        wait=False,
+    )
+
+
+def _wait_ready(handle: ShardProcess) -> float:
+    """Poll for the shard's endpoint every millisecond; return when it was seen."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        published = read_endpoint(handle.data_dir)
+        if published is not None and published[1] == handle.pid:
+            handle.endpoint = published[0]
+            return time.perf_counter()
+        if not handle.alive():
+            log = (handle.data_dir / "stderr.log").read_text(errors="replace").strip()
+            raise CpnError(f"shard in {handle.data_dir} exited: {log[-2000:]}")
+        time.sleep(READY_POLL_S)
+    raise CpnError(f"shard in {handle.data_dir} was not ready in {READY_TIMEOUT_S} s")
+
+
+def _cpu_s(pid: int) -> float | None:
+    """CPU time (user + system) that process ``pid`` used so far (Linux ``/proc``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stop(handle: ShardProcess) -> None:
+    """Stop a shard we started (SIGTERM, then SIGKILL), by its pid."""
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+        handle.terminate()
+    if handle.alive():
+        handle.kill()
+
+
+# -- 1. the firing workload ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FiringRun:
+    """One run of the zero-delay scraper workload."""
+
+    label: str
+    firings: int
+    per_transition: dict[str, int]
+    run_s: float
+    build_s: float  # engine construction; for a shard, from spawn to ready
+    cpu_s: float | None  # CPU time the run used (the shard's, for a shard)
+    shard_stats: dict[str, Any]
+    stats_rtt_s: list[float]  # round trips of the statistics requests during the run
+
+    @property
+    def per_s(self) -> float:
+        return self.firings / self.run_s
+
+    @property
+    def per_cpu_s(self) -> float | None:
+        return None if not self.cpu_s else self.firings / self.cpu_s
+
+
+def time_engine(targets: int) -> FiringRun:
+    """The bare engine, in this process, in virtual time."""
+    params = zero_delay_params(targets)
+    gc.collect()
+    start = time.perf_counter()
+    engine = Engine(scraper_net(params))
+    build_s = time.perf_counter() - start
+    gc.collect()
+    fired = 0
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    for _step in engine.run(until=UNTIL_MS):
+        fired += 1
+    run_s = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start
+    firings = dict(engine.statistics().firings)
+    assert sum(firings.values()) == fired, (firings, fired)
+    return FiringRun("engine", fired, firings, run_s, build_s, cpu_s, {}, [])
+
+
+def _finished(stats: dict[str, Any], targets: int) -> bool:
+    firings = stats["firings"]
+    return bool(firings.get("fetched", 0) + firings.get("give_up", 0) == targets)
+
+
+def time_shard(targets: int, durability: str, tmp: Path, *, profile_dir: Path | None) -> FiringRun:
+    """A real shard process firing the workload from its initial marking."""
+    data_dir = tmp / f"scraper-{durability}"
+    spawned = time.perf_counter()
+    handle = _start(SCRAPER_NET, data_dir, durability=durability, env={TARGETS_ENV: str(targets)})
+    try:
+        with _profiled(handle.pid, profile_dir, f"firing_{durability}"):
+            ready = _wait_ready(handle)
+            cpu_ready = _cpu_s(handle.pid)
+            rtt_s = []
+            with ShardClient(handle.endpoint, timeout_ms=CLIENT_TIMEOUT_MS) as client:
+                deadline = ready + WORKLOAD_TIMEOUT_S
+                while True:
+                    sent = time.perf_counter()
+                    stats = client.stats()
+                    now = time.perf_counter()
+                    rtt_s.append(now - sent)
+                    if _finished(stats, targets):
+                        cpu_done = _cpu_s(handle.pid)
+                        break
+                    if now > deadline:
+                        raise CpnError(
+                            f"{durability} shard did not finish {targets:,} targets in "
+                            f"{WORKLOAD_TIMEOUT_S} s: {stats['firings']}"
+                        )
+                    time.sleep(STATS_POLL_S)
+    finally:
+        _stop(handle)
+    firings = dict(stats["firings"])
+    cpu_s = None if cpu_ready is None or cpu_done is None else cpu_done - cpu_ready
+    return FiringRun(
+        f"shard ({durability})",
+        sum(firings.values()),
+        firings,
+        now - ready,
+        ready - spawned,
+        cpu_s,
+        stats,
+        rtt_s,
+    )
+
+
+# -- 2. puts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PutRun:
+    requests: int
+    tokens: int
+    run_s: float
+    latencies_s: list[float]
+    shard_stats: dict[str, Any]
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.run_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.run_s
+
+    def latency_ms(self, q: float) -> float:
+        return _quantile_ms(self.latencies_s, q)
+
+
+def _put_run(client: ShardClient, batches: list[list[Any]]) -> tuple[float, list[float]]:
+    latencies_s = []
+    start = time.perf_counter()
+    for batch in batches:
+        sent = time.perf_counter()
+        client.put(SINK_PLACE, batch)
+        latencies_s.append(time.perf_counter() - sent)
+    return time.perf_counter() - start, latencies_s
+
+
+def time_puts(
+    durability: str,
+    tmp: Path,
+    *,
+    unbatched: int,
+    batched: int,
+    profile_dir: Path | None,
+) -> tuple[PutRun, PutRun]:
+    """Sequential puts into a sink place: one token each, then many each."""
+    handle = _start(SINK_NET, tmp / f"sink-{durability}", durability=durability)
+    try:
+        _wait_ready(handle)
+        with ShardClient(handle.endpoint, timeout_ms=CLIENT_TIMEOUT_MS) as client:
+            n = 0
+
+            def next_batches(count: int, size: int) -> list[list[Any]]:
+                nonlocal n
+                batches = [[sink_item(n + i * size + j) for j in range(size)] for i in range(count)]
+                n += count * size
+                return batches
+
+            _put_run(client, next_batches(PUTS_WARMUP, 1))  # connect, first commits
+            with _profiled(handle.pid, profile_dir, f"puts_unbatched_{durability}"):
+                run_s, latencies_s = _put_run(client, next_batches(unbatched, 1))
+            single = PutRun(unbatched, unbatched, run_s, latencies_s, client.stats())
+            with _profiled(handle.pid, profile_dir, f"puts_batched_{durability}"):
+                run_s, latencies_s = _put_run(client, next_batches(batched, PUT_BATCH_TOKENS))
+            many = PutRun(batched, batched * PUT_BATCH_TOKENS, run_s, latencies_s, client.stats())
+            held = client.counts()[SINK_PLACE]
+            assert held == n, (held, n)
+    finally:
+        _stop(handle)
+    return single, many
+
+
+# -- 3. recovery --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryRun:
+    tokens: int
+    setup_s: float
+    kill_s: float  # SIGKILL sent and the process reaped
+    ready_s: float  # from the SIGKILL to the restarted shard's endpoint
+    recovery_s: float  # from the SIGKILL to counts() showing every token
+
+
+def time_recovery(tokens: int, tmp: Path, *, profile_dir: Path | None) -> RecoveryRun:
+    """Fill a store with ``tokens`` tokens, SIGKILL its shard, time the restart."""
+    data_dir = tmp / "recovery"
+    start = time.perf_counter()
+    first = _start(SINK_NET, data_dir, durability="process", env={SINK_TOKENS_ENV: str(tokens)})
+    second: ShardProcess | None = None
+    try:
+        _wait_ready(first)
+        with ShardClient(first.endpoint, timeout_ms=CLIENT_TIMEOUT_MS) as client:
+            held = client.counts()[SINK_PLACE]
+        assert held == tokens, (held, tokens)
+        setup_s = time.perf_counter() - start
+
+        killed = time.perf_counter()
+        first.kill()
+        reaped = time.perf_counter()
+        # The same net without its initial tokens: the store is initialised, so the
+        # shard recovers the marking and would ignore them anyway.
+        second = _start(SINK_NET, data_dir, durability="fsync", env={SINK_TOKENS_ENV: "0"})
+        with _profiled(second.pid, profile_dir, "recovery"):
+            ready = _wait_ready(second)
+            with ShardClient(second.endpoint, timeout_ms=CLIENT_TIMEOUT_MS) as client:
+                held = client.counts()[SINK_PLACE]
+                answered = time.perf_counter()
+        assert held == tokens, f"recovered {held:,} tokens, expected {tokens:,}"
+    finally:
+        if second is not None:
+            _stop(second)
+        _stop(first)
+    return RecoveryRun(tokens, setup_s, reaped - killed, ready - killed, answered - killed)
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def _cpu_rate(run: FiringRun) -> str:
+    per_cpu_s = run.per_cpu_s
+    if per_cpu_s is None or run.cpu_s is None:
+        return "CPU time unknown"
+    return f"{run.cpu_s:.2f} s CPU, {per_cpu_s:,.0f} firings per CPU-second"
+
+
+def _report_firing(run: FiringRun, engine: FiringRun, target: float | None) -> float:
+    ratio = run.per_s / engine.per_s
+    line = (
+        f"{run.label:<16} {run.firings:,} firings in {run.run_s:6.3f} s: "
+        f"{run.per_s:>9,.0f} firings/s"
+    )
+    if target is None:
+        print(f"{line} (build {run.build_s:.2f} s; {_cpu_rate(run)})")
+        return ratio
+    s = run.shard_stats
+    rtt_ms = sorted(t * 1000 for t in run.stats_rtt_s)
+    print(
+        f"{line}, ratio to engine {ratio:.3f} [target >= {target}: {_verdict(ratio >= target)}]\n"
+        f"{'':<17}spawn to ready {run.build_s:.2f} s; {_cpu_rate(run)} "
+        f"({run.cpu_s / run.run_s if run.cpu_s else 0:.0%} of the run busy); "
+        f"{s['commits']:,} commits, {s['commit_entries']:,} entries written, batch mean "
+        f"{s['commit_batch_mean']:,.0f} / max {s['commit_batch_max']:,} entries, commit p50 "
+        f"{s['commit_ms_p50']:.2f} ms p99 {s['commit_ms_p99']:.2f} ms; {len(rtt_ms)} stats "
+        f"requests, round trip median {rtt_ms[len(rtt_ms) // 2]:.1f} ms, max {rtt_ms[-1]:.1f} ms"
+    )
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.shard", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{TARGETS_QUICK:,} targets instead of {TARGETS_FULL:,}, fewer puts",
+    )
+    parser.add_argument(
+        "--py-spy",
+        dest="profile_dir",
+        type=Path,
+        metavar="DIR",
+        help="record each shard with py-spy into DIR/<phase>.txt (slows the figures)",
+    )
+    args = parser.parse_args(argv)
+    profile_dir: Path | None = args.profile_dir
+    if profile_dir is not None:
+        if shutil.which("py-spy") is None:
+            parser.error("--py-spy needs py-spy on PATH")
+        profile_dir.mkdir(parents=True, exist_ok=True)
+
+    wall_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    targets = TARGETS_QUICK if args.quick else TARGETS_FULL
+    unbatched = PUTS_UNBATCHED_QUICK if args.quick else PUTS_UNBATCHED_FULL
+    batched = PUTS_BATCHED_QUICK if args.quick else PUTS_BATCHED_FULL
+    print(
+        f"scraper workload, all delays 0: {targets:,} targets, {DOMAINS} domains, "
+        f"{PROXIES} proxies; shards on 127.0.0.1, stats polled every "
+        f"{STATS_POLL_S * 1000:.0f} ms"
+        + (f"; py-spy profiles in {profile_dir} (figures slowed)" if profile_dir else "")
+    )
+    with tempfile.TemporaryDirectory(prefix="cpn-bench-shard-") as tmp_name:
+        tmp = Path(tmp_name)
+        engine = time_engine(targets)
+        _report_firing(engine, engine, None)
+        runs = {
+            d: time_shard(targets, d, tmp, profile_dir=profile_dir) for d in ("process", "fsync")
+        }
+        for run in runs.values():
+            if run.per_transition != engine.per_transition:
+                print(
+                    f"error: {run.label} fired {run.per_transition}, the engine "
+                    f"{engine.per_transition}",
+                    file=sys.stderr,
+                )
+                return 1
+        process_ratio = _report_firing(runs["process"], engine, PROCESS_RATIO_MIN)
+        fsync_ratio = _report_firing(runs["fsync"], engine, FSYNC_RATIO_MIN)
+
+        puts = {
+            d: time_puts(d, tmp, unbatched=unbatched, batched=batched, profile_dir=profile_dir)
+            for d in ("fsync", "process")
+        }
+        single, many = puts["fsync"]
+        p99_ms = single.latency_ms(0.99)
+        for durability, (one, hundred) in puts.items():
+            s = one.shard_stats
+            verdict = (
+                f" [target <= {PUT_ACK_P99_MS_MAX:g}: {_verdict(p99_ms <= PUT_ACK_P99_MS_MAX)}]"
+                if durability == "fsync"
+                else " (for comparison)"
+            )
+            print(
+                f"puts ({durability}), 1 token each: {one.requests:,} requests, "
+                f"{one.requests_per_s:,.0f} requests/s = tokens/s; ack p50 "
+                f"{one.latency_ms(0.5):.2f} ms, p99 {one.latency_ms(0.99):.2f} ms{verdict}, max "
+                f"{one.latency_ms(1.0):.2f} ms; shard commit p50 {s['commit_ms_p50']:.2f} ms, "
+                f"p99 {s['commit_ms_p99']:.2f} ms"
+            )
+            print(
+                f"puts ({durability}), {PUT_BATCH_TOKENS} tokens each: {hundred.requests:,} "
+                f"requests, {hundred.requests_per_s:,.0f} requests/s, "
+                f"{hundred.tokens_per_s:,.0f} tokens/s; ack p50 {hundred.latency_ms(0.5):.2f} ms, "
+                f"p99 {hundred.latency_ms(0.99):.2f} ms"
+            )
+
+        recovery = time_recovery(RECOVERY_TOKENS, tmp, profile_dir=profile_dir)
+        print(
+            f"recovery of {recovery.tokens:,} tokens (store filled from a {recovery.tokens:,}-"
+            f"token initial marking, durability process, in {recovery.setup_s:.1f} s; "
+            f"restarted with fsync): SIGKILL to counts() {recovery.recovery_s:.2f} s "
+            f"[target < {RECOVERY_S_MAX:g}: {_verdict(recovery.recovery_s < RECOVERY_S_MAX)}] "
+            f"(killed and reaped {recovery.kill_s:.3f} s, endpoint published "
+            f"{recovery.ready_s:.2f} s)"
+        )
+
+    wall_s = time.perf_counter() - wall_start
+    print(
+        f"benchmark wall time: {wall_s:.1f} s; load average (1 min) {load_start:.2f} at the "
+        f"start, {os.getloadavg()[0]:.2f} at the end, on {os.cpu_count()} CPUs"
+    )
+    process, fsync = runs["process"], runs["fsync"]
+    print(
+        json.dumps(
+            {
+                "engine_per_s": round(engine.per_s),
+                "process_per_s": round(process.per_s),
+                "fsync_per_s": round(fsync.per_s),
+                "process_ratio": round(process_ratio, 4),
+                "fsync_ratio": round(fsync_ratio, 4),
+                "put_ack_p99_ms": round(p99_ms, 3),
+                "recovery_s_1m": round(recovery.recovery_s, 3),
+                "quick": args.quick,
+                "targets": targets,
+                "firings": engine.firings,
+                "engine_build_s": round(engine.build_s, 3),
+                "engine_run_s": round(engine.run_s, 3),
+                "process_run_s": round(process.run_s, 3),
+                "fsync_run_s": round(fsync.run_s, 3),
+                "process_commits": process.shard_stats["commits"],
+                "fsync_commits": fsync.shard_stats["commits"],
+                "put_ack_p50_ms": round(single.latency_ms(0.5), 3),
+                "puts_unbatched_per_s": round(single.requests_per_s),
+                "puts_batched_per_s": round(many.requests_per_s),
+                "put_tokens_batched_per_s": round(many.tokens_per_s),
+                "put_batch_tokens": PUT_BATCH_TOKENS,
+                "put_ack_p99_ms_process": round(puts["process"][0].latency_ms(0.99), 3),
+                "puts_batched_per_s_process": round(puts["process"][1].requests_per_s),
+                "engine_per_cpu_s": round(engine.per_cpu_s or 0),
+                "process_per_cpu_s": round(process.per_cpu_s or 0),
+                "fsync_per_cpu_s": round(fsync.per_cpu_s or 0),
+                "loadavg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+                "recovery_ready_s_1m": round(recovery.ready_s, 3),
+                "recovery_setup_s": round(recovery.setup_s, 1),
+                "profiled": profile_dir is not None,
+                "wall_s": round(wall_s, 1),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
