@@ -117,22 +117,23 @@ class _ComponentState:
             (i, st.store, st.count != 1) for i, st in enumerate(slots) if st.kind == CONSUME
         )
 
-    def run_search(self, values: dict[str, Any]) -> tuple[Any, ...] | None:
-        try:
-            return self.search(values)
-        except InscriptionError:
-            raise
-        except Exception as exc:
-            raise InscriptionError(
-                f"guard of transition {self.tname!r} raised {type(exc).__name__}: {exc}"
-            ) from exc
+    def guard_failed(self, exc: Exception) -> InscriptionError:
+        """The error for an exception raised inside a (compiled) search: the guard's."""
+        return InscriptionError(
+            f"guard of transition {self.tname!r} raised {type(exc).__name__}: {exc}"
+        )
 
     def preferred(self) -> _Found | None:
         """The component's preferred binding, searching again only what changed."""
         if self.key_var is None:
             if self.all_dirty:
                 values: dict[str, Any] = {}
-                entries = self.run_search(values)
+                try:
+                    entries = self.search(values)
+                except InscriptionError:
+                    raise
+                except Exception as exc:
+                    raise self.guard_failed(exc) from exc
                 self.best = None if entries is None else (entries, values)
                 self.all_dirty = False
             return self.best
@@ -165,9 +166,7 @@ class _ComponentState:
             except InscriptionError:
                 raise
             except Exception as exc:
-                raise InscriptionError(
-                    f"guard of transition {self.tname!r} raised {type(exc).__name__}: {exc}"
-                ) from exc
+                raise self.guard_failed(exc) from exc
             # Cleared in place, never replaced: compiled firings hold this set.
             self.dirty_keys.clear()
             if len(heap) > 2 * len(current) + 64:
