@@ -2,11 +2,13 @@
 
 Layout (all keys sortable; the slot comes first so a slot is one contiguous range):
 
-* ``marking``: key ``slot (2 bytes BE) | place name | 0x00 | digest`` where the digest
-  is 16 bytes of BLAKE2b over the entry's encoding ``msgpack((time, fields))``; value:
-  the entry's multiplicity (4 bytes BE) followed by that encoding. LMDB keys are at
-  most 511 bytes, tokens are not (a long URL), so the entry lives in the value and the
-  key only names it. The marking is stored directly (no log to replay): recovery is
+* ``marking``: key ``slot (2 bytes BE) | place name | 0x00 | time (8 bytes BE) |
+  entry``, where ``entry`` is the encoding ``msgpack((time, fields))``, or, when that
+  is longer than ``ENTRY_IN_KEY_BYTES_MAX`` (LMDB keys hold at most 511 bytes; a long
+  URL does not fit), ``0xc1 | 16-byte BLAKE2b digest of the encoding``; value: the
+  entry's multiplicity (4 bytes BE) followed by the encoding, from which recovery
+  rebuilds the token. Time-ordered keys put a commit's new entries together at the
+  end of their slot's range. The marking is stored directly (no log to replay): recovery is
   one cursor scan, and each commit writes only the entries that changed. See
   docs/shard.md for why.
 * ``meta``: ``net`` (the net's name), ``incarnation`` (starts so far), ``clock_ms``
@@ -48,8 +50,11 @@ from nets.errors import CpnError
 from nets.model import Net, Token
 from router.slots import slot_of_token
 
-SCHEMA_VERSION: Final = 2
-DIGEST_BYTES: Final = 16
+SCHEMA_VERSION: Final = 3
+# LMDB keys hold at most 511 bytes; the longest prefix (place names are identifiers) and
+# the time leave room for entries of up to this size in the key itself.
+ENTRY_IN_KEY_BYTES_MAX: Final = 320
+PLACE_NAME_BYTES_MAX: Final = 160
 PREFIXES_CACHED_MAX: Final = 100_000
 MAP_SIZE_BYTES_INITIAL: Final = 64 * 1024 * 1024
 MAP_SIZE_BYTES_MAX: Final = 1 << 40
@@ -133,6 +138,12 @@ class Store:
     ) -> None:
         self.path = Path(path)
         self.net = net
+        for place in net.places:
+            if len(place.name.encode()) > PLACE_NAME_BYTES_MAX:
+                raise StoreError(
+                    f"place name {place.name[:40]!r}... is longer than {PLACE_NAME_BYTES_MAX} "
+                    "bytes, which the store's keys cannot hold"
+                )
         self.durability = durability
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_directory(self.path)
@@ -157,6 +168,9 @@ class Store:
         self._commits = 0
         self._entries_written = 0
         self._packer = msgpack.Packer(use_bin_type=True)
+        self._key_positions = {
+            p.name: p.colour_set.field_index(p.key) if p.key is not None else -1 for p in net.places
+        }
         self._prefixes: dict[tuple[str, Any], bytes] = {}
         self._resizes = 0
         self.incarnation = self._start_incarnation()
@@ -224,7 +238,7 @@ class Store:
             entries: list[tuple[int, Token]] = []
             cls: Any = None
             for key, value in txn.cursor(db=self._marking):
-                name = key[2 : -DIGEST_BYTES - 1]
+                name = key[2 : key.index(0, 2)]
                 if name != last_name:
                     place = places.get(name)
                     if place is None:
@@ -253,7 +267,7 @@ class Store:
     def _decode_entry(
         self, key: bytes, value: bytes, places: Mapping[str, Any]
     ) -> tuple[str, int, Token, int]:
-        name = key[2 : -DIGEST_BYTES - 1].decode()
+        name = key[2 : key.index(0, 2)].decode()
         place = places.get(name)
         if place is None:
             raise StoreError(
@@ -273,24 +287,32 @@ class Store:
 
     def _entry_key(self, place: str, time: int, token: Token) -> tuple[bytes, bytes]:
         """The LMDB key of an entry and its encoding (see the module docstring)."""
-        p = self.net.place(place)
-        key_value = None if p.key is None else token[p.colour_set.field_index(p.key)]
+        key_position = self._key_positions[place]
+        key_value = None if key_position < 0 else token[key_position]
         prefix = self._prefixes.get((place, key_value))
         if prefix is None:
             # Hashing the key to its slot costs more than the rest: remember the prefix.
             if len(self._prefixes) >= PREFIXES_CACHED_MAX:
                 self._prefixes.clear()
-            slot = slot_of_token(p, token)
+            slot = slot_of_token(self.net.place(place), token)
             prefix = self._prefixes[(place, key_value)] = (
                 slot.to_bytes(2, "big") + place.encode() + b"\x00"
             )
+        if not 0 <= time < 1 << 63:
+            raise StoreError(f"cannot store {token!r} in {place!r}: time {time} is out of range")
         try:
-            entry: bytes = self._packer.pack((time, tuple(token)))
+            entry: bytes = self._packer.pack((time, token))
         except (TypeError, ValueError, OverflowError) as exc:
-            # e.g. a time beyond 64 bits from a net's absurd delay
             self._packer.reset()
             raise StoreError(f"cannot store {token!r} at time {time} in {place!r}: {exc}") from exc
-        return prefix + hashlib.blake2b(entry, digest_size=DIGEST_BYTES).digest(), entry
+        # Time first: entries of a slot and place are kept in time order, so a commit's
+        # new entries (all about now) land together at the end of their range.
+        head = prefix + time.to_bytes(8, "big")
+        if len(entry) <= ENTRY_IN_KEY_BYTES_MAX:
+            return head + entry, entry
+        # Too long for an LMDB key: name it by a digest, marked by 0xc1, a byte that
+        # never starts a msgpack value (so the two forms cannot be confused).
+        return head + b"\xc1" + hashlib.blake2b(entry, digest_size=16).digest(), entry
 
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
         """Write ``batch`` in one transaction (nothing if it fails).
@@ -401,7 +423,7 @@ class Store:
 
 def _client_key(client_id: str) -> bytes:
     # Client ids are chosen by clients and may be long; LMDB keys may not.
-    return hashlib.blake2b(client_id.encode(), digest_size=DIGEST_BYTES).digest()
+    return hashlib.blake2b(client_id.encode(), digest_size=16).digest()
 
 
 def _lock_directory(path: Path) -> int:
