@@ -6,11 +6,11 @@ Layout (all keys sortable; the slot comes first so a slot is one contiguous rang
   entry``, where ``entry`` is the encoding ``msgpack((time, fields))``, or, when that
   is longer than ``ENTRY_IN_KEY_BYTES_MAX`` (LMDB keys hold at most 511 bytes; a long
   URL does not fit), ``0xc1 | 16-byte BLAKE2b digest of the encoding``; value: the
-  entry's multiplicity (4 bytes BE) followed by the encoding, from which recovery
-  rebuilds the token. Time-ordered keys put a commit's new entries together at the
-  end of their slot's range. The marking is stored directly (no log to replay): recovery is
-  one cursor scan, and each commit writes only the entries that changed. See
-  docs/shard.md for why.
+  entry's multiplicity (4 bytes BE), followed by the encoding when the key holds only
+  its digest. Recovery rebuilds the token from whichever holds the encoding.
+  Time-ordered keys put a commit's new entries together at the end of their slot's
+  range. The marking is stored directly (no log to replay): recovery is one cursor
+  scan, and each commit writes only the entries that changed. See docs/shard.md.
 * ``meta``: ``net`` (the net's name), ``incarnation`` (starts so far), ``clock_ms``
   (the shard's time high-water mark), ``initialised`` (the initial marking was
   committed), ``schema`` (layout version).
@@ -248,7 +248,8 @@ class Store:
                         )
                     last_name, entries, cls = name, marking[place.name], place.colour_set.cls
                 try:
-                    time, fields = msgpack.unpackb(value[4:], use_list=False)
+                    encoded = value[4:] if len(value) > 4 else key[key.index(0, 2) + 9 :]
+                    time, fields = msgpack.unpackb(encoded, use_list=False)
                     token = new(cls, fields)
                 except (ValueError, TypeError, msgpack.UnpackException) as exc:
                     raise StoreError(
@@ -275,7 +276,8 @@ class Store:
                 "does not have"
             )
         try:
-            time, fields = unpack(bytes(value[4:]))
+            encoded = value[4:] if len(value) > 4 else key[key.index(0, 2) + 9 :]
+            time, fields = unpack(bytes(encoded))
         except CodecError as exc:
             raise StoreError(
                 f"{self.path}: corrupt marking entry in place {name!r}: {exc}"
@@ -330,8 +332,10 @@ class Store:
                 key, entry = self._entry_key(place, time, token)
                 # The common cases take one LMDB operation: a new entry (put without
                 # overwrite) and an entry that leaves (pop); a multiplicity needs two.
+                # The value holds the encoding only when the key holds a digest of it.
+                tail = entry if len(entry) > ENTRY_IN_KEY_BYTES_MAX else b""
                 if n > 0:
-                    value = n.to_bytes(4, "big") + entry
+                    value = n.to_bytes(4, "big") + tail
                     if txn.put(key, value, overwrite=False, db=self._marking):
                         written += 1
                         continue
@@ -341,11 +345,11 @@ class Store:
                 assert old is not None, f"{place}: no stored entry {time} {token!r} to remove"
                 # Distinct entries with one 128-bit digest would be a programmer error
                 # (or a broken hash); refuse rather than merge their counts.
-                assert bytes(old[4:]) == entry, f"digest collision in {place!r}"
+                assert bytes(old[4:]) == tail, f"digest collision in {place!r}"
                 count = int.from_bytes(old[:4], "big") + n
                 assert count >= 0, f"negative count for {place} {time} {token!r}"
                 if count > 0:
-                    txn.put(key, count.to_bytes(4, "big") + entry, db=self._marking)
+                    txn.put(key, count.to_bytes(4, "big") + tail, db=self._marking)
                 written += 1
             for client_id, (seq, reply) in batch.clients.items():
                 txn.put(
