@@ -7,7 +7,8 @@ Theory of operation (one loop, one thread):
 2. Take up to ``REQUESTS_PER_BATCH_MAX`` messages. Each is decoded (garbage gets an
    :class:`~router.wire.Error` reply and is counted) and applied to the engine: puts add
    tokens, leases move tokens into held, completions swap held tokens for results.
-3. Fire everything enabled at the current time (at most ``FIRINGS_PER_BATCH_MAX``).
+3. Fire everything enabled at the current time, for at most ``BATCH_MS_MAX`` if
+   requests are waiting for this batch's commit, else ``BATCH_MS_MAX_IDLE``.
 4. Commit the batch, every marking change of steps 2 and 3 plus the per-client replies,
    in one LMDB write transaction.
 5. Only then send the replies. Nothing leaves the process before it is committed.
@@ -29,6 +30,7 @@ import os
 import signal
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -74,8 +76,9 @@ ENDPOINT_FILE: Final = "endpoint"
 LOG_FILE: Final = "shard.log"
 IDLE_WAKE_MS: Final = 1_000
 REQUESTS_PER_BATCH_MAX: Final = 1_000
-FIRINGS_PER_BATCH_MAX: Final = 10_000
-BATCH_MS_MAX: Final = 20
+FIRINGS_PER_BATCH_MAX: Final = 100_000
+BATCH_MS_MAX: Final = 20  # while requests wait for the batch's commit
+BATCH_MS_MAX_IDLE: Final = 200  # while none do
 TOKENS_PAGE_MAX: Final = 10_000
 LEASE_TOKENS_MAX: Final = 10_000
 LATENCIES_KEPT_MAX: Final = 4_096
@@ -435,8 +438,13 @@ class Shard:
         """Move the engine to the current time (requests then see the right ``now``)."""
         self.engine.advance(self.clock.now_ms())
 
-    def fire_due(self) -> int:
-        """Fire what is enabled now (bounded); the hook records the steps in the batch."""
+    def fire_due(self, requests_waiting: Callable[[], bool] = lambda: False) -> int:
+        """Fire what is enabled now (bounded); the hook records the steps in the batch.
+
+        A batch runs up to ``BATCH_MS_MAX`` while requests are waiting (they are answered
+        only after the commit) and up to ``BATCH_MS_MAX_IDLE`` otherwise: a longer batch
+        lets more tokens be produced and consumed within it, which never reach LMDB.
+        """
         if self.read_only_reason is not None:
             return 0
         now = self.clock.now_ms()
@@ -450,8 +458,12 @@ class Shard:
                 self.more_enabled = False
                 return fired
             fired += 1
-            if fired % 256 == 0 and (time.perf_counter() - started) * 1000 > BATCH_MS_MAX:
-                break
+            if fired % 256 == 0:
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                if elapsed_ms > BATCH_MS_MAX_IDLE or (
+                    elapsed_ms > BATCH_MS_MAX and requests_waiting()
+                ):
+                    break
         self.more_enabled = True  # stopped by a bound, not because nothing is enabled
         return fired
 
@@ -544,7 +556,7 @@ def serve(config: ShardConfig) -> None:
             poller.poll(shard.timeout_ms())
             shard.tick()
             replies = _receive(shard, socket)
-            shard.fire_due()
+            shard.fire_due(_requests_waiting(socket, answering=bool(replies)))
             if not shard.commit():
                 replies = [
                     (peer, Error("store_unavailable", shard.read_only_reason or ""), mid)
@@ -565,6 +577,15 @@ def serve(config: ShardConfig) -> None:
         context.term()
         shard.store.close()
         log.info("shard stopped")
+
+
+def _requests_waiting(socket: zmq.Socket[bytes], *, answering: bool) -> Callable[[], bool]:
+    """Whether a request waits for the batch: one being answered, or one just arrived."""
+
+    def waiting() -> bool:
+        return answering or bool(socket.poll(0, zmq.POLLIN))
+
+    return waiting
 
 
 def _writes(reply: Message) -> bool:
