@@ -373,9 +373,12 @@ class Engine:
         now = self.now
         for place, entries in marking.items():
             store = self._store(place)
+            if not store.timed:  # no arc reads it: every entry goes to the index
+                store.load(entries if isinstance(entries, list) else list(entries))
+                continue
             available = []
             for time, token in entries:
-                if time <= now or not store.timed:
+                if time <= now:
                     available.append((time, token))
                 else:
                     store.count += 1

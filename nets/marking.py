@@ -75,19 +75,36 @@ class Index:
 
     def add_many(self, entries: list[Entry]) -> None:
         """Add many entries at once: group, then sort each bucket once (bulk loading)."""
-        project, buckets = self.project, self.buckets
+        buckets = self.buckets
+        was_empty = not buckets
         touched: dict[Any, None] = {}
-        for entry in entries:
-            value = project(entry[1])
-            bucket = buckets.get(value)
-            if bucket is None:
-                buckets[value] = [entry]
-            elif type(bucket) is list:
-                bucket.append(entry)
-            else:
-                bucket.add(entry)
-            touched[value] = None
-        for value in touched:
+        if len(self.positions) == 1:  # the common case, inlined: one key field
+            (position,) = self.positions
+            get = buckets.get
+            for entry in entries:
+                value = entry[1][position]
+                bucket = get(value)
+                if bucket is None:
+                    buckets[value] = [entry]
+                elif type(bucket) is list:
+                    bucket.append(entry)
+                else:
+                    bucket.add(entry)
+                if not was_empty:
+                    touched[value] = None
+        else:
+            project = self.project
+            for entry in entries:
+                value = project(entry[1])
+                bucket = buckets.get(value)
+                if bucket is None:
+                    buckets[value] = [entry]
+                elif type(bucket) is list:
+                    bucket.append(entry)
+                else:
+                    bucket.add(entry)
+                touched[value] = None
+        for value in buckets if was_empty else touched:
             bucket = buckets[value]
             if type(bucket) is list:
                 bucket.sort()

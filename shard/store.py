@@ -237,8 +237,11 @@ class Store:
             last_name: bytes = b""
             entries: list[tuple[int, Token]] = []
             cls: Any = None
+            unpackb = msgpack.unpackb
+            one = (1).to_bytes(4, "big")
             for key, value in txn.cursor(db=self._marking):
-                name = key[2 : key.index(0, 2)]
+                sep = key.index(0, 2)
+                name = key[2:sep]
                 if name != last_name:
                     place = places.get(name)
                     if place is None:
@@ -248,18 +251,18 @@ class Store:
                         )
                     last_name, entries, cls = name, marking[place.name], place.colour_set.cls
                 try:
-                    encoded = value[4:] if len(value) > 4 else key[key.index(0, 2) + 9 :]
-                    time, fields = msgpack.unpackb(encoded, use_list=False)
+                    if value == one:  # the common case: one token, encoded in the key
+                        time, fields = unpackb(key[sep + 9 :], use_list=False)
+                        entries.append((time, new(cls, fields)))
+                        continue
+                    encoded = value[4:] if len(value) > 4 else key[sep + 9 :]
+                    time, fields = unpackb(encoded, use_list=False)
                     token = new(cls, fields)
                 except (ValueError, TypeError, msgpack.UnpackException) as exc:
                     raise StoreError(
                         f"{self.path}: corrupt marking entry in place {name.decode()!r}: {exc}"
                     ) from exc
-                count = int.from_bytes(value[:4], "big")
-                if count == 1:
-                    entries.append((time, token))
-                else:
-                    entries.extend([(time, token)] * count)
+                entries.extend([(time, token)] * int.from_bytes(value[:4], "big"))
             for _key, value in txn.cursor(db=self._clients):
                 client_id, seq, reply, _used = unpack(bytes(value))
                 clients[client_id] = (seq, reply)
