@@ -551,12 +551,13 @@ def serve(config: ShardConfig) -> None:
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
     poller.register(wake_read, zmq.POLLIN)
+    held: deque[list[bytes]] = deque()  # requests read during a batch, not yet handled
     try:
         while not shard.stopping:
-            poller.poll(shard.timeout_ms())
+            poller.poll(0 if held else shard.timeout_ms())
             shard.tick()
-            replies = _receive(shard, socket)
-            shard.fire_due(_requests_waiting(socket, answering=bool(replies)))
+            replies = _receive(shard, socket, held)
+            shard.fire_due(_requests_waiting(socket, held, answering=bool(replies)))
             if not shard.commit():
                 replies = [
                     (peer, Error("store_unavailable", shard.read_only_reason or ""), mid)
@@ -579,11 +580,36 @@ def serve(config: ShardConfig) -> None:
         log.info("shard stopped")
 
 
-def _requests_waiting(socket: zmq.Socket[bytes], *, answering: bool) -> Callable[[], bool]:
-    """Whether a request waits for the batch: one being answered, or one just arrived."""
+READ_ONLY_REQUESTS: Final = (QueryCounts, QueryTokens, Stats, Ping)
+
+
+def _requests_waiting(
+    socket: zmq.Socket[bytes], held: deque[list[bytes]], *, answering: bool
+) -> Callable[[], bool]:
+    """Whether a request needs the batch to end soon.
+
+    Requests that change the marking (or that could not be read) do: they are answered
+    only after the commit. Read-only ones (queries, statistics, pings) do not: they
+    are taken off the socket into ``held`` and answered after the commit, whenever the
+    batch ends, so the polling of a monitor does not cut batches short.
+    """
 
     def waiting() -> bool:
-        return answering or bool(socket.poll(0, zmq.POLLIN))
+        if answering:
+            return True
+        while len(held) < REQUESTS_PER_BATCH_MAX:
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            held.append(frames)
+            try:
+                message = decode(frames[-1]).message
+            except WireFormatError:
+                return True
+            if not isinstance(message, READ_ONLY_REQUESTS):
+                return True
+        return True
 
     return waiting
 
@@ -592,13 +618,19 @@ def _writes(reply: Message) -> bool:
     return isinstance(reply, PutAck | Leased | Completed)
 
 
-def _receive(shard: Shard, socket: zmq.Socket[bytes]) -> list[tuple[bytes, Message, int]]:
+def _receive(
+    shard: Shard, socket: zmq.Socket[bytes], held: deque[list[bytes]]
+) -> list[tuple[bytes, Message, int]]:
+    """Handle the requests taken off the socket during the last batch, then new ones."""
     replies: list[tuple[bytes, Message, int]] = []
     while len(replies) < REQUESTS_PER_BATCH_MAX:
-        try:
-            frames = socket.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            break
+        if held:
+            frames = held.popleft()
+        else:
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
         peer, payload = frames[0], frames[-1]
         message_id = 0
         try:
