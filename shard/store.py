@@ -2,18 +2,19 @@
 
 Layout (all keys sortable; the slot comes first so a slot is one contiguous range):
 
-* ``marking``: key ``slot (2 bytes BE) | place name | 0x00 | time (8 bytes BE) |
-  entry``, where ``entry`` is the encoding ``msgpack((time, fields))``, or, when that
-  is longer than ``ENTRY_IN_KEY_BYTES_MAX`` (LMDB keys hold at most 511 bytes; a long
-  URL does not fit), ``0xc1 | 16-byte BLAKE2b digest of the encoding``; value: the
-  entry's multiplicity (4 bytes BE), followed by the encoding when the key holds only
-  its digest. Recovery rebuilds the token from whichever holds the encoding.
-  Time-ordered keys put a commit's new entries together at the end of their slot's
-  range. The marking is stored directly (no log to replay): recovery is one cursor
-  scan, and each commit writes only the entries that changed. See docs/shard.md.
+* ``marking``: key ``slot (2 bytes BE) | place id (2 bytes) | time (8 bytes BE) |
+  entry`` (fixed offsets, so recovery slices instead of searching), where ``entry`` is
+  the encoding ``msgpack((time, fields))``, or, when that is longer than
+  ``ENTRY_IN_KEY_BYTES_MAX`` (LMDB keys hold at most 511 bytes; a long URL does not
+  fit), ``0xc1 | 16-byte BLAKE2b digest of the encoding``; value: the entry's
+  multiplicity (4 bytes BE), followed by the encoding when the key holds only its
+  digest. Recovery rebuilds the token from whichever holds the encoding. Time-ordered
+  keys put a commit's new entries together at the end of their slot's range. The
+  marking is stored directly (no log to replay): recovery is one cursor scan, and each
+  commit writes only the entries that changed. See docs/shard.md.
 * ``meta``: ``net`` (the net's name), ``incarnation`` (starts so far), ``clock_ms``
   (the shard's time high-water mark), ``initialised`` (the initial marking was
-  committed), ``schema`` (layout version).
+  committed), ``schema`` (layout version), ``place:<name>`` (each place's stable id).
 * ``clients``: 16-byte BLAKE2b digest of the client id -> msgpack((client id, last
   request_seq, reply frame, shard clock of last use)): per-client deduplication,
   bounded to ``CLIENTS_MAX`` entries (least recently used evicted; the shard clock is
@@ -50,9 +51,9 @@ from nets.errors import CpnError
 from nets.model import Net, Token
 from router.slots import slot_of_token
 
-SCHEMA_VERSION: Final = 3
-# LMDB keys hold at most 511 bytes; the longest prefix (place names are identifiers) and
-# the time leave room for entries of up to this size in the key itself.
+SCHEMA_VERSION: Final = 4
+# LMDB keys hold at most 511 bytes: after slot, place id and time, entries of up to this
+# size stay in the key itself.
 ENTRY_IN_KEY_BYTES_MAX: Final = 320
 PLACE_NAME_BYTES_MAX: Final = 160
 PREFIXES_CACHED_MAX: Final = 100_000
@@ -142,7 +143,7 @@ class Store:
             if len(place.name.encode()) > PLACE_NAME_BYTES_MAX:
                 raise StoreError(
                     f"place name {place.name[:40]!r}... is longer than {PLACE_NAME_BYTES_MAX} "
-                    "bytes, which the store's keys cannot hold"
+                    "bytes, which the store's table of place ids cannot hold"
                 )
         self.durability = durability
         self.path.mkdir(parents=True, exist_ok=True)
@@ -191,6 +192,7 @@ class Store:
                 raise StoreError(
                     f"{self.path} has store schema {int(schema)}, not {SCHEMA_VERSION}"
                 )
+            self._assign_place_ids(txn)
             incarnation = int(txn.get(b"incarnation", b"0", db=self._meta)) + 1
             txn.put(b"net", self.net.name.encode(), db=self._meta)
             txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
@@ -224,6 +226,23 @@ class Store:
             if gc_was_enabled:
                 gc.enable()
 
+    def _assign_place_ids(self, txn: lmdb.Transaction) -> None:
+        """Give every place of the net a stable 2-byte id (kept in ``meta``)."""
+        ids: dict[str, bytes] = {}
+        for key, value in txn.cursor(db=self._meta):
+            if bytes(key).startswith(b"place:"):
+                ids[bytes(key)[6:].decode()] = bytes(value)
+        used = {int.from_bytes(v, "big") for v in ids.values()}
+        for place in self.net.places:
+            if place.name not in ids:
+                new_id = max(used, default=0) + 1
+                assert new_id < 1 << 16, "more than 65,535 places were ever stored"
+                used.add(new_id)
+                ids[place.name] = new_id.to_bytes(2, "big")
+                txn.put(b"place:" + place.name.encode(), ids[place.name], db=self._meta)
+        self._place_ids = ids
+        self._places_by_id = {v: k for k, v in ids.items()}
+
     def _recover(
         self,
         places: dict[bytes, Any],
@@ -234,28 +253,28 @@ class Store:
         with self._env.begin() as txn:
             clock_ms = int(txn.get(b"clock_ms", b"0", db=self._meta))
             initialised = txn.get(b"initialised", db=self._meta) is not None
-            last_name: bytes = b""
+            last_id: bytes = b""
             entries: list[tuple[int, Token]] = []
             cls: Any = None
             unpackb = msgpack.unpackb
             one = (1).to_bytes(4, "big")
             for key, value in txn.cursor(db=self._marking):
-                sep = key.index(0, 2)
-                name = key[2:sep]
-                if name != last_name:
+                place_id = key[2:4]
+                if place_id != last_id:
+                    name = self._places_by_id.get(place_id, "").encode()
                     place = places.get(name)
                     if place is None:
                         raise StoreError(
-                            f"{self.path} holds tokens of place {name.decode()!r}, which net "
-                            f"{self.net.name!r} does not have"
+                            f"{self.path} holds tokens of place {name.decode() or place_id!r}, "
+                            f"which net {self.net.name!r} does not have"
                         )
-                    last_name, entries, cls = name, marking[place.name], place.colour_set.cls
+                    last_id, entries, cls = place_id, marking[place.name], place.colour_set.cls
                 try:
                     if value == one:  # the common case: one token, encoded in the key
-                        time, fields = unpackb(key[sep + 9 :], use_list=False)
+                        time, fields = unpackb(key[12:], use_list=False)
                         entries.append((time, new(cls, fields)))
                         continue
-                    encoded = value[4:] if len(value) > 4 else key[sep + 9 :]
+                    encoded = value[4:] if len(value) > 4 else key[12:]
                     time, fields = unpackb(encoded, use_list=False)
                     token = new(cls, fields)
                 except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -271,7 +290,7 @@ class Store:
     def _decode_entry(
         self, key: bytes, value: bytes, places: Mapping[str, Any]
     ) -> tuple[str, int, Token, int]:
-        name = key[2 : key.index(0, 2)].decode()
+        name = self._places_by_id.get(bytes(key[2:4]), "")
         place = places.get(name)
         if place is None:
             raise StoreError(
@@ -279,7 +298,7 @@ class Store:
                 "does not have"
             )
         try:
-            encoded = value[4:] if len(value) > 4 else key[key.index(0, 2) + 9 :]
+            encoded = value[4:] if len(value) > 4 else key[12:]
             time, fields = unpack(bytes(encoded))
         except CodecError as exc:
             raise StoreError(
@@ -301,7 +320,7 @@ class Store:
                 self._prefixes.clear()
             slot = slot_of_token(self.net.place(place), token)
             prefix = self._prefixes[(place, key_value)] = (
-                slot.to_bytes(2, "big") + place.encode() + b"\x00"
+                slot.to_bytes(2, "big") + self._place_ids[place]
             )
         if not 0 <= time < 1 << 63:
             raise StoreError(f"cannot store {token!r} in {place!r}: time {time} is out of range")
