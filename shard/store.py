@@ -253,35 +253,40 @@ class Store:
         with self._env.begin() as txn:
             clock_ms = int(txn.get(b"clock_ms", b"0", db=self._meta))
             initialised = txn.get(b"initialised", db=self._meta) is not None
+            # Single tokens (the common case) are encoded in their keys: collect those
+            # encodings per place and decode each place's in one streaming msgpack pass,
+            # which costs a fraction of one unpack call per entry.
+            encoded_by_place: dict[str, list[bytes]] = {}
             last_id: bytes = b""
-            entries: list[tuple[int, Token]] = []
-            cls: Any = None
-            unpackb = msgpack.unpackb
+            singles: list[bytes] = []
+            name = ""
             one = (1).to_bytes(4, "big")
             for key, value in txn.cursor(db=self._marking):
                 place_id = key[2:4]
                 if place_id != last_id:
-                    name = self._places_by_id.get(place_id, "").encode()
-                    place = places.get(name)
-                    if place is None:
+                    name = self._places_by_id.get(place_id, "")
+                    if name.encode() not in places:
                         raise StoreError(
-                            f"{self.path} holds tokens of place {name.decode() or place_id!r}, "
+                            f"{self.path} holds tokens of place {name or place_id!r}, "
                             f"which net {self.net.name!r} does not have"
                         )
-                    last_id, entries, cls = place_id, marking[place.name], place.colour_set.cls
+                    last_id, singles = place_id, encoded_by_place.setdefault(name, [])
+                if value == one:
+                    singles.append(key[12:])
+                    continue
+                encoded = value[4:] if len(value) > 4 else key[12:]
+                singles.extend([encoded] * int.from_bytes(value[:4], "big"))
+            for name, encodings in encoded_by_place.items():
+                cls = places[name.encode()].colour_set.cls
+                blob = b"".join(encodings)
+                unpacker = msgpack.Unpacker(use_list=False, max_buffer_size=max(1, len(blob)))
+                unpacker.feed(blob)
                 try:
-                    if value == one:  # the common case: one token, encoded in the key
-                        time, fields = unpackb(key[12:], use_list=False)
-                        entries.append((time, new(cls, fields)))
-                        continue
-                    encoded = value[4:] if len(value) > 4 else key[12:]
-                    time, fields = unpackb(encoded, use_list=False)
-                    token = new(cls, fields)
+                    marking[name].extend([(time, new(cls, fields)) for time, fields in unpacker])
                 except (ValueError, TypeError, msgpack.UnpackException) as exc:
                     raise StoreError(
-                        f"{self.path}: corrupt marking entry in place {name.decode()!r}: {exc}"
+                        f"{self.path}: corrupt marking entry in place {name!r}: {exc}"
                     ) from exc
-                entries.extend([(time, token)] * int.from_bytes(value[:4], "big"))
             for _key, value in txn.cursor(db=self._clients):
                 client_id, seq, reply, _used = unpack(bytes(value))
                 clients[client_id] = (seq, reply)
