@@ -254,6 +254,3 @@ class PlaceStore:
         """Available entries, bucket by bucket (buckets in no particular order)."""
         for bucket in self.primary.buckets.values():
             yield from bucket
-
-    def available(self) -> int:
-        return sum(len(b) for b in self.primary.buckets.values())
