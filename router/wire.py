@@ -132,6 +132,60 @@ class Ping(Message):
     TYPE: ClassVar[int] = 8
 
 
+@dataclass(frozen=True, slots=True)
+class GetTable(Message):
+    """Ask the router for the partition table and where each shard listens."""
+
+    TYPE: ClassVar[int] = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """A shard tells the router it is alive and making progress (sent from its loop).
+
+    ``progress`` holds counters that only grow while the shard's loop turns (loop
+    iterations, firings, commits), so that a shard that is alive but stuck shows.
+    """
+
+    TYPE: ClassVar[int] = 10
+    shard_id: int
+    endpoint: str
+    epoch: int
+    progress: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus(Message):
+    """Ask the router for the cluster's shards and their last heartbeats."""
+
+    TYPE: ClassVar[int] = 11
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff(Message):
+    """Tokens from shard ``sender``, in runs ``(lane, first_seq, entries)``.
+
+    ``entries`` is the msgpack encoding of a list of ``(place, time, fields)``; the run
+    covers sequence numbers ``first_seq .. first_seq + len(entries) - 1`` of its lane
+    (see docs/handoff.md). ``epoch`` is the sender's partition table epoch.
+    """
+
+    TYPE: ClassVar[int] = 12
+    sender: int
+    epoch: int
+    runs: tuple[tuple[int, int, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolWanted(Message):
+    """Shard ``sender`` has work that lacks only tokens of pool place ``place``."""
+
+    TYPE: ClassVar[int] = 13
+    sender: int
+    place: str
+    count: int
+
+
 # -- replies -----------------------------------------------------------------------------
 
 
@@ -206,6 +260,85 @@ class Pong(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Table(Message):
+    """The partition table, the shards' endpoints, and how each place is partitioned.
+
+    ``endpoints[i]`` is where shard ``i`` listens (``""`` until it has reported).
+    ``places`` maps a place to its key field's index, ``-1`` for a place in the fixed
+    slot and ``-2`` for a pool place, so that a client can route tokens without
+    loading the net.
+    """
+
+    TYPE: ClassVar[int] = 109
+    net: str
+    epoch: int
+    shard_count: int
+    owners: tuple[int, ...]
+    slot_epochs: tuple[int, ...]
+    endpoints: tuple[str, ...]
+    places: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck(Message):
+    """The router's table epoch (a shard that is behind asks for the table)."""
+
+    TYPE: ClassVar[int] = 110
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState(Message):
+    """Each shard as the router sees it (``shards[i]`` for shard ``i``): endpoint,
+    alive, milliseconds since its last heartbeat, its epoch and progress counters."""
+
+    TYPE: ClassVar[int] = 111
+    net: str
+    epoch: int
+    shards: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffAck(Message):
+    """The receiver's answer to a :class:`Handoff` (sent after its commit).
+
+    ``acks``: ``(lane, hwm)``, every sequence number up to ``hwm`` of the lane is
+    applied. ``redirects``: ``(lane, owner, epoch)``, the receiver does not own the
+    lane (or the sender's epoch is older than the lane's last change); nothing of it
+    was applied. ``deferred``: lanes the receiver cannot judge yet (its table is
+    older than the sender's); nothing of them was applied, send again later.
+    """
+
+    TYPE: ClassVar[int] = 112
+    acks: tuple[tuple[int, int], ...]
+    redirects: tuple[tuple[int, int, int], ...]
+    deferred: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolAnswer(Message):
+    """How many pool tokens the peer put into its outbox for the asker."""
+
+    TYPE: ClassVar[int] = 113
+    place: str
+    given: int
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect(Message):
+    """The request touches a slot this shard does not own: ask ``owner`` instead.
+
+    Nothing of the request was applied. ``epoch`` is this shard's table epoch; a
+    client whose table is older refreshes it from the router first.
+    """
+
+    TYPE: ClassVar[int] = 114
+    slot: int
+    owner: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
 class Error(Message):
     """A request that could not be served; ``code`` is stable, ``message`` is for people."""
 
@@ -214,8 +347,38 @@ class Error(Message):
     message: str
 
 
-REQUESTS: Final = (Put, QueryCounts, QueryTokens, Lease, Complete, Stats, Shutdown, Ping)
-REPLIES: Final = (PutAck, Counts, Tokens, Leased, Completed, Statistics, ShuttingDown, Pong, Error)
+REQUESTS: Final = (
+    Put,
+    QueryCounts,
+    QueryTokens,
+    Lease,
+    Complete,
+    Stats,
+    Shutdown,
+    Ping,
+    GetTable,
+    Heartbeat,
+    ClusterStatus,
+    Handoff,
+    PoolWanted,
+)
+REPLIES: Final = (
+    PutAck,
+    Counts,
+    Tokens,
+    Leased,
+    Completed,
+    Statistics,
+    ShuttingDown,
+    Pong,
+    Table,
+    HeartbeatAck,
+    ClusterState,
+    HandoffAck,
+    PoolAnswer,
+    Redirect,
+    Error,
+)
 _BY_TYPE: Final[dict[int, type[Message]]] = {cls.TYPE: cls for cls in REQUESTS + REPLIES}
 
 
@@ -289,7 +452,7 @@ def _conforms(value: object, hint: Any) -> bool:
     """Does a decoded value fit a field's type hint? (the few shapes messages use)"""
     if hint is Any:
         return True
-    if hint in (int, str, bool):
+    if hint in (int, str, bool, bytes):
         return type(value) is hint
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:

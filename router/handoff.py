@@ -1,0 +1,489 @@
+"""The handoff protocol: tokens that cross partitions move exactly once (pure, sans-IO).
+
+Theory of operation (docs/handoff.md has the state tables and sequence diagrams):
+
+* A **lane** is where tokens go: a slot (its owner may change) or a shard's pool lane
+  (:func:`router.table.pool_lane`). Each sender numbers the tokens it sends on each
+  lane 1, 2, 3, ... (``seq``). Tokens leave in **runs**: consecutive seq numbers of one
+  lane, written to the sender's durable outbox in the same transaction as the firing
+  that produced them.
+* The **receiver** keeps, per (sender, lane), the highest seq it applied (``hwm``). In
+  one transaction it applies the part of a run above ``hwm`` (only if the run starts at
+  or below ``hwm + 1``: no gaps) and moves ``hwm``; then it acknowledges ``(lane, hwm)``,
+  cumulatively. A run for a lane it does not own, or stamped with an epoch older than
+  the lane's last change of owner, is redirected (never dropped, never applied); if the
+  sender's table is newer than the receiver's, the receiver cannot judge and defers.
+* The **sender** resends unacknowledged runs after ``resend_ms`` (go-back-N from the
+  last acknowledged seq), drops runs once acknowledged, and after a redirect waits for
+  a table at the redirect's epoch before sending the lane's runs to the new owner.
+
+Dedup state is bounded: one counter per (sender, lane) on each side, never a set of ids.
+Both machines are table-driven: a (state, event) pair missing from the table is a
+:class:`ProtocolError`, and the lane (sender side) or the sender's incarnation
+(receiver side) stays in the ERROR state, refusing everything after, until the process
+restarts. Neither machine does I/O; the shard (the shell) persists what they decide
+before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+from nets.errors import CpnError
+from router.table import PartitionTable, is_pool_lane
+
+RESEND_MS_DEFAULT: Final = 500
+LANE_WINDOW_TOKENS_MAX: Final = 200_000  # unacknowledged tokens in flight per lane
+MESSAGE_TOKENS_MAX: Final = 20_000  # tokens per Handoff message
+MESSAGE_RUNS_MAX: Final = 4_096
+
+
+class ProtocolError(CpnError):
+    """An event the handoff machine's table does not allow in the current state."""
+
+
+# -- sender ------------------------------------------------------------------------------
+
+
+class LaneState(Enum):
+    """Sender side of one lane."""
+
+    IDLE = "idle"  # every token offered is acknowledged
+    SENDING = "sending"  # runs wait for acknowledgement; sent as the window allows
+    REDIRECTED = "redirected"  # the owner changed; waiting for a table at wait_epoch
+    ERROR = "error"  # sticky: a protocol violation was seen on this lane
+
+
+class LaneEvent(Enum):
+    OFFER = "offer"  # new tokens for the lane were committed to the outbox
+    SEND = "send"  # runs of the lane were handed to the network
+    ACK = "ack"  # the receiver acknowledged up to some seq
+    REDIRECT = "redirect"  # the receiver does not own the lane at our epoch
+    TABLE = "table"  # our partition table changed
+    TIMEOUT = "timeout"  # no acknowledgement within resend_ms: go back
+
+
+_S = LaneState
+_E = LaneEvent
+# (state, event) -> the states the event may lead to. Anything else raises.
+LANE_TRANSITIONS: Final[dict[tuple[LaneState, LaneEvent], frozenset[LaneState]]] = {
+    (_S.IDLE, _E.OFFER): frozenset({_S.SENDING}),
+    (_S.IDLE, _E.ACK): frozenset({_S.IDLE}),  # a repeated ack of what is acknowledged
+    (_S.IDLE, _E.REDIRECT): frozenset({_S.IDLE}),  # stale: nothing is waiting
+    (_S.IDLE, _E.TABLE): frozenset({_S.IDLE}),
+    (_S.SENDING, _E.OFFER): frozenset({_S.SENDING}),
+    (_S.SENDING, _E.SEND): frozenset({_S.SENDING}),
+    (_S.SENDING, _E.ACK): frozenset({_S.SENDING, _S.IDLE}),
+    (_S.SENDING, _E.REDIRECT): frozenset({_S.REDIRECTED}),
+    (_S.SENDING, _E.TABLE): frozenset({_S.SENDING}),
+    (_S.SENDING, _E.TIMEOUT): frozenset({_S.SENDING}),
+    (_S.REDIRECTED, _E.OFFER): frozenset({_S.REDIRECTED}),
+    # A late ack from the old owner is true: it applied those tokens before it let go.
+    (_S.REDIRECTED, _E.ACK): frozenset({_S.REDIRECTED, _S.IDLE}),
+    (_S.REDIRECTED, _E.REDIRECT): frozenset({_S.REDIRECTED}),
+    (_S.REDIRECTED, _E.TABLE): frozenset({_S.REDIRECTED, _S.SENDING}),
+    (_S.REDIRECTED, _E.TIMEOUT): frozenset({_S.REDIRECTED}),
+}
+
+
+@dataclass(slots=True)
+class Run:
+    """Consecutive tokens ``first_seq .. last_seq`` of one lane, as stored and sent."""
+
+    lane: int
+    first_seq: int
+    count: int
+    entries: bytes  # msgpack of [(place, time, fields), ...], opaque to the machine
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+
+@dataclass(slots=True)
+class OutLane:
+    """The sender's state for one lane."""
+
+    lane: int
+    state: LaneState = LaneState.IDLE
+    next_seq: int = 1  # the seq the next offered token gets
+    acked: int = 0  # every seq up to this one is acknowledged
+    sent: int = 0  # every seq up to this one was sent in the current round
+    resend_at_ms: int = 0
+    wait_epoch: int = 0  # REDIRECTED: the table epoch to wait for
+    runs: deque[Run] = field(default_factory=deque)
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """Runs to send to one shard in one message, stamped with our table's epoch."""
+
+    shard: int
+    epoch: int
+    runs: tuple[Run, ...]
+
+
+class Outbox:
+    """The sender side: lanes of unacknowledged runs (see the module docstring).
+
+    Args:
+        resend_ms: how long a sent run waits for its acknowledgement before the lane
+            goes back and sends it again.
+    """
+
+    def __init__(self, *, resend_ms: int = RESEND_MS_DEFAULT) -> None:
+        assert resend_ms > 0
+        self.resend_ms = resend_ms
+        self.lanes: dict[int, OutLane] = {}
+        self.table_epoch = 0
+
+    # -- the table ------------------------------------------------------------------------
+
+    def _step(self, lane: OutLane, event: LaneEvent, new: LaneState) -> None:
+        allowed = LANE_TRANSITIONS.get((lane.state, event))
+        if allowed is None or new not in allowed:
+            was = lane.state
+            lane.state = LaneState.ERROR
+            lane.error = (
+                f"lane {lane.lane}: event {event.value} is not allowed in state {was.value}"
+            )
+            raise ProtocolError(lane.error)
+        lane.state = new
+
+    def _lane(self, lane: int) -> OutLane:
+        found = self.lanes.get(lane)
+        if found is None:
+            found = self.lanes[lane] = OutLane(lane)
+        return found
+
+    # -- events -----------------------------------------------------------------------------
+
+    def restore(self, lane: int, *, next_seq: int, runs: Iterable[Run]) -> None:
+        """Load a lane from the durable outbox (at startup, before any event)."""
+        assert lane not in self.lanes, f"lane {lane} restored twice"
+        out = self._lane(lane)
+        out.next_seq = next_seq
+        out.runs.extend(sorted(runs, key=lambda r: r.first_seq))
+        if out.runs:
+            out.acked = out.sent = out.runs[0].first_seq - 1
+            assert out.runs[-1].last_seq < next_seq, f"lane {lane}: a run beyond next_seq"
+            out.state = LaneState.SENDING
+
+    def offer(self, lane: int, entries: bytes, count: int) -> Run:
+        """Number ``count`` new tokens of ``lane``; the caller stores the run it gets.
+
+        Raises:
+            ProtocolError: the lane is in the ERROR state (the run is not created).
+        """
+        assert count > 0
+        out = self._lane(lane)
+        new = LaneState.SENDING if out.state is LaneState.IDLE else out.state
+        self._step(out, LaneEvent.OFFER, new)
+        run = Run(lane, out.next_seq, count, entries)
+        out.next_seq += count
+        out.runs.append(run)
+        return run
+
+    def table_changed(self, table: PartitionTable) -> None:
+        """Our partition table is now ``table``: redirected lanes may go again."""
+        self.table_epoch = max(self.table_epoch, table.epoch)
+        for out in self.lanes.values():
+            if out.state is LaneState.ERROR:
+                continue
+            if out.state is LaneState.REDIRECTED and self.table_epoch >= out.wait_epoch:
+                self._step(out, LaneEvent.TABLE, LaneState.SENDING)
+                out.resend_at_ms = 0
+            else:
+                self._step(out, LaneEvent.TABLE, out.state)
+
+    def due(self, now_ms: int, table: PartitionTable) -> list[Outgoing]:
+        """The messages to send now; the runs in them count as sent from now on.
+
+        A lane whose oldest sent run waited ``resend_ms`` without acknowledgement goes
+        back to its first unacknowledged seq. Runs go to the lane's owner in
+        ``table``; each message holds at most ``MESSAGE_TOKENS_MAX`` tokens.
+        """
+        self.table_epoch = max(self.table_epoch, table.epoch)
+        by_shard: dict[int, list[Run]] = {}
+        for out in self.lanes.values():
+            if out.state is not LaneState.SENDING:
+                continue
+            if out.sent > out.acked and now_ms >= out.resend_at_ms:
+                self._step(out, LaneEvent.TIMEOUT, LaneState.SENDING)
+                out.sent = out.acked
+            if out.sent >= out.next_seq - 1:
+                continue
+            window_end = out.acked + LANE_WINDOW_TOKENS_MAX
+            picked = [r for r in out.runs if r.last_seq > out.sent and r.first_seq <= window_end]
+            if not picked:
+                continue
+            self._step(out, LaneEvent.SEND, LaneState.SENDING)
+            out.sent = picked[-1].last_seq
+            out.resend_at_ms = now_ms + self.resend_ms
+            by_shard.setdefault(table.owner(out.lane), []).extend(picked)
+        messages = []
+        for shard, runs in sorted(by_shard.items()):
+            chunk: list[Run] = []
+            tokens = 0
+            for run in runs:
+                if chunk and (
+                    tokens + run.count > MESSAGE_TOKENS_MAX or len(chunk) >= MESSAGE_RUNS_MAX
+                ):
+                    messages.append(Outgoing(shard, self.table_epoch, tuple(chunk)))
+                    chunk, tokens = [], 0
+                chunk.append(run)
+                tokens += run.count
+            messages.append(Outgoing(shard, self.table_epoch, tuple(chunk)))
+        return messages
+
+    def acknowledged(
+        self,
+        *,
+        acks: Sequence[tuple[int, int]],
+        redirects: Sequence[tuple[int, int, int]] = (),
+        deferred: Sequence[int] = (),
+        now_ms: int,
+    ) -> list[Run]:
+        """Apply a receiver's answer; return the runs now wholly acknowledged.
+
+        The caller deletes the returned runs from the durable outbox (in its next
+        commit; a run resent after a crash before that is a duplicate the receiver
+        drops). Raises :class:`ProtocolError` (the lane goes to ERROR) for an
+        acknowledgement of a seq that was never offered.
+        """
+        done: list[Run] = []
+        for lane, hwm in acks:
+            out = self.lanes.get(lane)
+            if out is None or hwm >= out.next_seq:
+                if out is not None:
+                    out.state = LaneState.ERROR
+                    out.error = (
+                        f"lane {lane}: acknowledged up to seq {hwm}, but only "
+                        f"{out.next_seq - 1} were ever offered"
+                    )
+                raise ProtocolError(
+                    out.error if out is not None else f"acknowledgement for unknown lane {lane}"
+                )
+            if hwm <= out.acked:
+                self._step(out, LaneEvent.ACK, out.state)  # stale or repeated
+                continue
+            out.acked = hwm
+            out.sent = max(out.sent, hwm)
+            out.resend_at_ms = now_ms + self.resend_ms
+            while out.runs and out.runs[0].last_seq <= hwm:
+                done.append(out.runs.popleft())
+            idle = out.acked == out.next_seq - 1
+            self._step(out, LaneEvent.ACK, LaneState.IDLE if idle else out.state)
+        for lane, _owner, epoch in redirects:
+            out = self.lanes.get(lane)
+            if out is None:
+                raise ProtocolError(f"redirect for lane {lane}, which was never used")
+            if out.state is LaneState.IDLE:
+                self._step(out, LaneEvent.REDIRECT, LaneState.IDLE)
+                continue
+            self._step(out, LaneEvent.REDIRECT, LaneState.REDIRECTED)
+            # Wait for a table newer than the one we sent with (or the redirect's own).
+            out.wait_epoch = max(out.wait_epoch, epoch, self.table_epoch + 1)
+            out.sent = out.acked
+        for lane in deferred:
+            out = self.lanes.get(lane)
+            if out is not None and out.state is LaneState.SENDING:
+                # The receiver's table is behind ours: send again after the timeout.
+                out.sent = out.acked
+                out.resend_at_ms = now_ms + self.resend_ms
+        return done
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def next_deadline(self) -> int | None:
+        """When :meth:`due` next has something to do that no event will trigger."""
+        deadlines = [
+            out.resend_at_ms
+            for out in self.lanes.values()
+            if out.state is LaneState.SENDING and out.sent > out.acked
+        ]
+        return min(deadlines, default=None)
+
+    def has_unsent(self) -> bool:
+        return any(
+            out.state is LaneState.SENDING and out.sent < out.next_seq - 1
+            for out in self.lanes.values()
+        )
+
+    def waiting_epoch(self) -> int:
+        """The highest table epoch a redirected lane waits for (0: none waits)."""
+        return max(
+            (o.wait_epoch for o in self.lanes.values() if o.state is LaneState.REDIRECTED),
+            default=0,
+        )
+
+    def pending_tokens(self) -> int:
+        """Tokens offered and not yet acknowledged (they sit in the durable outbox)."""
+        return sum(out.next_seq - 1 - out.acked for out in self.lanes.values() if out.runs)
+
+    def failed_lanes(self) -> dict[int, str]:
+        return {o.lane: o.error for o in self.lanes.values() if o.state is LaneState.ERROR}
+
+
+# -- receiver ----------------------------------------------------------------------------
+
+
+class Ownership(Enum):
+    """How the receiver's table judges a run's lane."""
+
+    OWNED = "owned"
+    NOT_OWNED = "not_owned"
+    STALE_EPOCH = "stale_epoch"  # the sender's table predates the lane's last move
+    TABLE_BEHIND = "table_behind"  # the sender's table is newer than ours
+
+
+class Order(Enum):
+    """Where a run falls relative to what the receiver applied."""
+
+    NEXT = "next"  # starts at or below hwm + 1 and goes beyond hwm
+    DUPLICATE = "duplicate"  # everything in it was applied before
+    GAP = "gap"  # starts beyond hwm + 1: an earlier run is missing
+
+
+class Verdict(Enum):
+    APPLY = "apply"  # apply the part above hwm, acknowledge
+    ACK = "ack"  # apply nothing, acknowledge hwm
+    REDIRECT = "redirect"  # apply nothing, name the owner
+    DEFER = "defer"  # apply nothing, ask to send again later
+
+
+RECEIVE_TABLE: Final[dict[tuple[Ownership, Order], Verdict]] = {
+    (Ownership.OWNED, Order.NEXT): Verdict.APPLY,
+    (Ownership.OWNED, Order.DUPLICATE): Verdict.ACK,
+    (Ownership.OWNED, Order.GAP): Verdict.ACK,
+    (Ownership.NOT_OWNED, Order.NEXT): Verdict.REDIRECT,
+    (Ownership.NOT_OWNED, Order.DUPLICATE): Verdict.REDIRECT,
+    (Ownership.NOT_OWNED, Order.GAP): Verdict.REDIRECT,
+    (Ownership.STALE_EPOCH, Order.NEXT): Verdict.REDIRECT,
+    (Ownership.STALE_EPOCH, Order.DUPLICATE): Verdict.REDIRECT,
+    (Ownership.STALE_EPOCH, Order.GAP): Verdict.REDIRECT,
+    (Ownership.TABLE_BEHIND, Order.NEXT): Verdict.DEFER,
+    (Ownership.TABLE_BEHIND, Order.DUPLICATE): Verdict.DEFER,
+    (Ownership.TABLE_BEHIND, Order.GAP): Verdict.DEFER,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Apply entries ``skip ..`` of run number ``index`` of the message."""
+
+    index: int
+    skip: int
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the receiver decided for one message.
+
+    The shell applies ``accepted`` and persists ``hwms`` in one transaction, then
+    sends ``acks``, ``redirects`` and ``deferred`` back (a HandoffAck).
+    """
+
+    accepted: tuple[Accepted, ...]
+    hwms: dict[tuple[int, int], int]  # (sender, lane) -> new hwm, to persist
+    acks: tuple[tuple[int, int], ...]
+    redirects: tuple[tuple[int, int, int], ...]
+    deferred: tuple[int, ...]
+    verdicts: tuple[Verdict, ...]  # one per run, for statistics and tests
+
+
+class Inbox:
+    """The receiver side: the per-(sender, lane) high-water marks (bounded state).
+
+    Args:
+        me: this shard's id.
+        hwms: the persisted high-water marks ``(sender, lane) -> hwm``.
+    """
+
+    def __init__(self, me: int, hwms: dict[tuple[int, int], int] | None = None) -> None:
+        self.me = me
+        self.hwms: dict[tuple[int, int], int] = dict(hwms or {})
+        self.failed: dict[tuple[int, int], str] = {}  # (sender, incarnation) -> why
+
+    def ownership(self, lane: int, epoch: int, table: PartitionTable) -> Ownership:
+        if is_pool_lane(lane):
+            return Ownership.OWNED if table.owner(lane) == self.me else Ownership.NOT_OWNED
+        if epoch > table.epoch:
+            return Ownership.TABLE_BEHIND
+        if table.owner(lane) != self.me:
+            return Ownership.NOT_OWNED
+        if epoch < table.lane_epoch(lane):
+            return Ownership.STALE_EPOCH
+        return Ownership.OWNED
+
+    def receive(
+        self,
+        *,
+        sender: int,
+        incarnation: int,
+        epoch: int,
+        runs: Sequence[tuple[int, int, int]],
+        table: PartitionTable,
+    ) -> Receipt:
+        """Judge a message's runs ``(lane, first_seq, count)`` and move the hwms.
+
+        Raises:
+            ProtocolError: the message breaks the protocol (a run from this shard to
+                itself, an empty run, a seq below 1);
+                this sender incarnation then stays refused (sticky) and nothing of
+                the message is applied. Runs of one lane may follow each other in
+                a message; they are judged in order.
+        """
+        failed = self.failed.get((sender, incarnation))
+        if failed is not None:
+            raise ProtocolError(f"shard {sender} (incarnation {incarnation}) is refused: {failed}")
+        problem = _malformed(self.me, sender, runs)
+        if problem:
+            self.failed[(sender, incarnation)] = problem
+            raise ProtocolError(f"shard {sender} (incarnation {incarnation}): {problem}")
+        accepted: list[Accepted] = []
+        hwms: dict[tuple[int, int], int] = {}
+        acks: list[tuple[int, int]] = []
+        redirects: list[tuple[int, int, int]] = []
+        deferred: list[int] = []
+        verdicts: list[Verdict] = []
+        for index, (lane, first_seq, count) in enumerate(runs):
+            hwm = self.hwms.get((sender, lane), 0)
+            last_seq = first_seq + count - 1
+            if last_seq <= hwm:
+                order = Order.DUPLICATE
+            elif first_seq > hwm + 1:
+                order = Order.GAP
+            else:
+                order = Order.NEXT
+            verdict = RECEIVE_TABLE[(self.ownership(lane, epoch, table), order)]
+            verdicts.append(verdict)
+            if verdict is Verdict.APPLY:
+                accepted.append(Accepted(index, hwm + 1 - first_seq))
+                self.hwms[(sender, lane)] = hwms[(sender, lane)] = last_seq
+                acks.append((lane, last_seq))
+            elif verdict is Verdict.ACK:
+                acks.append((lane, hwm))
+            elif verdict is Verdict.REDIRECT:
+                redirects.append((lane, table.owner(lane), table.epoch))
+            else:
+                deferred.append(lane)
+        return Receipt(
+            tuple(accepted), hwms, tuple(acks), tuple(redirects), tuple(deferred), tuple(verdicts)
+        )
+
+
+def _malformed(me: int, sender: int, runs: Sequence[tuple[int, int, int]]) -> str:
+    if sender == me:
+        return "a shard does not hand tokens to itself"
+    for lane, first_seq, count in runs:
+        if first_seq < 1 or count < 1:
+            return f"run on lane {lane} has first seq {first_seq} and {count} tokens"
+        if lane < 0:
+            return f"lane {lane} is negative"
+    return ""
