@@ -17,6 +17,7 @@ import click
 from nets.errors import CpnError
 from nets.loader import load_net
 from nets.simulation import simulate
+from router.table import SHARDS_MAX
 from shard.process import ShardConfig, serve
 from shard.store import MAP_SIZE_BYTES_INITIAL, Durability
 
@@ -154,6 +155,26 @@ def run(net_path: str, until_ms: int, seed: int, tie_break: str, max_steps: int)
     show_default=True,
     help="Initial LMDB map size in bytes; the map grows by itself when full.",
 )
+@click.option(
+    "--shard-id",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="This shard's id in the cluster (0 .. --shards - 1).",
+)
+@click.option(
+    "--shards",
+    "shard_count",
+    type=click.IntRange(min=1, max=SHARDS_MAX),
+    default=1,
+    show_default=True,
+    help="How many shards the cluster has (1: a standalone shard that owns every slot).",
+)
+@click.option(
+    "--router",
+    default="",
+    help="The router's endpoint (cluster mode): heartbeats, the partition table, peers.",
+)
 def shard(
     net_path: str,
     data_dir: Path,
@@ -162,10 +183,26 @@ def shard(
     allow_remote: bool,
     seed: int,
     map_size_bytes: int,
+    shard_id: int,
+    shard_count: int,
+    router: str,
 ) -> None:
     """Run one shard: recover NET's marking from DATA, then serve and fire."""
+    if shard_id >= shard_count:
+        raise click.BadParameter(
+            f"shard id {shard_id} is not below --shards {shard_count}", param_hint="--shard-id"
+        )
     config = ShardConfig(
-        net_path, data_dir, bind, Durability(durability), allow_remote, seed, map_size_bytes
+        net_path,
+        data_dir,
+        bind,
+        Durability(durability),
+        allow_remote,
+        seed,
+        map_size_bytes,
+        shard_id=shard_id,
+        shard_count=shard_count,
+        router=router,
     )
     serve(config)
 

@@ -42,7 +42,7 @@ from nets.binding import (
 )
 from nets.colour import check_token
 from nets.errors import CpnError
-from nets.firing import FireFn, Found, Step, compile_firing
+from nets.firing import FireFn, Found, Locality, Step, compile_firing
 from nets.marking import PlaceStore
 from nets.model import Net, Token, Transition
 
@@ -250,6 +250,9 @@ class Engine:
         watch: places that no arc reads but whose future tokens must still come due
             on time (e.g. a work queue that workers lease from). Other unread places
             keep future tokens in their index directly: nothing waits for them.
+        locality: for a shard that owns only some partitions: produced tokens it
+            does not keep are exported (see :class:`nets.firing.Locality` and
+            :meth:`take_exported`) instead of entering the marking.
     """
 
     def __init__(
@@ -260,6 +263,7 @@ class Engine:
         tie_break: TieBreak | str = TieBreak.ORDERED,
         initial_marking: bool = True,
         watch: Iterable[str] = (),
+        locality: Locality | None = None,
     ) -> None:
         self.net = net
         self._watched = frozenset(watch)
@@ -274,6 +278,9 @@ class Engine:
         self._steps = 0
         self._firings = {t.name: 0 for t in net.transitions}
         self.hooks: list[StepHook] = []
+        # Produced tokens of partitions held elsewhere (with a locality), oldest first;
+        # the shell takes them with take_exported() and hands them off.
+        self._exported: list[PlacedEntry] = []
         self._transitions = [
             _TransitionState(i, t, self._stores) for i, t in enumerate(net.transitions)
         ]
@@ -289,6 +296,8 @@ class Engine:
                 self._stores,
                 self._pending,
                 self._pending_seq,
+                locality=locality,
+                exported=self._exported,
             )
         if initial_marking:
             # Components start dirty, so bulk loading needs no notifications.
@@ -489,6 +498,16 @@ class Engine:
         place gains an available token) without a firing or a put.
         """
         return self._pending[0][0] if self._pending else None
+
+    def take_exported(self) -> list[PlacedEntry]:
+        """The produced entries this engine's locality did not keep, since the last call.
+
+        They are in no place of this engine: the caller owns them from now on (a shard
+        writes them to its outbox in the commit of the steps that produced them).
+        """
+        taken = self._exported[:]
+        self._exported.clear()
+        return taken
 
     # -- inspection ---------------------------------------------------------------------
 

@@ -19,11 +19,11 @@ import heapq
 import itertools
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from nets.binding import CONSUME, INHIBIT, Component, InscriptionError
 from nets.marking import PlaceStore
-from nets.model import OutputArc, Token, Transition, Var, parameters
+from nets.model import OutputArc, Place, Token, Transition, Var, parameters
 
 PlacedEntry = tuple[str, int, Token]  # (place name, time, token)
 
@@ -53,17 +53,41 @@ def _expression(expr: object, name: str, namespace: dict[str, Any]) -> str:
     return name
 
 
+class Locality(Protocol):
+    """Which produced tokens stay in this engine's marking (the rest are exported).
+
+    A sharded runtime owns only some partitions: a token produced into a keyed place
+    whose key another shard owns, or into a fixed place (no key, no pool) that another
+    shard holds, leaves the marking and is appended to the engine's ``exported`` list
+    for the shell to hand off. Pool tokens always stay. ``local_keys`` is a cache the
+    generated code reads first (key value -> stays here?); the owner of the locality
+    fills it through :meth:`is_local_key` and must ``clear()`` it (never replace it)
+    when ownership changes.
+    """
+
+    local_keys: dict[Any, bool]
+
+    def is_local_key(self, key: Any) -> bool: ...
+
+    def is_local_fixed(self) -> bool: ...
+
+
 def compile_firing(
     transition: Transition,
     components: Sequence[Component],
     stores: Mapping[str, PlaceStore],
     pending: list[tuple[int, int, str, Token]],
     sequence: itertools.count[int],
+    *,
+    locality: Locality | None = None,
+    exported: list[PlacedEntry] | None = None,
 ) -> FireFn:
     """Generate the firing function of ``transition`` for one engine's marking.
 
     ``pending`` is the engine's heap of future entries ``(time, seq, place, token)``
-    and ``sequence`` numbers them, so that equal times pop in production order.
+    and ``sequence`` numbers them, so that equal times pop in production order. With
+    a ``locality``, produced tokens it does not keep go to ``exported`` instead of the
+    marking (and are not in the step's ``produced``).
     """
     ns: dict[str, Any] = {
         "Step": Step,
@@ -117,19 +141,42 @@ def compile_firing(
             slot += 1
 
     # 3. Produce: available now (or into an unread place) goes straight to the index,
-    #    the rest waits in the pending heap.
+    #    the rest waits in the pending heap; tokens of partitions held elsewhere are
+    #    exported (with a locality).
     produced: list[str] = []
+    if locality is not None:
+        assert exported is not None
+        ns.update(LK=locality.local_keys, LKF=locality.is_local_key, LF=locality.is_local_fixed)
+        ns["X"] = exported
     for i, arc in enumerate(transition.produce):
         place = arc.place.name
         store = f"S_{place}"
         ns[store] = stores[place]
+        test = None if locality is None else _local_test(arc.place)
+        token = "o" if arc.many else f"o{i}"
+        add = _add_lines(store, place, token, f"t{i}")
+        if test is not None:
+            kept = f"kept{i}.append(o)" if arc.many else f"kept{i} = True"
+            add = [
+                *test(token),
+                "if local:",
+                *(f"    {line}" for line in add),
+                f"    {kept}",
+                "else:",
+                f"    X.append(({place!r}, t{i}, {token}))",
+            ]
+            lines.append(f"    kept{i} = []" if arc.many else f"    kept{i} = False")
         if arc.many:
             lines.append(f"    for o in o{i}:")
-            lines += [f"        {line}" for line in _add_lines(store, place, "o", f"t{i}")]
-            produced.append(f"*[({place!r}, t{i}, o) for o in o{i}]")
+            lines += [f"        {line}" for line in add]
+            source = f"o{i}" if test is None else f"kept{i}"
+            produced.append(f"*[({place!r}, t{i}, o) for o in {source}]")
         else:
-            lines += [f"    {line}" for line in _add_lines(store, place, f"o{i}", f"t{i}")]
-            produced.append(f"({place!r}, t{i}, o{i})")
+            lines += [f"    {line}" for line in add]
+            if test is None:
+                produced.append(f"({place!r}, t{i}, o{i})")
+            else:
+                produced.append(f"*((({place!r}, t{i}, o{i}),) if kept{i} else ())")
     lines.append(
         f"    return Step(NAME, now, values, ({''.join(c + ', ' for c in consumed)}), "
         f"({''.join(p + ', ' for p in produced)}))"
@@ -139,6 +186,20 @@ def compile_firing(
     exec(code, ns)  # noqa: S102 - source built above from the net's structure only
     fire: FireFn = ns["fire"]
     return fire
+
+
+def _local_test(place: Place) -> Callable[[str], list[str]] | None:
+    """Lines setting ``local`` for a produced token, or None if it always stays."""
+    if place.pool:
+        return None
+    if place.key is None:
+        return lambda _token: ["local = LF()"]
+    position = place.colour_set.field_index(place.key)
+    return lambda token: [
+        f"local = LK.get({token}[{position}])",
+        "if local is None:",
+        f"    local = LKF({token}[{position}])",
+    ]
 
 
 def _output_lines(i: int, arc: OutputArc, ns: dict[str, Any]) -> list[str]:

@@ -108,6 +108,9 @@ class ShardConfig:
     allow_remote: bool = False
     seed: int = 0
     map_size_bytes: int = MAP_SIZE_BYTES_INITIAL
+    shard_id: int = 0
+    shard_count: int = 1
+    router: str = ""  # the router's endpoint; "" for a standalone shard
 
 
 class RequestError(CpnError):
