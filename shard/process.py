@@ -44,6 +44,7 @@ from nets.errors import CpnError, TokenError
 from nets.firing import Step
 from nets.loader import load_net
 from nets.model import Net, Token
+from router.handoff import ProtocolError
 from router.wire import (
     FRAME_BYTES_MAX,
     Complete,
@@ -51,15 +52,20 @@ from router.wire import (
     Counts,
     Envelope,
     Error,
+    Handoff,
+    HandoffAck,
     Lease,
     Leased,
     Message,
     Ping,
     Pong,
+    PoolAnswer,
+    PoolWanted,
     Put,
     PutAck,
     QueryCounts,
     QueryTokens,
+    Redirect,
     Shutdown,
     ShuttingDown,
     Statistics,
@@ -69,7 +75,10 @@ from router.wire import (
     decode,
     encode,
 )
+from shard.exchange import Exchange, HandoffRefused
 from shard.leases import WorkQueue, with_work_queues
+from shard.link import Link
+from shard.peers import Peers
 from shard.store import MAP_SIZE_BYTES_INITIAL, Batch, Durability, Store, StoreError
 
 ENDPOINT_FILE: Final = "endpoint"
@@ -172,6 +181,8 @@ class Shard:
             net=self.net,
             durability=config.durability,
             map_size_bytes=config.map_size_bytes,
+            shard_id=config.shard_id,
+            shard_count=config.shard_count,
         )
         self.incarnation = self.store.incarnation
         self.stopping = False
@@ -202,23 +213,68 @@ class Shard:
         self.clock = SystemClock(floor_ms=recovered.clock_ms)
         self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
         self.leases: dict[str, list[tuple[str, int, Token]]] = {}  # lease id -> held entries
-        self.engine = Engine(self.net, initial_marking=False, watch=list(self.queues))
+        self.exchange = Exchange(
+            self.net,
+            shard_id=self.config.shard_id,
+            shard_count=self.config.shard_count,
+            recovered=recovered,
+            reserved=frozenset(self.companions),
+            incarnation=self.incarnation,
+        )
+        self.engine = Engine(
+            self.net,
+            initial_marking=False,
+            watch=list(self.queues),
+            locality=self.exchange if self.exchange.clustered else None,
+        )
         self.engine.advance(self.clock.now_ms())
         self.batch = Batch()
+        self.exports: list[tuple[str, int, Token]] = []  # tokens for other shards
         self.more_enabled = True  # until a batch shows otherwise
         self.engine.hooks.append(self._record_step)
         if recovered.initialised:
             self.engine.restore(recovered.marking)
         else:
-            for place in self.net.places:
-                for token in place.initial:
-                    self._add(place.name, token, self.engine.now)
+            self._initial_marking()
+            self.flush_exports()
             self.batch.clock_ms = self.engine.now
             self.store.commit(self.batch, initialised=True)
             self.batch = Batch()
         for queue in self.queues.values():
             for time_ms, held in self.engine.tokens(queue.held.name):
                 self.leases.setdefault(held[0], []).append((queue.held.name, time_ms, held))
+
+    def _initial_marking(self) -> None:
+        """This shard's share of the net's initial marking.
+
+        Keyed and fixed tokens start at the shard that owns their slot (every shard
+        computes the same initial table); pool tokens are dealt round robin, token
+        ``i`` to shard ``i % shard_count``, so they start spread over the cluster.
+        """
+        me, count = self.config.shard_id, self.config.shard_count
+        for place in self.net.places:
+            for index, token in enumerate(place.initial):
+                if place.pool:
+                    if index % count == me:
+                        self._add(place.name, token, self.engine.now)
+                elif self.exchange.owns(place, token):
+                    self._add(place.name, token, self.engine.now)
+
+    def _emit(self, place: str, token: Token, time_ms: int) -> None:
+        """A token the shell produces (a completion's result): here, or handed off."""
+        if self.exchange.owns(self.net.place(place), token):
+            self._add(place, token, time_ms)
+        else:
+            self.exports.append((place, time_ms, token))
+
+    def flush_exports(self) -> None:
+        """Move this batch's tokens for other shards into outbox runs (same commit)."""
+        exported = self.engine.take_exported()
+        if self.exports:
+            exported.extend(self.exports)
+            self.exports.clear()
+        if exported:
+            self.exchange.export(exported, self.batch)
 
     def _record_step(self, step: Step) -> None:
         # A step's entries are already (place, time, token) tuples: the batch's keys.
@@ -247,12 +303,18 @@ class Shard:
         """Apply one request to the engine and the batch; return its reply."""
         message = envelope.message
         self.counters[f"requests_{type(message).__name__}"] += 1
+        if isinstance(message, Handoff | PoolWanted) and self.read_only_reason is not None:
+            raise RequestError("store_unavailable", self.read_only_reason)
         if isinstance(message, Put | Lease | Complete):
             duplicate = self._duplicate(message.client_id, message.request_seq)
             if duplicate is not None:
                 return duplicate
             if self.read_only_reason is not None:
                 raise RequestError("store_unavailable", self.read_only_reason)
+        if isinstance(message, Handoff):
+            return self._handoff(message, envelope.incarnation)
+        if isinstance(message, PoolWanted):
+            return self._give_pool(message)
         if isinstance(message, Put):
             return self._put(message)
         if isinstance(message, Lease):
@@ -325,6 +387,14 @@ class Shard:
             raise RequestError(
                 "bad_request", f"delay_ms must be in 0..{DURATION_MS_MAX}, got {put.delay_ms}"
             )
+        place = self.net.place(put.place)
+        for token in tokens:
+            if not self.exchange.owns(place, token):
+                slot = self.exchange.lane_of(place, token)
+                assert slot is not None
+                self.counters["puts_redirected"] += 1
+                table = self.exchange.table
+                return Redirect(slot, table.owner(slot), table.epoch)
         at = self.engine.now + put.delay_ms
         for token in tokens:
             self._add(put.place, token, at)
@@ -356,7 +426,7 @@ class Shard:
             )
         now = self.engine.now
         self._lease_seq += 1
-        lease_id = f"{self.incarnation}.{self._lease_seq}"
+        lease_id = f"{self.config.shard_id}.{self.incarnation}.{self._lease_seq}"
         expires = now + lease.lease_ms
         taken = self.engine.available(lease.place, lease.max_tokens)
         held_entries = []
@@ -391,11 +461,39 @@ class Shard:
         for place, time_ms, token in held:
             self._remove(place, token, time_ms)
         for place, token in results:
-            self._add(place, token, self.engine.now)
+            self._emit(place, token, self.engine.now)
         del self.leases[complete.lease_id]
         self.counters["leases_completed"] += 1
         reply = Completed(complete.request_seq, complete.lease_id, False)
         return self._remember(complete.client_id, complete.request_seq, reply)
+
+    def _handoff(self, message: Handoff, incarnation: int) -> Message:
+        try:
+            entries, receipt = self.exchange.receive(message, incarnation)
+        except (HandoffRefused, ProtocolError) as exc:
+            log.error("handoff from shard %d refused: %s", message.sender, exc)
+            raise RequestError("handoff_refused", str(exc)) from exc
+        for place, time_ms, token in entries:
+            self._add(place, token, time_ms)
+        self.batch.hwms.update(receipt.hwms)
+        return HandoffAck(receipt.acks, receipt.redirects, receipt.deferred)
+
+    def _give_pool(self, message: PoolWanted) -> Message:
+        place = self._place(message.place)
+        if not place.pool:
+            raise RequestError("not_a_pool", f"place {message.place!r} is not a pool place")
+        if not 0 <= message.sender < self.exchange.table.shard_count or (
+            message.sender == self.config.shard_id
+        ):
+            raise RequestError("bad_request", f"no peer shard {message.sender} to give tokens to")
+        count = self.exchange.pool_to_give(self.engine, place, max(0, message.count))
+        given = []
+        for time_ms, token in self.engine.available(place.name, count):
+            self._remove(place.name, token, time_ms)
+            given.append((place.name, time_ms, token))
+        self.exchange.export_pool(given, message.sender, self.batch)
+        self.counters["pool_tokens_given"] += len(given)
+        return PoolAnswer(place.name, len(given))
 
     def _counts(self) -> dict[str, int]:
         return {p.name: self.engine.count(p.name) for p in self.net.places}
@@ -432,7 +530,8 @@ class Shard:
             "map_size_bytes": store.map_size_bytes,
             "map_resizes": store.map_resizes,
             "read_only": self.read_only_reason or "",
-            "counters": dict(self.counters),
+            "counters": dict(self.counters + self.exchange.counters),
+            **self.exchange.statistics(),
         }
 
     # -- the batch ----------------------------------------------------------------------
@@ -472,6 +571,7 @@ class Shard:
 
     def commit(self) -> bool:
         """Commit the batch; on failure, fall back to the committed state, read-only."""
+        self.flush_exports()
         batch, self.batch = self.batch, Batch()
         batch.clock_ms = self.engine.now
         if batch.is_empty():
@@ -488,6 +588,13 @@ class Shard:
         self.commit_latencies_ms.append((time.perf_counter() - started) * 1000)
         self.batch_sizes.append(len(batch.marking))
         return True
+
+    def progress(self) -> dict[str, int]:
+        """Counters that grow while the loop turns (for the router's heartbeat view)."""
+        return {
+            "firings": self.engine.statistics().steps,
+            "commits": self.store.statistics().commits,
+        }
 
     def timeout_ms(self) -> int:
         if self.more_enabled:
@@ -551,14 +658,17 @@ def serve(config: ShardConfig) -> None:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
-    poller = zmq.Poller()
-    poller.register(socket, zmq.POLLIN)
-    poller.register(wake_read, zmq.POLLIN)
+    peers = Peers(context, me=config.shard_id, router=config.router)
+    link = Link(shard.exchange, peers, endpoint=endpoint) if shard.exchange.clustered else None
     held: deque[list[bytes]] = deque()  # requests read during a batch, not yet handled
     try:
         while not shard.stopping:
-            poller.poll(0 if held else shard.timeout_ms())
+            if link is not None:
+                link.exchange = shard.exchange  # new after a failed commit's recovery
+            _poll(socket, wake_read, peers, 0 if held else _timeout_ms(shard, link))
             shard.tick()
+            if link is not None:
+                link.take_replies(shard.engine.now, shard.batch)
             replies = _receive(shard, socket, held)
             shard.fire_due(_requests_waiting(socket, held, answering=bool(replies)))
             if not shard.commit():
@@ -570,6 +680,8 @@ def serve(config: ShardConfig) -> None:
                 ]
             for peer, reply, message_id in replies:
                 _send(shard, socket, peer, reply, message_id)
+            if link is not None:
+                link.send_after_commit(shard.engine.now, shard.engine, shard.progress())
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wake_read)
@@ -577,10 +689,29 @@ def serve(config: ShardConfig) -> None:
         shard.commit()
         with contextlib.suppress(FileNotFoundError):
             (config.data_dir / ENDPOINT_FILE).unlink()
+        peers.close()
         socket.close(linger=0)
         context.term()
         shard.store.close()
         log.info("shard stopped")
+
+
+def _poll(socket: zmq.Socket[bytes], wake_read: int, peers: Peers, timeout_ms: int) -> None:
+    # The set of peer sockets changes when a peer moves, so the poller is built per
+    # turn: a handful of registrations, negligible next to a batch.
+    poller = zmq.Poller()
+    poller.register(socket, zmq.POLLIN)
+    poller.register(wake_read, zmq.POLLIN)
+    for peer in peers.sockets():
+        poller.register(peer, zmq.POLLIN)
+    poller.poll(timeout_ms)
+
+
+def _timeout_ms(shard: Shard, link: Link | None) -> int:
+    timeout = shard.timeout_ms()
+    if link is not None and timeout > 0:
+        timeout = max(0, min(timeout, link.next_deadline() - shard.clock.now_ms()))
+    return timeout
 
 
 READ_ONLY_REQUESTS: Final = (QueryCounts, QueryTokens, Stats, Ping)
@@ -618,7 +749,7 @@ def _requests_waiting(
 
 
 def _writes(reply: Message) -> bool:
-    return isinstance(reply, PutAck | Leased | Completed)
+    return isinstance(reply, PutAck | Leased | Completed | HandoffAck | PoolAnswer)
 
 
 def _receive(

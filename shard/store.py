@@ -15,6 +15,13 @@ Layout (all keys sortable; the slot comes first so a slot is one contiguous rang
 * ``meta``: ``net`` (the net's name), ``incarnation`` (starts so far), ``clock_ms``
   (the shard's time high-water mark), ``initialised`` (the initial marking was
   committed), ``schema`` (layout version), ``place:<name>`` (each place's stable id).
+* ``outbox``: key ``lane (4 bytes BE) | first seq (8 bytes BE)`` -> ``count (4 bytes BE)
+  | entries`` (a run of the handoff protocol: msgpack of ``[(place, time, fields)]``,
+  see docs/handoff.md); ``lanes``: ``lane (4)`` -> the lane's next seq (8), kept even
+  when the lane's runs are all acknowledged, so seq numbers never repeat;
+  ``inbox``: ``sender (2) | lane (4)`` -> the highest seq applied (8).
+  ``meta`` also holds ``shard_id``/``shard_count`` (whose data this is), ``table`` (this
+  shard's copy of the partition table) and ``endpoints`` (where peers were last seen).
 * ``clients``: 16-byte BLAKE2b digest of the client id -> msgpack((client id, last
   request_seq, reply frame, shard clock of last use)): per-client deduplication,
   bounded to ``CLIENTS_MAX`` entries (least recently used evicted; the shard clock is
@@ -51,7 +58,7 @@ from nets.errors import CpnError
 from nets.model import Net, Token
 from router.slots import slot_of_token
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 # LMDB keys hold at most 511 bytes: after slot, place id and time, entries of up to this
 # size stay in the key itself.
 ENTRY_IN_KEY_BYTES_MAX: Final = 320
@@ -81,6 +88,9 @@ class Durability(Enum):
     PROCESS = "process"
 
 
+StoredRun = tuple[int, int, int, bytes]  # (lane, first seq, count, entries)
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one write transaction commits."""
@@ -88,9 +98,23 @@ class Batch:
     marking: MarkingDelta = field(default_factory=Counter)
     clients: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     clock_ms: int = 0
+    runs_added: list[StoredRun] = field(default_factory=list)
+    runs_removed: list[tuple[int, int]] = field(default_factory=list)  # (lane, first seq)
+    next_seqs: dict[int, int] = field(default_factory=dict)  # lane -> next seq
+    hwms: dict[tuple[int, int], int] = field(default_factory=dict)  # (sender, lane) -> hwm
+    table: bytes | None = None
+    endpoints: tuple[str, ...] | None = None
 
     def is_empty(self) -> bool:
-        return not self.marking and not self.clients
+        return not (
+            self.marking
+            or self.clients
+            or self.runs_added
+            or self.runs_removed
+            or self.hwms
+            or self.table is not None
+            or self.endpoints is not None
+        )
 
     def add(self, place: str, time: int, token: Token, n: int = 1) -> None:
         self.marking[(place, time, token)] += n
@@ -107,6 +131,11 @@ class Recovered:
     clock_ms: int
     clients: Mapping[str, tuple[int, bytes]]
     initialised: bool
+    runs: list[StoredRun] = field(default_factory=list)
+    next_seqs: dict[int, int] = field(default_factory=dict)
+    hwms: dict[tuple[int, int], int] = field(default_factory=dict)
+    table: bytes | None = None
+    endpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +165,13 @@ class Store:
         net: Net,
         durability: Durability = Durability.FSYNC,
         map_size_bytes: int = MAP_SIZE_BYTES_INITIAL,
+        shard_id: int = 0,
+        shard_count: int = 1,
     ) -> None:
         self.path = Path(path)
         self.net = net
+        self.shard_id = shard_id
+        self.shard_count = shard_count
         for place in net.places:
             if len(place.name.encode()) > PLACE_NAME_BYTES_MAX:
                 raise StoreError(
@@ -152,7 +185,7 @@ class Store:
             self._env = lmdb.open(
                 str(self.path / "lmdb"),
                 map_size=map_size_bytes,
-                max_dbs=4,
+                max_dbs=8,
                 subdir=True,
                 sync=durability is Durability.FSYNC,
                 metasync=durability is Durability.FSYNC,
@@ -166,6 +199,9 @@ class Store:
         self._marking = self._env.open_db(b"marking")
         self._meta = self._env.open_db(b"meta")
         self._clients = self._env.open_db(b"clients")
+        self._outbox = self._env.open_db(b"outbox")
+        self._lanes = self._env.open_db(b"lanes")
+        self._inbox = self._env.open_db(b"inbox")
         self._commits = 0
         self._entries_written = 0
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -192,6 +228,16 @@ class Store:
                 raise StoreError(
                     f"{self.path} has store schema {int(schema)}, not {SCHEMA_VERSION}"
                 )
+            identity = f"{self.shard_id}/{self.shard_count}".encode()
+            stored_identity = txn.get(b"shard", db=self._meta)
+            if stored_identity is not None and bytes(stored_identity) != identity:
+                stored_id, stored_count = bytes(stored_identity).decode().split("/")
+                raise StoreError(
+                    f"{self.path} holds the data of shard {stored_id} of a {stored_count}-shard "
+                    f"cluster, not shard {self.shard_id} of {self.shard_count}; use the data "
+                    "directory that belongs to this shard"
+                )
+            txn.put(b"shard", identity, db=self._meta)
             self._assign_place_ids(txn)
             incarnation = int(txn.get(b"incarnation", b"0", db=self._meta)) + 1
             txn.put(b"net", self.net.name.encode(), db=self._meta)
@@ -290,7 +336,38 @@ class Store:
             for _key, value in txn.cursor(db=self._clients):
                 client_id, seq, reply, _used = unpack(bytes(value))
                 clients[client_id] = (seq, reply)
-        return Recovered(marking, clock_ms, clients, initialised)
+            runs = [
+                (
+                    int.from_bytes(key[:4], "big"),
+                    int.from_bytes(key[4:12], "big"),
+                    int.from_bytes(value[:4], "big"),
+                    bytes(value[4:]),
+                )
+                for key, value in txn.cursor(db=self._outbox)
+            ]
+            next_seqs = {
+                int.from_bytes(key, "big"): int.from_bytes(value, "big")
+                for key, value in txn.cursor(db=self._lanes)
+            }
+            hwms = {
+                (int.from_bytes(key[:2], "big"), int.from_bytes(key[2:6], "big")): int.from_bytes(
+                    value, "big"
+                )
+                for key, value in txn.cursor(db=self._inbox)
+            }
+            table = txn.get(b"table", db=self._meta)
+            endpoints = txn.get(b"endpoints", db=self._meta)
+        return Recovered(
+            marking,
+            clock_ms,
+            clients,
+            initialised,
+            runs,
+            next_seqs,
+            hwms,
+            None if table is None else bytes(table),
+            () if endpoints is None else tuple(unpack(bytes(endpoints))),
+        )
 
     def _decode_entry(
         self, key: bytes, value: bytes, places: Mapping[str, Any]
@@ -386,6 +463,7 @@ class Store:
                 )
             if batch.clients and txn.stat(self._clients)["entries"] > CLIENTS_MAX:
                 self._evict_clients(txn)
+            self._write_handoff(txn, batch)
             txn.put(b"clock_ms", str(batch.clock_ms).encode(), db=self._meta)
             if initialised:
                 txn.put(b"initialised", b"1", db=self._meta)
@@ -393,6 +471,23 @@ class Store:
 
         self._write(write)
         self._commits += 1
+
+    def _write_handoff(self, txn: lmdb.Transaction, batch: Batch) -> None:
+        """The batch's outbox runs, lane counters, inbox marks, table and endpoints."""
+        for lane, first_seq, count, entries in batch.runs_added:
+            key = lane.to_bytes(4, "big") + first_seq.to_bytes(8, "big")
+            txn.put(key, count.to_bytes(4, "big") + entries, db=self._outbox)
+        for lane, first_seq in batch.runs_removed:
+            txn.delete(lane.to_bytes(4, "big") + first_seq.to_bytes(8, "big"), db=self._outbox)
+        for lane, next_seq in batch.next_seqs.items():
+            txn.put(lane.to_bytes(4, "big"), next_seq.to_bytes(8, "big"), db=self._lanes)
+        for (sender, lane), hwm in batch.hwms.items():
+            key = sender.to_bytes(2, "big") + lane.to_bytes(4, "big")
+            txn.put(key, hwm.to_bytes(8, "big"), db=self._inbox)
+        if batch.table is not None:
+            txn.put(b"table", batch.table, db=self._meta)
+        if batch.endpoints is not None:
+            txn.put(b"endpoints", pack(batch.endpoints), db=self._meta)
 
     def _evict_clients(self, txn: lmdb.Transaction) -> None:
         """Drop the least recently used tenth of the client table (rare, bounded)."""

@@ -8,6 +8,11 @@
   set of balls is an invariant the shard must keep across kills.
 * :func:`jobs_and_circulation`: both in one net, for the chaos test (clients put,
   lease and complete while the shard keeps firing the circulation on its clock).
+* :func:`hopping`: the cluster's workload: a ``Hopper`` put into ``hops`` changes its
+  key on every hop (so it crosses partitions, mostly to other shards) until it lands
+  in ``arrived``; every hop also takes and returns a ``Ticket`` from the pool place
+  ``tickets`` (its ``uses`` counts the hops it made possible), so tickets move
+  between shards on demand and their number is conserved.
 
 Subprocesses import this module by path, so it must stay importable with only the
 repository root on ``PYTHONPATH``.
@@ -85,3 +90,53 @@ def jobs_and_circulation() -> Net:
         places=job_places + ball_places,
         transitions=job_transitions + ball_transitions,
     )
+
+
+TICKETS = 6
+
+
+class Hopper(NamedTuple):
+    key: str  # the partition key: changes on every hop
+    hopper_id: int
+    hops_left: int
+
+
+class Ticket(NamedTuple):
+    name: str
+    uses: int
+
+
+def hopper(hopper_id: int, hops: int) -> Hopper:
+    """A hopper as a client puts it (its key is where its first hop happens)."""
+    return Hopper(f"k{hopper_id}-{hops}", hopper_id, hops)
+
+
+def landed(hopper_id: int) -> Hopper:
+    """The token a hopper ends as, in ``arrived``, whatever its number of hops."""
+    return Hopper(f"k{hopper_id}-0", hopper_id, 0)
+
+
+def hopping() -> Net:
+    """Hoppers crossing partitions with a ticket from a pool for every hop."""
+    hops = Place("hops", Hopper, key="key")
+    arrived = Place("arrived", Hopper, key="key")
+    tickets = Place(
+        "tickets", Ticket, pool=True, initial=[Ticket(f"t{i}", 0) for i in range(TICKETS)]
+    )
+    h, k, t = variables("h k t")
+    hop = Transition(
+        "hop",
+        consume=[hops(h, key=k), tickets(t)],
+        guard=lambda h: h.hops_left > 0,
+        produce=[
+            hops.produce(lambda h: hopper(h.hopper_id, h.hops_left - 1)),
+            tickets.produce(lambda t: Ticket(t.name, t.uses + 1)),
+        ],
+    )
+    land = Transition(
+        "land",
+        consume=[hops(h, key=k)],
+        guard=lambda h: h.hops_left == 0,
+        produce=[arrived.produce(h)],
+    )
+    return Net("test_hopping", places=[hops, arrived, tickets], transitions=[hop, land])

@@ -1,0 +1,365 @@
+"""A shard's part in the cluster: what it owns, and tokens in and out (the shell of the handoff).
+
+The protocol itself is :mod:`router.handoff` (pure); this module connects it to the
+shard: it decides which tokens stay (it is the engine's :class:`~nets.firing.Locality`),
+turns exported tokens into outbox runs in the current batch, judges incoming
+:class:`~router.wire.Handoff` messages (validating every entry before the inbox
+machine sees the message), applies acknowledgements, keeps the partition table copy
+and the peers' endpoints, and decides when to ask peers for pool tokens.
+
+Nothing here sends: it returns frames, and the shard sends them after its commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any, Final
+
+import msgpack
+
+from nets.codec import CodecError, token_from_fields, unpack
+from nets.engine import Engine
+from nets.errors import CpnError, TokenError
+from nets.model import Net, Place, Token
+from router.handoff import Inbox, Outbox, ProtocolError, Receipt, Run
+from router.slots import FIXED_SLOT, slot_of_key
+from router.table import PartitionTable, TableError, is_pool_lane, pool_lane
+from router.wire import Handoff, HandoffAck, PoolWanted, Table, encode
+from shard.store import Batch, Recovered
+
+PlacedEntry = tuple[str, int, Token]
+RUN_TOKENS_MAX: Final = 5_000
+RUN_BYTES_MAX: Final = 512 * 1024
+KEYS_CACHED_MAX: Final = 200_000
+POOL_ASK_MS: Final = 100  # between two requests for pool tokens from one shard
+POOL_SCAN_MAX: Final = 10_000
+
+log = logging.getLogger("cpn.shard.exchange")
+
+
+class HandoffRefused(CpnError):
+    """A Handoff message whose content is not acceptable (nothing of it is applied)."""
+
+
+class Exchange:
+    """Ownership, the outbox and inbox machines, the table copy and the peers' endpoints."""
+
+    def __init__(
+        self,
+        net: Net,
+        *,
+        shard_id: int,
+        shard_count: int,
+        recovered: Recovered,
+        reserved: frozenset[str],
+        incarnation: int,
+    ) -> None:
+        self.net = net
+        self.me = shard_id
+        self.incarnation = incarnation
+        self.places: dict[str, Place] = {p.name: p for p in net.places}
+        self.reserved = reserved
+        self.table = PartitionTable.initial(shard_count)
+        if recovered.table is not None:
+            stored = PartitionTable.decode(recovered.table)
+            if stored.shard_count == shard_count:
+                self.table = stored
+        self.endpoints: tuple[str, ...] = recovered.endpoints or ("",) * shard_count
+        self.local_keys: dict[Any, bool] = {}
+        self._slots: dict[Any, int] = {}
+        self._fixed_local = self.table.owner(FIXED_SLOT) == self.me
+        self.outbox = Outbox()
+        self.outbox.table_epoch = self.table.epoch
+        by_lane: dict[int, list[Any]] = defaultdict(list)
+        for lane, first_seq, count, entries in recovered.runs:
+            by_lane[lane].append((first_seq, count, entries))
+        for lane in sorted(set(by_lane) | set(recovered.next_seqs)):
+            runs = [Run(lane, f, c, e) for f, c, e in by_lane.get(lane, [])]
+            next_seq = recovered.next_seqs.get(lane, 1)
+            self.outbox.restore(lane, next_seq=next_seq, runs=runs)
+        self.inbox = Inbox(shard_id, dict(recovered.hwms))
+        self.counters: Counter[str] = Counter()
+        self._pool_asked_ms: dict[str, int] = {}
+        self._pool_ask_next = (shard_id + 1) % shard_count
+        self._packer = msgpack.Packer(use_bin_type=True)
+
+    @property
+    def clustered(self) -> bool:
+        return self.table.shard_count > 1
+
+    # -- ownership (the engine's Locality) ------------------------------------------------
+
+    def slot_of_key(self, key: Any) -> int:
+        slot = self._slots.get(key)
+        if slot is None:
+            if len(self._slots) >= KEYS_CACHED_MAX:
+                self._slots.clear()
+                self.local_keys.clear()
+            slot = self._slots[key] = slot_of_key(key)
+        return slot
+
+    def is_local_key(self, key: Any) -> bool:
+        local = self.local_keys[key] = self.table.owners[self.slot_of_key(key)] == self.me
+        return local
+
+    def is_local_fixed(self) -> bool:
+        return self._fixed_local
+
+    def lane_of(self, place: Place, token: Token) -> int | None:
+        """The lane (slot) a token of ``place`` belongs to; ``None`` for pool tokens."""
+        if place.pool:
+            return None
+        if place.key is None:
+            return FIXED_SLOT
+        return self.slot_of_key(token[place.colour_set.field_index(place.key)])
+
+    def owns(self, place: Place, token: Token) -> bool:
+        lane = self.lane_of(place, token)
+        return lane is None or self.table.owners[lane] == self.me
+
+    def owned_slots(self) -> int:
+        return self.table.owners.count(self.me)
+
+    # -- out ---------------------------------------------------------------------------
+
+    def export(self, entries: Iterable[PlacedEntry], batch: Batch) -> int:
+        """Put tokens of partitions held elsewhere into outbox runs of ``batch``."""
+        by_lane: dict[int, list[tuple[str, int, tuple[Any, ...]]]] = defaultdict(list)
+        for place, time, token in entries:
+            lane = self.lane_of(self.places[place], token)
+            assert lane is not None, f"pool token {token!r} exported without a target shard"
+            by_lane[lane].append((place, time, tuple(token)))
+        for lane, items in by_lane.items():
+            self._offer(lane, items, batch)
+        return sum(len(items) for items in by_lane.values())
+
+    def export_pool(self, entries: list[PlacedEntry], to_shard: int, batch: Batch) -> None:
+        """Hand pool tokens (with their times: a proxy's next use) to ``to_shard``."""
+        if entries:
+            items = [(place, time, tuple(token)) for place, time, token in entries]
+            self._offer(pool_lane(to_shard), items, batch)
+
+    def _offer(
+        self, lane: int, items: list[tuple[str, int, tuple[Any, ...]]], batch: Batch
+    ) -> None:
+        start = 0
+        while start < len(items):
+            blob = b""
+            end = start
+            # Cut runs by count and by size so that a run always fits in a message.
+            while end < len(items) and end - start < RUN_TOKENS_MAX:
+                end = min(len(items), end + 256)
+                blob = self._packer.pack(items[start:end])
+                if len(blob) > RUN_BYTES_MAX and end - start > 1:
+                    end = max(start + 1, end - 256)
+                    blob = self._packer.pack(items[start:end])
+                    break
+            run = self.outbox.offer(lane, blob, end - start)
+            batch.runs_added.append((lane, run.first_seq, run.count, run.entries))
+            batch.next_seqs[lane] = run.last_seq + 1
+            self.counters["handoff_tokens_offered"] += run.count
+            start = end
+
+    def outgoing(self, now_ms: int) -> list[tuple[int, bytes]]:
+        """The Handoff frames to send now, as ``(shard id, frame)``."""
+        frames = []
+        for message in self.outbox.due(now_ms, self.table):
+            runs = tuple((run.lane, run.first_seq, run.entries) for run in message.runs)
+            frames.append(
+                (
+                    message.shard,
+                    encode(
+                        Handoff(self.me, message.epoch, runs),
+                        message_id=0,
+                        incarnation=self.incarnation,
+                    ),
+                )
+            )
+            self.counters["handoff_messages_sent"] += 1
+        return frames
+
+    def acknowledged(self, ack: HandoffAck, now_ms: int, batch: Batch) -> bool:
+        """Apply a peer's answer; returns whether this shard should refresh its table."""
+        try:
+            done = self.outbox.acknowledged(
+                acks=ack.acks, redirects=ack.redirects, deferred=ack.deferred, now_ms=now_ms
+            )
+        except ProtocolError as exc:
+            self.counters["handoff_protocol_errors"] += 1
+            log.error("handoff acknowledgement refused: %s", exc)
+            return False
+        for run in done:
+            batch.runs_removed.append((run.lane, run.first_seq))
+            self.counters["handoff_tokens_acknowledged"] += run.count
+        self.counters["handoff_redirects_received"] += len(ack.redirects)
+        self.counters["handoff_deferred_received"] += len(ack.deferred)
+        return bool(ack.redirects or ack.deferred)
+
+    # -- in ----------------------------------------------------------------------------
+
+    def receive(self, message: Handoff, incarnation: int) -> tuple[list[PlacedEntry], Receipt]:
+        """Judge a Handoff: the entries to add now, and the receipt (hwms, the reply).
+
+        Raises:
+            HandoffRefused: an entry is malformed, names an unknown or reserved place,
+                has the wrong colour or does not belong to its run's lane; nothing of
+                the message is applied and the inbox is unchanged.
+            ProtocolError: the inbox machine refused the message (see router.handoff).
+        """
+        decoded = [self._decode_run(lane, entries) for lane, _first, entries in message.runs]
+        runs = [
+            (lane, first_seq, len(items))
+            for (lane, first_seq, _blob), items in zip(message.runs, decoded, strict=True)
+        ]
+        receipt = self.inbox.receive(
+            sender=message.sender,
+            incarnation=incarnation,
+            epoch=message.epoch,
+            runs=runs,
+            table=self.table,
+        )
+        entries = [
+            item
+            for accepted in receipt.accepted
+            for item in decoded[accepted.index][accepted.skip :]
+        ]
+        self.counters["handoff_tokens_received"] += len(entries)
+        self.counters["handoff_redirects_sent"] += len(receipt.redirects)
+        self.counters["handoff_deferred"] += len(receipt.deferred)
+        return entries, receipt
+
+    def _decode_run(self, lane: int, blob: bytes) -> list[PlacedEntry]:
+        try:
+            items = unpack(blob)
+        except CodecError as exc:
+            raise HandoffRefused(f"run on lane {lane}: {exc}") from exc
+        if type(items) is not tuple or not items:
+            raise HandoffRefused(f"run on lane {lane} is not a non-empty array of entries")
+        entries = []
+        for item in items:
+            if type(item) is not tuple or len(item) != 3:
+                raise HandoffRefused(
+                    f"run on lane {lane}: entry {item!r:.100} is not [place, time, fields]"
+                )
+            name, time, fields = item
+            place = self.places.get(name) if type(name) is str else None
+            if place is None or name in self.reserved:
+                raise HandoffRefused(
+                    f"run on lane {lane}: no place {name!r:.100} to hand tokens to"
+                )
+            if type(time) is not int or not 0 <= time < 1 << 63:
+                raise HandoffRefused(f"run on lane {lane}: time {time!r:.40} is not valid")
+            try:
+                token = token_from_fields(place.colour_set, fields, where=f"handoff to {name!r}")
+            except TokenError as exc:
+                raise HandoffRefused(str(exc)) from exc
+            expected = self.lane_of(place, token)
+            if (expected is None) != is_pool_lane(lane) or (
+                expected is not None and expected != lane
+            ):
+                raise HandoffRefused(
+                    f"run on lane {lane} holds {token!r:.100} of place {name!r}, which "
+                    f"belongs to lane {expected}"
+                )
+            entries.append((name, time, token))
+        return entries
+
+    # -- the table ---------------------------------------------------------------------
+
+    def table_received(self, message: Table, batch: Batch) -> bool:
+        """Take the router's table (if it is newer) and endpoints; returns whether it changed."""
+        changed = False
+        if message.endpoints != self.endpoints and len(message.endpoints) == self.table.shard_count:
+            self.endpoints = message.endpoints
+            batch.endpoints = message.endpoints
+            changed = True
+        if message.epoch > self.table.epoch:
+            try:
+                table = PartitionTable.from_fields(
+                    message.epoch, message.shard_count, message.owners, message.slot_epochs
+                )
+            except TableError as exc:
+                log.error("ignoring a malformed table from the router: %s", exc)
+                return changed
+            if table.shard_count != self.table.shard_count:
+                log.error(
+                    "ignoring a table for %d shards: this shard belongs to a %d-shard cluster",
+                    table.shard_count,
+                    self.table.shard_count,
+                )
+                return changed
+            self.table = table
+            self.local_keys.clear()
+            self._fixed_local = table.owner(FIXED_SLOT) == self.me
+            self.outbox.table_changed(table)
+            batch.table = table.encode()
+            changed = True
+        return changed
+
+    # -- pool tokens -------------------------------------------------------------------
+
+    def pool_requests(self, engine: Engine, now_ms: int) -> list[tuple[int, bytes]]:
+        """Ask a peer for pool tokens where local work lacks only them."""
+        if not self.clustered:
+            return []
+        frames = []
+        for place in self.net.places:
+            if not place.pool or not self._wants(engine, place):
+                continue
+            if now_ms < self._pool_asked_ms.get(place.name, 0) + POOL_ASK_MS:
+                continue
+            self._pool_asked_ms[place.name] = now_ms
+            target = self._pool_ask_next
+            self._pool_ask_next = (target + 1) % self.table.shard_count
+            if target == self.me:
+                target = self._pool_ask_next
+                self._pool_ask_next = (target + 1) % self.table.shard_count
+            wanted = PoolWanted(self.me, place.name, 1)
+            frames.append((target, encode(wanted, message_id=0, incarnation=self.incarnation)))
+            self.counters["pool_requests_sent"] += 1
+        return frames
+
+    def _wants(self, engine: Engine, place: Place) -> bool:
+        """No available token of the pool place, and work for one waits here.
+
+        Work waits for a pool token when some transition consuming it finds tokens in
+        every other place it consumes (a cheap sign; the transition's guard may still
+        say no, and then the token goes back on request).
+        """
+        if engine.available(place.name, 1):
+            return False
+        return self.has_demand(engine, place)
+
+    def has_demand(self, engine: Engine, place: Place) -> bool:
+        for transition in self.net.transitions:
+            inputs = [pattern.place for pattern in transition.consume]
+            if place in inputs and all(
+                engine.count(other.name) > 0 for other in inputs if other is not place
+            ):
+                return True
+        return False
+
+    def pool_to_give(self, engine: Engine, place: Place, wanted: int) -> int:
+        """How many available pool tokens to give a peer that asks for ``wanted``.
+
+        All it asks for if no work waits for them here, else at most half of them,
+        so that two busy shards share rather than pass tokens back and forth.
+        """
+        available = len(engine.available(place.name, POOL_SCAN_MAX))
+        if self.has_demand(engine, place):
+            return min(wanted, available // 2)
+        return min(wanted, available)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "shard_id": self.me,
+            "shard_count": self.table.shard_count,
+            "epoch": self.table.epoch,
+            "owned_slots": self.owned_slots(),
+            "outbox_tokens": self.outbox.pending_tokens(),
+            "outbox_lanes_failed": len(self.outbox.failed_lanes()),
+            "inbox_lanes": len(self.inbox.hwms),
+            "endpoints": list(self.endpoints),
+        }

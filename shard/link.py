@@ -1,0 +1,117 @@
+"""A clustered shard's conversations with its peers and the router (SHELL).
+
+Each turn of the shard's loop calls :meth:`Link.take_replies` before its batch (peer
+acknowledgements free outbox runs in this batch; a newer table from the router is
+adopted in it) and :meth:`Link.send_after_commit` after the commit (handoff runs, pool
+requests, the heartbeat, table requests). Nothing is sent before the commit that
+made it true. Heartbeats go out from the loop itself, idle or not, so the router sees
+a shard that is alive *and* turning; the router being down only delays them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from nets.engine import Engine
+from router.wire import (
+    Error,
+    GetTable,
+    HandoffAck,
+    Heartbeat,
+    HeartbeatAck,
+    PoolAnswer,
+    Table,
+    encode,
+)
+from shard.exchange import Exchange
+from shard.peers import ROUTER, Peers
+from shard.store import Batch
+
+HEARTBEAT_MS: Final = 250
+TABLE_REQUEST_MS: Final = 250  # at most one table request per this interval
+
+log = logging.getLogger("cpn.shard.link")
+
+
+class Link:
+    """Heartbeats, table refreshes, handoff sends and acknowledgements for one shard."""
+
+    def __init__(self, exchange: Exchange, peers: Peers, *, endpoint: str) -> None:
+        self.exchange = exchange
+        self.peers = peers
+        self.endpoint = endpoint
+        self.next_heartbeat_ms = 0
+        self.table_wanted = True  # learn the peers' endpoints at start
+        self.last_table_request_ms = -TABLE_REQUEST_MS
+        self.loops = 0
+        self.router_epoch = 0
+        peers.update(exchange.endpoints)
+
+    def take_replies(self, now_ms: int, batch: Batch) -> None:
+        """Apply every reply waiting from peers and the router to ``batch``."""
+        for source, envelope in self.peers.receive():
+            message = envelope.message
+            if isinstance(message, HandoffAck):
+                if self.exchange.acknowledged(message, now_ms, batch):
+                    self.table_wanted = True
+            elif isinstance(message, HeartbeatAck):
+                self.router_epoch = message.epoch
+                if message.epoch > self.exchange.table.epoch:
+                    self.table_wanted = True
+            elif isinstance(message, Table):
+                if self.exchange.table_received(message, batch):
+                    self.peers.update(self.exchange.endpoints)
+                self.table_wanted = any(
+                    not e for i, e in enumerate(self.exchange.endpoints) if i != self.exchange.me
+                )
+            elif isinstance(message, PoolAnswer):
+                self.exchange.counters["pool_tokens_promised"] += message.given
+            elif isinstance(message, Error):
+                self.exchange.counters[f"peer_errors_{message.code}"] += 1
+                log.warning(
+                    "%s answered with %s: %s",
+                    "the router" if source == ROUTER else f"shard {source}",
+                    message.code,
+                    message.message,
+                )
+            else:
+                self.exchange.counters["peer_replies_unexpected"] += 1
+
+    def send_after_commit(self, now_ms: int, engine: Engine, progress: dict[str, int]) -> None:
+        """Send what the last commit made true, plus heartbeat and table requests."""
+        self.loops += 1
+        for shard_id, frame in self.exchange.outgoing(now_ms):
+            if not self.peers.send(shard_id, frame):
+                # The run stays in the outbox and goes again after the resend time.
+                self.exchange.counters["handoff_sends_failed"] += 1
+                if not self.peers.knows(shard_id):
+                    self.table_wanted = True
+        for shard_id, frame in self.exchange.pool_requests(engine, now_ms):
+            self.peers.send(shard_id, frame)
+        if not self.peers.has_router:
+            return
+        me = self.exchange.me
+        if now_ms >= self.next_heartbeat_ms:
+            self.next_heartbeat_ms = now_ms + HEARTBEAT_MS
+            beat = Heartbeat(
+                me, self.endpoint, self.exchange.table.epoch, {**progress, "loops": self.loops}
+            )
+            self.peers.send(ROUTER, encode(beat, message_id=0, incarnation=self.incarnation))
+        if self.table_wanted and now_ms >= self.last_table_request_ms + TABLE_REQUEST_MS:
+            self.last_table_request_ms = now_ms
+            self.peers.send(ROUTER, encode(GetTable(), message_id=0, incarnation=self.incarnation))
+
+    @property
+    def incarnation(self) -> int:
+        return self.exchange.incarnation
+
+    def next_deadline(self) -> int:
+        """The latest time the loop must wake for this link (heartbeat or resend)."""
+        deadlines = [self.next_heartbeat_ms] if self.peers.has_router else []
+        resend = self.exchange.outbox.next_deadline()
+        if resend is not None:
+            deadlines.append(resend)
+        if self.table_wanted and self.peers.has_router:
+            deadlines.append(self.last_table_request_ms + TABLE_REQUEST_MS)
+        return min(deadlines, default=1 << 62)
