@@ -76,6 +76,9 @@ def token_from_fields(colour: ColourSet, fields: object, *, where: str) -> tuple
     Raises:
         TokenError: the values do not fit the colour set (named after ``where``).
     """
+    exact = colour.exact_types
+    if exact is not None and type(fields) is tuple and tuple(map(type, fields)) == exact:
+        return tuple.__new__(colour.cls, fields)
     if type(fields) is not tuple or len(fields) != len(colour.fields):
         raise TokenError(
             f"{where}: a {colour.name} token needs {len(colour.fields)} fields "

@@ -62,6 +62,10 @@ class ColourSet:
     cls: type[tuple[Any, ...]]
     fields: tuple[str, ...]
     types: tuple[FieldType, ...]
+    # The field types when every field is an int, str, bool or bytes: then a tuple of
+    # values fits exactly when ``tuple(map(type, values)) == exact_types`` (one C-level
+    # comparison; floats need their NaN check and tuples their items checked).
+    exact_types: tuple[type, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -120,7 +124,15 @@ def describe(cls: object) -> ColourSet:
             f"({type(exc).__name__}: {exc})"
         ) from exc
     types_ = tuple(_field_type(hints.get(f), f"field {cls.__name__}.{f}") for f in fields)
-    colour = ColourSet(cls=cls, fields=fields, types=types_)
+    exact: tuple[type, ...] = tuple(
+        t.scalar for t in types_ if t.scalar is not None and t.scalar is not float
+    )
+    colour = ColourSet(
+        cls=cls,
+        fields=fields,
+        types=types_,
+        exact_types=exact if len(exact) == len(fields) else None,
+    )
     _described[cls] = colour
     return colour
 
@@ -132,6 +144,9 @@ def check_token(colour: ColourSet, token: object, *, where: str) -> None:
         TokenError: naming ``where`` (e.g. the place), the expected colour and the
             first field that does not fit.
     """
+    exact = colour.exact_types
+    if exact is not None and type(token) is colour.cls and tuple(map(type, token)) == exact:
+        return
     if type(token) is not colour.cls:
         got = type(token)
         expected, found = colour.name, got.__name__

@@ -163,17 +163,19 @@ class ClusterStatus(Message):
 
 @dataclass(frozen=True, slots=True)
 class Handoff(Message):
-    """Tokens from shard ``sender``, in runs ``(lane, first_seq, entries)``.
+    """Tokens from shard ``sender``, in runs ``(lane, first_seq, count, entries)``.
 
-    ``entries`` is the msgpack encoding of a list of ``(place, time, fields)``; the run
-    covers sequence numbers ``first_seq .. first_seq + len(entries) - 1`` of its lane
-    (see docs/handoff.md). ``epoch`` is the sender's partition table epoch.
+    ``entries`` is the msgpack encoding of a list of ``count`` ``(place, time,
+    fields)``; the run covers sequence numbers ``first_seq .. first_seq + count - 1``
+    of its lane (see docs/handoff.md). The count is outside the encoding so that a
+    receiver judges a run (a duplicate?) before it decodes it. ``epoch`` is the
+    sender's partition table epoch.
     """
 
     TYPE: ClassVar[int] = 12
     sender: int
     epoch: int
-    runs: tuple[tuple[int, int, bytes], ...]
+    runs: tuple[tuple[int, int, int, bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)

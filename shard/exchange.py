@@ -126,11 +126,11 @@ class Exchange:
 
     def export(self, entries: Iterable[PlacedEntry], batch: Batch) -> int:
         """Put tokens of partitions held elsewhere into outbox runs of ``batch``."""
-        by_lane: dict[int, list[tuple[str, int, tuple[Any, ...]]]] = defaultdict(list)
-        for place, time, token in entries:
-            lane = self.lane_of(self.places[place], token)
-            assert lane is not None, f"pool token {token!r} exported without a target shard"
-            by_lane[lane].append((place, time, tuple(token)))
+        by_lane: dict[int, list[PlacedEntry]] = defaultdict(list)
+        for entry in entries:
+            lane = self.lane_of(self.places[entry[0]], entry[2])
+            assert lane is not None, f"pool token {entry!r} exported without a target shard"
+            by_lane[lane].append(entry)
         for lane, items in by_lane.items():
             self._offer(lane, items, batch)
         return sum(len(items) for items in by_lane.values())
@@ -138,35 +138,31 @@ class Exchange:
     def export_pool(self, entries: list[PlacedEntry], to_shard: int, batch: Batch) -> None:
         """Hand pool tokens (with their times: a proxy's next use) to ``to_shard``."""
         if entries:
-            items = [(place, time, tuple(token)) for place, time, token in entries]
-            self._offer(pool_lane(to_shard), items, batch)
+            self._offer(pool_lane(to_shard), entries, batch)
 
-    def _offer(
-        self, lane: int, items: list[tuple[str, int, tuple[Any, ...]]], batch: Batch
-    ) -> None:
-        start = 0
-        while start < len(items):
-            blob = b""
-            end = start
-            # Cut runs by count and by size so that a run always fits in a message.
-            while end < len(items) and end - start < RUN_TOKENS_MAX:
-                end = min(len(items), end + 256)
-                blob = self._packer.pack(items[start:end])
-                if len(blob) > RUN_BYTES_MAX and end - start > 1:
-                    end = max(start + 1, end - 256)
-                    blob = self._packer.pack(items[start:end])
-                    break
-            run = self.outbox.offer(lane, blob, end - start)
-            batch.runs_added.append((lane, run.first_seq, run.count, run.entries))
-            batch.next_seqs[lane] = run.last_seq + 1
-            self.counters["handoff_tokens_offered"] += run.count
-            start = end
+    def _offer(self, lane: int, items: list[PlacedEntry], batch: Batch) -> None:
+        # Runs are cut by count and by size so that a run always fits in a message;
+        # the common case packs once.
+        for start in range(0, len(items), RUN_TOKENS_MAX):
+            self._offer_run(lane, items[start : start + RUN_TOKENS_MAX], batch)
+
+    def _offer_run(self, lane: int, items: list[PlacedEntry], batch: Batch) -> None:
+        blob = self._packer.pack(items)  # tokens pack as arrays of their fields
+        if len(blob) > RUN_BYTES_MAX and len(items) > 1:
+            half = len(items) // 2
+            self._offer_run(lane, items[:half], batch)
+            self._offer_run(lane, items[half:], batch)
+            return
+        run = self.outbox.offer(lane, blob, len(items))
+        batch.runs_added.append((lane, run.first_seq, run.count, run.entries))
+        batch.next_seqs[lane] = run.last_seq + 1
+        self.counters["handoff_tokens_offered"] += run.count
 
     def outgoing(self, now_ms: int) -> list[tuple[int, bytes]]:
         """The Handoff frames to send now, as ``(shard id, frame)``."""
         frames = []
         for message in self.outbox.due(now_ms, self.table):
-            runs = tuple((run.lane, run.first_seq, run.entries) for run in message.runs)
+            runs = tuple((r.lane, r.first_seq, r.count, r.entries) for r in message.runs)
             frames.append(
                 (
                     message.shard,
@@ -208,23 +204,33 @@ class Exchange:
                 the message is applied and the inbox is unchanged.
             ProtocolError: the inbox machine refused the message (see router.handoff).
         """
-        decoded = [self._decode_run(lane, entries) for lane, _first, entries in message.runs]
-        runs = [
-            (lane, first_seq, len(items))
-            for (lane, first_seq, _blob), items in zip(message.runs, decoded, strict=True)
-        ]
+        sender = message.sender
+        before = {(sender, lane): self.inbox.hwms.get((sender, lane)) for lane, *_ in message.runs}
         receipt = self.inbox.receive(
-            sender=message.sender,
+            sender=sender,
             incarnation=incarnation,
             epoch=message.epoch,
-            runs=runs,
+            runs=[(lane, first_seq, count) for lane, first_seq, count, _blob in message.runs],
             table=self.table,
         )
-        entries = [
-            item
-            for accepted in receipt.accepted
-            for item in decoded[accepted.index][accepted.skip :]
-        ]
+        # Only runs the inbox accepted are decoded: duplicates cost no more than a look.
+        entries: list[PlacedEntry] = []
+        try:
+            for accepted in receipt.accepted:
+                lane, _first_seq, count, blob = message.runs[accepted.index]
+                items = self._decode_run(lane, blob)
+                if len(items) != count:
+                    raise HandoffRefused(
+                        f"run on lane {lane} announces {count} tokens and holds {len(items)}"
+                    )
+                entries.extend(items[accepted.skip :])
+        except HandoffRefused:
+            for key, hwm in before.items():  # nothing of the message is applied
+                if hwm is None:
+                    self.inbox.hwms.pop(key, None)
+                else:
+                    self.inbox.hwms[key] = hwm
+            raise
         self.counters["handoff_tokens_received"] += len(entries)
         self.counters["handoff_redirects_sent"] += len(receipt.redirects)
         self.counters["handoff_deferred"] += len(receipt.deferred)

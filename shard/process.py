@@ -85,6 +85,9 @@ ENDPOINT_FILE: Final = "endpoint"
 LOG_FILE: Final = "shard.log"
 IDLE_WAKE_MS: Final = 1_000
 REQUESTS_PER_BATCH_MAX: Final = 1_000
+# Tokens received from peers per batch: the rest wait on the socket for the next one,
+# so a flood of handoffs cannot stretch a batch (and every reply) without bound.
+HANDOFF_TOKENS_PER_BATCH_MAX: Final = 50_000
 FIRINGS_PER_BATCH_MAX: Final = 100_000
 BATCH_MS_MAX: Final = 20  # while requests wait for the batch's commit
 BATCH_MS_MAX_IDLE: Final = 200  # while none do
@@ -229,6 +232,7 @@ class Shard:
         )
         self.engine.advance(self.clock.now_ms())
         self.batch = Batch()
+        self.handed_in = 0  # tokens received from peers in this batch
         self.exports: list[tuple[str, int, Token]] = []  # tokens for other shards
         self.more_enabled = True  # until a batch shows otherwise
         self.engine.hooks.append(self._record_step)
@@ -475,6 +479,7 @@ class Shard:
             raise RequestError("handoff_refused", str(exc)) from exc
         for place, time_ms, token in entries:
             self._add(place, token, time_ms)
+        self.handed_in += len(entries)
         self.batch.hwms.update(receipt.hwms)
         return HandoffAck(receipt.acks, receipt.redirects, receipt.deferred)
 
@@ -572,6 +577,7 @@ class Shard:
     def commit(self) -> bool:
         """Commit the batch; on failure, fall back to the committed state, read-only."""
         self.flush_exports()
+        self.handed_in = 0
         batch, self.batch = self.batch, Batch()
         batch.clock_ms = self.engine.now
         if batch.is_empty():
@@ -757,7 +763,7 @@ def _receive(
 ) -> list[tuple[bytes, Message, int]]:
     """Handle the requests taken off the socket during the last batch, then new ones."""
     replies: list[tuple[bytes, Message, int]] = []
-    while len(replies) < REQUESTS_PER_BATCH_MAX:
+    while len(replies) < REQUESTS_PER_BATCH_MAX and shard.handed_in < HANDOFF_TOKENS_PER_BATCH_MAX:
         if held:
             frames = held.popleft()
         else:

@@ -1,0 +1,63 @@
+"""Nets for the cluster benchmark (``bench/cluster.py``), importable by ``cpn shard``.
+
+* :func:`relay`: a client puts ``Burst`` tokens into ``bursts`` (keyed by an origin
+  that shard 0 of a two-shard cluster owns); the one transition ``spray`` turns each
+  burst into ``size`` ``Parcel`` tokens in ``arrived``, keyed by destinations that
+  shard 1 owns, so every parcel crosses from shard 0 to shard 1 through the handoff
+  protocol. Nothing consumes ``arrived``: the receiver's count of it is the number of
+  parcels it committed. One firing makes many parcels, so that the sender's engine
+  (tens of thousands of firings per second) does not bound the handoff rate.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+from nets.model import Net, Place, Transition, variables
+from router.slots import slot_of_key
+from router.table import PartitionTable
+
+DESTINATIONS: Final = 64  # keys (so lanes) the parcels spread over
+_TABLE: Final = PartitionTable.initial(2)
+
+
+def _keys_of(shard: int, prefix: str, count: int) -> tuple[str, ...]:
+    keys = (f"{prefix}{i}" for i in range(100 * count))
+    return tuple(k for k in keys if _TABLE.owner(slot_of_key(k)) == shard)[:count]
+
+
+ORIGINS: Final = _keys_of(0, "origin-", 8)
+DESTINATION_KEYS: Final = _keys_of(1, "dest-", DESTINATIONS)
+
+
+class Burst(NamedTuple):
+    origin: str
+    burst_id: int
+    size: int
+
+
+class Parcel(NamedTuple):
+    key: str
+    burst_id: int
+    n: int
+
+
+def burst(burst_id: int, size: int) -> Burst:
+    """A burst that shard 0 (of two) owns and sprays into ``size`` parcels."""
+    return Burst(ORIGINS[burst_id % len(ORIGINS)], burst_id, size)
+
+
+def _parcels(b: Burst) -> list[Parcel]:
+    keys = DESTINATION_KEYS
+    return [Parcel(keys[(b.burst_id + i) % len(keys)], b.burst_id, i) for i in range(b.size)]
+
+
+def relay() -> Net:
+    """Bursts at shard 0 become parcels at shard 1 (see the module docstring)."""
+    bursts = Place("bursts", Burst, key="origin")
+    arrived = Place("arrived", Parcel, key="key")
+    b, o = variables("b o")
+    spray = Transition(
+        "spray", consume=[bursts(b, origin=o)], produce=[arrived.produce_all(_parcels)]
+    )
+    return Net("bench_relay", places=[bursts, arrived], transitions=[spray])
