@@ -364,6 +364,7 @@ class Exchange:
             "shard_count": self.table.shard_count,
             "epoch": self.table.epoch,
             "owned_slots": self.owned_slots(),
+            "owned": self.table.slots_of(self.me),
             "outbox_tokens": self.outbox.pending_tokens(),
             "outbox_lanes_failed": len(self.outbox.failed_lanes()),
             "inbox_lanes": len(self.inbox.hwms),
