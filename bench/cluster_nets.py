@@ -47,7 +47,8 @@ def burst(burst_id: int, size: int) -> Burst:
     return Burst(ORIGINS[burst_id % len(ORIGINS)], burst_id, size)
 
 
-def _parcels(b: Burst) -> list[Parcel]:
+def parcels(b: Burst) -> list[Parcel]:
+    """The parcels ``spray`` makes of a burst."""
     keys = DESTINATION_KEYS
     return [Parcel(keys[(b.burst_id + i) % len(keys)], b.burst_id, i) for i in range(b.size)]
 
@@ -58,6 +59,6 @@ def relay() -> Net:
     arrived = Place("arrived", Parcel, key="key")
     b, o = variables("b o")
     spray = Transition(
-        "spray", consume=[bursts(b, origin=o)], produce=[arrived.produce_all(_parcels)]
+        "spray", consume=[bursts(b, origin=o)], produce=[arrived.produce_all(parcels)]
     )
     return Net("bench_relay", places=[bursts, arrived], transitions=[spray])

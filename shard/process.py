@@ -94,6 +94,7 @@ BATCH_MS_MAX_IDLE: Final = 200  # while none do
 TOKENS_PAGE_MAX: Final = 10_000
 LEASE_TOKENS_MAX: Final = 10_000
 LATENCIES_KEPT_MAX: Final = 4_096
+HANDOFF_LATENCIES_KEPT_MAX: Final = 200_000
 # Times are stored as msgpack integers; a delay or lease beyond ten years is a mistake.
 DURATION_MS_MAX: Final = 10 * 365 * 24 * 3_600_000
 
@@ -193,6 +194,7 @@ class Shard:
         self.counters: Counter[str] = Counter()
         self.commit_latencies_ms: deque[float] = deque(maxlen=LATENCIES_KEPT_MAX)
         self.batch_sizes: deque[int] = deque(maxlen=LATENCIES_KEPT_MAX)
+        self.handoff_latencies_ms: deque[int] = deque(maxlen=HANDOFF_LATENCIES_KEPT_MAX)
         self._lease_seq = 0
         self._recover()
 
@@ -233,6 +235,7 @@ class Shard:
         self.engine.advance(self.clock.now_ms())
         self.batch = Batch()
         self.handed_in = 0  # tokens received from peers in this batch
+        self.handed_times: list[int] = []  # their times (when the sender produced them)
         self.exports: list[tuple[str, int, Token]] = []  # tokens for other shards
         self.more_enabled = True  # until a batch shows otherwise
         self.engine.hooks.append(self._record_step)
@@ -477,9 +480,14 @@ class Shard:
         except (HandoffRefused, ProtocolError) as exc:
             log.error("handoff from shard %d refused: %s", message.sender, exc)
             raise RequestError("handoff_refused", str(exc)) from exc
+        by_place: dict[str, list[tuple[int, Token]]] = {}
         for place, time_ms, token in entries:
-            self._add(place, token, time_ms)
+            by_place.setdefault(place, []).append((time_ms, token))
+        for place, timed_tokens in by_place.items():
+            self.engine.add_checked(place, timed_tokens)
+        self.batch.marking.update(entries)  # each entry +1
         self.handed_in += len(entries)
+        self.handed_times.extend([time_ms for _place, time_ms, _token in entries])
         self.batch.hwms.update(receipt.hwms)
         return HandoffAck(receipt.acks, receipt.redirects, receipt.deferred)
 
@@ -519,6 +527,7 @@ class Shard:
         stats = self.engine.statistics()
         store = self.store.statistics()
         latencies = sorted(self.commit_latencies_ms)
+        handoff: list[float] = sorted(self.handoff_latencies_ms)
         sizes = list(self.batch_sizes)
         return {
             "net": self.net.name,
@@ -532,6 +541,8 @@ class Shard:
             "commit_batch_max": max(sizes, default=0),
             "commit_ms_p50": _quantile(latencies, 0.50),
             "commit_ms_p99": _quantile(latencies, 0.99),
+            "handoff_ms_p50": _quantile(handoff, 0.50),
+            "handoff_ms_p99": _quantile(handoff, 0.99),
             "map_size_bytes": store.map_size_bytes,
             "map_resizes": store.map_resizes,
             "read_only": self.read_only_reason or "",
@@ -592,6 +603,12 @@ class Shard:
             self._recover()  # the engine must match what is on disk again
             return False
         self.commit_latencies_ms.append((time.perf_counter() - started) * 1000)
+        if self.handed_times:
+            # From the firing that produced a token (its time, on the sender's clock) to
+            # this commit: the handoff latency, meaningful where clocks agree (one host).
+            committed_ms = time.time_ns() // 1_000_000
+            self.handoff_latencies_ms.extend([committed_ms - t for t in self.handed_times])
+            self.handed_times = []
         self.batch_sizes.append(len(batch.marking))
         return True
 

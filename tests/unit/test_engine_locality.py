@@ -99,3 +99,12 @@ def test_without_a_locality_everything_stays() -> None:
     engine.fire(0)
     assert engine.take_exported() == []
     assert engine.count("there") == 3
+
+
+def test_checked_entries_enter_quiet_places_in_bulk_and_wake_watched_ones() -> None:
+    engine = Engine(_net())
+    engine.add_checked("there", [(5, Hop("q", 1)), (0, Hop("q", 2))])  # nothing reads it
+    assert engine.tokens("there") == [(0, Hop("q", 2)), (5, Hop("q", 1))]
+    engine.add_checked("start", [(0, Hop("a9", 9))])  # 'move' reads it: it is woken
+    fired = [step.consumed[0][2] for step in engine.run(until=0)]
+    assert Hop("a9", 9) in fired

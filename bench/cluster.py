@@ -1,0 +1,336 @@
+"""Benchmark: cross-shard handoff against raw ZeroMQ + msgpack, and scaling to two shards.
+
+``python -m bench.cluster [--quick]`` runs, in one invocation:
+
+1. **Handoff throughput** (durability ``fsync``): a router and two real shards run
+   ``bench.cluster_nets:relay``; the benchmark puts bursts at shard 0, whose one
+   transition turns each into ``BURST_TOKENS`` parcels owned by shard 1, so every
+   parcel is handed off. The figure is parcels / (time from the first put to shard 1
+   answering a count query with all of them): a count is answered after the commit
+   that applied them, so tokens count when the receiver commits them.
+2. **Handoff latency** on the same cluster under light load (small bursts, spaced):
+   shard 1 measures each received token from its production (the token's time, the
+   sender's firing, same host clock) to the commit that applied it; p50 and p99.
+3. **Raw ceiling**: the same number of tokens, in messages of the size the handoff run
+   actually sent (its mean tokens per message), as ``Handoff`` frames from a DEALER in
+   this process to a ROUTER in a child process that decodes each frame and every run
+   in it (``router.wire.decode`` + msgpack) and acknowledges it; the sender keeps a
+   window of messages in flight. No engine, no LMDB: the transport and codec alone.
+4. **Scaling**: the scraper decision workload with every delay 0
+   (``bench.shard_nets:scraper_zero_delay``, 100,000 targets or 20,000 with
+   ``--quick``) on one standalone shard and on two shards with a router (durability
+   ``process`` in both); firings per second from the moment the shards are ready to
+   the first statistics showing every target finished. This machine has 2 cores: the
+   two shards and the benchmark share them.
+
+Every process runs on 127.0.0.1 in a temporary directory and is stopped by its pid.
+The last line is one JSON object with the keys ``handoff_tokens_per_s``,
+``raw_ceiling_per_s``, ``handoff_ratio``, ``handoff_p50_ms``, ``handoff_p99_ms``,
+``one_shard_per_s``, ``two_shards_per_s``, ``scaling``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+import zmq
+
+from bench.cluster_nets import burst, parcels
+from bench.shard_nets import TARGETS_ENV
+from cluster.client import ShardClient
+from cluster.local import ShardProcess, start_router, start_shard, stop_all
+from nets.codec import unpack
+from nets.errors import CpnError
+from router.wire import FRAME_BYTES_MAX, Handoff, HandoffAck, decode, encode
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+RELAY_NET: Final = "bench.cluster_nets:relay"
+SCRAPER_NET: Final = "bench.shard_nets:scraper_zero_delay"
+BURST_TOKENS: Final = 1_000
+BURSTS_PER_PUT: Final = 10
+LATENCY_BURST_TOKENS: Final = 50
+LATENCY_BURST_GAP_S: Final = 0.01
+RAW_WINDOW_MESSAGES: Final = 8
+RUN_TOKENS: Final = 5_000  # as the shard cuts runs (shard/exchange.py RUN_TOKENS_MAX)
+POLL_S: Final = 0.005
+WAIT_S_MAX: Final = 300.0
+HANDOFF_TOKENS_PER_S_MIN: Final = 150_000
+HANDOFF_RATIO_MIN: Final = 0.1
+SCALING_MIN: Final = 1.6
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {"PYTHONPATH": str(ROOT), **(extra or {})}
+
+
+def _cluster(
+    net: str, root: Path, shards: int, *, durability: str, env: dict[str, str] | None = None
+) -> list[ShardProcess]:
+    """A router (if more than one shard) and shards; returns [router?, shard 0, ...]."""
+    handles: list[ShardProcess] = []
+    try:
+        if shards == 1:
+            handles.append(start_shard(net, root / "shard-0", durability=durability, env=_env(env)))
+            return handles
+        router = start_router(net, root / "router", shards=shards, env=_env(env))
+        handles.append(router)
+        for k in range(shards):
+            extra = ("--shard-id", str(k), "--shards", str(shards), "--router", router.endpoint)
+            handles.append(
+                start_shard(
+                    net,
+                    root / f"shard-{k}",
+                    durability=durability,
+                    extra_args=extra,
+                    env=_env(env),
+                )
+            )
+        return handles
+    except BaseException:
+        stop_all(handles)
+        raise
+
+
+def _wait_peers_known(client: ShardClient) -> None:
+    """Until the shard learnt its peers' endpoints from the router."""
+    deadline = time.monotonic() + 30
+    while not all(client.stats()["endpoints"]):
+        if time.monotonic() > deadline:
+            raise CpnError("the shards did not learn each other's endpoints in 30 s")
+        time.sleep(POLL_S)
+
+
+def _wait_count(client: ShardClient, place: str, count: int) -> float:
+    deadline = time.monotonic() + WAIT_S_MAX
+    while client.counts()[place] < count:
+        if time.monotonic() > deadline:
+            raise CpnError(f"{place} did not reach {count} tokens in {WAIT_S_MAX} s")
+        time.sleep(POLL_S)
+    return time.perf_counter()
+
+
+# -- 1 and 2: handoff ---------------------------------------------------------------------
+
+
+def time_handoff(tokens: int, latency_tokens: int, root: Path) -> dict[str, Any]:
+    handles = _cluster(RELAY_NET, root / "relay", 2, durability="fsync")
+    try:
+        sender = ShardClient(handles[1].endpoint, timeout_ms=30_000)
+        receiver = ShardClient(handles[2].endpoint, timeout_ms=30_000)
+        with sender, receiver:
+            _wait_peers_known(sender)
+            _wait_peers_known(receiver)
+            # Light load first (small bursts, spaced): the receiver's latencies are then
+            # those of single handoffs, not of a queue.
+            light = latency_tokens // LATENCY_BURST_TOKENS
+            for i in range(light):
+                sender.put("bursts", [tuple(burst(i, LATENCY_BURST_TOKENS))])
+                time.sleep(LATENCY_BURST_GAP_S)
+            base = light * LATENCY_BURST_TOKENS
+            _wait_count(receiver, "arrived", base)
+            quiet = receiver.stats()
+            bursts = [tuple(burst(light + i, BURST_TOKENS)) for i in range(tokens // BURST_TOKENS)]
+            moved = len(bursts) * BURST_TOKENS
+            before = sender.stats()["counters"]
+            started = time.perf_counter()
+            for i in range(0, len(bursts), BURSTS_PER_PUT):
+                sender.put("bursts", bursts[i : i + BURSTS_PER_PUT])
+            done = _wait_count(receiver, "arrived", base + moved)
+            loaded = sender.stats()["counters"]
+    finally:
+        stop_all(handles)
+    messages = max(1, loaded["handoff_messages_sent"] - before.get("handoff_messages_sent", 0))
+    offered = loaded["handoff_tokens_offered"] - before.get("handoff_tokens_offered", 0)
+    return {
+        "tokens": moved,
+        "seconds": done - started,
+        "per_s": moved / (done - started),
+        "tokens_per_message": offered / messages,
+        "messages": messages,
+        "p50_ms": quiet["handoff_ms_p50"],
+        "p99_ms": quiet["handoff_ms_p99"],
+        "light_tokens": base,
+    }
+
+
+# -- 3: the raw ceiling ---------------------------------------------------------------------
+
+
+def _raw_sink(endpoint_queue: Any) -> None:
+    """Child process: decode every Handoff frame and run, acknowledge each frame."""
+    context = zmq.Context()
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    endpoint_queue.put(f"tcp://127.0.0.1:{port}")
+    ack = encode(HandoffAck((), (), ()), message_id=0)
+    try:
+        while True:
+            peer, frame = socket.recv_multipart()
+            if frame == b"stop":
+                break
+            message = decode(frame).message
+            assert isinstance(message, Handoff)
+            for _lane, _first, _count, entries in message.runs:
+                unpack(entries)
+            socket.send_multipart([peer, ack])
+    finally:
+        socket.close(linger=0)
+        context.term()
+
+
+def time_raw(tokens: int, tokens_per_message: int) -> dict[str, Any]:
+    entries = [("arrived", 0, tuple(p)) for p in parcels(burst(0, tokens_per_message))]
+    runs = []
+    for start in range(0, len(entries), RUN_TOKENS):
+        chunk = entries[start : start + RUN_TOKENS]
+        runs.append((7, start + 1, len(chunk), msgpack.packb(chunk, use_bin_type=True)))
+    frame = encode(Handoff(0, 1, tuple(runs)), message_id=0)
+    messages = max(1, tokens // tokens_per_message)
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    child = spawn.Process(target=_raw_sink, args=(queue,), daemon=True)
+    child.start()
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(queue.get(timeout=30))
+        started = time.perf_counter()
+        sent = acked = 0
+        while acked < messages:
+            while sent < messages and sent - acked < RAW_WINDOW_MESSAGES:
+                # A fresh encoding per message, as the shard encodes each message it sends.
+                socket.send(encode(Handoff(0, 1, tuple(runs)), message_id=sent))
+                sent += 1
+            socket.recv()
+            acked += 1
+        elapsed = time.perf_counter() - started
+        socket.send(b"stop")
+    finally:
+        socket.close(linger=0)
+        context.term()
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    return {
+        "tokens": messages * tokens_per_message,
+        "per_s": messages * tokens_per_message / elapsed,
+        "frame_bytes": len(frame),
+    }
+
+
+# -- 4: scaling ---------------------------------------------------------------------------
+
+
+def _finished(stats: Sequence[dict[str, Any]], targets: int) -> bool:
+    done = sum(s["firings"].get("fetched", 0) + s["firings"].get("give_up", 0) for s in stats)
+    return bool(done == targets)
+
+
+def time_scraper(targets: int, shards: int, root: Path) -> dict[str, Any]:
+    env = {TARGETS_ENV: str(targets)}
+    handles = _cluster(
+        SCRAPER_NET, root / f"scraper-{shards}", shards, durability="process", env=env
+    )
+    ready = time.perf_counter()  # the shards fire their initial marking once they serve
+    try:
+        clients = [ShardClient(h.endpoint, timeout_ms=30_000) for h in handles[-shards:]]
+        deadline = time.monotonic() + WAIT_S_MAX
+        while True:
+            stats = [c.stats() for c in clients]
+            now = time.perf_counter()
+            if _finished(stats, targets):
+                break
+            if time.monotonic() > deadline:
+                raise CpnError(f"{shards} shard(s) did not finish {targets} targets")
+            time.sleep(POLL_S)
+        for client in clients:
+            client.close()
+    finally:
+        stop_all(handles)
+    firings = sum(sum(s["firings"].values()) for s in stats)
+    return {"firings": firings, "seconds": now - ready, "per_s": firings / (now - ready)}
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer tokens and targets")
+    args = parser.parse_args(argv)
+    tokens = 200_000 if args.quick else 1_000_000
+    latency_tokens = 5_000 if args.quick else 20_000
+    targets = 20_000 if args.quick else 100_000
+    root = Path(tempfile.mkdtemp(prefix="cpn-bench-cluster-"))
+    started = time.perf_counter()
+    try:
+        handoff = time_handoff(tokens, latency_tokens, root)
+        print(
+            f"handoff (fsync, 2 shards): {handoff['tokens']:,} tokens in "
+            f"{handoff['seconds']:.2f} s = {handoff['per_s']:,.0f} tokens/s "
+            f"({handoff['messages']} messages, {handoff['tokens_per_message']:,.0f} tokens "
+            f"each); target {HANDOFF_TOKENS_PER_S_MIN:,}: "
+            f"{_verdict(handoff['per_s'] >= HANDOFF_TOKENS_PER_S_MIN)}"
+        )
+        print(
+            f"handoff latency under light load ({handoff['light_tokens']:,} tokens): "
+            f"p50 {handoff['p50_ms']:.1f} ms, p99 {handoff['p99_ms']:.1f} ms"
+        )
+        per_message = max(1, round(handoff["tokens_per_message"]))
+        raw = time_raw(tokens, per_message)
+        ratio = handoff["per_s"] / raw["per_s"]
+        print(
+            f"raw ZeroMQ + msgpack ceiling: {raw['per_s']:,.0f} tokens/s in messages of "
+            f"{per_message:,} tokens ({raw['frame_bytes']:,} bytes); handoff / raw = "
+            f"{ratio:.3f}, target {HANDOFF_RATIO_MIN}: {_verdict(ratio >= HANDOFF_RATIO_MIN)}"
+        )
+        one = time_scraper(targets, 1, root)
+        two = time_scraper(targets, 2, root)
+        scaling = two["per_s"] / one["per_s"]
+        print(
+            f"scraper workload ({targets:,} targets, delays 0): 1 shard {one['per_s']:,.0f} "
+            f"firings/s, 2 shards {two['per_s']:,.0f} firings/s; scaling {scaling:.2f}, "
+            f"target {SCALING_MIN}: {_verdict(scaling >= SCALING_MIN)}"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"wall time {time.perf_counter() - started:.1f} s, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    print(
+        json.dumps(
+            {
+                "handoff_tokens_per_s": round(handoff["per_s"]),
+                "raw_ceiling_per_s": round(raw["per_s"]),
+                "handoff_ratio": round(ratio, 4),
+                "handoff_p50_ms": handoff["p50_ms"],
+                "handoff_p99_ms": handoff["p99_ms"],
+                "one_shard_per_s": round(one["per_s"]),
+                "two_shards_per_s": round(two["per_s"]),
+                "scaling": round(scaling, 3),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
