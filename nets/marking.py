@@ -74,42 +74,31 @@ class Index:
             bucket.add(entry)
 
     def add_many(self, entries: list[Entry]) -> None:
-        """Add many entries at once: group, then sort each bucket once (bulk loading)."""
-        buckets = self.buckets
-        was_empty = not buckets
-        touched: dict[Any, None] = {}
+        """Add many entries at once: group by key, then merge each group in one go."""
+        groups: dict[Any, list[Entry]] = {}
         if len(self.positions) == 1:  # the common case, inlined: one key field
             (position,) = self.positions
-            get = buckets.get
             for entry in entries:
                 value = entry[1][position]
-                bucket = get(value)
-                if bucket is None:
-                    buckets[value] = [entry]
-                elif type(bucket) is list:
-                    bucket.append(entry)
+                group = groups.get(value)
+                if group is None:
+                    groups[value] = [entry]
                 else:
-                    bucket.add(entry)
-                if not was_empty:
-                    touched[value] = None
+                    group.append(entry)
         else:
             project = self.project
             for entry in entries:
-                value = project(entry[1])
-                bucket = buckets.get(value)
-                if bucket is None:
-                    buckets[value] = [entry]
-                elif type(bucket) is list:
-                    bucket.append(entry)
-                else:
-                    bucket.add(entry)
-                touched[value] = None
-        for value in buckets if was_empty else touched:
-            bucket = buckets[value]
-            if type(bucket) is list:
-                bucket.sort()
-                if len(bucket) > BUCKET_LIST_MAX:
-                    buckets[value] = SortedList(bucket)
+                groups.setdefault(project(entry[1]), []).append(entry)
+        buckets = self.buckets
+        for value, group in groups.items():
+            bucket = buckets.get(value)
+            if bucket is None or type(bucket) is list:
+                if bucket is not None:
+                    group.extend(bucket)
+                group.sort()
+                buckets[value] = SortedList(group) if len(group) > BUCKET_LIST_MAX else group
+            else:
+                bucket.update(group)  # a SortedList merges a batch faster than one by one
 
     def remove(self, entry: Entry) -> None:
         value = self.project(entry[1])

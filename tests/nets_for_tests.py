@@ -118,10 +118,19 @@ def landed(hopper_id: int) -> Hopper:
 
 def hopping() -> Net:
     """Hoppers crossing partitions with a ticket from a pool for every hop."""
+    return _hopping("test_hopping", TICKETS)
+
+
+def hopping_one_ticket() -> Net:
+    """:func:`hopping` with a single ticket: every other shard must get it on demand."""
+    return _hopping("test_hopping_one_ticket", 1)
+
+
+def _hopping(name: str, tickets_count: int) -> Net:
     hops = Place("hops", Hopper, key="key")
     arrived = Place("arrived", Hopper, key="key")
     tickets = Place(
-        "tickets", Ticket, pool=True, initial=[Ticket(f"t{i}", 0) for i in range(TICKETS)]
+        "tickets", Ticket, pool=True, initial=[Ticket(f"t{i}", 0) for i in range(tickets_count)]
     )
     h, k, t = variables("h k t")
     hop = Transition(
@@ -139,4 +148,4 @@ def hopping() -> Net:
         guard=lambda h: h.hops_left == 0,
         produce=[arrived.produce(h)],
     )
-    return Net("test_hopping", places=[hops, arrived, tickets], transitions=[hop, land])
+    return Net(name, places=[hops, arrived, tickets], transitions=[hop, land])
