@@ -149,3 +149,19 @@ def _hopping(name: str, tickets_count: int) -> Net:
         produce=[arrived.produce(h)],
     )
     return Net(name, places=[hops, arrived, tickets], transitions=[hop, land])
+
+
+STAGE_CAPACITY = 2
+
+
+def staged() -> Net:
+    """Jobs move from ``inbox`` into ``stage``, a place of capacity ``STAGE_CAPACITY``.
+
+    In a cluster a capacity holds per shard: each shard's ``stage`` takes at most
+    ``STAGE_CAPACITY`` jobs (its share of the stage), the rest wait in ``inbox``.
+    """
+    inbox = Place("inbox", Job, key="queue")
+    stage = Place("stage", Job, key="queue", capacity=STAGE_CAPACITY)
+    j, q = variables("j q")
+    enter = Transition("enter", consume=[inbox(j, queue=q)], produce=[stage.produce(j)])
+    return Net("test_staged", places=[inbox, stage], transitions=[enter])

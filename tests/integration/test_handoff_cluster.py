@@ -20,7 +20,7 @@ from nets.codec import pack
 from router.slots import slot_of_key
 from router.table import PartitionTable
 from router.wire import Error, Handoff, HandoffAck, Message, PoolAnswer, PoolWanted, decode, encode
-from tests.nets_for_tests import hopper, landed
+from tests.nets_for_tests import STAGE_CAPACITY, Job, hopper, landed
 
 pytestmark = pytest.mark.integration
 
@@ -192,3 +192,22 @@ def test_pool_requests_for_a_place_that_is_not_a_pool_are_refused(
     answer = _request(hopping[1].endpoint, PoolWanted(1, "tickets", 0))
     assert isinstance(answer, PoolAnswer)
     assert answer.given == 0
+
+
+def test_a_capacity_holds_per_shard(tmp_path: Path) -> None:
+    handles = _cluster(tmp_path, "tests.nets_for_tests:staged")
+    try:
+        with ClusterClient(handles[0].endpoint) as client:
+            _wait(lambda: all(client.table(refresh=True).endpoints), "the shards reporting")
+            jobs = [Job(f"q{i}", f"j{i}", i) for i in range(40)]
+            owners = {client.owner("inbox", tuple(job)) for job in jobs}
+            assert owners == {0, 1}, "the jobs must span both shards"
+            client.put("inbox", jobs)
+            _wait(
+                lambda: all(c["stage"] == STAGE_CAPACITY for c in client.shard_counts().values()),
+                "each shard filling its share of the stage",
+            )
+            counts = client.shard_counts()
+    finally:
+        stop_all(handles)
+    assert sum(c["inbox"] for c in counts.values()) == 40 - 2 * STAGE_CAPACITY

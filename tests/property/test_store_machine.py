@@ -326,7 +326,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert isinstance(actual, Leased), f"lease refused: {actual}"
         lease_id = actual.lease_id
         assert lease_id not in self.lease_ids, f"lease id {lease_id} given out twice"
-        assert lease_id.startswith(f"0.{self.incarnation}."), "lease ids carry shard and incarnation"
+        assert lease_id.startswith(f"0.{self.incarnation}."), "ids carry shard and incarnation"
         self.lease_ids.append(lease_id)
         now, expires = self.model.now, self.model.now + lease.lease_ms
         taken = self.model.available(lease.place, lease.max_tokens)
