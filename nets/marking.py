@@ -92,11 +92,20 @@ class Index:
         buckets = self.buckets
         for value, group in groups.items():
             bucket = buckets.get(value)
-            if bucket is None or type(bucket) is list:
-                if bucket is not None:
-                    group.extend(bucket)
-                group.sort()
+            group.sort()
+            if bucket is None:
                 buckets[value] = SortedList(group) if len(group) > BUCKET_LIST_MAX else group
+            elif type(bucket) is list:
+                if bucket[-1] <= group[0]:  # the usual case: later entries come later
+                    bucket.extend(group)
+                elif len(group) < 8:
+                    for entry in group:
+                        insort(bucket, entry)
+                else:
+                    bucket.extend(group)
+                    bucket.sort()
+                if len(bucket) > BUCKET_LIST_MAX:
+                    buckets[value] = SortedList(bucket)
             else:
                 bucket.update(group)  # a SortedList merges a batch faster than one by one
 

@@ -68,6 +68,10 @@ class Exchange:
                 self.table = stored
         self.endpoints: tuple[str, ...] = recovered.endpoints or ("",) * shard_count
         self.local_keys: dict[Any, bool] = {}
+        # Each place's key field index; -1 for fixed and pool places.
+        self._key_positions = {
+            p.name: -1 if p.key is None else p.colour_set.field_index(p.key) for p in net.places
+        }
         self._slots: dict[Any, int] = {}
         self._fixed_local = self.table.owner(FIXED_SLOT) == self.me
         self.outbox = Outbox()
@@ -109,11 +113,10 @@ class Exchange:
 
     def lane_of(self, place: Place, token: Token) -> int | None:
         """The lane (slot) a token of ``place`` belongs to; ``None`` for pool tokens."""
-        if place.pool:
-            return None
-        if place.key is None:
-            return FIXED_SLOT
-        return self.slot_of_key(token[place.colour_set.field_index(place.key)])
+        position = self._key_positions[place.name]
+        if position >= 0:
+            return self.slot_of_key(token[position])
+        return None if place.pool else FIXED_SLOT
 
     def owns(self, place: Place, token: Token) -> bool:
         lane = self.lane_of(place, token)
@@ -237,40 +240,67 @@ class Exchange:
         return entries, receipt
 
     def _decode_run(self, lane: int, blob: bytes) -> list[PlacedEntry]:
+        """Decode and check every entry of a run (the hot path of a receiving shard)."""
         try:
             items = unpack(blob)
         except CodecError as exc:
             raise HandoffRefused(f"run on lane {lane}: {exc}") from exc
         if type(items) is not tuple or not items:
             raise HandoffRefused(f"run on lane {lane} is not a non-empty array of entries")
-        entries = []
+        to_pool = is_pool_lane(lane)
+        slots = self._slots
+        new = tuple.__new__
+        entries: list[PlacedEntry] = []
+        append = entries.append
+        last_name: object = None
+        place: Place | None = None
         for item in items:
             if type(item) is not tuple or len(item) != 3:
                 raise HandoffRefused(
                     f"run on lane {lane}: entry {item!r:.100} is not [place, time, fields]"
                 )
             name, time, fields = item
-            place = self.places.get(name) if type(name) is str else None
-            if place is None or name in self.reserved:
-                raise HandoffRefused(
-                    f"run on lane {lane}: no place {name!r:.100} to hand tokens to"
-                )
+            if name != last_name:  # runs hold one place, mostly: look it up once
+                place = self._receivable(lane, name, to_pool)
+                colour = place.colour_set
+                exact, cls = colour.exact_types, colour.cls
+                position = self._key_positions[place.name]
+                last_name = name
+            assert place is not None
             if type(time) is not int or not 0 <= time < 1 << 63:
                 raise HandoffRefused(f"run on lane {lane}: time {time!r:.40} is not valid")
-            try:
-                token = token_from_fields(place.colour_set, fields, where=f"handoff to {name!r}")
-            except TokenError as exc:
-                raise HandoffRefused(str(exc)) from exc
-            expected = self.lane_of(place, token)
-            if (expected is None) != is_pool_lane(lane) or (
-                expected is not None and expected != lane
-            ):
-                raise HandoffRefused(
-                    f"run on lane {lane} holds {token!r:.100} of place {name!r}, which "
-                    f"belongs to lane {expected}"
-                )
-            entries.append((name, time, token))
+            if exact is not None and type(fields) is tuple and tuple(map(type, fields)) == exact:
+                token = new(cls, fields)
+            else:
+                try:
+                    token = token_from_fields(colour, fields, where=f"handoff to {name!r}")
+                except TokenError as exc:
+                    raise HandoffRefused(str(exc)) from exc
+            if position >= 0:
+                key = token[position]
+                slot = slots.get(key)
+                if slot is None:
+                    slot = self.slot_of_key(key)
+                if slot != lane:
+                    raise HandoffRefused(
+                        f"run on lane {lane} holds {token!r:.100} of place {name!r}, which "
+                        f"belongs to lane {slot}"
+                    )
+            append((name, time, token))
         return entries
+
+    def _receivable(self, lane: int, name: object, to_pool: bool) -> Place:
+        """The place entries of a run name, if a run on ``lane`` may carry its tokens."""
+        place = self.places.get(name) if type(name) is str else None
+        if place is None or place.name in self.reserved:
+            raise HandoffRefused(f"run on lane {lane}: no place {name!r:.100} to hand tokens to")
+        if place.pool != to_pool or (place.key is None and not place.pool and lane != FIXED_SLOT):
+            raise HandoffRefused(
+                f"run on lane {lane} holds tokens of place {place.name!r}, which "
+                f"{'is' if place.pool else 'is not'} a pool place"
+                + ("" if place.pool or place.key else f" and lives in slot {FIXED_SLOT}")
+            )
+        return place
 
     # -- the table ---------------------------------------------------------------------
 
