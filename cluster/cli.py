@@ -6,18 +6,38 @@ ends as a single line on stderr and a non-zero exit code; a traceback means a bu
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
+from cluster.client import ClusterClient
+from cluster.local import (
+    STDERR_FILE,
+    ClusterConfig,
+    ClusterLayout,
+    live_endpoint,
+    supervisor_pid,
+    tail,
+)
+from cluster.supervisor import down as stop_cluster
+from cluster.supervisor import record_config, settle_config, supervise
+from cluster.supervisor import up as start_cluster
 from nets.errors import CpnError
 from nets.loader import load_net
 from nets.simulation import simulate
+from router.endpoints import listen_address
+from router.process import LOG_FILE as ROUTER_LOG_FILE
+from router.process import RouterConfig
+from router.process import serve as serve_router
 from router.table import SHARDS_MAX
+from shard.process import LOG_FILE as SHARD_LOG_FILE
 from shard.process import ShardConfig, serve
 from shard.store import MAP_SIZE_BYTES_INITIAL, Durability
 
@@ -205,6 +225,377 @@ def shard(
         router=router,
     )
     serve(config)
+
+
+# -- the cluster --------------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+STATUS_TIMEOUT_MS = 2_000
+CLUSTER_DATA_HELP = "The cluster's data directory (as given to `cpn up`)."
+
+
+def _net_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--net", "net_path", required=True, metavar="NET", help=help_text)
+
+
+DIRECTORY = click.Path(file_okay=False, path_type=Path)
+
+
+def _data_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--data", "data_dir", type=DIRECTORY, required=True, help=help_text)
+
+
+def _cluster_data(command: F) -> F:
+    return _data_option(CLUSTER_DATA_HELP)(command)
+
+
+def _shards_option(help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "--shards",
+        "shard_count",
+        type=click.IntRange(min=1, max=SHARDS_MAX),
+        required=True,
+        help=help_text,
+    )
+
+
+@cli.command()
+@_net_option("The net, as package.module:attr (the router learns its places).")
+@_data_option("The router's data directory (its LMDB file, lock, endpoint file, log).")
+@_shards_option("How many shards the cluster has (fixed once the data directory exists).")
+@click.option(
+    "--bind",
+    default="tcp://127.0.0.1:0",
+    show_default=True,
+    help="The router's endpoint; port 0 picks a free one, published in DATA/endpoint.",
+)
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --bind address.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Passed to the net builder.")
+@click.option(
+    "--heartbeat-timeout",
+    "heartbeat_timeout_ms",
+    type=DURATION,
+    default="3s",
+    show_default=True,
+    help="A shard is alive while its last heartbeat is younger than this.",
+)
+def router(
+    net_path: str,
+    data_dir: Path,
+    shard_count: int,
+    bind: str,
+    allow_remote: bool,
+    seed: int,
+    heartbeat_timeout_ms: int,
+) -> None:
+    """Run the router: the partition table, the shards' endpoints, their heartbeats."""
+    config = RouterConfig(
+        net_path, data_dir, shard_count, bind, allow_remote, seed, heartbeat_timeout_ms
+    )
+    serve_router(config)
+
+
+@cli.command()
+@_net_option("The net, as package.module:attr.")
+@_shards_option("How many shards (fixed at the first `cpn up` of a data directory).")
+@_cluster_data
+@click.option("--foreground", is_flag=True, help="Supervise in this process until stopped.")
+@click.option(
+    "--durability",
+    type=click.Choice([d.value for d in Durability]),
+    default=None,
+    help="The shards' durability mode (default: as recorded, else fsync).",
+)
+@click.option("--seed", type=int, default=None, help="Passed to the net (default: as recorded).")
+@click.option(
+    "--bind",
+    default="tcp://127.0.0.1:0",
+    show_default=True,
+    help="The router's endpoint (port 0: a free port, kept across restarts).",
+)
+@click.option(
+    "--timeout",
+    "timeout_ms",
+    type=DURATION,
+    default="60s",
+    show_default=True,
+    help="How long to wait for every shard to be alive.",
+)
+def up(
+    net_path: str,
+    shard_count: int,
+    data_dir: Path,
+    foreground: bool,
+    durability: str | None,
+    seed: int | None,
+    bind: str,
+    timeout_ms: int,
+) -> None:
+    """Start a cluster (a supervised router and shards) in DATA and wait until it is ready."""
+    layout = ClusterLayout(data_dir.resolve())
+    listen_address(bind, allow_remote=False)
+    config = settle_config(
+        layout, net=net_path, shards=shard_count, seed=seed, durability=durability
+    )
+    load_net(config.net, seed=config.seed)  # fails here, in one line, not in a child
+    record_config(layout, config)
+    if foreground:
+        click.echo(
+            f"supervising net {config.net!r} with {config.shards} shards in {layout.root}; "
+            f"log in {layout.supervisor_log}; stop with Ctrl-C or `cpn down --data "
+            f"{layout.root}`"
+        )
+        supervise(layout, config, bind=bind)
+        return
+    info = start_cluster(layout, config, bind=bind, timeout_s=timeout_ms / 1000)
+    click.echo(
+        f"cluster of net {info.net!r} is up in {layout.root}: {config.shards} shards, "
+        f"supervisor pid {info.supervisor_pid}"
+    )
+    width = max(len(p.name) for p in info.processes)
+    for process in info.processes:
+        click.echo(f"  {process.name:<{width}}  {process.endpoint}  pid {process.pid}")
+
+
+@cli.command()
+@_cluster_data
+def down(data_dir: Path) -> None:
+    """Stop the cluster in DATA (its supervisor stops the router and the shards)."""
+    layout = ClusterLayout(data_dir.resolve())
+    pids = stop_cluster(layout)
+    click.echo(f"cluster in {layout.root} stopped (pid {', '.join(map(str, pids))})")
+
+
+def _client(layout: ClusterLayout) -> ClusterClient:
+    return ClusterClient.for_data_dir(layout.root, timeout_ms=STATUS_TIMEOUT_MS, retries=1)
+
+
+def _sample(client: ClusterClient, shard_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Each shard's statistics; a shard that does not answer is left out."""
+    found = {}
+    for shard_id in shard_ids:
+        try:
+            found.update(client.statistics([shard_id]))
+        except CpnError:
+            continue
+    return found
+
+
+def _rows(rows: Sequence[Sequence[object]]) -> list[str]:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(f"{cell!s:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def _pairs(title: str, values: dict[str, int]) -> None:
+    click.echo(title)
+    if not values:
+        click.echo("  (none)")
+        return
+    for line in _rows([(name, f"{count:,}") for name, count in values.items()]):
+        click.echo(f"  {line}")
+
+
+@cli.command()
+@_cluster_data
+@click.option(
+    "--sample",
+    "sample_ms",
+    type=DURATION,
+    default="500ms",
+    show_default=True,
+    help="Measure firing rates over this interval (0: skip rates).",
+)
+def status(data_dir: Path, sample_ms: int) -> None:
+    """Show the cluster's shards, firings, tokens per place and tokens in flight."""
+    layout = ClusterLayout(data_dir.resolve())
+    with _client(layout) as client:
+        state = client.status()
+        table = client.table()
+        alive = [k for k, shard in enumerate(state.shards) if shard["alive"]]
+        first = _sample(client, alive)
+        second = first
+        if sample_ms > 0 and first:
+            time.sleep(sample_ms / 1000)
+            second = _sample(client, first)
+    supervisor = supervisor_pid(layout)
+    click.echo(
+        f"cluster of net {state.net!r} in {layout.root}: epoch {state.epoch}, "
+        f"{len(state.shards)} shards, {len(alive)} alive"
+    )
+    router_pid = live_endpoint(layout.router_dir)
+    click.echo(
+        f"supervisor pid {supervisor or '- (not running)'}; router {client.router_endpoint} "
+        f"pid {router_pid[1] if router_pid else '-'}"
+    )
+    slots = Counter(table.owners)
+    rows: list[Sequence[object]] = [
+        ("shard", "endpoint", "pid", "alive", "slots", "epoch", "firings", "firings/s", "outbox")
+    ]
+    firings: Counter[str] = Counter()
+    tokens: Counter[str] = Counter()
+    for shard_id, shard in enumerate(state.shards):
+        stats = second.get(shard_id, {})
+        published = live_endpoint(layout.shard_dir(shard_id))
+        fired = sum(stats.get("firings", {}).values()) if stats else None
+        rate = "-"
+        if shard_id in first and stats and stats["now_ms"] > first[shard_id]["now_ms"]:
+            before = sum(first[shard_id]["firings"].values())
+            elapsed_ms = stats["now_ms"] - first[shard_id]["now_ms"]
+            rate = f"{((fired or 0) - before) / elapsed_ms * 1000:,.1f}"
+        firings.update(stats.get("firings", {}))
+        tokens.update(stats.get("tokens", {}))
+        rows.append(
+            (
+                shard_id,
+                shard["endpoint"] or "-",
+                published[1] if published else "-",
+                ("yes" if shard["progressing"] else "stuck") if shard["alive"] else "no",
+                stats.get("owned_slots", slots.get(shard_id, 0)),
+                stats.get("epoch", shard["epoch"]),
+                "-" if fired is None else f"{fired:,}",
+                rate,
+                stats.get("outbox_tokens", "-"),
+            )
+        )
+    for line in _rows(rows):
+        click.echo(line)
+    missing = [k for k in range(len(state.shards)) if k not in second]
+    partial = f" (without shards {', '.join(map(str, missing))})" if missing else ""
+    _pairs(f"firings per transition{partial}:", dict(firings))
+    _pairs(f"tokens per place{partial}:", dict(tokens))
+    outbox = sum(stats.get("outbox_tokens", 0) for stats in second.values())
+    click.echo(f"outbox tokens (in flight between shards){partial}: {outbox:,}")
+
+
+def _tuples(value: Any) -> Any:
+    """JSON arrays to tuples, all the way down (tuple-typed fields are tuples)."""
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
+def _parse_tokens(layout: ClusterLayout, place: str, texts: Sequence[str]) -> list[tuple[Any, ...]]:
+    """TOKEN_JSON arguments as tuples of field values (objects are ordered by the net)."""
+    fields_of: tuple[str, ...] | None = None
+    tokens = []
+    for number, text in enumerate(texts, start=1):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CpnError(f"token {number} ({text[:60]!r}) is not JSON: {exc.msg}") from exc
+        if isinstance(value, dict):
+            if fields_of is None:
+                fields_of = _fields_of(layout, place)
+            unknown = sorted(set(value) - set(fields_of))
+            missing = [name for name in fields_of if name not in value]
+            if unknown or missing:
+                raise CpnError(
+                    f"token {number} {text[:60]}: place {place!r} has fields "
+                    f"{', '.join(fields_of)}"
+                    + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                    + (f"; missing: {', '.join(missing)}" if missing else "")
+                )
+            value = [value[name] for name in fields_of]
+        if not isinstance(value, list):
+            raise CpnError(
+                f"token {number} ({text[:60]!r}) must be a JSON array of field values or "
+                "an object by field name"
+            )
+        tokens.append(_tuples(value))
+    return tokens
+
+
+def _fields_of(layout: ClusterLayout, place: str) -> tuple[str, ...]:
+    config = ClusterConfig.read(layout)
+    if config is None:
+        raise CpnError(f"no cluster in {layout.root} (no {layout.cluster_file.name})")
+    net = load_net(config.net, seed=config.seed)
+    if not net.has_place(place):
+        raise CpnError(
+            f"net {net.name!r} has no place {place!r} "
+            f"(places: {', '.join(p.name for p in net.places)})"
+        )
+    return net.place(place).colour_set.fields
+
+
+@cli.command()
+@_cluster_data
+@click.argument("place")
+@click.argument("token_texts", metavar="TOKEN_JSON...", nargs=-1, required=True)
+@click.option(
+    "--delay",
+    "delay_ms",
+    type=DURATION,
+    default="0",
+    show_default=True,
+    help="The tokens become available this much later.",
+)
+def put(data_dir: Path, place: str, token_texts: tuple[str, ...], delay_ms: int) -> None:
+    """Put tokens into PLACE, each on the shard that owns it.
+
+    Each TOKEN_JSON is a JSON array of field values, e.g. '["a.example", 3]', or an
+    object by field name, e.g. '{"domain": "a.example", "depth": 3}'.
+    """
+    layout = ClusterLayout(data_dir.resolve())
+    tokens = _parse_tokens(layout, place, token_texts)
+    with _client(layout) as client:
+        summary = client.put(place, tokens, delay_ms=delay_ms)
+    parts = ", ".join(f"shard {k}: {n}" for k, n in summary.by_shard.items())
+    redirects = f", {summary.redirects} redirects followed" if summary.redirects else ""
+    click.echo(f"put {summary.accepted} tokens into {place!r} ({parts}{redirects})")
+
+
+@cli.command()
+@_cluster_data
+@click.argument("place", required=False)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Show at most this many tokens of PLACE.",
+)
+def marking(data_dir: Path, place: str | None, limit: int) -> None:
+    """Show how many tokens each place holds, or (with PLACE) the tokens of one place."""
+    layout = ClusterLayout(data_dir.resolve())
+    with _client(layout) as client:
+        if place is None:
+            _pairs("tokens per place:", client.counts())
+            return
+        entries = client.tokens(place, limit=limit)
+        total = client.counts().get(place, len(entries))
+    click.echo(f"place {place!r}: {total:,} tokens (showing {len(entries):,})")
+    for shard_id, time_ms, fields in entries:
+        click.echo(f"  shard {shard_id}  t={time_ms}  {json.dumps(list(fields), default=repr)}")
+
+
+@cli.command()
+@_cluster_data
+@click.option(
+    "--lines", type=click.IntRange(min=0), default=20, show_default=True, help="Lines per log."
+)
+def logs(data_dir: Path, lines: int) -> None:
+    """Show the end of each process's log: the supervisor, the router, every shard."""
+    layout = ClusterLayout(data_dir.resolve())
+    config = ClusterConfig.read(layout)
+    if config is None:
+        raise CpnError(f"no cluster in {layout.root} (no {layout.cluster_file.name})")
+    paths = [layout.supervisor_log, layout.router_dir / ROUTER_LOG_FILE]
+    paths += [layout.shard_dir(k) / SHARD_LOG_FILE for k in range(config.shards)]
+    paths += [
+        d / "stderr.log" for d in (layout.router_dir, *map(layout.shard_dir, range(config.shards)))
+    ]
+    for path in paths:
+        found = tail(path, lines)
+        if path.name == STDERR_FILE and not found:
+            continue  # a child's stderr is empty unless it failed
+        click.echo(f"==> {path} <==" + ("" if path.exists() else " (no log yet)"))
+        for line in found:
+            click.echo(line)
 
 
 def main() -> None:

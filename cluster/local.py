@@ -1,38 +1,139 @@
 """Starting and stopping cluster processes on this machine (SHELL).
 
-Used by tests, benchmarks and (later) the local supervisor: a shard is started as a
-real ``cpn shard`` process with its own data directory; the handle knows its pid and
-the endpoint the shard published once it is ready. Processes are stopped by pid, and
-only processes started here.
+Used by tests, benchmarks and the local supervisor (:mod:`cluster.supervisor`): a shard
+or a router is started as a real ``cpn shard`` / ``cpn router`` process with its own
+data directory; the handle knows its pid and the endpoint the process published once it
+is ready. Processes are stopped by pid, and only processes started here.
+
+:class:`ClusterLayout` names the files of a cluster's data directory (``cpn up
+--data DIR``), so that the supervisor, the client and the CLI agree on them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from nets.errors import CpnError
 from shard.process import read_endpoint
+from shard.store import Durability
 
 READY_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 10.0
+STDERR_FILE: Final = "stderr.log"
+ERROR_PREFIX: Final = "cpn: error: "  # how cluster/cli.py words an error on stderr
+TAIL_BLOCK_BYTES: Final = 8_192
+TAIL_BYTES_MAX: Final = 4 * 1024 * 1024
+
+T = TypeVar("T")
+
+
+def wait_for(
+    probe: Callable[[], T],
+    condition: Callable[[T], bool],
+    *,
+    what: str,
+    timeout_s: float,
+    interval_s: float = 0.05,
+) -> T:
+    """Poll ``probe`` until ``condition`` holds on its value; return that value.
+
+    Raises:
+        CpnError: ``timeout_s`` passed first (the message names ``what`` and the last
+            value seen).
+    """
+    deadline = time.monotonic() + timeout_s
+    value = probe()
+    while not condition(value):
+        if time.monotonic() >= deadline:
+            raise CpnError(f"timed out after {timeout_s} s waiting for {what}; last: {value!r}")
+        time.sleep(interval_s)
+        value = probe()
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLayout:
+    """The files of a cluster's data directory ``root`` (see docs/cluster.md)."""
+
+    root: Path
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.root / "cluster.json"
+
+    @property
+    def supervisor_pid_file(self) -> Path:
+        return self.root / "supervisor.pid"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.root / "supervisor.log"
+
+    @property
+    def supervisor_lock(self) -> Path:
+        return self.root / "supervisor.lock"
+
+    @property
+    def router_dir(self) -> Path:
+        return self.root / "router"
+
+    def shard_dir(self, shard_id: int) -> Path:
+        return self.root / f"shard-{shard_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """What ``cluster.json`` records: the cluster's identity and its defaults."""
+
+    net: str
+    shards: int
+    seed: int = 0
+    durability: str = Durability.FSYNC.value
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def read(cls, layout: ClusterLayout) -> ClusterConfig | None:
+        """The recorded configuration (``None`` if the directory has none).
+
+        Raises:
+            CpnError: the file is not a configuration this version wrote.
+        """
+        try:
+            data = json.loads(layout.cluster_file.read_text())
+            return cls(str(data["net"]), int(data["shards"]), int(data["seed"]), data["durability"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CpnError(
+                f"{layout.cluster_file} is not a cluster record ({exc}); restore it or "
+                "use another --data directory"
+            ) from exc
 
 
 @dataclass
 class ShardProcess:
-    """A running ``cpn shard`` process that this process started."""
+    """A running ``cpn shard`` (or ``cpn router``, see ``role``) that this process started."""
 
     data_dir: Path
     process: subprocess.Popen[bytes]
     endpoint: str = ""
     args: list[str] = field(default_factory=list)
+    role: str = "shard"
 
     @property
     def pid(self) -> int:
@@ -58,6 +159,23 @@ class ShardProcess:
                 self.kill()
         return self.process.wait(timeout=STOP_TIMEOUT_S)
 
+    def poll_ready(self) -> bool:
+        """Has the process published its endpoint? (sets :attr:`endpoint`; never waits)"""
+        published = read_endpoint(self.data_dir)
+        # A killed incarnation leaves its file behind: only our process's counts.
+        if published is not None and published[1] == self.pid:
+            self.endpoint = published[0]
+            return True
+        return False
+
+    def last_error(self) -> str:
+        """The last line the process wrote to its stderr (its one-line error, if any)."""
+        lines = tail(self.data_dir / STDERR_FILE, 1)
+        return lines[-1].removeprefix(ERROR_PREFIX) if lines else "no output"
+
+
+ChildProcess = ShardProcess  # the handle is the same for every kind of child
+
 
 def start_shard(
     net: str,
@@ -75,23 +193,40 @@ def start_shard(
         CpnError: the process exited before publishing its endpoint, or did not
             publish it within ``READY_TIMEOUT_S`` (it is killed then).
     """
+    options = ("--net", net, "--bind", bind, "--durability", durability, *extra_args)
+    return _start("shard", data_dir, options, env=env, wait=wait)
+
+
+def start_router(
+    net: str,
+    data_dir: Path,
+    *,
+    shards: int,
+    bind: str = "tcp://127.0.0.1:0",
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> ShardProcess:
+    """Start ``cpn router`` on ``data_dir`` and (by default) wait until it serves.
+
+    Raises:
+        CpnError: as :func:`start_shard`.
+    """
+    options = ("--net", net, "--shards", str(shards), "--bind", bind, *extra_args)
+    return _start("router", data_dir, options, env=env, wait=wait)
+
+
+def _start(
+    role: str,
+    data_dir: Path,
+    options: tuple[str, ...],
+    *,
+    env: dict[str, str] | None,
+    wait: bool,
+) -> ShardProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = [
-        sys.executable,
-        "-m",
-        "cluster.cli",
-        "shard",
-        "--net",
-        net,
-        "--data",
-        str(data_dir),
-        "--bind",
-        bind,
-        "--durability",
-        durability,
-        *extra_args,
-    ]
-    stderr = (data_dir / "stderr.log").open("ab")
+    args = [sys.executable, "-m", "cluster.cli", role, "--data", str(data_dir), *options]
+    stderr = (data_dir / STDERR_FILE).open("ab")
     process = subprocess.Popen(
         args,
         stdin=subprocess.DEVNULL,
@@ -100,27 +235,172 @@ def start_shard(
         env={**os.environ, **(env or {})},
     )
     stderr.close()
-    handle = ShardProcess(data_dir, process, args=args)
+    handle = ShardProcess(data_dir, process, args=args, role=role)
     if wait:
         wait_ready(handle)
     return handle
 
 
+def run_cpn(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """Run one ``cpn`` command in a new interpreter to completion; capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
 def wait_ready(handle: ShardProcess, *, timeout_s: float = READY_TIMEOUT_S) -> str:
-    """Wait until the shard publishes its endpoint; return it."""
+    """Wait until the process publishes its endpoint; return it.
+
+    Raises:
+        CpnError: it exited first (with its last line of stderr), or did not publish
+            within ``timeout_s`` (it is killed then).
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        published = read_endpoint(handle.data_dir)
-        # A killed incarnation leaves its file behind: only our process's counts.
-        if published is not None and published[1] == handle.pid:
-            handle.endpoint = published[0]
+        if handle.poll_ready():
             return handle.endpoint
         if not handle.alive():
-            err = (handle.data_dir / "stderr.log").read_text(errors="replace").strip()
             raise CpnError(
-                f"shard in {handle.data_dir} exited with {handle.process.returncode}: "
-                f"{err.splitlines()[-1] if err else 'no output'}"
+                f"{handle.role} in {handle.data_dir} exited with "
+                f"{handle.process.returncode}: {handle.last_error()}"
             )
         time.sleep(0.01)
     handle.kill()
-    raise CpnError(f"shard in {handle.data_dir} did not publish its endpoint in {timeout_s} s")
+    raise CpnError(
+        f"{handle.role} in {handle.data_dir} did not publish its endpoint in {timeout_s} s"
+    )
+
+
+def stop_all(handles: Iterable[ShardProcess], *, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM every running handle at once, wait for all, SIGKILL those still running."""
+    running = [h for h in handles if h.alive()]
+    for handle in running:
+        with contextlib.suppress(ProcessLookupError):
+            handle.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for handle in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            handle.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if handle.alive():
+            handle.kill()
+
+
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an exited, unreaped child)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    # The state follows the command name in parentheses, which may itself hold spaces.
+    return stat[stat.rindex(")") + 2 :][:1] not in ("Z", "X", "")
+
+
+def process_args(pid: int) -> list[str]:
+    """The command line of process ``pid`` (empty if it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def live_endpoint(data_dir: Path) -> tuple[str, int] | None:
+    """The ``(endpoint, pid)`` published in ``data_dir`` if that process still runs."""
+    published = read_endpoint(data_dir)
+    if published is None or not pid_running(published[1]):
+        return None
+    return published
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a text file (read from the end, at most 4 MiB)."""
+    if lines <= 0:
+        return []
+    try:
+        with path.open("rb") as file:
+            end = file.seek(0, os.SEEK_END)
+            start = end
+            data = b""
+            while start > 0 and data.count(b"\n") <= lines and end - start < TAIL_BYTES_MAX:
+                start = max(0, start - TAIL_BLOCK_BYTES)
+                file.seek(start)
+                data = file.read(end - start)
+    except FileNotFoundError:
+        return []
+    text = data.decode(errors="replace").splitlines()
+    if start > 0:
+        text = text[1:]  # the first line was cut by the read's start
+    return list(deque(text, maxlen=lines))
+
+
+# -- a cluster's data directory -----------------------------------------------------------
+
+
+def supervisor_pid(layout: ClusterLayout) -> int | None:
+    """The pid of the supervisor running the cluster in ``layout``, if one runs.
+
+    A supervisor holds ``supervisor.lock`` while it runs and records its pid in
+    ``supervisor.pid``; the pid counts only while that lock is held and the process's
+    command line is a ``cpn up --foreground`` (a pid may have been reused since).
+    """
+    try:
+        pid = int(layout.supervisor_pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not pid_running(pid) or not lock_held(layout.supervisor_lock):
+        return None
+    args = process_args(pid)
+    if "up" not in args or "--foreground" not in args:
+        return None
+    return pid
+
+
+def lock_held(path: Path) -> bool:
+    """Whether some process holds an exclusive ``flock`` on ``path`` right now."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we may have taken
+    return False
+
+
+def router_endpoint(data_dir: Path) -> str:
+    """Where the router of the cluster in ``data_dir`` listens.
+
+    Raises:
+        CpnError: no cluster was ever started there, or its router is not running
+            (the message says which, and what to do).
+    """
+    layout = ClusterLayout(data_dir)
+    if not layout.cluster_file.exists():
+        raise CpnError(
+            f"no cluster in {data_dir} (no {layout.cluster_file.name}); start one with "
+            f"`cpn up --net NET --shards N --data {data_dir}`"
+        )
+    published = live_endpoint(layout.router_dir)
+    if published is not None:
+        return published[0]
+    if supervisor_pid(layout) is not None:
+        raise CpnError(
+            f"the router of the cluster in {data_dir} is not running; its supervisor is "
+            f"restarting it (see {layout.router_dir / 'router.log'}), try again shortly"
+        )
+    config = ClusterConfig.read(layout)
+    assert config is not None  # the file exists (checked above)
+    raise CpnError(
+        f"the cluster in {data_dir} is not running; start it with `cpn up --data {data_dir} "
+        f"--net {config.net} --shards {config.shards}`"
+    )

@@ -32,6 +32,8 @@ from nets.errors import CpnError
 PROTOCOL_VERSION: Final = 1
 FRAME_BYTES_MAX: Final = 4 * 1024 * 1024
 TOKENS_PER_MESSAGE_MAX: Final = 100_000
+PLACE_FIXED: Final = -1  # Table.places: a place with neither key nor pool (fixed slot)
+PLACE_POOL: Final = -2  # Table.places: a pool place
 
 Fields = tuple[Any, ...]  # a token on the wire: its field values
 TimedFields = tuple[int, Fields]  # (time in ms, field values)

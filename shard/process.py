@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import ipaddress
 import logging
 import os
 import signal
@@ -34,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import zmq
 
@@ -44,6 +42,7 @@ from nets.errors import CpnError, TokenError
 from nets.firing import Step
 from nets.loader import load_net
 from nets.model import Net, Token
+from router.endpoints import listen_address
 from router.handoff import ProtocolError
 from router.wire import (
     FRAME_BYTES_MAX,
@@ -132,29 +131,6 @@ class RequestError(CpnError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def bind_address(endpoint: str, *, allow_remote: bool) -> str:
-    """Check an endpoint and turn port 0 into ZeroMQ's "any free port" form.
-
-    Raises:
-        CpnError: not a ``tcp://host:port`` endpoint, or not loopback without
-            ``allow_remote``.
-    """
-    parts = urlsplit(endpoint)
-    if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
-        raise CpnError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:PORT")
-    try:
-        loopback = ipaddress.ip_address(parts.hostname).is_loopback
-    except ValueError:
-        loopback = parts.hostname == "localhost"
-    if not loopback and not allow_remote:
-        raise CpnError(
-            f"refusing to bind {endpoint}: it is not a loopback address; pass "
-            "--allow-remote to serve other hosts"
-        )
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"tcp://{host}:{'*' if parts.port == 0 else parts.port}"
 
 
 def read_endpoint(data_dir: Path) -> tuple[str, int] | None:
@@ -641,7 +617,7 @@ def serve(config: ShardConfig) -> None:
         CpnError: the net does not load, the data directory is locked or holds another
             net, or the endpoint cannot be bound.
     """
-    address = bind_address(config.bind, allow_remote=config.allow_remote)
+    address = listen_address(config.bind, allow_remote=config.allow_remote)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     _configure_logging(config.data_dir / LOG_FILE)
     # The loop allocates many short-lived tuples (entries, steps); a larger first
@@ -682,7 +658,9 @@ def serve(config: ShardConfig) -> None:
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     peers = Peers(context, me=config.shard_id, router=config.router)
-    link = Link(shard.exchange, peers, endpoint=endpoint) if shard.exchange.clustered else None
+    # A shard heartbeats whenever it has a router, even as a cluster's only shard.
+    clustered = shard.exchange.clustered or bool(config.router)
+    link = Link(shard.exchange, peers, endpoint=endpoint) if clustered else None
     held: deque[list[bytes]] = deque()  # requests read during a batch, not yet handled
     try:
         while not shard.stopping:

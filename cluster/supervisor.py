@@ -1,0 +1,481 @@
+"""The local supervisor: `cpn up` runs a router and N shards and keeps them running (SHELL).
+
+A cluster lives in one data directory ``DIR`` (see :class:`cluster.local.ClusterLayout`
+and docs/cluster.md): ``cluster.json`` (the net, the shard count, the seed and the
+durability, recorded at the first ``cpn up``), ``supervisor.pid``, ``supervisor.log``,
+``router/`` and ``shard-K/`` (each child's data directory, with its own log).
+
+Theory of operation: :func:`up` checks what can be checked before anything starts (the
+net loads, ``cluster.json`` agrees, no supervisor runs), then starts ``cpn up
+--foreground`` detached (a new session, so it outlives the terminal) and waits until
+the router reports every shard alive. The foreground supervisor (:class:`Supervisor`)
+holds ``supervisor.lock``, starts the router and waits for its endpoint, then starts
+the shards with ``--router`` set to it, and from then on checks its children every
+``TICK_S``:
+
+* a child that exits unexpectedly is restarted after a bounded, growing backoff, on
+  the port it had (its last published endpoint as ``--bind``), so clients' cached
+  tables and the shards' router address stay right; if that bind fails, the next
+  start takes any free port;
+* a child that fails on its very first start (before publishing an endpoint) is a
+  configuration error (a data directory of another net, a port in use): the supervisor
+  stops everything and exits with that error, which ``cpn up`` reports;
+* if the router comes back on another endpoint, the shards are restarted with it.
+
+SIGTERM (what ``cpn down`` sends) or SIGINT stops the children (SIGTERM, then SIGKILL
+after ``STOP_TIMEOUT_S``) and then the supervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from cluster.client import ClusterClient, ShardUnavailable
+from cluster.local import (
+    ERROR_PREFIX,
+    STOP_TIMEOUT_S,
+    ClusterConfig,
+    ClusterLayout,
+    ShardProcess,
+    live_endpoint,
+    pid_running,
+    process_args,
+    start_router,
+    start_shard,
+    stop_all,
+    supervisor_pid,
+    wait_for,
+    wait_ready,
+)
+from nets.errors import CpnError
+
+READY_TIMEOUT_S: Final = 60.0
+DOWN_TIMEOUT_S: Final = 60.0
+TICK_S: Final = 0.1
+BACKOFF_S_MIN: Final = 0.2
+BACKOFF_S_MAX: Final = 10.0
+HEALTHY_AFTER_S: Final = 30.0  # a child up this long starts its backoff afresh
+STATUS_TIMEOUT_MS: Final = 1_000
+LOG_READ_BYTES_MAX: Final = 64 * 1024
+LOOPBACK_ANY_PORT: Final = "tcp://127.0.0.1:0"
+
+log = logging.getLogger("cpn.supervisor")
+
+
+def settle_config(
+    layout: ClusterLayout,
+    *,
+    net: str,
+    shards: int,
+    seed: int | None,
+    durability: str | None,
+) -> ClusterConfig:
+    """The configuration to start with: the recorded one, checked against the request.
+
+    ``seed`` and ``durability`` default to the recorded values (``None``: keep them);
+    given, they replace them. The net and the shard count cannot change. Nothing is
+    written (see :func:`record_config`).
+
+    Raises:
+        CpnError: the directory holds a cluster of another net or shard count.
+    """
+    recorded = ClusterConfig.read(layout)
+    if recorded is not None and recorded.net != net:
+        raise CpnError(
+            f"{layout.root} holds a cluster of net {recorded.net!r}, not {net!r}; pass "
+            f"--net {recorded.net} or use another --data directory"
+        )
+    if recorded is not None and recorded.shards != shards:
+        raise CpnError(
+            f"{layout.root} holds a cluster of {recorded.shards} shards, not {shards}; pass "
+            f"--shards {recorded.shards} or use another --data directory"
+        )
+    base = recorded or ClusterConfig(net, shards)
+    return ClusterConfig(
+        net,
+        shards,
+        base.seed if seed is None else seed,
+        base.durability if durability is None else durability,
+    )
+
+
+def record_config(layout: ClusterLayout, config: ClusterConfig) -> None:
+    """Write ``cluster.json`` (atomically) unless it already says the same."""
+    if ClusterConfig.read(layout) == config:
+        return
+    layout.root.mkdir(parents=True, exist_ok=True)
+    partial = layout.cluster_file.with_name(f".{layout.cluster_file.name}.{os.getpid()}")
+    partial.write_text(config.to_json())
+    partial.replace(layout.cluster_file)
+
+
+# -- cpn up (detached) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One process of a running cluster: its name, endpoint and pid."""
+
+    name: str
+    endpoint: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    net: str
+    supervisor_pid: int
+    processes: tuple[ProcessInfo, ...]  # the router, then shard 0, 1, ...
+
+
+def up(
+    layout: ClusterLayout,
+    config: ClusterConfig,
+    *,
+    bind: str = LOOPBACK_ANY_PORT,
+    timeout_s: float = READY_TIMEOUT_S,
+) -> ClusterInfo:
+    """Start the cluster's supervisor detached and wait until every shard is alive.
+
+    Raises:
+        CpnError: a supervisor already runs; the supervisor exited (its error is
+            quoted); or the cluster was not ready within ``timeout_s`` (it is left
+            running, and the message says where to look and how to stop it).
+    """
+    running = supervisor_pid(layout)
+    if running is not None:
+        raise CpnError(
+            f"the cluster in {layout.root} is already running (supervisor pid {running}); "
+            f"stop it with `cpn down --data {layout.root}`"
+        )
+    args = [
+        sys.executable,
+        "-m",
+        "cluster.cli",
+        "up",
+        "--foreground",
+        "--net",
+        config.net,
+        "--shards",
+        str(config.shards),
+        "--data",
+        str(layout.root),
+        "--bind",
+        bind,
+    ]
+    with layout.supervisor_log.open("ab") as log_file:
+        log_start = log_file.tell()  # what the new supervisor writes comes after this
+        process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,  # outlives this command and its terminal
+        )
+    deadline = time.monotonic() + timeout_s
+    alive = 0
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code is not None:
+            raise CpnError(
+                f"the cluster did not start: {_last_error(layout, log_start, code)} "
+                f"(see {layout.supervisor_log})"
+            )
+        info, alive = _ready(layout, process.pid)
+        if info is not None:
+            return info
+        time.sleep(TICK_S)
+    raise CpnError(
+        f"the cluster in {layout.root} is not ready after {timeout_s:.0f} s ({alive} of "
+        f"{config.shards} shards alive); see {layout.supervisor_log} and `cpn logs --data "
+        f"{layout.root}`; stop it with `cpn down --data {layout.root}`"
+    )
+
+
+def _last_error(layout: ClusterLayout, log_start: int, code: int) -> str:
+    """The error the supervisor printed (on stderr, into its log) before it exited."""
+    with layout.supervisor_log.open("rb") as log_file:
+        log_file.seek(max(log_start, log_file.seek(0, os.SEEK_END) - LOG_READ_BYTES_MAX))
+        lines = log_file.read().decode(errors="replace").splitlines()
+    errors = [line.removeprefix(ERROR_PREFIX) for line in lines if line.startswith(ERROR_PREFIX)]
+    return errors[-1] if errors else f"its supervisor exited with code {code}"
+
+
+def _ready(layout: ClusterLayout, pid: int) -> tuple[ClusterInfo | None, int]:
+    """The cluster's processes once the router reports all shards alive, and how many are."""
+    router = live_endpoint(layout.router_dir)
+    if router is None:
+        return None, 0
+    try:
+        with ClusterClient(router[0], timeout_ms=STATUS_TIMEOUT_MS, retries=0) as client:
+            state = client.status()
+    except ShardUnavailable:
+        return None, 0
+    alive = sum(1 for shard in state.shards if shard["alive"])
+    processes = [ProcessInfo("router", *router)]
+    for shard_id, shard in enumerate(state.shards):
+        published = live_endpoint(layout.shard_dir(shard_id))
+        if not shard["alive"] or published is None or published[0] != shard["endpoint"]:
+            return None, alive
+        processes.append(ProcessInfo(f"shard {shard_id}", *published))
+    return ClusterInfo(state.net, pid, tuple(processes)), alive
+
+
+# -- cpn down -----------------------------------------------------------------------------
+
+
+def down(layout: ClusterLayout, *, timeout_s: float = DOWN_TIMEOUT_S) -> list[int]:
+    """Stop the cluster: SIGTERM its supervisor and wait until it is gone.
+
+    Without a supervisor, children left running (the supervisor was killed) are
+    stopped directly, each only after checking that its pid is really that child.
+    Returns the pids stopped.
+
+    Raises:
+        CpnError: nothing of the cluster runs, or it did not stop within ``timeout_s``.
+    """
+    pid = supervisor_pid(layout)
+    pids = [pid] if pid is not None else _stray_children(layout)
+    if not pids:
+        raise CpnError(f"the cluster in {layout.root} is not running")
+    for target in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGTERM)
+    try:
+        wait_for(
+            lambda: [p for p in pids if pid_running(p)],
+            lambda running: not running,
+            what="the cluster to stop",
+            timeout_s=timeout_s,
+            interval_s=TICK_S,
+        )
+    except CpnError:
+        raise CpnError(
+            f"the cluster in {layout.root} did not stop within {timeout_s:.0f} s (pids "
+            f"{', '.join(str(p) for p in pids if pid_running(p))}); see {layout.supervisor_log}"
+        ) from None
+    return pids
+
+
+def _stray_children(layout: ClusterLayout) -> list[int]:
+    config = ClusterConfig.read(layout)
+    dirs = [layout.router_dir] + [
+        layout.shard_dir(k) for k in range(config.shards if config else 0)
+    ]
+    strays = []
+    for data_dir in dirs:
+        published = live_endpoint(data_dir)
+        if published is not None and str(data_dir) in process_args(published[1]):
+            strays.append(published[1])
+    return strays
+
+
+# -- the supervisor (cpn up --foreground) -------------------------------------------------
+
+
+@dataclass
+class Child:
+    """One supervised process: how to start it, its current handle, its restarts."""
+
+    name: str
+    start: Callable[[str], ShardProcess]  # bind -> a started (not yet ready) process
+    handle: ShardProcess | None = None
+    endpoint: str = ""  # the last endpoint it published
+    bind_published: bool = True  # the last start could bind its published endpoint
+    starts: int = 0
+    failures: int = 0  # consecutive unexpected exits
+    started_at_s: float = 0.0
+    next_start_s: float = 0.0
+    stopping: bool = False  # we asked it to stop (to restart it at once)
+
+    def launch(self, fallback_bind: str) -> None:
+        bind = self.endpoint if self.endpoint and self.bind_published else fallback_bind
+        self.handle = self.start(bind)
+        self.starts += 1
+        self.started_at_s = time.monotonic()
+        self.stopping = False
+        log.info("%s started (pid %d, bind %s)", self.name, self.handle.pid, bind)
+
+
+class Supervisor:
+    """Runs and restarts a cluster's router and shards (see the module docstring)."""
+
+    def __init__(
+        self,
+        layout: ClusterLayout,
+        config: ClusterConfig,
+        *,
+        bind: str = LOOPBACK_ANY_PORT,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.config = config
+        self.bind = bind
+        self.env = env
+        self.stopping = False
+        self.router = Child("router", self._start_router)
+        self.shards = [
+            Child(f"shard {k}", functools.partial(self._start_shard, k))
+            for k in range(config.shards)
+        ]
+
+    def _start_router(self, bind: str) -> ShardProcess:
+        extra = ("--seed", str(self.config.seed))
+        return start_router(
+            self.config.net,
+            self.layout.router_dir,
+            shards=self.config.shards,
+            bind=bind,
+            extra_args=extra,
+            env=self.env,
+            wait=False,
+        )
+
+    def _start_shard(self, shard_id: int, bind: str) -> ShardProcess:
+        extra = (
+            "--shard-id",
+            str(shard_id),
+            "--shards",
+            str(self.config.shards),
+            "--router",
+            self.router.endpoint,
+            "--seed",
+            str(self.config.seed),
+        )
+        return start_shard(
+            self.config.net,
+            self.layout.shard_dir(shard_id),
+            bind=bind,
+            durability=self.config.durability,
+            extra_args=extra,
+            env=self.env,
+            wait=False,
+        )
+
+    def run(self) -> None:
+        """Supervise until SIGTERM or SIGINT; then stop every child.
+
+        Raises:
+            CpnError: another supervisor runs on the directory, or a child failed on its
+                first start (its error is quoted).
+        """
+        lock_fd = _lock_supervisor(self.layout)
+        self.layout.supervisor_pid_file.write_text(f"{os.getpid()}\n")
+
+        def stop(_signum: int, _frame: object) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info(
+            "supervising net %r with %d shards in %s (pid %d)",
+            self.config.net,
+            self.config.shards,
+            self.layout.root,
+            os.getpid(),
+        )
+        try:
+            self.router.launch(self.bind)
+            assert self.router.handle is not None
+            self.router.endpoint = wait_ready(self.router.handle)
+            for shard in self.shards:
+                shard.launch(LOOPBACK_ANY_PORT)
+            while not self.stopping:
+                self._check(self.router, self.bind)
+                for shard in self.shards:
+                    self._check(shard, LOOPBACK_ANY_PORT)
+                time.sleep(TICK_S)
+        except CpnError as exc:
+            log.error("giving up: %s", exc)
+            raise
+        finally:
+            children = [c.handle for c in (*self.shards, self.router) if c.handle is not None]
+            stop_all(children, timeout_s=STOP_TIMEOUT_S)
+            with contextlib.suppress(FileNotFoundError):
+                self.layout.supervisor_pid_file.unlink()
+            os.close(lock_fd)
+            log.info("supervisor stopped")
+
+    def _check(self, child: Child, fallback_bind: str) -> None:
+        now = time.monotonic()
+        handle = child.handle
+        if handle is None:
+            if now >= child.next_start_s and (child is self.router or self.router.endpoint):
+                child.launch(fallback_bind)
+            return
+        if handle.alive():
+            if handle.endpoint or handle.poll_ready():
+                self._published(child, handle.endpoint)
+            if now - child.started_at_s > HEALTHY_AFTER_S:
+                child.failures = 0
+            return
+        code = handle.process.returncode
+        published = bool(handle.endpoint)
+        child.handle = None
+        if child.stopping:
+            log.info("%s (pid %d) stopped for a restart", child.name, handle.pid)
+            return
+        if not published and child.starts == 1:
+            raise CpnError(f"{child.name} failed to start: {handle.last_error()}")
+        child.failures += 1
+        child.bind_published = published
+        backoff_s = min(BACKOFF_S_MAX, BACKOFF_S_MIN * 2 ** (child.failures - 1))
+        child.next_start_s = now + backoff_s
+        log.warning(
+            "%s (pid %d) exited with code %s%s; restarting in %.1f s",
+            child.name,
+            handle.pid,
+            code,
+            "" if published else f" before serving ({handle.last_error()})",
+            backoff_s,
+        )
+
+    def _published(self, child: Child, endpoint: str) -> None:
+        if endpoint == child.endpoint:
+            return
+        moved = bool(child.endpoint)
+        child.endpoint = endpoint
+        log.info("%s serves on %s", child.name, endpoint)
+        if child is self.router and moved:
+            # The shards were started with the old address: restart them with the new.
+            log.warning("the router moved to %s: restarting the shards", endpoint)
+            for shard in self.shards:
+                if shard.handle is not None and shard.handle.alive():
+                    shard.stopping = True
+                    shard.handle.process.send_signal(signal.SIGTERM)
+
+
+def _lock_supervisor(layout: ClusterLayout) -> int:
+    fd = os.open(layout.supervisor_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CpnError(
+            f"the cluster in {layout.root} is already running (another supervisor holds "
+            f"{layout.supervisor_lock}); stop it with `cpn down --data {layout.root}`"
+        ) from None
+    return fd
+
+
+def supervise(layout: ClusterLayout, config: ClusterConfig, *, bind: str) -> None:
+    """``cpn up --foreground``: log to ``supervisor.log`` and run the supervisor."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        filename=layout.supervisor_log,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        force=True,
+    )
+    Supervisor(layout, config, bind=bind).run()
