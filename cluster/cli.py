@@ -7,6 +7,7 @@ ends as a single line on stderr and a non-zero exit code; a traceback means a bu
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -600,6 +601,11 @@ def logs(data_dir: Path, lines: int) -> None:
 
 def main() -> None:
     """Entry point of the ``cpn`` console script."""
+    # Nets are loaded by import path; like `python -m`, look in the working directory
+    # first, so that `cpn run mymodule:net` finds ./mymodule.py (the console script's
+    # own directory is what Python puts on the path otherwise).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
