@@ -325,6 +325,34 @@ def test_store_of_another_net_is_refused_naming_both(open_store: Any) -> None:
     assert open_store(store.path).incarnation == 2
 
 
+def test_store_of_another_shard_is_refused_naming_both(open_store: Any) -> None:
+    store = open_store(shard_id=1, shard_count=2)
+    store.close()
+    with pytest.raises(StoreError) as refused:
+        Store(store.path, net=NET, shard_id=0, shard_count=2)
+    assert "shard 1 of a 2-shard cluster, not shard 0 of 2" in str(refused.value)
+    with pytest.raises(StoreError):
+        Store(store.path, net=NET, shard_id=1, shard_count=3)
+    assert open_store(store.path, shard_id=1, shard_count=2).incarnation == 2
+
+
+def test_outbox_runs_lane_counters_inbox_marks_and_table_round_trip(open_store: Any) -> None:
+    store = open_store(shard_id=1, shard_count=2)
+    first = Batch(runs_added=[(7, 1, 2, b"ab"), (7, 3, 1, b"c"), (0x10000, 1, 1, b"p")])
+    first.next_seqs.update({7: 4, 0x10000: 2})
+    first.hwms[(0, 9)] = 41
+    first.table, first.endpoints = b"table", ("tcp://127.0.0.1:1", "")
+    store.commit(first)
+    second = Batch(runs_removed=[(7, 1)])
+    second.hwms[(0, 9)] = 42
+    store.commit(second)
+    recovered = _reopen(store, shard_id=1, shard_count=2).recover()
+    assert recovered.runs == [(7, 3, 1, b"c"), (0x10000, 1, 1, b"p")]
+    assert recovered.next_seqs == {7: 4, 0x10000: 2}
+    assert recovered.hwms == {(0, 9): 42}
+    assert (recovered.table, recovered.endpoints) == (b"table", ("tcp://127.0.0.1:1", ""))
+
+
 # -- growth and bounds ----------------------------------------------------------------------
 
 
