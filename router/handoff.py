@@ -34,10 +34,12 @@ from enum import Enum
 from typing import Final
 
 from nets.errors import CpnError
-from router.table import PartitionTable, is_pool_lane
+from router.slots import SLOT_COUNT
+from router.table import POOL_LANE_BASE, SHARDS_MAX, PartitionTable, is_pool_lane
 
-RESEND_MS_DEFAULT: Final = 500
-LANE_WINDOW_TOKENS_MAX: Final = 200_000  # unacknowledged tokens in flight per lane
+RESEND_MS_DEFAULT: Final = 1_000
+LANE_WINDOW_TOKENS_MAX: Final = 50_000  # unacknowledged tokens in flight per lane
+DESTINATION_WINDOW_TOKENS_MAX: Final = 50_000  # ... and per destination shard
 MESSAGE_TOKENS_MAX: Final = 20_000  # tokens per Handoff message
 MESSAGE_RUNS_MAX: Final = 4_096
 
@@ -169,8 +171,9 @@ class Outbox:
         out = self._lane(lane)
         out.next_seq = next_seq
         out.runs.extend(sorted(runs, key=lambda r: r.first_seq))
+        # A lane without runs had everything acknowledged: its counter alone survives.
+        out.acked = out.sent = out.runs[0].first_seq - 1 if out.runs else next_seq - 1
         if out.runs:
-            out.acked = out.sent = out.runs[0].first_seq - 1
             assert out.runs[-1].last_seq < next_seq, f"lane {lane}: a run beyond next_seq"
             out.state = LaneState.SENDING
 
@@ -210,21 +213,45 @@ class Outbox:
         """
         self.table_epoch = max(self.table_epoch, table.epoch)
         by_shard: dict[int, list[Run]] = {}
+        # Tokens sent and not yet acknowledged, per destination: a receiver slower than
+        # its senders gets at most a window's worth to chew on, not a growing pile that
+        # times out and is sent again before it was read (congestion collapse).
+        in_flight: dict[int, int] = {}
+        for out in self.lanes.values():
+            if out.state is LaneState.SENDING and out.sent > out.acked:
+                owner = table.owner(out.lane)
+                in_flight[owner] = in_flight.get(owner, 0) + out.sent - out.acked
         for out in self.lanes.values():
             if out.state is not LaneState.SENDING:
                 continue
+            owner = table.owner(out.lane)
             if out.sent > out.acked and now_ms >= out.resend_at_ms:
                 self._step(out, LaneEvent.TIMEOUT, LaneState.SENDING)
+                in_flight[owner] -= out.sent - out.acked
                 out.sent = out.acked
             if out.sent >= out.next_seq - 1:
                 continue
-            window_end = out.acked + LANE_WINDOW_TOKENS_MAX
-            picked = [r for r in out.runs if r.last_seq > out.sent and r.first_seq <= window_end]
+            budget = max(0, DESTINATION_WINDOW_TOKENS_MAX - in_flight.get(owner, 0))
+            window_end = min(out.acked + LANE_WINDOW_TOKENS_MAX, out.sent + budget)
+            picked: list[Run] = []
+            for run in out.runs:
+                if run.last_seq <= out.sent:
+                    continue
+                # A run starting inside the window goes whole; one run may always go
+                # when nothing is in flight.
+                if run.first_seq > window_end and (picked or in_flight.get(owner, 0) > 0):
+                    break
+                picked.append(run)
+                in_flight[owner] = in_flight.get(owner, 0) + run.count
             if not picked:
                 continue
             self._step(out, LaneEvent.SEND, LaneState.SENDING)
+            if out.sent == out.acked:
+                # The timer runs from the oldest unacknowledged send: restarting it on
+                # every send would let a steady stream of new runs postpone a lost
+                # run's resend indefinitely.
+                out.resend_at_ms = now_ms + self.resend_ms
             out.sent = picked[-1].last_seq
-            out.resend_at_ms = now_ms + self.resend_ms
             by_shard.setdefault(table.owner(out.lane), []).extend(picked)
         messages = []
         for shard, runs in sorted(by_shard.items()):
@@ -287,14 +314,23 @@ class Outbox:
                 self._step(out, LaneEvent.REDIRECT, LaneState.IDLE)
                 continue
             self._step(out, LaneEvent.REDIRECT, LaneState.REDIRECTED)
-            # Wait for a table newer than the one we sent with (or the redirect's own).
-            out.wait_epoch = max(out.wait_epoch, epoch, self.table_epoch + 1)
+            # Wait for a table at least as new as the receiver's. The redirect answers
+            # a message stamped with an older epoch than the receiver's (else it would
+            # not redirect), so a table at ``epoch`` names the lane's owner; if ours is
+            # already there (the redirect answers a message sent before our table
+            # changed), send again at once rather than wait for an epoch that may
+            # never come.
+            out.wait_epoch = max(out.wait_epoch, epoch)
             out.sent = out.acked
+            if self.table_epoch >= out.wait_epoch:
+                self._step(out, LaneEvent.TABLE, LaneState.SENDING)
+                out.resend_at_ms = 0
         for lane in deferred:
             out = self.lanes.get(lane)
             if out is not None and out.state is LaneState.SENDING:
-                # The receiver's table is behind ours: send again after the timeout.
-                out.sent = out.acked
+                # The receiver's table is behind ours: send again after the timeout
+                # (the go-back of due()), not at once, which would make the two shards
+                # ping-pong the runs until the receiver's table catches up.
                 out.resend_at_ms = now_ms + self.resend_ms
         return done
 
@@ -433,16 +469,19 @@ class Inbox:
         """Judge a message's runs ``(lane, first_seq, count)`` and move the hwms.
 
         Raises:
-            ProtocolError: the message breaks the protocol (a run from this shard to
-                itself, an empty run, a seq below 1);
+            ProtocolError: the message breaks the protocol (an empty run, a seq
+                below 1, a lane that is neither a slot nor a shard's pool lane);
                 this sender incarnation then stays refused (sticky) and nothing of
                 the message is applied. Runs of one lane may follow each other in
-                a message; they are judged in order.
+                a message; they are judged in order. ``sender`` may be this shard
+                itself: a slot that moved here while our outbox held runs for it
+                gets them through the loopback, deduplicated by the hwm that moved
+                with the slot (docs/handoff.md, "Slot moves").
         """
         failed = self.failed.get((sender, incarnation))
         if failed is not None:
             raise ProtocolError(f"shard {sender} (incarnation {incarnation}) is refused: {failed}")
-        problem = _malformed(self.me, sender, runs)
+        problem = _malformed(runs)
         if problem:
             self.failed[(sender, incarnation)] = problem
             raise ProtocolError(f"shard {sender} (incarnation {incarnation}): {problem}")
@@ -478,12 +517,13 @@ class Inbox:
         )
 
 
-def _malformed(me: int, sender: int, runs: Sequence[tuple[int, int, int]]) -> str:
-    if sender == me:
-        return "a shard does not hand tokens to itself"
+def _malformed(runs: Sequence[tuple[int, int, int]]) -> str:
     for lane, first_seq, count in runs:
         if first_seq < 1 or count < 1:
             return f"run on lane {lane} has first seq {first_seq} and {count} tokens"
-        if lane < 0:
-            return f"lane {lane} is negative"
+        if not (0 <= lane < SLOT_COUNT or POOL_LANE_BASE <= lane < POOL_LANE_BASE + SHARDS_MAX):
+            return (
+                f"lane {lane} is neither a slot (0..{SLOT_COUNT - 1}) nor a pool lane "
+                f"({POOL_LANE_BASE}..{POOL_LANE_BASE + SHARDS_MAX - 1})"
+            )
     return ""

@@ -122,7 +122,10 @@ class PartitionTable:
                 owners[slot] = owner
                 slot_epochs[slot] = epoch
         return PartitionTable(
-            epoch, shard_count or self.shard_count, tuple(owners), tuple(slot_epochs)
+            epoch,
+            self.shard_count if shard_count is None else shard_count,
+            tuple(owners),
+            tuple(slot_epochs),
         )
 
     def encode(self) -> bytes:
