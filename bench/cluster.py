@@ -16,12 +16,15 @@
    this process to a ROUTER in a child process that decodes each frame and every run
    in it (``router.wire.decode`` + msgpack) and acknowledges it; the sender keeps a
    window of messages in flight. No engine, no LMDB: the transport and codec alone.
-4. **Scaling**: the scraper decision workload with every delay 0
-   (``bench.shard_nets:scraper_zero_delay``, 100,000 targets or 20,000 with
-   ``--quick``) on one standalone shard and on two shards with a router (durability
-   ``process`` in both); firings per second from the moment the shards are ready to
-   the first statistics showing every target finished. This machine has 2 cores: the
-   two shards and the benchmark share them.
+4. **Scaling**: the scraper decision workload with every delay 0 (100,000 targets, or
+   20,000 with ``--quick``) on a cluster of one shard and on one of two (a router in
+   both; durability ``process``). The shards start without targets
+   or proxies (``bench.shard_nets:scraper_zero_delay_empty``); once every shard
+   serves, the benchmark puts the targets through the cluster client (each goes to
+   the shard that owns its domain; nothing fires without a proxy), then the proxies
+   (dealt round robin), so all shards start together. Firings per second from the
+   proxies' put to the first statistics showing every target finished. This machine
+   has 2 cores: the two shards, the router and the benchmark share them.
 
 Every process runs on 127.0.0.1 in a temporary directory and is stopped by its pid.
 The last line is one JSON object with the keys ``handoff_tokens_per_s``,
@@ -46,16 +49,18 @@ import msgpack
 import zmq
 
 from bench.cluster_nets import burst, parcels
-from bench.shard_nets import TARGETS_ENV
-from cluster.client import ShardClient
+from bench.shard_nets import PROXIES, zero_delay_params
+from cluster.client import ClusterClient, ShardClient
 from cluster.local import ShardProcess, start_router, start_shard, stop_all
 from nets.codec import unpack
 from nets.errors import CpnError
+from nets.scraper import initial_targets
 from router.wire import FRAME_BYTES_MAX, Handoff, HandoffAck, decode, encode
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 RELAY_NET: Final = "bench.cluster_nets:relay"
-SCRAPER_NET: Final = "bench.shard_nets:scraper_zero_delay"
+SCRAPER_EMPTY_NET: Final = "bench.shard_nets:scraper_zero_delay_empty"
+TARGETS_PER_PUT: Final = 10_000
 BURST_TOKENS: Final = 1_000
 BURSTS_PER_PUT: Final = 10
 LATENCY_BURST_TOKENS: Final = 50
@@ -76,12 +81,9 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def _cluster(
     net: str, root: Path, shards: int, *, durability: str, env: dict[str, str] | None = None
 ) -> list[ShardProcess]:
-    """A router (if more than one shard) and shards; returns [router?, shard 0, ...]."""
+    """A router and shards (even one: both runs pay the same); [router, shard 0, ...]."""
     handles: list[ShardProcess] = []
     try:
-        if shards == 1:
-            handles.append(start_shard(net, root / "shard-0", durability=durability, env=_env(env)))
-            return handles
         router = start_router(net, root / "router", shards=shards, env=_env(env))
         handles.append(router)
         for k in range(shards):
@@ -240,28 +242,32 @@ def _finished(stats: Sequence[dict[str, Any]], targets: int) -> bool:
 
 
 def time_scraper(targets: int, shards: int, root: Path) -> dict[str, Any]:
-    env = {TARGETS_ENV: str(targets)}
-    handles = _cluster(
-        SCRAPER_NET, root / f"scraper-{shards}", shards, durability="process", env=env
-    )
-    ready = time.perf_counter()  # the shards fire their initial marking once they serve
+    handles = _cluster(SCRAPER_EMPTY_NET, root / f"scraper-{shards}", shards, durability="process")
+    work = [tuple(t) for t in initial_targets(zero_delay_params(targets))]
     try:
-        clients = [ShardClient(h.endpoint, timeout_ms=30_000) for h in handles[-shards:]]
-        deadline = time.monotonic() + WAIT_S_MAX
-        while True:
-            stats = [c.stats() for c in clients]
-            now = time.perf_counter()
-            if _finished(stats, targets):
-                break
-            if time.monotonic() > deadline:
-                raise CpnError(f"{shards} shard(s) did not finish {targets} targets")
-            time.sleep(POLL_S)
-        for client in clients:
-            client.close()
+        with ClusterClient(handles[0].endpoint, timeout_ms=30_000) as cluster:
+            clients = [cluster.shard(k) for k in range(shards)]
+            for client in clients:
+                _wait_peers_known(client)
+            # Targets first: nothing fires without a proxy. Then the proxies (a pool:
+            # the client deals them round robin), and every shard starts at once.
+            for i in range(0, len(work), TARGETS_PER_PUT):
+                cluster.put("targets", work[i : i + TARGETS_PER_PUT])
+            started = time.perf_counter()
+            cluster.put("proxies", [(f"proxy{i:03d}",) for i in range(PROXIES)])
+            deadline = time.monotonic() + WAIT_S_MAX
+            while True:
+                stats = [c.stats() for c in clients]
+                now = time.perf_counter()
+                if _finished(stats, targets):
+                    break
+                if time.monotonic() > deadline:
+                    raise CpnError(f"{shards} shard(s) did not finish {targets} targets")
+                time.sleep(POLL_S)
     finally:
         stop_all(handles)
     firings = sum(sum(s["firings"].values()) for s in stats)
-    return {"firings": firings, "seconds": now - ready, "per_s": firings / (now - ready)}
+    return {"firings": firings, "seconds": now - started, "per_s": firings / (now - started)}
 
 
 # -- main -----------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ subprocess (with ``PYTHONPATH`` set to the repository root):
 * :func:`scraper_zero_delay`: the scraper decision net (``nets/scraper.py``) with every
   delay set to 0, so that the clock never bounds the firing rate; its number of
   targets is ``CPN_BENCH_TARGETS``;
+* :func:`scraper_zero_delay_empty`: the same net without targets and proxies, which
+  the cluster benchmark puts once every shard serves;
 * :func:`sink`: one keyed place that no transition consumes, so the marking only grows
   with every put (put throughput, acknowledgement latency), and whose initial marking
   of ``CPN_BENCH_SINK_TOKENS`` tokens fills a store quickly (recovery).
@@ -14,6 +16,7 @@ subprocess (with ``PYTHONPATH`` set to the repository root):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Final, NamedTuple
 
@@ -47,6 +50,16 @@ def scraper_zero_delay(seed: int = 0) -> Net:
     """The zero-delay scraper net, ``$CPN_BENCH_TARGETS`` targets (for ``cpn shard``)."""
     targets = int(os.environ.get(TARGETS_ENV, str(TARGETS_DEFAULT)))
     return scraper_net(zero_delay_params(targets, seed=seed))
+
+
+def scraper_zero_delay_empty(seed: int = 0) -> Net:
+    """The zero-delay scraper net without targets and proxies (for bench/cluster.py).
+
+    The benchmark puts the targets once every shard serves, then the proxies: nothing
+    fires before the proxies come, so all shards start together (with an initial
+    marking, the first shard up would fire alone while the others start).
+    """
+    return scraper_net(dataclasses.replace(zero_delay_params(0, seed=seed), proxies=0))
 
 
 class Item(NamedTuple):
