@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from nets.errors import CpnError
-from shard.process import read_endpoint
+from router.datadir import read_endpoint
 from shard.store import Durability
 
 READY_TIMEOUT_S: Final = 30.0

@@ -32,9 +32,6 @@ an old incarnation can neither write nor be believed.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import logging
 import os
 import signal
@@ -51,6 +48,7 @@ from nets.codec import CodecError, pack, unpack
 from nets.errors import CpnError
 from nets.loader import load_net
 from nets.model import Net
+from router.datadir import lock_directory, publish_endpoint, unpublish_endpoint
 from router.endpoints import listen_address
 from router.table import PartitionTable, TableError
 from router.wire import (
@@ -78,9 +76,7 @@ from router.wire import (
     encode,
 )
 
-ENDPOINT_FILE: Final = "endpoint"
 LOG_FILE: Final = "router.log"
-LOCK_FILE: Final = "lock"
 HEARTBEAT_TIMEOUT_MS: Final = 3_000
 POLL_MS: Final = 200
 REQUESTS_PER_TURN_MAX: Final = 1_000
@@ -143,7 +139,7 @@ class RouterStore:
 
     def __init__(self, data_dir: Path, *, net: str, shard_count: int) -> None:
         self.data_dir = data_dir
-        self._lock_fd = _hold_lock(data_dir / LOCK_FILE)
+        self._lock_fd = lock_directory(data_dir)
         try:
             self._env = lmdb.open(
                 str(data_dir / "lmdb"),
@@ -224,25 +220,6 @@ def _decode_endpoints(raw: bytes | None, shard_count: int) -> tuple[str, ...]:
     ):
         raise CodecError(f"expected {shard_count} endpoints, got {endpoints!r:.200}")
     return endpoints
-
-
-def _hold_lock(path: Path) -> int:
-    """Lock ``path`` exclusively for this process's lifetime; name the holder if taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise CpnError(f"cannot lock {path}: {exc.strerror}") from exc
-        raise CpnError(
-            f"data directory {path.parent} is in use by another process (pid {holder}); "
-            "stop it or use another --data directory"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 # -- the router's state -------------------------------------------------------------------
@@ -417,7 +394,7 @@ def serve(config: RouterConfig) -> None:
                 f"cannot bind {config.bind}: {exc.strerror}; is the port in use?"
             ) from exc
         endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        _publish(config.data_dir / ENDPOINT_FILE, f"{endpoint}\n{os.getpid()}\n")
+        publish_endpoint(config.data_dir, endpoint)
         log.info(
             "router of net %r (%d shards, epoch %d, incarnation %d) serving on %s, pid %d",
             net.name,
@@ -429,9 +406,7 @@ def serve(config: RouterConfig) -> None:
         )
         _loop(router, socket)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            if _published_by_me(config.data_dir / ENDPOINT_FILE):
-                (config.data_dir / ENDPOINT_FILE).unlink()
+        unpublish_endpoint(config.data_dir)
         socket.close(linger=0)
         context.term()
         store.close()
@@ -495,18 +470,6 @@ def _answer(router: Router, frames: list[bytes]) -> tuple[bytes, Message, int]:
 
 
 # -- edges: the endpoint, files, logging --------------------------------------------------
-
-
-def _publish(path: Path, text: str) -> None:
-    """Write ``path`` atomically: a reader sees the old content or all of the new."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(text)
-    partial.replace(path)
-
-
-def _published_by_me(path: Path) -> bool:
-    lines = path.read_text().split()
-    return len(lines) == 2 and lines[1] == str(os.getpid())
 
 
 def _log_to(path: Path) -> None:

@@ -21,7 +21,6 @@ sequence number and is answered from the client table, never applied twice.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import logging
@@ -42,6 +41,7 @@ from nets.errors import CpnError, TokenError
 from nets.firing import Step
 from nets.loader import load_net
 from nets.model import Net, Token
+from router.datadir import publish_endpoint, unpublish_endpoint
 from router.endpoints import listen_address
 from router.handoff import ProtocolError
 from router.wire import (
@@ -80,7 +80,6 @@ from shard.link import Link
 from shard.peers import Peers
 from shard.store import MAP_SIZE_BYTES_INITIAL, Batch, Durability, Store, StoreError
 
-ENDPOINT_FILE: Final = "endpoint"
 LOG_FILE: Final = "shard.log"
 IDLE_WAKE_MS: Final = 1_000
 REQUESTS_PER_BATCH_MAX: Final = 1_000
@@ -131,18 +130,6 @@ class RequestError(CpnError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def read_endpoint(data_dir: Path) -> tuple[str, int] | None:
-    """The ``(endpoint, pid)`` a shard published in ``data_dir`` (``None`` until it has).
-
-    The pid tells a launcher whether the file is from the process it started or from
-    an earlier, killed incarnation.
-    """
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        endpoint, pid = (data_dir / ENDPOINT_FILE).read_text().split()
-        return endpoint, int(pid)
-    return None
 
 
 class Shard:
@@ -637,7 +624,7 @@ def serve(config: ShardConfig) -> None:
         context.term()
         raise CpnError(f"cannot bind {config.bind}: {exc.strerror}; is the port in use?") from exc
     endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-    _publish_endpoint(config.data_dir, endpoint)
+    publish_endpoint(config.data_dir, endpoint)
     log.info(
         "shard of net %r serving on %s (incarnation %d, durability %s, pid %d)",
         shard.net.name,
@@ -688,8 +675,7 @@ def serve(config: ShardConfig) -> None:
         os.close(wake_read)
         os.close(wake_write)
         shard.commit()
-        with contextlib.suppress(FileNotFoundError):
-            (config.data_dir / ENDPOINT_FILE).unlink()
+        unpublish_endpoint(config.data_dir)
         peers.close()
         socket.close(linger=0)
         context.term()
@@ -802,12 +788,6 @@ def _send(shard: Shard, socket: zmq.Socket[bytes], peer: bytes, reply: Message, 
         # answered from the client table, so dropping the reply loses nothing.
         shard.counters["replies_dropped"] += 1
         log.info("reply to %s dropped: %s", peer.hex(), exc)
-
-
-def _publish_endpoint(data_dir: Path, endpoint: str) -> None:
-    tmp = data_dir / f".{ENDPOINT_FILE}.{os.getpid()}"
-    tmp.write_text(f"{endpoint}\n{os.getpid()}\n")
-    tmp.replace(data_dir / ENDPOINT_FILE)  # atomic: readers see all of it or nothing
 
 
 def _configure_logging(path: Path) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import gc
 import hashlib
 import os
@@ -56,6 +55,7 @@ import msgpack
 from nets.codec import CodecError, pack, token_from_fields, unpack
 from nets.errors import CpnError
 from nets.model import Net, Token
+from router.datadir import lock_directory
 from router.slots import slot_of_token
 
 SCHEMA_VERSION: Final = 5
@@ -67,7 +67,6 @@ PREFIXES_CACHED_MAX: Final = 100_000
 MAP_SIZE_BYTES_INITIAL: Final = 64 * 1024 * 1024
 MAP_SIZE_BYTES_MAX: Final = 1 << 40
 CLIENTS_MAX: Final = 100_000
-LOCK_FILE: Final = "lock"
 
 MarkingDelta = Counter[tuple[str, int, Token]]  # (place, time, token) -> +n / -n
 
@@ -180,7 +179,7 @@ class Store:
                 )
         self.durability = durability
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock_directory(self.path)
+        self._lock_fd = lock_directory(self.path, error=StoreError)
         try:
             self._env = lmdb.open(
                 str(self.path / "lmdb"),
@@ -550,22 +549,3 @@ class Store:
 def _client_key(client_id: str) -> bytes:
     # Client ids are chosen by clients and may be long; LMDB keys may not.
     return hashlib.blake2b(client_id.encode(), digest_size=16).digest()
-
-
-def _lock_directory(path: Path) -> int:
-    """Hold an exclusive lock on ``path/lock`` for the life of this process."""
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = ""
-        with contextlib.suppress(OSError, ValueError):
-            holder = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
-        os.close(fd)
-        raise StoreError(
-            f"data directory {path} is in use by another process{holder}; stop it or use "
-            "another --data directory"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd

@@ -32,9 +32,9 @@ from cluster.local import (
     wait_for,
 )
 from nets.errors import CpnError
+from router.datadir import read_endpoint
 from router.slots import slot_of_key
 from router.wire import Put, PutAck
-from shard.process import read_endpoint
 
 pytestmark = pytest.mark.integration
 

@@ -43,21 +43,29 @@ def _cluster(root: Path, net: str) -> list[ShardProcess]:
 
 
 @pytest.fixture
-def hopping(tmp_path: Path) -> Iterator[list[ShardProcess]]:
-    handles = _cluster(tmp_path, "tests.nets_for_tests:hopping")
+def cluster_of(tmp_path: Path) -> Iterator[Callable[[str], list[ShardProcess]]]:
+    """``cluster_of(net)`` starts a router and two shards; all are stopped at the end."""
+    started: list[ShardProcess] = []
+
+    def start(net: str) -> list[ShardProcess]:
+        handles = _cluster(tmp_path / str(len(started)), net)
+        started.extend(handles)
+        return handles
+
     try:
-        yield handles
+        yield start
     finally:
-        stop_all(handles)
+        stop_all(started)
 
 
 @pytest.fixture
-def one_ticket(tmp_path: Path) -> Iterator[list[ShardProcess]]:
-    handles = _cluster(tmp_path, "tests.nets_for_tests:hopping_one_ticket")
-    try:
-        yield handles
-    finally:
-        stop_all(handles)
+def hopping(cluster_of: Callable[[str], list[ShardProcess]]) -> list[ShardProcess]:
+    return cluster_of("tests.nets_for_tests:hopping")
+
+
+@pytest.fixture
+def one_ticket(cluster_of: Callable[[str], list[ShardProcess]]) -> list[ShardProcess]:
+    return cluster_of("tests.nets_for_tests:hopping_one_ticket")
 
 
 def _wait(condition: Callable[[], bool], what: str) -> None:
@@ -194,20 +202,17 @@ def test_pool_requests_for_a_place_that_is_not_a_pool_are_refused(
     assert answer.given == 0
 
 
-def test_a_capacity_holds_per_shard(tmp_path: Path) -> None:
-    handles = _cluster(tmp_path, "tests.nets_for_tests:staged")
-    try:
-        with ClusterClient(handles[0].endpoint) as client:
-            _wait(lambda: all(client.table(refresh=True).endpoints), "the shards reporting")
-            jobs = [Job(f"q{i}", f"j{i}", i) for i in range(40)]
-            owners = {client.owner("inbox", tuple(job)) for job in jobs}
-            assert owners == {0, 1}, "the jobs must span both shards"
-            client.put("inbox", jobs)
-            _wait(
-                lambda: all(c["stage"] == STAGE_CAPACITY for c in client.shard_counts().values()),
-                "each shard filling its share of the stage",
-            )
-            counts = client.shard_counts()
-    finally:
-        stop_all(handles)
+def test_a_capacity_holds_per_shard(cluster_of: Callable[[str], list[ShardProcess]]) -> None:
+    handles = cluster_of("tests.nets_for_tests:staged")
+    with ClusterClient(handles[0].endpoint) as client:
+        _wait(lambda: all(client.table(refresh=True).endpoints), "the shards reporting")
+        jobs = [Job(f"q{i}", f"j{i}", i) for i in range(40)]
+        owners = {client.owner("inbox", tuple(job)) for job in jobs}
+        assert owners == {0, 1}, "the jobs must span both shards"
+        client.put("inbox", jobs)
+        _wait(
+            lambda: all(c["stage"] == STAGE_CAPACITY for c in client.shard_counts().values()),
+            "each shard filling its share of the stage",
+        )
+        counts = client.shard_counts()
     assert sum(c["inbox"] for c in counts.values()) == 40 - 2 * STAGE_CAPACITY

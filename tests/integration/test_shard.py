@@ -23,6 +23,7 @@ import zmq
 
 from cluster.client import ShardClient, ShardError
 from cluster.local import ShardProcess, start_shard
+from router.datadir import ENDPOINT_FILE
 from router.wire import (
     FRAME_BYTES_MAX,
     PROTOCOL_VERSION,
@@ -39,7 +40,6 @@ from router.wire import (
     decode,
     encode,
 )
-from shard.process import ENDPOINT_FILE
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,70 @@
+"""A process's data directory: its exclusive lock and the endpoint it publishes (SHELL).
+
+Shared by the shard and the router daemon: a data directory is held by one process at
+a time (``flock`` on ``DIR/lock``, released by the kernel when the holder dies, even
+by SIGKILL), and a process that bound an endpoint publishes ``endpoint\\npid\\n`` in
+``DIR/endpoint`` atomically, so launchers read all of it or nothing and can tell the
+current process's file from one an earlier, killed incarnation left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Final
+
+from nets.errors import CpnError
+
+LOCK_FILE: Final = "lock"
+ENDPOINT_FILE: Final = "endpoint"
+
+
+def lock_directory(path: Path, *, error: type[CpnError] = CpnError) -> int:
+    """Hold an exclusive lock on ``path/lock`` for the life of this process.
+
+    Returns the lock's file descriptor (closing it releases the lock).
+
+    Raises:
+        error: another process holds the lock (named by its pid when known).
+    """
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            holder = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
+        os.close(fd)
+        raise error(
+            f"data directory {path} is in use by another process{holder}; stop it or use "
+            "another --data directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def publish_endpoint(data_dir: Path, endpoint: str) -> None:
+    """Write ``endpoint`` and this process's pid to ``data_dir/endpoint``, atomically."""
+    partial = data_dir / f".{ENDPOINT_FILE}.{os.getpid()}"
+    partial.write_text(f"{endpoint}\n{os.getpid()}\n")
+    partial.replace(data_dir / ENDPOINT_FILE)
+
+
+def unpublish_endpoint(data_dir: Path) -> None:
+    """Remove ``data_dir/endpoint`` if this process wrote it (not a successor's)."""
+    path = data_dir / ENDPOINT_FILE
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        lines = path.read_text().split()
+        if len(lines) == 2 and int(lines[1]) == os.getpid():
+            path.unlink()
+
+
+def read_endpoint(data_dir: Path) -> tuple[str, int] | None:
+    """The ``(endpoint, pid)`` a process published in ``data_dir`` (``None`` until it has)."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        endpoint, pid = (data_dir / ENDPOINT_FILE).read_text().split()
+        return endpoint, int(pid)
+    return None
