@@ -139,6 +139,18 @@ def test_marking_with_multiplicities_round_trips(open_store: Any) -> None:
     assert _sorted(dict(store.recover().marking)) == {"items": [(5, a)], "fixed": [(3, b)]}
     assert store.statistics().commits == 0  # counted per incarnation
 
+    # New entries and one more copy of a stored one in one batch: new entries go in at
+    # once unless one of them exists already; then the whole batch goes one by one.
+    batch = Batch(clock_ms=140)
+    batch.add("items", 9, b)
+    batch.add("items", 5, a)  # stored once already: now twice
+    batch.add("items", 11, b)
+    store.commit(batch)
+    assert _sorted(dict(_reopen(store).recover().marking)) == {
+        "items": [(5, a), (5, a), (9, b), (11, b)],
+        "fixed": [(3, b)],
+    }
+
 
 def test_tuple_typed_fields_round_trip(open_store: Any) -> None:
     store = open_store()
