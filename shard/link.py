@@ -30,6 +30,10 @@ from shard.store import Batch
 
 HEARTBEAT_MS: Final = 250
 TABLE_REQUEST_MS: Final = 250  # at most one table request per this interval
+# While tokens wait in the outbox, the table (with the peers' endpoints) is asked for
+# again this often: a peer restarted on another port is found there, while sends to
+# its old address neither fail nor arrive (ZeroMQ keeps them for a reconnection).
+TABLE_REFRESH_PENDING_MS: Final = 2_000
 
 log = logging.getLogger("cpn.shard.link")
 
@@ -44,6 +48,7 @@ class Link:
         self.next_heartbeat_ms = 0
         self.table_wanted = True  # learn the peers' endpoints at start
         self.last_table_request_ms = -TABLE_REQUEST_MS
+        self.last_table_ms = 0  # when the last table arrived
         self.loops = 0
         self.router_epoch = 0
         peers.update(exchange.endpoints)
@@ -60,6 +65,7 @@ class Link:
                 if message.epoch > self.exchange.table.epoch:
                     self.table_wanted = True
             elif isinstance(message, Table):
+                self.last_table_ms = now_ms
                 if self.exchange.table_received(message, batch):
                     self.peers.update(self.exchange.endpoints)
                 self.table_wanted = any(
@@ -98,6 +104,11 @@ class Link:
                 me, self.endpoint, self.exchange.table.epoch, {**progress, "loops": self.loops}
             )
             self.peers.send(ROUTER, encode(beat, message_id=0, incarnation=self.incarnation))
+        if (
+            now_ms >= self.last_table_ms + TABLE_REFRESH_PENDING_MS
+            and self.exchange.outbox.pending_tokens()
+        ):
+            self.table_wanted = True
         if self.table_wanted and now_ms >= self.last_table_request_ms + TABLE_REQUEST_MS:
             self.last_table_request_ms = now_ms
             self.peers.send(ROUTER, encode(GetTable(), message_id=0, incarnation=self.incarnation))
