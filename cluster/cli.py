@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from cluster.chaos import DRAIN_TIMEOUT_S, TARGETS, ChaosRun, plan, victims
 from cluster.client import ClusterClient
 from cluster.local import (
     STDERR_FILE,
@@ -43,6 +45,7 @@ from shard.process import ShardConfig, serve
 from shard.store import MAP_SIZE_BYTES_INITIAL, Durability
 
 EXIT_USER_ERROR = 2
+EXIT_CHECK_FAILED = 1  # `cpn chaos --check` found the cluster's invariants violated
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1}
@@ -322,6 +325,14 @@ def router(
     show_default=True,
     help="How long to wait for every shard to be alive.",
 )
+@click.option(
+    "--stuck-timeout",
+    "stuck_timeout_ms",
+    type=DURATION,
+    default="5s",
+    show_default=True,
+    help="Kill and restart a shard that runs but makes no progress this long (0: never).",
+)
 def up(
     net_path: str,
     shard_count: int,
@@ -331,6 +342,7 @@ def up(
     seed: int | None,
     bind: str,
     timeout_ms: int,
+    stuck_timeout_ms: int,
 ) -> None:
     """Start a cluster (a supervised router and shards) in DATA and wait until it is ready."""
     layout = ClusterLayout(data_dir.resolve())
@@ -346,9 +358,15 @@ def up(
             f"log in {layout.supervisor_log}; stop with Ctrl-C or `cpn down --data "
             f"{layout.root}`"
         )
-        supervise(layout, config, bind=bind)
+        supervise(layout, config, bind=bind, stuck_timeout_s=stuck_timeout_ms / 1000)
         return
-    info = start_cluster(layout, config, bind=bind, timeout_s=timeout_ms / 1000)
+    info = start_cluster(
+        layout,
+        config,
+        bind=bind,
+        timeout_s=timeout_ms / 1000,
+        stuck_timeout_s=stuck_timeout_ms / 1000,
+    )
     click.echo(
         f"cluster of net {info.net!r} is up in {layout.root}: {config.shards} shards, "
         f"supervisor pid {info.supervisor_pid}"
@@ -597,6 +615,81 @@ def logs(data_dir: Path, lines: int) -> None:
         click.echo(f"==> {path} <==" + ("" if path.exists() else " (no log yet)"))
         for line in found:
             click.echo(line)
+
+
+@cli.command()
+@_cluster_data
+@click.option(
+    "--kill-every",
+    "interval_ms",
+    type=DURATION,
+    default="2s",
+    show_default=True,
+    help="Kill one process this often (the next kill also waits until the last victim is back).",
+)
+@click.option(
+    "--duration",
+    "duration_ms",
+    type=DURATION,
+    default="60s",
+    show_default=True,
+    help="Run this long.",
+)
+@click.option(
+    "--target",
+    type=click.Choice(TARGETS),
+    default="shards",
+    show_default=True,
+    help="Which processes may be killed (never the supervisor).",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Seed of the schedule (default: random, printed)."
+)
+@click.option(
+    "--check",
+    "check_after",
+    is_flag=True,
+    help="Afterwards, wait until the cluster drains and check its invariants (exit 1 if violated).",
+)
+@click.option(
+    "--drain-timeout",
+    "drain_timeout_ms",
+    type=DURATION,
+    default=f"{DRAIN_TIMEOUT_S:.0f}s",
+    show_default=True,
+    help="With --check: how long to wait for the cluster to drain.",
+)
+def chaos(
+    data_dir: Path,
+    interval_ms: int,
+    duration_ms: int,
+    target: str,
+    seed: int | None,
+    check_after: bool,
+    drain_timeout_ms: int,
+) -> None:
+    """SIGKILL random processes of the running cluster in DATA on a seeded schedule."""
+    layout = ClusterLayout(data_dir.resolve())
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+    run = ChaosRun(layout)
+    try:
+        names = victims(target, run.config.shards)
+        kills = plan(seed=seed, duration_ms=duration_ms, interval_ms=interval_ms, targets=names)
+        click.echo(
+            f"chaos on the cluster in {layout.root}: SIGKILL every {interval_ms / 1000:g} s for "
+            f"{duration_ms / 1000:g} s among {', '.join(names)} (supervisor pid "
+            f"{run.supervisor} restarts them), seed {seed}, {len(kills)} kills planned"
+        )
+        summary = run.run(kills, on_kill=lambda record: click.echo(str(record)))
+        click.echo(f"chaos done: {summary}")
+        if check_after:
+            result = run.check(timeout_s=drain_timeout_ms / 1000)
+            click.echo(str(result))
+            if not result.ok:
+                sys.exit(EXIT_CHECK_FAILED)
+    finally:
+        run.close()
 
 
 def main() -> None:

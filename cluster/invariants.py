@@ -51,6 +51,23 @@ class ShardSnapshot:
     outbox_tokens: int
     failed_lanes: int = 0
 
+    @classmethod
+    def from_statistics(
+        cls,
+        stats: Mapping[str, Any],
+        marking: Mapping[str, Sequence[tuple[int, Token]]] | None = None,
+    ) -> ShardSnapshot:
+        """A snapshot from a shard's ``Stats`` reply (and its marking, if fetched)."""
+        return cls(
+            shard_id=int(stats["shard_id"]),
+            incarnation=int(stats["incarnation"]),
+            epoch=int(stats["epoch"]),
+            owned_slots=frozenset(stats["owned"]),
+            marking=marking or {},
+            outbox_tokens=int(stats["outbox_tokens"]),
+            failed_lanes=int(stats["outbox_lanes_failed"]),
+        )
+
 
 class Misplaced(NamedTuple):
     """A token held by ``shard`` although the router's table gives its slot to ``owner``."""

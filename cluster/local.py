@@ -292,14 +292,26 @@ def stop_all(handles: Iterable[ShardProcess], *, timeout_s: float = STOP_TIMEOUT
             handle.kill()
 
 
-def pid_running(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (an exited, unreaped child)."""
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, ...); [] if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    # The state follows the command name in parentheses, which may itself hold spaces.
-    return stat[stat.rindex(")") + 2 :][:1] not in ("Z", "X", "")
+        return []
+    # They follow the command name in parentheses, which may itself hold spaces.
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an exited, unreaped child)."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of process ``pid`` (None if it is gone)."""
+    fields = _stat_fields(pid)
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def process_args(pid: int) -> list[str]:

@@ -20,7 +20,16 @@ the shards with ``--router`` set to it, and from then on checks its children eve
 * a child that fails on its very first start (before publishing an endpoint) is a
   configuration error (a data directory of another net, a port in use): the supervisor
   stops everything and exits with that error, which ``cpn up`` reports;
-* if the router comes back on another endpoint, the shards are restarted with it.
+* if the router comes back on another endpoint, the shards are restarted with it;
+* every ``STATUS_POLL_S`` it asks the router for :class:`~router.wire.ClusterState`
+  (a bounded request; no answer just means no verdict this time). A shard whose
+  process runs but whose progress counters (which include its loop count) have not
+  changed for longer than the stuck timeout, and which the router no longer reports
+  as progressing, is stuck (e.g. SIGSTOPped): it is SIGKILLed by pid (a stopped
+  process cannot handle SIGTERM) and restarted like any dead child. A shard is judged
+  only after the router has heard from *this* process (never while it starts), and
+  only over time during which the current router answered (a restarted router has
+  heard from nobody yet).
 
 SIGTERM (what ``cpn down`` sends) or SIGINT stops the children (SIGTERM, then SIGKILL
 after ``STOP_TIMEOUT_S``) and then the supervisor.
@@ -37,11 +46,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from cluster.client import ClusterClient, ShardUnavailable
+from cluster.client import ClusterClient, ShardClient, ShardUnavailable
 from cluster.local import (
     ERROR_PREFIX,
     STOP_TIMEOUT_S,
@@ -59,6 +68,7 @@ from cluster.local import (
     wait_ready,
 )
 from nets.errors import CpnError
+from router.wire import ClusterState, ClusterStatus
 
 READY_TIMEOUT_S: Final = 60.0
 DOWN_TIMEOUT_S: Final = 60.0
@@ -67,6 +77,9 @@ BACKOFF_S_MIN: Final = 0.2
 BACKOFF_S_MAX: Final = 10.0
 HEALTHY_AFTER_S: Final = 30.0  # a child up this long starts its backoff afresh
 STATUS_TIMEOUT_MS: Final = 1_000
+STATUS_POLL_S: Final = 0.5  # how often the supervisor asks the router about the shards
+STATUS_POLL_TIMEOUT_MS: Final = 300  # the supervisor's loop waits at most this for it
+STUCK_TIMEOUT_S_DEFAULT: Final = 5.0
 LOG_READ_BYTES_MAX: Final = 64 * 1024
 LOOPBACK_ANY_PORT: Final = "tcp://127.0.0.1:0"
 
@@ -145,6 +158,7 @@ def up(
     *,
     bind: str = LOOPBACK_ANY_PORT,
     timeout_s: float = READY_TIMEOUT_S,
+    stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
 ) -> ClusterInfo:
     """Start the cluster's supervisor detached and wait until every shard is alive.
 
@@ -173,6 +187,8 @@ def up(
         str(layout.root),
         "--bind",
         bind,
+        "--stuck-timeout",
+        f"{round(stuck_timeout_s * 1000)}ms",
     ]
     with layout.supervisor_log.open("ab") as log_file:
         log_start = log_file.tell()  # what the new supervisor writes comes after this
@@ -298,6 +314,11 @@ class Child:
     started_at_s: float = 0.0
     next_start_s: float = 0.0
     stopping: bool = False  # we asked it to stop (to restart it at once)
+    # Stuck detection (shards only): the last (incarnation, progress counters) the
+    # router reported, and when this process was last known to make progress
+    # (None: the router has not heard from this process yet).
+    seen: tuple[object, ...] | None = None
+    progress_at_s: float | None = None
 
     def launch(self, fallback_bind: str) -> None:
         bind = self.endpoint if self.endpoint and self.bind_published else fallback_bind
@@ -305,7 +326,34 @@ class Child:
         self.starts += 1
         self.started_at_s = time.monotonic()
         self.stopping = False
+        self.seen = None
+        self.progress_at_s = None
         log.info("%s started (pid %d, bind %s)", self.name, self.handle.pid, bind)
+
+
+def no_progress_s(
+    shard: Child, view: Mapping[str, Any], *, now_s: float, judged_since_s: float
+) -> float | None:
+    """How long ``shard`` has made no progress, by the router's ``view`` of it.
+
+    Records in ``shard`` a heartbeat whose (incarnation, progress counters) changed as
+    progress at the time the router heard it. Returns None when the shard is not to be
+    judged: the router has not heard from this process since it started (it is still
+    starting), or still reports it as progressing. Otherwise the time since its last
+    progress, counted from ``judged_since_s`` at the earliest (since when the current
+    router answers: a restarted router has heard from nobody yet).
+    """
+    ago_ms = int(view["last_seen_ms_ago"])
+    seen = (view["incarnation"], tuple(sorted(view["progress"].items())))
+    if ago_ms >= 0 and seen != shard.seen:
+        shard.seen = seen
+        heard_s = now_s - ago_ms / 1000
+        # A heartbeat from before this process started is its predecessor's.
+        if heard_s >= shard.started_at_s:
+            shard.progress_at_s = max(shard.progress_at_s or heard_s, heard_s)
+    if shard.progress_at_s is None or view["progressing"]:
+        return None
+    return now_s - max(shard.progress_at_s, judged_since_s)
 
 
 class Supervisor:
@@ -318,12 +366,19 @@ class Supervisor:
         *,
         bind: str = LOOPBACK_ANY_PORT,
         env: dict[str, str] | None = None,
+        stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
     ) -> None:
         self.layout = layout
         self.config = config
         self.bind = bind
         self.env = env
+        self.stuck_timeout_s = stuck_timeout_s  # 0: never judge a shard stuck
         self.stopping = False
+        self._status_client: ShardClient | None = None
+        self._status_next_s = 0.0
+        self._status_router_pid = 0
+        # Since when the current router answers (None: it does not, or just restarted).
+        self._router_answers_since_s: float | None = None
         self.router = Child("router", self._start_router)
         self.shards = [
             Child(f"shard {k}", functools.partial(self._start_shard, k))
@@ -395,11 +450,16 @@ class Supervisor:
                 self._check(self.router, self.bind)
                 for shard in self.shards:
                     self._check(shard, LOOPBACK_ANY_PORT)
+                if self.stuck_timeout_s > 0 and time.monotonic() >= self._status_next_s:
+                    self._status_next_s = time.monotonic() + STATUS_POLL_S
+                    self._kill_stuck_shards()
                 time.sleep(TICK_S)
         except CpnError as exc:
             log.error("giving up: %s", exc)
             raise
         finally:
+            if self._status_client is not None:
+                self._status_client.close()
             children = [c.handle for c in (*self.shards, self.router) if c.handle is not None]
             stop_all(children, timeout_s=STOP_TIMEOUT_S)
             with contextlib.suppress(FileNotFoundError):
@@ -421,6 +481,10 @@ class Supervisor:
                 child.failures = 0
             return
         code = handle.process.returncode
+        # It may have published its endpoint after our last look and died since (a kill
+        # right after it came back): it served, and its port is the one to start on.
+        if handle.endpoint or handle.poll_ready():
+            self._published(child, handle.endpoint)
         published = bool(handle.endpoint)
         child.handle = None
         if child.stopping:
@@ -440,6 +504,56 @@ class Supervisor:
             "" if published else f" before serving ({handle.last_error()})",
             backoff_s,
         )
+
+    def _router_status(self) -> ClusterState | None:
+        """The router's view of the shards, or None if it does not answer in time."""
+        router = self.router.handle
+        if router is None or not router.alive() or not router.endpoint:
+            self._router_answers_since_s = None
+            return None
+        if self._status_client is None:
+            self._status_client = ShardClient(
+                router.endpoint, timeout_ms=STATUS_POLL_TIMEOUT_MS, retries=0, role="router"
+            )
+        elif self._status_client.endpoint != router.endpoint:
+            self._status_client.reconnect(router.endpoint)
+        if self._status_router_pid != router.pid:
+            # A new router process has heard from no shard yet: start judging afresh.
+            self._status_router_pid = router.pid
+            self._router_answers_since_s = None
+        try:
+            state = self._status_client.request(ClusterStatus(), ClusterState)
+        except CpnError as exc:
+            log.debug("no cluster status from the router: %s", exc)
+            self._router_answers_since_s = None
+            return None
+        if self._router_answers_since_s is None:
+            self._router_answers_since_s = time.monotonic()
+        return state
+
+    def _kill_stuck_shards(self) -> None:
+        """SIGKILL every shard that runs but has made no progress for too long."""
+        state = self._router_status()
+        if state is None or self._router_answers_since_s is None:
+            return
+        now = time.monotonic()
+        for shard, view in zip(self.shards, state.shards, strict=False):
+            handle = shard.handle
+            if handle is None or not handle.alive() or shard.stopping:
+                continue
+            counted_s = no_progress_s(
+                shard, view, now_s=now, judged_since_s=self._router_answers_since_s
+            )
+            if counted_s is not None and counted_s > self.stuck_timeout_s:
+                assert shard.progress_at_s is not None  # judged: it has made progress once
+                log.warning(
+                    "%s (pid %d) made no progress for %.1f s: killed, restarting",
+                    shard.name,
+                    handle.pid,
+                    now - shard.progress_at_s,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(handle.pid, signal.SIGKILL)  # it is ours: handle.pid is our child
 
     def _published(self, child: Child, endpoint: str) -> None:
         if endpoint == child.endpoint:
@@ -469,7 +583,13 @@ def _lock_supervisor(layout: ClusterLayout) -> int:
     return fd
 
 
-def supervise(layout: ClusterLayout, config: ClusterConfig, *, bind: str) -> None:
+def supervise(
+    layout: ClusterLayout,
+    config: ClusterConfig,
+    *,
+    bind: str,
+    stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
+) -> None:
     """``cpn up --foreground``: log to ``supervisor.log`` and run the supervisor."""
     layout.root.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
@@ -478,4 +598,4 @@ def supervise(layout: ClusterLayout, config: ClusterConfig, *, bind: str) -> Non
         level=logging.INFO,
         force=True,
     )
-    Supervisor(layout, config, bind=bind).run()
+    Supervisor(layout, config, bind=bind, stuck_timeout_s=stuck_timeout_s).run()

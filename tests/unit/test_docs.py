@@ -17,7 +17,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"(<!-- doc-test: skip[^>]*-->\s*)?```(\w+)\n(.*?)\n[ ]*```", re.S)
-DOCUMENTS = ["docs/language.md", "docs/engine.md", "docs/handoff.md", "docs/mockweb.md", "README.md"]
+DOCUMENTS = [
+    "docs/language.md",
+    "docs/engine.md",
+    "docs/handoff.md",
+    "docs/mockweb.md",
+    "README.md",
+]
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)
