@@ -88,6 +88,14 @@ class Peers:
         for _endpoint, socket in self._sockets.values():
             yield socket
 
+    def readable(self) -> bool:
+        """Whether a reply waits on any socket (without reading it)."""
+        for _endpoint, socket in self._sockets.values():
+            events = socket.getsockopt(zmq.EVENTS)
+            if isinstance(events, int) and events & zmq.POLLIN:
+                return True
+        return False
+
     def receive(self) -> list[tuple[int, Envelope]]:
         """Every reply waiting on any socket, as ``(source, envelope)``; garbage is counted."""
         received: list[tuple[int, Envelope]] = []

@@ -658,7 +658,7 @@ def serve(config: ShardConfig) -> None:
             if link is not None:
                 link.take_replies(shard.engine.now, shard.batch)
             replies = _receive(shard, socket, held)
-            shard.fire_due(_requests_waiting(socket, held, answering=bool(replies)))
+            shard.fire_due(_requests_waiting(socket, held, peers, answering=bool(replies)))
             if not shard.commit():
                 replies = [
                     (peer, Error("store_unavailable", shard.read_only_reason or ""), mid)
@@ -705,18 +705,20 @@ READ_ONLY_REQUESTS: Final = (QueryCounts, QueryTokens, Stats, Ping)
 
 
 def _requests_waiting(
-    socket: zmq.Socket[bytes], held: deque[list[bytes]], *, answering: bool
+    socket: zmq.Socket[bytes], held: deque[list[bytes]], peers: Peers, *, answering: bool
 ) -> Callable[[], bool]:
     """Whether a request needs the batch to end soon.
 
     Requests that change the marking (or that could not be read) do: they are answered
     only after the commit. Read-only ones (queries, statistics, pings) do not: they
     are taken off the socket into ``held`` and answered after the commit, whenever the
-    batch ends, so the polling of a monitor does not cut batches short.
+    batch ends, so the polling of a monitor does not cut batches short. A peer's
+    answer does too: an acknowledgement opens the handoff window, and a receiver
+    waits for what it lets this shard send.
     """
 
     def waiting() -> bool:
-        if answering:
+        if answering or peers.readable():
             return True
         while len(held) < REQUESTS_PER_BATCH_MAX:
             try:
