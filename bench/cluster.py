@@ -249,6 +249,11 @@ def time_scraper(targets: int, shards: int, root: Path) -> dict[str, Any]:
     work = [tuple(t) for t in initial_targets(zero_delay_params(targets))]
     try:
         with ClusterClient(handles[0].endpoint, timeout_ms=30_000) as cluster:
+            deadline = time.monotonic() + 30
+            while not all(cluster.table(refresh=True).endpoints):  # first heartbeats
+                if time.monotonic() > deadline:
+                    raise CpnError("the shards did not report to the router in 30 s")
+                time.sleep(POLL_S)
             clients = [cluster.shard(k) for k in range(shards)]
             for client in clients:
                 _wait_peers_known(client)
