@@ -48,6 +48,14 @@ class ProtocolError(CpnError):
     """An event the handoff machine's table does not allow in the current state."""
 
 
+class AcknowledgementError(ProtocolError):
+    """An answer with a fault in some lanes; ``done``: the runs the others acknowledged."""
+
+    def __init__(self, message: str, *, done: list[Run]) -> None:
+        super().__init__(message)
+        self.done = done
+
+
 # -- sender ------------------------------------------------------------------------------
 
 
@@ -280,51 +288,27 @@ class Outbox:
 
         The caller deletes the returned runs from the durable outbox (in its next
         commit; a run resent after a crash before that is a duplicate the receiver
-        drops). Raises :class:`ProtocolError` (the lane goes to ERROR) for an
-        acknowledgement of a seq that was never offered.
+        drops).
+
+        Raises:
+            AcknowledgementError: for a lane the answer may not touch (an
+                acknowledgement of a seq never offered: the lane goes to ERROR; a lane
+                in ERROR; a redirect for a lane never used). Every other lane of the
+                answer is applied all the same, and the error's ``done`` holds the
+                runs acknowledged, for the caller to delete as usual.
         """
         done: list[Run] = []
+        errors: list[str] = []
         for lane, hwm in acks:
-            out = self.lanes.get(lane)
-            if out is None or hwm >= out.next_seq:
-                if out is not None:
-                    out.state = LaneState.ERROR
-                    out.error = (
-                        f"lane {lane}: acknowledged up to seq {hwm}, but only "
-                        f"{out.next_seq - 1} were ever offered"
-                    )
-                raise ProtocolError(
-                    out.error if out is not None else f"acknowledgement for unknown lane {lane}"
-                )
-            if hwm <= out.acked:
-                self._step(out, LaneEvent.ACK, out.state)  # stale or repeated
-                continue
-            out.acked = hwm
-            out.sent = max(out.sent, hwm)
-            out.resend_at_ms = now_ms + self.resend_ms
-            while out.runs and out.runs[0].last_seq <= hwm:
-                done.append(out.runs.popleft())
-            idle = out.acked == out.next_seq - 1
-            self._step(out, LaneEvent.ACK, LaneState.IDLE if idle else out.state)
+            try:
+                done.extend(self._acknowledge(lane, hwm, now_ms))
+            except ProtocolError as exc:  # one lane's fault: the others go on
+                errors.append(str(exc))
         for lane, _owner, epoch in redirects:
-            out = self.lanes.get(lane)
-            if out is None:
-                raise ProtocolError(f"redirect for lane {lane}, which was never used")
-            if out.state is LaneState.IDLE:
-                self._step(out, LaneEvent.REDIRECT, LaneState.IDLE)
-                continue
-            self._step(out, LaneEvent.REDIRECT, LaneState.REDIRECTED)
-            # Wait for a table at least as new as the receiver's. The redirect answers
-            # a message stamped with an older epoch than the receiver's (else it would
-            # not redirect), so a table at ``epoch`` names the lane's owner; if ours is
-            # already there (the redirect answers a message sent before our table
-            # changed), send again at once rather than wait for an epoch that may
-            # never come.
-            out.wait_epoch = max(out.wait_epoch, epoch)
-            out.sent = out.acked
-            if self.table_epoch >= out.wait_epoch:
-                self._step(out, LaneEvent.TABLE, LaneState.SENDING)
-                out.resend_at_ms = 0
+            try:
+                self._redirect(lane, epoch)
+            except ProtocolError as exc:
+                errors.append(str(exc))
         for lane in deferred:
             out = self.lanes.get(lane)
             if out is not None and out.state is LaneState.SENDING:
@@ -332,7 +316,53 @@ class Outbox:
                 # (the go-back of due()), not at once, which would make the two shards
                 # ping-pong the runs until the receiver's table catches up.
                 out.resend_at_ms = now_ms + self.resend_ms
+        if errors:
+            raise AcknowledgementError("; ".join(errors), done=done)
         return done
+
+    def _acknowledge(self, lane: int, hwm: int, now_ms: int) -> list[Run]:
+        out = self.lanes.get(lane)
+        if out is None or hwm >= out.next_seq:
+            if out is not None:
+                out.state = LaneState.ERROR
+                out.error = (
+                    f"lane {lane}: acknowledged up to seq {hwm}, but only "
+                    f"{out.next_seq - 1} were ever offered"
+                )
+            raise ProtocolError(
+                out.error if out is not None else f"acknowledgement for unknown lane {lane}"
+            )
+        if hwm <= out.acked:
+            self._step(out, LaneEvent.ACK, out.state)  # stale or repeated
+            return []
+        out.acked = hwm
+        out.sent = max(out.sent, hwm)
+        out.resend_at_ms = now_ms + self.resend_ms
+        done = []
+        while out.runs and out.runs[0].last_seq <= hwm:
+            done.append(out.runs.popleft())
+        idle = out.acked == out.next_seq - 1
+        self._step(out, LaneEvent.ACK, LaneState.IDLE if idle else out.state)
+        return done
+
+    def _redirect(self, lane: int, epoch: int) -> None:
+        out = self.lanes.get(lane)
+        if out is None:
+            raise ProtocolError(f"redirect for lane {lane}, which was never used")
+        if out.state is LaneState.IDLE:
+            self._step(out, LaneEvent.REDIRECT, LaneState.IDLE)
+            return
+        self._step(out, LaneEvent.REDIRECT, LaneState.REDIRECTED)
+        # Wait for a table at least as new as the receiver's. The redirect answers a
+        # message stamped with an older epoch than the receiver's (else it would not
+        # redirect), so a table at ``epoch`` names the lane's owner; if ours is already
+        # there (the redirect answers a message sent before our table changed), send
+        # again at once rather than wait for an epoch that may never come.
+        out.wait_epoch = max(out.wait_epoch, epoch)
+        out.sent = out.acked
+        if self.table_epoch >= out.wait_epoch:
+            self._step(out, LaneEvent.TABLE, LaneState.SENDING)
+            out.resend_at_ms = 0
 
     # -- reading ----------------------------------------------------------------------------
 

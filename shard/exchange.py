@@ -23,7 +23,7 @@ from nets.codec import CodecError, token_from_fields, unpack
 from nets.engine import Engine
 from nets.errors import CpnError, TokenError
 from nets.model import Net, Place, Token
-from router.handoff import Inbox, Outbox, ProtocolError, Receipt, Run
+from router.handoff import AcknowledgementError, Inbox, Outbox, Receipt, Run
 from router.slots import FIXED_SLOT, slot_of_key
 from router.table import PartitionTable, TableError, is_pool_lane, pool_lane
 from router.wire import Handoff, HandoffAck, PoolWanted, Table, encode
@@ -185,10 +185,10 @@ class Exchange:
             done = self.outbox.acknowledged(
                 acks=ack.acks, redirects=ack.redirects, deferred=ack.deferred, now_ms=now_ms
             )
-        except ProtocolError as exc:
+        except AcknowledgementError as exc:
             self.counters["handoff_protocol_errors"] += 1
-            log.error("handoff acknowledgement refused: %s", exc)
-            return False
+            log.error("handoff acknowledgement refused in part: %s", exc)
+            done = exc.done
         for run in done:
             batch.runs_removed.append((run.lane, run.first_seq))
             self.counters["handoff_tokens_acknowledged"] += run.count

@@ -25,6 +25,7 @@ from router.handoff import (
     MESSAGE_TOKENS_MAX,
     RECEIVE_TABLE,
     Accepted,
+    AcknowledgementError,
     Inbox,
     LaneEvent,
     LaneState,
@@ -238,6 +239,23 @@ def test_a_redirect_that_our_table_already_answers_sends_again_at_once() -> None
     assert out.lanes[LANE].state is _S.SENDING
     assert out.waiting_epoch() == 0
     assert out.due(2, MOVED) == [Outgoing(2, 2, (Run(LANE, 1, 2, b"a"), Run(LANE, 3, 1, b"b")))]
+
+
+def test_a_fault_in_one_lane_of_an_answer_leaves_the_other_lanes_applied() -> None:
+    out = Outbox(resend_ms=RESEND_MS)
+    good, bad = LANE, LANE + 3  # both shard 1's
+    out.offer(good, b"", 2)
+    out.offer(bad, b"", 2)
+    out.due(0, TABLE)
+    with pytest.raises(
+        AcknowledgementError, match=f"lane {bad}: acknowledged up to seq 9"
+    ) as raised:
+        out.acknowledged(acks=[(bad, 9), (good, 2)], redirects=[(999, 0, 1)], now_ms=1)
+    assert [(run.lane, run.first_seq) for run in raised.value.done] == [(good, 1)]
+    assert "redirect for lane 999" in str(raised.value)
+    assert out.lanes[good].state is _S.IDLE
+    assert out.lanes[bad].state is _S.ERROR
+    assert out.pending_tokens() == 2  # the failed lane's tokens stay in the outbox
 
 
 def test_a_late_ack_from_the_old_owner_counts() -> None:
