@@ -565,7 +565,8 @@ def put(data_dir: Path, place: str, token_texts: tuple[str, ...], delay_ms: int)
         summary = client.put(place, tokens, delay_ms=delay_ms)
     parts = ", ".join(f"shard {k}: {n}" for k, n in summary.by_shard.items())
     redirects = f", {summary.redirects} redirects followed" if summary.redirects else ""
-    click.echo(f"put {summary.accepted} tokens into {place!r} ({parts}{redirects})")
+    noun = "token" if summary.accepted == 1 else "tokens"
+    click.echo(f"put {summary.accepted} {noun} into {place!r} ({parts}{redirects})")
 
 
 @cli.command()
