@@ -55,7 +55,9 @@ class Link:
 
     def take_replies(self, now_ms: int, batch: Batch) -> None:
         """Apply every reply waiting from peers and the router to ``batch``."""
-        for source, envelope in self.peers.receive():
+        received = self.peers.receive()
+        self.exchange.counters["peer_replies_malformed"] = self.peers.malformed
+        for source, envelope in received:
             message = envelope.message
             if isinstance(message, HandoffAck):
                 if self.exchange.acknowledged(message, now_ms, batch):

@@ -128,14 +128,17 @@ def test_tokens_that_do_not_belong_to_their_lane_are_refused_whole(
 ) -> None:
     owned_by_0 = hopper(_key_of(0), 3)
     lane = slot_of_key(owned_by_0.key)
-    other = hopper(_key_of(0, start=_key_of(0) + 1), 3)
+    # Another token shard 0 owns, in another slot: it does not belong to this run's lane.
+    start = _key_of(0) + 1
+    while slot_of_key(hopper(_key_of(0, start=start), 3).key) == lane:
+        start = _key_of(0, start=start) + 1
+    other = hopper(_key_of(0, start=start), 3)
     entries = [("hops", 0, tuple(owned_by_0)), ("hops", 0, tuple(other))]
     runs: Any = ((lane, 1, 2, pack(entries)),)
-    if slot_of_key(other.key) != lane:
-        reply = _request(hopping[1].endpoint, Handoff(1, 1, runs))
-        assert isinstance(reply, Error)
-        assert reply.code == "handoff_refused"
-        assert "belongs to lane" in reply.message
+    reply = _request(hopping[1].endpoint, Handoff(1, 1, runs))
+    assert isinstance(reply, Error)
+    assert reply.code == "handoff_refused"
+    assert "belongs to lane" in reply.message
     garbage = _request(hopping[1].endpoint, Handoff(1, 1, ((lane, 1, 1, b"\xc1"),)))
     assert isinstance(garbage, Error)
     assert garbage.code == "handoff_refused"
