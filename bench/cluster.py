@@ -54,7 +54,7 @@ from cluster.client import ClusterClient, ShardClient
 from cluster.local import ShardProcess, start_router, start_shard, stop_all
 from nets.codec import unpack
 from nets.errors import CpnError
-from nets.scraper import initial_targets
+from nets.scraper_sim import initial_targets
 from router.wire import FRAME_BYTES_MAX, Handoff, HandoffAck, decode, encode
 
 ROOT: Final = Path(__file__).resolve().parent.parent

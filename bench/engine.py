@@ -2,7 +2,7 @@
 
 ``python -m bench.engine [--quick]`` runs, in one process and one invocation:
 
-1. the scraper decision net (``nets/scraper.py``; 100,000 targets, or 20,000 with
+1. the scraper decision net (``nets/scraper_sim.py``; 100,000 targets, or 20,000 with
    ``--quick``; 500 domains; 50 proxies; default delays) under ``Engine.run`` in
    virtual time, with engine construction timed apart from the run;
 2. :class:`bench.handwritten.HandwrittenScheduler` on the same parameters, which makes
@@ -37,7 +37,7 @@ from typing import Any
 
 from bench.handwritten import HandwrittenScheduler
 from nets import Engine
-from nets.scraper import ScraperParams, scraper_net
+from nets.scraper_sim import ScraperParams, scraper_net
 
 DOMAINS = 500
 PROXIES = 50

@@ -1,4 +1,4 @@
-"""The scraper policy of ``nets/scraper.py`` written by hand with dicts, heaps and lists.
+"""The scraper policy of ``nets/scraper_sim.py`` written by hand with dicts, heaps and lists.
 
 This is the baseline the engine is measured against: the same decisions a competent
 engineer would code directly, without a net. It makes *exactly* the engine's decisions
@@ -31,7 +31,7 @@ from __future__ import annotations
 from heapq import heapify, heappop, heappush
 from typing import Any
 
-from nets.scraper import (
+from nets.scraper_sim import (
     Domain,
     Failure,
     Fetch,

@@ -73,7 +73,7 @@ from cluster.client import ShardClient
 from cluster.local import ShardProcess, start_shard
 from nets import Engine
 from nets.errors import CpnError
-from nets.scraper import scraper_net
+from nets.scraper_sim import scraper_net
 from router.datadir import read_endpoint
 
 ROOT: Final = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@
 option, so the sizes come from environment variables that the benchmark passes to the
 subprocess (with ``PYTHONPATH`` set to the repository root):
 
-* :func:`scraper_zero_delay`: the scraper decision net (``nets/scraper.py``) with every
+* :func:`scraper_zero_delay`: the scraper decision net (``nets/scraper_sim.py``) with every
   delay set to 0, so that the clock never bounds the firing rate; its number of
   targets is ``CPN_BENCH_TARGETS``;
 * :func:`scraper_zero_delay_empty`: the same net without targets and proxies, which
@@ -21,7 +21,7 @@ import os
 from typing import Final, NamedTuple
 
 from nets.model import Net, Place
-from nets.scraper import ScraperParams, scraper_net
+from nets.scraper_sim import ScraperParams, scraper_net
 
 TARGETS_ENV: Final = "CPN_BENCH_TARGETS"
 TARGETS_DEFAULT: Final = 20_000

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 from nets.binding import CONSUME, INHIBIT, Component, InscriptionError
 from nets.marking import PlaceStore
-from nets.model import OutputArc, Place, Token, Transition, Var, parameters
+from nets.model import NOW, OutputArc, Place, Token, Transition, Var, parameters
 
 PlacedEntry = tuple[str, int, Token]  # (place name, time, token)
 
@@ -109,7 +109,9 @@ def compile_firing(
     used: dict[str, None] = {}
     for arc in transition.produce:
         used.update(dict.fromkeys(sorted(arc.variables())))
-    lines += [f"    v_{name} = values[{name!r}]" for name in used]
+    lines += [
+        "    v_now = now" if name == NOW else f"    v_{name} = values[{name!r}]" for name in used
+    ]
 
     # 1. Evaluate every output, checking classes and delays, before touching the marking.
     if transition.produce:

@@ -34,6 +34,11 @@ from nets.errors import NetDefinitionError, TokenError
 
 Token = tuple[Any, ...]
 
+# The firing time, in ms: a parameter of this name in an output's expression or delay
+# receives it. Reserved, so no arc can bind it; guards cannot use it (enabledness must
+# not change with time alone except through token times).
+NOW: str = "now"
+
 
 @dataclass(frozen=True, slots=True)
 class Var:
@@ -45,6 +50,11 @@ class Var:
         # Generated searches use the name as part of a local variable (v_<name>).
         if not (isinstance(self.name, str) and self.name.isidentifier()):
             raise NetDefinitionError(f"variable name {self.name!r} is not a Python identifier")
+        if self.name == NOW:
+            raise NetDefinitionError(
+                f"variable name {NOW!r} is reserved: an output's function receives the "
+                "firing time through a parameter of that name"
+            )
 
     def __repr__(self) -> str:
         return self.name
@@ -428,6 +438,12 @@ def _validate_transition(net: Net, t: Transition) -> None:
     except NetDefinitionError as exc:
         raise NetDefinitionError(f"net {net.name!r}: {exc}") from exc
     for name in guard_variables:
+        if name == NOW:
+            raise NetDefinitionError(
+                f"{where_t}, guard: {NOW!r} (the firing time) is only available to outputs; "
+                "a guard that depends on time alone would enable a transition without any "
+                "token changing (compare token fields or delay a token instead)"
+            )
         if name not in bound:
             raise NetDefinitionError(
                 f"{where_t}, guard: variable {name!r} is not bound by any consume or read arc "
@@ -445,7 +461,7 @@ def _validate_transition(net: Net, t: Transition) -> None:
             used = out.variables()
         except NetDefinitionError as exc:
             raise NetDefinitionError(f"{where}: {exc}") from exc
-        for name in sorted(used):
+        for name in sorted(used - {NOW}):
             if name not in bound:
                 raise NetDefinitionError(
                     f"{where}: uses variable {name!r} that no consume or read arc binds "

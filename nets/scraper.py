@@ -1,188 +1,792 @@
-"""The scraper's decision net: polite, proxy-rate-limited crawling with retries.
+"""The crawler's net: the whole coordination core of a polite, distributed web crawler.
 
-The net decides *when* to fetch *what* through *which* proxy; the fetch itself is an
-effect outside the net. Here the fetch is simulated: its duration is ``latency_ms`` and
-its outcome is a pure function of (seed, url, attempt), never of firing order, so a run
-is reproducible and the same decisions can be checked against a hand-written scheduler.
+The net decides *what* is fetched, *when*, and *through which proxy*; workers outside the
+net do the effects (HTTP, HTML parsing, writing records) by leasing tokens from its work
+queues and completing the leases with results (docs/scraper.md). Read it as the policy:
 
-Read it as the policy in prose:
+**Admission.** A discovered (or seeded) ``Link`` is admitted once per canonical URL
+(``seen``), then checked: in scope (``scope``, unless the scope is "any"), not deeper than
+``max_depth``, within the domain's page ``budget``, and allowed by the domain's robots.txt.
+A link that fails a check goes to ``skipped`` with the reason.
 
-* every domain has one ``domains`` token: at most one request in flight per domain,
-  and the token comes back ``politeness_ms`` after the response, so two requests to one
-  domain start at least ``politeness_ms`` apart;
-* ``scrape`` joins a free domain, one of its targets (earliest, then smallest priority
-  number first) and a free proxy; the proxy comes back ``proxy_interval_ms`` later (a
-  per-proxy rate limit carried by the token's time);
-* a successful fetch puts the target in ``done``, cooling down for ``cooldown_ms``
-  before it could be crawled again;
-* a failed fetch is logged in ``fail_log`` and goes back into ``targets`` with
-  ``attempt + 1`` after an exponential backoff, until ``max_attempts`` is reached.
+**Domains.** The first in-scope link of a new domain creates its state: a politeness
+``clock``, ``concurrency`` tokens in ``free``, a page ``budget``, and a robots.txt target
+that is fetched before any page (its rules and ``Crawl-delay`` become the ``robots`` token).
 
-Places are keyed by domain (every firing is local to one domain's partition) except
-``proxies``, a pool whose tokens move between shards on demand.
+**Scraping** is the four-way join of a domain's ``clock`` (due), a ``free`` slot of the
+domain, its best target (robots first, then shallowest) and an available proxy. The fetch
+gets a start time, ``start = max(now + lead, clock's next start, proxy's next start)``; the
+clock comes back for ``start + gap`` (``gap`` = max(delay, Crawl-delay) + the late
+allowance + a safety margin), the proxy for ``start + its interval`` (plus the same
+allowance), both ``lead_ms`` early, so the next decision is ready before its start.
+A fetch worker sends at ``start`` and refuses (result ``late``) if it would send later than
+``start + late_ms``: two starts at a host are never closer than the delay, whatever the
+scheduling jitter.
+
+**Results.** A page goes into the pipeline; a transient failure (timeout, connection
+error, 5xx, 429) is logged in ``fail_log`` and retried with exponential backoff until
+``max_attempts``; a 4xx is final; a non-HTML or oversized answer is skipped; a late refusal
+goes back to the targets without counting an attempt.
+
+**Pipeline** ``raw_html -> parse_queue -> parsed -> validated -> store_queue -> stored``.
+Every stage has a capacity (per shard), so a slow stage backs up into the one before it,
+all the way to ``fetching`` and thus to ``scrape``: back pressure by structure.
+
+Every place is keyed by domain, so all of a domain's coordination fires on the shard that
+owns it; discovered links are handed off to their domain's owner. ``proxies`` is a pool:
+its tokens move between shards on demand and carry their next allowed start with them.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import functools
+import urllib.robotparser
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
-from nets.model import Net, Place, Transition, variables
+from nets.errors import NetDefinitionError
+from nets.model import Net, OutputArc, Pattern, Place, Transition, variables
+
+# -- Colour sets ---------------------------------------------------------------------------
+
+
+class Link(NamedTuple):
+    """A canonical URL seeded or found on a page; ``domain`` is its netloc."""
+
+    domain: str
+    url: str
+    depth: int  # 0 for a seed
 
 
 class Domain(NamedTuple):
     name: str
 
 
-class Target(NamedTuple):
+class InScope(NamedTuple):
     domain: str
-    priority: int  # smaller is crawled first
+
+
+class Budget(NamedTuple):
+    domain: str
+    left: int  # pages the domain may still admit
+
+
+class Seen(NamedTuple):
+    domain: str
     url: str
-    attempt: int  # 0 for the first try
+
+
+class Robots(NamedTuple):
+    domain: str
+    text: str  # robots.txt as served ("" allows everything)
+    crawl_delay_ms: int
+
+
+class Clock(NamedTuple):
+    """A domain's politeness clock: no request starts before ``next_start_ms``."""
+
+    domain: str
+    next_start_ms: int
+    gap_ms: int
+
+
+class Slot(NamedTuple):
+    """One of a domain's ``concurrency`` request slots."""
+
+    domain: str
 
 
 class Proxy(NamedTuple):
     name: str
+    url: str  # "" for a direct connection
+    next_start_ms: int
+    interval_ms: int
+
+
+class Target(NamedTuple):
+    domain: str
+    priority: int  # smaller first: robots.txt is -1, pages their depth
+    url: str
+    kind: str  # ROBOTS or PAGE
+    depth: int
+    attempt: int  # 0 for the first try
 
 
 class Fetch(NamedTuple):
+    """A fetch worker's job: GET ``url`` through ``proxy_url`` at ``start_at_ms``."""
+
     domain: str
-    priority: int
     url: str
+    kind: str
+    depth: int
     attempt: int
     proxy: str
-    ok: bool  # the simulated outcome, decided when the request starts
+    proxy_url: str
+    start_at_ms: int
+    late_ms: int  # refuse (error "late") rather than send after start_at_ms + late_ms
+
+
+class InFlight(NamedTuple):
+    domain: str
+    url: str
+    kind: str
+    depth: int
+    attempt: int
+    priority: int
+    proxy: str
+
+
+class Fetched(NamedTuple):
+    """A fetch worker's result; ``status`` is 0 when no HTTP answer came."""
+
+    domain: str
+    url: str
+    kind: str
+    attempt: int
+    status: int
+    error: str  # "" or one of FETCH_ERRORS
+    final_url: str
+    content_type: str  # media type, lowercased, without parameters
+    body: str  # the text of an HTML page or of robots.txt, else ""
+    started_ms: int
+    proxy: str
+
+
+class Page(NamedTuple):
+    domain: str
+    url: str
+    depth: int
+    attempt: int
+    proxy: str
+    status: int
+    final_url: str
+    content_type: str
+    fetched_at_ms: int
+    body: str
+
+
+class PageMeta(NamedTuple):
+    """A page being parsed: what the parsed record needs besides the parser's findings."""
+
+    domain: str
+    url: str
+    depth: int
+    attempt: int
+    proxy: str
+    status: int
+    final_url: str
+    content_type: str
+    fetched_at_ms: int
+
+
+class ParseDone(NamedTuple):
+    """A parse worker's result (the links it found go into ``links`` beside it)."""
+
+    domain: str
+    url: str
+    title: str
+    links_count: int
+
+
+class Parsed(NamedTuple):
+    domain: str
+    url: str
+    depth: int
+    attempt: int
+    proxy: str
+    status: int
+    final_url: str
+    content_type: str
+    fetched_at_ms: int
+    title: str
+    links_count: int
+
+
+class Busy(NamedTuple):
+    domain: str
+    url: str
+
+
+class StoreDone(NamedTuple):
+    domain: str
+    url: str
+
+
+class Stored(NamedTuple):
+    domain: str
+    url: str
+
+
+class Skipped(NamedTuple):
+    domain: str
+    url: str
+    reason: str  # robots, scope, depth, budget, not_html, too_large, invalid
 
 
 class Failure(NamedTuple):
     domain: str
     url: str
     attempt: int
+    reason: str  # the error, or "http <status>"
     final: bool  # True when no retry follows
 
 
+ROBOTS = "robots"
+PAGE = "page"
+FETCH_ERRORS = ("timeout", "connect", "reset", "too_large", "late", "proxy", "invalid")
+_TRANSIENT_ERRORS = frozenset({"timeout", "connect", "reset", "proxy"})
+_TRANSIENT_STATUSES = frozenset({408, 429})
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+SCOPES = ("same-domains", "allow-list", "any")
+# robots.txt that could not be fetched (RFC 9309, 2.3.1.4: unreachable means disallow all).
+DISALLOW_ALL = "User-agent: *\nDisallow: /\n"
+
+# -- The policy -----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
-class ScraperParams:
-    """The size and timing of a simulated crawl (all durations in milliseconds)."""
+class CrawlPolicy:
+    """Every knob of the crawl (durations in milliseconds; capacities per shard)."""
 
-    domains: int = 20
-    targets: int = 1_000
-    proxies: int = 5
-    politeness_ms: int = 1_000
-    proxy_interval_ms: int = 250
-    latency_ms: int = 200
-    cooldown_ms: int = 60_000
-    failure_rate: float = 0.1
-    max_attempts: int = 3
-    backoff_base_ms: int = 500
-    seed: int = 0
+    delay_ms: int = 1_000  # minimum gap between two request starts at one domain
+    margin_ms: int = 5  # safety margin added to every gap (measurement jitter at the server)
+    late_ms: int = 5  # a worker refuses to send later than this after the start time
+    lead_ms: int = 50  # decide this long before the start, so a worker is ready in time
+    concurrency: int = 1  # requests in flight per domain
+    proxies: tuple[str, ...] = ()  # proxy URLs; none means direct connections
+    proxy_interval_ms: int = 0  # minimum gap between two request starts through one proxy
+    direct_slots: int = 64  # concurrent direct requests, cluster-wide, without proxies
+    max_attempts: int = 4
+    backoff_base_ms: int = 500  # retry n waits backoff_base_ms * 2**(n-1)
+    max_depth: int = 10
+    max_pages_per_domain: int = 10_000
+    scope: str = "same-domains"  # "same-domains" | "allow-list" | "any"
+    fetching_max: int = 64
+    raw_html_max: int = 32
+    parsing_max: int = 16
+    parsed_max: int = 32
+    validated_max: int = 32
+    storing_max: int = 16
+    body_max_bytes: int = 1_048_576
+    user_agent: str = "cpn-cluster"
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise NetDefinitionError(
+                f"crawl policy: scope must be one of {', '.join(SCOPES)}, got {self.scope!r}"
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise NetDefinitionError(f"crawl policy: {f.name} must be >= 0, got {value}")
+        for name in ("concurrency", "max_attempts", "direct_slots"):
+            if getattr(self, name) < 1:
+                raise NetDefinitionError(f"crawl policy: {name} must be >= 1")
+
+    def gap_ms(self, crawl_delay_ms: int = 0) -> int:
+        """The planned gap between starts at one domain: safe against a late worker."""
+        return max(self.delay_ms, crawl_delay_ms) + self.late_ms + self.margin_ms
 
 
-def fetch_succeeds(seed: int, url: str, attempt: int, failure_rate: float) -> bool:
-    """The simulated outcome of fetching ``url``: a hash of (seed, url, attempt)."""
-    digest = hashlib.blake2b(f"{seed}|{url}|{attempt}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / (1 << 64) >= failure_rate
+# -- Pure inscriptions ---------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4_096)
+def _robots_parser(text: str) -> urllib.robotparser.RobotFileParser:
+    parser = urllib.robotparser.RobotFileParser()
+    parser.parse(text.splitlines())
+    return parser
+
+
+def robots_allows(text: str, url: str, agent: str) -> bool:
+    """Whether robots.txt ``text`` lets ``agent`` fetch ``url`` (the standard library's rules)."""
+    return text == "" or _robots_parser(text).can_fetch(agent, url)
+
+
+def crawl_delay_ms(text: str, agent: str) -> int:
+    """The ``Crawl-delay`` of the group that applies to ``agent``, in ms (0 if none).
+
+    Written here because ``urllib.robotparser`` ignores fractional delays ("0.5").
+    A group names its agents on consecutive ``User-agent`` lines; the group whose name
+    occurs in ``agent`` wins over ``*``.
+    """
+    delays: dict[str, float] = {}
+    agents: list[str] = []
+    in_rules = False
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key, value = key.strip().lower(), value.strip()
+        if key == "user-agent":
+            if in_rules:
+                agents, in_rules = [], False
+            agents.append(value.lower())
+        else:
+            in_rules = True
+            if key == "crawl-delay":
+                try:
+                    seconds = float(value)
+                except ValueError:
+                    continue
+                if 0 <= seconds < 86_400:
+                    for name in agents:
+                        delays.setdefault(name, seconds)
+    me = agent.lower()
+    named = [s for name, s in delays.items() if name != "*" and name and name in me]
+    seconds = named[0] if named else delays.get("*", 0.0)
+    return round(seconds * 1_000)
+
+
+def robots_url(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/robots.txt"
+
+
+def _transient(r: Fetched) -> bool:
+    if r.error:
+        return r.error in _TRANSIENT_ERRORS
+    return r.status >= 500 or r.status in _TRANSIENT_STATUSES
+
+
+def verdict(r: Fetched, max_attempts: int) -> str:
+    """What a fetch result means for the crawl: the one transition that takes it.
+
+    ``late``, ``page``, ``skip`` (not HTML, too large), ``retry``, ``give_up``, ``final``,
+    and for robots.txt ``robots`` (rules), ``robots_none`` (allow all) or
+    ``robots_unreachable`` (disallow all).
+    """
+    if r.error == "late":
+        return "late"
+    ok = not r.error and 200 <= r.status < 300
+    retries_left = r.attempt + 1 < max_attempts
+    if r.kind == ROBOTS:
+        if ok:
+            return "robots"
+        if _transient(r):
+            return "retry" if retries_left else "robots_unreachable"
+        return "robots_none"
+    if ok:
+        return "page" if r.content_type in HTML_TYPES else "skip"
+    if r.error == "too_large":
+        return "skip"
+    if _transient(r):
+        return "retry" if retries_left else "give_up"
+    return "final"
+
+
+def failure_reason(r: Fetched) -> str:
+    return r.error or f"http {r.status}"
+
+
+def skip_reason(r: Fetched) -> str:
+    return "too_large" if r.error == "too_large" else "not_html"
+
+
+def valid(p: Parsed) -> bool:
+    """A parsed page worth storing: a successful HTML answer with a URL it came from."""
+    return 200 <= p.status < 300 and p.content_type in HTML_TYPES and p.final_url != ""
 
 
 def backoff_ms(base_ms: int, attempt: int) -> int:
-    """Exponential backoff before retry number ``attempt + 1``."""
+    """The wait before retry number ``attempt + 1``: doubles with every failure."""
     return base_ms << attempt
 
 
-def domain_name(i: int) -> str:
-    return f"d{i:04d}.example"
+def initial_proxies(policy: CrawlPolicy) -> list[Proxy]:
+    if policy.proxies:
+        return [
+            Proxy(f"proxy{i:03d}", url, 0, policy.proxy_interval_ms)
+            for i, url in enumerate(policy.proxies)
+        ]
+    return [Proxy(f"direct{i:03d}", "", 0, 0) for i in range(policy.direct_slots)]
 
 
-def initial_targets(params: ScraperParams) -> list[Target]:
-    """``params.targets`` targets spread round-robin over the domains."""
-    return [
-        Target(
-            domain_name(n % params.domains),
-            (n * 7) % 3,
-            f"https://{domain_name(n % params.domains)}/p/{n}",
-            0,
-        )
-        for n in range(params.targets)
+# -- The net --------------------------------------------------------------------------------
+
+
+def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
+    """Build the crawler's net for ``policy``."""
+    p = policy
+    c, b, d, u, i, r, t, s, x, pg, m, pd, q = variables("c b d u i r t s x pg m pd q")
+
+    # Admission
+    links = Place("links", Link, key="domain")
+    seen = Place("seen", Seen, key="domain")
+    candidates = Place("candidates", Link, key="domain")
+    scope = Place("scope", InScope, key="domain")
+    known = Place("known", Domain, key="name")
+    budget = Place("budget", Budget, key="domain")
+    robots = Place("robots", Robots, key="domain")
+    skipped = Place("skipped", Skipped, key="domain")
+    # Scraping
+    clock = Place("clock", Clock, key="domain")
+    free = Place("free", Slot, key="domain")
+    targets = Place("targets", Target, key="domain")
+    proxies = Place("proxies", Proxy, pool=True, initial=initial_proxies(p))
+    fetch_queue = Place("fetch_queue", Fetch, key="domain", work_queue=True)
+    fetching = Place("fetching", InFlight, key="domain", capacity=p.fetching_max)
+    fetched = Place("fetched", Fetched, key="domain")
+    fail_log = Place("fail_log", Failure, key="domain")
+    # Pipeline
+    raw_html = Place("raw_html", Page, key="domain", capacity=p.raw_html_max)
+    parse_queue = Place("parse_queue", Page, key="domain", work_queue=True)
+    parsing = Place("parsing", PageMeta, key="domain", capacity=p.parsing_max)
+    parse_done = Place("parse_done", ParseDone, key="domain")
+    parsed = Place("parsed", Parsed, key="domain", capacity=p.parsed_max)
+    validated = Place("validated", Parsed, key="domain", capacity=p.validated_max)
+    store_queue = Place("store_queue", Parsed, key="domain", work_queue=True)
+    storing = Place("storing", Busy, key="domain", capacity=p.storing_max)
+    store_done = Place("store_done", StoreDone, key="domain")
+    stored = Place("stored", Stored, key="domain")
+
+    in_scope = [] if p.scope == "any" else [scope(domain=d)]
+
+    def skip(reason: str) -> OutputArc:
+        return skipped.produce(lambda c: Skipped(c.domain, c.url, reason))
+
+    admission = [
+        Transition(
+            "admit",
+            consume=[links(c, domain=d, url=u)],
+            inhibit=[seen(domain=d, url=u)],
+            produce=[seen.produce(lambda d, u: Seen(d, u)), candidates.produce(c)],  # noqa: PLW0108
+            priority=2,
+        ),
+        Transition(
+            "drop_seen",
+            consume=[links(c, domain=d, url=u)],
+            read=[seen(domain=d, url=u)],
+            priority=2,
+        ),
+        Transition(
+            "too_deep",
+            consume=[candidates(c, domain=d)],
+            guard=lambda c: c.depth > p.max_depth,
+            produce=[skip("depth")],
+            priority=2,
+        ),
+        *(
+            []
+            if p.scope == "any"
+            else [
+                Transition(
+                    "out_of_scope",
+                    consume=[candidates(c, domain=d)],
+                    inhibit=[scope(domain=d)],
+                    produce=[skip("scope")],
+                    priority=2,
+                )
+            ]
+        ),
+        Transition(
+            "new_domain",
+            # The candidate is taken and put back: it waits for the domain's robots.txt.
+            consume=[candidates(c, domain=d)],
+            read=in_scope,
+            inhibit=[known(name=d)],
+            guard=lambda c: c.depth <= p.max_depth,
+            produce=[
+                candidates.produce(c),
+                known.produce(lambda d: Domain(d)),  # noqa: PLW0108
+                budget.produce(lambda d: Budget(d, p.max_pages_per_domain)),
+                clock.produce(lambda d: Clock(d, 0, p.gap_ms())),
+                free.produce_all(lambda d: [Slot(d)] * p.concurrency),
+                targets.produce(lambda c: Target(c.domain, -1, robots_url(c.url), ROBOTS, 0, 0)),
+            ],
+            priority=1,
+        ),
+        Transition(
+            "over_budget",
+            consume=[candidates(c, domain=d)],
+            read=[budget(b, domain=d)],
+            guard=lambda b: b.left <= 0,
+            produce=[skip("budget")],
+            priority=1,
+        ),
+        Transition(
+            "disallowed",
+            consume=[candidates(c, domain=d)],
+            read=[robots(r, domain=d)],
+            guard=lambda c, r: not robots_allows(r.text, c.url, p.user_agent),
+            produce=[skip("robots")],
+            priority=1,
+        ),
+        Transition(
+            "accept",
+            consume=[candidates(c, domain=d), budget(b, domain=d)],
+            read=[robots(r, domain=d), *in_scope],
+            guard=lambda c, b, r: (
+                c.depth <= p.max_depth and b.left > 0 and robots_allows(r.text, c.url, p.user_agent)
+            ),
+            produce=[
+                targets.produce(lambda c: Target(c.domain, c.depth, c.url, PAGE, c.depth, 0)),
+                budget.produce(lambda b: Budget(b.domain, b.left - 1)),
+            ],
+        ),
     ]
 
+    def start_ms(now: int, s: Clock, x: Proxy) -> int:
+        return max(now + p.lead_ms, s.next_start_ms, x.next_start_ms)
 
-def scraper_net(params: ScraperParams = ScraperParams()) -> Net:
-    """Build the scraper decision net for ``params``."""
-    p = params
-    dom, d, t, f, proxy = variables("dom d t f proxy")
-
-    domains = Place(
-        "domains", Domain, key="name", initial=[Domain(domain_name(i)) for i in range(p.domains)]
-    )
-    targets = Place("targets", Target, key="domain", initial=initial_targets(p))
-    proxies = Place(
-        "proxies", Proxy, pool=True, initial=[Proxy(f"proxy{i:03d}") for i in range(p.proxies)]
-    )
-    in_flight = Place("in_flight", Fetch, key="domain")
-    done = Place("done", Target, key="domain")
-    fail_log = Place("fail_log", Failure, key="domain")
-
-    def start(t: Target, proxy: Proxy) -> Fetch:
-        ok = fetch_succeeds(p.seed, t.url, t.attempt, p.failure_rate)
-        return Fetch(t.domain, t.priority, t.url, t.attempt, proxy.name, ok)
-
-    def free_domain(d: str) -> Domain:
-        return Domain(d)
-
-    free_domain_again = domains.produce(free_domain, delay=p.politeness_ms)
+    def proxy_gap(x: Proxy) -> int:
+        return x.interval_ms + p.late_ms + p.margin_ms if x.interval_ms else 0
 
     scrape = Transition(
         "scrape",
-        consume=[domains(dom, name=d), targets(t, domain=d), proxies(proxy)],
+        consume=[clock(s, domain=d), free(q, domain=d), targets(t, domain=d), proxies(x)],
         produce=[
-            in_flight.produce(start, delay=p.latency_ms),
-            proxies.produce(proxy, delay=p.proxy_interval_ms),
-        ],
-    )
-    fetched = Transition(
-        "fetched",
-        consume=[in_flight(f, domain=d)],
-        guard=lambda f: f.ok,
-        produce=[
-            done.produce(
-                lambda f: Target(f.domain, f.priority, f.url, f.attempt), delay=p.cooldown_ms
+            fetch_queue.produce(
+                lambda now, s, t, x: Fetch(
+                    t.domain,
+                    t.url,
+                    t.kind,
+                    t.depth,
+                    t.attempt,
+                    x.name,
+                    x.url,
+                    start_ms(now, s, x),
+                    p.late_ms,
+                )
             ),
-            free_domain_again,
+            fetching.produce(
+                lambda t, x: InFlight(
+                    t.domain, t.url, t.kind, t.depth, t.attempt, t.priority, x.name
+                )
+            ),
+            clock.produce(
+                lambda now, s, x: Clock(s.domain, start_ms(now, s, x) + s.gap_ms, s.gap_ms),
+                delay=lambda now, s, x: start_ms(now, s, x) + s.gap_ms - p.lead_ms - now,
+            ),
+            proxies.produce(
+                lambda now, s, x: Proxy(
+                    x.name, x.url, start_ms(now, s, x) + proxy_gap(x), x.interval_ms
+                ),
+                delay=lambda now, s, x: max(
+                    0, start_ms(now, s, x) + proxy_gap(x) - p.lead_ms - now
+                ),
+            ),
         ],
-        priority=1,
     )
-    retry = Transition(
-        "retry",
-        consume=[in_flight(f, domain=d)],
-        guard=lambda f: not f.ok and f.attempt + 1 < p.max_attempts,
-        produce=[
-            fail_log.produce(lambda f: Failure(f.domain, f.url, f.attempt, False)),
+
+    # Results: each takes the in-flight record and the worker's result for one URL, and
+    # frees the domain's slot. Exactly one verdict holds for a result.
+    answer = [fetching(i, domain=d, url=u), fetched(r, domain=d, url=u)]
+    # Inscriptions name their variables (d), not the colour's fields: keep the lambdas.
+    slot_back = free.produce(lambda d: Slot(d))  # noqa: PLW0108
+
+    def on(
+        name: str, wanted: str, *produce: OutputArc, extra: tuple[Pattern, ...] = ()
+    ) -> Transition:
+        return Transition(
+            name,
+            consume=[*answer, *extra],
+            guard=lambda r: verdict(r, p.max_attempts) == wanted,
+            produce=[*produce, slot_back],
+            priority=3,
+        )
+
+    results = [
+        on(
+            "page_fetched",
+            "page",
+            raw_html.produce(
+                lambda i, r: Page(
+                    r.domain,
+                    r.url,
+                    i.depth,
+                    r.attempt,
+                    r.proxy,
+                    r.status,
+                    r.final_url,
+                    r.content_type,
+                    r.started_ms,
+                    r.body,
+                )
+            ),
+        ),
+        on(
+            "not_stored",
+            "skip",
+            skipped.produce(lambda r: Skipped(r.domain, r.url, skip_reason(r))),
+        ),
+        on(
+            "fetch_late",
+            "late",
             targets.produce(
-                lambda f: Target(f.domain, f.priority, f.url, f.attempt + 1),
-                delay=lambda f: backoff_ms(p.backoff_base_ms, f.attempt),
+                lambda i: Target(i.domain, i.priority, i.url, i.kind, i.depth, i.attempt)
             ),
-            free_domain_again,
-        ],
-        priority=1,
-    )
-    give_up = Transition(
-        "give_up",
-        consume=[in_flight(f, domain=d)],
-        guard=lambda f: not f.ok and f.attempt + 1 >= p.max_attempts,
-        produce=[
-            fail_log.produce(lambda f: Failure(f.domain, f.url, f.attempt, True)),
-            free_domain_again,
-        ],
-        priority=1,
-    )
+        ),
+        on(
+            "fetch_retry",
+            "retry",
+            fail_log.produce(
+                lambda r: Failure(r.domain, r.url, r.attempt, failure_reason(r), False)
+            ),
+            targets.produce(
+                lambda i: Target(i.domain, i.priority, i.url, i.kind, i.depth, i.attempt + 1),
+                delay=lambda i: backoff_ms(p.backoff_base_ms, i.attempt),
+            ),
+        ),
+        on(
+            "fetch_give_up",
+            "give_up",
+            fail_log.produce(
+                lambda r: Failure(r.domain, r.url, r.attempt, failure_reason(r), True)
+            ),
+        ),
+        on(
+            "fetch_failed",
+            "final",
+            fail_log.produce(
+                lambda r: Failure(r.domain, r.url, r.attempt, failure_reason(r), True)
+            ),
+        ),
+    ]
+
+    def robots_known(name: str, wanted: str, text: str | Callable[[Fetched], str]) -> Transition:
+        # The clock is due lead_ms before its next start; re-timing it with the domain's
+        # Crawl-delay waits for that, which costs nothing: no page is admitted before.
+        def rules(r: Fetched) -> Robots:
+            body = text if isinstance(text, str) else text(r)
+            return Robots(r.domain, body, crawl_delay_ms(body, p.user_agent))
+
+        def retimed(r: Fetched, s: Clock) -> Clock:
+            gap = p.gap_ms(crawl_delay_ms(rules(r).text, p.user_agent))
+            return Clock(s.domain, max(s.next_start_ms, r.started_ms + gap), gap)
+
+        return on(
+            name,
+            wanted,
+            robots.produce(rules),
+            clock.produce(
+                retimed,
+                delay=lambda now, r, s: max(0, retimed(r, s).next_start_ms - p.lead_ms - now),
+            ),
+            extra=(clock(s, domain=d),),
+        )
+
+    robots_results = [
+        robots_known("robots_fetched", "robots", lambda r: r.body),
+        robots_known("robots_missing", "robots_none", ""),
+        robots_known("robots_unreachable", "robots_unreachable", DISALLOW_ALL),
+    ]
+
+    pipeline = [
+        Transition(
+            "to_parse",
+            consume=[raw_html(pg, domain=d)],
+            produce=[parse_queue.produce(pg), parsing.produce(lambda pg: PageMeta(*pg[:9]))],
+            priority=2,
+        ),
+        Transition(
+            "parse_finished",
+            consume=[parsing(m, domain=d, url=u), parse_done(pd, domain=d, url=u)],
+            produce=[parsed.produce(lambda m, pd: Parsed._make((*m, pd.title, pd.links_count)))],
+            priority=2,
+        ),
+        Transition(
+            "validate",
+            consume=[parsed(pd, domain=d)],
+            guard=lambda pd: valid(pd),  # noqa: PLW0108
+            produce=[validated.produce(pd)],
+            priority=2,
+        ),
+        Transition(
+            "invalid",
+            consume=[parsed(pd, domain=d)],
+            guard=lambda pd: not valid(pd),
+            produce=[skipped.produce(lambda pd: Skipped(pd.domain, pd.url, "invalid"))],
+            priority=2,
+        ),
+        Transition(
+            "to_store",
+            consume=[validated(pd, domain=d)],
+            produce=[store_queue.produce(pd), storing.produce(lambda pd: Busy(pd.domain, pd.url))],
+            priority=2,
+        ),
+        Transition(
+            "store_finished",
+            consume=[storing(m, domain=d, url=u), store_done(pd, domain=d, url=u)],
+            produce=[stored.produce(lambda d, u: Stored(d, u))],  # noqa: PLW0108
+            priority=2,
+        ),
+    ]
+
     return Net(
-        "scraper",
-        places=[domains, targets, proxies, in_flight, done, fail_log],
-        transitions=[fetched, retry, give_up, scrape],
+        "crawler",
+        places=[
+            links,
+            seen,
+            candidates,
+            scope,
+            known,
+            budget,
+            robots,
+            skipped,
+            clock,
+            free,
+            targets,
+            proxies,
+            fetch_queue,
+            fetching,
+            fetched,
+            fail_log,
+            raw_html,
+            parse_queue,
+            parsing,
+            parse_done,
+            parsed,
+            validated,
+            store_queue,
+            storing,
+            store_done,
+            stored,
+        ],
+        transitions=[*results, *robots_results, *pipeline, *admission, scrape],
     )
 
 
-def net(seed: int = 0) -> Net:
-    """The default instance, for ``cpn run nets.scraper:net [--seed S]``."""
-    return scraper_net(ScraperParams(seed=seed))
+# Places that hold work in progress: the crawl is done when all are empty cluster-wide
+# (with the work queues' leased tokens) and no handoff is pending.
+WORK_PLACES: tuple[str, ...] = (
+    "links",
+    "candidates",
+    "targets",
+    "fetch_queue",
+    "fetch_queue__held",
+    "fetching",
+    "fetched",
+    "raw_html",
+    "parse_queue",
+    "parse_queue__held",
+    "parsing",
+    "parse_done",
+    "parsed",
+    "validated",
+    "store_queue",
+    "store_queue__held",
+    "storing",
+    "store_done",
+)
+
+
+def net(seed: int = 0, **params: object) -> Net:
+    """The crawler net for ``cpn up --net nets.scraper:net [--net-param KEY=VALUE ...]``.
+
+    ``params`` are :class:`CrawlPolicy` fields (lists become tuples); ``seed`` is
+    accepted for the loader's convention and unused: the net makes no random choice.
+    """
+    del seed
+    known_fields = {f.name for f in fields(CrawlPolicy)}
+    unknown = sorted(set(params) - known_fields)
+    if unknown:
+        raise NetDefinitionError(
+            f"crawler net: unknown parameter {unknown[0]!r} "
+            f"(known: {', '.join(sorted(known_fields))})"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    return crawler_net(CrawlPolicy(**values))  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ def _cpn(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
 
 
 def test_run_scraper_prints_a_summary() -> None:
-    result = _cpn("run", "nets.scraper:net", "--until", "1h", "--seed", "3")
+    result = _cpn("run", "nets.scraper_sim:net", "--until", "1h", "--seed", "3")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "net 'scraper', seed 3" in out
@@ -37,7 +37,7 @@ def test_run_scraper_prints_a_summary() -> None:
 
 
 def test_until_stops_early() -> None:
-    result = _cpn("run", "nets.scraper:net", "--until", "5s")
+    result = _cpn("run", "nets.scraper_sim:net", "--until", "5s")
     assert result.returncode == 0, result.stderr
     assert "stopped at --until 5000 ms" in result.stdout
 
@@ -45,10 +45,10 @@ def test_until_stops_early() -> None:
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("nets.scraper", "must look like package.module:attr"),
+        ("nets.scraper_sim", "must look like package.module:attr"),
         ("nets.no_such_module:net", "cannot import module 'nets.no_such_module'"),
-        ("nets.scraper:no_such_attr", "has no attribute 'no_such_attr'"),
-        ("nets.scraper:ScraperParams", "is a ScraperParams, not a Net"),
+        ("nets.scraper_sim:no_such_attr", "has no attribute 'no_such_attr'"),
+        ("nets.scraper_sim:ScraperParams", "is a ScraperParams, not a Net"),
     ],
 )
 def test_bad_net_path_is_one_line_and_exit_2(path: str, message: str) -> None:
@@ -85,6 +85,6 @@ def test_invalid_net_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_bad_duration_is_a_usage_error() -> None:
-    result = _cpn("run", "nets.scraper:net", "--until", "soon")
+    result = _cpn("run", "nets.scraper_sim:net", "--until", "soon")
     assert result.returncode == 2
     assert "is not a duration" in result.stderr

@@ -254,6 +254,7 @@ class Reference:
         )
 
     def _outputs(self, out: OutputArc, values: dict[str, Any]) -> list[tuple[int, Token]]:
+        values = {**values, "now": self.now}
         result = _evaluate(out.expr, values)
         delay = _evaluate(out.delay, values)
         assert type(delay) is int

@@ -1,6 +1,6 @@
 """The engine and the benchmark's hand-written scheduler make the same decisions.
 
-``bench/handwritten.py`` re-implements the scraper net's policy (``nets/scraper.py``)
+``bench/handwritten.py`` re-implements the scraper net's policy (``nets/scraper_sim.py``)
 with dicts and heaps. The benchmark's ratio only means something if both do the same
 work, so here, on small crawls, the engine's step sequence under ``Engine.run`` (each
 step's transition, time and consumed entries ``(place, time, token)``) must equal the
@@ -14,7 +14,7 @@ import pytest
 
 from bench.handwritten import HandwrittenScheduler
 from nets import Engine
-from nets.scraper import ScraperParams, scraper_net
+from nets.scraper_sim import ScraperParams, scraper_net
 
 SMALL = {"domains": 7, "targets": 300, "proxies": 3, "failure_rate": 0.3, "max_attempts": 3}
 CASES = {

@@ -376,3 +376,32 @@ def test_names_must_be_identifiers(name: str) -> None:
         Transition(name, consume=[])
     with _raises("is not a Python identifier"):
         variables(f"ok {name}-")
+
+
+def test_outputs_receive_the_firing_time_as_now() -> None:
+    from nets.engine import Engine
+
+    jobs = Place("jobs", Job, key="queue", initial=[Job("a", 1)])
+    due = Place("due", Job, key="queue")
+    stamp = Transition(
+        "stamp",
+        consume=[jobs(j, queue=d)],
+        # The token records when it fired; the delay aims at an absolute time.
+        produce=[due.produce(lambda j, now: Job(j.queue, now), delay=lambda now: 100 - now)],
+    )
+    engine = Engine(Net("stamped", places=[jobs, due], transitions=[stamp]), initial_marking=True)
+    step = engine.fire(30)
+    assert step is not None
+    assert engine.tokens("due") == [(100, Job("a", 30))]
+
+
+def test_now_is_reserved_and_not_for_guards() -> None:
+    with pytest.raises(NetDefinitionError, match="'now' is reserved"):
+        variables("now")
+    jobs = Place("jobs", Job, key="queue")
+    with pytest.raises(NetDefinitionError, match="only available to outputs"):
+        Net(
+            "timed_guard",
+            places=[jobs],
+            transitions=[Transition("t", consume=[jobs(j, queue=d)], guard=lambda now: now > 5)],
+        )

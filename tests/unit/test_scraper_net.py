@@ -15,7 +15,7 @@ from itertools import pairwise
 import pytest
 
 from nets import Engine, Step
-from nets.scraper import (
+from nets.scraper_sim import (
     Failure,
     ScraperParams,
     Target,

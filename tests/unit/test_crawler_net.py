@@ -1,0 +1,347 @@
+"""The crawler net (nets/scraper.py) under virtual time, with workers simulated in-process.
+
+The simulated workers do what the real ones do (lease, act, complete) against a small
+fake web; each fetch "starts" exactly at its ``start_at_ms`` unless the test makes the
+worker late. The policy is then checked from what the simulated servers saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from nets.engine import Engine
+from nets.errors import NetDefinitionError
+from nets.scraper import (
+    DISALLOW_ALL,
+    PAGE,
+    ROBOTS,
+    WORK_PLACES,
+    CrawlPolicy,
+    Fetch,
+    Fetched,
+    InScope,
+    Link,
+    ParseDone,
+    StoreDone,
+    crawl_delay_ms,
+    crawler_net,
+    net,
+    robots_allows,
+    verdict,
+)
+
+LATENCY_MS = 10
+
+
+def tokens(engine: Engine, place: str) -> list[Any]:
+    """The tokens of ``place`` (typed loosely: each place has its own colour)."""
+    return [token for _time, token in engine.tokens(place)]
+
+
+@dataclass
+class FakeWeb:
+    """Hosts ``h0..hN`` with pages ``/p/<i>``; page i links to i+1 and to the next host."""
+
+    hosts: int = 3
+    pages: int = 5
+    robots: dict[str, str] = field(default_factory=dict)
+    failing: dict[str, int] = field(default_factory=dict)  # url -> 503s before success
+    statuses: dict[str, int] = field(default_factory=dict)  # url -> fixed status
+    requests: list[tuple[str, str, int]] = field(default_factory=list)  # (domain, url, start)
+    served: Counter[str] = field(default_factory=Counter)
+
+    def domain(self, h: int) -> str:
+        return f"h{h}.test"
+
+    def url(self, h: int, i: int) -> str:
+        return f"http://{self.domain(h)}/p/{i}"
+
+    def links(self, url: str) -> list[str]:
+        host, i = url.split("/")[2], int(url.rsplit("/", 1)[1])
+        h = int(host[1:].split(".")[0])
+        found = [self.url((h + 1) % self.hosts, 0), f"http://{host}/private/{i}"]
+        if i + 1 < self.pages:
+            found.append(self.url(h, i + 1))
+        return found
+
+    def answer(self, fetch: Fetch, started: int) -> Fetched:
+        self.requests.append((fetch.domain, fetch.url, started))
+        self.served[fetch.url] += 1
+        n = self.served[fetch.url]
+        if fetch.kind == ROBOTS:
+            text = self.robots.get(fetch.domain, "User-agent: *\nDisallow: /private/\n")
+            return Fetched(
+                fetch.domain,
+                fetch.url,
+                fetch.kind,
+                fetch.attempt,
+                200,
+                "",
+                fetch.url,
+                "text/plain",
+                text,
+                started,
+                fetch.proxy,
+            )
+        status = self.statuses.get(fetch.url, 503 if n <= self.failing.get(fetch.url, 0) else 200)
+        return Fetched(
+            fetch.domain,
+            fetch.url,
+            fetch.kind,
+            fetch.attempt,
+            status,
+            "",
+            fetch.url,
+            "text/html",
+            "<html></html>" if status == 200 else "",
+            started,
+            fetch.proxy,
+        )
+
+
+@dataclass
+class Crawl:
+    engine: Engine
+    web: FakeWeb
+    stored: list[str]
+    late: set[str]
+
+
+def crawl(
+    policy: CrawlPolicy,
+    web: FakeWeb,
+    *,
+    seeds: int = 1,
+    late_once: frozenset[str] = frozenset(),
+    until_ms: int = 600_000,
+) -> Crawl:
+    """Run the net with simulated fetch, parse and store workers until no work is left."""
+    engine = Engine(crawler_net(policy), initial_marking=True)
+    for h in range(seeds):
+        engine.add("links", Link(web.domain(h), web.url(h, 0), 0))
+    for h in range(web.hosts):
+        engine.add("scope", InScope(web.domain(h)))
+    stored: list[str] = []
+    late: set[str] = set()
+    now = 0
+    for _ in range(200_000):
+        while engine.fire(now) is not None:
+            pass
+        worked = False
+        for place in ("fetch_queue", "parse_queue", "store_queue"):
+            entries: list[tuple[int, Any]] = engine.available(place, 1_000)
+            for time_ms, token in entries:
+                engine.remove(place, token, time=time_ms)
+                worked = True
+                if place == "fetch_queue":
+                    started = token.start_at_ms
+                    if token.url in late_once and token.url not in late:
+                        late.add(token.url)
+                        result = Fetched(
+                            token.domain,
+                            token.url,
+                            token.kind,
+                            token.attempt,
+                            0,
+                            "late",
+                            "",
+                            "",
+                            "",
+                            now,
+                            token.proxy,
+                        )
+                        engine.add("fetched", result, time=max(now, started))
+                        continue
+                    engine.add("fetched", web.answer(token, started), time=started + LATENCY_MS)
+                elif place == "parse_queue":
+                    page: Any = token
+                    engine.add("parse_done", ParseDone(page.domain, page.url, "t", 2), time=now)
+                    for link in web.links(page.url):
+                        domain = link.split("/")[2]
+                        engine.add("links", Link(domain, link, page.depth + 1), time=now)
+                else:
+                    record: Any = token
+                    stored.append(record.url)
+                    engine.add("store_done", StoreDone(record.domain, record.url), time=now)
+        if worked:
+            continue
+        deadline = engine.next_deadline()
+        if deadline is None or deadline > until_ms:
+            break
+        now = max(now, deadline)
+    left = {p: engine.tokens(p) for p in WORK_PLACES if p in engine.marking() and engine.count(p)}
+    assert not left, left
+    return Crawl(engine, web, stored, late)
+
+
+def gaps_by_domain(requests: list[tuple[str, str, int]]) -> dict[str, list[int]]:
+    starts: dict[str, list[int]] = defaultdict(list)
+    for domain, _url, start in requests:
+        starts[domain].append(start)
+    return {
+        d: [b - a for a, b in zip(sorted(s), sorted(s)[1:], strict=False)]
+        for d, s in starts.items()
+    }
+
+
+def test_every_reachable_page_is_stored_once_and_robots_first() -> None:
+    web = FakeWeb()
+    result = crawl(CrawlPolicy(delay_ms=100), web)
+    expected = {web.url(h, i) for h in range(web.hosts) for i in range(web.pages)}
+    assert sorted(result.stored) == sorted(expected)
+    first: dict[str, str] = {}
+    for domain, url, _start in web.requests:
+        first.setdefault(domain, url)
+    assert all(url.endswith("/robots.txt") for url in first.values())
+    assert not any("/private/" in url for _d, url, _s in web.requests)
+    skipped = Counter(t.reason for t in tokens(result.engine, "skipped"))
+    assert skipped["robots"] == len(expected)  # every page links to one private page
+
+
+def test_starts_at_a_domain_are_at_least_the_delay_apart() -> None:
+    web = FakeWeb(pages=8)
+    policy = CrawlPolicy(delay_ms=100)
+    crawl(policy, web)
+    for domain, gaps in gaps_by_domain(web.requests).items():
+        assert min(gaps) >= policy.delay_ms, domain
+        # ... and not much more: the scheduler keeps the domain busy while work waits.
+        assert sorted(gaps)[len(gaps) // 2] <= policy.gap_ms(), (domain, gaps)
+
+
+def test_crawl_delay_from_robots_widens_the_gap() -> None:
+    web = FakeWeb(pages=4, robots={"h0.test": "User-agent: *\nCrawl-delay: 0.3\n"})
+    crawl(CrawlPolicy(delay_ms=100), web, seeds=1)
+    assert min(gaps_by_domain(web.requests)["h0.test"]) >= 300
+
+
+def test_failures_retry_with_growing_backoff_and_stop_at_the_maximum() -> None:
+    web = FakeWeb(hosts=1, pages=3)
+    web.failing[web.url(0, 1)] = 2
+    web.statuses[web.url(0, 2)] = 503  # never recovers
+    policy = CrawlPolicy(delay_ms=100, max_attempts=3, backoff_base_ms=400)
+    result = crawl(policy, web)
+    assert web.served[web.url(0, 1)] == 3
+    assert web.served[web.url(0, 2)] == 3
+    assert web.url(0, 1) in result.stored and web.url(0, 2) not in result.stored
+    starts = [s for _d, url, s in web.requests if url == web.url(0, 2)]
+    waits = [b - a for a, b in itertools.pairwise(starts)]
+    assert waits[0] >= 400 + LATENCY_MS and waits[1] >= 800 + LATENCY_MS
+    failures = sorted((f.url, f.attempt, f.final) for f in tokens(result.engine, "fail_log"))
+    assert (web.url(0, 2), 2, True) in failures
+    assert [f for f in failures if f[0] == web.url(0, 1)] == [
+        (web.url(0, 1), 0, False),
+        (web.url(0, 1), 1, False),
+    ]
+
+
+def test_a_4xx_is_final_after_one_request() -> None:
+    web = FakeWeb(hosts=1, pages=2)
+    web.statuses[web.url(0, 1)] = 404
+    result = crawl(CrawlPolicy(delay_ms=100), web)
+    assert web.served[web.url(0, 1)] == 1
+    assert [(f.reason, f.final) for f in tokens(result.engine, "fail_log")] == [("http 404", True)]
+
+
+def test_a_late_worker_refusal_reschedules_without_an_attempt() -> None:
+    web = FakeWeb(hosts=1, pages=3)
+    result = crawl(CrawlPolicy(delay_ms=100), web, late_once=frozenset({web.url(0, 1)}))
+    assert result.late == {web.url(0, 1)}
+    assert web.url(0, 1) in result.stored
+    assert not list(result.engine.tokens("fail_log"))
+
+
+def test_unreachable_robots_disallows_the_domain() -> None:
+    web = FakeWeb(hosts=1, pages=2)
+
+    def robots_down(fetch: Fetch, started: int) -> Fetched:
+        web.requests.append((fetch.domain, fetch.url, started))
+        return Fetched(
+            fetch.domain,
+            fetch.url,
+            fetch.kind,
+            fetch.attempt,
+            0,
+            "connect",
+            "",
+            "",
+            "",
+            started,
+            fetch.proxy,
+        )
+
+    web.answer = robots_down  # type: ignore[method-assign]
+    result = crawl(CrawlPolicy(delay_ms=100, max_attempts=2, backoff_base_ms=100), web)
+    assert result.stored == []
+    assert [t.text for t in tokens(result.engine, "robots")] == [DISALLOW_ALL]
+
+
+def test_depth_budget_and_scope_limits() -> None:
+    web = FakeWeb(hosts=2, pages=6)
+    result = crawl(CrawlPolicy(delay_ms=50, max_depth=2, max_pages_per_domain=2), web)
+    reasons = Counter(t.reason for t in tokens(result.engine, "skipped"))
+    assert reasons["budget"] > 0
+    per_domain = Counter(url.split("/")[2] for url in result.stored)
+    assert max(per_domain.values()) <= 2
+    scoped = FakeWeb(hosts=2, pages=2)
+    engine = crawl(CrawlPolicy(delay_ms=50), scoped, seeds=1).engine
+    assert {t.name for t in tokens(engine, "known")} == {"h0.test", "h1.test"}
+
+
+def test_proxy_interval_is_kept_per_proxy() -> None:
+    web = FakeWeb(hosts=4, pages=4)
+    policy = CrawlPolicy(delay_ms=50, proxies=("http://127.0.0.1:1",), proxy_interval_ms=80)
+    crawl(policy, web, seeds=4)
+    starts = sorted(s for _d, _u, s in web.requests)
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 80
+
+
+def test_verdicts_cover_the_outcomes() -> None:
+    def result(
+        kind: str = PAGE,
+        status: int = 200,
+        error: str = "",
+        ctype: str = "text/html",
+        attempt: int = 0,
+    ) -> Fetched:
+        return Fetched("d", "u", kind, attempt, status, error, "u", ctype, "", 0, "p")
+
+    assert verdict(result(), 3) == "page"
+    assert verdict(result(ctype="image/png"), 3) == "skip"
+    assert verdict(result(status=0, error="too_large"), 3) == "skip"
+    assert verdict(result(status=503), 3) == "retry"
+    assert verdict(result(status=503, attempt=2), 3) == "give_up"
+    assert verdict(result(status=0, error="reset"), 3) == "retry"
+    assert verdict(result(status=404), 3) == "final"
+    assert verdict(result(status=0, error="late"), 3) == "late"
+    assert verdict(result(ROBOTS), 3) == "robots"
+    assert verdict(result(ROBOTS, status=404), 3) == "robots_none"
+    assert verdict(result(ROBOTS, status=500, attempt=2), 3) == "robots_unreachable"
+
+
+def test_robots_helpers() -> None:
+    text = (
+        "User-agent: BadBot\nDisallow: /\nCrawl-delay: 9\n\n"
+        "User-agent: *\nDisallow: /private/\nCrawl-delay: 0.25\n"
+    )
+    assert crawl_delay_ms(text, "cpn-cluster") == 250
+    assert crawl_delay_ms(text, "BadBot/1.0") == 9_000
+    assert crawl_delay_ms("", "x") == 0
+    assert robots_allows(text, "http://h/p/1", "cpn-cluster")
+    assert not robots_allows(text, "http://h/private/1", "cpn-cluster")
+    assert robots_allows("", "http://h/private/1", "cpn-cluster")
+
+
+def test_policy_and_parameters_are_checked() -> None:
+    with pytest.raises(NetDefinitionError, match="scope must be one of"):
+        CrawlPolicy(scope="everywhere")
+    with pytest.raises(NetDefinitionError, match="unknown parameter 'delay'"):
+        net(delay=5)
+    proxy: Any = net(delay_ms=5, proxies=["http://127.0.0.1:9"]).place("proxies").initial[0]
+    assert proxy.url == "http://127.0.0.1:9"
+    assert dataclasses.replace(CrawlPolicy(), delay_ms=7).gap_ms(20) == 30
