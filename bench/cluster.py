@@ -41,7 +41,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -127,8 +127,15 @@ def _wait_count(client: ShardClient, place: str, count: int) -> float:
 # -- 1 and 2: handoff ---------------------------------------------------------------------
 
 
-def time_handoff(tokens: int, latency_tokens: int, root: Path) -> dict[str, Any]:
-    handles = _cluster(RELAY_NET, root / "relay", 2, durability="fsync")
+# How a measurement starts its cluster: (net, root, shards, durability) -> [router, shards...].
+# bench/multihost.py passes one that starts them on other network namespaces.
+StartCluster = Callable[..., list[ShardProcess]]
+
+
+def time_handoff(
+    tokens: int, latency_tokens: int, root: Path, *, start: StartCluster | None = None
+) -> dict[str, Any]:
+    handles = (start or _cluster)(RELAY_NET, root / "relay", 2, durability="fsync")
     try:
         sender = ShardClient(handles[1].endpoint, timeout_ms=30_000)
         receiver = ShardClient(handles[2].endpoint, timeout_ms=30_000)
@@ -244,8 +251,12 @@ def _finished(stats: Sequence[dict[str, Any]], targets: int) -> bool:
     return bool(done == targets)
 
 
-def time_scraper(targets: int, shards: int, root: Path) -> dict[str, Any]:
-    handles = _cluster(SCRAPER_EMPTY_NET, root / f"scraper-{shards}", shards, durability="process")
+def time_scraper(
+    targets: int, shards: int, root: Path, *, start: StartCluster | None = None
+) -> dict[str, Any]:
+    handles = (start or _cluster)(
+        SCRAPER_EMPTY_NET, root / f"scraper-{shards}", shards, durability="process"
+    )
     work = [tuple(t) for t in initial_targets(zero_delay_params(targets))]
     try:
         with ClusterClient(handles[0].endpoint, timeout_ms=30_000) as cluster:

@@ -9,6 +9,9 @@ subprocess (with ``PYTHONPATH`` set to the repository root):
   targets is ``CPN_BENCH_TARGETS``;
 * :func:`scraper_zero_delay_empty`: the same net without targets and proxies, which
   the cluster benchmark puts once every shard serves;
+* :func:`scraper_real_delays`: the scraper decision net with real delays, sized by
+  net parameters (``cpn up --net-param targets=...``), for the chaos benchmark
+  (``bench/chaos.py``);
 * :func:`sink`: one keyed place that no transition consumes, so the marking only grows
   with every put (put throughput, acknowledgement latency), and whose initial marking
   of ``CPN_BENCH_SINK_TOKENS`` tokens fills a store quickly (recovery).
@@ -60,6 +63,14 @@ def scraper_zero_delay_empty(seed: int = 0) -> Net:
     marking, the first shard up would fire alone while the others start).
     """
     return scraper_net(dataclasses.replace(zero_delay_params(0, seed=seed), proxies=0))
+
+
+def scraper_real_delays(
+    seed: int = 0, *, targets: int = 300_000, domains: int = 3_000, proxies: int = 300
+) -> Net:
+    """The scraper decision net with real delays (politeness 1 s, a proxy every 250 ms,
+    200 ms fetches), ``targets`` targets over ``domains`` domains (bench/chaos.py)."""
+    return scraper_net(ScraperParams(domains=domains, targets=targets, proxies=proxies, seed=seed))
 
 
 class Item(NamedTuple):

@@ -326,10 +326,18 @@ class ChaosRun:
         router = self.current(ROUTER)
         return None if router is None else self._request(router[0], ClusterStatus(), ClusterState)
 
+    def shard_count(self) -> int:
+        """Shards of the cluster now: as `cpn scale` last recorded, or more while some
+        still leave (the router's view)."""
+        recorded = ClusterConfig.read(self.layout)
+        count = self.config.shards if recorded is None else recorded.shards
+        state = self._router_state()
+        return max(count, len(state.shards)) if state is not None else count
+
     def _shard_stats(self) -> dict[int, dict[str, Any]]:
         """The statistics of every shard that answers now."""
         found = {}
-        for shard_id in range(self.config.shards):
+        for shard_id in range(self.shard_count()):
             published = self.current(f"shard {shard_id}")
             if published is not None:
                 reply = self._request(published[0], Stats(), Statistics)
@@ -359,11 +367,18 @@ class ChaosRun:
             router = self.current(ROUTER)
             table = None if router is None else self._request(router[0], GetTable(), Table)
             stats = self._shard_stats()
-            drained = table is not None and all(
-                shard_id in stats
-                and stats[shard_id]["outbox_tokens"] == 0
-                and stats[shard_id]["epoch"] == table.epoch
-                for shard_id in range(self.config.shards)
+            router_stats = None if router is None else self._request(router[0], Stats(), Statistics)
+            moving = [] if router_stats is None else router_stats.values.get("moves_active", [])
+            drained = (
+                table is not None
+                and router_stats is not None
+                and not moving
+                and all(
+                    shard_id in stats
+                    and stats[shard_id]["outbox_tokens"] == 0
+                    and stats[shard_id]["epoch"] == table.epoch
+                    for shard_id in range(table.shard_count)
+                )
             )
             if drained or time.monotonic() - started > timeout_s:
                 break
@@ -377,11 +392,13 @@ class ChaosRun:
             self.epochs_seen.setdefault(f"shard {shard_id}", []).append(int(shard_stats["epoch"]))
         self.epochs_seen.setdefault(ROUTER, []).append(table.epoch)
         partition = PartitionTable(table.epoch, table.shard_count, table.owners, table.slot_epochs)
-        snapshots = [ShardSnapshot.from_statistics(s) for s in stats.values()]
+        snapshots = [
+            ShardSnapshot.from_statistics(s) for k, s in stats.items() if k < table.shard_count
+        ]
         return CheckResult(
-            check(snapshots, partition, epochs_seen=self.epochs_seen),
+            check(snapshots, partition, epochs_seen=self.epochs_seen, moves_active=moving),
             drained,
             time.monotonic() - started,
             table.epoch,
-            tuple(k for k in range(self.config.shards) if k not in stats),
+            tuple(k for k in range(table.shard_count) if k not in stats),
         )

@@ -19,13 +19,25 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from cluster import scaling
 from cluster.chaos import DRAIN_TIMEOUT_S, TARGETS, ChaosRun, plan, victims
+from cluster.cli_crawl import crawl_commands
+from cluster.cli_deploy import (
+    allows_remote,
+    config_option,
+    health,
+    keys,
+    router_settings,
+    shard_binds,
+    shard_settings,
+)
 from cluster.client import ClusterClient
 from cluster.local import (
     STDERR_FILE,
     ClusterConfig,
     ClusterLayout,
     live_endpoint,
+    parse_net_param,
     supervisor_pid,
     tail,
 )
@@ -66,6 +78,34 @@ class Duration(click.ParamType[int]):
 
 
 DURATION = Duration()
+
+
+class NetParam(click.ParamType[tuple[str, Any]]):
+    """``KEY=VALUE``: a net parameter; VALUE is parsed as JSON, else taken as a string."""
+
+    name = "key=value"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, Any]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_net_param(str(value))
+        except CpnError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def net_params_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--net-param KEY=VALUE`` (repeatable), passed to the net's builder as ``params``."""
+    return click.option(
+        "--net-param",
+        "net_params",
+        type=NetParam(),
+        multiple=True,
+        help="A parameter of the net's builder, KEY=VALUE (VALUE is JSON, else a string); "
+        "repeatable.",
+    )(command)
 
 
 def _fail(message: str) -> NoReturn:
@@ -138,6 +178,7 @@ def run(net_path: str, until_ms: int, seed: int, tie_break: str, max_steps: int)
 
 
 @cli.command()
+@config_option("shard")
 @click.option(
     "--net", "net_path", required=True, metavar="NET", help="The net, as package.module:attr."
 )
@@ -192,13 +233,17 @@ def run(net_path: str, until_ms: int, seed: int, tie_break: str, max_steps: int)
     type=click.IntRange(min=1, max=SHARDS_MAX),
     default=1,
     show_default=True,
-    help="How many shards the cluster has (1: a standalone shard that owns every slot).",
+    help=(
+        "How many shards the cluster started with (1: a standalone shard that owns every "
+        "slot); a shard added by `cpn scale` has an id at or beyond it."
+    ),
 )
 @click.option(
     "--router",
     default="",
     help="The router's endpoint (cluster mode): heartbeats, the partition table, peers.",
 )
+@net_params_option
 def shard(
     net_path: str,
     data_dir: Path,
@@ -210,11 +255,14 @@ def shard(
     shard_id: int,
     shard_count: int,
     router: str,
+    net_params: tuple[tuple[str, Any], ...],
 ) -> None:
     """Run one shard: recover NET's marking from DATA, then serve and fire."""
-    if shard_id >= shard_count:
+    if shard_id >= shard_count and not router:
         raise click.BadParameter(
-            f"shard id {shard_id} is not below --shards {shard_count}", param_hint="--shard-id"
+            f"shard id {shard_id} is not below --shards {shard_count} (only a shard of a "
+            "cluster, with --router, joins beyond its first shards)",
+            param_hint="--shard-id",
         )
     config = ShardConfig(
         net_path,
@@ -227,6 +275,8 @@ def shard(
         shard_id=shard_id,
         shard_count=shard_count,
         router=router,
+        params=dict(net_params),
+        **shard_settings(data_dir, shard_id, shard_count),
     )
     serve(config)
 
@@ -264,6 +314,7 @@ def _shards_option(help_text: str) -> Callable[[F], F]:
 
 
 @cli.command()
+@config_option("router")
 @_net_option("The net, as package.module:attr (the router learns its places).")
 @_data_option("The router's data directory (its LMDB file, lock, endpoint file, log).")
 @_shards_option("How many shards the cluster has (fixed once the data directory exists).")
@@ -283,6 +334,7 @@ def _shards_option(help_text: str) -> Callable[[F], F]:
     show_default=True,
     help="A shard is alive while its last heartbeat is younger than this.",
 )
+@net_params_option
 def router(
     net_path: str,
     data_dir: Path,
@@ -291,15 +343,25 @@ def router(
     allow_remote: bool,
     seed: int,
     heartbeat_timeout_ms: int,
+    net_params: tuple[tuple[str, Any], ...],
 ) -> None:
     """Run the router: the partition table, the shards' endpoints, their heartbeats."""
     config = RouterConfig(
-        net_path, data_dir, shard_count, bind, allow_remote, seed, heartbeat_timeout_ms
+        net_path,
+        data_dir,
+        shard_count,
+        bind,
+        allow_remote,
+        seed,
+        heartbeat_timeout_ms,
+        params=dict(net_params),
+        **router_settings(data_dir, shard_count),
     )
     serve_router(config)
 
 
 @cli.command()
+@config_option("up")
 @_net_option("The net, as package.module:attr.")
 @_shards_option("How many shards (fixed at the first `cpn up` of a data directory).")
 @_cluster_data
@@ -333,6 +395,7 @@ def router(
     show_default=True,
     help="Kill and restart a shard that runs but makes no progress this long (0: never).",
 )
+@net_params_option
 def up(
     net_path: str,
     shard_count: int,
@@ -343,14 +406,21 @@ def up(
     bind: str,
     timeout_ms: int,
     stuck_timeout_ms: int,
+    net_params: tuple[tuple[str, Any], ...],
 ) -> None:
     """Start a cluster (a supervised router and shards) in DATA and wait until it is ready."""
     layout = ClusterLayout(data_dir.resolve())
-    listen_address(bind, allow_remote=False)
+    listen_address(bind, allow_remote=allows_remote())
     config = settle_config(
-        layout, net=net_path, shards=shard_count, seed=seed, durability=durability
+        layout,
+        net=net_path,
+        shards=shard_count,
+        seed=seed,
+        durability=durability,
+        params=dict(net_params) if net_params else None,
     )
-    load_net(config.net, seed=config.seed)  # fails here, in one line, not in a child
+    # Fails here, in one line, not in a child.
+    load_net(config.net, seed=config.seed, params=config.params)
     record_config(layout, config)
     if foreground:
         click.echo(
@@ -358,7 +428,13 @@ def up(
             f"log in {layout.supervisor_log}; stop with Ctrl-C or `cpn down --data "
             f"{layout.root}`"
         )
-        supervise(layout, config, bind=bind, stuck_timeout_s=stuck_timeout_ms / 1000)
+        supervise(
+            layout,
+            config,
+            bind=bind,
+            stuck_timeout_s=stuck_timeout_ms / 1000,
+            shard_binds=shard_binds(),
+        )
         return
     info = start_cluster(
         layout,
@@ -420,6 +496,7 @@ def _pairs(title: str, values: dict[str, int]) -> None:
 
 @cli.command()
 @_cluster_data
+@config_option("client")
 @click.option(
     "--sample",
     "sample_ms",
@@ -434,6 +511,7 @@ def status(data_dir: Path, sample_ms: int) -> None:
     with _client(layout) as client:
         state = client.status()
         table = client.table()
+        router_stats = client.router_statistics()
         alive = [k for k, shard in enumerate(state.shards) if shard["alive"]]
         first = _sample(client, alive)
         second = first
@@ -488,6 +566,24 @@ def status(data_dir: Path, sample_ms: int) -> None:
     _pairs(f"tokens per place{partial}:", dict(tokens))
     outbox = sum(stats.get("outbox_tokens", 0) for stats in second.values())
     click.echo(f"outbox tokens (in flight between shards){partial}: {outbox:,}")
+    _moves(router_stats)
+
+
+def _moves(router_stats: dict[str, Any]) -> None:
+    """The slot moves in progress (docs/handoff.md, "Slot moves") and the scale target."""
+    active = router_stats.get("moves_active", [])
+    heading = router_stats.get("members", 0)
+    click.echo(
+        f"slot moves: {len(active)} in progress, {router_stats.get('moves_done', 0):,} done, "
+        f"{router_stats.get('moves_aborted', 0):,} aborted; heading for {heading} shards"
+    )
+    for line in _rows(
+        [("move", "slot", "from", "to", "state")]
+        + [(m["move_id"], m["slot"], m["source"], m["target"], m["state"]) for m in active[:20]]
+    )[1 if not active else 0 :]:
+        click.echo(f"  {line}")
+    if len(active) > 20:
+        click.echo(f"  ... and {len(active) - 20} more")
 
 
 def _tuples(value: Any) -> Any:
@@ -532,7 +628,7 @@ def _fields_of(layout: ClusterLayout, place: str) -> tuple[str, ...]:
     config = ClusterConfig.read(layout)
     if config is None:
         raise CpnError(f"no cluster in {layout.root} (no {layout.cluster_file.name})")
-    net = load_net(config.net, seed=config.seed)
+    net = load_net(config.net, seed=config.seed, params=config.params)
     if not net.has_place(place):
         raise CpnError(
             f"net {net.name!r} has no place {place!r} "
@@ -543,6 +639,7 @@ def _fields_of(layout: ClusterLayout, place: str) -> tuple[str, ...]:
 
 @cli.command()
 @_cluster_data
+@config_option("client")
 @click.argument("place")
 @click.argument("token_texts", metavar="TOKEN_JSON...", nargs=-1, required=True)
 @click.option(
@@ -571,6 +668,7 @@ def put(data_dir: Path, place: str, token_texts: tuple[str, ...], delay_ms: int)
 
 @cli.command()
 @_cluster_data
+@config_option("client")
 @click.argument("place", required=False)
 @click.option(
     "--limit",
@@ -691,6 +789,45 @@ def chaos(
                 sys.exit(EXIT_CHECK_FAILED)
     finally:
         run.close()
+
+
+@cli.command()
+@_cluster_data
+@_shards_option("How many shards the cluster should have from now on.")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until every slot move is done and the slots are spread evenly.",
+)
+@click.option(
+    "--timeout",
+    "timeout_ms",
+    type=DURATION,
+    default="300s",
+    show_default=True,
+    help="With --wait: how long to wait for the moves.",
+)
+def scale(data_dir: Path, shard_count: int, wait: bool, timeout_ms: int) -> None:
+    """Grow or shrink the running cluster in DATA to --shards shards, moving slots live."""
+    layout = ClusterLayout(data_dir.resolve())
+    config = scaling.scale(layout, shard_count)
+    click.echo(
+        f"scaling the cluster in {layout.root} to {config.shards} shards (it started with "
+        f"{config.first_shards}); the router moves the slots while the net keeps firing"
+    )
+    if not wait:
+        return
+    done = scaling.wait_scaled(
+        layout, timeout_s=timeout_ms / 1000, on_progress=lambda p: click.echo(f"  {p}")
+    )
+    click.echo(f"scaled to {done.members} shards: {done}")
+
+
+cli.add_command(keys)  # cluster/cli_deploy.py: `cpn keys generate`
+cli.add_command(health)  # cluster/cli_deploy.py: `cpn health`
+for _command in crawl_commands():  # cluster/cli_crawl.py: `cpn crawl`, `demo`, `worker`
+    cli.add_command(_command)
 
 
 def main() -> None:

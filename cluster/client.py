@@ -34,6 +34,7 @@ import zmq
 
 from cluster.local import router_endpoint
 from nets.errors import CpnError
+from router.curve import CurveKeys, connect_securely
 from router.slots import FIXED_SLOT, slot_of_key
 from router.wire import (
     FRAME_BYTES_MAX,
@@ -57,6 +58,8 @@ from router.wire import (
     QueryCounts,
     QueryTokens,
     Redirect,
+    Scale,
+    Scaled,
     Shutdown,
     ShuttingDown,
     Statistics,
@@ -72,9 +75,21 @@ TIMEOUT_MS_DEFAULT: Final = 3_000
 RETRIES_DEFAULT: Final = 3
 PUT_TOKENS_PER_REQUEST_MAX: Final = 10_000  # a part's tokens travel in requests of this size
 REDIRECTS_MAX: Final = 8  # per put: more means the table keeps changing under us
+REDIRECT_WAIT_S: Final = 0.05  # times the attempt, after a redirect from a shard behind
+REDIRECT_WAIT_S_MAX: Final = 0.5
 TOKENS_PAGE: Final = 5_000
 
 R = TypeVar("R", bound=Message)
+
+# The CURVE keys clients of this process present when none are given: set once by the
+# CLI from a cluster file (`--config`), so that every client it makes (the supervisor's
+# too) authenticates without each call site passing keys.
+_default_curve: list[CurveKeys | None] = [None]
+
+
+def use_client_keys(keys: CurveKeys | None) -> None:
+    """Make ``keys`` the CURVE keys of every client this process makes from now on."""
+    _default_curve[0] = keys
 
 
 class ShardUnavailable(CpnError):
@@ -151,9 +166,11 @@ class ShardClient(ClosedOnExit):
         retries: int = RETRIES_DEFAULT,
         context: zmq.Context[Any] | None = None,
         role: str = "shard",
+        curve: CurveKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.role = role
+        self.curve = curve if curve is not None else _default_curve[0]
         self.client_id = client_id or os.urandom(8).hex()
         self.timeout_ms = timeout_ms
         self.retries = retries
@@ -170,6 +187,8 @@ class ShardClient(ClosedOnExit):
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
+        if self.curve is not None:
+            connect_securely(socket, self.curve)
         socket.connect(self.endpoint)
         return socket
 
@@ -311,6 +330,8 @@ class ClusterClient(ClosedOnExit):
         client_id: this client's id; each shard sees ``"<client_id>/<shard id>"``, with
             its own request sequence, so that requests are deduplicated per shard.
         timeout_ms, retries: per request, as for :class:`ShardClient`.
+        curve: the CURVE keys to present to the router and the shards (default: those
+            set by :func:`use_client_keys`, if any; see docs/operations.md, "Keys").
 
     Not thread-safe; use one per thread.
     """
@@ -323,6 +344,7 @@ class ClusterClient(ClosedOnExit):
         timeout_ms: int = TIMEOUT_MS_DEFAULT,
         retries: int = RETRIES_DEFAULT,
         context: zmq.Context[Any] | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self._owns_context = context is None
         self._context = zmq.Context() if context is None else context
@@ -331,6 +353,7 @@ class ClusterClient(ClosedOnExit):
             "timeout_ms": timeout_ms,
             "retries": retries,
             "context": self._context,
+            "curve": curve,
         }
         self.client_id = client_id or os.urandom(8).hex()
         self._router = ShardClient(
@@ -370,6 +393,10 @@ class ClusterClient(ClosedOnExit):
 
     def router_statistics(self) -> dict[str, Any]:
         return self._router.request(Stats(), Statistics).values
+
+    def scale(self, shard_count: int) -> Scaled:
+        """Ask the router to spread the slots over ``shard_count`` shards (``cpn scale``)."""
+        return self._router.request(Scale(shard_count), Scaled)
 
     def shard(self, shard_id: int) -> ShardClient:
         """The client of shard ``shard_id``, connected to its endpoint in the table.
@@ -450,10 +477,14 @@ class ClusterClient(ClosedOnExit):
             for i in range(0, len(part), step)
         )
 
-    def _follow(self, redirect: Redirected) -> None:
+    def _follow(self, redirect: Redirected, attempt: int = 1) -> None:
         table = self.table(refresh=True)
         if redirect.epoch > table.epoch:  # the shard knows of a move the router has not told
             self._moved[redirect.slot] = (redirect.owner, redirect.epoch)
+        elif table.owners[redirect.slot] != redirect.owner and redirect.epoch < table.epoch:
+            # A slot's new owner whose table is behind the router's points back at the
+            # old one: give it a moment to learn the table (it asks within 250 ms).
+            time.sleep(min(REDIRECT_WAIT_S_MAX, REDIRECT_WAIT_S * attempt))
 
     # -- the data plane -----------------------------------------------------------------
 
@@ -486,7 +517,7 @@ class ClusterClient(ClosedOnExit):
                 redirects += 1
                 if redirects > REDIRECTS_MAX:
                     raise self._partial(redirect, accepted, redirects, len(fields)) from redirect
-                self._follow(redirect)
+                self._follow(redirect, redirects)
                 pending.extend(self._split(place, part))
             except CpnError as exc:
                 if not accepted:
@@ -498,6 +529,36 @@ class ClusterClient(ClosedOnExit):
     def _partial(cause: CpnError, accepted: Counter[int], redirects: int, total: int) -> CpnError:
         summary = PutSummary(sum(accepted.values()), dict(sorted(accepted.items())), redirects)
         return PartialPut(cause, summary, total) if accepted else cause
+
+    def lease(self, shard_id: int, place: str, *, max_tokens: int, lease_ms: int) -> Leased:
+        """Lease up to ``max_tokens`` tokens of the work queue ``place`` held by ``shard_id``.
+
+        Workers lease from every shard in turn (each holds its own slots' part of the
+        queue); a lease is completed on the shard that granted it (:meth:`complete`).
+        A shard restarted elsewhere is found through the router, as for every request.
+
+        Raises:
+            ShardError, ShardUnavailable: as :meth:`ShardClient.request`.
+        """
+        client = self.shard(shard_id)
+        message = Lease(client.client_id, client.next_request_seq(), place, max_tokens, lease_ms)
+        return self._request(shard_id, message, Leased)
+
+    def complete(
+        self, shard_id: int, lease_id: str, results: Iterable[tuple[str, Sequence[Any]]] = ()
+    ) -> Completed:
+        """Complete a lease that ``shard_id`` granted, adding ``results`` in one step.
+
+        Raises:
+            ShardError: ``lease_expired`` when the lease is unknown or expired (its
+                tokens went back to the queue, or an earlier try of this very
+                completion was committed); others as :meth:`ShardClient.request`.
+            ShardUnavailable: the shard did not answer.
+        """
+        client = self.shard(shard_id)
+        fields = tuple((place, tuple(token)) for place, token in results)
+        message = Complete(client.client_id, client.next_request_seq(), lease_id, fields)
+        return self._request(shard_id, message, Completed)
 
     def shard_counts(self) -> dict[int, dict[str, int]]:
         """Tokens per place on each shard."""

@@ -19,13 +19,15 @@ Theory of operation (docs: DESIGN.md, "Handoff protocol"; STYLE.md, "Tests"):
   claimed by exactly one of them, the one the router's table names. A shard at any
   other epoch is reported apart (``shards_off_epoch``) and its claims are ignored.
 * Observed epochs never decrease; a drained run leaves every outbox empty, no lane failed.
+* No slot move is left half-done: the router has no move in flight (or stuck in error)
+  and no shard holds a slot sealed or a shipment staged (docs/handoff.md, "Slot moves").
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from itertools import pairwise
 from typing import Any, Final, NamedTuple, TypeAlias
 
@@ -50,6 +52,8 @@ class ShardSnapshot:
     marking: Mapping[str, Sequence[tuple[int, Token]]]
     outbox_tokens: int
     failed_lanes: int = 0
+    sealed_slots: frozenset[int] = frozenset()  # sealed here for a move in flight
+    staged_slots: frozenset[int] = frozenset()  # a moving slot's shipment staged here
 
     @classmethod
     def from_statistics(
@@ -66,6 +70,8 @@ class ShardSnapshot:
             marking=marking or {},
             outbox_tokens=int(stats["outbox_tokens"]),
             failed_lanes=int(stats["outbox_lanes_failed"]),
+            sealed_slots=frozenset(stats.get("sealed", ())),
+            staged_slots=frozenset(stats.get("staged", ())),
         )
 
 
@@ -116,6 +122,8 @@ class InvariantReport:
     epochs_backwards: Mapping[str, Sequence[tuple[int, int]]]  # party -> (before, after)
     outboxes_not_drained: Mapping[int, int]  # shard -> unacknowledged tokens
     failed_lanes: Mapping[int, int]  # shard -> failed handoff lanes
+    moves_unfinished: Mapping[int, str] = field(default_factory=dict)  # move id -> state
+    slots_mid_move: Mapping[int, str] = field(default_factory=dict)  # shard -> what it holds
 
     @property
     def ok(self) -> bool:
@@ -138,6 +146,8 @@ class InvariantReport:
             ),
             ("outboxes not drained", _lines("shard {0}: {1} tokens", self.outboxes_not_drained)),
             ("failed handoff lanes", _lines("shard {0}: {1} lanes", self.failed_lanes)),
+            ("slot moves not finished", _lines("move {0}: {1}", self.moves_unfinished)),
+            ("slots held mid-move", _lines("shard {0}: {1}", self.slots_mid_move)),
         ]
         lines = ["cluster invariants violated:"]
         for title, items in sections:
@@ -158,6 +168,7 @@ def check(
     conserved: Mapping[str, int] | None = None,
     epochs_seen: Mapping[str, Sequence[int]] | None = None,
     slot_of: SlotOf | None = None,
+    moves_active: Iterable[Mapping[str, Any]] = (),
 ) -> InvariantReport:
     """Check a drained cluster's snapshots against the expectation (see the module doc).
 
@@ -170,6 +181,8 @@ def check(
         epochs_seen: party -> the epochs it observed, in order.
         slot_of: (place, fields) -> the token's slot, or None for a pool token; called
             for every token of every place.
+        moves_active: the router's moves in flight (its ``Stats`` ``moves_active``:
+            dicts with ``move_id``, ``slot``, ``state``); a drained run has none.
 
     Raises:
         ValueError: two snapshots of one shard, or ``slot_of`` returned a non-slot.
@@ -225,6 +238,14 @@ def check(
         },
         outboxes_not_drained={s.shard_id: s.outbox_tokens for s in snapshots if s.outbox_tokens},
         failed_lanes={s.shard_id: s.failed_lanes for s in snapshots if s.failed_lanes},
+        moves_unfinished={
+            int(m["move_id"]): f"slot {m['slot']} {m['state']}" for m in moves_active
+        },
+        slots_mid_move={
+            s.shard_id: f"sealed {sorted(s.sealed_slots)}, staged {sorted(s.staged_slots)}"
+            for s in snapshots
+            if s.sealed_slots or s.staged_slots
+        },
     )
 
 

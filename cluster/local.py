@@ -21,10 +21,10 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from nets.errors import CpnError
 from router.datadir import read_endpoint
@@ -102,9 +102,24 @@ class ClusterConfig:
     shards: int
     seed: int = 0
     durability: str = Durability.FSYNC.value
+    # Net parameters (`cpn up --net-param KEY=VALUE`), passed to the net's builder in
+    # every shard and in the router; JSON values.
+    params: dict[str, Any] = field(default_factory=dict)
+    # The shard count the cluster started with (its first partition table and the
+    # shards' store identity); `shards` is the count `cpn scale` asked for last.
+    # 0: the same as `shards` (a cluster that was never scaled).
+    initial_shards: int = 0
+
+    @property
+    def first_shards(self) -> int:
+        """The shard count the cluster started with."""
+        return self.initial_shards or self.shards
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        record = dataclasses.asdict(self)
+        if not self.initial_shards:
+            del record["initial_shards"]  # never scaled: the file says what it always said
+        return json.dumps(record, indent=2) + "\n"
 
     @classmethod
     def read(cls, layout: ClusterLayout) -> ClusterConfig | None:
@@ -115,7 +130,17 @@ class ClusterConfig:
         """
         try:
             data = json.loads(layout.cluster_file.read_text())
-            return cls(str(data["net"]), int(data["shards"]), int(data["seed"]), data["durability"])
+            params = data.get("params", {})
+            if not isinstance(params, dict):
+                raise TypeError(f"params must be an object, got {params!r}")
+            return cls(
+                str(data["net"]),
+                int(data["shards"]),
+                int(data["seed"]),
+                data["durability"],
+                params,
+                int(data.get("initial_shards", 0)),
+            )
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
@@ -123,6 +148,34 @@ class ClusterConfig:
                 f"{layout.cluster_file} is not a cluster record ({exc}); restore it or "
                 "use another --data directory"
             ) from exc
+
+
+def parse_net_param(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as ``(key, value)``: VALUE parsed as JSON, else kept as a string.
+
+    Raises:
+        CpnError: no ``=``, or KEY is not an identifier.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise CpnError(
+            f"net parameter {text!r} must look like KEY=VALUE (e.g. delay_ms=500 or "
+            'proxies=["http://127.0.0.1:3128"])'
+        )
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def net_param_args(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """``--net-param KEY=JSON`` options that give a child process ``params``."""
+    args: list[str] = []
+    for key, value in sorted(params.items()):
+        args += ["--net-param", f"{key}={json.dumps(value)}"]
+    return tuple(args)
 
 
 @dataclass

@@ -4,19 +4,21 @@
 functions here answer, per host, the questions politeness tests ask of such a log: how
 close did two request *starts* come (:func:`min_start_gap_ns`), how many requests were in
 progress at once (:func:`max_concurrency`), and which consecutive starts came closer than
-a minimum gap (:func:`politeness_violations`).
+a minimum gap (:func:`politeness_violations`). The ``*_by`` forms answer the first two
+for any records with a start and an end, grouped by any key (the mock forward proxy's log,
+:mod:`cluster.mockweb_proxy`, groups by proxy).
 
-Theory of operation: records are grouped by host and ordered by (start, end); a request
-occupies the half-open interval [start_ns, end_ns), so one that starts exactly when
-another ends does not overlap it. Nothing depends on the order records are given in.
+Theory of operation: records are grouped by host (or the key) and ordered by (start, end);
+a request occupies the half-open interval [start_ns, end_ns), so one that starts exactly
+when another ends does not overlap it. Nothing depends on the order records are given in.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol, TypeVar
 
 STATUS_RESET: Final = 0  # the status recorded for a reset connection
 
@@ -58,22 +60,60 @@ class Violation:
     min_gap_ns: int
 
 
-def _starts_by_host(records: Iterable[RequestRecord]) -> dict[int, list[RequestRecord]]:
-    by_host: dict[int, list[RequestRecord]] = {}
+class Span(Protocol):
+    """Anything logged with a start and an end on one monotonic clock."""
+
+    @property
+    def start_ns(self) -> int: ...
+
+    @property
+    def end_ns(self) -> int: ...
+
+
+SpanT = TypeVar("SpanT", bound=Span)
+KeyT = TypeVar("KeyT", int, str)
+
+
+def spans_by(records: Iterable[SpanT], key: Callable[[SpanT], KeyT]) -> dict[KeyT, list[SpanT]]:
+    """Records grouped by ``key`` (keys in order), each group ordered by (start, end)."""
+    groups: dict[KeyT, list[SpanT]] = {}
     for record in records:
-        by_host.setdefault(record.host, []).append(record)
-    for host_records in by_host.values():
-        host_records.sort(key=lambda r: (r.start_ns, r.end_ns))
-    return dict(sorted(by_host.items()))
+        groups.setdefault(key(record), []).append(record)
+    for group in groups.values():
+        group.sort(key=lambda r: (r.start_ns, r.end_ns))
+    return dict(sorted(groups.items()))
+
+
+def min_start_gap_ns_by(records: Iterable[SpanT], key: Callable[[SpanT], KeyT]) -> dict[KeyT, int]:
+    """Per key with two records or more: the smallest gap between consecutive starts."""
+    gaps: dict[KeyT, int] = {}
+    for group, ordered in spans_by(records, key).items():
+        if len(ordered) >= 2:
+            gaps[group] = min(b.start_ns - a.start_ns for a, b in itertools.pairwise(ordered))
+    return gaps
+
+
+def max_concurrency_by(records: Iterable[SpanT], key: Callable[[SpanT], KeyT]) -> dict[KeyT, int]:
+    """Per key: the most records in progress at once, each over [start_ns, end_ns)."""
+    result: dict[KeyT, int] = {}
+    for group, ordered in spans_by(records, key).items():
+        # At equal times an end (-1) sorts before a start (+1): half-open intervals.
+        events = sorted([(r.start_ns, 1) for r in ordered] + [(r.end_ns, -1) for r in ordered])
+        running = peak = 0
+        for _, step in events:
+            running += step
+            peak = max(peak, running)
+        result[group] = peak
+    return result
+
+
+def _host(record: RequestRecord) -> int:
+    return record.host
 
 
 def min_start_gap_ns(records: Iterable[RequestRecord]) -> dict[int, int]:
     """Per host with two requests or more: the smallest gap between consecutive starts."""
-    gaps: dict[int, int] = {}
-    for host, ordered in _starts_by_host(records).items():
-        if len(ordered) >= 2:
-            gaps[host] = min(b.start_ns - a.start_ns for a, b in itertools.pairwise(ordered))
-    return gaps
+    return min_start_gap_ns_by(records, _host)
 
 
 def max_concurrency(records: Iterable[RequestRecord]) -> dict[int, int]:
@@ -81,16 +121,7 @@ def max_concurrency(records: Iterable[RequestRecord]) -> dict[int, int]:
 
     A request that starts exactly when another ends does not overlap it.
     """
-    result: dict[int, int] = {}
-    for host, ordered in _starts_by_host(records).items():
-        # At equal times an end (-1) sorts before a start (+1): half-open intervals.
-        events = sorted([(r.start_ns, 1) for r in ordered] + [(r.end_ns, -1) for r in ordered])
-        running = peak = 0
-        for _, step in events:
-            running += step
-            peak = max(peak, running)
-        result[host] = peak
-    return result
+    return max_concurrency_by(records, _host)
 
 
 def politeness_violations(
@@ -102,7 +133,7 @@ def politeness_violations(
     has no minimum).
     """
     found = []
-    for host, ordered in _starts_by_host(records).items():
+    for host, ordered in spans_by(records, _host).items():
         gap_ms = min_gap_ms if isinstance(min_gap_ms, int) else min_gap_ms.get(host, 0)
         for first, second in itertools.pairwise(ordered):
             gap_ns = second.start_ns - first.start_ns

@@ -38,6 +38,7 @@ after ``STOP_TIMEOUT_S``) and then the supervisor.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import logging
@@ -58,6 +59,7 @@ from cluster.local import (
     ClusterLayout,
     ShardProcess,
     live_endpoint,
+    net_param_args,
     pid_running,
     process_args,
     start_router,
@@ -76,6 +78,7 @@ TICK_S: Final = 0.1
 BACKOFF_S_MIN: Final = 0.2
 BACKOFF_S_MAX: Final = 10.0
 HEALTHY_AFTER_S: Final = 30.0  # a child up this long starts its backoff afresh
+SERVED_S: Final = 1.0  # a child that served this long and died is restarted at once
 STATUS_TIMEOUT_MS: Final = 1_000
 STATUS_POLL_S: Final = 0.5  # how often the supervisor asks the router about the shards
 STATUS_POLL_TIMEOUT_MS: Final = 300  # the supervisor's loop waits at most this for it
@@ -93,12 +96,13 @@ def settle_config(
     shards: int,
     seed: int | None,
     durability: str | None,
+    params: Mapping[str, Any] | None = None,
 ) -> ClusterConfig:
     """The configuration to start with: the recorded one, checked against the request.
 
-    ``seed`` and ``durability`` default to the recorded values (``None``: keep them);
-    given, they replace them. The net and the shard count cannot change. Nothing is
-    written (see :func:`record_config`).
+    ``seed``, ``durability`` and the net ``params`` default to the recorded values
+    (``None``: keep them); given, they replace them (``params`` as a whole). The net
+    and the shard count cannot change. Nothing is written (see :func:`record_config`).
 
     Raises:
         CpnError: the directory holds a cluster of another net or shard count.
@@ -120,6 +124,8 @@ def settle_config(
         shards,
         base.seed if seed is None else seed,
         base.durability if durability is None else durability,
+        dict(base.params) if params is None else dict(params),
+        base.initial_shards,
     )
 
 
@@ -319,6 +325,7 @@ class Child:
     # (None: the router has not heard from this process yet).
     seen: tuple[object, ...] | None = None
     progress_at_s: float | None = None
+    retired: bool = False  # scaled in: stopped for good once the router let it go
 
     def launch(self, fallback_bind: str) -> None:
         bind = self.endpoint if self.endpoint and self.bind_published else fallback_bind
@@ -373,9 +380,11 @@ class Supervisor:
         self.bind = bind
         self.env = env
         self.stuck_timeout_s = stuck_timeout_s  # 0: never judge a shard stuck
+        self.shard_binds: tuple[str, ...] = ()  # a cluster file's shard endpoints, if any
         self.stopping = False
         self._status_client: ShardClient | None = None
         self._status_next_s = 0.0
+        self._scale_next_s = 0.0
         self._status_router_pid = 0
         # Since when the current router answers (None: it does not, or just restarted).
         self._router_answers_since_s: float | None = None
@@ -386,11 +395,11 @@ class Supervisor:
         ]
 
     def _start_router(self, bind: str) -> ShardProcess:
-        extra = ("--seed", str(self.config.seed))
+        extra = ("--seed", str(self.config.seed), *net_param_args(self.config.params))
         return start_router(
             self.config.net,
             self.layout.router_dir,
-            shards=self.config.shards,
+            shards=self.config.first_shards,
             bind=bind,
             extra_args=extra,
             env=self.env,
@@ -402,12 +411,15 @@ class Supervisor:
             "--shard-id",
             str(shard_id),
             "--shards",
-            str(self.config.shards),
+            str(self.config.first_shards),
             "--router",
             self.router.endpoint,
             "--seed",
             str(self.config.seed),
+            *net_param_args(self.config.params),
         )
+        if bind == LOOPBACK_ANY_PORT and shard_id < len(self.shard_binds):
+            bind = self.shard_binds[shard_id]  # a first start binds where the file says
         return start_shard(
             self.config.net,
             self.layout.shard_dir(shard_id),
@@ -450,6 +462,9 @@ class Supervisor:
                 self._check(self.router, self.bind)
                 for shard in self.shards:
                     self._check(shard, LOOPBACK_ANY_PORT)
+                if time.monotonic() >= self._scale_next_s:
+                    self._scale_next_s = time.monotonic() + STATUS_POLL_S
+                    self._rescale()
                 if self.stuck_timeout_s > 0 and time.monotonic() >= self._status_next_s:
                     self._status_next_s = time.monotonic() + STATUS_POLL_S
                     self._kill_stuck_shards()
@@ -470,6 +485,9 @@ class Supervisor:
     def _check(self, child: Child, fallback_bind: str) -> None:
         now = time.monotonic()
         handle = child.handle
+        if child.retired and (handle is None or not handle.alive()):
+            child.handle = None
+            return
         if handle is None:
             if now >= child.next_start_s and (child is self.router or self.router.endpoint):
                 child.launch(fallback_bind)
@@ -492,9 +510,17 @@ class Supervisor:
             return
         if not published and child.starts == 1:
             raise CpnError(f"{child.name} failed to start: {handle.last_error()}")
+        if published and now - child.started_at_s >= SERVED_S:
+            # It served for a while: a kill or a one-off crash, not a crash loop. Its
+            # slots are out of service until it is back, so it comes back at once.
+            child.failures = 0
         child.failures += 1
         child.bind_published = published
-        backoff_s = min(BACKOFF_S_MAX, BACKOFF_S_MIN * 2 ** (child.failures - 1))
+        backoff_s = (
+            0.0
+            if published and child.failures == 1
+            else min(BACKOFF_S_MAX, BACKOFF_S_MIN * 2 ** (child.failures - 1))
+        )
         child.next_start_s = now + backoff_s
         log.warning(
             "%s (pid %d) exited with code %s%s; restarting in %.1f s",
@@ -504,6 +530,45 @@ class Supervisor:
             "" if published else f" before serving ({handle.last_error()})",
             backoff_s,
         )
+
+    def _rescale(self) -> None:
+        """Follow `cpn scale` (docs/cluster.md): start the shards cluster.json adds, and
+        stop for good those the router retired (they own nothing and owe nothing)."""
+        try:
+            recorded = ClusterConfig.read(self.layout)
+        except CpnError as exc:
+            log.warning("cannot read the shard count: %s", exc)
+            return
+        if recorded is not None and recorded.shards != self.config.shards:
+            log.info("scaling from %d to %d shards", self.config.shards, recorded.shards)
+            self.config = dataclasses.replace(
+                self.config, shards=recorded.shards, initial_shards=recorded.first_shards
+            )
+        state = self._router_status()
+        # Shards still leaving (a scale-in the cluster was restarted in the middle of)
+        # run until the router lets them go.
+        span = max(self.config.shards, len(state.shards) if state is not None else 0)
+        while len(self.shards) < span:
+            shard_id = len(self.shards)
+            self.shards.append(
+                Child(f"shard {shard_id}", functools.partial(self._start_shard, shard_id))
+            )
+        for child in self.shards[: self.config.shards]:
+            child.retired = False  # scaled out again before it was let go
+        if len(self.shards) == self.config.shards or state is None:
+            return
+        for shard_id in range(self.config.shards, len(self.shards)):
+            child = self.shards[shard_id]
+            view = state.shards[shard_id] if shard_id < len(state.shards) else {"retired": True}
+            if view.get("retired") and not child.retired:
+                child.retired = True
+                log.info("%s is retired: stopping it", child.name)
+                if child.handle is not None and child.handle.alive():
+                    child.handle.process.send_signal(signal.SIGTERM)
+        while len(self.shards) > self.config.shards and self.shards[-1].retired:
+            if self.shards[-1].handle is not None and self.shards[-1].handle.alive():
+                break
+            self.shards.pop()
 
     def _router_status(self) -> ClusterState | None:
         """The router's view of the shards, or None if it does not answer in time."""
@@ -589,6 +654,7 @@ def supervise(
     *,
     bind: str,
     stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
+    shard_binds: tuple[str, ...] = (),
 ) -> None:
     """``cpn up --foreground``: log to ``supervisor.log`` and run the supervisor."""
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -598,4 +664,6 @@ def supervise(
         level=logging.INFO,
         force=True,
     )
-    Supervisor(layout, config, bind=bind, stuck_timeout_s=stuck_timeout_s).run()
+    supervisor = Supervisor(layout, config, bind=bind, stuck_timeout_s=stuck_timeout_s)
+    supervisor.shard_binds = shard_binds
+    supervisor.run()

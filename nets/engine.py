@@ -388,6 +388,43 @@ class Engine:
             raise CpnError(f"place {place!r} has no available token {token!r} at time {time}")
         store.remove_available(entry)
 
+    def extract(self, entries: Iterable[tuple[str, int, Token]]) -> None:
+        """Take entries ``(place, time, token)`` out, available or not yet (a slot leaving).
+
+        Unlike :meth:`remove`, a token whose time is still to come is taken too: a
+        slot that moves to another shard takes every token it holds.
+
+        Raises:
+            CpnError: a place does not exist, or an entry is not in the marking (the
+                available entries named before it are taken already: callers pass
+                entries they read from this marking).
+        """
+        pending_wanted: dict[tuple[int, str, Token], int] = {}
+        for place, time, token in entries:
+            store = self._store(place)
+            if store.primary.contains((time, token)):
+                store.remove_available((time, token))
+            else:
+                key = (time, place, token)
+                pending_wanted[key] = pending_wanted.get(key, 0) + 1
+        if not pending_wanted:
+            return
+        kept = []
+        for item in self._pending:
+            key = (item[0], item[2], item[3])
+            if pending_wanted.get(key, 0) > 0:
+                pending_wanted[key] -= 1
+                self._stores[item[2]].count -= 1
+            else:
+                kept.append(item)
+        missing = [key for key, n in pending_wanted.items() if n > 0]
+        # The compiled firings hold this very list: change it in place.
+        self._pending[:] = kept
+        heapq.heapify(self._pending)
+        if missing:
+            time, place, token = missing[0]
+            raise CpnError(f"place {place!r} has no token {token!r} at time {time} to take out")
+
     def restore(self, marking: Mapping[str, Iterable[tuple[int, Token]]]) -> None:
         """Load a recovered marking into an engine created with ``initial_marking=False``.
 

@@ -2,9 +2,10 @@
 
 ``attr`` names a :class:`Net`, or a function returning one, called with no arguments
 (so a module can build its net from defaults) or, if it has a ``seed`` parameter, with
-the run's seed (so ``cpn run --seed`` reaches the net's own seeded choices). Every way
-this can fail raises :class:`LoadError` with one line saying what was wrong and how to
-fix it. Importing a
+the run's seed (so ``cpn run --seed`` reaches the net's own seeded choices). Net
+parameters (``cpn up --net-param KEY=VALUE``) are passed to the function as keyword
+arguments; it must name them as parameters or take ``**params``. Every way this can
+fail raises :class:`LoadError` with one line saying what was wrong and how to fix it. Importing a
 module is not I/O in the sense of the functional core: it is how Python code is
 found, and nets are Python code.
 """
@@ -13,25 +14,28 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Mapping
 
 from nets.errors import LoadError, NetDefinitionError
 from nets.model import Net
 
 
-def load_net(path: str, *, seed: int = 0) -> Net:
+def load_net(path: str, *, seed: int = 0, params: Mapping[str, object] | None = None) -> Net:
     """Import and return the net named by ``path`` (``package.module:attr``).
 
-    ``seed`` is passed to a net-building function that has a ``seed`` parameter.
+    ``seed`` is passed to a net-building function that has a ``seed`` parameter;
+    ``params`` (net parameters, by name) are passed to it as keyword arguments.
 
     Raises:
-        LoadError: malformed path, module not importable, attribute missing, or the
-            attribute is not a net (nor a function returning one).
+        LoadError: malformed path, module not importable, attribute missing, the
+            attribute is not a net (nor a function returning one), or it does not take
+            the parameters given.
         NetDefinitionError: the net was found but does not validate.
     """
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise LoadError(
-            f"net path {path!r} must look like package.module:attr (e.g. nets.scraper:net)"
+            f"net path {path!r} must look like package.module:attr (e.g. nets.scraper_sim:net)"
         )
     try:
         module = importlib.import_module(module_name)
@@ -47,17 +51,48 @@ def load_net(path: str, *, seed: int = 0) -> Net:
         value = getattr(module, attr)
     except AttributeError:
         raise LoadError(f"module {module_name!r} has no attribute {attr!r}") from None
+    given = dict(params or {})
     if callable(value) and not isinstance(value, Net):
+        signature: Mapping[str, inspect.Parameter]
         try:
-            takes_seed = "seed" in inspect.signature(value).parameters
+            signature = inspect.signature(value).parameters
         except (TypeError, ValueError):
-            takes_seed = False
+            signature = {}
+        _check_params(path, signature, given)
+        arguments: dict[str, object] = dict(given)
+        if "seed" in signature:
+            arguments["seed"] = seed
         try:
-            value = value(seed=seed) if takes_seed else value()
+            value = value(**arguments)
         except NetDefinitionError:
             raise
         except TypeError as exc:
             raise LoadError(f"{path} is a function that needs arguments: {exc}") from exc
+    elif given:
+        raise LoadError(
+            f"{path} is a net, not a function that builds one: it takes no parameters "
+            f"(got {', '.join(sorted(given))})"
+        )
     if not isinstance(value, Net):
         raise LoadError(f"{path} is a {type(value).__name__}, not a Net")
     return value
+
+
+def _check_params(
+    path: str, signature: Mapping[str, inspect.Parameter], given: Mapping[str, object]
+) -> None:
+    """Raise :class:`LoadError` unless the builder takes every parameter in ``given``."""
+    if "seed" in given:
+        raise LoadError(f"net {path}: pass the seed with --seed, not as a net parameter")
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        return  # it takes any keyword (and checks the names itself)
+    named = {
+        name
+        for name, p in signature.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and name != "seed"
+    }
+    unknown = sorted(set(given) - named)
+    if unknown:
+        takes = f"it takes: {', '.join(sorted(named))}" if named else "it takes none"
+        raise LoadError(f"net {path} has no parameter {unknown[0]!r} ({takes})")

@@ -13,20 +13,23 @@ A link that fails a check goes to ``skipped`` with the reason.
 ``clock``, ``concurrency`` tokens in ``free``, a page ``budget``, and a robots.txt target
 that is fetched before any page (its rules and ``Crawl-delay`` become the ``robots`` token).
 
-**Scraping** is the four-way join of a domain's ``clock`` (due), a ``free`` slot of the
-domain, its best target (robots first, then shallowest) and an available proxy. The fetch
-gets a start time, ``start = max(now + lead, clock's next start, proxy's next start)``; the
-clock comes back for ``start + gap`` (``gap`` = max(delay, Crawl-delay) + the late
-allowance + a safety margin), the proxy for ``start + its interval`` (plus the same
-allowance), both ``lead_ms`` early, so the next decision is ready before its start.
-A fetch worker sends at ``start`` and refuses (result ``late``) if it would send later than
-``start + late_ms``: two starts at a host are never closer than the delay, whatever the
-scheduling jitter.
+**Scraping** is the join of a domain's ``clock`` (due), a ``free`` slot of the domain,
+its best target (robots first, then shallowest) and an available proxy. The fetch gets a
+start time: the latest of ``now + ready_ms`` (time for a worker to lease it), the clock's
+next start, the proxy's next start, and one ``politeness`` delay (max(delay, Crawl-delay))
+after the answer that freed the slot. The clock comes back for ``start + gap`` (``gap`` =
+that delay + the late allowance + a safety margin), the proxy for ``start + its
+interval`` (plus the same allowance), both due ``lead_ms`` early so that the next
+decision is made before its start. A fetch worker sends at ``start`` and refuses (result
+``late``) rather than send later than ``start + late_ms``. So two requests at a host are
+never closer than the delay, at the sender (the clock) and at the server too, which
+cannot log a request after answering it (the answer anchor), whatever the jitter.
 
 **Results.** A page goes into the pipeline; a transient failure (timeout, connection
 error, 5xx, 429) is logged in ``fail_log`` and retried with exponential backoff until
-``max_attempts``; a 4xx is final; a non-HTML or oversized answer is skipped; a late refusal
-goes back to the targets without counting an attempt.
+``max_attempts``; a 4xx is final; a non-HTML or oversized answer is skipped; a redirect's
+target becomes a discovered link; a late refusal goes back to the targets without counting
+an attempt.
 
 **Pipeline** ``raw_html -> parse_queue -> parsed -> validated -> store_queue -> stored``.
 Every stage has a capacity (per shard), so a slow stage backs up into the one before it,
@@ -93,9 +96,25 @@ class Clock(NamedTuple):
 
 
 class Slot(NamedTuple):
-    """One of a domain's ``concurrency`` request slots."""
+    """One of a domain's ``concurrency`` request slots, freed by an answer."""
 
     domain: str
+    answered_ms: int  # when the answer that freed it arrived (0: never used)
+
+
+class Politeness(NamedTuple):
+    """How a domain's requests are spaced and planned.
+
+    ``delay_ms`` is the policy's delay, or the domain's Crawl-delay if longer;
+    ``ready_ms`` is how far ahead of its start a fetch is decided. It doubles after a late
+    refusal (workers needed more time) and shrinks by an eighth after a sent request,
+    down to the policy's ``ready_ms``: a loaded cluster plans further ahead instead of
+    refusing again and again.
+    """
+
+    domain: str
+    delay_ms: int
+    ready_ms: int
 
 
 class Proxy(NamedTuple):
@@ -136,6 +155,7 @@ class InFlight(NamedTuple):
     attempt: int
     priority: int
     proxy: str
+    answered_ms: int  # the slot's answer anchor, kept if this fetch sends nothing
 
 
 class Fetched(NamedTuple):
@@ -151,6 +171,7 @@ class Fetched(NamedTuple):
     content_type: str  # media type, lowercased, without parameters
     body: str  # the text of an HTML page or of robots.txt, else ""
     started_ms: int
+    answered_ms: int  # when the answer (or the error) arrived; 0 if nothing was sent
     proxy: str
 
 
@@ -222,7 +243,7 @@ class Stored(NamedTuple):
 class Skipped(NamedTuple):
     domain: str
     url: str
-    reason: str  # robots, scope, depth, budget, not_html, too_large, invalid
+    reason: str  # robots, scope, depth, budget, not_html, too_large, invalid, redirect
 
 
 class Failure(NamedTuple):
@@ -253,7 +274,8 @@ class CrawlPolicy:
     delay_ms: int = 1_000  # minimum gap between two request starts at one domain
     margin_ms: int = 5  # safety margin added to every gap (measurement jitter at the server)
     late_ms: int = 5  # a worker refuses to send later than this after the start time
-    lead_ms: int = 50  # decide this long before the start, so a worker is ready in time
+    lead_ms: int = 200  # decide up to this long before a start (the clock is due that early)
+    ready_ms: int = 50  # a start is at least this long after its decision: time to lease it
     concurrency: int = 1  # requests in flight per domain
     proxies: tuple[str, ...] = ()  # proxy URLs; none means direct connections
     proxy_interval_ms: int = 0  # minimum gap between two request starts through one proxy
@@ -355,7 +377,8 @@ def _transient(r: Fetched) -> bool:
 def verdict(r: Fetched, max_attempts: int) -> str:
     """What a fetch result means for the crawl: the one transition that takes it.
 
-    ``late``, ``page``, ``skip`` (not HTML, too large), ``retry``, ``give_up``, ``final``,
+    ``late``, ``page``, ``skip`` (not HTML, too large), ``redirect`` (``final_url`` is
+    where it points), ``retry``, ``give_up``, ``final``,
     and for robots.txt ``robots`` (rules), ``robots_none`` (allow all) or
     ``robots_unreachable`` (disallow all).
     """
@@ -371,6 +394,8 @@ def verdict(r: Fetched, max_attempts: int) -> str:
         return "robots_none"
     if ok:
         return "page" if r.content_type in HTML_TYPES else "skip"
+    if not r.error and 300 <= r.status < 400 and r.final_url not in ("", r.url):
+        return "redirect"
     if r.error == "too_large":
         return "skip"
     if _transient(r):
@@ -411,7 +436,7 @@ def initial_proxies(policy: CrawlPolicy) -> list[Proxy]:
 def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
     """Build the crawler's net for ``policy``."""
     p = policy
-    c, b, d, u, i, r, t, s, x, pg, m, pd, q = variables("c b d u i r t s x pg m pd q")
+    c, b, d, u, i, r, t, s, x, pg, m, pd, q, pl = variables("c b d u i r t s x pg m pd q pl")
 
     # Admission
     links = Place("links", Link, key="domain")
@@ -425,6 +450,7 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
     # Scraping
     clock = Place("clock", Clock, key="domain")
     free = Place("free", Slot, key="domain")
+    politeness = Place("politeness", Politeness, key="domain")
     targets = Place("targets", Target, key="domain")
     proxies = Place("proxies", Proxy, pool=True, initial=initial_proxies(p))
     fetch_queue = Place("fetch_queue", Fetch, key="domain", work_queue=True)
@@ -494,7 +520,8 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
                 known.produce(lambda d: Domain(d)),  # noqa: PLW0108
                 budget.produce(lambda d: Budget(d, p.max_pages_per_domain)),
                 clock.produce(lambda d: Clock(d, 0, p.gap_ms())),
-                free.produce_all(lambda d: [Slot(d)] * p.concurrency),
+                free.produce_all(lambda d: [Slot(d, 0)] * p.concurrency),
+                politeness.produce(lambda d: Politeness(d, p.delay_ms, p.ready_ms)),
                 targets.produce(lambda c: Target(c.domain, -1, robots_url(c.url), ROBOTS, 0, 0)),
             ],
             priority=1,
@@ -529,8 +556,14 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
         ),
     ]
 
-    def start_ms(now: int, s: Clock, x: Proxy) -> int:
-        return max(now + p.lead_ms, s.next_start_ms, x.next_start_ms)
+    def start_ms(now: int, s: Clock, x: Proxy, q: Slot, pl: Politeness) -> int:
+        # The server stamps a request when it has parsed it, which can lag its sending by
+        # tens of ms on a new connection; it cannot stamp it after answering it. So a start
+        # one delay after the previous answer arrived keeps the gap *at the server*, whatever
+        # that lag; the clock alone (start + gap) keeps it at the sender. +1: both are
+        # wall-clock readings rounded down to the millisecond.
+        after_answer = q.answered_ms + pl.delay_ms + 1 if q.answered_ms else 0
+        return max(now + pl.ready_ms, s.next_start_ms, x.next_start_ms, after_answer)
 
     def proxy_gap(x: Proxy) -> int:
         return x.interval_ms + p.late_ms + p.margin_ms if x.interval_ms else 0
@@ -538,9 +571,10 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
     scrape = Transition(
         "scrape",
         consume=[clock(s, domain=d), free(q, domain=d), targets(t, domain=d), proxies(x)],
+        read=[politeness(pl, domain=d)],
         produce=[
             fetch_queue.produce(
-                lambda now, s, t, x: Fetch(
+                lambda now, s, t, x, q, pl: Fetch(
                     t.domain,
                     t.url,
                     t.kind,
@@ -548,25 +582,29 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
                     t.attempt,
                     x.name,
                     x.url,
-                    start_ms(now, s, x),
+                    start_ms(now, s, x, q, pl),
                     p.late_ms,
                 )
             ),
             fetching.produce(
-                lambda t, x: InFlight(
-                    t.domain, t.url, t.kind, t.depth, t.attempt, t.priority, x.name
+                lambda t, x, q: InFlight(
+                    t.domain, t.url, t.kind, t.depth, t.attempt, t.priority, x.name, q.answered_ms
                 )
             ),
             clock.produce(
-                lambda now, s, x: Clock(s.domain, start_ms(now, s, x) + s.gap_ms, s.gap_ms),
-                delay=lambda now, s, x: start_ms(now, s, x) + s.gap_ms - p.lead_ms - now,
+                lambda now, s, x, q, pl: Clock(
+                    s.domain, start_ms(now, s, x, q, pl) + s.gap_ms, s.gap_ms
+                ),
+                delay=lambda now, s, x, q, pl: max(
+                    0, start_ms(now, s, x, q, pl) + s.gap_ms - p.lead_ms - now
+                ),
             ),
             proxies.produce(
-                lambda now, s, x: Proxy(
-                    x.name, x.url, start_ms(now, s, x) + proxy_gap(x), x.interval_ms
+                lambda now, s, x, q, pl: Proxy(
+                    x.name, x.url, start_ms(now, s, x, q, pl) + proxy_gap(x), x.interval_ms
                 ),
-                delay=lambda now, s, x: max(
-                    0, start_ms(now, s, x) + proxy_gap(x) - p.lead_ms - now
+                delay=lambda now, s, x, q, pl: max(
+                    0, start_ms(now, s, x, q, pl) + proxy_gap(x) - p.lead_ms - now
                 ),
             ),
         ],
@@ -576,16 +614,30 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
     # frees the domain's slot. Exactly one verdict holds for a result.
     answer = [fetching(i, domain=d, url=u), fetched(r, domain=d, url=u)]
     # Inscriptions name their variables (d), not the colour's fields: keep the lambdas.
-    slot_back = free.produce(lambda d: Slot(d))  # noqa: PLW0108
+    slot_back = free.produce(lambda d, i, r: Slot(d, max(i.answered_ms, r.answered_ms)))
+
+    def adapted(pl: Politeness, r: Fetched, delay_ms: int | None = None) -> Politeness:
+        ready = (
+            min(p.lead_ms, 2 * pl.ready_ms)
+            if r.error == "late"
+            else max(p.ready_ms, pl.ready_ms - pl.ready_ms // 8)
+        )
+        return Politeness(pl.domain, pl.delay_ms if delay_ms is None else delay_ms, ready)
 
     def on(
-        name: str, wanted: str, *produce: OutputArc, extra: tuple[Pattern, ...] = ()
+        name: str,
+        wanted: str,
+        *produce: OutputArc,
+        extra: tuple[Pattern, ...] = (),
+        planning: OutputArc | None = None,
     ) -> Transition:
+        if planning is None:
+            planning = politeness.produce(lambda pl, r: adapted(pl, r))  # noqa: PLW0108
         return Transition(
             name,
-            consume=[*answer, *extra],
+            consume=[*answer, politeness(pl, domain=d), *extra],
             guard=lambda r: verdict(r, p.max_attempts) == wanted,
-            produce=[*produce, slot_back],
+            produce=[*produce, slot_back, planning],
             priority=3,
         )
 
@@ -612,6 +664,14 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
             "not_stored",
             "skip",
             skipped.produce(lambda r: Skipped(r.domain, r.url, skip_reason(r))),
+        ),
+        # A redirect is not followed by the worker (that would be a request the clock did
+        # not plan): its target is a discovered link, admitted like any other.
+        on(
+            "redirected",
+            "redirect",
+            links.produce(lambda i, r: Link(urlsplit(r.final_url).netloc, r.final_url, i.depth)),
+            skipped.produce(lambda r: Skipped(r.domain, r.url, "redirect")),
         ),
         on(
             "fetch_late",
@@ -667,6 +727,9 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
                 delay=lambda now, r, s: max(0, retimed(r, s).next_start_ms - p.lead_ms - now),
             ),
             extra=(clock(s, domain=d),),
+            planning=politeness.produce(
+                lambda pl, r: adapted(pl, r, max(p.delay_ms, rules(r).crawl_delay_ms))
+            ),
         )
 
     robots_results = [
@@ -728,6 +791,7 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
             robots,
             skipped,
             clock,
+            politeness,
             free,
             targets,
             proxies,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 from pathlib import Path
 from typing import Final
 
@@ -68,3 +69,25 @@ def read_endpoint(data_dir: Path) -> tuple[str, int] | None:
         endpoint, pid = (data_dir / ENDPOINT_FILE).read_text().split()
         return endpoint, int(pid)
     return None
+
+
+FAULT_ENV: Final = "CPN_FAULT_POINTS"  # comma-separated names of fault points to arm
+FAULT_MARK_PREFIX: Final = "fault-fired-"
+
+
+def fault_point(data_dir: Path, name: str) -> None:
+    """SIGKILL this process at fault point ``name`` if ``CPN_FAULT_POINTS`` names it.
+
+    Each armed point fires once per data directory (a mark file records it before the
+    kill), so a supervisor that restarts the process with the same environment lets
+    the restarted process resume and finish what the killed one began. Tests use it to
+    kill a party at each step of a protocol (STYLE.md, Tests: fault points).
+    """
+    armed = os.environ.get(FAULT_ENV)
+    if not armed or name not in armed.split(","):
+        return
+    mark = data_dir / f"{FAULT_MARK_PREFIX}{name}"
+    if mark.exists():
+        return
+    mark.write_text(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -28,7 +28,7 @@ before anything is sent.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
@@ -406,6 +406,7 @@ class Ownership(Enum):
     NOT_OWNED = "not_owned"
     STALE_EPOCH = "stale_epoch"  # the sender's table predates the lane's last move
     TABLE_BEHIND = "table_behind"  # the sender's table is newer than ours
+    SEALED = "sealed"  # ours, but sealed for a move: its hwms must not move (defer)
 
 
 class Order(Enum):
@@ -436,6 +437,9 @@ RECEIVE_TABLE: Final[dict[tuple[Ownership, Order], Verdict]] = {
     (Ownership.TABLE_BEHIND, Order.NEXT): Verdict.DEFER,
     (Ownership.TABLE_BEHIND, Order.DUPLICATE): Verdict.DEFER,
     (Ownership.TABLE_BEHIND, Order.GAP): Verdict.DEFER,
+    (Ownership.SEALED, Order.NEXT): Verdict.DEFER,
+    (Ownership.SEALED, Order.DUPLICATE): Verdict.DEFER,
+    (Ownership.SEALED, Order.GAP): Verdict.DEFER,
 }
 
 
@@ -476,7 +480,9 @@ class Inbox:
         self.hwms: dict[tuple[int, int], int] = dict(hwms or {})
         self.failed: dict[tuple[int, int], str] = {}  # (sender, incarnation) -> why
 
-    def ownership(self, lane: int, epoch: int, table: PartitionTable) -> Ownership:
+    def ownership(
+        self, lane: int, epoch: int, table: PartitionTable, sealed: Collection[int] = ()
+    ) -> Ownership:
         if is_pool_lane(lane):
             return Ownership.OWNED if table.owner(lane) == self.me else Ownership.NOT_OWNED
         if epoch > table.epoch:
@@ -485,6 +491,8 @@ class Inbox:
             return Ownership.NOT_OWNED
         if epoch < table.lane_epoch(lane):
             return Ownership.STALE_EPOCH
+        if lane in sealed:
+            return Ownership.SEALED
         return Ownership.OWNED
 
     def receive(
@@ -495,6 +503,7 @@ class Inbox:
         epoch: int,
         runs: Sequence[tuple[int, int, int]],
         table: PartitionTable,
+        sealed: Collection[int] = (),
     ) -> Receipt:
         """Judge a message's runs ``(lane, first_seq, count)`` and move the hwms.
 
@@ -506,7 +515,9 @@ class Inbox:
                 a message; they are judged in order. ``sender`` may be this shard
                 itself: a slot that moved here while our outbox held runs for it
                 gets them through the loopback, deduplicated by the hwm that moved
-                with the slot (docs/handoff.md, "Slot moves").
+                with the slot (docs/handoff.md, "Slot moves"). ``sealed``: slots this
+                shard owns but has sealed for a move; their runs are deferred, so the
+                hwms that travel with the slot stay final.
         """
         failed = self.failed.get((sender, incarnation))
         if failed is not None:
@@ -530,7 +541,7 @@ class Inbox:
                 order = Order.GAP
             else:
                 order = Order.NEXT
-            verdict = RECEIVE_TABLE[(self.ownership(lane, epoch, table), order)]
+            verdict = RECEIVE_TABLE[(self.ownership(lane, epoch, table, sealed), order)]
             verdicts.append(verdict)
             if verdict is Verdict.APPLY:
                 accepted.append(Accepted(index, hwm + 1 - first_seq))

@@ -37,6 +37,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -48,8 +49,11 @@ from nets.codec import CodecError, pack, unpack
 from nets.errors import CpnError
 from nets.loader import load_net
 from nets.model import Net
-from router.datadir import lock_directory, publish_endpoint, unpublish_endpoint
+from router.coordinator import Coordinator, CoordinatorError
+from router.curve import CurveKeys, Gatekeeper, check_exposure, serve_securely
+from router.datadir import fault_point, lock_directory, publish_endpoint, unpublish_endpoint
 from router.endpoints import listen_address
+from router.limits import PeerRateLimits
 from router.table import PartitionTable, TableError
 from router.wire import (
     FRAME_BYTES_MAX,
@@ -64,8 +68,12 @@ from router.wire import (
     Heartbeat,
     HeartbeatAck,
     Message,
+    MoveOrders,
+    MoveReport,
     Ping,
     Pong,
+    Scale,
+    Scaled,
     Shutdown,
     ShuttingDown,
     Statistics,
@@ -102,6 +110,11 @@ class RouterConfig:
     allow_remote: bool = False
     seed: int = 0
     heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS
+    # Net parameters for the net's builder (`--net-param`), as the shards get them.
+    params: Mapping[str, Any] = field(default_factory=dict)
+    cluster_id: str = ""  # from a cluster file: heartbeats of another cluster are refused
+    curve: CurveKeys | None = None  # CURVE keys: clients and shards must be allowed
+    rate_limit: tuple[int, int] | None = None  # (requests per s, burst) per peer
 
 
 class RouterRequestError(CpnError):
@@ -176,6 +189,8 @@ class RouterStore:
                     f"{shard_count}; pass --shards {stored_count} or use another --data "
                     "directory"
                 )
+            raw_control = txn.get(b"control")  # moves, scaling, fences (coordinator)
+            self.control_blob = None if raw_control is None else bytes(raw_control)
             raw_table = txn.get(b"table")
             try:
                 table = (
@@ -183,7 +198,7 @@ class RouterStore:
                     if raw_table is None
                     else PartitionTable.decode(bytes(raw_table))
                 )
-                endpoints = _decode_endpoints(txn.get(b"endpoints"), shard_count)
+                endpoints = _decode_endpoints(txn.get(b"endpoints"), table.shard_count)
             except (TableError, CodecError) as exc:
                 raise CpnError(f"the router's store in {self.data_dir} is damaged: {exc}") from exc
             incarnation = int(_text(txn.get(b"incarnation")) or "0") + 1
@@ -194,6 +209,12 @@ class RouterStore:
             txn.put(b"endpoints", pack(endpoints))
             txn.put(b"incarnation", str(incarnation).encode())
         return table, endpoints, incarnation
+
+    def save(self, items: dict[bytes, bytes]) -> None:
+        """Write ``items`` into the meta database in one (durable) transaction."""
+        with self._env.begin(write=True, db=self._meta) as txn:
+            for key, value in items.items():
+                txn.put(key, value)
 
     def save_endpoints(self, endpoints: tuple[str, ...]) -> None:
         with self._env.begin(write=True, db=self._meta) as txn:
@@ -213,13 +234,10 @@ def _decode_endpoints(raw: bytes | None, shard_count: int) -> tuple[str, ...]:
     if raw is None:
         return ("",) * shard_count
     endpoints = unpack(bytes(raw))
-    if (
-        type(endpoints) is not tuple
-        or len(endpoints) != shard_count
-        or not all(type(e) is str for e in endpoints)
-    ):
+    if type(endpoints) is not tuple or not all(type(e) is str for e in endpoints):
         raise CodecError(f"expected {shard_count} endpoints, got {endpoints!r:.200}")
-    return endpoints
+    # The cluster may have grown or shrunk (cpn scale) since they were written.
+    return (*endpoints, *("",) * (shard_count - len(endpoints)))
 
 
 # -- the router's state -------------------------------------------------------------------
@@ -246,9 +264,11 @@ class Router:
         self.places = places_of(net)
         self.store = store
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
-        self.shards = [ShardView() for _ in range(store.table.shard_count)]
+        self.coordinator = Coordinator.decode(store.table, store.control_blob)
+        self.shards = [ShardView() for _ in range(self.coordinator.span())]
         self.counters: Counter[str] = Counter()
         self.stopping = False
+        self.cluster_id = ""
 
     @property
     def table(self) -> PartitionTable:
@@ -262,6 +282,10 @@ class Router:
             return self._table()
         if isinstance(message, Heartbeat):
             return self._heartbeat(message, envelope.incarnation, now_ms)
+        if isinstance(message, MoveReport):
+            return self._report(message, envelope.incarnation, now_ms)
+        if isinstance(message, Scale):
+            return self._scale(message)
         if isinstance(message, ClusterStatus):
             return ClusterState(self.net_name, self.table.epoch, self._states(now_ms))
         if isinstance(message, Stats):
@@ -292,20 +316,28 @@ class Router:
             table.slot_epochs,
             self.store.endpoints,
             self.places,
+            self.cluster_id,
         )
 
     def _heartbeat(self, beat: Heartbeat, incarnation: int, now_ms: int) -> HeartbeatAck:
-        if not 0 <= beat.shard_id < len(self.shards):
+        span = self.coordinator.span()  # members, and shards still leaving
+        if not 0 <= beat.shard_id < span:
             raise RouterRequestError(
                 "bad_shard_id",
-                f"shard id {beat.shard_id} is not one of 0..{len(self.shards) - 1} "
-                f"(this cluster has {len(self.shards)} shards)",
+                f"shard id {beat.shard_id} is not one of 0..{span - 1} "
+                f"(this cluster has {span} shards)",
             )
         if not beat.endpoint.startswith("tcp://") or len(beat.endpoint) > ENDPOINT_CHARS_MAX:
             raise RouterRequestError(
                 "bad_request",
                 f"shard {beat.shard_id} reported endpoint {beat.endpoint[:80]!r}, not "
                 "tcp://HOST:PORT",
+            )
+        if beat.cluster_id != self.cluster_id:
+            raise RouterRequestError(
+                "wrong_cluster",
+                f"shard {beat.shard_id} at {beat.endpoint[:80]} belongs to cluster "
+                f"{beat.cluster_id!r}, this router to {self.cluster_id!r}; check its cluster file",
             )
         view = self.shards[beat.shard_id]
         if incarnation < view.incarnation:
@@ -329,16 +361,87 @@ class Router:
             self.store.save_endpoints(tuple(changed))
         if view.progress_changed_ms is None or beat.progress != view.progress:
             view.progress_changed_ms = now_ms
+        self.coordinator.incarnation(beat.shard_id, incarnation)
+        self._persist()
         view.incarnation = incarnation
         view.last_seen_ms = now_ms
         view.epoch = beat.epoch
         view.progress = dict(beat.progress)
         return HeartbeatAck(self.table.epoch)
 
+    # -- moves, scaling and fencing (router/coordinator.py decides, this persists) --------
+
+    def _persist(self) -> None:
+        """Write the coordinator's table and records if they changed (before any reply)."""
+        coordinator = self.coordinator
+        if not coordinator.changed:
+            return
+        self.store.save({b"table": coordinator.table.encode(), b"control": coordinator.encode()})
+        coordinator.changed = False
+        self.store.table = coordinator.table
+        span = coordinator.span()
+        self.shards += [ShardView() for _ in range(span - len(self.shards))]
+        endpoints = self.store.endpoints
+        if len(endpoints) < span:
+            self.store.save_endpoints((*endpoints, *("",) * (span - len(endpoints))))
+        for state in coordinator.take_transitions():
+            fault_point(self.store.data_dir, f"router-{state}")
+
+    def _report(self, report: MoveReport, incarnation: int, now_ms: int) -> MoveOrders:
+        coordinator = self.coordinator
+        if not 0 <= report.shard_id < coordinator.span():
+            raise RouterRequestError(
+                "bad_shard_id",
+                f"shard id {report.shard_id} is not one of 0..{coordinator.span() - 1}",
+            )
+        view = self.shards[report.shard_id]
+        if incarnation < view.incarnation:
+            raise RouterRequestError(
+                "stale_incarnation",
+                f"shard {report.shard_id}'s incarnation {incarnation} is older than "
+                f"{view.incarnation}; its report is not believed",
+            )
+        coordinator.incarnation(report.shard_id, incarnation)
+        coordinator.report(
+            report.shard_id,
+            report.answers,
+            now_ms=now_ms,
+            outbox_tokens=report.outbox_tokens,
+            pool_tokens=report.pool_tokens,
+            owed=report.owed,
+        )
+        self._persist()
+        return MoveOrders(
+            coordinator.table.epoch,
+            coordinator.members,
+            coordinator.fence_epoch(report.shard_id, incarnation),
+            coordinator.orders_for(report.shard_id),
+        )
+
+    def _scale(self, message: Scale) -> Scaled:
+        try:
+            self.coordinator.scale(message.shard_count)
+        except CoordinatorError as exc:
+            raise RouterRequestError("bad_request", str(exc)) from exc
+        log.info("scaling to %d shards (epoch %d)", message.shard_count, self.table.epoch)
+        self._persist()
+        return Scaled(self.coordinator.members, self.table.epoch)
+
+    def tick(self, now_ms: int) -> None:
+        """Commit, retire and plan moves (called from the loop, idle or not)."""
+        timeout_ms = self.heartbeat_timeout_ms
+        alive = {
+            k
+            for k, view in enumerate(self.shards)
+            if view.last_seen_ms is not None and now_ms - view.last_seen_ms < timeout_ms
+        }
+        self.coordinator.tick(now_ms, alive)
+        self._persist()
+
     def _states(self, now_ms: int) -> tuple[dict[str, Any], ...]:
         timeout_ms = self.heartbeat_timeout_ms
         states = []
-        for shard_id, view in enumerate(self.shards):
+        for shard_id, view in enumerate(self.shards[: self.coordinator.span()]):
             ago_ms = -1 if view.last_seen_ms is None else now_ms - view.last_seen_ms
             changed_ms = view.progress_changed_ms
             states.append(
@@ -350,6 +453,9 @@ class Router:
                     "epoch": view.epoch,
                     "progress": dict(view.progress),
                     "progressing": changed_ms is not None and now_ms - changed_ms < timeout_ms,
+                    "slots": self.table.owners.count(shard_id),
+                    "member": shard_id < self.coordinator.members,
+                    "retired": shard_id >= max(self.coordinator.members, self.table.shard_count),
                 }
             )
         return tuple(states)
@@ -361,6 +467,7 @@ class Router:
             "shard_count": self.table.shard_count,
             "incarnation": self.store.incarnation,
             "counters": dict(self.counters),
+            **self.coordinator.summary(),
         }
 
 
@@ -375,13 +482,19 @@ def serve(config: RouterConfig) -> None:
             cluster's state, or the endpoint cannot be bound.
     """
     address = listen_address(config.bind, allow_remote=config.allow_remote)
-    net = load_net(config.net_path, seed=config.seed)
+    check_exposure(config.bind, address.removeprefix("tcp://").rsplit(":", 1)[0], config.curve)
+    net = load_net(config.net_path, seed=config.seed, params=config.params)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     _log_to(config.data_dir / LOG_FILE)
     store = RouterStore(config.data_dir, net=net.name, shard_count=config.shard_count)
     router = Router(net, store, heartbeat_timeout_ms=config.heartbeat_timeout_ms)
+    router.cluster_id = config.cluster_id
     context = zmq.Context()
+    # The ZAP handler must run before the socket binds: it vets every CURVE handshake.
+    gatekeeper = None if config.curve is None else Gatekeeper.open(context, config.curve)
     socket = context.socket(zmq.ROUTER)
+    if config.curve is not None:
+        serve_securely(socket, config.curve)
     # ROUTER_MANDATORY: a reply to a vanished peer fails loudly instead of vanishing;
     # LINGER 0: closing never waits on unsent replies; MAXMSGSIZE: huge frames are cut.
     for option, value in SOCKET_OPTIONS:
@@ -394,6 +507,8 @@ def serve(config: RouterConfig) -> None:
                 f"cannot bind {config.bind}: {exc.strerror}; is the port in use?"
             ) from exc
         endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if gatekeeper is not None:
+            gatekeeper.watch(socket)
         publish_endpoint(config.data_dir, endpoint)
         log.info(
             "router of net %r (%d shards, epoch %d, incarnation %d) serving on %s, pid %d",
@@ -404,30 +519,45 @@ def serve(config: RouterConfig) -> None:
             endpoint,
             os.getpid(),
         )
-        _loop(router, socket)
+        limits = (
+            None
+            if config.rate_limit is None
+            else PeerRateLimits(per_s=config.rate_limit[0], burst=config.rate_limit[1])
+        )
+        _loop(router, socket, limits)
     finally:
         unpublish_endpoint(config.data_dir)
         socket.close(linger=0)
+        if gatekeeper is not None:
+            gatekeeper.stop()
         context.term()
         store.close()
         log.info("router stopped")
 
 
-def _loop(router: Router, socket: zmq.Socket[bytes]) -> None:
+def _loop(router: Router, socket: zmq.Socket[bytes], limits: PeerRateLimits | None = None) -> None:
     def stop(_signum: int, _frame: object) -> None:
         router.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     while not router.stopping:
-        if not socket.poll(POLL_MS, zmq.POLLIN):
+        ready = socket.poll(POLL_MS, zmq.POLLIN)
+        router.tick(time.monotonic_ns() // 1_000_000)
+        if not ready:
             continue
         for _ in range(REQUESTS_PER_TURN_MAX):
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            peer, reply, message_id = _answer(router, frames)
+            if limits is not None and not limits.allow(frames[0], time.monotonic_ns() // 1_000_000):
+                # Refused before decoding: a flooding peer costs little and others get turns.
+                router.counters["requests_rate_limited"] += 1
+                refusal: Message = Error("rate_limited", "too many requests")
+                peer, reply, message_id = frames[0], refusal, 0
+            else:
+                peer, reply, message_id = _answer(router, frames)
             frame = encode(reply, message_id=message_id, incarnation=router.store.incarnation)
             # A REQ peer needs its empty delimiter frame back; a DEALER sent none.
             route = [peer, b""] if len(frames) == 3 and not frames[1] else [peer]

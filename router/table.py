@@ -128,6 +128,28 @@ class PartitionTable:
             tuple(slot_epochs),
         )
 
+    def refenced(self, shard_id: int) -> PartitionTable:
+        """A new table at ``epoch + 1`` where ``shard_id``'s slots changed at that epoch.
+
+        The owners stay; what changes is that a message stamped with an older epoch
+        for those slots is refused with a redirect (docs/handoff.md): a restarted
+        shard gets its slots back at a new epoch (fencing, see router/coordinator.py).
+        """
+        epoch = self.epoch + 1
+        slot_epochs = tuple(
+            epoch if owner == shard_id else slot_epoch
+            for owner, slot_epoch in zip(self.owners, self.slot_epochs, strict=True)
+        )
+        return PartitionTable(epoch, self.shard_count, self.owners, slot_epochs)
+
+    def resized(self, shard_count: int) -> PartitionTable:
+        """A new table at ``epoch + 1`` for ``shard_count`` shards (the owners stay).
+
+        Raises:
+            TableError: a slot is still owned by a shard beyond the new count.
+        """
+        return PartitionTable(self.epoch + 1, shard_count, self.owners, self.slot_epochs)
+
     def encode(self) -> bytes:
         return pack((self.epoch, self.shard_count, self.owners, self.slot_epochs))
 

@@ -154,6 +154,7 @@ class Heartbeat(Message):
     endpoint: str
     epoch: int
     progress: dict[str, int]
+    cluster_id: str = ""  # the cluster file's id; the router refuses another cluster's
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,44 @@ class PoolWanted(Message):
     sender: int
     place: str
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoveReport(Message):
+    """A shard's answers to the router's move orders, and what a scale-in waits for.
+
+    ``answers``: ``(move_id, event, count, digest)`` with ``event`` a
+    :class:`router.moves.MoveEvent` value (count and digest with ``sealed`` and
+    ``staged``). ``outbox_tokens``: tokens not yet acknowledged; ``pool_tokens``: pool
+    tokens the shard holds; ``owed``: shards whose pool lanes this shard's outbox still
+    holds tokens for (a leaving shard retires only once none is owed anything).
+    """
+
+    TYPE: ClassVar[int] = 14
+    shard_id: int
+    epoch: int
+    answers: tuple[tuple[int, str, int, bytes], ...]
+    outbox_tokens: int
+    pool_tokens: int
+    owed: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSlot(Message):
+    """A move's target asks the source for the shipment of a slot sealed for ``move_id``."""
+
+    TYPE: ClassVar[int] = 15
+    sender: int
+    move_id: int
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Scale(Message):
+    """Ask the router to spread the slots over ``shard_count`` shards (``cpn scale``)."""
+
+    TYPE: ClassVar[int] = 16
+    shard_count: int
 
 
 # -- replies -----------------------------------------------------------------------------
@@ -281,6 +320,7 @@ class Table(Message):
     slot_epochs: tuple[int, ...]
     endpoints: tuple[str, ...]
     places: dict[str, int]
+    cluster_id: str = ""  # the router's cluster id; a shard refuses another cluster's table
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +383,50 @@ class Redirect(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class MoveOrders(Message):
+    """The router's answer to a :class:`MoveReport`: what the shard must do for moves.
+
+    ``orders``: ``(move_id, kind, slot, source, target, count, digest, epoch)`` with
+    ``kind`` a :class:`router.moves.Request` kind; ``epoch`` is the table epoch the
+    shard's copy must reach first (``seal``: the slot's epoch; ``activate`` and
+    ``forget``: the move's commit epoch; else 0). ``members``: the shard count the
+    cluster is heading for (a shard with an id at or beyond it is leaving).
+    ``fence_epoch``: the epoch at which the router fenced this shard's current
+    incarnation (0: not yet); the shard fires once its table reaches it.
+    """
+
+    TYPE: ClassVar[int] = 115
+    epoch: int
+    members: int
+    fence_epoch: int
+    orders: tuple[tuple[int, str, int, int, int, int, bytes, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SlotShipment(Message):
+    """Everything a sealed slot holds: ``entries`` (msgpack of ``[(place, time, fields)]``)
+    and the inbox hwms of its lane ``(sender, hwm)``, with the count and digest the
+    source sealed (:func:`router.moves.shipment_digest`)."""
+
+    TYPE: ClassVar[int] = 116
+    move_id: int
+    slot: int
+    count: int
+    digest: bytes
+    entries: bytes
+    hwms: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Scaled(Message):
+    """The router took the new shard count; moves follow (``cpn status`` shows them)."""
+
+    TYPE: ClassVar[int] = 117
+    shard_count: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
 class Error(Message):
     """A request that could not be served; ``code`` is stable, ``message`` is for people."""
 
@@ -365,6 +449,9 @@ REQUESTS: Final = (
     ClusterStatus,
     Handoff,
     PoolWanted,
+    MoveReport,
+    FetchSlot,
+    Scale,
 )
 REPLIES: Final = (
     PutAck,
@@ -381,6 +468,9 @@ REPLIES: Final = (
     HandoffAck,
     PoolAnswer,
     Redirect,
+    MoveOrders,
+    SlotShipment,
+    Scaled,
     Error,
 )
 _BY_TYPE: Final[dict[int, type[Message]]] = {cls.TYPE: cls for cls in REQUESTS + REPLIES}

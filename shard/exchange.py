@@ -15,17 +15,18 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack
 
-from nets.codec import CodecError, token_from_fields, unpack
+from nets.codec import CodecError, pack, token_from_fields, unpack
 from nets.engine import Engine
 from nets.errors import CpnError, TokenError
 from nets.model import Net, Place, Token
 from router.handoff import AcknowledgementError, Inbox, Outbox, Receipt, Run
 from router.slots import FIXED_SLOT, slot_of_key
-from router.table import PartitionTable, TableError, is_pool_lane, pool_lane
+from router.table import POOL_LANE_BASE, PartitionTable, TableError, is_pool_lane, pool_lane
 from router.wire import Handoff, HandoffAck, PoolWanted, Table, encode
 from shard.store import Batch, Recovered
 
@@ -41,6 +42,32 @@ log = logging.getLogger("cpn.shard.exchange")
 
 class HandoffRefused(CpnError):
     """A Handoff message whose content is not acceptable (nothing of it is applied)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SealedSlot:
+    """A slot this shard sealed for move ``move_id``: its shipment's count and digest."""
+
+    move_id: int
+    count: int
+    digest: bytes
+
+    def encode(self) -> bytes:
+        return pack(("sealed", self.move_id, self.count, self.digest))
+
+
+@dataclass(frozen=True, slots=True)
+class StagedSlot:
+    """A moving slot's shipment, kept apart until the move commits (not fired)."""
+
+    move_id: int
+    count: int
+    digest: bytes
+    entries: bytes  # msgpack of [(place, time, fields)], checked when it arrived
+    hwms: tuple[tuple[int, int], ...]  # (sender, hwm) of the slot's lane
+
+    def encode(self) -> bytes:
+        return pack((self.move_id, self.count, self.digest, self.entries, self.hwms))
 
 
 class Exchange:
@@ -61,19 +88,31 @@ class Exchange:
         self.incarnation = incarnation
         self.places: dict[str, Place] = {p.name: p for p in net.places}
         self.reserved = reserved
+        # ``shard_count`` is the count the cluster started with: every shard computes
+        # the same first table from it. The stored copy (from the router) is newer,
+        # whatever its shard count: the cluster may have grown or shrunk since.
         self.table = PartitionTable.initial(shard_count)
         if recovered.table is not None:
-            stored = PartitionTable.decode(recovered.table)
-            if stored.shard_count == shard_count:
-                self.table = stored
+            self.table = PartitionTable.decode(recovered.table)
         self.endpoints: tuple[str, ...] = recovered.endpoints or ("",) * shard_count
+        # Slot moves (docs/handoff.md, "Slot moves"): slots sealed here (not fired,
+        # their runs deferred, their tokens still in the store) and shipments staged here.
+        self.sealed: dict[int, SealedSlot] = {}
+        for slot, record in recovered.phases.items():
+            _phase, move_id, count, digest = unpack(record)
+            self.sealed[slot] = SealedSlot(move_id, count, digest)
+        self.staged: dict[int, StagedSlot] = {
+            slot: StagedSlot(*unpack(record)) for slot, record in recovered.staged.items()
+        }
+        self.members = self.table.shard_count  # the count the cluster heads for (router)
+        self.loopback: list[Handoff] = []  # runs for lanes this shard owns (see outgoing)
         self.local_keys: dict[Any, bool] = {}
         # Each place's key field index; -1 for fixed and pool places.
         self._key_positions = {
             p.name: -1 if p.key is None else p.colour_set.field_index(p.key) for p in net.places
         }
         self._slots: dict[Any, int] = {}
-        self._fixed_local = self.table.owner(FIXED_SLOT) == self.me
+        self._fixed_local = self._owns_slot(FIXED_SLOT)
         self.outbox = Outbox()
         self.outbox.table_epoch = self.table.epoch
         by_lane: dict[int, list[Any]] = defaultdict(list)
@@ -93,6 +132,28 @@ class Exchange:
     def clustered(self) -> bool:
         return self.table.shard_count > 1
 
+    @property
+    def leaving(self) -> bool:
+        """The cluster is shrinking past this shard: it gives away what it holds."""
+        return self.me >= self.members
+
+    def _owns_slot(self, slot: int) -> bool:
+        return self.table.owners[slot] == self.me and slot not in self.sealed
+
+    def seal(self, slot: int, record: SealedSlot) -> None:
+        """Stop firing ``slot`` (its tokens are taken out of the engine by the caller)."""
+        self.sealed[slot] = record
+        self._ownership_changed()
+
+    def unseal(self, slot: int) -> None:
+        """Drop the seal (an abort gives the slot back; a forget lets it go)."""
+        self.sealed.pop(slot, None)
+        self._ownership_changed()
+
+    def _ownership_changed(self) -> None:
+        self.local_keys.clear()
+        self._fixed_local = self._owns_slot(FIXED_SLOT)
+
     # -- ownership (the engine's Locality) ------------------------------------------------
 
     def slot_of_key(self, key: Any) -> int:
@@ -105,7 +166,10 @@ class Exchange:
         return slot
 
     def is_local_key(self, key: Any) -> bool:
-        local = self.local_keys[key] = self.table.owners[self.slot_of_key(key)] == self.me
+        slot = self.slot_of_key(key)
+        local = self.local_keys[key] = self.table.owners[slot] == self.me and (
+            slot not in self.sealed
+        )
         return local
 
     def is_local_fixed(self) -> bool:
@@ -120,7 +184,7 @@ class Exchange:
 
     def owns(self, place: Place, token: Token) -> bool:
         lane = self.lane_of(place, token)
-        return lane is None or self.table.owners[lane] == self.me
+        return lane is None or self._owns_slot(lane)
 
     def owned_slots(self) -> int:
         return self.table.owners.count(self.me)
@@ -166,6 +230,11 @@ class Exchange:
         frames = []
         for message in self.outbox.due(now_ms, self.table):
             runs = tuple((r.lane, r.first_seq, r.count, r.entries) for r in message.runs)
+            if message.shard == self.me:
+                # Runs offered while another shard owned their slot, which moved here
+                # since (or which is sealed here): the loopback, docs/handoff.md.
+                self.loopback.append(Handoff(self.me, message.epoch, runs))
+                continue
             frames.append(
                 (
                     message.shard,
@@ -215,6 +284,7 @@ class Exchange:
             epoch=message.epoch,
             runs=[(lane, first_seq, count) for lane, first_seq, count, _blob in message.runs],
             table=self.table,
+            sealed=self.sealed,
         )
         # Only runs the inbox accepted are decoded: duplicates cost no more than a look.
         entries: list[PlacedEntry] = []
@@ -239,7 +309,34 @@ class Exchange:
         self.counters["handoff_deferred"] += len(receipt.deferred)
         return entries, receipt
 
-    def _decode_run(self, lane: int, blob: bytes) -> list[PlacedEntry]:
+    def decode_shipment(self, slot: int, blob: bytes) -> list[PlacedEntry]:
+        """A moving slot's entries, each checked (place, colour, slot) like a run's.
+
+        Raises:
+            HandoffRefused: an entry is malformed or does not belong to ``slot``.
+        """
+        try:
+            if unpack(blob) == ():
+                return []
+        except CodecError as exc:
+            raise HandoffRefused(f"shipment of slot {slot}: {exc}") from exc
+        return self._decode_run(slot, blob, shipment=True)
+
+    def take_loopback(self) -> list[Handoff]:
+        taken, self.loopback = self.loopback, []
+        return taken
+
+    def owed(self) -> tuple[int, ...]:
+        """Shards whose pool lanes this outbox still holds tokens for."""
+        return tuple(
+            sorted(
+                lane - POOL_LANE_BASE
+                for lane, out in self.outbox.lanes.items()
+                if is_pool_lane(lane) and out.runs
+            )
+        )
+
+    def _decode_run(self, lane: int, blob: bytes, *, shipment: bool = False) -> list[PlacedEntry]:
         """Decode and check every entry of a run (the hot path of a receiving shard)."""
         try:
             items = unpack(blob)
@@ -261,7 +358,7 @@ class Exchange:
                 )
             name, time, fields = item
             if name != last_name:  # runs hold one place, mostly: look it up once
-                place = self._receivable(lane, name, to_pool)
+                place = self._receivable(lane, name, to_pool, shipment=shipment)
                 colour = place.colour_set
                 exact, cls = colour.exact_types, colour.cls
                 position = self._key_positions[place.name]
@@ -289,10 +386,13 @@ class Exchange:
             append((name, time, token))
         return entries
 
-    def _receivable(self, lane: int, name: object, to_pool: bool) -> Place:
-        """The place entries of a run name, if a run on ``lane`` may carry its tokens."""
+    def _receivable(self, lane: int, name: object, to_pool: bool, *, shipment: bool) -> Place:
+        """The place entries of a run name, if a run on ``lane`` may carry its tokens.
+
+        A slot's shipment (a move) carries the lease machinery's places too.
+        """
         place = self.places.get(name) if type(name) is str else None
-        if place is None or place.name in self.reserved:
+        if place is None or (place.name in self.reserved and not shipment):
             raise HandoffRefused(f"run on lane {lane}: no place {name!r:.100} to hand tokens to")
         if place.pool != to_pool or (place.key is None and not place.pool and lane != FIXED_SLOT):
             raise HandoffRefused(
@@ -307,7 +407,7 @@ class Exchange:
     def table_received(self, message: Table, batch: Batch) -> bool:
         """Take the router's table (if it is newer) and endpoints; returns whether it changed."""
         changed = False
-        if message.endpoints != self.endpoints and len(message.endpoints) == self.table.shard_count:
+        if message.endpoints != self.endpoints:
             self.endpoints = message.endpoints
             batch.endpoints = message.endpoints
             changed = True
@@ -319,16 +419,8 @@ class Exchange:
             except TableError as exc:
                 log.error("ignoring a malformed table from the router: %s", exc)
                 return changed
-            if table.shard_count != self.table.shard_count:
-                log.error(
-                    "ignoring a table for %d shards: this shard belongs to a %d-shard cluster",
-                    table.shard_count,
-                    self.table.shard_count,
-                )
-                return changed
             self.table = table
-            self.local_keys.clear()
-            self._fixed_local = table.owner(FIXED_SLOT) == self.me
+            self._ownership_changed()
             self.outbox.table_changed(table)
             batch.table = table.encode()
             changed = True
@@ -338,8 +430,8 @@ class Exchange:
 
     def pool_requests(self, engine: Engine, now_ms: int) -> list[tuple[int, bytes]]:
         """Ask a peer for pool tokens where local work lacks only them."""
-        if not self.clustered:
-            return []
+        if not self.clustered or self.leaving:
+            return []  # a leaving shard gives its pool tokens away; it asks for none
         frames = []
         for place in self.net.places:
             if not place.pool or not self._wants(engine, place):
@@ -398,5 +490,8 @@ class Exchange:
             "outbox_tokens": self.outbox.pending_tokens(),
             "outbox_lanes_failed": len(self.outbox.failed_lanes()),
             "inbox_lanes": len(self.inbox.hwms),
+            "sealed": sorted(self.sealed),
+            "staged": sorted(self.staged),
+            "members": self.members,
             "endpoints": list(self.endpoints),
         }

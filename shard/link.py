@@ -20,11 +20,14 @@ from router.wire import (
     HandoffAck,
     Heartbeat,
     HeartbeatAck,
+    MoveOrders,
     PoolAnswer,
+    SlotShipment,
     Table,
     encode,
 )
 from shard.exchange import Exchange
+from shard.mover import Mover
 from shard.peers import ROUTER, Peers
 from shard.store import Batch
 
@@ -51,6 +54,8 @@ class Link:
         self.last_table_ms = 0  # when the last table arrived
         self.loops = 0
         self.router_epoch = 0
+        self.cluster_id = ""  # a table from another cluster's (or net's) router is refused
+        self.mover: Mover | None = None  # slot moves and fencing (set by the shard's loop)
         peers.update(exchange.endpoints)
 
     def take_replies(self, now_ms: int, batch: Batch) -> None:
@@ -66,13 +71,22 @@ class Link:
                 self.router_epoch = message.epoch
                 if message.epoch > self.exchange.table.epoch:
                     self.table_wanted = True
+            elif isinstance(message, Table) and not self._same_cluster(message):
+                self.exchange.counters["tables_refused"] += 1
             elif isinstance(message, Table):
                 self.last_table_ms = now_ms
                 if self.exchange.table_received(message, batch):
                     self.peers.update(self.exchange.endpoints)
+                    if self.mover is not None:
+                        self.mover.table_adopted()
                 self.table_wanted = any(
                     not e for i, e in enumerate(self.exchange.endpoints) if i != self.exchange.me
                 )
+            elif isinstance(message, MoveOrders) and self.mover is not None:
+                if self.mover.orders(message, now_ms):
+                    self.table_wanted = True
+            elif isinstance(message, SlotShipment) and self.mover is not None:
+                self.mover.shipment(message)
             elif isinstance(message, PoolAnswer):
                 self.exchange.counters["pool_tokens_promised"] += message.given
             elif isinstance(message, Error):
@@ -103,9 +117,16 @@ class Link:
         if now_ms >= self.next_heartbeat_ms:
             self.next_heartbeat_ms = now_ms + HEARTBEAT_MS
             beat = Heartbeat(
-                me, self.endpoint, self.exchange.table.epoch, {**progress, "loops": self.loops}
+                me,
+                self.endpoint,
+                self.exchange.table.epoch,
+                {**progress, "loops": self.loops},
+                self.cluster_id,
             )
             self.peers.send(ROUTER, encode(beat, message_id=0, incarnation=self.incarnation))
+        report = None if self.mover is None else self.mover.report(now_ms)
+        if report is not None:
+            self.peers.send(ROUTER, report)
         if (
             now_ms >= self.last_table_ms + TABLE_REFRESH_PENDING_MS
             and self.exchange.outbox.pending_tokens()
@@ -114,6 +135,20 @@ class Link:
         if self.table_wanted and now_ms >= self.last_table_request_ms + TABLE_REQUEST_MS:
             self.last_table_request_ms = now_ms
             self.peers.send(ROUTER, encode(GetTable(), message_id=0, incarnation=self.incarnation))
+
+    def _same_cluster(self, table: Table) -> bool:
+        if table.net == self.exchange.net.name and table.cluster_id == self.cluster_id:
+            return True
+        log.error(
+            "refusing the table of the router at %s: it serves net %r of cluster %r, this shard "
+            "runs net %r of cluster %r; check the --router address and the cluster file",
+            self.peers.router_endpoint,
+            table.net,
+            table.cluster_id,
+            self.exchange.net.name,
+            self.cluster_id,
+        )
+        return False
 
     @property
     def incarnation(self) -> int:
@@ -127,4 +162,6 @@ class Link:
             deadlines.append(resend)
         if self.table_wanted and self.peers.has_router:
             deadlines.append(self.last_table_request_ms + TABLE_REQUEST_MS)
+        if self.mover is not None and self.peers.has_router:
+            deadlines.append(self.mover.next_deadline())
         return min(deadlines, default=1 << 62)

@@ -18,6 +18,7 @@ from typing import Final
 
 import zmq
 
+from router.curve import CurveKeys, connect_securely
 from router.wire import FRAME_BYTES_MAX, Envelope, WireFormatError, decode
 
 SEND_QUEUE_MAX: Final = 64  # frames ZeroMQ may queue per peer before sends fail
@@ -30,8 +31,16 @@ log = logging.getLogger("cpn.shard.peers")
 class Peers:
     """DEALER sockets to the other shards (by shard id) and to the router."""
 
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], *, me: int, router: str) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        *,
+        me: int,
+        router: str,
+        curve: CurveKeys | None = None,
+    ) -> None:
         self._context = context
+        self._curve = curve  # CURVE keys: every connection authenticates with them
         self.me = me
         self._sockets: dict[int, tuple[str, zmq.Socket[bytes]]] = {}
         if router:
@@ -47,8 +56,15 @@ class Peers:
         # Wait for the connection before queueing: frames for a peer that is down
         # fail at once instead of piling up for a later connection.
         socket.setsockopt(zmq.IMMEDIATE, 1)
+        if self._curve is not None:
+            connect_securely(socket, self._curve)
         socket.connect(endpoint)
         return socket
+
+    @property
+    def router_endpoint(self) -> str:
+        known = self._sockets.get(ROUTER)
+        return known[0] if known is not None else ""
 
     @property
     def has_router(self) -> bool:

@@ -28,8 +28,8 @@ import os
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,9 +41,11 @@ from nets.errors import CpnError, TokenError
 from nets.firing import Step
 from nets.loader import load_net
 from nets.model import Net, Token
+from router.curve import CurveKeys, Gatekeeper, check_exposure, serve_securely
 from router.datadir import publish_endpoint, unpublish_endpoint
 from router.endpoints import listen_address
 from router.handoff import ProtocolError
+from router.limits import PeerRateLimits
 from router.wire import (
     FRAME_BYTES_MAX,
     Complete,
@@ -51,6 +53,7 @@ from router.wire import (
     Counts,
     Envelope,
     Error,
+    FetchSlot,
     Handoff,
     HandoffAck,
     Lease,
@@ -77,6 +80,7 @@ from router.wire import (
 from shard.exchange import Exchange, HandoffRefused
 from shard.leases import WorkQueue, with_work_queues
 from shard.link import Link
+from shard.mover import Mover
 from shard.peers import Peers
 from shard.store import MAP_SIZE_BYTES_INITIAL, Batch, Durability, Store, StoreError
 
@@ -122,6 +126,12 @@ class ShardConfig:
     shard_id: int = 0
     shard_count: int = 1
     router: str = ""  # the router's endpoint; "" for a standalone shard
+    # Net parameters for the net's builder (`--net-param`); every shard gets the same.
+    params: Mapping[str, Any] = field(default_factory=dict)
+    cluster_id: str = ""  # from a cluster file: the router and peers must agree
+    curve: CurveKeys | None = None  # CURVE keys for the shard's socket and its peers
+    rate_limit: tuple[int, int] | None = None  # (requests per s, burst) per peer
+    advertise: str = ""  # the endpoint the others reach it at, if not the bound one
 
 
 class RequestError(CpnError):
@@ -137,7 +147,7 @@ class Shard:
 
     def __init__(self, config: ShardConfig) -> None:
         self.config = config
-        base = load_net(config.net_path, seed=config.seed)
+        base = load_net(config.net_path, seed=config.seed, params=config.params)
         self.net: Net
         self.net, self.queues = with_work_queues(base)
         self.companions = {
@@ -159,6 +169,8 @@ class Shard:
         self.batch_sizes: deque[int] = deque(maxlen=LATENCIES_KEPT_MAX)
         self.handoff_latencies_ms: deque[int] = deque(maxlen=HANDOFF_LATENCIES_KEPT_MAX)
         self._lease_seq = 0
+        self.sender_incarnations: dict[int, int] = {}  # the newest each peer spoke as
+        self.mover = Mover(self)  # slot moves and fencing (shard/mover.py)
         self._recover()
 
     # -- recovery -------------------------------------------------------------------------
@@ -204,6 +216,9 @@ class Shard:
         self.engine.hooks.append(self._record_step)
         if recovered.initialised:
             self.engine.restore(recovered.marking)
+            for slot in sorted(self.exchange.sealed):
+                # Sealed for a move: kept in the store for the shipment, never fired.
+                self.engine.extract(self.store.slot_entries(slot))
         else:
             self._initial_marking()
             self.flush_exports()
@@ -283,6 +298,14 @@ class Shard:
                 raise RequestError("store_unavailable", self.read_only_reason)
         if isinstance(message, Handoff):
             return self._handoff(message, envelope.incarnation)
+        if isinstance(message, FetchSlot):
+            shipment = self.mover.shipment_for(message)
+            if shipment is None:
+                raise RequestError(
+                    "not_sealed",
+                    f"slot {message.slot} is not sealed here for move {message.move_id}",
+                )
+            return shipment
         if isinstance(message, PoolWanted):
             return self._give_pool(message)
         if isinstance(message, Put):
@@ -358,16 +381,22 @@ class Shard:
                 "bad_request", f"delay_ms must be in 0..{DURATION_MS_MAX}, got {put.delay_ms}"
             )
         place = self.net.place(put.place)
+        sealed = self.exchange.sealed
         for token in tokens:
             if not self.exchange.owns(place, token):
                 slot = self.exchange.lane_of(place, token)
                 assert slot is not None
+                if slot in sealed:
+                    continue  # moving: it goes through the outbox to the slot's next owner
                 self.counters["puts_redirected"] += 1
                 table = self.exchange.table
                 return Redirect(slot, table.owner(slot), table.epoch)
         at = self.engine.now + put.delay_ms
         for token in tokens:
-            self._add(put.place, token, at)
+            if self.exchange.owns(place, token):
+                self._add(put.place, token, at)
+            else:
+                self.exports.append((put.place, at, token))
         return self._remember(
             put.client_id, put.request_seq, PutAck(put.request_seq, len(tokens), False)
         )
@@ -438,6 +467,14 @@ class Shard:
         return self._remember(complete.client_id, complete.request_seq, reply)
 
     def _handoff(self, message: Handoff, incarnation: int) -> Message:
+        newest = self.sender_incarnations.setdefault(message.sender, incarnation)
+        if incarnation < newest:
+            # An old incarnation's frame, late: its successor resends what counts.
+            raise RequestError(
+                "stale_incarnation",
+                f"shard {message.sender}'s incarnation {incarnation} is older than {newest}",
+            )
+        self.sender_incarnations[message.sender] = incarnation
         try:
             entries, receipt = self.exchange.receive(message, incarnation)
         except (HandoffRefused, ProtocolError) as exc:
@@ -462,6 +499,8 @@ class Shard:
             message.sender == self.config.shard_id
         ):
             raise RequestError("bad_request", f"no peer shard {message.sender} to give tokens to")
+        if message.sender >= self.exchange.members:
+            raise RequestError("leaving", f"shard {message.sender} is leaving the cluster")
         count = self.exchange.pool_to_give(self.engine, place, max(0, message.count))
         given = []
         for time_ms, token in self.engine.available(place.name, count):
@@ -511,6 +550,7 @@ class Shard:
             "read_only": self.read_only_reason or "",
             "counters": dict(self.counters + self.exchange.counters),
             **self.exchange.statistics(),
+            **self.mover.statistics(),
         }
 
     # -- the batch ----------------------------------------------------------------------
@@ -526,7 +566,7 @@ class Shard:
         only after the commit) and up to ``BATCH_MS_MAX_IDLE`` otherwise: a longer batch
         lets more tokens be produced and consumed within it, which never reach LMDB.
         """
-        if self.read_only_reason is not None:
+        if self.read_only_reason is not None or not self.mover.fenced():
             return 0
         now = self.clock.now_ms()
         fired = 0
@@ -547,6 +587,18 @@ class Shard:
                     break
         self.more_enabled = True  # stopped by a bound, not because nothing is enabled
         return fired
+
+    def loop_back(self) -> None:
+        """Deliver the runs this shard's outbox holds for its own lanes (a slot that moved
+        here, or is sealed here), as a peer's would be, in the current batch."""
+        for message in self.exchange.take_loopback():
+            try:
+                reply = self._handoff(message, self.incarnation)
+            except RequestError as exc:
+                log.error("loopback handoff refused: %s", exc)
+                continue
+            assert isinstance(reply, HandoffAck)
+            self.exchange.acknowledged(reply, self.engine.now, self.batch)
 
     def commit(self) -> bool:
         """Commit the batch; on failure, fall back to the committed state, read-only."""
@@ -605,6 +657,7 @@ def serve(config: ShardConfig) -> None:
             net, or the endpoint cannot be bound.
     """
     address = listen_address(config.bind, allow_remote=config.allow_remote)
+    check_exposure(config.bind, address.removeprefix("tcp://").rsplit(":", 1)[0], config.curve)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     _configure_logging(config.data_dir / LOG_FILE)
     # The loop allocates many short-lived tuples (entries, steps); a larger first
@@ -612,18 +665,26 @@ def serve(config: ShardConfig) -> None:
     gc.set_threshold(50_000, 20, 100)
     shard = Shard(config)
     context = zmq.Context()
+    # The ZAP handler must run before the socket binds: it vets every CURVE handshake.
+    gatekeeper = None if config.curve is None else Gatekeeper.open(context, config.curve)
     socket = context.socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
     socket.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
+    if config.curve is not None:
+        serve_securely(socket, config.curve)
     try:
         socket.bind(address)
     except zmq.ZMQError as exc:
         shard.store.close()
         socket.close()
+        if gatekeeper is not None:
+            gatekeeper.stop()
         context.term()
         raise CpnError(f"cannot bind {config.bind}: {exc.strerror}; is the port in use?") from exc
     endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+    if gatekeeper is not None:
+        gatekeeper.watch(socket)
     publish_endpoint(config.data_dir, endpoint)
     log.info(
         "shard of net %r serving on %s (incarnation %d, durability %s, pid %d)",
@@ -644,10 +705,18 @@ def serve(config: ShardConfig) -> None:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
-    peers = Peers(context, me=config.shard_id, router=config.router)
+    peers = Peers(context, me=config.shard_id, router=config.router, curve=config.curve)
     # A shard heartbeats whenever it has a router, even as a cluster's only shard.
     clustered = shard.exchange.clustered or bool(config.router)
-    link = Link(shard.exchange, peers, endpoint=endpoint) if clustered else None
+    advertised = config.advertise or endpoint
+    link = Link(shard.exchange, peers, endpoint=advertised) if clustered else None
+    if link is not None:
+        link.cluster_id = config.cluster_id
+        link.mover = shard.mover
+    shard.mover.peers = peers
+    limits = None
+    if config.rate_limit is not None:
+        limits = PeerRateLimits(per_s=config.rate_limit[0], burst=config.rate_limit[1])
     held: deque[list[bytes]] = deque()  # requests read during a batch, not yet handled
     try:
         while not shard.stopping:
@@ -657,8 +726,10 @@ def serve(config: ShardConfig) -> None:
             shard.tick()
             if link is not None:
                 link.take_replies(shard.engine.now, shard.batch)
-            replies = _receive(shard, socket, held)
-            shard.fire_due(_requests_waiting(socket, held, peers, answering=bool(replies)))
+                shard.loop_back()
+            replies = _receive(shard, socket, held, limits)
+            fired = shard.fire_due(_requests_waiting(socket, held, peers, answering=bool(replies)))
+            shard.mover.fired(fired)
             if not shard.commit():
                 replies = [
                     (peer, Error("store_unavailable", shard.read_only_reason or ""), mid)
@@ -678,6 +749,8 @@ def serve(config: ShardConfig) -> None:
         unpublish_endpoint(config.data_dir)
         peers.close()
         socket.close(linger=0)
+        if gatekeeper is not None:
+            gatekeeper.stop()
         context.term()
         shard.store.close()
         log.info("shard stopped")
@@ -742,7 +815,10 @@ def _writes(reply: Message) -> bool:
 
 
 def _receive(
-    shard: Shard, socket: zmq.Socket[bytes], held: deque[list[bytes]]
+    shard: Shard,
+    socket: zmq.Socket[bytes],
+    held: deque[list[bytes]],
+    limits: PeerRateLimits | None = None,
 ) -> list[tuple[bytes, Message, int]]:
     """Handle the requests taken off the socket during the last batch, then new ones."""
     replies: list[tuple[bytes, Message, int]] = []
@@ -756,6 +832,11 @@ def _receive(
                 break
         peer, payload = frames[0], frames[-1]
         message_id = 0
+        if limits is not None and not limits.allow(peer, shard.clock.now_ms()):
+            # Refused before decoding: a flooding peer costs little and others get turns.
+            shard.counters["requests_rate_limited"] += 1
+            replies.append((peer, Error("rate_limited", "too many requests"), 0))
+            continue
         try:
             if len(frames) not in (2, 3) or (len(frames) == 3 and frames[1]):
                 raise WireFormatError(f"expected one message frame, got {len(frames) - 1}")

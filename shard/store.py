@@ -20,8 +20,15 @@ Layout (all keys sortable; the slot comes first so a slot is one contiguous rang
   see docs/handoff.md); ``lanes``: ``lane (4)`` -> the lane's next seq (8), kept even
   when the lane's runs are all acknowledged, so seq numbers never repeat;
   ``inbox``: ``sender (2) | lane (4)`` -> the highest seq applied (8).
-  ``meta`` also holds ``shard_id``/``shard_count`` (whose data this is), ``table`` (this
-  shard's copy of the partition table) and ``endpoints`` (where peers were last seen).
+  ``meta`` also holds ``shard_id``/``shard_count`` (whose data this is: the shard's id
+  and the shard count its cluster *started* with, which a scale-out or scale-in does not
+  change), ``table`` (this shard's copy of the partition table) and ``endpoints`` (where
+  peers were last seen).
+* ``phases``: ``slot (2 bytes BE)`` -> msgpack((phase, move id, count, digest)) for a
+  slot this shard sealed for a move (docs/handoff.md, "Slot moves"): its tokens stay in
+  ``marking`` until the move commits, but the shard does not fire them.
+  ``staged``: ``slot (2)`` -> msgpack((move id, count, digest, entries, hwms)), a
+  moving slot's shipment this shard received and keeps apart until the move commits.
 * ``clients``: 16-byte BLAKE2b digest of the client id -> msgpack((client id, last
   request_seq, reply frame, shard clock of last use)): per-client deduplication,
   bounded to ``CLIENTS_MAX`` entries (least recently used evicted; the shard clock is
@@ -103,10 +110,16 @@ class Batch:
     hwms: dict[tuple[int, int], int] = field(default_factory=dict)  # (sender, lane) -> hwm
     table: bytes | None = None
     endpoints: tuple[str, ...] | None = None
+    hwms_removed: list[tuple[int, int]] = field(default_factory=list)  # (sender, lane)
+    phases: dict[int, bytes | None] = field(default_factory=dict)  # slot -> record / None
+    staged: dict[int, bytes | None] = field(default_factory=dict)  # slot -> record / None
 
     def is_empty(self) -> bool:
         return not (
-            self.marking
+            self.hwms_removed
+            or self.phases
+            or self.staged
+            or self.marking
             or self.clients
             or self.runs_added
             or self.runs_removed
@@ -135,6 +148,8 @@ class Recovered:
     hwms: dict[tuple[int, int], int] = field(default_factory=dict)
     table: bytes | None = None
     endpoints: tuple[str, ...] = ()
+    phases: dict[int, bytes] = field(default_factory=dict)
+    staged: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +199,7 @@ class Store:
             self._env = lmdb.open(
                 str(self.path / "lmdb"),
                 map_size=map_size_bytes,
-                max_dbs=8,
+                max_dbs=10,
                 subdir=True,
                 sync=durability is Durability.FSYNC,
                 metasync=durability is Durability.FSYNC,
@@ -201,6 +216,8 @@ class Store:
         self._outbox = self._env.open_db(b"outbox")
         self._lanes = self._env.open_db(b"lanes")
         self._inbox = self._env.open_db(b"inbox")
+        self._phases = self._env.open_db(b"phases")
+        self._staged = self._env.open_db(b"staged")
         self._commits = 0
         self._entries_written = 0
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -356,6 +373,14 @@ class Store:
             }
             table = txn.get(b"table", db=self._meta)
             endpoints = txn.get(b"endpoints", db=self._meta)
+            phases = {
+                int.from_bytes(key, "big"): bytes(value)
+                for key, value in txn.cursor(db=self._phases)
+            }
+            staged = {
+                int.from_bytes(key, "big"): bytes(value)
+                for key, value in txn.cursor(db=self._staged)
+            }
         return Recovered(
             marking,
             clock_ms,
@@ -366,7 +391,26 @@ class Store:
             hwms,
             None if table is None else bytes(table),
             () if endpoints is None else tuple(unpack(bytes(endpoints))),
+            phases,
+            staged,
         )
+
+    def slot_entries(self, slot: int) -> list[tuple[str, int, Token]]:
+        """Every committed entry of ``slot``, one per token (a range scan: the slot's
+        keys are contiguous). A slot move reads what it seals, ships or forgets here."""
+        places = {p.name: p for p in self.net.places}
+        prefix = slot.to_bytes(2, "big")
+        found: list[tuple[str, int, Token]] = []
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._marking)
+            if not cursor.set_range(prefix):
+                return found
+            for key, value in cursor:
+                if key[:2] != prefix:
+                    break
+                name, time, token, count = self._decode_entry(key, value, places)
+                found.extend([(name, time, token)] * count)
+        return found
 
     def _decode_entry(
         self, key: bytes, value: bytes, places: Mapping[str, Any]
@@ -487,6 +531,14 @@ class Store:
             txn.put(b"table", batch.table, db=self._meta)
         if batch.endpoints is not None:
             txn.put(b"endpoints", pack(batch.endpoints), db=self._meta)
+        for sender, lane in batch.hwms_removed:
+            txn.delete(sender.to_bytes(2, "big") + lane.to_bytes(4, "big"), db=self._inbox)
+        for db, records in ((self._phases, batch.phases), (self._staged, batch.staged)):
+            for slot, record in records.items():
+                if record is None:
+                    txn.delete(slot.to_bytes(2, "big"), db=db)
+                else:
+                    txn.put(slot.to_bytes(2, "big"), record, db=db)
 
     def _evict_clients(self, txn: lmdb.Transaction) -> None:
         """Drop the least recently used tenth of the client table (rare, bounded)."""

@@ -175,6 +175,7 @@ def test_up_prints_the_endpoints_and_status_shows_two_alive_shards(cluster: Clus
         "shards": 2,
         "seed": 0,
         "durability": "process",
+        "params": {},
     }
 
     result = cpn("status", "--data", cluster.data, "--sample", "100ms")

@@ -211,10 +211,11 @@ def test_a_heartbeat_is_recorded_and_shows_in_the_cluster_status(routers: Router
     assert [s["alive"] for s in never] == [False, False]
     assert [s["last_seen_ms_ago"] for s in never] == [-1, -1]
 
+    # Incarnation 4 has restarted before: the router fences it (its slots at epoch 2).
     fake = routers.fake_shard(handle, incarnation=4)
-    assert fake.beat(1, {"loops": 10, "firings": 3}, epoch=1) == HeartbeatAck(1)
+    assert fake.beat(1, {"loops": 10, "firings": 3}, epoch=1) == HeartbeatAck(2)
     state = client.request(ClusterStatus(), ClusterState)
-    assert (state.net, state.epoch) == ("test_jobs", 1)
+    assert (state.net, state.epoch) == ("test_jobs", 2)
     shard = state.shards[1]
     assert shard["endpoint"] == FAKE_ENDPOINT
     assert shard["incarnation"] == 4
@@ -232,8 +233,10 @@ def test_a_heartbeat_is_recorded_and_shows_in_the_cluster_status(routers: Router
     assert isinstance(refused, Error) and refused.code == "stale_incarnation", refused
     assert _shards(client)[1]["incarnation"] == 4
     newer = routers.fake_shard(handle, incarnation=5)
-    assert newer.beat(1, {"loops": 1}) == HeartbeatAck(1)
+    assert newer.beat(1, {"loops": 1}) == HeartbeatAck(3)  # fenced again
     assert _shards(client)[1]["incarnation"] == 5
+    table = client.request(GetTable(), Table)
+    assert [table.slot_epochs[s] for s in (0, 1)] == [1, 3], "only shard 1's slots moved on"
 
 
 def test_a_silent_shard_turns_dead_and_a_stuck_one_not_progressing(routers: Routers) -> None:

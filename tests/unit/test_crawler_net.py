@@ -53,6 +53,7 @@ class FakeWeb:
     robots: dict[str, str] = field(default_factory=dict)
     failing: dict[str, int] = field(default_factory=dict)  # url -> 503s before success
     statuses: dict[str, int] = field(default_factory=dict)  # url -> fixed status
+    moved: dict[str, str] = field(default_factory=dict)  # url -> where a 301 points
     requests: list[tuple[str, str, int]] = field(default_factory=list)  # (domain, url, start)
     served: Counter[str] = field(default_factory=Counter)
 
@@ -87,9 +88,12 @@ class FakeWeb:
                 "text/plain",
                 text,
                 started,
+                started + LATENCY_MS,
                 fetch.proxy,
             )
         status = self.statuses.get(fetch.url, 503 if n <= self.failing.get(fetch.url, 0) else 200)
+        if fetch.url in self.moved:
+            status = 301
         return Fetched(
             fetch.domain,
             fetch.url,
@@ -97,10 +101,11 @@ class FakeWeb:
             fetch.attempt,
             status,
             "",
-            fetch.url,
+            self.moved.get(fetch.url, fetch.url),
             "text/html",
             "<html></html>" if status == 200 else "",
             started,
+            started + LATENCY_MS,
             fetch.proxy,
         )
 
@@ -154,6 +159,7 @@ def crawl(
                             "",
                             "",
                             now,
+                            0,
                             token.proxy,
                         )
                         engine.add("fetched", result, time=max(now, started))
@@ -209,9 +215,10 @@ def test_starts_at_a_domain_are_at_least_the_delay_apart() -> None:
     policy = CrawlPolicy(delay_ms=100)
     crawl(policy, web)
     for domain, gaps in gaps_by_domain(web.requests).items():
-        assert min(gaps) >= policy.delay_ms, domain
+        # One delay after the previous *answer* (the server may log a start that late).
+        assert min(gaps) >= policy.delay_ms + LATENCY_MS, domain
         # ... and not much more: the scheduler keeps the domain busy while work waits.
-        assert sorted(gaps)[len(gaps) // 2] <= policy.gap_ms(), (domain, gaps)
+        assert sorted(gaps)[len(gaps) // 2] <= policy.gap_ms() + LATENCY_MS, (domain, gaps)
 
 
 def test_crawl_delay_from_robots_widens_the_gap() -> None:
@@ -272,6 +279,7 @@ def test_unreachable_robots_disallows_the_domain() -> None:
             "",
             "",
             started,
+            started + LATENCY_MS,
             fetch.proxy,
         )
 
@@ -309,7 +317,7 @@ def test_verdicts_cover_the_outcomes() -> None:
         ctype: str = "text/html",
         attempt: int = 0,
     ) -> Fetched:
-        return Fetched("d", "u", kind, attempt, status, error, "u", ctype, "", 0, "p")
+        return Fetched("d", "u", kind, attempt, status, error, "u", ctype, "", 0, 0, "p")
 
     assert verdict(result(), 3) == "page"
     assert verdict(result(ctype="image/png"), 3) == "skip"
@@ -345,3 +353,14 @@ def test_policy_and_parameters_are_checked() -> None:
     proxy: Any = net(delay_ms=5, proxies=["http://127.0.0.1:9"]).place("proxies").initial[0]
     assert proxy.url == "http://127.0.0.1:9"
     assert dataclasses.replace(CrawlPolicy(), delay_ms=7).gap_ms(20) == 30
+
+
+def test_a_redirect_becomes_a_discovered_link() -> None:
+    web = FakeWeb(hosts=1, pages=2)
+    web.moved[web.url(0, 1)] = "http://h0.test/elsewhere/1"
+    result = crawl(CrawlPolicy(delay_ms=100), web)
+    assert web.served["http://h0.test/elsewhere/1"] == 1
+    assert "http://h0.test/elsewhere/1" in result.stored
+    assert web.url(0, 1) not in result.stored
+    reasons = {t.url: t.reason for t in tokens(result.engine, "skipped")}
+    assert reasons[web.url(0, 1)] == "redirect"

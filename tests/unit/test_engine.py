@@ -432,3 +432,22 @@ def test_whole_token_join_also_checks_constants() -> None:
     join = Transition("join", consume=[p(t)], read=[q(t, n=2)])
     engine = Engine(Net("w", places=[p, q], transitions=[join]))
     assert engine.fire(0) is None
+
+
+def test_extract_takes_available_and_future_entries_alike() -> None:
+    slots = Place("slots", Slot)
+    out = Place("out", Slot)
+    drain = Transition("drain", consume=[slots(s)], produce=[out.produce(s)])
+    engine = Engine(Net("t", places=[slots, out], transitions=[drain]), initial_marking=False)
+    engine.advance(10)
+    engine.add("slots", Slot(1), time=5)  # available
+    engine.add("slots", Slot(2), time=50)  # pending: becomes available later
+    engine.add("slots", Slot(3), time=60)
+    engine.extract([("slots", 5, Slot(1)), ("slots", 50, Slot(2))])
+    assert engine.tokens("slots") == [(60, Slot(3))]
+    assert engine.count("slots") == 1
+    assert engine.next_deadline() == 60, "the heap holds only what is left"
+    with pytest.raises(CpnError, match="has no token Slot\\(n=2\\) at time 50"):
+        engine.extract([("slots", 50, Slot(2))])
+    step = engine.fire(60)
+    assert step is not None and step.consumed == (("slots", 60, Slot(3)),)

@@ -400,6 +400,7 @@ OWNERSHIP_CASES = {
     Ownership.NOT_OWNED: (ELSEWHERE, 2),
     Ownership.STALE_EPOCH: (HERE, 1),
     Ownership.TABLE_BEHIND: (HERE, 3),
+    Ownership.SEALED: (HERE, 2),  # with HERE sealed for a move
 }
 # (first seq, count) that make each order against hwm 5.
 ORDER_CASES = {
@@ -417,9 +418,10 @@ def receive(
     sender: int = SENDER,
     incarnation: int = 1,
     table: PartitionTable = OURS,
+    sealed: tuple[int, ...] = (),
 ) -> Receipt:
     return inbox.receive(
-        sender=sender, incarnation=incarnation, epoch=epoch, runs=runs, table=table
+        sender=sender, incarnation=incarnation, epoch=epoch, runs=runs, table=table, sealed=sealed
     )
 
 
@@ -431,8 +433,9 @@ def test_every_ownership_and_order_pair_gets_its_verdict(
     lane, epoch = OWNERSHIP_CASES[ownership]
     first_seq, count = ORDER_CASES[order]
     inbox = Inbox(ME, {(SENDER, lane): HWM})
-    assert inbox.ownership(lane, epoch, OURS) is ownership
-    receipt = receive(inbox, [(lane, first_seq, count)], epoch=epoch)
+    sealed = (lane,) if ownership is Ownership.SEALED else ()
+    assert inbox.ownership(lane, epoch, OURS, sealed) is ownership
+    receipt = receive(inbox, [(lane, first_seq, count)], epoch=epoch, sealed=sealed)
     verdict = RECEIVE_TABLE[(ownership, order)]
     assert receipt.verdicts == (verdict,)
     applied = verdict is Verdict.APPLY

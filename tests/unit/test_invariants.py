@@ -319,3 +319,29 @@ def test_lost_duplicated_and_unexpected_account_for_the_whole_difference(
     assert not set(unexpected) & set(want)
     assert set(duplicated) <= set(want)
     assert report.ok == (Counter(want) == Counter(have))
+
+
+def test_a_move_left_half_done_is_reported() -> None:
+    snapshots = _snapshots([])
+    snapshots[1] = dataclasses.replace(snapshots[1], sealed_slots=frozenset({4}))
+    snapshots[2] = dataclasses.replace(snapshots[2], staged_slots=frozenset({4}))
+    report = check(snapshots, TABLE, moves_active=[{"move_id": 7, "slot": 4, "state": "staging"}])
+    assert not report.ok
+    assert report.moves_unfinished == {7: "slot 4 staging"}
+    assert report.slots_mid_move == {1: "sealed [4], staged []", 2: "sealed [], staged [4]"}
+    assert "slot moves not finished (1):\n    move 7: slot 4 staging" in str(report)
+
+
+def test_a_snapshot_reads_the_slots_mid_move_from_statistics() -> None:
+    stats = {
+        "shard_id": 1,
+        "incarnation": 2,
+        "epoch": 5,
+        "owned": [1, 4],
+        "outbox_tokens": 0,
+        "outbox_lanes_failed": 0,
+        "sealed": [4],
+        "staged": [],
+    }
+    snapshot = ShardSnapshot.from_statistics(stats)
+    assert (snapshot.sealed_slots, snapshot.staged_slots) == (frozenset({4}), frozenset())

@@ -187,3 +187,20 @@ def test_assign_refuses_a_bad_change(
 def test_decode_refuses_what_is_not_a_table(data: bytes) -> None:
     with pytest.raises(TableError, match="not a partition table"):
         PartitionTable.decode(data)
+
+
+def test_refencing_moves_only_the_shards_slots_to_a_new_epoch() -> None:
+    fenced = THREE.refenced(1)
+    assert fenced.epoch == THREE.epoch + 1
+    assert fenced.owners == THREE.owners
+    for slot in range(SLOT_COUNT):
+        expected = fenced.epoch if THREE.owners[slot] == 1 else THREE.slot_epochs[slot]
+        assert fenced.slot_epochs[slot] == expected
+
+
+def test_resizing_keeps_the_owners_and_refuses_to_drop_an_owner() -> None:
+    grown = THREE.resized(4)
+    assert (grown.epoch, grown.shard_count, grown.owners) == (2, 4, THREE.owners)
+    assert grown.slot_counts()[3] == 0
+    with pytest.raises(TableError, match=r"owned by shard 2, not one of 0\.\.1"):
+        THREE.resized(2)

@@ -1,0 +1,276 @@
+"""The crawler's commands: ``cpn crawl``, ``cpn demo`` and ``cpn worker``.
+
+Registered on the ``cpn`` group by :mod:`cluster.cli` (which turns their errors into
+one-line messages and exit codes); the work is done by :mod:`cluster.crawl`,
+:mod:`cluster.crawl_demo` and :mod:`cluster.crawl_worker`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cluster.crawl import Crawl, CrawlOptions
+from cluster.crawl_demo import DemoOptions, run_demo
+from cluster.crawl_fetch import FetchSettings
+from cluster.crawl_worker import ROLES, WorkerConfig, run_worker
+from cluster.local import parse_net_param
+from nets.errors import CpnError
+from router.table import SHARDS_MAX
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, None: 1}
+SCOPES = ("same-domains", "allow-list", "any")
+
+
+class _Duration(click.ParamType[int]):
+    """``500ms``, ``1s``, ``1.5s``, ``2m`` (a bare number is milliseconds)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = _DURATION.match(str(value))
+        if match is None:
+            self.fail(f"{value!r} is not a duration such as 500ms, 1s or 2m", param, ctx)
+        return round(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+class _NetParam(click.ParamType[tuple[str, Any]]):
+    name = "key=value"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, Any]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_net_param(str(value))
+        except CpnError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
+DIRECTORY = click.Path(file_okay=False, path_type=Path)
+FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.command()
+@click.argument("seeds", nargs=-1, required=True, metavar="SEEDS_FILE_OR_URL...")
+@click.option("--out", type=FILE, required=True, help="The JSON Lines file of stored pages.")
+@click.option(
+    "--shards", type=click.IntRange(1, SHARDS_MAX), default=2, show_default=True,
+    help="Shards of the cluster this crawl starts.",
+)  # fmt: skip
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+    help="Fetch worker processes (each runs many fetches at once).",
+)  # fmt: skip
+@click.option("--parse-workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--store-workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--delay", "delay_ms", type=DURATION, default="1s", show_default=True,
+    help="Minimum gap between two request starts at one domain (Crawl-delay wins if larger).",
+)  # fmt: skip
+@click.option("--proxies", "proxies_file", type=FILE, help="A file of proxy URLs, one a line.")
+@click.option("--max-pages", type=click.IntRange(min=0), help="Pages admitted per domain at most.")
+@click.option("--max-depth", type=click.IntRange(min=0), help="Link depth from a seed at most.")
+@click.option("--scope", type=click.Choice(SCOPES), default="same-domains", show_default=True)
+@click.option("--allow", multiple=True, help="A domain in scope (with --scope allow-list).")
+@click.option(
+    "--cluster", "cluster_dir", type=DIRECTORY,
+    help="Join the running crawler cluster in this directory instead of starting one.",
+)  # fmt: skip
+@click.option(
+    "--data", "data_dir", type=DIRECTORY,
+    help="Keep the crawl's cluster and worker logs here (default: a temporary directory).",
+)  # fmt: skip
+@click.option(
+    "--net-param", "net_params", type=_NetParam(), multiple=True,
+    help="Any other crawl policy field, KEY=VALUE (see nets/scraper.py CrawlPolicy).",
+)  # fmt: skip
+@click.option(
+    "--timeout", "timeout_ms", type=DURATION, default="1h", show_default=True,
+    help="Stop the crawl after this long, finished or not.",
+)  # fmt: skip
+@click.option(
+    "--fetch-timeout", "fetch_timeout_ms", type=DURATION, default="10s", show_default=True,
+    help="Connect/read timeout of one request.",
+)  # fmt: skip
+@click.option(
+    "--durability", type=click.Choice(["fsync", "process"]), default="process",
+    show_default=True, help="The shards' and the output file's durability.",
+)  # fmt: skip
+@click.option("--report-json", type=FILE, help="Also write the report to this file as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def crawl(
+    seeds: tuple[str, ...],
+    out: Path,
+    shards: int,
+    workers: int,
+    parse_workers: int,
+    store_workers: int,
+    delay_ms: int,
+    proxies_file: Path | None,
+    max_pages: int | None,
+    max_depth: int | None,
+    scope: str,
+    allow: tuple[str, ...],
+    cluster_dir: Path | None,
+    data_dir: Path | None,
+    net_params: tuple[tuple[str, Any], ...],
+    timeout_ms: int,
+    fetch_timeout_ms: int,
+    durability: str,
+    report_json: Path | None,
+    quiet: bool,
+) -> None:
+    """Crawl from SEEDS (URLs, or files with one URL a line) politely, on a cluster.
+
+    Starts a cluster of the crawler net (or joins one with --cluster), starts fetch,
+    parse and store workers, shows progress, and prints a report at the end.
+    """
+    if scope == "allow-list" and not allow:
+        raise click.BadParameter("--scope allow-list needs at least one --allow DOMAIN")
+    options = CrawlOptions(
+        seeds=seeds,
+        out=out,
+        shards=shards,
+        fetch_workers=workers,
+        parse_workers=parse_workers,
+        store_workers=store_workers,
+        delay_ms=delay_ms,
+        proxies_file=proxies_file,
+        max_pages=max_pages,
+        max_depth=max_depth,
+        scope=scope,
+        allow=allow,
+        cluster_dir=cluster_dir,
+        data_dir=data_dir,
+        net_params=dict(net_params),
+        timeout_ms=timeout_ms,
+        durability=durability,
+        fetch_timeout_ms=fetch_timeout_ms,
+        progress=not quiet,
+    )
+    report = Crawl(options).run()
+    for line in report.lines():
+        click.echo(line)
+    if report_json is not None:
+        report_json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+@click.command()
+@click.option("--hosts", type=click.IntRange(2, 500), default=30, show_default=True)
+@click.option("--pages", type=click.IntRange(2, 1000), default=15, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the mock web.")
+@click.option("--latency", "latency_ms", type=DURATION, default="10ms", show_default=True)
+@click.option("--delay", "delay_ms", type=DURATION, default="100ms", show_default=True)
+@click.option("--failing", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--shards", type=click.IntRange(1, SHARDS_MAX), default=2, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Fetch worker processes.",
+)
+@click.option("--out", type=FILE, help="Keep the stored pages in this file.")
+@click.option("--data", "data_dir", type=DIRECTORY, help="Keep the cluster and logs here.")
+@click.option("--report-json", type=FILE, help="Also write the figures to this file as JSON.")
+def demo(
+    hosts: int,
+    pages: int,
+    seed: int,
+    latency_ms: int,
+    delay_ms: int,
+    failing: float,
+    shards: int,
+    workers: int,
+    out: Path | None,
+    data_dir: Path | None,
+    report_json: Path | None,
+) -> None:
+    """Crawl an embedded mock web on loopback and check politeness at the server."""
+    click.echo(
+        f"demo: mock web of {hosts} hosts x {pages} pages on loopback (latency {latency_ms} "
+        f"ms, {failing:.0%} of pages failing twice, one host resetting connections, a 50 MB "
+        f"page); crawling with {shards} shards, delay {delay_ms} ms",
+        err=True,
+    )
+    result = run_demo(
+        DemoOptions(
+            hosts=hosts,
+            pages=pages,
+            seed=seed,
+            latency_ms=latency_ms,
+            delay_ms=delay_ms,
+            failing_fraction=failing,
+            shards=shards,
+            fetch_workers=workers,
+            out=out,
+            data_dir=data_dir,
+        )
+    )
+    for line in result.lines():
+        click.echo(line)
+    if report_json is not None:
+        figures = {key: value for key, value in vars(result).items() if key != "report"}
+        report_json.write_text(
+            json.dumps({**figures, "report": result.report.to_json()}, indent=2) + "\n"
+        )
+
+
+@click.command()
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option(
+    "--data", "data_dir", type=DIRECTORY, required=True,
+    help="The crawler cluster's data directory.",
+)  # fmt: skip
+@click.option("--out", type=FILE, help="The JSON Lines output (store workers).")
+@click.option(
+    "--concurrency", type=click.IntRange(1, 1024),
+    help="Leases worked on at once (default: fetch 32, parse 1, store 1).",
+)  # fmt: skip
+@click.option("--lease", "lease_ms", type=DURATION, default="30s", show_default=True)
+@click.option("--timings", type=FILE, help="Append each request's timing here (fetch workers).")
+@click.option(
+    "--timeout", "timeout_ms", type=DURATION, default="10s", show_default=True,
+    help="Connect/read timeout of one request (fetch workers).",
+)  # fmt: skip
+@click.option("--no-fsync", is_flag=True, help="Store workers: skip fsync after each write.")
+def worker(
+    role: str,
+    data_dir: Path,
+    out: Path | None,
+    concurrency: int | None,
+    lease_ms: int,
+    timings: Path | None,
+    timeout_ms: int,
+    no_fsync: bool,
+) -> None:
+    """Run one crawl worker: lease work from every shard, do it, complete it."""
+    if role == "store" and out is None:
+        raise click.BadParameter("a store worker needs --out FILE", param_hint="--out")
+    timeout_s = timeout_ms / 1000
+    config = WorkerConfig(
+        role=role,
+        data_dir=data_dir,
+        out=out,
+        concurrency=concurrency or 0,
+        lease_ms=max(lease_ms, 2 * timeout_ms + 1_000) if role == "fetch" else lease_ms,
+        timings=timings,
+        fetch=FetchSettings(timeout_s=timeout_s, connect_timeout_s=min(timeout_s, 5.0)),
+        durable=not no_fsync,
+    )
+    run_worker(config)
+
+
+def crawl_commands() -> list[click.Command]:
+    """The commands this module adds to ``cpn``."""
+    return [crawl, demo, worker]

@@ -1,0 +1,481 @@
+"""``cpn crawl``: run a whole crawl on a cluster of the crawler net, and report (SHELL).
+
+:class:`Crawl` does, in order:
+
+1. reads the seeds (URLs, or files of URLs one a line) and the proxy file, and turns
+   what it cannot use into counted *bad input* (never a stop);
+2. starts a cluster of ``nets.scraper:net`` with the crawl's net parameters (``cpn up``
+   in ``DATA/cluster``), or joins a running one (``--cluster DIR``);
+3. puts the scope and the seeds into the net (each on its domain's shard);
+4. starts the workers (``cpn worker`` processes: fetch, parse, store) and restarts any
+   that dies;
+5. shows a progress line while it watches the cluster, and decides the crawl is done
+   when every place that holds work in progress (:data:`nets.scraper.WORK_PLACES`) is
+   empty on every shard and no handoff is in flight, twice in a row;
+6. stops the workers (and the cluster it started) and builds the report
+   (:mod:`cluster.crawl_report`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from cluster.client import ClusterClient
+from cluster.crawl_report import CrawlReport, domain_gaps, file_pages, read_timings, tally
+from cluster.crawl_urls import InvalidUrl, canonical_url, domain_of
+from cluster.local import (
+    ERROR_PREFIX,
+    ClusterConfig,
+    ClusterLayout,
+    net_param_args,
+    run_cpn,
+    stop_all,
+)
+from cluster.local import ShardProcess as ChildHandle
+from cluster.supervisor import down as stop_cluster
+from cluster.supervisor import settle_config
+from nets.errors import CpnError
+from nets.loader import load_net
+
+NET: Final = "nets.scraper:net"
+POLL_S: Final = 0.2
+PROGRESS_EVERY_S: Final = 2.0  # without a terminal, a progress line this often
+DONE_POLLS: Final = 2  # consecutive idle polls that end the crawl
+WORKER_RESTART_S: Final = 0.5
+SEEDS_MAX: Final = 1_000_000
+PROXIES_MAX: Final = 10_000
+STATS_TIMEOUT_MS: Final = 2_000
+READY_TIMEOUT_S: Final = 120.0
+# Places that hold work in progress (kept in step with nets/scraper.py WORK_PLACES,
+# which is used when it can be imported).
+WORK_PLACES_DEFAULT: Final = (
+    "links", "candidates", "targets", "fetch_queue", "fetch_queue__held", "fetching",
+    "fetched", "raw_html", "parse_queue", "parse_queue__held", "parsing", "parse_done",
+    "parsed", "validated", "store_queue", "store_queue__held", "storing", "store_done",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CrawlOptions:
+    """What ``cpn crawl`` was asked to do (see its ``--help``)."""
+
+    seeds: tuple[str, ...]
+    out: Path
+    shards: int = 2
+    fetch_workers: int = 2
+    parse_workers: int = 1
+    store_workers: int = 1
+    delay_ms: int = 1_000
+    proxies_file: Path | None = None
+    max_pages: int | None = None  # per domain
+    max_depth: int | None = None
+    scope: str = "same-domains"
+    allow: tuple[str, ...] = ()
+    cluster_dir: Path | None = None  # join this running cluster
+    data_dir: Path | None = None
+    net_params: dict[str, Any] = field(default_factory=dict)
+    timeout_ms: int = 3_600_000
+    durability: str = "process"
+    fetch_timeout_ms: int = 10_000
+    lease_ms: int = 30_000
+    progress: bool = True
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Worker:
+    role: str
+    index: int
+    args: list[str]
+    log_path: Path
+    env: dict[str, str]
+    timings: Path | None = None
+    handle: ChildHandle | None = None
+    restarts: int = 0
+    next_start_s: float = 0.0
+
+
+class Crawl:
+    """One crawl, from seeds to report (see the module docstring)."""
+
+    def __init__(self, options: CrawlOptions, *, stderr: TextIO | None = None) -> None:
+        self.options = options
+        self.stderr = stderr if stderr is not None else sys.stderr
+        self.report = CrawlReport()
+        self._own_dir: Path | None = None
+        self.workers: list[_Worker] = []
+        self.layout: ClusterLayout | None = None
+        self.started_cluster = False
+        self.first_put_s = 0.0
+        self.done_s = 0.0
+        self.stop_requested = False  # set (e.g. from on_poll) to end the crawl early
+
+    # -- input ----------------------------------------------------------------------------
+
+    def read_seeds(self) -> list[tuple[str, str]]:
+        """(domain, canonical url) of every usable seed; the rest is bad input."""
+        found: dict[str, str] = {}
+        for arg in self.options.seeds:
+            for text in self._seed_texts(arg):
+                try:
+                    url = canonical_url(text)
+                except InvalidUrl as exc:
+                    self.report.bad_inputs.append(f"seed: {exc}")
+                    continue
+                found.setdefault(url, domain_of(url))
+                if len(found) >= SEEDS_MAX:
+                    self.report.bad_inputs.append(f"seeds: more than {SEEDS_MAX:,}, rest ignored")
+                    return [(d, u) for u, d in found.items()]
+        return [(d, u) for u, d in found.items()]
+
+    def _seed_texts(self, arg: str) -> list[str]:
+        if "://" in arg:
+            return [arg]
+        path = Path(arg)
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            self.report.bad_inputs.append(
+                f"seed {arg!r}: not a URL, and not a readable file ({reason})"
+            )
+            return []
+        return [s for line in lines if (s := line.strip()) and not s.startswith("#")]
+
+    def read_proxies(self) -> list[str]:
+        """The proxy URLs of the proxy file (none: direct connections)."""
+        path = self.options.proxies_file
+        if path is None:
+            return []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            self.report.bad_inputs.append(
+                f"proxy file {path}: unreadable ({exc}); crawling without proxies"
+            )
+            return []
+        proxies: list[str] = []
+        for number, line in enumerate(lines, start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            try:
+                url = canonical_url(text if "://" in text else f"http://{text}")
+            except InvalidUrl as exc:
+                self.report.bad_inputs.append(f"proxy file {path}:{number}: {exc}")
+                continue
+            if url not in proxies:
+                proxies.append(url.rstrip("/"))
+            if len(proxies) >= PROXIES_MAX:
+                break
+        if not proxies:
+            self.report.bad_inputs.append(
+                f"proxy file {path}: no usable proxy; crawling without proxies"
+            )
+        return proxies
+
+    def net_params(self) -> dict[str, Any]:
+        o = self.options
+        params: dict[str, Any] = {"delay_ms": o.delay_ms, "scope": o.scope}
+        proxies = self.read_proxies()
+        if proxies:
+            params["proxies"] = proxies
+        if o.max_pages is not None:
+            params["max_pages_per_domain"] = o.max_pages
+        if o.max_depth is not None:
+            params["max_depth"] = o.max_depth
+        params.update(o.net_params)
+        return params
+
+    # -- the cluster ----------------------------------------------------------------------
+
+    def _crawl_dir(self) -> Path:
+        if self.options.data_dir is not None:
+            self.options.data_dir.mkdir(parents=True, exist_ok=True)
+            return self.options.data_dir.resolve()
+        if self._own_dir is None:
+            self._own_dir = Path(tempfile.mkdtemp(prefix="cpn-crawl-"))
+        return self._own_dir
+
+    def _start_or_join(self, params: dict[str, Any]) -> ClusterLayout:
+        o = self.options
+        if o.cluster_dir is not None:
+            layout = ClusterLayout(o.cluster_dir.resolve())
+            recorded = ClusterConfig.read(layout)
+            if recorded is None:
+                raise CpnError(f"no cluster in {layout.root} to join (no cluster.json)")
+            if recorded.net != NET:
+                raise CpnError(
+                    f"the cluster in {layout.root} runs net {recorded.net!r}, not the "
+                    f"crawler's {NET}"
+                )
+            ClusterClient.for_data_dir(layout.root).close()  # fails in one line if down
+            if recorded.params != params:
+                self.report.bad_inputs.append(
+                    "joined a running cluster: its own net parameters apply "
+                    f"({recorded.params}), not this command's"
+                )
+            return layout
+        layout = ClusterLayout(self._crawl_dir() / "cluster")
+        config = settle_config(
+            layout, net=NET, shards=o.shards, seed=None, durability=o.durability, params=params
+        )
+        load_net(config.net, seed=config.seed, params=config.params)  # one-line errors here
+        # `cpn up` in a child: it starts the supervisor detached and returns when the
+        # cluster is ready (its Popen handle must not live on in this process).
+        done = run_cpn(
+            "up", "--net", NET, "--shards", str(o.shards), "--data", str(layout.root),
+            "--durability", o.durability, *net_param_args(params), timeout_s=READY_TIMEOUT_S,
+        )  # fmt: skip
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+            raise CpnError(
+                f"the crawl's cluster did not start: {lines[-1].removeprefix(ERROR_PREFIX)}"
+            )
+        self.started_cluster = True
+        return layout
+
+    # -- workers --------------------------------------------------------------------------
+
+    def _plan_workers(self, layout: ClusterLayout) -> None:
+        o = self.options
+        logs = self._crawl_dir() / "workers"
+        logs.mkdir(parents=True, exist_ok=True)
+        base_env = dict(o.worker_env)
+        plan = [("fetch", o.fetch_workers), ("parse", o.parse_workers), ("store", o.store_workers)]
+        for role, count in plan:
+            for index in range(count):
+                args = [
+                    sys.executable, "-m", "cluster.cli", "worker", "--role", role,
+                    "--data", str(layout.root), "--lease", f"{o.lease_ms}ms",
+                ]  # fmt: skip
+                timings = None
+                if role == "fetch":
+                    timings = logs / f"fetch-{index}.timings.jsonl"
+                    args += ["--timings", str(timings), "--timeout", f"{o.fetch_timeout_ms}ms"]
+                if role == "store":
+                    args += ["--out", str(o.out.resolve())]
+                    if o.durability == "process":
+                        args += ["--no-fsync"]
+                log_path = logs / f"{role}-{index}.log"
+                self.workers.append(_Worker(role, index, args, log_path, base_env, timings))
+
+    def _start_worker(self, worker: _Worker) -> None:
+        env = {**os.environ, **worker.env}
+        if worker.restarts:
+            env.pop("CPN_FAULT", None)  # a fault point fires in the first incarnation only
+        with worker.log_path.open("ab") as log_file:
+            process = subprocess.Popen(
+                worker.args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env
+            )
+        worker.handle = ChildHandle(
+            worker.log_path.parent, process, args=worker.args, role="worker"
+        )
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers:
+            handle = worker.handle
+            if handle is not None and handle.alive():
+                continue
+            if handle is not None:
+                worker.handle = None
+                worker.restarts += 1
+                worker.next_start_s = now + WORKER_RESTART_S
+                self._say(
+                    f"{worker.role} worker {worker.index} (pid {handle.pid}) exited with "
+                    f"{handle.process.returncode}; restarting it"
+                )
+            if now >= worker.next_start_s:
+                self._start_worker(worker)
+
+    def worker_pids(self, role: str | None = None) -> list[int]:
+        return [
+            w.handle.pid
+            for w in self.workers
+            if w.handle is not None and w.handle.alive() and role in (None, w.role)
+        ]
+
+    def _stop_workers(self) -> None:
+        stop_all([w.handle for w in self.workers if w.handle is not None])
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, *, on_poll: Callable[[Crawl, dict[str, int]], None] | None = None) -> CrawlReport:
+        """Crawl to the end (or the timeout) and return the report.
+
+        ``on_poll`` is called after every look at the cluster with the summed token
+        counts (tests use it to kill processes mid-crawl).
+
+        Raises:
+            CpnError: the cluster cannot be started or joined, or no seed is usable.
+        """
+        started = time.monotonic()
+        o = self.options
+        seeds = self.read_seeds()
+        params = self.net_params()
+        if not seeds:
+            raise CpnError(
+                "no usable seed URL: " + ("; ".join(self.report.bad_inputs) or "none given")
+            )
+        try:
+            self.layout = self._start_or_join(params)
+            o.out.parent.mkdir(parents=True, exist_ok=True)
+            o.out.touch()
+            self._plan_workers(self.layout)
+            for worker in self.workers:
+                self._start_worker(worker)
+            with ClusterClient.for_data_dir(
+                self.layout.root, timeout_ms=STATS_TIMEOUT_MS, retries=2
+            ) as client:
+                self._seed(client, seeds, params)
+                self.first_put_s = time.monotonic()
+                self.report.startup_s = self.first_put_s - started
+                self._watch(client, on_poll)
+                self._collect(client)
+        finally:
+            self._stop_workers()
+            if self.started_cluster and self.layout is not None:
+                with contextlib.suppress(CpnError):
+                    stop_cluster(self.layout)
+            self.report.wall_s = (self.done_s or time.monotonic()) - self.first_put_s
+            self._collect_files()  # the timing logs may live in a temporary directory
+            if self._own_dir is not None:
+                shutil.rmtree(self._own_dir, ignore_errors=True)
+        return self.report
+
+    def _seed(
+        self, client: ClusterClient, seeds: Sequence[tuple[str, str]], params: dict[str, Any]
+    ) -> None:
+        scope = params.get("scope", "same-domains")
+        if scope == "same-domains":
+            domains = sorted({d for d, _ in seeds})
+            client.put("scope", [(d,) for d in domains])
+        elif scope == "allow-list":
+            allowed = []
+            for text in self.options.allow:
+                try:
+                    allowed.append(
+                        domain_of(canonical_url(text if "://" in text else f"http://{text}"))
+                    )
+                except InvalidUrl as exc:
+                    self.report.bad_inputs.append(f"--allow {text!r}: {exc}")
+            client.put("scope", [(d,) for d in sorted(set(allowed))])
+        client.put("links", [(d, u, 0) for d, u in seeds])
+
+    def _watch(
+        self, client: ClusterClient, on_poll: Callable[[Crawl, dict[str, int]], None] | None
+    ) -> None:
+        work_places = _work_places()
+        idle_polls = 0
+        last_line_s = 0.0
+        deadline = self.first_put_s + self.options.timeout_ms / 1000
+        tty = self.options.progress and self.stderr.isatty()
+        while time.monotonic() < deadline and not self.stop_requested:
+            self._check_workers()
+            looked = self._look(client)
+            if looked is not None:
+                tokens, outbox, firings = looked
+                busy = sum(tokens.get(p, 0) for p in work_places) + outbox
+                idle_polls = idle_polls + 1 if busy == 0 else 0
+                if on_poll is not None:
+                    on_poll(self, tokens)
+                now = time.monotonic()
+                if self.options.progress and (tty or now - last_line_s >= PROGRESS_EVERY_S):
+                    last_line_s = now
+                    self._progress(tokens, firings, busy, end="\r" if tty else "\n")
+                if idle_polls >= DONE_POLLS:
+                    self.done_s = time.monotonic()
+                    self.report.complete = True
+                    if tty:
+                        self.stderr.write("\n")
+                    return
+            time.sleep(POLL_S)
+        if not self.stop_requested:
+            self._say(f"timed out after {self.options.timeout_ms / 1000:g} s; stopping the crawl")
+
+    def _look(self, client: ClusterClient) -> tuple[dict[str, int], int, Counter[str]] | None:
+        """Tokens per place and in flight, summed over shards; None if one did not answer."""
+        tokens: Counter[str] = Counter()
+        firings: Counter[str] = Counter()
+        outbox = 0
+        try:
+            shards = client.table().shard_count
+            for shard_id in range(shards):
+                stats = client.statistics([shard_id])[shard_id]
+                tokens.update(stats.get("tokens", {}))
+                firings.update(stats.get("firings", {}))
+                outbox += int(stats.get("outbox_tokens", 0))
+        except CpnError:
+            return None
+        return dict(tokens), outbox, firings
+
+    def _progress(self, tokens: dict[str, int], firings: Counter[str], busy: int, end: str) -> None:
+        elapsed = max(time.monotonic() - self.first_put_s, 1e-3)
+        stored = tokens.get("stored", 0)
+        queued = sum(tokens.get(p, 0) for p in ("targets", "fetch_queue", "fetch_queue__held"))
+        failed = firings.get("fetch_give_up", 0) + firings.get("fetch_failed", 0)
+        line = (
+            f"crawl: {stored:,} pages stored, {queued:,} queued, {busy:,} in progress, "
+            f"{failed:,} failed, {tokens.get('skipped', 0):,} skipped, "
+            f"{stored / elapsed:,.1f} pages/s, {elapsed:,.0f} s"
+        )
+        self.stderr.write(line + end)
+        self.stderr.flush()
+
+    def _collect(self, client: ClusterClient) -> None:
+        """The report's figures from the net's marking (before the cluster stops)."""
+        r = self.report
+        try:
+            failures = [f for _k, _t, f in client.tokens("fail_log")]
+            skipped = [s for _k, _t, s in client.tokens("skipped")]
+            robots = {str(t[0]): int(t[2]) for _k, _t, t in client.tokens("robots")}
+            r.stored_in_net = client.counts().get("stored", 0)
+            firings: Counter[str] = Counter()
+            for stats in client.statistics().values():
+                firings.update(stats.get("firings", {}))
+        except CpnError as exc:
+            self._say(f"could not read the final marking: {exc}")
+            return
+        r.failures = tally((f for f in failures if f[4]), 3)
+        retried = [f for f in failures if not f[4]]
+        r.retries = len(retried)
+        r.retries_by_reason = tally(retried, 3)
+        r.robots_skips = sum(1 for s in skipped if s[2] == "robots")
+        r.skips = tally((s for s in skipped if s[2] != "robots"), 2)
+        r.late_refusals = firings.get("fetch_late", 0)
+        r.extra["crawl_delay_ms"] = robots
+
+    def _collect_files(self) -> None:
+        r = self.report
+        _urls, r.duplicates = file_pages(self.options.out)
+        r.pages = len(_urls)
+        timings = read_timings(w.timings for w in self.workers if w.timings is not None)
+        r.requests_sent = len(timings)
+        delays: dict[str, int] = r.extra.get("crawl_delay_ms", {})
+        required = {d: max(self.options.delay_ms, ms) for d, ms in delays.items()}
+        r.gaps = domain_gaps(timings, required, self.options.delay_ms)
+        r.extra["timings"] = len(timings)
+
+    def _say(self, text: str) -> None:
+        self.stderr.write(f"crawl: {text}\n")
+        self.stderr.flush()
+
+
+def _work_places() -> tuple[str, ...]:
+    try:
+        from nets.scraper import WORK_PLACES  # noqa: PLC0415 (the net may be absent)
+    except ImportError:
+        return WORK_PLACES_DEFAULT
+    return tuple(WORK_PLACES)

@@ -1,0 +1,286 @@
+"""A cluster across real network boundaries: namespaces, veth links, CURVE, cut links.
+
+The router and two shards run as separate "hosts": each in its own network namespace
+with its own address, joined by veth pairs to a bridge, made for this run by
+:class:`cluster.netns.VirtualNetwork` (names unique per run, at most 15 characters,
+removed even when a test fails). They read one cluster file with CURVE keys; this
+process is the client, on its own veth into the same switch. The workload is
+``tests.nets_for_tests:hopping``: every hop crosses partitions (a handoff) and takes a
+ticket from a pool. While hoppers flow, the test takes a shard's link down (handoffs
+wait in the outbox; the router stops hearing it), brings it back, then does the same
+to the router's link (the shards keep going with their tables). Afterwards every
+acknowledged hopper must have landed exactly once, outboxes drained and the tickets
+be conserved (``cluster.invariants`` via ``tests.hopping_check``).
+
+Needs root and ``ip netns`` (skipped with the reason otherwise); the ``tc netem`` part
+skips where the kernel has no ``sch_netem``. Serial: it loads the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster.client import ClusterClient, ShardClient, ShardUnavailable
+from cluster.invariants import ShardSnapshot
+from cluster.local import STDERR_FILE, ShardProcess, run_cpn, stop_all, wait_for, wait_ready
+from cluster.netns import VirtualNetwork, unavailable
+from cluster.security import read_keypair, read_public
+from router.curve import CurveKeys
+from router.slots import slot_of_key
+from router.table import PartitionTable
+from tests.hopping_check import hopping_problems
+from tests.nets_for_tests import hopper
+
+WHY_NOT = unavailable()
+pytestmark = [
+    pytest.mark.serial,
+    pytest.mark.integration,
+    pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces: {WHY_NOT}"),
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NET = "tests.nets_for_tests:hopping"
+PLACES = ("hops", "arrived", "tickets")
+HOSTS = ("router", "shard0", "shard1")
+ROUTER_PORT = 7000
+SHARD_PORT = 7001  # every host has its own port space: fixed ports are safe here
+HEARTBEAT_TIMEOUT_MS = 1_000
+WAIT_S = 30.0
+HOPPERS_PER_WAVE = 40
+
+
+def _env() -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.getenv("PYTHONPATH")]))}
+
+
+class Hosts:
+    """The network, the cluster file, the keys and every process started on the hosts."""
+
+    def __init__(self, net: VirtualNetwork, root: Path) -> None:
+        self.net = net
+        self.root = root
+        self.handles: list[ShardProcess] = []
+        self.clients: list[Any] = []
+        for name in ("server", "client", "stranger"):
+            result = run_cpn("keys", "generate", str(root / "keys"), "--name", name, env=_env())
+            assert result.returncode == 0, result.stderr
+        self.config = self.write_config(root / "cluster.toml", keys="keys")
+        self.router_endpoint = f"tcp://{net.addresses['router']}:{ROUTER_PORT}"
+
+    def write_config(self, path: Path, *, keys: str, shard1_port: int = SHARD_PORT) -> Path:
+        a = self.net.addresses
+        path.write_text(
+            f"""
+[cluster]
+id = "netns"
+net = "{NET}"
+data_dir = "{self.root / "data"}"
+durability = "process"
+heartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}
+[router]
+host = "router"
+endpoint = "tcp://{a["router"]}:{ROUTER_PORT}"
+[shards]
+count = 2
+[[shard]]
+id = 0
+host = "shard0"
+endpoint = "tcp://{a["shard0"]}:{SHARD_PORT}"
+[[shard]]
+id = 1
+host = "shard1"
+endpoint = "tcp://{a["shard1"]}:{shard1_port}"
+[security]
+server_key = "{keys}/server.key_secret"
+client_key = "{keys}/client.key_secret"
+allowed_clients = ["{keys}/client.key"]
+"""
+        )
+        return path
+
+    def start(
+        self, host: str, role: str, *args: str, config: Path | None = None, data: str = ""
+    ) -> ShardProcess:
+        """``cpn ROLE --config FILE ARGS`` on ``host``, once it published its endpoint."""
+        data_dir = self.root / "data" / (role if role == "router" else f"shard-{args[-1]}")
+        if data:
+            data_dir = self.root / data
+            args = (*args, "--data", str(data_dir))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [*self.net.exec_prefix(host), sys.executable, "-m", "cluster.cli", role]
+        argv += ["--config", str(config or self.config), *args]
+        with (data_dir / STDERR_FILE).open("ab") as stderr:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                env={**os.environ, **_env()},
+            )
+        handle = ShardProcess(data_dir, process, args=argv, role=role)
+        self.handles.append(handle)
+        wait_ready(handle)
+        return handle
+
+    def keys(self, name: str = "client") -> CurveKeys:
+        public, secret = read_keypair(self.root / "keys" / f"{name}.key_secret")
+        return CurveKeys(public, secret, read_public(self.root / "keys" / "server.key"))
+
+    def client(self, **options: Any) -> ClusterClient:
+        client = ClusterClient(self.router_endpoint, curve=self.keys(), **options)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        stop_all(self.handles)
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[Hosts]:
+    with VirtualNetwork(HOSTS) as net:
+        found = Hosts(net, tmp_path)
+        try:
+            found.start("router", "router")
+            for shard_id in (0, 1):
+                found.start(f"shard{shard_id}", "shard", "--shard-id", str(shard_id))
+            yield found
+        finally:
+            found.close()
+
+
+def _alive(client: ClusterClient) -> list[bool]:
+    return [bool(s["alive"]) for s in client.status().shards]
+
+
+def _snapshots(client: ClusterClient) -> list[ShardSnapshot]:
+    snapshots = []
+    for shard_id in (0, 1):
+        shard = client.shard(shard_id)
+        marking = {place: shard.all_tokens(place) for place in PLACES}
+        snapshots.append(ShardSnapshot.from_statistics(shard.stats(), marking))
+    return snapshots
+
+
+class Workload:
+    """Hoppers put in waves; each wave starts on one chosen shard (its first key's owner)."""
+
+    def __init__(self, client: ClusterClient) -> None:
+        self.client = client
+        self.owners = client.table().owners
+        self.injected: list[tuple[int, int]] = []
+        self._next_id = 0
+
+    def wave(self, *, on_shard: int | None = None) -> None:
+        batch = []
+        while len(batch) < HOPPERS_PER_WAVE:
+            hopper_id, hops = self._next_id, 5 + self._next_id % 3 * 5
+            self._next_id += 1
+            token = hopper(hopper_id, hops)
+            if on_shard is None or self.owners[slot_of_key(token.key)] == on_shard:
+                batch.append((hopper_id, hops, token))
+        self.client.put("hops", [token for _h, _n, token in batch])
+        self.injected.extend((h, n) for h, n, _token in batch)
+
+    def landed(self) -> bool:
+        counts = self.client.counts()
+        return counts.get("arrived", 0) == len(self.injected) and not counts.get("hops")
+
+    def problems(self) -> str:
+        def drained() -> bool:
+            stats = self.client.statistics()
+            return all(s["outbox_tokens"] == 0 for s in stats.values())
+
+        wait_for(self.landed, bool, what="every hopper landed", timeout_s=WAIT_S)
+        wait_for(drained, bool, what="every outbox drained", timeout_s=WAIT_S)
+        table = self.client.table(refresh=True)
+        partition = PartitionTable(table.epoch, table.shard_count, table.owners, table.slot_epochs)
+        return hopping_problems(_snapshots(self.client), partition, self.injected)
+
+
+def test_cut_links_of_a_shard_and_the_router_lose_and_duplicate_nothing(hosts: Hosts) -> None:
+    client = hosts.client(timeout_ms=2_000, retries=2)
+    wait_for(lambda: _alive(client), all, what="both shards alive", timeout_s=WAIT_S)
+    work = Workload(client)
+    work.wave()
+    work.wave()
+
+    # Shard 1 off the network while hoppers flow from shard 0 towards it.
+    hosts.net.cut("shard1")
+    for _ in range(3):
+        work.wave(on_shard=0)
+    wait_for(lambda: _alive(client), lambda a: a == [True, False], what="shard 1 not alive",
+             timeout_s=WAIT_S)  # fmt: skip
+    waiting = client.statistics([0])[0]["outbox_tokens"]
+    assert waiting > 0, "hoppers for shard 1 wait in shard 0's outbox"
+    hosts.net.restore("shard1")
+    wait_for(lambda: _alive(client), all, what="shard 1 back", timeout_s=WAIT_S)
+    assert not (problems := work.problems()), problems
+
+    # The router off the network: the shards have the table, clients have theirs.
+    hosts.net.cut("router")
+    for shard_id in (0, 1):
+        work.wave(on_shard=shard_id)
+    with pytest.raises(ShardUnavailable):
+        client.status()
+    wait_for(work.landed, bool, what="hoppers landed without the router", timeout_s=WAIT_S)
+    hosts.net.restore("router")
+    wait_for(lambda: _alive(client), all, what="the router hears both shards", timeout_s=WAIT_S)
+    work.wave()
+    assert not (problems := work.problems()), problems
+
+
+def test_latency_and_loss_on_a_shard_s_link(hosts: Hosts) -> None:
+    reason = hosts.net.impair("shard1", delay_ms=20, loss_pct=2.0)
+    if reason is not None:
+        pytest.skip(reason)
+    client = hosts.client(timeout_ms=3_000, retries=3)
+    wait_for(lambda: _alive(client), all, what="both shards alive", timeout_s=WAIT_S)
+    work = Workload(client)
+    for _ in range(3):
+        work.wave()
+    assert not (problems := work.problems()), problems
+
+
+def test_strangers_are_refused_across_hosts(hosts: Hosts) -> None:
+    # A client without keys, and one with a key the allow-list does not name.
+    plain = ShardClient(hosts.router_endpoint, timeout_ms=500, retries=0, role="router")
+    plain.curve = None
+    stranger = ClusterClient(
+        hosts.router_endpoint, curve=hosts.keys("stranger"), timeout_ms=500, retries=0
+    )
+    hosts.clients += [plain, stranger]
+    with pytest.raises(ShardUnavailable):
+        plain.ping()
+    with pytest.raises(ShardUnavailable):
+        stranger.table()
+    client = hosts.client(timeout_ms=2_000)
+    assert client.table().net == "test_hopping"
+    # A shard with another cluster's keys, on shard 1's host, cannot join.
+    run_cpn("keys", "generate", str(hosts.root / "other-keys"), env=_env())
+    run_cpn("keys", "generate", str(hosts.root / "other-keys"), "--name", "client", env=_env())
+    impostor = hosts.write_config(
+        hosts.root / "impostor.toml", keys=str(hosts.root / "other-keys"), shard1_port=7002
+    )
+    log = hosts.root / "data" / "router" / "router.log"
+    root_side = hosts.net.subnet.network_address + 1
+    assert f"refused a connection from {root_side}" in log.read_text()  # the stranger
+    failed_before = log.read_text().count("the handshake failed")
+    assert failed_before >= 1  # the client without CURVE
+    hosts.start("shard1", "shard", "--shard-id", "1", config=impostor, data="impostor")
+    # It expects another server key: its handshakes with the router fail, and are logged.
+    wait_for(
+        lambda: log.read_text().count("the handshake failed"),
+        lambda n: n > failed_before,
+        what="the router to log the impostor shard's failed handshakes",
+        timeout_s=WAIT_S,
+    )
+    assert client.status().shards[1]["endpoint"].endswith(f":{SHARD_PORT}")
