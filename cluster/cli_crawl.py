@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from cluster.cli_deploy import active_config, config_option
 from cluster.crawl import Crawl, CrawlOptions
 from cluster.crawl_demo import DemoOptions, run_demo
 from cluster.crawl_fetch import FetchSettings
@@ -229,8 +230,13 @@ def demo(
 @click.command()
 @click.option("--role", type=click.Choice(ROLES), required=True)
 @click.option(
-    "--data", "data_dir", type=DIRECTORY, required=True,
-    help="The crawler cluster's data directory.",
+    "--data", "data_dir", type=DIRECTORY,
+    help="The crawler cluster's data directory (a local cluster; or give --config).",
+)  # fmt: skip
+@config_option("worker")
+@click.option(
+    "--net-param", "net_params", multiple=True, metavar="KEY=VALUE",
+    help="A crawler net parameter the worker uses (user_agent, body_max_bytes).",
 )  # fmt: skip
 @click.option("--out", type=FILE, help="The JSON Lines output (store workers).")
 @click.option(
@@ -253,10 +259,18 @@ def worker(
     timings: Path | None,
     timeout_ms: int,
     no_fsync: bool,
+    net_params: tuple[str, ...],
 ) -> None:
-    """Run one crawl worker: lease work from every shard, do it, complete it."""
+    """Run one crawl worker: lease work from every shard, do it, complete it.
+
+    The worker finds the cluster by --data (a local cluster) or by --config (the cluster
+    file: the router's endpoint, the shard count and the client key)."""
     if role == "store" and out is None:
         raise click.BadParameter("a store worker needs --out FILE", param_hint="--out")
+    cluster_file = active_config()
+    if (data_dir is None) == (cluster_file is None):
+        raise click.UsageError("give the cluster as exactly one of --data DIR or --config FILE")
+    params = dict(parse_net_param(text) for text in net_params)
     timeout_s = timeout_ms / 1000
     config = WorkerConfig(
         role=role,
@@ -267,6 +281,9 @@ def worker(
         timings=timings,
         fetch=FetchSettings(timeout_s=timeout_s, connect_timeout_s=min(timeout_s, 5.0)),
         durable=not no_fsync,
+        router_endpoint="" if cluster_file is None else cluster_file.router.endpoint,
+        shards=0 if cluster_file is None else cluster_file.shard_count,
+        params=params,
     )
     run_worker(config)
 

@@ -54,8 +54,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def config_option(role: str) -> Callable[[F], F]:
     """``--config FILE``: take this command's defaults from a cluster file.
 
-    ``role`` is ``up``, ``router``, ``shard`` or ``client`` (commands that only talk
-    to the cluster).
+    ``role`` is ``up``, ``router``, ``shard``, ``client`` (commands that only talk
+    to the cluster) or ``worker`` (a crawl worker, which finds the router by the file).
     """
     return click.option(
         "--config",
@@ -77,7 +77,7 @@ def _read_config(
     path = value.resolve()
     config = load_config(path)
     ctx.meta[CONFIG_META] = config
-    if role in ("up", "client"):
+    if role in ("up", "client", "worker"):
         use_client_keys(client_keys(config))
     defaults: dict[str, Any] = {"net_path": config.net, "shard_count": config.shard_count}
     secured = config.security is not None

@@ -46,7 +46,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,14 +84,22 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
+    """One worker's settings. It finds its cluster by ``data_dir`` (a local ``cpn up``
+    directory: the router's endpoint, the shard count and the net's parameters are
+    recorded there) or, on a host of its own, by ``router_endpoint`` and ``shards``
+    (from the cluster file, ``cpn worker --config``) with the net's ``params``."""
+
     role: str
-    data_dir: Path
+    data_dir: Path | None
     out: Path | None = None
     concurrency: int = 0  # 0: the role's default
     lease_ms: int = 30_000
     timings: Path | None = None
     fetch: FetchSettings = field(default_factory=FetchSettings)
     durable: bool = True
+    router_endpoint: str = ""
+    shards: int = 0
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.role in ROLES, self.role
@@ -100,17 +108,15 @@ class WorkerConfig:
 class ShardLane:
     """One shard's leases and completions, on a thread and a client of their own."""
 
-    def __init__(self, layout: ClusterLayout, shard_id: int) -> None:
-        self.layout = layout
+    def __init__(self, connect: Callable[[], ClusterClient], shard_id: int) -> None:
+        self._connect = connect
         self.shard_id = shard_id
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"lane-{shard_id}")
         self._client: ClusterClient | None = None  # created and used on the lane's thread
 
     def _with_client(self, call: Callable[[ClusterClient], T]) -> T:
         if self._client is None:
-            self._client = ClusterClient.for_data_dir(
-                self.layout.root, timeout_ms=REQUEST_TIMEOUT_MS, retries=1
-            )
+            self._client = self._connect()
         try:
             return call(self._client)
         except ShardError:
@@ -152,15 +158,29 @@ class Worker:
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.layout = ClusterLayout(config.data_dir.resolve())
-        recorded = ClusterConfig.read(self.layout)
-        if recorded is None:
-            raise CpnError(
-                f"no cluster in {self.layout.root} (no {self.layout.cluster_file.name}); "
-                "start one with `cpn up` or `cpn crawl`"
+        if config.data_dir is None:
+            assert config.router_endpoint, config
+            assert config.shards > 0, config
+            endpoint = config.router_endpoint
+            self.shards = config.shards
+            self.params = dict(config.params)
+            self._connect = lambda: ClusterClient(
+                endpoint, timeout_ms=REQUEST_TIMEOUT_MS, retries=1
             )
-        self.shards = recorded.shards
-        self.params = recorded.params
+        else:
+            layout = ClusterLayout(config.data_dir.resolve())
+            recorded = ClusterConfig.read(layout)
+            if recorded is None:
+                raise CpnError(
+                    f"no cluster in {layout.root} (no {layout.cluster_file.name}); "
+                    "start one with `cpn up` or `cpn crawl`"
+                )
+            self.shards = recorded.shards
+            self.params = {**recorded.params, **config.params}
+            # for_data_dir reads where the router is now (it may have moved).
+            self._connect = lambda: ClusterClient.for_data_dir(
+                layout.root, timeout_ms=REQUEST_TIMEOUT_MS, retries=1
+            )
         self.place = QUEUE_OF[config.role]
         self.batch = BATCH_OF[config.role]
         self.concurrency = config.concurrency or CONCURRENCY_DEFAULT[config.role]
@@ -240,7 +260,7 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         lanes = [
-            ShardLane(self.layout, k)
+            ShardLane(self._connect, k)
             for k in range(self.shards)
             for _ in range(LANES_PER_SHARD[role])
         ]

@@ -61,7 +61,12 @@ class HoppingCluster:
     @property
     def client(self) -> ClusterClient:
         if self._client is None:
-            self._client = ClusterClient.for_data_dir(self.layout.root, timeout_ms=2_000, retries=8)
+            # A put is retried (exactly once, by its request number) for up to a minute: a
+            # shard killed mid-move can take tens of seconds to serve again on a loaded
+            # machine, and a put given up on could still have been applied.
+            self._client = ClusterClient.for_data_dir(
+                self.layout.root, timeout_ms=2_000, retries=30
+            )
         return self._client
 
     def record_pids(self) -> None:
