@@ -15,13 +15,15 @@ from typing import Any
 import click
 
 from cluster.cli_deploy import active_config, config_option
-from cluster.crawl import Crawl, CrawlOptions
-from cluster.crawl_demo import DemoOptions, run_demo
-from cluster.crawl_fetch import FetchSettings
-from cluster.crawl_worker import ROLES, WorkerConfig, run_worker
 from cluster.local import parse_net_param
 from nets.errors import CpnError
 from router.table import SHARDS_MAX
+
+# The crawl modules (httpx, the mock web) are imported inside the commands that use them:
+# every `cpn` process, shards and routers included, imports this module, and a shard
+# restarted after a crash should not pay for an HTTP client it never uses.
+# cluster.crawl_worker.ROLES, spelled out here for the same reason (a test checks it).
+WORKER_ROLES = ("fetch", "parse", "store")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, None: 1}
@@ -138,6 +140,8 @@ def crawl(
     """
     if scope == "allow-list" and not allow:
         raise click.BadParameter("--scope allow-list needs at least one --allow DOMAIN")
+    from cluster.crawl import Crawl, CrawlOptions  # noqa: PLC0415 - see WORKER_ROLES
+
     options = CrawlOptions(
         seeds=seeds,
         out=out,
@@ -204,6 +208,8 @@ def demo(
         f"page); crawling with {shards} shards, delay {delay_ms} ms",
         err=True,
     )
+    from cluster.crawl_demo import DemoOptions, run_demo  # noqa: PLC0415 - see WORKER_ROLES
+
     result = run_demo(
         DemoOptions(
             hosts=hosts,
@@ -228,7 +234,7 @@ def demo(
 
 
 @click.command()
-@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--role", type=click.Choice(WORKER_ROLES), required=True)
 @click.option(
     "--data", "data_dir", type=DIRECTORY,
     help="The crawler cluster's data directory (a local cluster; or give --config).",
@@ -272,6 +278,9 @@ def worker(
         raise click.UsageError("give the cluster as exactly one of --data DIR or --config FILE")
     params = dict(parse_net_param(text) for text in net_params)
     timeout_s = timeout_ms / 1000
+    from cluster.crawl_fetch import FetchSettings  # noqa: PLC0415 - see WORKER_ROLES
+    from cluster.crawl_worker import WorkerConfig, run_worker  # noqa: PLC0415
+
     config = WorkerConfig(
         role=role,
         data_dir=data_dir,

@@ -5,8 +5,9 @@ and one namespace per "host", each joined to the switch by a veth pair and given
 own address in a private /24; this process (in the root namespace) joins through one
 more veth pair, so it can talk to every host as a client would. Processes run on a
 host with ``ip netns exec``, which execs the command: the pid is the process's own.
-Links are cut and restored per host (:meth:`cut`, :meth:`restore`), and, where the
-kernel has ``sch_netem``, delayed and lossy (:meth:`impair`).
+Links are cut and restored per host (:meth:`cut`, :meth:`restore`), two hosts are
+partitioned from each other alone (:meth:`partition`, :meth:`heal`), and, where the
+kernel has ``sch_netem``, links are delayed and lossy (:meth:`impair`).
 
 All names carry a per-run tag, so that parallel runs never collide, and stay within
 Linux's 15-character interface names. :meth:`close` removes everything the run made
@@ -158,6 +159,19 @@ class VirtualNetwork:
     def restore(self, host: str) -> None:
         """Bring ``host``'s link back up."""
         _ip("link", "set", self._switch_port(host), "up", namespace=self.switch)
+
+    def partition(self, host: str, other: str) -> None:
+        """Drop everything between ``host`` and ``other`` only (a blackhole route on each
+        side); both keep talking to every other host."""
+        for here, there in ((host, other), (other, host)):
+            _ip("route", "add", "blackhole", f"{self.addresses[there]}/32",
+                namespace=self.namespaces[here])  # fmt: skip
+
+    def heal(self, host: str, other: str) -> None:
+        """Undo :meth:`partition`."""
+        for here, there in ((host, other), (other, host)):
+            _ip("route", "del", "blackhole", f"{self.addresses[there]}/32",
+                namespace=self.namespaces[here])  # fmt: skip
 
     def impair(self, host: str, *, delay_ms: int, loss_pct: float) -> str | None:
         """Delay and drop ``host``'s outgoing packets (netem); why not, if the kernel can't."""

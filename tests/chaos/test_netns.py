@@ -8,7 +8,8 @@ process is the client, on its own veth into the same switch. The workload is
 ``tests.nets_for_tests:hopping``: every hop crosses partitions (a handoff) and takes a
 ticket from a pool. While hoppers flow, the test takes a shard's link down (handoffs
 wait in the outbox; the router stops hearing it), brings it back, then does the same
-to the router's link (the shards keep going with their tables). Afterwards every
+to the router's link (the shards keep going with their tables); a third shard is cut
+off from the router alone while a scale-in moves its slots away. Afterwards every
 acknowledged hopper must have landed exactly once, outboxes drained and the tickets
 be conserved (``cluster.invariants`` via ``tests.hopping_check``).
 
@@ -18,6 +19,7 @@ skips where the kernel has no ``sch_netem``. Serial: it loads the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,15 +30,16 @@ from typing import Any
 import pytest
 
 from cluster.client import ClusterClient, ShardClient, ShardUnavailable
-from cluster.invariants import ShardSnapshot
+from cluster.invariants import ShardSnapshot, slot_of_net
 from cluster.local import STDERR_FILE, ShardProcess, run_cpn, stop_all, wait_for, wait_ready
 from cluster.netns import VirtualNetwork, unavailable
+from cluster.scaling import progress
 from cluster.security import read_keypair, read_public
 from router.curve import CurveKeys
 from router.slots import slot_of_key
 from router.table import PartitionTable
 from tests.hopping_check import hopping_problems
-from tests.nets_for_tests import hopper
+from tests.nets_for_tests import hopper, hopping
 
 WHY_NOT = unavailable()
 pytestmark = [
@@ -63,9 +66,10 @@ def _env() -> dict[str, str]:
 class Hosts:
     """The network, the cluster file, the keys and every process started on the hosts."""
 
-    def __init__(self, net: VirtualNetwork, root: Path) -> None:
+    def __init__(self, net: VirtualNetwork, root: Path, *, shards: int = 2) -> None:
         self.net = net
         self.root = root
+        self.shards = shards
         self.handles: list[ShardProcess] = []
         self.clients: list[Any] = []
         for name in ("server", "client", "stranger"):
@@ -76,6 +80,11 @@ class Hosts:
 
     def write_config(self, path: Path, *, keys: str, shard1_port: int = SHARD_PORT) -> Path:
         a = self.net.addresses
+        ports = {k: shard1_port if k == 1 else SHARD_PORT for k in range(self.shards)}
+        shard_sections = "".join(
+            f'[[shard]]\nid = {k}\nhost = "shard{k}"\nendpoint = "tcp://{a[f"shard{k}"]}:{port}"\n'
+            for k, port in ports.items()
+        )
         path.write_text(
             f"""
 [cluster]
@@ -88,16 +97,8 @@ heartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}
 host = "router"
 endpoint = "tcp://{a["router"]}:{ROUTER_PORT}"
 [shards]
-count = 2
-[[shard]]
-id = 0
-host = "shard0"
-endpoint = "tcp://{a["shard0"]}:{SHARD_PORT}"
-[[shard]]
-id = 1
-host = "shard1"
-endpoint = "tcp://{a["shard1"]}:{shard1_port}"
-[security]
+count = {self.shards}
+{shard_sections}[security]
 server_key = "{keys}/server.key_secret"
 client_key = "{keys}/client.key_secret"
 allowed_clients = ["{keys}/client.key"]
@@ -144,26 +145,38 @@ allowed_clients = ["{keys}/client.key"]
         stop_all(self.handles)
 
 
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    with VirtualNetwork(HOSTS) as net:
-        found = Hosts(net, tmp_path)
+@contextlib.contextmanager
+def _running(tmp_path: Path, shards: int) -> Iterator[Hosts]:
+    with VirtualNetwork((*HOSTS[:1], *(f"shard{k}" for k in range(shards)))) as net:
+        found = Hosts(net, tmp_path, shards=shards)
         try:
             found.start("router", "router")
-            for shard_id in (0, 1):
+            for shard_id in range(shards):
                 found.start(f"shard{shard_id}", "shard", "--shard-id", str(shard_id))
             yield found
         finally:
             found.close()
 
 
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[Hosts]:
+    with _running(tmp_path, 2) as found:
+        yield found
+
+
+@pytest.fixture
+def three_hosts(tmp_path: Path) -> Iterator[Hosts]:
+    with _running(tmp_path, 3) as found:
+        yield found
+
+
 def _alive(client: ClusterClient) -> list[bool]:
     return [bool(s["alive"]) for s in client.status().shards]
 
 
-def _snapshots(client: ClusterClient) -> list[ShardSnapshot]:
+def _snapshots(client: ClusterClient, shard_ids: tuple[int, ...] = (0, 1)) -> list[ShardSnapshot]:
     snapshots = []
-    for shard_id in (0, 1):
+    for shard_id in shard_ids:
         shard = client.shard(shard_id)
         marking = {place: shard.all_tokens(place) for place in PLACES}
         snapshots.append(ShardSnapshot.from_statistics(shard.stats(), marking))
@@ -180,7 +193,7 @@ class Workload:
         self._next_id = 0
 
     def wave(self, *, on_shard: int | None = None) -> None:
-        batch = []
+        batch: list[tuple[int, int, Any]] = []
         while len(batch) < HOPPERS_PER_WAVE:
             hopper_id, hops = self._next_id, 5 + self._next_id % 3 * 5
             self._next_id += 1
@@ -284,3 +297,125 @@ def test_strangers_are_refused_across_hosts(hosts: Hosts) -> None:
         timeout_s=WAIT_S,
     )
     assert client.status().shards[1]["endpoint"].endswith(f":{SHARD_PORT}")
+
+
+# The move steps the source answers (seal; forget, after the commit) and those past its seal.
+SOURCE_ANSWERS = frozenset({"sealing", "forgetting"})
+PAST_THE_SEAL = frozenset({"staging", "committed", "activating"})
+
+
+def _doubly_active(stats: dict[int, dict[str, Any]]) -> dict[int, list[int]]:
+    """Slots that more than one shard would fire: owned in its table and not sealed there."""
+    active: dict[int, list[int]] = {}
+    for shard_id, values in stats.items():
+        for slot in set(values["owned"]) - set(values["sealed"]):
+            active.setdefault(slot, []).append(shard_id)
+    return {slot: shards for slot, shards in active.items() if len(shards) > 1}
+
+
+def test_a_shard_cut_off_from_the_router_while_its_slots_move_loses_them_cleanly(
+    three_hosts: Hosts,
+) -> None:
+    """Scale 3 -> 2 and, once some of shard 2's slots are past their seal, cut shard 2 off
+    from the router alone (a blackhole route on each side; its peers and this client
+    still reach it) while hoppers flow.
+
+    What the protocol does: a slot leaves its shard only through that shard's seal, so
+    nothing is taken from a shard the router cannot hear, and nothing it holds is
+    trusted once sealed. Moves still waiting for shard 2's seal stay in ``sealing``
+    (its slots stay its own, and it fires them); moves past the seal go on without it
+    (the target fetches the shipment from shard 2 over the peer link, the router
+    commits the new owner at a new epoch and the target fires the slot) and wait in
+    ``forgetting``; no other move starts meanwhile (the stuck ones fill the in-flight
+    window). Shard 2 is not fenced by epoch (it is the same incarnation) but by its
+    seals: it keeps its older table, in which it still owns the lost slots, and keeps
+    them sealed, their tokens out of its engine; each slot has at most one shard that
+    fires it, by what every shard reports. Healed, shard 2 gets its orders, adopts the
+    newer tables, forgets the lost slots, seals and ships the rest and is retired (the
+    table narrowed; it is not sent that last epoch); it then holds and owes nothing, the
+    epochs seen never went back and every invariant holds.
+    """
+    hosts = three_hosts
+    client = hosts.client(timeout_ms=2_000, retries=2)
+    wait_for(lambda: _alive(client), all, what="three shards alive", timeout_s=WAIT_S)
+    shard2 = ShardClient(
+        f"tcp://{hosts.net.addresses['shard2']}:{SHARD_PORT}",
+        curve=hosts.keys(),
+        timeout_ms=2_000,
+        retries=2,
+    )
+    hosts.clients.append(shard2)
+    work = Workload(client)
+    work.wave()
+    work.wave()
+    epochs = [client.table(refresh=True).epoch]
+
+    def moves() -> list[dict[str, Any]]:
+        epochs.append(client.table(refresh=True).epoch)
+        return list(client.router_statistics()["moves_active"])
+
+    client.scale(2)
+    wait_for(
+        moves,
+        lambda ms: any(m["state"] in PAST_THE_SEAL for m in ms),
+        what="a move of shard 2's slots past its seal",
+        timeout_s=WAIT_S,
+        interval_s=0.01,
+    )
+    hosts.net.partition("shard2", "router")
+    for _ in range(3):
+        work.wave()
+    wait_for(
+        lambda: _alive(client),
+        lambda a: a == [True, True, False],
+        what="the router not hearing shard 2",
+        timeout_s=WAIT_S,
+    )
+    stuck = wait_for(
+        moves,
+        lambda ms: bool(ms) and all(m["state"] in SOURCE_ANSWERS for m in ms),
+        what="the moves to wait for shard 2 alone",
+        timeout_s=WAIT_S,
+    )
+    work.wave()
+    table = client.table(refresh=True)
+    stats = {**client.statistics([0, 1]), 2: shard2.stats()}
+    lost = {m["slot"]: m["target"] for m in stuck if m["state"] == "forgetting"}
+    assert lost, f"no slot of shard 2 moved while it was cut off: {stuck}"
+    assert all(table.owners[slot] == target for slot, target in lost.items()), lost
+    assert all(slot in stats[target]["owned"] for slot, target in lost.items())
+    assert not set(lost) & (set(stats[2]["owned"]) - set(stats[2]["sealed"])), (
+        "shard 2 would still fire slots it lost"
+    )
+    assert not (twice := _doubly_active(stats)), f"slots with two active owners: {twice}"
+    assert {m["state"] for m in stuck} <= SOURCE_ANSWERS
+    # ... and none of their tokens is in its engine, where it could fire them.
+    slot_of = slot_of_net(hopping())
+    fireable = {
+        slot_of(p, tuple(t)) for p in ("hops", "arrived") for _at, t in shard2.all_tokens(p)
+    }
+    assert not fireable & set(lost), "shard 2 could fire tokens of slots it lost"
+    cut_epoch = stats[2]["epoch"]
+    assert cut_epoch <= table.epoch
+
+    hosts.net.heal("shard2", "router")
+    wait_for(
+        lambda: progress(client),
+        lambda p: p.finished and p.members == 2,
+        what="the scale to 2 to finish",
+        timeout_s=WAIT_S,
+    )
+    final = client.table(refresh=True).epoch
+    wait_for(lambda: [s["epoch"] for s in client.statistics().values()],
+             lambda seen: seen == [final, final], what="both shards at the router's epoch",
+             timeout_s=WAIT_S)  # fmt: skip
+    epochs.append(final)
+    assert epochs == sorted(epochs), f"epochs went back: {epochs}"
+    assert not (problems := work.problems()), problems
+    # The returning shard learned the newer table and holds, owes and fires nothing.
+    returned = shard2.stats()
+    assert returned["epoch"] > cut_epoch
+    assert not (returned["owned"] or returned["sealed"] or returned["staged"]), returned
+    assert returned["outbox_tokens"] == 0
+    assert not (held := {p: shard2.all_tokens(p) for p in PLACES if shard2.all_tokens(p)}), held
+    assert not client.router_statistics()["moves_active"]

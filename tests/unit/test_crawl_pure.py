@@ -130,3 +130,10 @@ def test_load_net_passes_params_and_names_unknown_ones() -> None:
         load_net("nets.scraper_sim:net", params={"bogus": 1})
     with pytest.raises(LoadError, match="--seed"):
         load_net("nets.scraper:net", params={"seed": 1})
+
+
+def test_the_cli_spells_the_worker_roles_as_the_worker_does() -> None:
+    from cluster.cli_crawl import WORKER_ROLES
+    from cluster.crawl_worker import ROLES
+
+    assert WORKER_ROLES == ROLES
