@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import sys
 import time
 from collections import Counter
@@ -31,13 +30,13 @@ from cluster.cli_deploy import (
     shard_binds,
     shard_settings,
 )
+from cluster.cli_types import DURATION, NetParam
 from cluster.client import ClusterClient
 from cluster.local import (
     STDERR_FILE,
     ClusterConfig,
     ClusterLayout,
     live_endpoint,
-    parse_net_param,
     supervisor_pid,
     tail,
 )
@@ -58,42 +57,6 @@ from shard.store import MAP_SIZE_BYTES_INITIAL, Durability
 
 EXIT_USER_ERROR = 2
 EXIT_CHECK_FAILED = 1  # `cpn chaos --check` found the cluster's invariants violated
-
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1}
-
-
-class Duration(click.ParamType[int]):
-    """A duration such as ``500ms``, ``30s``, ``10m``, ``2h`` (a bare number is ms)."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        match = _DURATION.match(str(value))
-        if match is None:
-            self.fail(f"{value!r} is not a duration such as 500ms, 30s, 10m or 2h", param, ctx)
-        return int(match.group(1)) * _UNIT_MS[match.group(2)]
-
-
-DURATION = Duration()
-
-
-class NetParam(click.ParamType[tuple[str, Any]]):
-    """``KEY=VALUE``: a net parameter; VALUE is parsed as JSON, else taken as a string."""
-
-    name = "key=value"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[str, Any]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_net_param(str(value))
-        except CpnError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 def net_params_option(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,15 +8,15 @@ one-line messages and exit codes); the work is done by :mod:`cluster.crawl`,
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import click
 
 from cluster.cli_deploy import active_config, config_option
+from cluster.cli_types import DURATION, NetParam
 from cluster.local import parse_net_param
-from nets.errors import CpnError
+from nets.scraper import SCOPES
 from router.table import SHARDS_MAX
 
 # The crawl modules (httpx, the mock web) are imported inside the commands that use them:
@@ -25,40 +25,6 @@ from router.table import SHARDS_MAX
 # cluster.crawl_worker.ROLES, spelled out here for the same reason (a test checks it).
 WORKER_ROLES = ("fetch", "parse", "store")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, None: 1}
-SCOPES = ("same-domains", "allow-list", "any")
-
-
-class _Duration(click.ParamType[int]):
-    """``500ms``, ``1s``, ``1.5s``, ``2m`` (a bare number is milliseconds)."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        match = _DURATION.match(str(value))
-        if match is None:
-            self.fail(f"{value!r} is not a duration such as 500ms, 1s or 2m", param, ctx)
-        return round(float(match.group(1)) * _UNIT_MS[match.group(2)])
-
-
-class _NetParam(click.ParamType[tuple[str, Any]]):
-    name = "key=value"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[str, Any]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_net_param(str(value))
-        except CpnError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = _Duration()
 DIRECTORY = click.Path(file_okay=False, path_type=Path)
 FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -94,7 +60,7 @@ FILE = click.Path(dir_okay=False, path_type=Path)
     help="Keep the crawl's cluster and worker logs here (default: a temporary directory).",
 )  # fmt: skip
 @click.option(
-    "--net-param", "net_params", type=_NetParam(), multiple=True,
+    "--net-param", "net_params", type=NetParam(), multiple=True,
     help="Any other crawl policy field, KEY=VALUE (see nets/scraper.py CrawlPolicy).",
 )  # fmt: skip
 @click.option(
