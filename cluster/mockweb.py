@@ -38,29 +38,24 @@ listens), logs requests to ``DIR/requests.jsonl`` and serves until SIGTERM or SI
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import json
 import logging
 import os
-import selectors
 import signal
 import socket
 import struct
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 import click
 
 from cluster.mockweb_log import RequestRecord
+from cluster.mockweb_server import LoopbackHandler, LoopbackServers
 from cluster.mockweb_site import (
     ROBOTS_PATH,
     CrawlExpectation,
@@ -102,7 +97,7 @@ class MockWebStatistics:
     handler_errors: int
 
 
-class MockWeb:
+class MockWeb(LoopbackServers[RequestRecord]):
     """The mock web's hosts, served from background threads of this process.
 
     Use as a context manager (``with MockWeb(site) as web: ...``) or call :meth:`start`
@@ -118,6 +113,11 @@ class MockWeb:
         log_records_max: records kept in memory for :meth:`requests`.
         idle_timeout_s: a connection idle (or not reading) this long is closed.
     """
+
+    _kind = "mock web"
+    _kinds = "mock web"
+    _thread_prefix = "mockweb"
+    _stop_timeout_s = STOP_TIMEOUT_S
 
     def __init__(
         self,
@@ -139,91 +139,23 @@ class MockWeb:
                 f"mock web connections_max={connections_max}, log_records_max="
                 f"{log_records_max}, idle_timeout_s={idle_timeout_s}: expected positive values"
             )
+        super().__init__(
+            log_path=log_path,
+            log_records_max=log_records_max,
+            connections_max=connections_max,
+            idle_timeout_s=idle_timeout_s,
+        )
         self.site: Final = site if isinstance(site, SiteModel) else SiteModel(site)
         self.latency_ms: Final = latency_ms
         self._port = port
-        self._log_path = log_path
-        self._connections_max = connections_max
-        self._idle_timeout_s = idle_timeout_s
-        self._stopping = threading.Event()
-        self._lock = threading.Condition()  # guards everything below; notified on changes
-        self._records: deque[RequestRecord] = deque(maxlen=log_records_max)
-        self._records_total = 0
-        self._by_status: Counter[int] = Counter()
+        # Guarded by self._lock (the base class's), as its own connection state is.
         self._attempts: dict[PageRef, int] = {}
-        self._open: set[socket.socket] = set()
-        self._threads: set[threading.Thread] = set()
-        self._connections_total = 0
-        self._handler_errors = 0
-        self._listeners: list[socket.socket] = []
         self._netlocs: tuple[str, ...] = ()
-        self._log_file: IO[str] | None = None
-        self._acceptor: threading.Thread | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
 
-    # -- life cycle ---------------------------------------------------------------------
+    # -- life cycle: start(), stop() and `with` come from LoopbackServers --------------
 
-    def start(self) -> MockWeb:
-        """Bind every host and start serving; returns self.
-
-        Raises:
-            MockWebError: a host's address and port cannot be bound, or the log file
-                cannot be opened; nothing is left running.
-        """
-        assert self._acceptor is None, "MockWeb.start() called twice"
-        try:
-            self._bind_all()
-            if self._log_path is not None:
-                self._log_file = self._log_path.open("a", encoding="utf-8")
-        except OSError as error:
-            self._close_listeners()
-            raise MockWebError(f"mock web cannot start: {error}") from error
-        self._acceptor = threading.Thread(target=self._accept_loop, name="mockweb-accept")
-        self._acceptor.start()
+    def _announce(self) -> None:
         LOG.info("mock web serving %d hosts: %s ...", len(self._netlocs), self._netlocs[0])
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, close every connection and join every thread (idempotent).
-
-        Raises:
-            MockWebError: naming the threads still running after the stop timeout.
-        """
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        with self._lock:
-            self._lock.notify_all()
-            for connection in self._open:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-            threads = list(self._threads)
-        if self._acceptor is not None:
-            threads.append(self._acceptor)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        self._close_listeners()
-        for end in (self._wake_r, self._wake_w):
-            end.close()
-        if self._log_file is not None:
-            self._log_file.close()
-        alive = [thread.name for thread in threads if thread.is_alive()]
-        if alive:
-            raise MockWebError(
-                f"mock web threads still running {STOP_TIMEOUT_S}s after stop: {alive}"
-            )
-
-    def __enter__(self) -> MockWeb:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- addresses ----------------------------------------------------------------------
 
@@ -245,22 +177,7 @@ class MockWeb:
         """The URLs of the pages a perfect crawl stores (see ``expected_crawl``)."""
         return frozenset(self.url(ref) for ref in expectation.stored)
 
-    # -- the log ------------------------------------------------------------------------
-
-    def requests(self) -> tuple[RequestRecord, ...]:
-        """The recorded requests by start time (the ``log_records_max`` last recorded).
-
-        A request is recorded when its answer is written, so the log file holds them in
-        order of completion; here they are sorted by (start_ns, end_ns).
-        """
-        with self._lock:
-            records = list(self._records)
-        return tuple(sorted(records, key=lambda r: (r.start_ns, r.end_ns)))
-
-    def wait_requests(self, count: int, *, timeout_s: float) -> bool:
-        """Wait until ``count`` requests were recorded since start; False on timeout."""
-        with self._lock:
-            return self._lock.wait_for(lambda: self._records_total >= count, timeout_s)
+    # -- the log: requests() and wait_requests() come from LoopbackServers --------------
 
     def statistics(self) -> MockWebStatistics:
         with self._lock:
@@ -275,7 +192,7 @@ class MockWeb:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _bind_all(self) -> None:
+    def _bind(self) -> None:
         hosts = self.site.hosts
         try:
             self._listeners.append(_listen(host_address(0), self._port))
@@ -299,60 +216,11 @@ class MockWeb:
             netlocs.append(f"{address}:{port}")
         self._netlocs = tuple(netlocs)
 
-    def _close_listeners(self) -> None:
-        for listener in self._listeners:
-            listener.close()
+    def _serve(self, connection: socket.socket, client: tuple[str, int], index: int) -> None:
+        _Handler(connection, client, _Context(self, index))  # type: ignore[arg-type]
 
-    def _accept_loop(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._wake_r, selectors.EVENT_READ, None)
-            for host, listener in enumerate(self._listeners):
-                selector.register(listener, selectors.EVENT_READ, host)
-            while not self._stopping.is_set():
-                with self._lock:
-                    self._lock.wait_for(
-                        lambda: len(self._open) < self._connections_max or self._stopping.is_set()
-                    )
-                for key, _ in selector.select():
-                    if key.data is not None and not self._stopping.is_set():
-                        self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
-
-    def _accept(self, listener: socket.socket, host: int) -> None:
-        try:
-            connection, client = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return  # another wake-up took it; select again
-        connection.setblocking(True)
-        thread = threading.Thread(
-            target=self._serve_connection,
-            args=(connection, client, host),
-            name=f"mockweb-conn-{self._connections_total}",
-            daemon=True,  # joined by stop(); daemon only so a bug cannot hang the interpreter
-        )
-        with self._lock:
-            self._open.add(connection)
-            self._threads.add(thread)
-            self._connections_total += 1
-        thread.start()
-
-    def _serve_connection(
-        self, connection: socket.socket, client: tuple[str, int], host: int
-    ) -> None:
-        try:
-            _Handler(connection, client, _Context(self, host))  # type: ignore[arg-type]
-        except OSError:
-            pass  # the client went away, or stop() shut the connection down
-        except Exception:
-            LOG.exception("mock web handler failed on host %d for %s", host, client)
-            with self._lock:
-                self._handler_errors += 1
-        finally:
-            with contextlib.suppress(OSError):
-                connection.close()
-            with self._lock:
-                self._open.discard(connection)
-                self._threads.discard(threading.current_thread())
-                self._lock.notify_all()
+    def _listener_name(self, index: int) -> str:
+        return f"host {index}"
 
     def _next_attempt(self, ref: PageRef) -> int:
         if ref.path != ROBOTS_PATH and self.site.page(ref) is None:
@@ -361,16 +229,6 @@ class MockWeb:
             attempt = self._attempts.get(ref, 0) + 1
             self._attempts[ref] = attempt
             return attempt
-
-    def _record(self, record: RequestRecord) -> None:
-        with self._lock:
-            self._records.append(record)
-            self._records_total += 1
-            self._by_status[record.status] += 1
-            if self._log_file is not None:
-                self._log_file.write(json.dumps(record.to_json()) + "\n")
-                self._log_file.flush()
-            self._lock.notify_all()
 
 
 def _listen(address: str, port: int) -> socket.socket:
@@ -388,31 +246,16 @@ class _Context:
     host: int
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     """Parses HTTP/1.1 requests on one connection and answers from the site model."""
 
-    protocol_version = "HTTP/1.1"
     server_version = "cpn-mockweb/1"
     server: _Context  # type: ignore[assignment]
 
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self.server.web._idle_timeout_s)
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Silenced: the mock web keeps its own request log."""
-
-    def __getattr__(self, name: str) -> Callable[[], None]:
-        # The base class dispatches method M to `do_M` and answers 501, unlogged, when
-        # there is none; every method but GET and HEAD gets a logged 405 instead.
-        if name.startswith("do_"):
-            return self._refuse
-        raise AttributeError(name)
-
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802 (the name BaseHTTPRequestHandler dispatches to)
         self._answer(head=False)
 
-    def do_HEAD(self) -> None:
+    def do_HEAD(self) -> None:  # noqa: N802 (as do_GET)
         self._answer(head=True)
 
     def _refuse(self) -> None:

@@ -55,21 +55,17 @@ import email.message
 import http.client
 import ipaddress
 import itertools
-import json
 import logging
 import os
-import selectors
 import signal
 import socket
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 import click
@@ -82,6 +78,7 @@ from cluster.mockweb import (
     STOP_TIMEOUT_S,
 )
 from cluster.mockweb_log import max_concurrency_by, min_start_gap_ns_by, spans_by
+from cluster.mockweb_server import LoopbackHandler, LoopbackServers
 from cluster.mockweb_site import STREAM_CHUNK_BYTES, MockWebError
 
 LOG = logging.getLogger(__name__)
@@ -179,7 +176,7 @@ class MockProxiesStatistics:
     handler_errors: int
 
 
-class MockProxies:
+class MockProxies(LoopbackServers[ProxyRecord]):
     """Forward proxies on loopback, served from background threads of this process.
 
     Use as a context manager (``with MockProxies(3) as proxies: ...``) or call
@@ -199,6 +196,11 @@ class MockProxies:
     Raises:
         MockWebError: an option out of range (naming it and the range).
     """
+
+    _kind = "mock proxy"
+    _kinds = "mock proxies"
+    _thread_prefix = "mockproxy"
+    _stop_timeout_s = STOP_TIMEOUT_S
 
     def __init__(
         self,
@@ -230,106 +232,49 @@ class MockProxies:
                 f"{upstream_timeout_s}, relay_bytes_max={relay_bytes_max}: expected positive "
                 "values (relay_bytes_max may be 0)"
             )
+        super().__init__(
+            log_path=log_path,
+            log_records_max=log_records_max,
+            connections_max=connections_max,
+            idle_timeout_s=idle_timeout_s,
+        )
         self.names: Final = tuple(f"proxy-{k}" for k in range(proxies))
         self.upstream_timeout_s: Final = upstream_timeout_s
         self.relay_bytes_max: Final = relay_bytes_max
         self._unreachable = unreachable
-        self._log_path = log_path
-        self._connections_max = connections_max
-        self._idle_timeout_s = idle_timeout_s
-        self._stopping = threading.Event()
-        self._lock = threading.Condition()  # guards everything below; notified on changes
-        self._records: deque[ProxyRecord] = deque(maxlen=log_records_max)
-        self._records_total = 0
-        self._by_status: Counter[int] = Counter()
+        # Guarded by self._lock (the base class's); self._open holds client connections.
         self._by_proxy: Counter[str] = Counter()
-        self._open: set[socket.socket] = set()  # client connections
         self._upstream: set[socket.socket] = set()
-        self._threads: set[threading.Thread] = set()
-        self._connections_total = 0
-        self._handler_errors = 0
-        self._listeners: list[socket.socket] = []
         self._reserved: list[socket.socket] = []  # bound, never listening
         self._urls: tuple[str, ...] = ()
         self._unreachable_urls: tuple[str, ...] = ()
-        self._log_file: IO[str] | None = None
-        self._acceptor: threading.Thread | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
 
-    # -- life cycle ---------------------------------------------------------------------
+    # -- life cycle: start(), stop() and `with` come from LoopbackServers --------------
 
-    def start(self) -> MockProxies:
-        """Bind every proxy, reserve the unreachable ports and start serving; returns self.
+    def _bind(self) -> None:
+        """Bind every proxy and reserve the unreachable ports."""
+        for _ in self.names:
+            listener = socket.create_server(("127.0.0.1", 0), backlog=BACKLOG)
+            listener.setblocking(False)
+            self._listeners.append(listener)
+        for _ in range(self._unreachable):
+            reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._reserved.append(reserved)
+            reserved.bind(("127.0.0.1", 0))  # never listen(): connecting is refused
 
-        Raises:
-            MockWebError: a port cannot be bound or the log file cannot be opened;
-                nothing is left running.
-        """
-        assert self._acceptor is None, "MockProxies.start() called twice"
-        try:
-            for _ in self.names:
-                listener = socket.create_server(("127.0.0.1", 0), backlog=BACKLOG)
-                listener.setblocking(False)
-                self._listeners.append(listener)
-            for _ in range(self._unreachable):
-                reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                self._reserved.append(reserved)
-                reserved.bind(("127.0.0.1", 0))  # never listen(): connecting is refused
-            if self._log_path is not None:
-                self._log_file = self._log_path.open("a", encoding="utf-8")
-        except OSError as error:
-            self._close_sockets()
-            raise MockWebError(f"mock proxies cannot start: {error}") from error
+    def _announce(self) -> None:
         self._urls = tuple(_url(listener) for listener in self._listeners)
         self._unreachable_urls = tuple(_url(reserved) for reserved in self._reserved)
-        self._acceptor = threading.Thread(target=self._accept_loop, name="mockproxy-accept")
-        self._acceptor.start()
         LOG.info("mock proxies serving: %s", " ".join(self.urls))
-        return self
 
-    def stop(self) -> None:
-        """Stop serving, close every client and upstream connection, join every thread.
+    def _connections_to_cut(self) -> set[socket.socket]:
+        # Upstream connections too, so that no relay outlives stop().
+        return self._open | self._upstream
 
-        Idempotent.
-
-        Raises:
-            MockWebError: naming the threads still running after the stop timeout.
-        """
-        self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        with self._lock:
-            self._lock.notify_all()
-            for connection in self._open | self._upstream:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-            threads = list(self._threads)
-        if self._acceptor is not None:
-            threads.append(self._acceptor)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        self._close_sockets()
-        for end in (self._wake_r, self._wake_w):
-            end.close()
-        if self._log_file is not None:
-            self._log_file.close()
-        alive = [thread.name for thread in threads if thread.is_alive()]
-        if alive:
-            raise MockWebError(
-                f"mock proxy threads still running {STOP_TIMEOUT_S}s after stop: {alive}"
-            )
-
-    def __enter__(self) -> MockProxies:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _close_listeners(self) -> None:
+        super()._close_listeners()
+        for reserved in self._reserved:
+            reserved.close()  # the unreachable ports are reserved until stop(), no longer
 
     # -- addresses ----------------------------------------------------------------------
 
@@ -343,18 +288,7 @@ class MockProxies:
         """URLs of reserved ports nothing listens on: connecting is refused until stop."""
         return self._unreachable_urls
 
-    # -- the log ------------------------------------------------------------------------
-
-    def requests(self) -> tuple[ProxyRecord, ...]:
-        """The recorded requests by start time (the ``log_records_max`` last recorded)."""
-        with self._lock:
-            records = list(self._records)
-        return tuple(sorted(records, key=lambda r: (r.start_ns, r.end_ns)))
-
-    def wait_requests(self, count: int, *, timeout_s: float) -> bool:
-        """Wait until ``count`` requests were recorded since start; False on timeout."""
-        with self._lock:
-            return self._lock.wait_for(lambda: self._records_total >= count, timeout_s)
+    # -- the log: requests() and wait_requests() come from LoopbackServers --------------
 
     def statistics(self) -> MockProxiesStatistics:
         with self._lock:
@@ -370,60 +304,11 @@ class MockProxies:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _close_sockets(self) -> None:
-        for owned in self._listeners + self._reserved:
-            owned.close()
+    def _serve(self, connection: socket.socket, client: tuple[str, int], index: int) -> None:
+        _Handler(connection, client, _Context(self, self.names[index]))  # type: ignore[arg-type]
 
-    def _accept_loop(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._wake_r, selectors.EVENT_READ, None)
-            for index, listener in enumerate(self._listeners):
-                selector.register(listener, selectors.EVENT_READ, index)
-            while not self._stopping.is_set():
-                with self._lock:
-                    self._lock.wait_for(
-                        lambda: len(self._open) < self._connections_max or self._stopping.is_set()
-                    )
-                for key, _ in selector.select():
-                    if key.data is not None and not self._stopping.is_set():
-                        self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
-
-    def _accept(self, listener: socket.socket, index: int) -> None:
-        try:
-            connection, client = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return  # another wake-up took it; select again
-        connection.setblocking(True)
-        thread = threading.Thread(
-            target=self._serve_connection,
-            args=(connection, client, index),
-            name=f"mockproxy-conn-{self._connections_total}",
-            daemon=True,  # joined by stop(); daemon only so a bug cannot hang the interpreter
-        )
-        with self._lock:
-            self._open.add(connection)
-            self._threads.add(thread)
-            self._connections_total += 1
-        thread.start()
-
-    def _serve_connection(
-        self, connection: socket.socket, client: tuple[str, int], index: int
-    ) -> None:
-        try:
-            _Handler(connection, client, _Context(self, self.names[index]))  # type: ignore[arg-type]
-        except OSError:
-            pass  # the client went away, or stop() shut the connection down
-        except Exception:
-            LOG.exception("mock proxy handler failed on %s for %s", self.names[index], client)
-            with self._lock:
-                self._handler_errors += 1
-        finally:
-            with contextlib.suppress(OSError):
-                connection.close()
-            with self._lock:
-                self._open.discard(connection)
-                self._threads.discard(threading.current_thread())
-                self._lock.notify_all()
+    def _listener_name(self, index: int) -> str:
+        return self.names[index]
 
     def _track_upstream(self, upstream: socket.socket) -> None:
         """Register an upstream socket so that stop() can cut it (cut now if stopping)."""
@@ -437,16 +322,8 @@ class MockProxies:
         with self._lock:
             self._upstream.discard(upstream)
 
-    def _record(self, record: ProxyRecord) -> None:
-        with self._lock:
-            self._records.append(record)
-            self._records_total += 1
-            self._by_status[record.status] += 1
-            self._by_proxy[record.proxy] += 1
-            if self._log_file is not None:
-                self._log_file.write(json.dumps(record.to_json()) + "\n")
-                self._log_file.flush()
-            self._lock.notify_all()
+    def _count(self, record: ProxyRecord) -> None:
+        self._by_proxy[record.proxy] += 1
 
 
 def _url(bound: socket.socket) -> str:
@@ -517,30 +394,16 @@ def _hop_by_hop(headers: email.message.Message) -> frozenset[str]:
     return _HOP_BY_HOP | listed
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     """Parses requests on one client connection and forwards them (GET and HEAD)."""
 
-    protocol_version = "HTTP/1.1"
     server_version = "cpn-mockproxy/1"
     server: _Context  # type: ignore[assignment]
 
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self.server.proxies._idle_timeout_s)
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Silenced: the proxies keep their own request log."""
-
-    def __getattr__(self, name: str) -> Callable[[], None]:
-        # As in the mock web: every method but GET and HEAD gets a logged 405.
-        if name.startswith("do_"):
-            return self._refuse
-        raise AttributeError(name)
-
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802 (the name BaseHTTPRequestHandler dispatches to)
         self._forward()
 
-    def do_HEAD(self) -> None:
+    def do_HEAD(self) -> None:  # noqa: N802 (as do_GET)
         self._forward()
 
     def _refuse(self) -> None:
