@@ -40,6 +40,7 @@ from cluster.local import (
     supervisor_pid,
     tail,
 )
+from cluster.standby import STANDBY, await_order
 from cluster.supervisor import down as stop_cluster
 from cluster.supervisor import record_config, settle_config, supervise
 from cluster.supervisor import up as start_cluster
@@ -800,6 +801,8 @@ def main() -> None:
     # own directory is what Python puts on the path otherwise).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    if sys.argv[1:2] == [STANDBY] and not await_order():
+        return  # a spare that was never needed (cluster/standby.py)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from cluster.standby import STANDBY
 from nets.errors import CpnError
 from router.datadir import read_endpoint
 from shard.store import Durability
@@ -239,15 +240,18 @@ def start_shard(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     wait: bool = True,
+    standby: Standby | None = None,
 ) -> ShardProcess:
     """Start ``cpn shard`` on ``data_dir`` and (by default) wait until it serves.
+
+    ``standby``: become this spare interpreter instead of starting one, if it is alive.
 
     Raises:
         CpnError: the process exited before publishing its endpoint, or did not
             publish it within ``READY_TIMEOUT_S`` (it is killed then).
     """
     options = ("--net", net, "--bind", bind, "--durability", durability, *extra_args)
-    return _start("shard", data_dir, options, env=env, wait=wait)
+    return _start("shard", data_dir, options, env=env, wait=wait, standby=standby)
 
 
 def start_router(
@@ -269,6 +273,49 @@ def start_router(
     return _start("router", data_dir, options, env=env, wait=wait)
 
 
+class Standby:
+    """A spare interpreter with the runtime imported (:mod:`cluster.standby`), so that a
+    restarted child skips Python's start-up and imports. Owned by one supervisor, for the
+    child of one data directory: its command line names it, as the child's will, so that
+    whatever checks a pid against its data directory (``cpn down``, chaos) knows it."""
+
+    def __init__(self, role: str, data_dir: Path, env: dict[str, str] | None) -> None:
+        self.data_dir = data_dir
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cluster.cli", STANDBY, role, "--data", str(data_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+
+    def become(self, role: str, data_dir: Path, options: tuple[str, ...]) -> ShardProcess | None:
+        """Make it ``cpn ROLE --data DATA_DIR OPTIONS``; None if it died meanwhile."""
+        if self.process.poll() is not None or self.process.stdin is None:
+            return None
+        assert data_dir == self.data_dir, (data_dir, self.data_dir)
+        cli_args = [role, "--data", str(data_dir), *options]
+        order = {"args": cli_args, "output": str(data_dir / STDERR_FILE)}
+        try:
+            self.process.stdin.write((json.dumps(order) + "\n").encode())
+            self.process.stdin.close()
+        except OSError:
+            return None
+        args = [sys.executable, "-m", "cluster.cli", *cli_args]
+        return ShardProcess(data_dir, self.process, args=args, role=role)
+
+    def close(self) -> None:
+        """Let an unused standby exit (an empty stdin), and reap it."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+
+
 def _start(
     role: str,
     data_dir: Path,
@@ -276,8 +323,16 @@ def _start(
     *,
     env: dict[str, str] | None,
     wait: bool,
+    standby: Standby | None = None,
 ) -> ShardProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
+    handle = None if standby is None else standby.become(role, data_dir, options)
+    if handle is not None:
+        if wait:
+            wait_ready(handle)
+        return handle
+    if standby is not None:
+        standby.close()  # it died: reap it, and start the child afresh
     args = [sys.executable, "-m", "cluster.cli", role, "--data", str(data_dir), *options]
     stderr = (data_dir / STDERR_FILE).open("ab")
     process = subprocess.Popen(

@@ -58,6 +58,7 @@ from cluster.local import (
     ClusterConfig,
     ClusterLayout,
     ShardProcess,
+    Standby,
     live_endpoint,
     net_param_args,
     pid_running,
@@ -388,6 +389,8 @@ class Supervisor:
         self._status_router_pid = 0
         # Since when the current router answers (None: it does not, or just restarted).
         self._router_answers_since_s: float | None = None
+        # A spare interpreter per shard, warm for its next restart (cluster/standby.py).
+        self._standbys: dict[int, Standby] = {}
         self.router = Child("router", self._start_router)
         self.shards = [
             Child(f"shard {k}", functools.partial(self._start_shard, k))
@@ -420,15 +423,21 @@ class Supervisor:
         )
         if bind == LOOPBACK_ANY_PORT and shard_id < len(self.shard_binds):
             bind = self.shard_binds[shard_id]  # a first start binds where the file says
-        return start_shard(
-            self.config.net,
-            self.layout.shard_dir(shard_id),
-            bind=bind,
-            durability=self.config.durability,
-            extra_args=extra,
-            env=self.env,
-            wait=False,
-        )
+        spare = self._standbys.pop(shard_id, None)
+        try:
+            return start_shard(
+                self.config.net,
+                self.layout.shard_dir(shard_id),
+                bind=bind,
+                durability=self.config.durability,
+                extra_args=extra,
+                env=self.env,
+                wait=False,
+                standby=spare,
+            )
+        finally:
+            data_dir = self.layout.shard_dir(shard_id)
+            self._standbys[shard_id] = Standby("shard", data_dir, self.env)  # warm, for next
 
     def run(self) -> None:
         """Supervise until SIGTERM or SIGINT; then stop every child.
@@ -475,6 +484,8 @@ class Supervisor:
         finally:
             if self._status_client is not None:
                 self._status_client.close()
+            for standby in self._standbys.values():
+                standby.close()
             children = [c.handle for c in (*self.shards, self.router) if c.handle is not None]
             stop_all(children, timeout_s=STOP_TIMEOUT_S)
             with contextlib.suppress(FileNotFoundError):
@@ -530,6 +541,8 @@ class Supervisor:
             "" if published else f" before serving ({handle.last_error()})",
             backoff_s,
         )
+        if backoff_s == 0.0:
+            self._check(child, fallback_bind)  # now, not a tick later: its slots wait
 
     def _rescale(self) -> None:
         """Follow `cpn scale` (docs/cluster.md): start the shards cluster.json adds, and
