@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import textwrap
 
-from bench.crawl import HANDWRITTEN_FILE, JSON_KEYS, NET_FILE, RunResult, logic_lines, summary
+from bench.crawl import (
+    HANDWRITTEN_FILE,
+    JSON_KEYS,
+    NET_FILE,
+    RunResult,
+    logic_lines,
+    shared_names,
+    summary,
+)
 
 SOURCE = textwrap.dedent(
     '''\
@@ -67,3 +75,20 @@ def test_the_last_line_has_exactly_the_issues_keys() -> None:
     assert figures["wall_over_bound"] == 1.2
     assert figures["decisions_per_s"] == 2_000
     assert figures["cpu_s_per_1k_pages"] == 5.0
+
+
+def test_code_both_crawlers_share_counts_for_neither() -> None:
+    handwritten = "from nets.scraper import CrawlPolicy, robots_allows\nx = 1\n"
+    assert shared_names(handwritten) == {"CrawlPolicy", "robots_allows"}
+    net = textwrap.dedent(
+        """
+        @decorated
+        def robots_allows(text):
+            return text
+
+        def verdict(r):
+            return r
+        """
+    )
+    assert logic_lines(net, without=frozenset({"robots_allows"})) == 2
+    assert logic_lines(net) == 5
