@@ -132,6 +132,49 @@ class PartialPut(CpnError):
         self.summary = summary
 
 
+def expected_reply(reply: Message, expect: type[R], endpoint: str) -> R:
+    """``reply`` if it is an ``expect``; else the error it stands for.
+
+    Raises:
+        ShardError: the shard answered with an error, or with another kind of reply.
+        Redirected: the shard does not own a slot the request touches.
+    """
+    if isinstance(reply, Error):
+        raise ShardError(reply.code, reply.message)
+    if isinstance(reply, Redirect):
+        raise Redirected(reply.slot, reply.owner, reply.epoch, endpoint=endpoint)
+    if not isinstance(reply, expect):
+        raise ShardError("unexpected_reply", f"expected {expect.__name__}, got {reply!r}")
+    return reply
+
+
+def unanswered(
+    role: str, endpoint: str, message: Message, timeout_ms: int, retries: int
+) -> ShardUnavailable:
+    """The error for a request that got no reply after all its tries."""
+    return ShardUnavailable(
+        f"{role} at {endpoint} did not answer {type(message).__name__} within "
+        f"{timeout_ms} ms, {retries + 1} times; is it running?"
+    )
+
+
+def client_socket(context: zmq.Context[Any], endpoint: str, curve: CurveKeys | None) -> Any:
+    """A DEALER socket connected to ``endpoint`` (with CURVE when ``curve`` is given);
+    ``context`` may be an asyncio one (:mod:`zmq.asyncio`)."""
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
+    if curve is not None:
+        connect_securely(socket, curve)
+    socket.connect(endpoint)
+    return socket
+
+
+def default_curve() -> CurveKeys | None:
+    """The keys set by :func:`use_client_keys`, if any."""
+    return _default_curve[0]
+
+
 class ClosedOnExit:
     """A client used as a context manager: ``with`` closes it at the end of the block."""
 
@@ -184,13 +227,7 @@ class ShardClient(ClosedOnExit):
     # -- plumbing -----------------------------------------------------------------------
 
     def _connect(self) -> zmq.Socket[bytes]:
-        socket = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
-        if self.curve is not None:
-            connect_securely(socket, self.curve)
-        socket.connect(self.endpoint)
-        return socket
+        return client_socket(self._context, self.endpoint, self.curve)  # type: ignore[no-any-return]
 
     def _drop_socket(self) -> None:
         if self._socket is not None:
@@ -210,8 +247,10 @@ class ShardClient(ClosedOnExit):
         """A new request sequence number (for a request built by the caller)."""
         return next(self._seq)
 
-    def request(self, message: Message, expect: type[R]) -> R:
-        """Send ``message`` and wait for its reply (retrying, see the module docstring).
+    def request(self, message: Message, expect: type[R], *, wait_ms: int = 0) -> R:
+        """Send ``message`` and wait for its reply (retrying, see the module docstring),
+        ``wait_ms`` longer than the timeout for a request the shard may hold that long
+        (a lease that waits for work).
 
         Raises:
             ShardUnavailable: no reply after all retries.
@@ -224,27 +263,18 @@ class ShardClient(ClosedOnExit):
             if self._socket is None:
                 self._socket = self._connect()
             self._socket.send(frame)
-            reply = self._wait(message_id)
+            reply = self._wait(message_id, self.timeout_ms + wait_ms)
             if reply is None:
                 self._drop_socket()
                 continue
-            if isinstance(reply, Error):
-                raise ShardError(reply.code, reply.message)
-            if isinstance(reply, Redirect):
-                raise Redirected(reply.slot, reply.owner, reply.epoch, endpoint=self.endpoint)
-            if not isinstance(reply, expect):
-                raise ShardError("unexpected_reply", f"expected {expect.__name__}, got {reply!r}")
-            return reply
-        raise ShardUnavailable(
-            f"{self.role} at {self.endpoint} did not answer {type(message).__name__} within "
-            f"{self.timeout_ms} ms, {self.retries + 1} times; is it running?"
-        )
+            return expected_reply(reply, expect, self.endpoint)
+        raise unanswered(self.role, self.endpoint, message, self.timeout_ms, self.retries)
 
-    def _wait(self, message_id: int) -> Message | None:
+    def _wait(self, message_id: int, timeout_ms: int) -> Message | None:
         assert self._socket is not None
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
-        deadline = time.monotonic() + self.timeout_ms / 1000
+        deadline = time.monotonic() + timeout_ms / 1000
         while (remaining := int((deadline - time.monotonic()) * 1000)) > 0:
             if not poller.poll(remaining):
                 return None
@@ -290,9 +320,11 @@ class ShardClient(ClosedOnExit):
             if not reply.entries or len(entries) >= reply.total:
                 return entries
 
-    def lease(self, place: str, *, max_tokens: int, lease_ms: int) -> Leased:
-        message = Lease(self.client_id, next(self._seq), place, max_tokens, lease_ms)
-        return self.request(message, Leased)
+    def lease(self, place: str, *, max_tokens: int, lease_ms: int, wait_ms: int = 0) -> Leased:
+        """Lease up to ``max_tokens`` tokens of ``place``; with ``wait_ms``, wait up to
+        that long for work when there is none (a long poll)."""
+        message = Lease(self.client_id, next(self._seq), place, max_tokens, lease_ms, wait_ms)
+        return self.request(message, Leased, wait_ms=wait_ms)
 
     def complete(
         self, lease_id: str, results: Iterable[tuple[str, Sequence[Any]]] = ()
@@ -421,7 +453,7 @@ class ClusterClient(ClosedOnExit):
             client.reconnect(endpoint)
         return client
 
-    def _request(self, shard_id: int, message: Message, expect: type[R]) -> R:
+    def _request(self, shard_id: int, message: Message, expect: type[R], *, wait_ms: int = 0) -> R:
         """Send ``message`` to a shard; if it is unreachable, look it up again, once.
 
         A shard restarted on another port is found through the router; the very same
@@ -430,7 +462,7 @@ class ClusterClient(ClosedOnExit):
         """
         client = self.shard(shard_id)
         try:
-            return client.request(message, expect)
+            return client.request(message, expect, wait_ms=wait_ms)
         except ShardUnavailable as unavailable:
             try:
                 endpoint = self.table(refresh=True).endpoints[shard_id]
@@ -439,7 +471,7 @@ class ClusterClient(ClosedOnExit):
             if endpoint in ("", client.endpoint):
                 raise
             client.reconnect(endpoint)
-            return client.request(message, expect)
+            return client.request(message, expect, wait_ms=wait_ms)
 
     # -- routing ------------------------------------------------------------------------
 
@@ -530,8 +562,11 @@ class ClusterClient(ClosedOnExit):
         summary = PutSummary(sum(accepted.values()), dict(sorted(accepted.items())), redirects)
         return PartialPut(cause, summary, total) if accepted else cause
 
-    def lease(self, shard_id: int, place: str, *, max_tokens: int, lease_ms: int) -> Leased:
-        """Lease up to ``max_tokens`` tokens of the work queue ``place`` held by ``shard_id``.
+    def lease(
+        self, shard_id: int, place: str, *, max_tokens: int, lease_ms: int, wait_ms: int = 0
+    ) -> Leased:
+        """Lease up to ``max_tokens`` tokens of the work queue ``place`` held by ``shard_id``;
+        with ``wait_ms``, the shard waits up to that long for work when it has none.
 
         Workers lease from every shard in turn (each holds its own slots' part of the
         queue); a lease is completed on the shard that granted it (:meth:`complete`).
@@ -541,8 +576,10 @@ class ClusterClient(ClosedOnExit):
             ShardError, ShardUnavailable: as :meth:`ShardClient.request`.
         """
         client = self.shard(shard_id)
-        message = Lease(client.client_id, client.next_request_seq(), place, max_tokens, lease_ms)
-        return self._request(shard_id, message, Leased)
+        message = Lease(
+            client.client_id, client.next_request_seq(), place, max_tokens, lease_ms, wait_ms
+        )
+        return self._request(shard_id, message, Leased, wait_ms=wait_ms)
 
     def complete(
         self, shard_id: int, lease_id: str, results: Iterable[tuple[str, Sequence[Any]]] = ()

@@ -466,6 +466,13 @@ class Engine:
             found.append(entry)
         return found
 
+    def has_available(self, place: str) -> bool:
+        """Whether ``place`` has an available token (cheap: no entry is looked at)."""
+        store = self._store(place)
+        if store.timed:  # a timed place indexes only tokens that are due
+            return bool(store.primary.buckets)
+        return bool(self.available(place, 1))
+
     def advance(self, now: int) -> None:
         """Move the engine's time to ``now`` and release pending tokens that are due."""
         assert now >= self.now, f"time went backwards: {now} < {self.now}"

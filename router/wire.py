@@ -29,7 +29,8 @@ from typing import Any, ClassVar, Final
 from nets.codec import CodecError, pack, unpack
 from nets.errors import CpnError
 
-PROTOCOL_VERSION: Final = 1
+# 2: Lease.wait_ms (long polls); Table and Heartbeat carry the cluster id.
+PROTOCOL_VERSION: Final = 2
 FRAME_BYTES_MAX: Final = 4 * 1024 * 1024
 TOKENS_PER_MESSAGE_MAX: Final = 100_000
 PLACE_FIXED: Final = -1  # Table.places: a place with neither key nor pool (fixed slot)
@@ -92,7 +93,11 @@ class QueryTokens(Message):
 
 @dataclass(frozen=True, slots=True)
 class Lease(Message):
-    """Take up to ``max_tokens`` available tokens of a work-queue place for ``lease_ms``."""
+    """Take up to ``max_tokens`` available tokens of a work-queue place for ``lease_ms``.
+
+    With ``wait_ms`` > 0 and nothing available, the shard answers when tokens arrive or
+    after ``wait_ms`` (then with no entries): a long poll, instead of asking again.
+    """
 
     TYPE: ClassVar[int] = 4
     client_id: str
@@ -100,6 +105,7 @@ class Lease(Message):
     place: str
     max_tokens: int
     lease_ms: int
+    wait_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

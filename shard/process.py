@@ -8,7 +8,8 @@ Theory of operation (one loop, one thread):
    :class:`~router.wire.Error` reply and is counted) and applied to the engine: puts add
    tokens, leases move tokens into held, completions swap held tokens for results.
 3. Fire everything enabled at the current time, for at most ``BATCH_MS_MAX`` if
-   requests are waiting for this batch's commit, else ``BATCH_MS_MAX_IDLE``.
+   requests are waiting for this batch's commit, else ``BATCH_MS_MAX_IDLE``. Then
+   grant the parked leases (long polls, :mod:`shard.parked`) whose queue has work now.
 4. Commit the batch, every marking change of steps 2 and 3 plus the per-client replies,
    in one LMDB write transaction.
 5. Only then send the replies. Nothing leaves the process before it is committed.
@@ -81,6 +82,7 @@ from shard.exchange import Exchange, HandoffRefused
 from shard.leases import WorkQueue, with_work_queues
 from shard.link import Link
 from shard.mover import Mover
+from shard.parked import ParkedLease, ParkedLeases
 from shard.peers import Peers
 from shard.store import MAP_SIZE_BYTES_INITIAL, Batch, Durability, Store, StoreError
 
@@ -95,6 +97,7 @@ BATCH_MS_MAX: Final = 20  # while requests wait for the batch's commit
 BATCH_MS_MAX_IDLE: Final = 200  # while none do
 TOKENS_PAGE_MAX: Final = 10_000
 LEASE_TOKENS_MAX: Final = 10_000
+LEASE_WAIT_MS_MAX: Final = 60_000  # a long poll waits at most this long for work
 LATENCIES_KEPT_MAX: Final = 4_096
 HANDOFF_LATENCIES_KEPT_MAX: Final = 20_000  # sorted for each Stats request
 # Times are stored as msgpack integers; a delay or lease beyond ten years is a mistake.
@@ -153,6 +156,8 @@ class Shard:
         self.companions = {
             place.name for queue in self.queues.values() for place in (queue.held, queue.timer)
         }
+        self.queue_of_held = {queue.held.name: queue for queue in self.queues.values()}
+        self.parked = ParkedLeases()  # lease requests waiting for work (long polls)
         self.store = Store(
             config.data_dir,
             net=self.net,
@@ -284,8 +289,9 @@ class Shard:
 
     # -- requests ---------------------------------------------------------------------
 
-    def handle(self, envelope: Envelope) -> Message:
-        """Apply one request to the engine and the batch; return its reply."""
+    def handle(self, envelope: Envelope) -> Message | None:
+        """Apply one request to the engine and the batch; return its reply (None: a
+        lease that waits for work, see :meth:`park`)."""
         message = envelope.message
         self.counters[f"requests_{type(message).__name__}"] += 1
         if isinstance(message, Handoff | PoolWanted) and self.read_only_reason is not None:
@@ -294,6 +300,10 @@ class Shard:
             duplicate = self._duplicate(message.client_id, message.request_seq)
             if duplicate is not None:
                 return duplicate
+            if self.parked.drop(message.client_id) is not None:
+                # The client asked again (it gave up waiting): only its newest request
+                # is answered, so the client table never goes back to an older one.
+                self.counters["leases_parked_dropped"] += 1
             if self.read_only_reason is not None:
                 raise RequestError("store_unavailable", self.read_only_reason)
         if isinstance(message, Handoff):
@@ -337,6 +347,10 @@ class Shard:
             reply = decode(known[1]).message
             if isinstance(reply, PutAck | Completed):
                 reply = dataclasses.replace(reply, duplicate=True)
+            elif isinstance(reply, Leased) and reply.entries and not self._live(reply.lease_id):
+                # Taken back (its reply could not be delivered), expired or completed:
+                # its tokens may be another lease's by now, so the repeat gets none.
+                reply = dataclasses.replace(reply, entries=())
             return reply
         raise RequestError(
             "stale_request",
@@ -412,17 +426,65 @@ class Shard:
             )
         return queue
 
-    def _lease(self, lease: Lease) -> Message:
-        queue = self._queue(lease.place)
+    def _lease(self, lease: Lease) -> Message | None:
+        """Grant ``lease``; None when it waits for work (parked, answered later)."""
+        self._queue(lease.place)
         if (
             not 0 < lease.max_tokens <= LEASE_TOKENS_MAX
             or not 0 < lease.lease_ms <= DURATION_MS_MAX
+            or not 0 <= lease.wait_ms <= LEASE_WAIT_MS_MAX
         ):
             raise RequestError(
                 "bad_request",
-                f"a lease needs 0 < max_tokens <= {LEASE_TOKENS_MAX} and "
-                f"0 < lease_ms <= {DURATION_MS_MAX}",
+                f"a lease needs 0 < max_tokens <= {LEASE_TOKENS_MAX}, "
+                f"0 < lease_ms <= {DURATION_MS_MAX} and 0 <= wait_ms <= {LEASE_WAIT_MS_MAX}",
             )
+        if lease.wait_ms and not self.engine.has_available(lease.place):
+            return None
+        return self._grant(lease)
+
+    def park(self, peer: bytes, lease: Lease, message_id: int) -> None:
+        """Let ``lease`` wait for work (``_lease`` found none) until its ``wait_ms``."""
+        self.parked.park(ParkedLease(peer, message_id, lease, self.engine.now + lease.wait_ms))
+        self.counters["leases_parked"] += 1
+
+    def answer_parked(self) -> list[tuple[bytes, Message, int]]:
+        """Grant the parked leases that have work now or waited long enough (this batch)."""
+        if not len(self.parked):
+            return []
+        if self.read_only_reason is not None:
+            reason = self.read_only_reason
+            return [
+                (p.peer, Error("store_unavailable", reason), p.message_id)
+                for p in self.parked.take_all()
+            ]
+        has_work = (lambda _place: False) if self.stopping else self.engine.has_available
+        return self.parked.answer(
+            self.engine.now, has_work, lambda p: (p.peer, self._grant(p.lease), p.message_id)
+        )
+
+    def take_back(self, leased: Leased) -> None:
+        """Put a lease's tokens back in their queue: its reply could not be sent (the
+        worker is gone), so no one works on them. A repeat of the request gets none."""
+        held = self.leases.pop(leased.lease_id, None)
+        if held is None:
+            return
+        for place, time_ms, token in held:
+            if not self.engine.holds(place, token, time=time_ms):
+                continue  # expired meanwhile: its expiry put it back already
+            self._remove(place, token, time_ms)
+            queue = self.queue_of_held[place]
+            self._add(queue.queue.name, queue.original(token), self.engine.now)
+        # Its timers are spent when they come due (their held tokens are gone).
+        self.counters["leases_taken_back"] += 1
+        self.more_enabled = True  # offer the work again at once
+
+    def _live(self, lease_id: str) -> bool:
+        held = self.leases.get(lease_id)
+        return held is not None and all(self.engine.holds(p, tok, time=t) for p, t, tok in held)
+
+    def _grant(self, lease: Lease) -> Message:
+        queue = self.queues[lease.place]
         now = self.engine.now
         self._lease_seq += 1
         lease_id = f"{self.config.shard_id}.{self.incarnation}.{self._lease_seq}"
@@ -445,7 +507,7 @@ class Shard:
 
     def _complete(self, complete: Complete) -> Message:
         held = self.leases.get(complete.lease_id)
-        if held is None or not all(self.engine.holds(p, tok, time=t) for p, t, tok in held):
+        if held is None or not self._live(complete.lease_id):
             self.leases.pop(complete.lease_id, None)
             raise RequestError(
                 "lease_expired",
@@ -579,7 +641,9 @@ class Shard:
                 self.more_enabled = False
                 return fired
             fired += 1
-            if fired % 256 == 0:
+            # Checked every few firings: one firing of a net with heavy inscriptions
+            # (parsing robots.txt in a guard) can take a millisecond.
+            if fired % 16 == 0:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 if elapsed_ms > BATCH_MS_MAX_IDLE or (
                     elapsed_ms > BATCH_MS_MAX and requests_waiting()
@@ -637,10 +701,10 @@ class Shard:
     def timeout_ms(self) -> int:
         if self.more_enabled:
             return 0  # the last batch stopped at a bound: go on at once
-        deadline = self.engine.next_deadline()
-        if deadline is None:
+        deadlines = [d for d in (self.engine.next_deadline(), self.parked.next_deadline_ms()) if d]
+        if not deadlines:
             return IDLE_WAKE_MS
-        return max(0, min(IDLE_WAKE_MS, deadline - self.clock.now_ms()))
+        return max(0, min(IDLE_WAKE_MS, min(deadlines) - self.clock.now_ms()))
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -730,6 +794,7 @@ def serve(config: ShardConfig) -> None:
             replies = _receive(shard, socket, held, limits)
             fired = shard.fire_due(_requests_waiting(socket, held, peers, answering=bool(replies)))
             shard.mover.fired(fired)
+            replies += shard.answer_parked()
             if not shard.commit():
                 replies = [
                     (peer, Error("store_unavailable", shard.read_only_reason or ""), mid)
@@ -738,7 +803,9 @@ def serve(config: ShardConfig) -> None:
                     for peer, reply, mid in replies
                 ]
             for peer, reply, message_id in replies:
-                _send(shard, socket, peer, reply, message_id)
+                sent = _send(shard, socket, peer, reply, message_id)
+                if not sent and isinstance(reply, Leased) and reply.entries:
+                    shard.take_back(reply)  # committed with the next batch
             if link is not None:
                 link.send_after_commit(shard.engine.now, shard.engine, shard.progress())
     finally:
@@ -843,6 +910,10 @@ def _receive(
             envelope = decode(payload)
             message_id = envelope.message_id
             reply = shard.handle(envelope)
+            if reply is None:  # a lease that waits for work: answered when it comes
+                assert isinstance(envelope.message, Lease)
+                shard.park(peer, envelope.message, message_id)
+                continue
         except WireFormatError as exc:
             message_id = exc.message_id
             shard.counters["frames_malformed"] += 1
@@ -862,7 +933,8 @@ def _receive(
     return replies
 
 
-def _send(shard: Shard, socket: zmq.Socket[bytes], peer: bytes, reply: Message, mid: int) -> None:
+def _send(shard: Shard, socket: zmq.Socket[bytes], peer: bytes, reply: Message, mid: int) -> bool:
+    """Send one reply; False if it was dropped (it never left: ROUTER_MANDATORY)."""
     frame = encode(reply, message_id=mid, incarnation=shard.incarnation)
     try:
         socket.send_multipart([peer, frame], zmq.NOBLOCK)
@@ -871,6 +943,8 @@ def _send(shard: Shard, socket: zmq.Socket[bytes], peer: bytes, reply: Message, 
         # answered from the client table, so dropping the reply loses nothing.
         shard.counters["replies_dropped"] += 1
         log.info("reply to %s dropped: %s", peer.hex(), exc)
+        return False
+    return True
 
 
 def _configure_logging(path: Path) -> None:

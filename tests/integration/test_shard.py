@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -356,6 +357,59 @@ def test_a_lease_lasts_its_lease_time_on_an_idle_shard(shards: Shards) -> None:
     client.complete(leased.lease_id, [("results", ("q", "job00001", 1))])
 
 
+def test_a_waiting_lease_is_answered_when_work_arrives_or_its_wait_ends(shards: Shards) -> None:
+    """Long polls (shard/parked.py): a lease with ``wait_ms`` on an empty queue is held
+    until a put brings work (not until its wait ends), or answered empty after it."""
+    handle = shards.start()
+    waiting, putting = shards.client(handle), shards.client(handle)
+    assert waiting.lease("work", max_tokens=1, lease_ms=60_000, wait_ms=200).entries == ()
+    with ThreadPoolExecutor(1) as pool:
+        # Longer than the test waits: answered at its end would fail the test.
+        leased = pool.submit(waiting.lease, "work", max_tokens=2, lease_ms=60_000, wait_ms=60_000)
+        wait_until(
+            lambda: putting.stats()["counters"].get("leases_parked", 0),
+            lambda parked: parked == 2,
+            what="the second lease to be parked",
+        )
+        putting.put("work", [_job(7)])
+        granted = leased.result(timeout=WAIT_TIMEOUT_S)
+    assert [fields for _t, fields in granted.entries] == [_job(7)]
+    counts = putting.counts()
+    assert (counts["work"], counts["work__held"]) == (0, 1)
+    waiting.complete(granted.lease_id, [("results", ("q", "job00007", 70))])
+    assert putting.counts()["results"] == 1
+
+
+def test_a_granted_lease_whose_worker_is_gone_goes_back_to_the_queue(shards: Shards) -> None:
+    """A parked lease granted after its worker disconnected: the reply cannot be sent,
+    so the tokens go back at once (not after ``lease_ms``), and a repeat of the request
+    (the same client id and sequence number) gets none of them."""
+    handle = shards.start()
+    client = shards.client(handle)
+    gone = shards.peer(handle)
+    request = Lease("gone-worker", 1, "work", 1, 600_000, 60_000)
+    gone.send(encode(request, message_id=1))
+    wait_until(
+        lambda: client.stats()["counters"].get("leases_parked", 0),
+        lambda parked: parked == 1,
+        what="the lease to be parked",
+    )
+    gone.close()
+    client.put("work", [_job(3)])
+    wait_until(
+        client.stats,
+        lambda s: s["counters"].get("leases_taken_back", 0) == 1 and s["tokens"]["work"] == 1,
+        what="the undeliverable lease's token to go back to the queue",
+    )
+    again = shards.peer(handle)
+    again.send(encode(request, message_id=2))
+    reply = again.receive()
+    assert reply is not None and isinstance(reply.message, Leased), reply
+    assert reply.message.entries == ()
+    leased = client.lease("work", max_tokens=1, lease_ms=60_000)
+    assert [fields for _t, fields in leased.entries] == [_job(3)]
+
+
 # -- request errors -----------------------------------------------------------------------
 
 
@@ -371,6 +425,7 @@ def test_a_lease_lasts_its_lease_time_on_an_idle_shard(shards: Shards) -> None:
         (lambda c: c.lease("results", max_tokens=1, lease_ms=1_000), "not_a_work_queue"),
         (lambda c: c.lease("notes", max_tokens=1, lease_ms=1_000), "not_a_work_queue"),
         (lambda c: c.lease("work", max_tokens=0, lease_ms=1_000), "bad_request"),
+        (lambda c: c.lease("work", max_tokens=1, lease_ms=1_000, wait_ms=-1), "bad_request"),
         (lambda c: c.put("notes", [_job(1)], delay_ms=-1), "bad_request"),
         (lambda c: c.complete("1.999", []), "lease_expired"),
     ],
@@ -384,6 +439,7 @@ def test_a_lease_lasts_its_lease_time_on_an_idle_shard(shards: Shards) -> None:
         "lease-results",
         "lease-notes",
         "lease-zero-tokens",
+        "lease-negative-wait",
         "put-negative-delay",
         "complete-unknown-lease",
     ],
