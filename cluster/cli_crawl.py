@@ -222,6 +222,10 @@ def demo(
     help="Connect/read timeout of one request (fetch workers).",
 )  # fmt: skip
 @click.option("--no-fsync", is_flag=True, help="Store workers: skip fsync after each write.")
+@click.option(
+    "--ready-file", type=FILE,
+    help="Create this file once the worker is leasing (cpn crawl waits for it to seed).",
+)  # fmt: skip
 def worker(
     role: str,
     data_dir: Path,
@@ -231,6 +235,7 @@ def worker(
     timings: Path | None,
     timeout_ms: int,
     no_fsync: bool,
+    ready_file: Path | None,
     net_params: tuple[str, ...],
 ) -> None:
     """Run one crawl worker: lease work from every shard, do it, complete it.
@@ -259,6 +264,7 @@ def worker(
         router_endpoint="" if cluster_file is None else cluster_file.router.endpoint,
         shards=0 if cluster_file is None else cluster_file.shard_count,
         params=params,
+        ready_file=ready_file,
     )
     run_worker(config)
 

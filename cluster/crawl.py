@@ -57,6 +57,7 @@ SEEDS_MAX: Final = 1_000_000
 PROXIES_MAX: Final = 10_000
 STATS_TIMEOUT_MS: Final = 2_000
 READY_TIMEOUT_S: Final = 120.0
+WORKERS_READY_S: Final = 60.0
 # Places that hold work in progress (kept in step with nets/scraper.py WORK_PLACES,
 # which is used when it can be imported).
 WORK_PLACES_DEFAULT: Final = (
@@ -101,6 +102,7 @@ class _Worker:
     log_path: Path
     env: dict[str, str]
     timings: Path | None = None
+    ready_file: Path | None = None  # the worker creates it once it is leasing
     handle: ChildHandle | None = None
     restarts: int = 0
     next_start_s: float = 0.0
@@ -269,7 +271,10 @@ class Crawl:
                     if o.durability == "process":
                         args += ["--no-fsync"]
                 log_path = logs / f"{role}-{index}.log"
-                self.workers.append(_Worker(role, index, args, log_path, base_env, timings))
+                ready = logs / f"{role}-{index}.ready"
+                ready.unlink(missing_ok=True)
+                args += ["--ready-file", str(ready)]
+                self.workers.append(_Worker(role, index, args, log_path, base_env, timings, ready))
 
     def _start_worker(self, worker: _Worker) -> None:
         env = {**os.environ, **worker.env}
@@ -299,6 +304,17 @@ class Crawl:
                 )
             if now >= worker.next_start_s:
                 self._start_worker(worker)
+
+    def _await_workers(self) -> None:
+        """Wait (bounded) until every worker is leasing: a fetch decided before any
+        worker could lease it would be refused as late and planned again."""
+        deadline = time.monotonic() + WORKERS_READY_S
+        while time.monotonic() < deadline:
+            if all(w.ready_file is None or w.ready_file.exists() for w in self.workers):
+                return
+            self._check_workers()
+            time.sleep(POLL_S / 4)  # other processes create the files: no event to wait on
+        self._say(f"workers not all ready after {WORKERS_READY_S:.0f} s; seeding anyway")
 
     def worker_pids(self, role: str | None = None) -> list[int]:
         return [
@@ -336,6 +352,7 @@ class Crawl:
             self._plan_workers(self.layout)
             for worker in self.workers:
                 self._start_worker(worker)
+            self._await_workers()
             with ClusterClient.for_data_dir(
                 self.layout.root, timeout_ms=STATS_TIMEOUT_MS, retries=2
             ) as client:

@@ -13,20 +13,19 @@ cluster in ``CLUSTER_DIR`` (its net must be the crawler's, ``nets.scraper:net``)
 Theory of operation:
 
 * **Every shard.** Each shard holds its own slots' part of a work queue, so a worker
-  leases from all of them: one *lane* per shard, each with its own thread and client
-  (a ZeroMQ socket belongs to one thread), so that a shard that is down or restarting
-  only delays its own lane. A lane learns where its shard listens from the router and
-  caches it, like every client; a shard restarted on another port is looked up again,
-  and a router restarted elsewhere is found again through the cluster directory.
-* **Concurrency.** ``--concurrency N`` leases are worked on at once, over all lanes.
-  A fetch lease takes one token (each has its own start time, and its result should
-  reach the net as soon as it exists), so a fetch worker runs several lanes per shard
-  to keep enough leases in flight; parse and store leases take a few.
-* **Idle polling.** A lane that finds nothing waits, doubling the wait from
-  ``IDLE_MS_MIN`` up to a maximum (``IDLE_MS_MAX_OF``: 20 ms for fetch workers, below the
-  net's ready time, so a fetch is leased before its start, and for parse workers, whose
-  links feed the fetches; 100 ms for store workers),
-  and polls again at once after a lease that brought work.
+  leases from all of them: a *lane* per shard. A lane learns where its shard listens
+  from the router and caches it, like every client; a shard restarted on another port
+  is looked up again, and a router restarted elsewhere is found again through the
+  cluster directory. Everything runs on one event loop (:mod:`zmq.asyncio`), each
+  request in flight on a client of its own (a shard orders a client's requests).
+* **Long polls.** A lease asks the shard to wait for work (``LEASE_WAIT_MS``) when it
+  has none: the shard answers the moment a firing puts tokens in the queue, so work is
+  leased within a round trip of being decided, and an idle worker costs nothing.
+  ``POLLS_PER_SHARD`` polls wait at once per shard (four for fetch workers, whose
+  leases carry one token each: a burst of fetches decided in one batch is leased at
+  once).
+* **Concurrency.** ``--concurrency N`` leases are held at once, over all lanes (at
+  least one per poll: a waiting poll holds its slot).
 * **Completion.** A result is completed on the shard that granted the lease, retried
   while the shard is unreachable until the lease expires. ``lease_expired`` means the
   tokens went back to the queue (or an earlier try was committed): the work is not
@@ -52,7 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
-from cluster.client import ClusterClient, Redirected, ShardError
+import zmq.asyncio
+
+from cluster.async_client import AsyncShardClient
+from cluster.client import ClusterClient, Redirected, ShardError, ShardUnavailable
 from cluster.crawl_fetch import Fetcher, FetchSettings, wall_ms
 from cluster.crawl_parse import parse_results
 from cluster.crawl_store import PageStore, page_record
@@ -65,15 +67,18 @@ log = logging.getLogger("cpn.worker")
 ROLES: Final = ("fetch", "parse", "store")
 QUEUE_OF: Final = {"fetch": "fetch_queue", "parse": "parse_queue", "store": "store_queue"}
 BATCH_OF: Final = {"fetch": 1, "parse": 1, "store": 32}
-# Lanes per shard: a fetch lease carries one token, so several lanes keep leases in
-# flight at once (the shard answers them in one commit) and fetches are leased in time.
-LANES_PER_SHARD: Final = {"fetch": 4, "parse": 1, "store": 1}
+# Long polls per shard: a fetch lease carries one token, so several wait at once and a
+# burst of fetches decided in one batch is leased in one round trip.
+POLLS_PER_SHARD: Final = {"fetch": 4, "parse": 1, "store": 1}
 CONCURRENCY_DEFAULT: Final = {"fetch": 32, "parse": 1, "store": 1}
-IDLE_MS_MIN: Final = 2
-# Fetch and parse are on the crawl's critical path (a parsed page is how the next URLs
-# of a host are found), so their workers look again within 20 ms; the store is not.
-IDLE_MS_MAX_OF: Final = {"fetch": 20, "parse": 20, "store": 100}
+LEASE_WAIT_MS: Final = 1_000  # how long a shard holds a lease request that finds no work
+ERROR_WAIT_MS: Final = 100  # after a failed lease request, before the next
 REQUEST_TIMEOUT_MS: Final = 1_500
+# A fetch is sent no later than this before its lease ends (see _within_lease).
+LEASE_END_MARGIN_MS: Final = 1_000
+FETCH_START_AT: Final = 7  # Fetch(domain, url, kind, depth, attempt, proxy, proxy_url,
+FETCH_LATE: Final = 8  #       start_at_ms, late_ms): the fields the lease rule reads
+REQUEST_RETRIES: Final = 1
 COMPLETE_RETRY_MS: Final = 100
 STOP_GRACE_S: Final = 5.0
 FAULT_ENV: Final = "CPN_FAULT"
@@ -100,57 +105,111 @@ class WorkerConfig:
     router_endpoint: str = ""
     shards: int = 0
     params: Mapping[str, Any] = field(default_factory=dict)
+    ready_file: Path | None = None  # created once the worker is leasing
 
     def __post_init__(self) -> None:
         assert self.role in ROLES, self.role
 
 
-class ShardLane:
-    """One shard's leases and completions, on a thread and a client of their own."""
+class ShardEndpoints:
+    """Where each shard listens, from the router's partition table: cached, and asked
+    again when a shard does not answer (it may have restarted on another port, and the
+    router may have moved: ``connect`` reads where it is now). The router is asked on a
+    thread of its own (a rare, blocking request)."""
 
-    def __init__(self, connect: Callable[[], ClusterClient], shard_id: int) -> None:
+    def __init__(self, connect: Callable[[], ClusterClient]) -> None:
         self._connect = connect
-        self.shard_id = shard_id
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"lane-{shard_id}")
-        self._client: ClusterClient | None = None  # created and used on the lane's thread
+        self._client: ClusterClient | None = None  # used on the executor's thread only
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="router")
 
-    def _with_client(self, call: Callable[[ClusterClient], T]) -> T:
+    def _lookup(self, shard_id: int, refresh: bool) -> str:
         if self._client is None:
             self._client = self._connect()
         try:
-            return call(self._client)
-        except ShardError:
-            raise  # the shard answered: the client is fine
+            endpoint = self._client.table(refresh=refresh).endpoints[shard_id]
         except CpnError:
-            # Unreachable shard or router: start afresh next time (the router may have
-            # moved; for_data_dir reads where it is now).
-            self._drop_client()
+            self._drop()
             raise
+        if not endpoint:
+            raise ShardUnavailable(f"shard {shard_id} has not told the router where it listens")
+        return endpoint
 
-    def _drop_client(self) -> None:
+    def _drop(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
 
-    async def run(self, call: Callable[[ClusterClient], T]) -> T:
+    async def endpoint(self, shard_id: int, *, refresh: bool = False) -> str:
+        """Where shard ``shard_id`` listens.
+
+        Raises:
+            CpnError: the router did not answer, or the shard has no endpoint yet.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._with_client, call)
-
-    async def lease(self, place: str, *, max_tokens: int, lease_ms: int) -> Leased:
-        k = self.shard_id
-        return await self.run(lambda c: c.lease(k, place, max_tokens=max_tokens, lease_ms=lease_ms))
-
-    async def complete(self, lease_id: str, results: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        k = self.shard_id
-        await self.run(lambda c: c.complete(k, lease_id, results))
+        return await loop.run_in_executor(self._executor, self._lookup, shard_id, refresh)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._drop_client)
+        await loop.run_in_executor(self._executor, self._drop)
         self._executor.shutdown(wait=True)
 
 
-Handler = Callable[[Sequence[tuple[int, tuple[Any, ...]]]], Awaitable[list[tuple[str, Any]]]]
+class ShardLane:
+    """One shard's leases and completions: clients of their own (a shard orders each
+    client's requests, so every request in flight has its own client), all found at
+    the shard's endpoint, which is looked up again when the shard does not answer."""
+
+    def __init__(
+        self, endpoints: ShardEndpoints, shard_id: int, context: zmq.asyncio.Context
+    ) -> None:
+        self.shard_id = shard_id
+        self._endpoints = endpoints
+        self._context = context
+        self._clients: list[AsyncShardClient] = []
+        self._idle_completers: list[AsyncShardClient] = []
+
+    def client(self) -> AsyncShardClient:
+        """A new client of this shard (it connects on its first request)."""
+        client = AsyncShardClient(
+            "", self._context, timeout_ms=REQUEST_TIMEOUT_MS, retries=REQUEST_RETRIES
+        )
+        self._clients.append(client)
+        return client
+
+    async def _call(self, client: AsyncShardClient, call: Callable[[], Awaitable[T]]) -> T:
+        if not client.endpoint:
+            client.reconnect(await self._endpoints.endpoint(self.shard_id))
+        try:
+            return await call()
+        except ShardUnavailable:
+            # Look the shard up again for the next try (it may listen elsewhere now).
+            client.reconnect("")
+            raise
+
+    async def lease(
+        self, client: AsyncShardClient, place: str, *, max_tokens: int, lease_ms: int
+    ) -> Leased:
+        """A long poll: the shard answers when it has work, or empty after a while."""
+        return await self._call(
+            client,
+            lambda: client.lease(
+                place, max_tokens=max_tokens, lease_ms=lease_ms, wait_ms=LEASE_WAIT_MS
+            ),
+        )
+
+    async def complete(self, lease_id: str, results: Sequence[tuple[str, Any]]) -> None:
+        client = self._idle_completers.pop() if self._idle_completers else self.client()
+        try:
+            await self._call(client, lambda: client.complete(lease_id, results))
+        finally:
+            self._idle_completers.append(client)
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+
+
+Handler = Callable[[Leased], Awaitable[list[tuple[str, Any]]]]
 
 
 class Worker:
@@ -165,7 +224,7 @@ class Worker:
             self.shards = config.shards
             self.params = dict(config.params)
             self._connect = lambda: ClusterClient(
-                endpoint, timeout_ms=REQUEST_TIMEOUT_MS, retries=1
+                endpoint, timeout_ms=REQUEST_TIMEOUT_MS, retries=REQUEST_RETRIES
             )
         else:
             layout = ClusterLayout(config.data_dir.resolve())
@@ -179,12 +238,14 @@ class Worker:
             self.params = {**recorded.params, **config.params}
             # for_data_dir reads where the router is now (it may have moved).
             self._connect = lambda: ClusterClient.for_data_dir(
-                layout.root, timeout_ms=REQUEST_TIMEOUT_MS, retries=1
+                layout.root, timeout_ms=REQUEST_TIMEOUT_MS, retries=REQUEST_RETRIES
             )
         self.place = QUEUE_OF[config.role]
         self.batch = BATCH_OF[config.role]
-        self.concurrency = config.concurrency or CONCURRENCY_DEFAULT[config.role]
-        self.idle_ms_max = IDLE_MS_MAX_OF[config.role]
+        # Each long poll holds a slot while it waits: at least one per poll, so that
+        # one shard's waiting poll never keeps another shard's work from being leased.
+        polls = self.shards * POLLS_PER_SHARD[config.role]
+        self.concurrency = max(config.concurrency or CONCURRENCY_DEFAULT[config.role], polls)
         self.counters: Counter[str] = Counter()
         self.stopping = asyncio.Event()
         self._fetcher: Fetcher | None = None
@@ -200,10 +261,11 @@ class Worker:
 
     # -- the handlers ---------------------------------------------------------------------
 
-    async def _fetch(self, entries: Sequence[tuple[int, tuple[Any, ...]]]) -> list[tuple[str, Any]]:
+    async def _fetch(self, leased: Leased) -> list[tuple[str, Any]]:
         assert self._fetcher is not None
         results: list[tuple[str, Any]] = []
-        for _time_ms, job in entries:
+        for _time_ms, fetch in leased.entries:
+            job = _within_lease(fetch, leased.expires_at_ms)
             outcome = await self._fetcher.fetch(job)
             self.counters["late" if outcome.timing is None else "sent"] += 1
             if outcome.timing is not None and self._timings is not None:
@@ -212,17 +274,16 @@ class Worker:
             results.append(("fetched", outcome.fetched))
         return results
 
-    async def _parse(self, entries: Sequence[tuple[int, tuple[Any, ...]]]) -> list[tuple[str, Any]]:
+    async def _parse(self, leased: Leased) -> list[tuple[str, Any]]:
         results: list[tuple[str, Any]] = []
-        for _time_ms, page in entries:
+        for _time_ms, page in leased.entries:
             results += parse_results(page)
             self.counters["parsed"] += 1
         return results
 
-    async def _store_pages(
-        self, entries: Sequence[tuple[int, tuple[Any, ...]]]
-    ) -> list[tuple[str, Any]]:
+    async def _store_pages(self, leased: Leased) -> list[tuple[str, Any]]:
         assert self._store is not None
+        entries = leased.entries
         if self._store_delay_s:
             await asyncio.sleep(self._store_delay_s * len(entries))
         summary = self._store.write(page_record(parsed) for _t, parsed in entries)
@@ -259,11 +320,9 @@ class Worker:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        lanes = [
-            ShardLane(self._connect, k)
-            for k in range(self.shards)
-            for _ in range(LANES_PER_SHARD[role])
-        ]
+        context = zmq.asyncio.Context()
+        endpoints = ShardEndpoints(self._connect)
+        lanes = [ShardLane(endpoints, k, context) for k in range(self.shards)]
         slots = asyncio.Semaphore(self.concurrency)
         working: set[asyncio.Task[None]] = set()
         log.info(
@@ -274,10 +333,18 @@ class Worker:
             self.concurrency,
             self.config.lease_ms,
         )
-        pollers = [asyncio.create_task(self._poll(lane, slots, working)) for lane in lanes]
+        pollers = [
+            asyncio.create_task(self._poll(lane, lane.client(), slots, working))
+            for lane in lanes
+            for _ in range(POLLS_PER_SHARD[role])
+        ]
+        if self.config.ready_file is not None:
+            self.config.ready_file.touch()
         try:
             await self.stopping.wait()
         finally:
+            # A cancelled poll closes its socket: a lease granted after that cannot be
+            # delivered, and the shard puts its tokens back at once.
             for poller in pollers:
                 poller.cancel()
             await asyncio.gather(*pollers, return_exceptions=True)
@@ -285,8 +352,11 @@ class Worker:
                 await asyncio.wait(working, timeout=STOP_GRACE_S)
             for task in working:
                 task.cancel()
+            await asyncio.gather(*working, return_exceptions=True)
             for lane in lanes:
-                await lane.close()
+                lane.close()
+            await endpoints.close()
+            context.term()
             if self._fetcher is not None:
                 await self._fetcher.aclose()
             if self._timings is not None:
@@ -296,27 +366,31 @@ class Worker:
             log.info("%s worker stopped: %s", role, dict(sorted(self.counters.items())))
 
     async def _poll(
-        self, lane: ShardLane, slots: asyncio.Semaphore, working: set[asyncio.Task[None]]
+        self,
+        lane: ShardLane,
+        client: AsyncShardClient,
+        slots: asyncio.Semaphore,
+        working: set[asyncio.Task[None]],
     ) -> None:
-        idle_ms = IDLE_MS_MIN
         while not self.stopping.is_set():
             await slots.acquire()
-            leased: Leased | None = None
             try:
                 leased = await lane.lease(
-                    self.place, max_tokens=self.batch, lease_ms=self.config.lease_ms
+                    client, self.place, max_tokens=self.batch, lease_ms=self.config.lease_ms
                 )
             except CpnError as exc:
+                slots.release()
                 self.counters["lease_errors"] += 1
                 log.info("shard %d: no lease (%s)", lane.shard_id, exc)
-                idle_ms = self.idle_ms_max
-            if leased is None or not leased.entries:
-                slots.release()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), idle_ms / 1000)
-                idle_ms = min(idle_ms * 2, self.idle_ms_max)
+                    await asyncio.wait_for(self.stopping.wait(), ERROR_WAIT_MS / 1000)
                 continue
-            idle_ms = IDLE_MS_MIN
+            except BaseException:
+                slots.release()
+                raise
+            if not leased.entries:
+                slots.release()  # the shard's wait ended without work: ask again
+                continue
             self.counters["leased"] += len(leased.entries)
             task = asyncio.create_task(self._work(lane, leased, slots))
             working.add(task)
@@ -324,7 +398,7 @@ class Worker:
 
     async def _work(self, lane: ShardLane, leased: Leased, slots: asyncio.Semaphore) -> None:
         try:
-            results = await self._handler(leased.entries)
+            results = await self._handler(leased)
             await self._complete(lane, leased, results)
         except CpnError as exc:
             # Not completed: the lease expires and its tokens are leased again.
@@ -361,6 +435,20 @@ class Worker:
                 await asyncio.sleep(COMPLETE_RETRY_MS / 1000)
 
 
+def _within_lease(fetch: tuple[Any, ...], expires_at_ms: int) -> tuple[Any, ...]:
+    """``fetch`` with its late limit cut so that it is never sent near its lease's end.
+
+    An expired lease's fetch is leased again, and the next worker sends it: the first
+    must not send it too (two requests at once at a host), however stalled it was.
+    """
+    start_at_ms, late_ms = fetch[FETCH_START_AT], fetch[FETCH_LATE]
+    latest_ms = expires_at_ms - LEASE_END_MARGIN_MS
+    if start_at_ms + late_ms <= latest_ms:
+        return fetch
+    # Negative when even the start is too close to the end: the fetcher refuses it.
+    return (*fetch[:FETCH_LATE], latest_ms - start_at_ms, *fetch[FETCH_LATE + 1 :])
+
+
 def run_worker(config: WorkerConfig) -> None:
     """``cpn worker``: run one worker until SIGTERM or SIGINT.
 
@@ -372,6 +460,9 @@ def run_worker(config: WorkerConfig) -> None:
         level=logging.INFO,
         force=True,
     )
+    # httpx logs every request at INFO: thousands of lines, and CPU, for nothing new
+    # (the fetch timings log has them).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     started = time.monotonic()
     asyncio.run(Worker(config).run())
     log.info("ran %.1f s", time.monotonic() - started)

@@ -23,7 +23,10 @@ interval`` (plus the same allowance), both due ``lead_ms`` early so that the nex
 decision is made before its start. A fetch worker sends at ``start`` and refuses (result
 ``late``) rather than send later than ``start + late_ms``. So two requests at a host are
 never closer than the delay, at the sender (the clock) and at the server too, which
-cannot log a request after answering it (the answer anchor), whatever the jitter.
+cannot log a request after answering it (the answer anchor), whatever the jitter. With one
+request in flight per domain and no proxy interval, the anchor alone keeps the gap
+however late a request leaves, so the late limit there is ``late_anchored_ms``: a busy
+worker's request goes out a little late instead of being refused and re-planned.
 
 **Results.** A page goes into the pipeline; a transient failure (timeout, connection
 error, 5xx, 429) is logged in ``fail_log`` and retried with exponential backoff until
@@ -274,8 +277,12 @@ class CrawlPolicy:
     delay_ms: int = 1_000  # minimum gap between two request starts at one domain
     margin_ms: int = 5  # safety margin added to every gap (measurement jitter at the server)
     late_ms: int = 5  # a worker refuses to send later than this after the start time
+    # The late limit where the answer anchor alone keeps the gap (one request in flight
+    # per domain, no proxy interval): a late send then only delays, it is refused only
+    # when it is this late (a stalled worker), well within any lease.
+    late_anchored_ms: int = 1_000
     lead_ms: int = 200  # decide up to this long before a start (the clock is due that early)
-    ready_ms: int = 50  # a start is at least this long after its decision: time to lease it
+    ready_ms: int = 20  # a start is at least this long after its decision: time to lease it
     concurrency: int = 1  # requests in flight per domain
     proxies: tuple[str, ...] = ()  # proxy URLs; none means direct connections
     proxy_interval_ms: int = 0  # minimum gap between two request starts through one proxy
@@ -565,6 +572,12 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
         after_answer = q.answered_ms + pl.delay_ms + 1 if q.answered_ms else 0
         return max(now + pl.ready_ms, s.next_start_ms, x.next_start_ms, after_answer)
 
+    def late_limit_ms(x: Proxy) -> int:
+        # With one request in flight per domain, the next start waits for this one's
+        # answer (the anchor), so however late it is sent the gap holds at the server;
+        # the clock's spacing matters only for concurrent requests and proxy intervals.
+        return p.late_ms if p.concurrency > 1 or x.interval_ms else p.late_anchored_ms
+
     def proxy_gap(x: Proxy) -> int:
         return x.interval_ms + p.late_ms + p.margin_ms if x.interval_ms else 0
 
@@ -583,7 +596,7 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
                     x.name,
                     x.url,
                     start_ms(now, s, x, q, pl),
-                    p.late_ms,
+                    late_limit_ms(x),
                 )
             ),
             fetching.produce(

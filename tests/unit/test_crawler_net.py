@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,10 +125,16 @@ def crawl(
     *,
     seeds: int = 1,
     late_once: frozenset[str] = frozenset(),
+    late_by_ms: int = 0,
     until_ms: int = 600_000,
 ) -> Crawl:
-    """Run the net with simulated fetch, parse and store workers until no work is left."""
+    """Run the net with simulated fetch, parse and store workers until no work is left.
+
+    ``late_by_ms``: fetch workers send up to that late (seeded draws, within each
+    fetch's late limit), as busy workers do.
+    """
     engine = Engine(crawler_net(policy), initial_marking=True)
+    lateness = random.Random(7)
     for h in range(seeds):
         engine.add("links", Link(web.domain(h), web.url(h, 0), 0))
     for h in range(web.hosts):
@@ -145,7 +152,9 @@ def crawl(
                 engine.remove(place, token, time=time_ms)
                 worked = True
                 if place == "fetch_queue":
-                    started = token.start_at_ms
+                    started = token.start_at_ms + lateness.randint(
+                        0, min(late_by_ms, token.late_ms)
+                    )
                     if token.url in late_once and token.url not in late:
                         late.add(token.url)
                         result = Fetched(
@@ -219,6 +228,42 @@ def test_starts_at_a_domain_are_at_least_the_delay_apart() -> None:
         assert min(gaps) >= policy.delay_ms + LATENCY_MS, domain
         # ... and not much more: the scheduler keeps the domain busy while work waits.
         assert sorted(gaps)[len(gaps) // 2] <= policy.gap_ms() + LATENCY_MS, (domain, gaps)
+
+
+@pytest.mark.parametrize(
+    ("policy", "late_limit_ms"),
+    [
+        (CrawlPolicy(delay_ms=100), CrawlPolicy().late_anchored_ms),
+        (CrawlPolicy(delay_ms=100, concurrency=2), CrawlPolicy().late_ms),
+        (
+            CrawlPolicy(delay_ms=100, proxies=("http://127.0.0.1:1",), proxy_interval_ms=30),
+            CrawlPolicy().late_ms,
+        ),
+    ],
+    ids=["anchored", "concurrent", "proxy-interval"],
+)
+def test_late_sends_keep_the_gap_within_each_fetchs_late_limit(
+    policy: CrawlPolicy, late_limit_ms: int
+) -> None:
+    """A fetch's late limit is wide (``late_anchored_ms``) only where the answer anchor
+    alone keeps the gap: one request in flight per domain and no proxy interval. Workers
+    sending as late as their limits allow never bring two starts closer than the delay."""
+    web = FakeWeb(pages=8)
+    crawl(policy, web, late_by_ms=400)
+    for domain, gaps in gaps_by_domain(web.requests).items():
+        assert min(gaps) >= policy.delay_ms, (domain, gaps)
+    fetch = next(iter(_fetches(policy)))
+    assert fetch.late_ms == late_limit_ms
+
+
+def _fetches(policy: CrawlPolicy) -> list[Any]:
+    """The first fetches the net decides for one seeded domain."""
+    engine = Engine(crawler_net(policy), initial_marking=True)
+    engine.add("links", Link("h0.test", "http://h0.test/p/0", 0))
+    engine.add("scope", InScope("h0.test"))
+    while engine.fire(0) is not None:
+        pass
+    return tokens(engine, "fetch_queue")
 
 
 def test_crawl_delay_from_robots_widens_the_gap() -> None:
