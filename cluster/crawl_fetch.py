@@ -26,10 +26,15 @@ Theory of operation:
   streamed and reading stops at ``body_max_bytes`` (``error="too_large"``); only HTML
   bodies and robots.txt are read at all (``body=""`` otherwise; the connection is
   closed unread).
-* **Proxies.** A fetch with a ``proxy_url`` goes through that forward proxy (one
-  client, and so one connection pool, per proxy); an unreachable proxy is
-  ``error="proxy"``. The environment's proxy settings are ignored (``trust_env=False``):
-  the net decides the proxy.
+* **Proxies.** A fetch with a ``proxy_url`` goes through that forward proxy; an
+  unreachable proxy is ``error="proxy"``. The environment's proxy settings are ignored
+  (``trust_env=False``): the net decides the proxy.
+* **One client per route** (a proxy, or none, and an origin), all sharing one SSL
+  context: httpcore scans its whole connection pool (and asks each connection whether
+  its socket is readable) twice per request, so one pool for every host a worker talks
+  to cost CPU in proportion to the hosts, a third of a fetch's CPU. A connection only
+  ever serves one origin, so nothing is shared less. The least recently used routes
+  beyond ``ROUTES_IDLE_MAX`` are closed once no request uses them.
 * **Errors** become results, never exceptions: ``timeout``, ``connect``, ``reset``
   (the connection broke), ``proxy``, ``too_large``, ``invalid`` (a URL or an answer
   the client cannot use, too many redirects), with ``status`` 0 when no HTTP answer
@@ -45,11 +50,13 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -62,10 +69,9 @@ CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
 CONNECT_AHEAD_MS: Final = 30  # begin this early: a new connection opens during the wait
 SEND_EVENT: Final = "http11.send_request_headers.started"  # httpcore: the first byte leaves
 WAIT_S_MAX: Final = 60.0  # a start time further away than this is waited for this long only
-CONNECTIONS_PER_CLIENT_MAX: Final = 256
-# Idle connections kept per client: httpcore scans its whole pool on every request, so a
-# pool of hundreds of idle connections costs more CPU than the few reconnects it saves.
-KEEPALIVE_PER_CLIENT_MAX: Final = 32
+CONNECTIONS_PER_ROUTE_MAX: Final = 256
+KEEPALIVE_PER_ROUTE_MAX: Final = 32
+ROUTES_IDLE_MAX: Final = 64  # routes kept beyond those in use (least recently used go)
 TEXT_BYTES_MAX: Final = 3 * 1024 * 1024  # decoded text travels in one 4 MiB frame
 ANSWER_KEY: Final = "cpn_answer"  # the request extension that carries the fetch's state
 
@@ -142,35 +148,81 @@ class _Answer:
         self.sent_ms = now_ms
 
 
+RouteKey = tuple[str, str, str, int | None]  # proxy URL, scheme, host, port
+
+
+@dataclass(slots=True)
+class _Route:
+    """The client (and so the connection pool) of one proxy, or none, to one origin."""
+
+    client: httpx.AsyncClient
+    requests: int = 0  # in progress: a route is never closed while one is
+
+
 class Fetcher:
-    """Sends the fetches of one worker process (one httpx client per proxy)."""
+    """Sends the fetches of one worker process (one httpx client per route)."""
 
     def __init__(self, settings: FetchSettings) -> None:
         self.settings = settings
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._ssl_context: ssl.SSLContext | None = None
+        self._routes: OrderedDict[RouteKey, _Route] = OrderedDict()  # least recent first
 
-    def _client(self, proxy_url: str) -> httpx.AsyncClient:
-        client = self._clients.get(proxy_url)
-        if client is None:
-            s = self.settings
-            client = httpx.AsyncClient(
-                proxy=proxy_url or None,
-                follow_redirects=False,
-                timeout=httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s),
-                limits=httpx.Limits(
-                    max_connections=CONNECTIONS_PER_CLIENT_MAX,
-                    max_keepalive_connections=KEEPALIVE_PER_CLIENT_MAX,
-                ),
-                headers={"User-Agent": s.user_agent},
-                trust_env=False,
-            )
-            self._clients[proxy_url] = client
-        return client
+    def _route(self, proxy_url: str, url: str) -> _Route:
+        """The route of ``url`` through ``proxy_url``.
+
+        Raises:
+            httpx.InvalidURL: ``url`` has no host or a port out of range.
+        """
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise httpx.InvalidURL(f"{url!r}: {exc}") from None
+        if not parts.hostname:
+            raise httpx.InvalidURL(f"{url!r} has no host")
+        key = (proxy_url, parts.scheme, parts.hostname, port)
+        route = self._routes.get(key)
+        if route is not None:
+            self._routes.move_to_end(key)
+            return route
+        if self._ssl_context is None:
+            # Loading the CA certificates takes tens of milliseconds: once per process.
+            self._ssl_context = httpx.create_ssl_context(trust_env=False)
+        s = self.settings
+        client = httpx.AsyncClient(
+            proxy=proxy_url or None,
+            verify=self._ssl_context,
+            follow_redirects=False,
+            timeout=httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=CONNECTIONS_PER_ROUTE_MAX,
+                max_keepalive_connections=KEEPALIVE_PER_ROUTE_MAX,
+            ),
+            headers={"User-Agent": s.user_agent},
+            trust_env=False,
+        )
+        route = self._routes[key] = _Route(client)
+        return route
+
+    async def _close_idle_routes(self) -> None:
+        """Close the least recently used routes beyond ``ROUTES_IDLE_MAX`` that are idle."""
+        surplus = len(self._routes) - ROUTES_IDLE_MAX
+        if surplus <= 0:
+            return
+        idle = [key for key, route in self._routes.items() if not route.requests][:surplus]
+        for key in idle:
+            route = self._routes.pop(key)
+            await route.client.aclose()
 
     def prepare(self, proxy_urls: Sequence[str]) -> None:
-        """Make the clients now (the first request must not pay for their set-up)."""
-        for proxy_url in ("", *proxy_urls):
-            self._client(proxy_url)
+        """Check the proxy URLs and load the SSL context now (not on the first request).
+
+        Raises:
+            ValueError: a proxy URL httpx cannot use (from httpx).
+        """
+        for proxy_url in proxy_urls:
+            httpx.Proxy(proxy_url)
+        self._route("", "http://127.0.0.1/")
 
     async def warm_up(self) -> None:
         """One request to a throw-away server on 127.0.0.1, before any real fetch.
@@ -198,9 +250,10 @@ class Fetcher:
             await server.wait_closed()
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        routes = list(self._routes.values())
+        self._routes.clear()
+        for route in routes:
+            await route.client.aclose()
 
     async def fetch(self, job: Sequence[Any]) -> FetchOutcome:
         """Do the fetch of a ``Fetch`` token (fields in the net's colour-set order).
@@ -220,6 +273,8 @@ class Fetcher:
         except _Late:
             answer.error = "late"
             return FetchOutcome(_fetched(job, answer, wall_ms()), None)
+        finally:
+            await self._close_idle_routes()
         ended_ms = wall_ms()
         sent_ms = answer.sent_ms or ended_ms
         if answer.sent_ms and not answer.answered_ms:
@@ -230,10 +285,12 @@ class Fetcher:
         return FetchOutcome(_fetched(job, answer, sent_ms), timing)
 
     async def _get(self, url: str, kind: str, proxy_url: str, answer: _Answer) -> None:
+        route: _Route | None = None
         try:
-            client = self._client(proxy_url)
+            route = self._route(proxy_url, url)
+            route.requests += 1
             extensions = {ANSWER_KEY: answer, "trace": answer.trace}
-            async with client.stream("GET", url, extensions=extensions) as response:
+            async with route.client.stream("GET", url, extensions=extensions) as response:
                 answer.answered_ms = wall_ms()
                 answer.status = response.status_code
                 answer.final_url = _final_url(response, url)
@@ -256,6 +313,9 @@ class Fetcher:
             answer.error = "reset"  # read/write errors, a connection closed mid-answer
         except OSError:
             answer.error = "connect"
+        finally:
+            if route is not None:
+                route.requests -= 1
         if answer.error and answer.error != "too_large":
             answer.body = ""
 
@@ -277,11 +337,16 @@ class Fetcher:
 
 
 async def _wait_until(start_at_ms: int) -> None:
-    """Sleep until the wall clock reaches ``start_at_ms`` (never return before it)."""
+    """Sleep until the wall clock reaches ``start_at_ms`` (never return before it).
+
+    One sleep, to the nanosecond: the loop's ``epoll`` timeout is rounded up to the next
+    millisecond, so it does not wake early; it loops again only if the wall clock was
+    stepped during the wait (bounded by ``WAIT_S_MAX``).
+    """
+    start_at_ns = start_at_ms * 1_000_000
     deadline = time.monotonic() + WAIT_S_MAX
-    while (remaining_ms := start_at_ms - wall_ms()) > 0 and time.monotonic() < deadline:
-        # asyncio may wake a little early (clock resolution): loop until it is time.
-        await asyncio.sleep(max(remaining_ms / 1000, 0.0005))
+    while (remaining_ns := start_at_ns - time.time_ns()) > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(min(remaining_ns / 1e9, WAIT_S_MAX))
 
 
 def _final_url(response: httpx.Response, url: str) -> str:
