@@ -55,7 +55,7 @@ from cluster.crawl_fetch import Fetcher, FetchSettings, wall_ms
 from cluster.crawl_parse import parse_page
 from cluster.crawl_store import PageStore, page_record
 from cluster.crawl_urls import canonical_url, domain_of, robots_url
-from nets.scraper import CrawlPolicy, crawl_delay_ms, robots_allows
+from nets.scraper import ROBOTS_REDIRECTS_MAX, CrawlPolicy, crawl_delay_ms, robots_allows
 
 ROBOTS, PAGE = "robots", "page"
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
@@ -315,7 +315,11 @@ class HandwrittenCrawler:
             return
         ok = not error and 200 <= status < 300
         transient = error in TRANSIENT_ERRORS if error else status >= 500 or status in {408, 429}
-        if transient and attempt + 1 < p.max_attempts:
+        redirect = not error and 300 <= status < 400 and final_url not in ("", url)
+        if kind == ROBOTS and redirect and target.depth < ROBOTS_REDIRECTS_MAX:
+            # Up to five redirects (RFC 9309); the rules found are this domain's.
+            heapq.heappush(state.targets, Target(-1, final_url, ROBOTS, target.depth + 1, 0))
+        elif transient and attempt + 1 < p.max_attempts:
             self._counts["retries"] += 1
             ready_ms = wall_ms() + (p.backoff_base_ms << attempt)
             retry = target._replace(attempt=attempt + 1)
@@ -327,7 +331,7 @@ class HandwrittenCrawler:
             state.next_start_ms = max(state.next_start_ms, started_ms + state.gap_ms)
             self._release_waiting(state)
             self._end()
-        elif not error and 300 <= status < 400 and final_url not in ("", url):
+        elif redirect:
             self._admit(final_url, target.depth)
             self._skip("redirect")
         elif ok and content_type in HTML_TYPES:

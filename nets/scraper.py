@@ -32,7 +32,8 @@ worker's request goes out a little late instead of being refused and re-planned.
 error, 5xx, 429) is logged in ``fail_log`` and retried with exponential backoff until
 ``max_attempts``; a 4xx is final; a non-HTML or oversized answer is skipped; a redirect's
 target becomes a discovered link; a late refusal goes back to the targets without counting
-an attempt.
+an attempt. A robots.txt that redirects is fetched where it points (up to five redirects,
+RFC 9309; its rules are the first domain's), then counts as unavailable: allow all.
 
 **Pipeline** ``raw_html -> parse_queue -> parsed -> validated -> store_queue -> stored``.
 Every stage has a capacity (per shard), so a slow stage backs up into the one before it,
@@ -266,6 +267,7 @@ HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 SCOPES = ("same-domains", "allow-list", "any")
 # robots.txt that could not be fetched (RFC 9309, 2.3.1.4: unreachable means disallow all).
 DISALLOW_ALL = "User-agent: *\nDisallow: /\n"
+ROBOTS_REDIRECTS_MAX = 5  # RFC 9309, 2.3.1.2: follow at least five consecutive redirects
 
 # -- The policy -----------------------------------------------------------------------------
 
@@ -381,27 +383,32 @@ def _transient(r: Fetched) -> bool:
     return r.status >= 500 or r.status in _TRANSIENT_STATUSES
 
 
-def verdict(r: Fetched, max_attempts: int) -> str:
+def verdict(r: Fetched, max_attempts: int, hops: int = 0) -> str:
     """What a fetch result means for the crawl: the one transition that takes it.
 
     ``late``, ``page``, ``skip`` (not HTML, too large), ``redirect`` (``final_url`` is
     where it points), ``retry``, ``give_up``, ``final``,
-    and for robots.txt ``robots`` (rules), ``robots_none`` (allow all) or
-    ``robots_unreachable`` (disallow all).
+    and for robots.txt ``robots`` (rules), ``robots_none`` (allow all),
+    ``robots_unreachable`` (disallow all) or ``robots_redirect`` (fetch ``final_url``
+    for the rules: RFC 9309 follows up to ``ROBOTS_REDIRECTS_MAX`` redirects, ``hops``
+    so far, then treats robots.txt as unavailable: allow all).
     """
     if r.error == "late":
         return "late"
     ok = not r.error and 200 <= r.status < 300
     retries_left = r.attempt + 1 < max_attempts
+    redirect = not r.error and 300 <= r.status < 400 and r.final_url not in ("", r.url)
     if r.kind == ROBOTS:
         if ok:
             return "robots"
+        if redirect:
+            return "robots_redirect" if hops < ROBOTS_REDIRECTS_MAX else "robots_none"
         if _transient(r):
             return "retry" if retries_left else "robots_unreachable"
         return "robots_none"
     if ok:
         return "page" if r.content_type in HTML_TYPES else "skip"
-    if not r.error and 300 <= r.status < 400 and r.final_url not in ("", r.url):
+    if redirect:
         return "redirect"
     if r.error == "too_large":
         return "skip"
@@ -649,7 +656,8 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
         return Transition(
             name,
             consume=[*answer, politeness(pl, domain=d), *extra],
-            guard=lambda r: verdict(r, p.max_attempts) == wanted,
+            # A robots.txt target's depth counts the redirects that led to it.
+            guard=lambda i, r: verdict(r, p.max_attempts, i.depth) == wanted,
             produce=[*produce, slot_back, planning],
             priority=3,
         )
@@ -746,6 +754,12 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
         )
 
     robots_results = [
+        # The rules found through a redirect, even on another host, are this domain's.
+        on(
+            "robots_redirected",
+            "robots_redirect",
+            targets.produce(lambda i, r: Target(i.domain, -1, r.final_url, ROBOTS, i.depth + 1, 0)),
+        ),
         robots_known("robots_fetched", "robots", lambda r: r.body),
         robots_known("robots_missing", "robots_none", ""),
         robots_known("robots_unreachable", "robots_unreachable", DISALLOW_ALL),

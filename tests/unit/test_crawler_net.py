@@ -78,16 +78,17 @@ class FakeWeb:
         n = self.served[fetch.url]
         if fetch.kind == ROBOTS:
             text = self.robots.get(fetch.domain, "User-agent: *\nDisallow: /private/\n")
+            moved = fetch.url in self.moved
             return Fetched(
                 fetch.domain,
                 fetch.url,
                 fetch.kind,
                 fetch.attempt,
-                200,
+                301 if moved else 200,
                 "",
-                fetch.url,
+                self.moved.get(fetch.url, fetch.url),
                 "text/plain",
-                text,
+                "" if moved else text,
                 started,
                 started + LATENCY_MS,
                 fetch.proxy,
@@ -398,6 +399,27 @@ def test_policy_and_parameters_are_checked() -> None:
     proxy: Any = net(delay_ms=5, proxies=["http://127.0.0.1:9"]).place("proxies").initial[0]
     assert proxy.url == "http://127.0.0.1:9"
     assert dataclasses.replace(CrawlPolicy(), delay_ms=7).gap_ms(20) == 30
+
+
+def test_robots_txt_redirects_are_followed_up_to_five_times() -> None:
+    """RFC 9309: the rules come from where robots.txt redirects (another host too), in
+    the context of the first domain; beyond five redirects robots.txt is unavailable
+    (allow all)."""
+    web = FakeWeb(hosts=2, pages=4)
+    web.robots["h0.test"] = "User-agent: *\nDisallow: /p/2\n"
+    web.moved["http://h0.test/robots.txt"] = "http://h1.test/rules/h0.txt"
+    chain = [f"http://h1.test/robots.txt{'?' * n}" for n in range(7)]
+    web.moved.update(zip(chain, chain[1:], strict=False))  # h1: six redirects, then...
+    web.robots["h1.test"] = "User-agent: *\nDisallow: /\n"  # ...rules never reached
+    result = crawl(CrawlPolicy(delay_ms=50), web, seeds=2)
+    fetched = [url for _d, url, _s in web.requests]
+    of_h0 = [url for domain, url, _s in web.requests if domain == "h0.test"]
+    assert of_h0[:2] == ["http://h0.test/robots.txt", "http://h1.test/rules/h0.txt"]
+    assert "http://h0.test/p/2" not in fetched  # h0's rules, found through the redirect
+    assert sum(url.startswith("http://h1.test/robots.txt") for url in fetched) == 6
+    assert "http://h1.test/p/3" in fetched  # six redirects: unavailable, allow all
+    skipped = Counter((t.domain, t.reason) for t in tokens(result.engine, "skipped"))
+    assert skipped[("h0.test", "robots")] >= 1
 
 
 def test_a_redirect_becomes_a_discovered_link() -> None:
