@@ -54,12 +54,8 @@ from cluster.client import ClusterClient, ShardClient
 from cluster.invariants import ShardSnapshot, check, slot_of_net
 from cluster.local import ClusterLayout, pid_running, process_args, run_cpn
 from nets.errors import CpnError
+from nets.scraper_sim import ScraperParams, initial_targets, scraper_net
 from router.table import PartitionTable
-
-try:  # another engineer moves the simulated decision net there
-    from nets.scraper_sim import ScraperParams, initial_targets, scraper_net
-except ImportError:  # pragma: no cover - the older layout
-    from nets.scraper import ScraperParams, initial_targets, scraper_net  # type: ignore[no-redef]
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 NET: Final = "bench.shard_nets:scraper_real_delays"
@@ -69,6 +65,18 @@ SAMPLE_S: Final = 0.5
 FIRST_FIRING_WAIT_S: Final = 5.0
 WORK_LEFT_MIN: Final = 0.05  # the chaos rate counts while more than this share waits
 PLACES: Final = ("targets", "in_flight", "done", "fail_log", "domains", "proxies")
+# A killed shard's recovery, step by step, from the marks in its statistics: the
+# supervisor sees the death and a standby takes over; the store is read back; the
+# socket is bound and the endpoint published; the router fences the new incarnation
+# (its answer, then the table at that epoch); the first firing.
+PHASES: Final = (
+    ("restart", "killed_ms", "started_ms"),
+    ("read store", "started_ms", "recovered_ms"),
+    ("bind", "recovered_ms", "serving_ms"),
+    ("router answers", "serving_ms", "fence_known_ms"),
+    ("table at epoch", "fence_known_ms", "fenced_ms"),
+    ("first firing", "fenced_ms", "first_fired_ms"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +142,7 @@ class Bench:
         }
         self.kills: list[str] = []
         self.recover_s: list[float] = []
+        self.phases_s: dict[str, list[float]] = {name: [] for name, _s, _e in PHASES}
         self.pids: set[int] = set()
         self.shards = SHARDS
         self.pending: dict[str, tuple[str, int]] = {}  # victim -> (endpoint, SIGKILL ms)
@@ -182,6 +191,12 @@ class Bench:
         if victim != "router":
             self.pending[victim] = (back[0], killed_ms)
 
+    def _phases(self, stats: dict[str, Any], killed_ms: int) -> None:
+        marks = {"killed_ms": killed_ms, **stats}
+        for name, start, end in PHASES:
+            if marks.get(start) and marks.get(end):
+                self.phases_s[name].append((marks[end] - marks[start]) / 1000)
+
     def resolve(self, victim: str, *, wait_s: float = 0.0) -> None:
         """Read a restarted shard's first firing (a shard with nothing to do does not
         fire within ``wait_s``: such a kill has no recovery time)."""
@@ -193,6 +208,7 @@ class Bench:
                     stats = shard.stats()
                     if stats["first_fired_ms"]:
                         self.recover_s.append((stats["first_fired_ms"] - killed_ms) / 1000)
+                        self._phases(stats, killed_ms)
                         return
                 if time.monotonic() >= deadline:
                     self.pending[victim] = (endpoint, killed_ms)
@@ -244,8 +260,8 @@ def _judge(client: ClusterClient, plan: Plan, seed: int, completed: bool) -> dic
     params = ScraperParams(
         domains=plan.domains, targets=plan.targets, proxies=plan.proxies, seed=seed
     )
-    urls = Counter()
-    domains = Counter()
+    urls: Counter[str] = Counter()
+    domains: Counter[str] = Counter()
     for snapshot in snapshots:
         m = snapshot.marking
         urls.update(t[2] for _time, t in m["targets"])
@@ -343,6 +359,15 @@ def run(plan: Plan, seed: int) -> dict[str, Any]:
         bench.down()
         shutil.rmtree(root, ignore_errors=True)
     recover = bench.recover_s or [0.0]
+    print(
+        "shard recovery by step, median / max s: "
+        + ", ".join(
+            f"{name} {statistics.median(s):.3f} / {max(s):.3f}"
+            for name, s in bench.phases_s.items()
+            if s
+        ),
+        file=sys.stderr,
+    )
     print(f"total {time.monotonic() - started:.1f} s", file=sys.stderr)
     return {
         "kills": len(bench.kills),

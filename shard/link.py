@@ -51,6 +51,11 @@ class Link:
         self.next_heartbeat_ms = 0
         self.table_wanted = True  # learn the peers' endpoints at start
         self.last_table_request_ms = -TABLE_REQUEST_MS
+        # The newest epoch the router said exists, and the one the last table request
+        # went out knowing: a request for a newer epoch goes at once (a restarted shard
+        # fires only once its table reaches the epoch the router fenced it at).
+        self.epoch_heard = 0
+        self.epoch_asked = 0
         self.last_table_ms = 0  # when the last table arrived
         self.loops = 0
         self.router_epoch = 0
@@ -71,6 +76,7 @@ class Link:
                 self.router_epoch = message.epoch
                 if message.epoch > self.exchange.table.epoch:
                     self.table_wanted = True
+                    self.epoch_heard = max(self.epoch_heard, message.epoch)
             elif isinstance(message, Table) and not self._same_cluster(message):
                 self.exchange.counters["tables_refused"] += 1
             elif isinstance(message, Table):
@@ -85,6 +91,7 @@ class Link:
             elif isinstance(message, MoveOrders) and self.mover is not None:
                 if self.mover.orders(message, now_ms):
                     self.table_wanted = True
+                    self.epoch_heard = max(self.epoch_heard, message.epoch)
             elif isinstance(message, SlotShipment) and self.mover is not None:
                 self.mover.shipment(message)
             elif isinstance(message, PoolAnswer):
@@ -132,8 +139,10 @@ class Link:
             and self.exchange.outbox.pending_tokens()
         ):
             self.table_wanted = True
-        if self.table_wanted and now_ms >= self.last_table_request_ms + TABLE_REQUEST_MS:
+        newer = self.epoch_heard > self.epoch_asked
+        if self.table_wanted and (newer or now_ms >= self.last_table_request_ms + TABLE_REQUEST_MS):
             self.last_table_request_ms = now_ms
+            self.epoch_asked = self.epoch_heard
             self.peers.send(ROUTER, encode(GetTable(), message_id=0, incarnation=self.incarnation))
 
     def _same_cluster(self, table: Table) -> bool:

@@ -78,7 +78,11 @@ class Mover:
         self.next_pool_give_ms = 0
         self.fetch_asked_ms: dict[int, int] = {}  # move id -> when its shipment was asked
         self.stage_orders: dict[int, Order] = {}  # move id -> a stage order waiting
-        self.first_fired_ms = 0  # wall clock ms of the first firing once fenced
+        # Wall-clock ms of this incarnation's recovery steps (0: not yet): the router's
+        # first answer (its fence epoch), the first batch allowed to fire, the first firing.
+        self.fence_known_ms = 0
+        self.fenced_ms = 0
+        self.first_fired_ms = 0
         self.counters: Counter[str] = Counter()
 
     # -- fencing ------------------------------------------------------------------------
@@ -89,6 +93,14 @@ class Mover:
         if not self.shard.config.router:
             return True
         return 0 < self.fence_epoch <= self.shard.exchange.table.epoch
+
+    def may_fire(self) -> bool:
+        """:meth:`fenced`, noting when it first holds (a recovery step)."""
+        if not self.fenced():
+            return False
+        if not self.fenced_ms:
+            self.fenced_ms = time.time_ns() // 1_000_000
+        return True
 
     def fired(self, count: int) -> None:
         if count and not self.first_fired_ms:
@@ -102,6 +114,8 @@ class Mover:
         if message.members != exchange.members:
             exchange.members = message.members
         self.fence_epoch = message.fence_epoch
+        if message.fence_epoch and not self.fence_known_ms:
+            self.fence_known_ms = time.time_ns() // 1_000_000
         self.table_wanted = message.epoch > exchange.table.epoch
         self.busy = bool(message.orders)
         for order in message.orders:
@@ -359,6 +373,8 @@ class Mover:
         return {
             "fence_epoch": self.fence_epoch,
             "fenced": self.fenced(),
+            "fence_known_ms": self.fence_known_ms,
+            "fenced_ms": self.fenced_ms,
             "first_fired_ms": self.first_fired_ms,
             "moves": dict(self.counters),
         }

@@ -149,6 +149,9 @@ class Shard:
     """The shard's state and its request handlers (see the module docstring)."""
 
     def __init__(self, config: ShardConfig) -> None:
+        # Recovery steps, wall-clock ms (statistics): this process began building the
+        # shard, read its store back (and later, in Mover, was fenced and fired).
+        self.started_ms = time.time_ns() // 1_000_000
         self.config = config
         base = load_net(config.net_path, seed=config.seed, params=config.params)
         self.net: Net
@@ -177,6 +180,8 @@ class Shard:
         self.sender_incarnations: dict[int, int] = {}  # the newest each peer spoke as
         self.mover = Mover(self)  # slot moves and fencing (shard/mover.py)
         self._recover()
+        self.recovered_ms = time.time_ns() // 1_000_000
+        self.serving_ms = 0  # set once the socket is bound and the endpoint published
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -596,6 +601,9 @@ class Shard:
         return {
             "net": self.net.name,
             "incarnation": self.incarnation,
+            "started_ms": self.started_ms,
+            "recovered_ms": self.recovered_ms,
+            "serving_ms": self.serving_ms,
             "now_ms": self.engine.now,
             "firings": dict(stats.firings),
             "tokens": dict(stats.tokens),
@@ -628,7 +636,7 @@ class Shard:
         only after the commit) and up to ``BATCH_MS_MAX_IDLE`` otherwise: a longer batch
         lets more tokens be produced and consumed within it, which never reach LMDB.
         """
-        if self.read_only_reason is not None or not self.mover.fenced():
+        if self.read_only_reason is not None or not self.mover.may_fire():
             return 0
         now = self.clock.now_ms()
         fired = 0
@@ -755,6 +763,7 @@ def serve(config: ShardConfig) -> None:
     if gatekeeper is not None:
         gatekeeper.watch(socket)
     publish_endpoint(config.data_dir, endpoint)
+    shard.serving_ms = time.time_ns() // 1_000_000
     log.info(
         "shard of net %r serving on %s (incarnation %d, durability %s, pid %d)",
         shard.net.name,
