@@ -402,6 +402,9 @@ class Router:
                 f"{view.incarnation}; its report is not believed",
             )
         coordinator.incarnation(report.shard_id, incarnation)
+        # Once a newer incarnation spoke (a report, or a heartbeat), the older is not
+        # believed: the report may fence the new one before its first heartbeat came.
+        view.incarnation = incarnation
         coordinator.report(
             report.shard_id,
             report.answers,
