@@ -263,14 +263,16 @@ def start_router(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     wait: bool = True,
+    standby: Standby | None = None,
 ) -> ShardProcess:
-    """Start ``cpn router`` on ``data_dir`` and (by default) wait until it serves.
+    """Start ``cpn router`` on ``data_dir`` and (by default) wait until it serves;
+    ``standby`` as for :func:`start_shard`.
 
     Raises:
         CpnError: as :func:`start_shard`.
     """
     options = ("--net", net, "--shards", str(shards), "--bind", bind, *extra_args)
-    return _start("router", data_dir, options, env=env, wait=wait)
+    return _start("router", data_dir, options, env=env, wait=wait, standby=standby)
 
 
 class Standby:

@@ -43,6 +43,7 @@ import fcntl
 import functools
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -389,8 +390,11 @@ class Supervisor:
         self._status_router_pid = 0
         # Since when the current router answers (None: it does not, or just restarted).
         self._router_answers_since_s: float | None = None
-        # A spare interpreter per shard, warm for its next restart (cluster/standby.py).
+        # A spare interpreter per shard and for the router, warm for its next restart
+        # (cluster/standby.py).
         self._standbys: dict[int, Standby] = {}
+        self._router_standby: Standby | None = None
+        self._wake_read = -1  # a signal (SIGCHLD: a child died) wakes the loop's wait
         self.router = Child("router", self._start_router)
         self.shards = [
             Child(f"shard {k}", functools.partial(self._start_shard, k))
@@ -399,15 +403,20 @@ class Supervisor:
 
     def _start_router(self, bind: str) -> ShardProcess:
         extra = ("--seed", str(self.config.seed), *net_param_args(self.config.params))
-        return start_router(
-            self.config.net,
-            self.layout.router_dir,
-            shards=self.config.first_shards,
-            bind=bind,
-            extra_args=extra,
-            env=self.env,
-            wait=False,
-        )
+        spare, self._router_standby = self._router_standby, None
+        try:
+            return start_router(
+                self.config.net,
+                self.layout.router_dir,
+                shards=self.config.first_shards,
+                bind=bind,
+                extra_args=extra,
+                env=self.env,
+                wait=False,
+                standby=spare,
+            )
+        finally:
+            self._router_standby = Standby("router", self.layout.router_dir, self.env)
 
     def _start_shard(self, shard_id: int, bind: str) -> ShardProcess:
         extra = (
@@ -454,6 +463,7 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        self._wake_on_signals()
         log.info(
             "supervising net %r with %d shards in %s (pid %d)",
             self.config.net,
@@ -477,7 +487,7 @@ class Supervisor:
                 if self.stuck_timeout_s > 0 and time.monotonic() >= self._status_next_s:
                     self._status_next_s = time.monotonic() + STATUS_POLL_S
                     self._kill_stuck_shards()
-                time.sleep(TICK_S)
+                self._wait_tick()
         except CpnError as exc:
             log.error("giving up: %s", exc)
             raise
@@ -486,12 +496,42 @@ class Supervisor:
                 self._status_client.close()
             for standby in self._standbys.values():
                 standby.close()
+            if self._router_standby is not None:
+                self._router_standby.close()
+            if self._wake_read >= 0:
+                with contextlib.suppress(ValueError):
+                    os.close(signal.set_wakeup_fd(-1))
+                os.close(self._wake_read)
             children = [c.handle for c in (*self.shards, self.router) if c.handle is not None]
             stop_all(children, timeout_s=STOP_TIMEOUT_S)
             with contextlib.suppress(FileNotFoundError):
                 self.layout.supervisor_pid_file.unlink()
             os.close(lock_fd)
             log.info("supervisor stopped")
+
+    def _wake_on_signals(self) -> None:
+        """Let a signal end the loop's wait at once: SIGCHLD when a child dies (its
+        restart then begins within milliseconds, not up to a tick later), SIGTERM."""
+        try:
+            read_fd, write_fd = os.pipe()
+            os.set_blocking(read_fd, False)
+            os.set_blocking(write_fd, False)
+            signal.set_wakeup_fd(write_fd)
+        except (OSError, ValueError):  # not the main thread: the loop ticks as before
+            return
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)  # the fd is written
+        self._wake_read = read_fd
+
+    def _wait_tick(self) -> None:
+        """Wait ``TICK_S``, or less if a signal arrives (see :meth:`_wake_on_signals`)."""
+        if self._wake_read < 0:
+            time.sleep(TICK_S)
+            return
+        ready, _, _ = select.select([self._wake_read], [], [], TICK_S)
+        if ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_read, 512):
+                    pass
 
     def _check(self, child: Child, fallback_bind: str) -> None:
         now = time.monotonic()
