@@ -103,7 +103,7 @@ class AsyncShardClient:
             if reply is not None:
                 return expected_reply(reply, expect, self.endpoint)
             self.close()
-        raise unanswered("shard", self.endpoint, message, self.timeout_ms, self.retries)
+        raise unanswered("shard", self.endpoint, message, self.timeout_ms + wait_ms, self.retries)
 
     @staticmethod
     async def _wait(socket: zmq.asyncio.Socket, message_id: int, timeout_ms: int) -> Message | None:

@@ -268,7 +268,7 @@ class ShardClient(ClosedOnExit):
                 self._drop_socket()
                 continue
             return expected_reply(reply, expect, self.endpoint)
-        raise unanswered(self.role, self.endpoint, message, self.timeout_ms, self.retries)
+        raise unanswered(self.role, self.endpoint, message, self.timeout_ms + wait_ms, self.retries)
 
     def _wait(self, message_id: int, timeout_ms: int) -> Message | None:
         assert self._socket is not None

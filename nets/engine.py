@@ -467,7 +467,8 @@ class Engine:
         return found
 
     def has_available(self, place: str) -> bool:
-        """Whether ``place`` has an available token (cheap: no entry is looked at)."""
+        """Whether ``place`` has an available token (for a timed place, as work queues
+        are, no entry is looked at: its index holds only due tokens)."""
         store = self._store(place)
         if store.timed:  # a timed place indexes only tokens that are due
             return bool(store.primary.buckets)

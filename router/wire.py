@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Final
 from nets.codec import CodecError, pack, unpack
 from nets.errors import CpnError
 
-# 2: Lease.wait_ms (long polls); Table and Heartbeat carry the cluster id.
+# 2: Lease.wait_ms (long polls).
 PROTOCOL_VERSION: Final = 2
 FRAME_BYTES_MAX: Final = 4 * 1024 * 1024
 TOKENS_PER_MESSAGE_MAX: Final = 100_000

@@ -82,7 +82,7 @@ from shard.exchange import Exchange, HandoffRefused
 from shard.leases import WorkQueue, with_work_queues
 from shard.link import Link
 from shard.mover import Mover
-from shard.parked import ParkedLease, ParkedLeases
+from shard.parked import LongPolls
 from shard.peers import Peers
 from shard.store import MAP_SIZE_BYTES_INITIAL, Batch, Durability, Store, StoreError
 
@@ -160,7 +160,7 @@ class Shard:
             place.name for queue in self.queues.values() for place in (queue.held, queue.timer)
         }
         self.queue_of_held = {queue.held.name: queue for queue in self.queues.values()}
-        self.parked = ParkedLeases()  # lease requests waiting for work (long polls)
+        self.polls = LongPolls(self)  # lease requests waiting for work (shard/parked.py)
         self.store = Store(
             config.data_dir,
             net=self.net,
@@ -251,14 +251,14 @@ class Shard:
             for index, token in enumerate(place.initial):
                 if place.pool:
                     if index % count == me:
-                        self._add(place.name, token, self.engine.now)
+                        self.add(place.name, token, self.engine.now)
                 elif self.exchange.owns(place, token):
-                    self._add(place.name, token, self.engine.now)
+                    self.add(place.name, token, self.engine.now)
 
     def _emit(self, place: str, token: Token, time_ms: int) -> None:
         """A token the shell produces (a completion's result): here, or handed off."""
         if self.exchange.owns(self.net.place(place), token):
-            self._add(place, token, time_ms)
+            self.add(place, token, time_ms)
         else:
             self.exports.append((place, time_ms, token))
 
@@ -284,11 +284,13 @@ class Shard:
                 if place.endswith("__held"):
                     self.leases.pop(token[0], None)  # the lease id; its work is back
 
-    def _add(self, place: str, token: Token, time_ms: int) -> None:
+    def add(self, place: str, token: Token, time_ms: int) -> None:
+        """Add an entry to the engine and to the batch (committed with it)."""
         self.engine.add(place, token, time=time_ms)
         self.batch.add(place, time_ms, token)
 
-    def _remove(self, place: str, token: Token, time_ms: int) -> None:
+    def remove(self, place: str, token: Token, time_ms: int) -> None:
+        """Take an available entry out of the engine and the batch."""
         self.engine.remove(place, token, time=time_ms)
         self.batch.remove(place, time_ms, token)
 
@@ -305,10 +307,9 @@ class Shard:
             duplicate = self._duplicate(message.client_id, message.request_seq)
             if duplicate is not None:
                 return duplicate
-            if self.parked.drop(message.client_id) is not None:
-                # The client asked again (it gave up waiting): only its newest request
-                # is answered, so the client table never goes back to an older one.
-                self.counters["leases_parked_dropped"] += 1
+            # The client asked again (it gave up waiting): only its newest request is
+            # answered, so the client table never goes back to an older one.
+            self.polls.drop(message.client_id)
             if self.read_only_reason is not None:
                 raise RequestError("store_unavailable", self.read_only_reason)
         if isinstance(message, Handoff):
@@ -413,7 +414,7 @@ class Shard:
         at = self.engine.now + put.delay_ms
         for token in tokens:
             if self.exchange.owns(place, token):
-                self._add(put.place, token, at)
+                self.add(put.place, token, at)
             else:
                 self.exports.append((put.place, at, token))
         return self._remember(
@@ -444,51 +445,16 @@ class Shard:
                 f"a lease needs 0 < max_tokens <= {LEASE_TOKENS_MAX}, "
                 f"0 < lease_ms <= {DURATION_MS_MAX} and 0 <= wait_ms <= {LEASE_WAIT_MS_MAX}",
             )
-        if lease.wait_ms and not self.engine.has_available(lease.place):
+        if lease.wait_ms and self.polls.can_park() and not self.engine.has_available(lease.place):
             return None
-        return self._grant(lease)
-
-    def park(self, peer: bytes, lease: Lease, message_id: int) -> None:
-        """Let ``lease`` wait for work (``_lease`` found none) until its ``wait_ms``."""
-        self.parked.park(ParkedLease(peer, message_id, lease, self.engine.now + lease.wait_ms))
-        self.counters["leases_parked"] += 1
-
-    def answer_parked(self) -> list[tuple[bytes, Message, int]]:
-        """Grant the parked leases that have work now or waited long enough (this batch)."""
-        if not len(self.parked):
-            return []
-        if self.read_only_reason is not None:
-            reason = self.read_only_reason
-            return [
-                (p.peer, Error("store_unavailable", reason), p.message_id)
-                for p in self.parked.take_all()
-            ]
-        has_work = (lambda _place: False) if self.stopping else self.engine.has_available
-        return self.parked.answer(
-            self.engine.now, has_work, lambda p: (p.peer, self._grant(p.lease), p.message_id)
-        )
-
-    def take_back(self, leased: Leased) -> None:
-        """Put a lease's tokens back in their queue: its reply could not be sent (the
-        worker is gone), so no one works on them. A repeat of the request gets none."""
-        held = self.leases.pop(leased.lease_id, None)
-        if held is None:
-            return
-        for place, time_ms, token in held:
-            if not self.engine.holds(place, token, time=time_ms):
-                continue  # expired meanwhile: its expiry put it back already
-            self._remove(place, token, time_ms)
-            queue = self.queue_of_held[place]
-            self._add(queue.queue.name, queue.original(token), self.engine.now)
-        # Its timers are spent when they come due (their held tokens are gone).
-        self.counters["leases_taken_back"] += 1
-        self.more_enabled = True  # offer the work again at once
+        return self.grant(lease)
 
     def _live(self, lease_id: str) -> bool:
         held = self.leases.get(lease_id)
         return held is not None and all(self.engine.holds(p, tok, time=t) for p, t, tok in held)
 
-    def _grant(self, lease: Lease) -> Message:
+    def grant(self, lease: Lease) -> Message:
+        """Lease up to ``max_tokens`` available tokens (maybe none) in this batch."""
         queue = self.queues[lease.place]
         now = self.engine.now
         self._lease_seq += 1
@@ -497,10 +463,10 @@ class Shard:
         taken = self.engine.available(lease.place, lease.max_tokens)
         held_entries = []
         for index, (time_ms, token) in enumerate(taken):
-            self._remove(lease.place, token, time_ms)
+            self.remove(lease.place, token, time_ms)
             held = queue.held_token(lease_id, index, token)
-            self._add(queue.held.name, held, now)
-            self._add(queue.timer.name, queue.timer_token(lease_id, index, token), expires)
+            self.add(queue.held.name, held, now)
+            self.add(queue.timer.name, queue.timer_token(lease_id, index, token), expires)
             held_entries.append((queue.held.name, now, held))
         if held_entries:
             self.leases[lease_id] = held_entries
@@ -525,7 +491,7 @@ class Shard:
             for token in self._tokens_of(place, (fields,))
         ]
         for place, time_ms, token in held:
-            self._remove(place, token, time_ms)
+            self.remove(place, token, time_ms)
         for place, token in results:
             self._emit(place, token, self.engine.now)
         del self.leases[complete.lease_id]
@@ -571,7 +537,7 @@ class Shard:
         count = self.exchange.pool_to_give(self.engine, place, max(0, message.count))
         given = []
         for time_ms, token in self.engine.available(place.name, count):
-            self._remove(place.name, token, time_ms)
+            self.remove(place.name, token, time_ms)
             given.append((place.name, time_ms, token))
         self.exchange.export_pool(given, message.sender, self.batch)
         self.counters["pool_tokens_given"] += len(given)
@@ -714,7 +680,9 @@ class Shard:
     def timeout_ms(self) -> int:
         if self.more_enabled:
             return 0  # the last batch stopped at a bound: go on at once
-        deadlines = [d for d in (self.engine.next_deadline(), self.parked.next_deadline_ms()) if d]
+        deadlines = [
+            d for d in (self.engine.next_deadline(), self.polls.next_deadline_ms()) if d is not None
+        ]
         if not deadlines:
             return IDLE_WAKE_MS
         return max(0, min(IDLE_WAKE_MS, min(deadlines) - self.clock.now_ms()))
@@ -806,9 +774,10 @@ def serve(config: ShardConfig) -> None:
                 link.take_replies(shard.engine.now, shard.batch)
                 shard.loop_back()
             replies = _receive(shard, socket, held, limits)
-            fired = shard.fire_due(_requests_waiting(socket, held, peers, answering=bool(replies)))
+            waiting = _requests_waiting(socket, held, peers, shard, answering=bool(replies))
+            fired = shard.fire_due(waiting)
             shard.mover.fired(fired)
-            replies += shard.answer_parked()
+            replies += shard.polls.answer()
             if not shard.commit():
                 replies = [
                     (peer, Error("store_unavailable", shard.read_only_reason or ""), mid)
@@ -816,10 +785,8 @@ def serve(config: ShardConfig) -> None:
                     else (peer, reply, mid)
                     for peer, reply, mid in replies
                 ]
-            for peer, reply, message_id in replies:
-                sent = _send(shard, socket, peer, reply, message_id)
-                if not sent and isinstance(reply, Leased) and reply.entries:
-                    shard.take_back(reply)  # committed with the next batch
+            outcomes = [(reply, _send(shard, socket, *reply)) for reply in replies]
+            shard.polls.sent(outcomes)  # undelivered leases go back (the next batch)
             if link is not None:
                 link.send_after_commit(shard.engine.now, shard.engine, shard.progress())
     finally:
@@ -859,7 +826,12 @@ READ_ONLY_REQUESTS: Final = (QueryCounts, QueryTokens, Stats, Ping)
 
 
 def _requests_waiting(
-    socket: zmq.Socket[bytes], held: deque[list[bytes]], peers: Peers, *, answering: bool
+    socket: zmq.Socket[bytes],
+    held: deque[list[bytes]],
+    peers: Peers,
+    shard: Shard,
+    *,
+    answering: bool,
 ) -> Callable[[], bool]:
     """Whether a request needs the batch to end soon.
 
@@ -868,11 +840,12 @@ def _requests_waiting(
     are taken off the socket into ``held`` and answered after the commit, whenever the
     batch ends, so the polling of a monitor does not cut batches short. A peer's
     answer does too: an acknowledgement opens the handoff window, and a receiver
-    waits for what it lets this shard send.
+    waits for what it lets this shard send. So does a parked lease whose queue has work
+    now (it is granted after the batch, and a fetch's start may be near).
     """
 
     def waiting() -> bool:
-        if answering or peers.readable():
+        if answering or peers.readable() or shard.polls.work_waits():
             return True
         while len(held) < REQUESTS_PER_BATCH_MAX:
             try:
@@ -903,7 +876,11 @@ def _receive(
 ) -> list[tuple[bytes, Message, int]]:
     """Handle the requests taken off the socket during the last batch, then new ones."""
     replies: list[tuple[bytes, Message, int]] = []
-    while len(replies) < REQUESTS_PER_BATCH_MAX and shard.handed_in < HANDOFF_TOKENS_PER_BATCH_MAX:
+    parked = 0  # requests that wait for work count towards the batch's requests too
+    while (
+        len(replies) + parked < REQUESTS_PER_BATCH_MAX
+        and shard.handed_in < HANDOFF_TOKENS_PER_BATCH_MAX
+    ):
         if held:
             frames = held.popleft()
         else:
@@ -926,7 +903,8 @@ def _receive(
             reply = shard.handle(envelope)
             if reply is None:  # a lease that waits for work: answered when it comes
                 assert isinstance(envelope.message, Lease)
-                shard.park(peer, envelope.message, message_id)
+                shard.polls.park(peer, envelope.message, message_id)
+                parked += 1
                 continue
         except WireFormatError as exc:
             message_id = exc.message_id

@@ -293,6 +293,8 @@ class StoreMachine(RuleBasedStateMachine):
             reply = decode(known[1]).message
             if isinstance(reply, PutAck | Completed):
                 reply = dataclasses.replace(reply, duplicate=True)
+            elif isinstance(reply, Leased) and reply.entries and not self._live(reply.lease_id):
+                reply = dataclasses.replace(reply, entries=())  # its tokens may be leased anew
             return reply
         if isinstance(message, Put):
             return self._model_put(message)
@@ -344,6 +346,10 @@ class StoreMachine(RuleBasedStateMachine):
         entries = tuple((t, tuple(tok)) for t, tok in taken)
         reply = Leased(lease.request_seq, lease_id, expires, entries)
         return self._remember(lease.client_id, lease.request_seq, reply)
+
+    def _live(self, lease_id: str) -> bool:
+        held = self.leases.get(lease_id)
+        return held is not None and all(self.model.holds(p, tok, time=t) for p, t, tok in held)
 
     def _model_complete(self, complete: Complete) -> Outcome:
         held = self.leases.get(complete.lease_id)

@@ -1,10 +1,15 @@
-"""Parked lease requests (shard/parked.py) and the fetch worker's lease rule: pure parts."""
+"""Parked lease requests (shard/parked.py): the pure bookkeeping."""
 
 from __future__ import annotations
 
-from cluster.crawl_worker import LEASE_END_MARGIN_MS, _within_lease
-from router.wire import Lease
+from pathlib import Path
+
+from router.wire import Lease, Leased, Message, Put, decode, encode
 from shard.parked import ParkedLease, ParkedLeases
+from shard.process import Shard, ShardConfig
+from shard.store import Durability
+
+JOBS = "tests.nets_for_tests:jobs"
 
 
 def _parked(client: str, place: str = "work", deadline_ms: int = 1_000) -> ParkedLease:
@@ -43,10 +48,30 @@ def test_a_client_keeps_one_parked_lease_its_newest() -> None:
     assert [p.lease.client_id for p in parked.take_all()] == ["a"]
 
 
-def test_a_fetch_is_never_sent_near_its_leases_end() -> None:
-    fetch = ("d", "http://d/", "page", 0, 1, "direct000", "", 10_000, 1_000)
-    assert _within_lease(fetch, 60_000) == fetch  # far from the end: as the net decided
-    cut = _within_lease(fetch, 10_000 + LEASE_END_MARGIN_MS + 300)
-    assert cut == (*fetch[:8], 300)
-    # A lease that ends too soon after the start: the limit is before it, refused late.
-    assert _within_lease(fetch, 10_500)[8] == -500
+def test_a_lease_is_taken_back_only_if_no_reply_of_the_batch_delivered_it(tmp_path: Path) -> None:
+    """A client that timed out asks again from a new socket; both copies are handled in
+    one batch. The reply to the old socket cannot be sent, the repeat's can: the lease
+    stands (taking it back would hand its tokens to two workers). Undelivered both
+    times: the tokens go back to the queue at once."""
+    shard = Shard(ShardConfig(JOBS, tmp_path / "shard", durability=Durability.PROCESS))
+    try:
+
+        def handle(message: Message, message_id: int) -> Message | None:
+            return shard.handle(decode(encode(message, message_id=message_id)))
+
+        handle(Put("putter", 1, "work", (("q", "job1", 1), ("q", "job2", 2)), 0), 1)
+        shard.commit()
+        for seq, delivered in ((1, True), (2, False)):
+            lease = Lease("worker", seq, "work", 1, 60_000, 0)
+            first, repeat = handle(lease, 2), handle(lease, 3)
+            assert isinstance(first, Leased) and first == repeat and first.entries
+            shard.commit()
+            shard.polls.sent([((b"old", first, 2), False), ((b"new", repeat, 3), delivered)])
+            shard.commit()
+            # The first lease (delivered by its repeat) still holds job1; the second,
+            # delivered by neither reply, is taken back.
+            assert shard.engine.count("work__held") == 1
+        assert shard.counters["leases_taken_back"] == 1
+        assert [tok.job_id for _t, tok in shard.engine.tokens("work")] == ["job2"]
+    finally:
+        shard.store.close()
