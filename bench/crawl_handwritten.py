@@ -316,8 +316,9 @@ class HandwrittenCrawler:
         ok = not error and 200 <= status < 300
         transient = error in TRANSIENT_ERRORS if error else status >= 500 or status in {408, 429}
         redirect = not error and 300 <= status < 400 and final_url not in ("", url)
-        if kind == ROBOTS and redirect and target.depth < ROBOTS_REDIRECTS_MAX:
-            # Up to five redirects (RFC 9309); the rules found are this domain's.
+        same_host = redirect and domain_of(final_url) == state.name
+        if kind == ROBOTS and same_host and target.depth < ROBOTS_REDIRECTS_MAX:
+            # Up to five redirects on the host (RFC 9309); the rules found are its own.
             heapq.heappush(state.targets, Target(-1, final_url, ROBOTS, target.depth + 1, 0))
         elif transient and attempt + 1 < p.max_attempts:
             self._counts["retries"] += 1

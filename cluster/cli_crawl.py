@@ -250,14 +250,21 @@ def worker(
     params = dict(parse_net_param(text) for text in net_params)
     timeout_s = timeout_ms / 1000
     from cluster.crawl_fetch import FetchSettings  # noqa: PLC0415 - see WORKER_ROLES
-    from cluster.crawl_worker import WorkerConfig, run_worker  # noqa: PLC0415
+    from cluster.crawl_worker import (  # noqa: PLC0415
+        FETCH_LEASE_SLACK_MS,
+        WorkerConfig,
+        run_worker,
+    )
 
     config = WorkerConfig(
         role=role,
         data_dir=data_dir,
         out=out,
         concurrency=concurrency or 0,
-        lease_ms=max(lease_ms, 2 * timeout_ms + 1_000) if role == "fetch" else lease_ms,
+        # A fetch lease covers the fetch's deadline (twice its timeout), see _within_lease.
+        lease_ms=max(lease_ms, 2 * timeout_ms + FETCH_LEASE_SLACK_MS)
+        if role == "fetch"
+        else lease_ms,
         timings=timings,
         fetch=FetchSettings(timeout_s=timeout_s, connect_timeout_s=min(timeout_s, 5.0)),
         durable=not no_fsync,

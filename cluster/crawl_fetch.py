@@ -209,9 +209,11 @@ class Fetcher:
         surplus = len(self._routes) - ROUTES_IDLE_MAX
         if surplus <= 0:
             return
+        # Taken out before the first await: meanwhile another fetch may look for a route
+        # (it makes a new one) or close routes too (it finds these gone).
         idle = [key for key, route in self._routes.items() if not route.requests][:surplus]
-        for key in idle:
-            route = self._routes.pop(key)
+        closing = [self._routes.pop(key) for key in idle]
+        for route in closing:
             await route.client.aclose()
 
     def prepare(self, proxy_urls: Sequence[str]) -> None:

@@ -20,7 +20,7 @@ Theory of operation:
   request in flight on a client of its own (a shard orders a client's requests).
 * **Long polls.** A lease asks the shard to wait for work (``LEASE_WAIT_MS``) when it
   has none: the shard answers the moment a firing puts tokens in the queue, so work is
-  leased within a round trip of being decided, and an idle worker costs nothing.
+  leased within a round trip of being decided, and an idle worker asks once a second.
   ``POLLS_PER_SHARD`` polls wait at once per shard (four for fetch workers, whose
   leases carry one token each: a burst of fetches decided in one batch is leased at
   once).
@@ -74,8 +74,12 @@ CONCURRENCY_DEFAULT: Final = {"fetch": 32, "parse": 1, "store": 1}
 LEASE_WAIT_MS: Final = 1_000  # how long a shard holds a lease request that finds no work
 ERROR_WAIT_MS: Final = 100  # after a failed lease request, before the next
 REQUEST_TIMEOUT_MS: Final = 1_500
-# A fetch is sent no later than this before its lease ends (see _within_lease).
+# A fetch's answer (or its timeout) comes at least this long before its lease ends,
+# so that its result is completed in time (see _within_lease).
 LEASE_END_MARGIN_MS: Final = 1_000
+# A fetch lease outlasts the fetch's deadline (twice its timeout) by at least this: the
+# lead of its decision, its late limit and the margin above.
+FETCH_LEASE_SLACK_MS: Final = 5_000
 FETCH_START_AT: Final = 7  # Fetch(domain, url, kind, depth, attempt, proxy, proxy_url,
 FETCH_LATE: Final = 8  #       start_at_ms, late_ms): the fields the lease rule reads
 REQUEST_RETRIES: Final = 1
@@ -251,6 +255,7 @@ class Worker:
         self._fetcher: Fetcher | None = None
         self._timings: IO[str] | None = None
         self._store: PageStore | None = None
+        self._fetch_deadline_ms = int(config.fetch.timeout_s * 2 * 1000)  # see Fetcher.fetch
         self._fault = os.environ.get(FAULT_ENV, "")
         self._store_delay_s = int(os.environ.get(SLOW_STORE_ENV, "0") or 0) / 1000
         self._handler: Handler = {
@@ -265,7 +270,7 @@ class Worker:
         assert self._fetcher is not None
         results: list[tuple[str, Any]] = []
         for _time_ms, fetch in leased.entries:
-            job = _within_lease(fetch, leased.expires_at_ms)
+            job = _within_lease(fetch, leased.expires_at_ms, self._fetch_deadline_ms)
             outcome = await self._fetcher.fetch(job)
             self.counters["late" if outcome.timing is None else "sent"] += 1
             if outcome.timing is not None and self._timings is not None:
@@ -339,6 +344,11 @@ class Worker:
             for _ in range(POLLS_PER_SHARD[role])
         ]
         if self.config.ready_file is not None:
+            # Ready once the shards are known (the table is cached: every poll's lease
+            # goes out at once), or the router did not answer and the polls will retry.
+            for shard_id in range(self.shards):
+                with contextlib.suppress(CpnError):
+                    await endpoints.endpoint(shard_id)
             self.config.ready_file.touch()
         try:
             await self.stopping.wait()
@@ -404,6 +414,9 @@ class Worker:
             # Not completed: the lease expires and its tokens are leased again.
             self.counters["work_errors"] += 1
             log.warning("shard %d lease %s: %s", lane.shard_id, leased.lease_id, exc)
+        except Exception:  # a bug must not end a task silently; the lease expires
+            self.counters["work_failed"] += 1
+            log.exception("shard %d lease %s failed", lane.shard_id, leased.lease_id)
         finally:
             slots.release()
 
@@ -435,14 +448,17 @@ class Worker:
                 await asyncio.sleep(COMPLETE_RETRY_MS / 1000)
 
 
-def _within_lease(fetch: tuple[Any, ...], expires_at_ms: int) -> tuple[Any, ...]:
-    """``fetch`` with its late limit cut so that it is never sent near its lease's end.
+def _within_lease(fetch: tuple[Any, ...], expires_at_ms: int, deadline_ms: int) -> tuple[Any, ...]:
+    """``fetch`` with its late limit cut so that its answer comes within its lease.
 
-    An expired lease's fetch is leased again, and the next worker sends it: the first
-    must not send it too (two requests at once at a host), however stalled it was.
+    A fetch sent no later than ``deadline_ms`` (the fetch's own deadline) plus a margin
+    before its lease ends is answered, or given up, while the lease holds: its result
+    reaches the net, and with it the answer the domain's next start waits for. An
+    expired lease's fetch is leased again and refused as late by the next worker, so
+    a stalled worker must not send it either: two requests at once at a host.
     """
     start_at_ms, late_ms = fetch[FETCH_START_AT], fetch[FETCH_LATE]
-    latest_ms = expires_at_ms - LEASE_END_MARGIN_MS
+    latest_ms = expires_at_ms - deadline_ms - LEASE_END_MARGIN_MS
     if start_at_ms + late_ms <= latest_ms:
         return fetch
     # Negative when even the start is too close to the end: the fetcher refuses it.

@@ -32,8 +32,9 @@ worker's request goes out a little late instead of being refused and re-planned.
 error, 5xx, 429) is logged in ``fail_log`` and retried with exponential backoff until
 ``max_attempts``; a 4xx is final; a non-HTML or oversized answer is skipped; a redirect's
 target becomes a discovered link; a late refusal goes back to the targets without counting
-an attempt. A robots.txt that redirects is fetched where it points (up to five redirects,
-RFC 9309; its rules are the first domain's), then counts as unavailable: allow all.
+an attempt. A robots.txt that redirects on its own host is fetched where it points (up
+to five redirects, RFC 9309); a redirect to another host, or a sixth, counts as no
+robots.txt (allow all): that host's requests are its own clock's to space.
 
 **Pipeline** ``raw_html -> parse_queue -> parsed -> validated -> store_queue -> stored``.
 Every stage has a capacity (per shard), so a slow stage backs up into the one before it,
@@ -390,8 +391,9 @@ def verdict(r: Fetched, max_attempts: int, hops: int = 0) -> str:
     where it points), ``retry``, ``give_up``, ``final``,
     and for robots.txt ``robots`` (rules), ``robots_none`` (allow all),
     ``robots_unreachable`` (disallow all) or ``robots_redirect`` (fetch ``final_url``
-    for the rules: RFC 9309 follows up to ``ROBOTS_REDIRECTS_MAX`` redirects, ``hops``
-    so far, then treats robots.txt as unavailable: allow all).
+    for the rules: up to ``ROBOTS_REDIRECTS_MAX`` redirects, ``hops`` so far, as RFC 9309
+    asks, but on the same host only: a request to another host would escape that host's
+    politeness clock; past them robots.txt counts as unavailable: allow all).
     """
     if r.error == "late":
         return "late"
@@ -402,7 +404,9 @@ def verdict(r: Fetched, max_attempts: int, hops: int = 0) -> str:
         if ok:
             return "robots"
         if redirect:
-            return "robots_redirect" if hops < ROBOTS_REDIRECTS_MAX else "robots_none"
+            # Another host's requests are spaced by that host's clock, not this one's.
+            same_host = urlsplit(r.final_url).netloc == r.domain
+            return "robots_redirect" if same_host and hops < ROBOTS_REDIRECTS_MAX else "robots_none"
         if _transient(r):
             return "retry" if retries_left else "robots_unreachable"
         return "robots_none"
@@ -633,8 +637,20 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
     # Results: each takes the in-flight record and the worker's result for one URL, and
     # frees the domain's slot. Exactly one verdict holds for a result.
     answer = [fetching(i, domain=d, url=u), fetched(r, domain=d, url=u)]
+
     # Inscriptions name their variables (d), not the colour's fields: keep the lambdas.
-    slot_back = free.produce(lambda d, i, r: Slot(d, max(i.answered_ms, r.answered_ms)))
+    def anchor_ms(i: InFlight, r: Fetched) -> int:
+        # A late refusal may be the re-lease of a fetch that was sent and whose answer
+        # was lost (its worker died): the refusal's time stands in for that answer.
+        answered = r.started_ms if r.error == "late" else r.answered_ms
+        return max(i.answered_ms, answered)
+
+    # The slot comes back due lead_ms before the start it allows (one delay after the
+    # answer), so that a fetch is never decided, and leased, longer than that ahead.
+    slot_back = free.produce(
+        lambda d, i, r: Slot(d, anchor_ms(i, r)),
+        delay=lambda now, i, r, pl: max(0, anchor_ms(i, r) + pl.delay_ms + 1 - p.lead_ms - now),
+    )
 
     def adapted(pl: Politeness, r: Fetched, delay_ms: int | None = None) -> Politeness:
         ready = (

@@ -118,6 +118,8 @@ class Crawl:
     web: FakeWeb
     stored: list[str]
     late: set[str]
+    leads_ms: list[int]  # for each fetch: its start minus when it was leased
+    refused_at: dict[str, int]  # url -> when its late refusal was reported
 
 
 def crawl(
@@ -142,6 +144,8 @@ def crawl(
         engine.add("scope", InScope(web.domain(h)))
     stored: list[str] = []
     late: set[str] = set()
+    leads_ms: list[int] = []
+    refused_at: dict[str, int] = {}
     now = 0
     for _ in range(200_000):
         while engine.fire(now) is not None:
@@ -153,11 +157,13 @@ def crawl(
                 engine.remove(place, token, time=time_ms)
                 worked = True
                 if place == "fetch_queue":
+                    leads_ms.append(token.start_at_ms - now)
                     started = token.start_at_ms + lateness.randint(
                         0, min(late_by_ms, token.late_ms)
                     )
                     if token.url in late_once and token.url not in late:
                         late.add(token.url)
+                        refused_at[token.url] = max(now, token.start_at_ms)
                         result = Fetched(
                             token.domain,
                             token.url,
@@ -193,7 +199,7 @@ def crawl(
         now = max(now, deadline)
     left = {p: engine.tokens(p) for p in WORK_PLACES if p in engine.marking() and engine.count(p)}
     assert not left, left
-    return Crawl(engine, web, stored, late)
+    return Crawl(engine, web, stored, late, leads_ms, refused_at)
 
 
 def gaps_by_domain(requests: list[tuple[str, str, int]]) -> dict[str, list[int]]:
@@ -307,6 +313,23 @@ def test_a_late_worker_refusal_reschedules_without_an_attempt() -> None:
     assert result.late == {web.url(0, 1)}
     assert web.url(0, 1) in result.stored
     assert not list(result.engine.tokens("fail_log"))
+    # The refusal may stand for a request whose answer was lost: the next start at the
+    # domain waits one delay after it.
+    refused = result.refused_at[web.url(0, 1)]
+    later = [start for _d, _u, start in web.requests if start > refused]
+    assert later and min(later) >= refused + 100
+
+
+def test_fetches_are_decided_at_most_lead_ms_ahead_even_with_a_long_crawl_delay() -> None:
+    """The answer anchor puts a start a whole (Crawl-)delay after the previous answer;
+    the slot comes back due lead_ms before that start, so a fetch is never leased much
+    earlier (its lease would have to outlast the delay)."""
+    web = FakeWeb(hosts=1, pages=4, robots={"h0.test": "User-agent: *\nCrawl-delay: 3\n"})
+    policy = CrawlPolicy(delay_ms=100, lead_ms=200)
+    result = crawl(policy, web)
+    assert min(gaps_by_domain(web.requests)["h0.test"]) >= 3_000
+    # +1: the anchor's extra millisecond can fall after a clock that was due lead_ms early.
+    assert max(result.leads_ms) <= policy.lead_ms + 1
 
 
 def test_unreachable_robots_disallows_the_domain() -> None:
@@ -401,25 +424,29 @@ def test_policy_and_parameters_are_checked() -> None:
     assert dataclasses.replace(CrawlPolicy(), delay_ms=7).gap_ms(20) == 30
 
 
-def test_robots_txt_redirects_are_followed_up_to_five_times() -> None:
-    """RFC 9309: the rules come from where robots.txt redirects (another host too), in
-    the context of the first domain; beyond five redirects robots.txt is unavailable
-    (allow all)."""
-    web = FakeWeb(hosts=2, pages=4)
+def test_robots_txt_redirects_are_followed_on_its_host_up_to_five_times() -> None:
+    """RFC 9309: the rules come from where robots.txt redirects, up to five redirects,
+    then robots.txt is unavailable (allow all); a redirect to another host is not
+    followed (that host's requests are spaced by its own clock): no robots.txt."""
+    web = FakeWeb(hosts=3, pages=4)
     web.robots["h0.test"] = "User-agent: *\nDisallow: /p/2\n"
-    web.moved["http://h0.test/robots.txt"] = "http://h1.test/rules/h0.txt"
+    web.moved["http://h0.test/robots.txt"] = "http://h0.test/rules.txt"
     chain = [f"http://h1.test/robots.txt{'?' * n}" for n in range(7)]
-    web.moved.update(zip(chain, chain[1:], strict=False))  # h1: six redirects, then...
-    web.robots["h1.test"] = "User-agent: *\nDisallow: /\n"  # ...rules never reached
-    result = crawl(CrawlPolicy(delay_ms=50), web, seeds=2)
-    fetched = [url for _d, url, _s in web.requests]
-    of_h0 = [url for domain, url, _s in web.requests if domain == "h0.test"]
-    assert of_h0[:2] == ["http://h0.test/robots.txt", "http://h1.test/rules/h0.txt"]
-    assert "http://h0.test/p/2" not in fetched  # h0's rules, found through the redirect
-    assert sum(url.startswith("http://h1.test/robots.txt") for url in fetched) == 6
-    assert "http://h1.test/p/3" in fetched  # six redirects: unavailable, allow all
-    skipped = Counter((t.domain, t.reason) for t in tokens(result.engine, "skipped"))
-    assert skipped[("h0.test", "robots")] >= 1
+    web.moved.update(itertools.pairwise(chain))  # h1: six redirects, then...
+    web.robots["h1.test"] = "User-agent: *\nDisallow: /\n"  # ...its rules are never read
+    web.moved["http://h2.test/robots.txt"] = "http://h0.test/rules.txt"
+    web.robots["h2.test"] = "User-agent: *\nDisallow: /\n"  # never read either
+    crawl(CrawlPolicy(delay_ms=50), web, seeds=3)
+    of = defaultdict(list)
+    for domain, url, _start in web.requests:
+        of[domain].append(url)
+    assert of["h0.test"][:2] == ["http://h0.test/robots.txt", "http://h0.test/rules.txt"]
+    assert "http://h0.test/p/2" not in of["h0.test"]  # the rules found through the redirect
+    assert of["h1.test"][:6] == chain[:6]
+    assert "http://h1.test/p/3" in of["h1.test"]  # six redirects: unavailable, allow all
+    assert of["h2.test"][0] == "http://h2.test/robots.txt"
+    assert "http://h0.test/rules.txt" not in of["h2.test"]  # not followed to another host
+    assert "http://h2.test/p/3" in of["h2.test"]
 
 
 def test_a_redirect_becomes_a_discovered_link() -> None:
