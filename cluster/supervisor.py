@@ -394,7 +394,9 @@ class Supervisor:
         # (cluster/standby.py).
         self._standbys: dict[int, Standby] = {}
         self._router_standby: Standby | None = None
-        self._wake_read = -1  # a signal (SIGCHLD: a child died) wakes the loop's wait
+        # A signal (SIGCHLD: a child died) writes to this pipe and wakes the loop's wait.
+        self._wake_read = self._wake_write = -1
+        self._sigchld_before: Any = signal.SIG_DFL
         self.router = Child("router", self._start_router)
         self.shards = [
             Child(f"shard {k}", functools.partial(self._start_shard, k))
@@ -498,10 +500,7 @@ class Supervisor:
                 standby.close()
             if self._router_standby is not None:
                 self._router_standby.close()
-            if self._wake_read >= 0:
-                with contextlib.suppress(ValueError):
-                    os.close(signal.set_wakeup_fd(-1))
-                os.close(self._wake_read)
+            self._stop_waking()
             children = [c.handle for c in (*self.shards, self.router) if c.handle is not None]
             stop_all(children, timeout_s=STOP_TIMEOUT_S)
             with contextlib.suppress(FileNotFoundError):
@@ -511,16 +510,24 @@ class Supervisor:
 
     def _wake_on_signals(self) -> None:
         """Let a signal end the loop's wait at once: SIGCHLD when a child dies (its
-        restart then begins within milliseconds, not up to a tick later), SIGTERM."""
-        try:
-            read_fd, write_fd = os.pipe()
-            os.set_blocking(read_fd, False)
-            os.set_blocking(write_fd, False)
-            signal.set_wakeup_fd(write_fd)
-        except (OSError, ValueError):  # not the main thread: the loop ticks as before
+        restart then begins within milliseconds, not up to a tick later), SIGTERM.
+        Only in the main thread (``run`` sets its signal handlers there too)."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd)
+        # A handler (doing nothing) must be set for SIGCHLD to reach the wakeup fd.
+        self._sigchld_before = signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+        self._wake_read, self._wake_write = read_fd, write_fd
+
+    def _stop_waking(self) -> None:
+        if self._wake_read < 0:
             return
-        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)  # the fd is written
-        self._wake_read = read_fd
+        signal.signal(signal.SIGCHLD, self._sigchld_before)
+        signal.set_wakeup_fd(-1)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        self._wake_read = self._wake_write = -1
 
     def _wait_tick(self) -> None:
         """Wait ``TICK_S``, or less if a signal arrives (see :meth:`_wake_on_signals`)."""
