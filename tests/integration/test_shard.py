@@ -386,15 +386,22 @@ def test_a_granted_lease_whose_worker_is_gone_goes_back_to_the_queue(shards: Sha
     (the same client id and sequence number) gets none of them."""
     handle = shards.start()
     client = shards.client(handle)
-    gone = shards.peer(handle)
+    # A context of its own: term() returns once the socket's connection is closed, so
+    # the shard hears of the disconnect before the put below (taking back is best
+    # effort: a reply sent before the shard noticed the disconnect is lost).
+    gone_context: zmq.Context[Any] = zmq.Context()
+    gone = RawPeer(gone_context, handle.endpoint)
     request = Lease("gone-worker", 1, "work", 1, 600_000, 60_000)
-    gone.send(encode(request, message_id=1))
-    wait_until(
-        lambda: client.stats()["counters"].get("leases_parked", 0),
-        lambda parked: parked == 1,
-        what="the lease to be parked",
-    )
-    gone.close()
+    try:
+        gone.send(encode(request, message_id=1))
+        wait_until(
+            lambda: client.stats()["counters"].get("leases_parked", 0),
+            lambda parked: parked == 1,
+            what="the lease to be parked",
+        )
+    finally:
+        gone.close()
+        gone_context.term()
     client.put("work", [_job(3)])
     wait_until(
         client.stats,
