@@ -171,6 +171,7 @@ class ShardLane:
         self._context = context
         self._clients: list[AsyncShardClient] = []
         self._idle_completers: list[AsyncShardClient] = []
+        self._stale = False  # the shard did not answer: ask the router where it is now
 
     def client(self) -> AsyncShardClient:
         """A new client of this shard (it connects on its first request)."""
@@ -182,12 +183,14 @@ class ShardLane:
 
     async def _call(self, client: AsyncShardClient, call: Callable[[], Awaitable[T]]) -> T:
         if not client.endpoint:
-            client.reconnect(await self._endpoints.endpoint(self.shard_id))
+            refresh, self._stale = self._stale, False
+            client.reconnect(await self._endpoints.endpoint(self.shard_id, refresh=refresh))
         try:
             return await call()
         except ShardUnavailable:
             # Look the shard up again for the next try (it may listen elsewhere now).
             client.reconnect("")
+            self._stale = True
             raise
 
     async def lease(

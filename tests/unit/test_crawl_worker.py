@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from cluster.crawl_worker import LEASE_END_MARGIN_MS, _within_lease
+import asyncio
+
+import pytest
+import zmq.asyncio
+
+from cluster.client import ShardUnavailable
+from cluster.crawl_worker import LEASE_END_MARGIN_MS, ShardLane, _within_lease
 
 DEADLINE_MS = 20_000  # the fetch's own deadline: twice a 10 s timeout
 
@@ -15,3 +21,41 @@ def test_a_fetch_is_sent_only_while_its_answer_can_come_within_the_lease() -> No
     assert cut == (*fetch[:8], 300)  # the late limit ends 700 ms sooner
     # A lease that ends too soon after the start: the limit is before it, refused late.
     assert _within_lease(fetch, 10_000 + DEADLINE_MS + 500, DEADLINE_MS)[8] == -500
+
+
+def test_a_lane_asks_the_router_afresh_after_its_shard_did_not_answer() -> None:
+    """A shard restarted on another port: the next lookup refreshes the router's table
+    (a cached one would send every retry to the old port)."""
+
+    class Endpoints:
+        def __init__(self) -> None:
+            self.refreshes: list[bool] = []
+
+        async def endpoint(self, shard_id: int, *, refresh: bool = False) -> str:
+            self.refreshes.append(refresh)
+            return f"tcp://127.0.0.1:{5000 + len(self.refreshes)}"
+
+    async def scenario() -> tuple[list[bool], str]:
+        endpoints = Endpoints()
+        context = zmq.asyncio.Context()
+        lane = ShardLane(endpoints, 0, context)  # type: ignore[arg-type]
+        client = lane.client()
+
+        async def unanswered() -> None:
+            raise ShardUnavailable("shard 0 did not answer")
+
+        async def answered() -> str:
+            return client.endpoint
+
+        try:
+            with pytest.raises(ShardUnavailable):
+                await lane._call(client, unanswered)
+            found = await lane._call(client, answered)
+        finally:
+            lane.close()
+            context.term()
+        return endpoints.refreshes, found
+
+    refreshes, endpoint = asyncio.run(scenario())
+    assert refreshes == [False, True]
+    assert endpoint == "tcp://127.0.0.1:5002"
