@@ -599,6 +599,22 @@ class Engine:
         )
 
 
+def unread_places(net: Net, watched: Iterable[str] = ()) -> frozenset[str]:
+    """Places whose tokens only accumulate: no arc reads them, no capacity bounds them
+    and nobody watches them (``watched`` as for :class:`Engine`).
+
+    Nothing the engine decides depends on their tokens, so a shard may load them after
+    it starts firing (shard/deferred.py); :meth:`Engine.add_checked` takes them in bulk.
+    """
+    read = {p.place.name for t in net.transitions for p in (*t.consume, *t.read, *t.inhibit)}
+    watched_names = set(watched)
+    return frozenset(
+        p.name
+        for p in net.places
+        if p.name not in read and p.name not in watched_names and p.capacity is None
+    )
+
+
 def _guard_holds(transition: Transition) -> bool:
     assert transition.guard is not None
     try:

@@ -37,7 +37,7 @@ from typing import Any, Final
 import zmq
 
 from nets.codec import token_from_fields
-from nets.engine import Engine
+from nets.engine import Engine, unread_places
 from nets.errors import CpnError, TokenError
 from nets.firing import Step
 from nets.loader import load_net
@@ -78,6 +78,7 @@ from router.wire import (
     decode,
     encode,
 )
+from shard.deferred import DeferredLoad
 from shard.exchange import Exchange, HandoffRefused
 from shard.leases import WorkQueue, with_work_queues
 from shard.link import Link
@@ -179,6 +180,11 @@ class Shard:
         self._lease_seq = 0
         self.sender_incarnations: dict[int, int] = {}  # the newest each peer spoke as
         self.mover = Mover(self)  # slot moves and fencing (shard/mover.py)
+        # Places whose tokens only accumulate: read after the shard starts firing.
+        self.deferred_places = frozenset(
+            name for name in unread_places(self.net, self.queues) if not self.net.place(name).pool
+        )
+        self.deferred: DeferredLoad | None = None
         self._recover()
         self.recovered_ms = time.time_ns() // 1_000_000
         self.serving_ms = 0  # set once the socket is bound and the endpoint published
@@ -199,7 +205,9 @@ class Shard:
                 gc.enable()
 
     def _load(self) -> None:
-        recovered = self.store.recover()
+        if self.deferred is not None:
+            self.deferred.close()  # recovering again (a commit failed): start over
+        recovered = self.store.recover(self.deferred_places)
         self.clock = SystemClock(floor_ms=recovered.clock_ms)
         self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
         self.leases: dict[str, list[tuple[str, int, Token]]] = {}  # lease id -> held entries
@@ -224,11 +232,21 @@ class Shard:
         self.exports: list[tuple[str, int, Token]] = []  # tokens for other shards
         self.more_enabled = True  # until a batch shows otherwise
         self.engine.hooks.append(self._record_step)
+        self.deferred = DeferredLoad(
+            self.deferred_places, recovered.deferred, recovered.deferred_counts
+        )
         if recovered.initialised:
             self.engine.restore(recovered.marking)
-            for slot in sorted(self.exchange.sealed):
+            sealed = frozenset(self.exchange.sealed)
+            if recovered.deferred is not None:
+                recovered.deferred.skip_slots(sealed)
+            for slot in sorted(sealed):
                 # Sealed for a move: kept in the store for the shipment, never fired.
-                self.engine.extract(self.store.slot_entries(slot))
+                entries = self.store.slot_entries(slot)
+                self.engine.extract([e for e in entries if e[0] not in self.deferred_places])
+                for place, _time_ms, _token in entries:
+                    if place in self.deferred_places:
+                        self.deferred.not_loaded(place, 1)
         else:
             self._initial_marking()
             self.flush_exports()
@@ -544,7 +562,12 @@ class Shard:
         return PoolAnswer(place.name, len(given))
 
     def _counts(self) -> dict[str, int]:
-        return {p.name: self.engine.count(p.name) for p in self.net.places}
+        return {p.name: self._count(p.name) for p in self.net.places}
+
+    def _count(self, place: str) -> int:
+        """Tokens ``place`` holds, counting those of a deferred place still to load."""
+        count = self.engine.count(place)
+        return count if self.deferred is None else count + self.deferred.pending(place)
 
     def _tokens(self, query: QueryTokens) -> Message:
         self._place(query.place)
@@ -552,6 +575,8 @@ class Shard:
             raise RequestError(
                 "bad_request", f"need offset >= 0 and 0 < limit <= {TOKENS_PAGE_MAX}"
             )
+        if self.deferred is not None and query.place in self.deferred_places:
+            self.deferred.complete(self.engine)
         entries = self.engine.tokens(query.place)
         page = entries[query.offset : query.offset + query.limit]
         return Tokens(
@@ -570,9 +595,12 @@ class Shard:
             "started_ms": self.started_ms,
             "recovered_ms": self.recovered_ms,
             "serving_ms": self.serving_ms,
+            # When the deferred places' tokens were all loaded, and how many there were.
+            "deferred_loaded_ms": 0 if self.deferred is None else self.deferred.loaded_ms,
+            "deferred_tokens": 0 if self.deferred is None else self.deferred.loaded,
             "now_ms": self.engine.now,
             "firings": dict(stats.firings),
-            "tokens": dict(stats.tokens),
+            "tokens": self._counts(),
             "commits": store.commits,
             "commit_entries": store.entries_written,
             "commit_batch_mean": (sum(sizes) / len(sizes)) if sizes else 0.0,
@@ -670,6 +698,11 @@ class Shard:
         self.batch_sizes.append(len(batch.marking))
         return True
 
+    def load_deferred(self) -> None:
+        """One chunk of the deferred places' tokens (the loop calls this every turn)."""
+        if self.deferred is not None and self.deferred.active:
+            self.deferred.step(self.engine)
+
     def progress(self) -> dict[str, int]:
         """Counters that grow while the loop turns (for the router's heartbeat view)."""
         return {
@@ -678,8 +711,8 @@ class Shard:
         }
 
     def timeout_ms(self) -> int:
-        if self.more_enabled:
-            return 0  # the last batch stopped at a bound: go on at once
+        if self.more_enabled or (self.deferred is not None and self.deferred.active):
+            return 0  # the last batch stopped at a bound, or tokens are still to load
         deadlines = [
             d for d in (self.engine.next_deadline(), self.polls.next_deadline_ms()) if d is not None
         ]
@@ -789,6 +822,7 @@ def serve(config: ShardConfig) -> None:
             shard.polls.sent(outcomes)  # undelivered leases go back (the next batch)
             if link is not None:
                 link.send_after_commit(shard.engine.now, shard.engine, shard.progress())
+            shard.load_deferred()
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wake_read)

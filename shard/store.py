@@ -14,7 +14,9 @@ Layout (all keys sortable; the slot comes first so a slot is one contiguous rang
   commit writes only the entries that changed. See docs/shard.md.
 * ``meta``: ``net`` (the net's name), ``incarnation`` (starts so far), ``clock_ms``
   (the shard's time high-water mark), ``initialised`` (the initial marking was
-  committed), ``schema`` (layout version), ``place:<name>`` (each place's stable id).
+  committed), ``schema`` (layout version), ``place:<name>`` (each place's stable id),
+  ``count:<place id>`` (how many tokens the place holds, 8 bytes BE: a shard that
+  reads a place's tokens after it starts firing knows their number at once).
 * ``outbox``: key ``lane (4 bytes BE) | first seq (8 bytes BE)`` -> ``count (4 bytes BE)
   | entries`` (a run of the handoff protocol: msgpack of ``[(place, time, fields)]``,
   see docs/handoff.md); ``lanes``: ``lane (4)`` -> the lane's next seq (8), kept even
@@ -64,8 +66,11 @@ from nets.errors import CpnError
 from nets.model import Net, Token
 from router.datadir import lock_directory
 from router.slots import slot_of_token
+from shard.marking_reader import DeferredMarking, MarkingReadError, read_marking
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
+# Schema 5 differs only by lacking the per-place counts, which opening it adds.
+SCHEMA_VERSIONS_UPGRADED: Final = frozenset({5})
 # LMDB keys hold at most 511 bytes: after slot, place id and time, entries of up to this
 # size stay in the key itself.
 ENTRY_IN_KEY_BYTES_MAX: Final = 320
@@ -150,6 +155,10 @@ class Recovered:
     endpoints: tuple[str, ...] = ()
     phases: dict[int, bytes] = field(default_factory=dict)
     staged: dict[int, bytes] = field(default_factory=dict)
+    # The places recovery left out (``recover(deferred=...)``): their token counts, and
+    # the reader of their entries (None when there are none).
+    deferred_counts: dict[str, int] = field(default_factory=dict)
+    deferred: DeferredMarking | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +202,7 @@ class Store:
                     "bytes, which the store's table of place ids cannot hold"
                 )
         self.durability = durability
+        self._readers: list[DeferredMarking] = []  # deferred readers not yet done
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = lock_directory(self.path, error=StoreError)
         try:
@@ -240,7 +250,8 @@ class Store:
                     f"{self.net.name!r}; use another --data directory"
                 )
             schema = txn.get(b"schema", db=self._meta)
-            if schema is not None and int(schema) != SCHEMA_VERSION:
+            upgrade = schema is not None and int(schema) in SCHEMA_VERSIONS_UPGRADED
+            if schema is not None and int(schema) != SCHEMA_VERSION and not upgrade:
                 raise StoreError(
                     f"{self.path} has store schema {int(schema)}, not {SCHEMA_VERSION}"
                 )
@@ -255,6 +266,8 @@ class Store:
                 )
             txn.put(b"shard", identity, db=self._meta)
             self._assign_place_ids(txn)
+            if upgrade:
+                self._count_places(txn)
             incarnation = int(txn.get(b"incarnation", b"0", db=self._meta)) + 1
             txn.put(b"net", self.net.name.encode(), db=self._meta)
             txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
@@ -268,22 +281,23 @@ class Store:
             self.close()
             raise
 
-    def recover(self) -> Recovered:
+    def recover(self, deferred: frozenset[str] = frozenset()) -> Recovered:
         """Read the committed state: marking, clock and client table.
 
         Stored tokens are trusted: each was checked against its colour set when it
         entered the net, so recovery only rebuilds them (it is one cursor scan; see
-        docs/store.md for its speed).
+        docs/store.md for its speed). The places in ``deferred`` are left out: the
+        result counts their tokens and holds a reader of their entries, to be read
+        after the shard starts (see shard/marking_reader.py).
         """
-        places = {p.name.encode(): p for p in self.net.places}
-        marking: dict[str, list[tuple[int, Token]]] = {p.name: [] for p in self.net.places}
-        clients: dict[str, tuple[int, bytes]] = {}
+        gc_was_enabled = gc.isenabled()
         # A million new tuples would trigger the cyclic garbage collector over and over
         # (tripling the time); tokens cannot form cycles, so it is paused meanwhile.
-        gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._recover(places, marking, clients)
+            return self._recover(deferred)
+        except MarkingReadError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -305,50 +319,30 @@ class Store:
         self._place_ids = ids
         self._places_by_id = {v: k for k, v in ids.items()}
 
-    def _recover(
-        self,
-        places: dict[bytes, Any],
-        marking: dict[str, list[tuple[int, Token]]],
-        clients: dict[str, tuple[int, bytes]],
-    ) -> Recovered:
-        new = tuple.__new__  # a colour set is a NamedTuple: build tokens without __new__'s checks
+    def _count_places(self, txn: lmdb.Transaction) -> None:
+        """Write every place's token count (a store from before the counts were kept)."""
+        counts: Counter[bytes] = Counter()
+        for key, value in txn.cursor(db=self._marking):
+            counts[bytes(key[2:4])] += int.from_bytes(value[:4], "big")
+        for place_id, count in counts.items():
+            txn.put(b"count:" + place_id, count.to_bytes(8, "big"), db=self._meta)
+
+    def _recover(self, deferred: frozenset[str]) -> Recovered:
+        places = {p.name: p for p in self.net.places}
+        deferred_ids = frozenset(self._place_ids[name] for name in deferred)
+        clients: dict[str, tuple[int, bytes]] = {}
         with self._env.begin() as txn:
             clock_ms = int(txn.get(b"clock_ms", b"0", db=self._meta))
             initialised = txn.get(b"initialised", db=self._meta) is not None
-            # Single tokens (the common case) are encoded in their keys: collect those
-            # encodings per place and decode each place's in one streaming msgpack pass,
-            # which costs a fraction of one unpack call per entry.
-            encoded_by_place: dict[str, list[bytes]] = {}
-            last_id: bytes = b""
-            singles: list[bytes] = []
-            name = ""
-            one = (1).to_bytes(4, "big")
-            for key, value in txn.cursor(db=self._marking):
-                place_id = key[2:4]
-                if place_id != last_id:
-                    name = self._places_by_id.get(place_id, "")
-                    if name.encode() not in places:
-                        raise StoreError(
-                            f"{self.path} holds tokens of place {name or place_id!r}, "
-                            f"which net {self.net.name!r} does not have"
-                        )
-                    last_id, singles = place_id, encoded_by_place.setdefault(name, [])
-                if value == one:
-                    singles.append(key[12:])
-                    continue
-                encoded = value[4:] if len(value) > 4 else key[12:]
-                singles.extend([encoded] * int.from_bytes(value[:4], "big"))
-            for name, encodings in encoded_by_place.items():
-                cls = places[name.encode()].colour_set.cls
-                blob = b"".join(encodings)
-                unpacker = msgpack.Unpacker(use_list=False, max_buffer_size=max(1, len(blob)))
-                unpacker.feed(blob)
-                try:
-                    marking[name].extend([(time, new(cls, fields)) for time, fields in unpacker])
-                except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                    raise StoreError(
-                        f"{self.path}: corrupt marking entry in place {name!r}: {exc}"
-                    ) from exc
+            marking = read_marking(
+                txn.cursor(db=self._marking), self._places_by_id, places, deferred_ids
+            )
+            deferred_counts = {
+                name: int.from_bytes(
+                    txn.get(b"count:" + self._place_ids[name], bytes(8), db=self._meta), "big"
+                )
+                for name in deferred
+            }
             for _key, value in txn.cursor(db=self._clients):
                 client_id, seq, reply, _used = unpack(bytes(value))
                 clients[client_id] = (seq, reply)
@@ -393,7 +387,19 @@ class Store:
             () if endpoints is None else tuple(unpack(bytes(endpoints))),
             phases,
             staged,
+            deferred_counts,
+            self._open_deferred(deferred_ids, places) if any(deferred_counts.values()) else None,
         )
+
+    def _open_deferred(
+        self, deferred_ids: frozenset[bytes], places: Mapping[str, Any]
+    ) -> DeferredMarking:
+        reader = DeferredMarking(
+            self._env, self._marking, self._places_by_id, places, deferred_ids, self.path
+        )
+        self._readers = [r for r in self._readers if not r.done]
+        self._readers.append(reader)
+        return reader
 
     def slot_entries(self, slot: int) -> list[tuple[str, int, Token]]:
         """Every committed entry of ``slot``, one per token (a range scan: the slot's
@@ -473,9 +479,11 @@ class Store:
 
         def write(txn: lmdb.Transaction) -> None:
             written = 0
+            changes: Counter[str] = Counter()
             for (place, time, token), n in batch.marking.items():
                 if n == 0:
                     continue
+                changes[place] += n
                 key, entry = self._entry_key(place, time, token)
                 # The common cases take one LMDB operation: a new entry (put without
                 # overwrite) and an entry that leaves (pop); a multiplicity needs two.
@@ -498,6 +506,11 @@ class Store:
                 if count > 0:
                     txn.put(key, count.to_bytes(4, "big") + tail, db=self._marking)
                 written += 1
+            for place, n in changes.items():
+                if n:
+                    key = b"count:" + self._place_ids[place]
+                    count = int.from_bytes(txn.get(key, bytes(8), db=self._meta), "big") + n
+                    txn.put(key, count.to_bytes(8, "big"), db=self._meta)
             for client_id, (seq, reply) in batch.clients.items():
                 txn.put(
                     _client_key(client_id),
@@ -555,8 +568,10 @@ class Store:
                 with self._env.begin(write=True) as txn:
                     return work(txn)
             except lmdb.MapFullError:
-                # No transaction is open here (the with block aborted it), which is
-                # the only time set_mapsize is allowed.
+                # No transaction may be open in this process to grow the map: the with
+                # block aborted the write, and the deferred reader's is ended here.
+                for reader in self._readers:
+                    reader.detach()
                 size = self._env.info()["map_size"]
                 if size >= MAP_SIZE_BYTES_MAX:
                     raise StoreError(f"{self.path}: the store reached {size} bytes") from None
@@ -589,6 +604,9 @@ class Store:
     def close(self) -> None:
         """Close the environment and release the directory lock (idempotent)."""
         env: lmdb.Environment | None = getattr(self, "_env", None)
+        for reader in self._readers:
+            reader.close()
+        self._readers = []
         if env is not None:
             env.close()
             del self._env

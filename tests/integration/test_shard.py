@@ -720,3 +720,29 @@ def test_sigterm_exits_0_and_a_restart_keeps_the_marking_as_a_new_incarnation(
     )
     assert not done.duplicate
     assert client.counts()["work__held"] == 0
+
+
+def test_a_restarted_shard_serves_before_it_loads_the_places_nothing_reads(
+    shards: Shards,
+) -> None:
+    """``notes`` and ``results`` only accumulate: the shard reads them after it starts
+    (shard/deferred.py), yet every count and query sees them whole from the start."""
+    handle = shards.start()
+    client = shards.client(handle)
+    for first in range(0, 12_000, 3_000):
+        client.put("notes", [_job(n) for n in range(first, first + 3_000)])
+    client.put("work", [_job(n) for n in range(20_000, 20_005)])
+    before = client.counts()
+    assert handle.terminate() == 0
+
+    restarted = shards.start()
+    client = shards.client(restarted)
+    assert client.counts() == before, "counts include the tokens still to load"
+    leased = client.lease("work", max_tokens=5, lease_ms=600_000)
+    client.complete(leased.lease_id, [("results", f) for _t, f in leased.entries])
+    stats = wait_until(client.stats, lambda s: s["deferred_loaded_ms"] > 0, what="the load")
+    assert stats["deferred_tokens"] == 12_000
+    assert stats["deferred_loaded_ms"] >= stats["serving_ms"], "loaded while serving"
+    assert stats["tokens"]["notes"] == 12_000 and stats["tokens"]["results"] == 5
+    notes = client.all_tokens("notes")
+    assert sorted(f for _t, f in notes) == sorted(_job(n) for n in range(12_000))

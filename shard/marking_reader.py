@@ -1,0 +1,226 @@
+"""Reading a stored marking back (SHELL): at startup, and the deferred places after it.
+
+A shard's startup reads every place that the engine needs before it may fire. The
+places whose tokens only accumulate (``nets.engine.unread_places``: ``done``,
+``stored``, a failure log) usually hold most of the tokens, and nothing the engine
+decides depends on them, so the startup read skips their key ranges and a
+:class:`DeferredMarking` reads them afterwards, a chunk at a time, from the same
+snapshot (one read transaction held open until it is done). See docs/store.md,
+"Deferred places".
+
+Keys are ``slot (2) | place id (2) | time (8) | entry`` (shard/store.py), so each
+(slot, place) pair is one contiguous range, and skipping a range is one seek.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final, cast
+
+import lmdb
+import msgpack
+
+from nets.errors import CpnError
+from nets.model import Token
+
+ONE: Final = (1).to_bytes(4, "big")  # the value of an entry held once
+RANGE_LAST: Final = (1 << 32) - 1  # the last (slot, place id) prefix
+
+Entries = dict[str, list[tuple[int, Token]]]  # place -> (time, token) entries
+
+
+class MarkingReadError(CpnError):
+    """A stored entry cannot be read back (the store names its path)."""
+
+
+def _next_range(prefix: bytes) -> bytes | None:
+    """The first key after every key that starts with the 4-byte ``prefix``."""
+    value = int.from_bytes(prefix, "big")
+    return None if value >= RANGE_LAST else (value + 1).to_bytes(4, "big")
+
+
+def _from_here(cursor: lmdb.Cursor) -> Iterator[tuple[bytes, bytes]]:
+    """The cursor's entries from where it is (keys and values are bytes: the
+    transactions here never ask for buffers)."""
+    return cast(Iterator[tuple[bytes, bytes]], cursor.iternext())
+
+
+def _unknown_place(name: str | bytes) -> str:
+    return f"it holds tokens of place {name!r}, which the net does not have"
+
+
+def decode_entries(
+    name: str, encodings: list[bytes], place: Any, entries: list[tuple[int, Token]]
+) -> None:
+    """Append the entries encoded as ``msgpack((time, fields))`` to ``entries``.
+
+    One streaming msgpack pass over the joined encodings costs a fraction of one unpack
+    call per entry. Stored tokens are trusted (each was checked against its colour set
+    when it entered the net), so tokens are built without the colour set's checks.
+    """
+    new = tuple.__new__
+    cls = place.colour_set.cls
+    blob = b"".join(encodings)
+    unpacker = msgpack.Unpacker(use_list=False, max_buffer_size=max(1, len(blob)))
+    unpacker.feed(blob)
+    try:
+        entries.extend([(time, new(cls, fields)) for time, fields in unpacker])
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise MarkingReadError(f"corrupt marking entry in place {name!r}: {exc}") from exc
+
+
+def _collect(value: bytes, key: bytes, encodings: list[bytes]) -> None:
+    """The encodings an entry stands for: its multiplicity times (key or value tail)."""
+    encoded = value[4:] if len(value) > 4 else key[12:]
+    encodings.extend([encoded] * int.from_bytes(value[:4], "big"))
+
+
+def read_marking(
+    cursor: lmdb.Cursor,
+    places_by_id: Mapping[bytes, str],
+    places: Mapping[str, Any],
+    deferred_ids: frozenset[bytes],
+) -> Entries:
+    """Every entry under ``cursor`` except those of the places in ``deferred_ids``.
+
+    Raises:
+        MarkingReadError: a key names a place the net does not have, or an entry
+            does not decode.
+    """
+    encoded_by_place: dict[str, list[bytes]] = {}
+    more = cursor.first()
+    while more:
+        skip_from: bytes | None = None
+        last_id = b""
+        encodings: list[bytes] = []
+        for key, value in _from_here(cursor):  # the current entry first
+            place_id = key[2:4]
+            if place_id != last_id:
+                if place_id in deferred_ids:
+                    skip_from = key[:4]
+                    break
+                name = places_by_id.get(place_id, "")
+                if name not in places:
+                    raise MarkingReadError(_unknown_place(name or place_id))
+                last_id, encodings = place_id, encoded_by_place.setdefault(name, [])
+            if value == ONE:
+                encodings.append(key[12:])
+            else:
+                _collect(value, key, encodings)
+        if skip_from is None:
+            break
+        after = _next_range(skip_from)
+        more = after is not None and cursor.set_range(after)
+    marking: Entries = {name: [] for name in places}
+    for name, found in encoded_by_place.items():
+        decode_entries(name, found, places[name], marking[name])
+    return marking
+
+
+class DeferredMarking:
+    """The entries of the deferred places as of one snapshot, read in chunks.
+
+    It holds a read transaction of its own until every entry is read or
+    :meth:`detach` copies the rest into memory (the store does so before it grows the
+    map, which LMDB allows only while no transaction is open). Entries committed after
+    the snapshot are not read: the shard added those to its engine when it made them.
+    """
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        db: Any,
+        places_by_id: Mapping[bytes, str],
+        places: Mapping[str, Any],
+        deferred_ids: frozenset[bytes],
+        where: Path,
+    ) -> None:
+        self._txn: lmdb.Transaction | None = env.begin(db=db)
+        self._places_by_id = places_by_id
+        self._places = places
+        self._deferred_ids = sorted(deferred_ids)
+        self._skip_slots: frozenset[bytes] = frozenset()
+        self._where = where
+        self._pairs: Iterator[tuple[bytes, bytes]] = self._ranges(self._txn.cursor())
+        self.done = not deferred_ids
+
+    def skip_slots(self, slots: frozenset[int]) -> None:
+        """Do not read these slots (sealed for a move: the shard does not hold them)."""
+        self._skip_slots = frozenset(slot.to_bytes(2, "big") for slot in slots)
+
+    def _ranges(self, cursor: lmdb.Cursor) -> Iterator[tuple[bytes, bytes]]:
+        """The raw (key, value) pairs of the deferred ranges, seeking past the rest."""
+        ids = self._deferred_ids
+        if not ids:
+            return
+        more = cursor.set_range(b"\x00\x00" + ids[0])
+        while more:
+            key = cast(bytes, cursor.key())
+            slot, place_id = key[:2], key[2:4]
+            if place_id in ids and slot not in self._skip_slots:
+                prefix = key[:4]
+                ended = True
+                for pair in _from_here(cursor):
+                    if pair[0][:4] != prefix:
+                        ended = False  # the cursor is at the next range's first key
+                        break
+                    yield pair
+                if ended:
+                    return
+                continue
+            later = [i for i in ids if i > place_id] if slot not in self._skip_slots else []
+            if later:
+                more = cursor.set_range(slot + later[0])
+            else:
+                next_slot = int.from_bytes(slot, "big") + 1
+                more = next_slot < 1 << 16 and cursor.set_range(
+                    next_slot.to_bytes(2, "big") + ids[0]
+                )
+
+    def read(self, entries_max: int) -> Entries:
+        """Up to about ``entries_max`` more entries (none, and ``done``, at the end).
+
+        Raises:
+            MarkingReadError: an entry does not decode, or names an unknown place.
+        """
+        try:
+            return self._read(entries_max)
+        except MarkingReadError as exc:
+            self.close()
+            raise MarkingReadError(f"{self._where}: {exc}") from exc
+
+    def _read(self, entries_max: int) -> Entries:
+        encoded_by_place: dict[str, list[bytes]] = {}
+        for taken, (key, value) in enumerate(self._pairs, start=1):
+            name = self._places_by_id.get(key[2:4], "")
+            if name not in self._places:
+                raise MarkingReadError(_unknown_place(name or key[2:4]))
+            _collect(value, key, encoded_by_place.setdefault(name, []))
+            if taken >= entries_max:
+                break
+        else:
+            self.close()
+        found: Entries = {}
+        for name, encodings in encoded_by_place.items():
+            decode_entries(name, encodings, self._places[name], found.setdefault(name, []))
+        return found
+
+    def detach(self) -> None:
+        """Copy the unread pairs into memory and end the read transaction."""
+        if self._txn is None:
+            return
+        rest = list(self._pairs)
+        self._pairs = iter(rest)
+        self._end()
+
+    def close(self) -> None:
+        """Stop reading (the shard stops, or every entry is read)."""
+        self._pairs = iter(())
+        self._end()
+        self.done = True
+
+    def _end(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
