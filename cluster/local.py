@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from cluster.standby import STANDBY
+from cluster.standby import PREPARE_NET, STANDBY
 from nets.errors import CpnError
 from router.datadir import read_endpoint
 from shard.store import Durability
@@ -281,10 +281,23 @@ class Standby:
     child of one data directory: its command line names it, as the child's will, so that
     whatever checks a pid against its data directory (``cpn down``, chaos) knows it."""
 
-    def __init__(self, role: str, data_dir: Path, env: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        role: str,
+        data_dir: Path,
+        env: dict[str, str] | None,
+        *,
+        net: tuple[str, int, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """``net``: the (path, seed, params) its child will load, to build in advance."""
         self.data_dir = data_dir
+        prepare: list[str] = []
+        if net is not None:
+            path, seed, params = net
+            spec = {"net": path, "seed": seed, "params": dict(params)}
+            prepare = [PREPARE_NET, json.dumps(spec, sort_keys=True)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", STANDBY, role, "--data", str(data_dir)],
+            [sys.executable, "-m", "cluster.cli", STANDBY, role, "--data", str(data_dir), *prepare],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

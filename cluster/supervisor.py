@@ -403,6 +403,10 @@ class Supervisor:
             for k in range(config.shards)
         ]
 
+    def _net_spec(self) -> tuple[str, int, Mapping[str, Any]]:
+        """The net every child loads: path, seed, parameters (a standby builds it)."""
+        return (self.config.net, self.config.seed, self.config.params)
+
     def _start_router(self, bind: str) -> ShardProcess:
         extra = ("--seed", str(self.config.seed), *net_param_args(self.config.params))
         spare, self._router_standby = self._router_standby, None
@@ -418,7 +422,9 @@ class Supervisor:
                 standby=spare,
             )
         finally:
-            self._router_standby = Standby("router", self.layout.router_dir, self.env)
+            self._router_standby = Standby(
+                "router", self.layout.router_dir, self.env, net=self._net_spec()
+            )
 
     def _start_shard(self, shard_id: int, bind: str) -> ShardProcess:
         extra = (
@@ -448,7 +454,8 @@ class Supervisor:
             )
         finally:
             data_dir = self.layout.shard_dir(shard_id)
-            self._standbys[shard_id] = Standby("shard", data_dir, self.env)  # warm, for next
+            # Warm, with the net built, for the next start.
+            self._standbys[shard_id] = Standby("shard", data_dir, self.env, net=self._net_spec())
 
     def run(self) -> None:
         """Supervise until SIGTERM or SIGINT; then stop every child.

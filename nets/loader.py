@@ -8,16 +8,38 @@ arguments; it must name them as parameters or take ``**params``. Every way this 
 fail raises :class:`LoadError` with one line saying what was wrong and how to fix it. Importing a
 module is not I/O in the sense of the functional core: it is how Python code is
 found, and nets are Python code.
+
+A process may build its net before it needs it (:func:`prepare_net`): a warm standby
+(cluster/standby.py) does, so that a shard restarted in it skips building a net whose
+initial marking holds, say, 300,000 targets. The next :func:`load_net` with the same
+arguments takes that net (once); any other builds its own.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 from collections.abc import Mapping
 
 from nets.errors import LoadError, NetDefinitionError
 from nets.model import Net
+
+# Nets built ahead of their use by prepare_net, by _load_key.
+_prepared: dict[str, Net] = {}
+
+
+def _load_key(path: str, seed: int, params: Mapping[str, object] | None) -> str:
+    return json.dumps([path, seed, sorted((params or {}).items())], default=repr)
+
+
+def prepare_net(path: str, *, seed: int = 0, params: Mapping[str, object] | None = None) -> None:
+    """Build the net now; the next :func:`load_net` with these arguments returns it.
+
+    Raises:
+        LoadError, NetDefinitionError: as :func:`load_net` (nothing is kept then).
+    """
+    _prepared[_load_key(path, seed, params)] = load_net(path, seed=seed, params=params)
 
 
 def load_net(path: str, *, seed: int = 0, params: Mapping[str, object] | None = None) -> Net:
@@ -32,6 +54,9 @@ def load_net(path: str, *, seed: int = 0, params: Mapping[str, object] | None = 
             the parameters given.
         NetDefinitionError: the net was found but does not validate.
     """
+    prepared = _prepared.pop(_load_key(path, seed, params), None)
+    if prepared is not None:
+        return prepared
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise LoadError(

@@ -5,7 +5,7 @@ places whose tokens only accumulate (``nets.engine.unread_places``: ``done``,
 ``stored``, a failure log) usually hold most of the tokens, and nothing the engine
 decides depends on them, so the startup read skips their key ranges and a
 :class:`DeferredMarking` reads them afterwards, a chunk at a time, from the same
-snapshot (one read transaction held open until it is done). See docs/store.md,
+snapshot (one read transaction held open until it is done). See docs/shard.md,
 "Deferred places".
 
 Keys are ``slot (2) | place id (2) | time (8) | entry`` (shard/store.py), so each

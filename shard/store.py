@@ -286,9 +286,9 @@ class Store:
 
         Stored tokens are trusted: each was checked against its colour set when it
         entered the net, so recovery only rebuilds them (it is one cursor scan; see
-        docs/store.md for its speed). The places in ``deferred`` are left out: the
-        result counts their tokens and holds a reader of their entries, to be read
-        after the shard starts (see shard/marking_reader.py).
+        docs/shard.md, "The store", for its speed). The places in ``deferred`` are left
+        out: the result counts their tokens and holds a reader of their entries, to be
+        read after the shard starts (see shard/marking_reader.py).
         """
         gc_was_enabled = gc.isenabled()
         # A million new tuples would trigger the cyclic garbage collector over and over

@@ -8,6 +8,7 @@
   set of balls is an invariant the shard must keep across kills.
 * :func:`jobs_and_circulation`: both in one net, for the chaos test (clients put,
   lease and complete while the shard keeps firing the circulation on its clock).
+* :func:`jobs_counting_builds`: :func:`jobs`, counting its builds in a file.
 * :func:`hopping`: the cluster's workload: a ``Hopper`` put into ``hops`` changes its
   key on every hop (so it crosses partitions, mostly to other shards) until it lands
   in ``arrived``; every hop also takes and returns a ``Ticket`` from the pool place
@@ -165,3 +166,11 @@ def staged() -> Net:
     j, q = variables("j q")
     enter = Transition("enter", consume=[inbox(j, queue=q)], produce=[stage.produce(j)])
     return Net("test_staged", places=[inbox, stage], transitions=[enter])
+
+
+def jobs_counting_builds(builds_file: str = "") -> Net:
+    """:func:`jobs`, noting each build as a line in ``builds_file`` (a standby's test)."""
+    if builds_file:
+        with open(builds_file, "a", encoding="utf-8") as out:
+            out.write("built\n")
+    return jobs()
