@@ -143,6 +143,8 @@ class Bench:
         self.kills: list[str] = []
         self.recover_s: list[float] = []
         self.phases_s: dict[str, list[float]] = {name: [] for name, _s, _e in PHASES}
+        # Each measured recovery: (seconds, victim, SIGKILL ms, its steps in seconds).
+        self.recoveries: list[tuple[float, str, int, dict[str, float]]] = []
         self.pids: set[int] = set()
         self.shards = SHARDS
         self.pending: dict[str, tuple[str, int]] = {}  # victim -> (endpoint, SIGKILL ms)
@@ -191,11 +193,16 @@ class Bench:
         if victim != "router":
             self.pending[victim] = (back[0], killed_ms)
 
-    def _phases(self, stats: dict[str, Any], killed_ms: int) -> None:
+    def _phases(self, victim: str, stats: dict[str, Any], killed_ms: int) -> None:
         marks = {"killed_ms": killed_ms, **stats}
+        steps: dict[str, float] = {}
         for name, start, end in PHASES:
             if marks.get(start) and marks.get(end):
-                self.phases_s[name].append((marks[end] - marks[start]) / 1000)
+                steps[name] = (marks[end] - marks[start]) / 1000
+                self.phases_s[name].append(steps[name])
+        recovered_s = (stats["first_fired_ms"] - killed_ms) / 1000
+        self.recover_s.append(recovered_s)
+        self.recoveries.append((recovered_s, victim, killed_ms, steps))
 
     def resolve(self, victim: str, *, wait_s: float = 0.0) -> None:
         """Read a restarted shard's first firing (a shard with nothing to do does not
@@ -207,8 +214,7 @@ class Bench:
                 with contextlib.suppress(CpnError):
                     stats = shard.stats()
                     if stats["first_fired_ms"]:
-                        self.recover_s.append((stats["first_fired_ms"] - killed_ms) / 1000)
-                        self._phases(stats, killed_ms)
+                        self._phases(victim, stats, killed_ms)
                         return
                 if time.monotonic() >= deadline:
                     self.pending[victim] = (endpoint, killed_ms)
@@ -295,7 +301,18 @@ def _judge(client: ClusterClient, plan: Plan, seed: int, completed: bool) -> dic
     return {"lost": lost, "duplicated": duplicated, "violations": findings + (not completed)}
 
 
-def run(plan: Plan, seed: int) -> dict[str, Any]:
+def _print_slowest(bench: Bench, chaos_start_ms: int, count: int = 3) -> None:
+    """The slowest recoveries, step by step: where a long one spent its time."""
+    for recovered_s, victim, killed_ms, steps in sorted(bench.recoveries, reverse=True)[:count]:
+        print(
+            f"  slow: {victim} killed at {(killed_ms - chaos_start_ms) / 1000:.1f} s into the "
+            f"chaos, first firing after {recovered_s:.2f} s: "
+            + ", ".join(f"{name} {s:.3f}" for name, s in steps.items()),
+            file=sys.stderr,
+        )
+
+
+def run(plan: Plan, seed: int, *, keep: bool = False) -> dict[str, Any]:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="cpn-chaos-"))
     bench = Bench(root / "cluster", plan, seed)
@@ -309,6 +326,7 @@ def run(plan: Plan, seed: int) -> dict[str, Any]:
         baseline_start = time.monotonic()
         time.sleep(plan.baseline_s)
         chaos_start = time.monotonic()
+        chaos_start_ms = time.time_ns() // 1_000_000
         baseline = samples.rate(baseline_start + 1.0, chaos_start)
         print(f"fault-free: {baseline:,.0f} fetches/s", file=sys.stderr)
         chaos = ChaosRun(bench.layout)
@@ -357,7 +375,10 @@ def run(plan: Plan, seed: int) -> dict[str, Any]:
     finally:
         stop.set()
         bench.down()
-        shutil.rmtree(root, ignore_errors=True)
+        if keep:
+            print(f"the cluster's directory (logs) is kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     recover = bench.recover_s or [0.0]
     print(
         "shard recovery by step, median / max s: "
@@ -368,6 +389,8 @@ def run(plan: Plan, seed: int) -> dict[str, Any]:
         ),
         file=sys.stderr,
     )
+    if bench.recoveries:
+        _print_slowest(bench, chaos_start_ms)
     print(f"total {time.monotonic() - started:.1f} s", file=sys.stderr)
     return {
         "kills": len(bench.kills),
@@ -382,8 +405,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="40 s of measurement, not 5 min")
     parser.add_argument("--seed", type=int, default=0, help="seed of the victims and the net")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the cluster's directory (its logs) afterwards"
+    )
     args = parser.parse_args()
-    result = run(QUICK if args.quick else FULL, args.seed)
+    result = run(QUICK if args.quick else FULL, args.seed, keep=args.keep)
     print(json.dumps(result))
 
 

@@ -10,16 +10,22 @@ snapshot recovery saw (shard/marking_reader.py).
 Until it is done, anything that reads such a place sees the whole of it anyway:
 counts add what is still to load (the store keeps each place's count), and a request
 for the tokens themselves, or a slot being sealed for a move, first loads the rest.
+
+An entry that cannot be read back (a corrupt store) fails every later step too: the
+shard's loop stops on it, as a startup read would have, rather than serve a marking
+with a hole in it.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from typing import Final
 
 from nets.engine import Engine
-from shard.marking_reader import DeferredMarking
+from shard.marking_reader import DeferredMarking, MarkingReadError
+from shard.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +37,20 @@ class DeferredLoad:
     """What is left to load of the deferred places, and loading it."""
 
     def __init__(
-        self, places: frozenset[str], reader: DeferredMarking | None, counts: dict[str, int]
+        self,
+        places: frozenset[str],
+        reader: DeferredMarking | None,
+        counts: dict[str, int],
+        store: Store,
     ) -> None:
         self.places = places
         self._reader = reader
+        self._store = store
         self._pending = {name: n for name, n in counts.items() if n}
+        self._failed: MarkingReadError | None = None
         self.loaded = 0  # entries loaded so far
         self.loaded_ms = 0  # when the last one was (wall-clock ms; 0: not yet)
-        if reader is None or not self._pending:
+        if reader is None:
             self._finish()
 
     @property
@@ -55,12 +67,30 @@ class DeferredLoad:
         self._pending[place] = self._pending.get(place, 0) - count
 
     def step(self, engine: Engine, entries_max: int = CHUNK_ENTRIES_MAX) -> int:
-        """Load one chunk into ``engine``; returns how many entries it held."""
+        """Load one chunk into ``engine``; returns how many entries it held.
+
+        Raises:
+            MarkingReadError: an entry cannot be read back (now or in an earlier step).
+        """
         reader = self._reader
+        if self._failed is not None:
+            raise self._failed
         if reader is None:
             return 0
+        # As at startup: these tuples live long and form no cycles, so the collector
+        # is paused while they are made (it would walk the growing heap over and over).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            chunk = reader.read(entries_max)
+        except MarkingReadError as exc:
+            self._failed = exc
+            raise
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         loaded = 0
-        for place, entries in reader.read(entries_max).items():
+        for place, entries in chunk.items():
             engine.add_checked(place, entries)
             self._pending[place] = self._pending.get(place, 0) - len(entries)
             loaded += len(entries)
@@ -83,9 +113,16 @@ class DeferredLoad:
     def _finish(self) -> None:
         self.close()
         self.loaded_ms = time.time_ns() // 1_000_000
+        if self.loaded:
+            gc.freeze()  # kept out of later collections, as the startup read is
         wrong = {name: n for name, n in self._pending.items() if n}
-        if wrong:
-            # The stored counts and the stored entries disagree: counts would be off by
-            # these numbers; the tokens themselves are all loaded.
-            log.error("deferred places loaded, but their counts were off by %s", wrong)
         self._pending = {}
+        if wrong:
+            # The stored counts and entries disagree (a bug, or a store edited by hand):
+            # every entry is loaded, so counts are right from now on; the stored ones
+            # are counted again from the entries, for the next start.
+            log.error("deferred places loaded; their stored counts were off by %s", wrong)
+            try:
+                self._store.recount()
+            except StoreError as exc:  # the shard's next commit meets this failure too
+                log.error("could not count the places again: %s", exc)

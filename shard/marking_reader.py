@@ -121,33 +121,34 @@ def read_marking(
 class DeferredMarking:
     """The entries of the deferred places as of one snapshot, read in chunks.
 
-    It holds a read transaction of its own until every entry is read or
-    :meth:`detach` copies the rest into memory (the store does so before it grows the
-    map, which LMDB allows only while no transaction is open). Entries committed after
-    the snapshot are not read: the shard added those to its engine when it made them.
+    It takes over the read transaction that recovery read everything else in (so both
+    see one snapshot) and holds it until every entry is read or :meth:`detach` copies
+    the rest into memory (the store does so before it grows the map, which LMDB allows
+    only while no transaction is open). Entries committed after the snapshot are not
+    read: the shard added those to its engine when it made them. Slots in
+    ``skip_slots`` (sealed for a move: the shard does not hold their tokens) are not
+    read either.
     """
 
     def __init__(
         self,
-        env: lmdb.Environment,
+        txn: lmdb.Transaction,
         db: Any,
         places_by_id: Mapping[bytes, str],
         places: Mapping[str, Any],
         deferred_ids: frozenset[bytes],
+        *,
+        skip_slots: frozenset[int],
         where: Path,
     ) -> None:
-        self._txn: lmdb.Transaction | None = env.begin(db=db)
+        self._txn: lmdb.Transaction | None = txn
         self._places_by_id = places_by_id
         self._places = places
         self._deferred_ids = sorted(deferred_ids)
-        self._skip_slots: frozenset[bytes] = frozenset()
+        self._skip_slots = frozenset(slot.to_bytes(2, "big") for slot in skip_slots)
         self._where = where
-        self._pairs: Iterator[tuple[bytes, bytes]] = self._ranges(self._txn.cursor())
+        self._pairs: Iterator[tuple[bytes, bytes]] = self._ranges(txn.cursor(db=db))
         self.done = not deferred_ids
-
-    def skip_slots(self, slots: frozenset[int]) -> None:
-        """Do not read these slots (sealed for a move: the shard does not hold them)."""
-        self._skip_slots = frozenset(slot.to_bytes(2, "big") for slot in slots)
 
     def _ranges(self, cursor: lmdb.Cursor) -> Iterator[tuple[bytes, bytes]]:
         """The raw (key, value) pairs of the deferred ranges, seeking past the rest."""

@@ -233,14 +233,11 @@ class Shard:
         self.more_enabled = True  # until a batch shows otherwise
         self.engine.hooks.append(self._record_step)
         self.deferred = DeferredLoad(
-            self.deferred_places, recovered.deferred, recovered.deferred_counts
+            self.deferred_places, recovered.deferred, recovered.deferred_counts, self.store
         )
         if recovered.initialised:
             self.engine.restore(recovered.marking)
-            sealed = frozenset(self.exchange.sealed)
-            if recovered.deferred is not None:
-                recovered.deferred.skip_slots(sealed)
-            for slot in sorted(sealed):
+            for slot in sorted(self.exchange.sealed):
                 # Sealed for a move: kept in the store for the shipment, never fired.
                 entries = self.store.slot_entries(slot)
                 self.engine.extract([e for e in entries if e[0] not in self.deferred_places])

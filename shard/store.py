@@ -47,6 +47,7 @@ it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import gc
 import hashlib
@@ -319,9 +320,13 @@ class Store:
         self._place_ids = ids
         self._places_by_id = {v: k for k, v in ids.items()}
 
+    def recount(self) -> None:
+        """Count every place's tokens again from the stored entries (a scan)."""
+        self._write(self._count_places)
+
     def _count_places(self, txn: lmdb.Transaction) -> None:
         """Write every place's token count (a store from before the counts were kept)."""
-        counts: Counter[bytes] = Counter()
+        counts: Counter[bytes] = Counter(dict.fromkeys(self._places_by_id, 0))
         for key, value in txn.cursor(db=self._marking):
             counts[bytes(key[2:4])] += int.from_bytes(value[:4], "big")
         for place_id, count in counts.items():
@@ -330,51 +335,76 @@ class Store:
     def _recover(self, deferred: frozenset[str]) -> Recovered:
         places = {p.name: p for p in self.net.places}
         deferred_ids = frozenset(self._place_ids[name] for name in deferred)
+        # One read transaction for everything; the deferred reader takes it over, so
+        # that what it reads later belongs to the same snapshot as the rest.
+        txn = self._env.begin()
+        try:
+            recovered = self._read_state(txn, places, deferred_ids)
+        except BaseException:
+            txn.abort()
+            raise
+        if not deferred:
+            txn.abort()
+            return recovered
+        reader = DeferredMarking(
+            txn,
+            self._marking,
+            self._places_by_id,
+            places,
+            deferred_ids,
+            skip_slots=frozenset(recovered.phases),
+            where=self.path,
+        )
+        self._readers = [r for r in self._readers if not r.done]
+        self._readers.append(reader)
+        return dataclasses.replace(recovered, deferred=reader)
+
+    def _read_state(
+        self, txn: lmdb.Transaction, places: Mapping[str, Any], deferred_ids: frozenset[bytes]
+    ) -> Recovered:
         clients: dict[str, tuple[int, bytes]] = {}
-        with self._env.begin() as txn:
-            clock_ms = int(txn.get(b"clock_ms", b"0", db=self._meta))
-            initialised = txn.get(b"initialised", db=self._meta) is not None
-            marking = read_marking(
-                txn.cursor(db=self._marking), self._places_by_id, places, deferred_ids
+        clock_ms = int(txn.get(b"clock_ms", b"0", db=self._meta))
+        initialised = txn.get(b"initialised", db=self._meta) is not None
+        marking = read_marking(
+            txn.cursor(db=self._marking), self._places_by_id, places, deferred_ids
+        )
+        deferred_counts = {
+            name: int.from_bytes(
+                txn.get(b"count:" + self._place_ids[name], bytes(8), db=self._meta), "big"
             )
-            deferred_counts = {
-                name: int.from_bytes(
-                    txn.get(b"count:" + self._place_ids[name], bytes(8), db=self._meta), "big"
-                )
-                for name in deferred
-            }
-            for _key, value in txn.cursor(db=self._clients):
-                client_id, seq, reply, _used = unpack(bytes(value))
-                clients[client_id] = (seq, reply)
-            runs = [
-                (
-                    int.from_bytes(key[:4], "big"),
-                    int.from_bytes(key[4:12], "big"),
-                    int.from_bytes(value[:4], "big"),
-                    bytes(value[4:]),
-                )
-                for key, value in txn.cursor(db=self._outbox)
-            ]
-            next_seqs = {
-                int.from_bytes(key, "big"): int.from_bytes(value, "big")
-                for key, value in txn.cursor(db=self._lanes)
-            }
-            hwms = {
-                (int.from_bytes(key[:2], "big"), int.from_bytes(key[2:6], "big")): int.from_bytes(
-                    value, "big"
-                )
-                for key, value in txn.cursor(db=self._inbox)
-            }
-            table = txn.get(b"table", db=self._meta)
-            endpoints = txn.get(b"endpoints", db=self._meta)
-            phases = {
-                int.from_bytes(key, "big"): bytes(value)
-                for key, value in txn.cursor(db=self._phases)
-            }
-            staged = {
-                int.from_bytes(key, "big"): bytes(value)
-                for key, value in txn.cursor(db=self._staged)
-            }
+            for name, place_id in self._place_ids.items()
+            if place_id in deferred_ids
+        }
+        for _key, value in txn.cursor(db=self._clients):
+            client_id, seq, reply, _used = unpack(bytes(value))
+            clients[client_id] = (seq, reply)
+        runs = [
+            (
+                int.from_bytes(key[:4], "big"),
+                int.from_bytes(key[4:12], "big"),
+                int.from_bytes(value[:4], "big"),
+                bytes(value[4:]),
+            )
+            for key, value in txn.cursor(db=self._outbox)
+        ]
+        next_seqs = {
+            int.from_bytes(key, "big"): int.from_bytes(value, "big")
+            for key, value in txn.cursor(db=self._lanes)
+        }
+        hwms = {
+            (int.from_bytes(key[:2], "big"), int.from_bytes(key[2:6], "big")): int.from_bytes(
+                value, "big"
+            )
+            for key, value in txn.cursor(db=self._inbox)
+        }
+        table = txn.get(b"table", db=self._meta)
+        endpoints = txn.get(b"endpoints", db=self._meta)
+        phases = {
+            int.from_bytes(key, "big"): bytes(value) for key, value in txn.cursor(db=self._phases)
+        }
+        staged = {
+            int.from_bytes(key, "big"): bytes(value) for key, value in txn.cursor(db=self._staged)
+        }
         return Recovered(
             marking,
             clock_ms,
@@ -388,18 +418,7 @@ class Store:
             phases,
             staged,
             deferred_counts,
-            self._open_deferred(deferred_ids, places) if any(deferred_counts.values()) else None,
         )
-
-    def _open_deferred(
-        self, deferred_ids: frozenset[bytes], places: Mapping[str, Any]
-    ) -> DeferredMarking:
-        reader = DeferredMarking(
-            self._env, self._marking, self._places_by_id, places, deferred_ids, self.path
-        )
-        self._readers = [r for r in self._readers if not r.done]
-        self._readers.append(reader)
-        return reader
 
     def slot_entries(self, slot: int) -> list[tuple[str, int, Token]]:
         """Every committed entry of ``slot``, one per token (a range scan: the slot's

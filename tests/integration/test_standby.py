@@ -14,7 +14,6 @@ from cluster.client import ShardClient
 from cluster.local import Standby, net_param_args, start_shard
 from nets.errors import LoadError
 from nets.loader import load_net, prepare_net
-
 from tests.integration.test_shard import _env
 
 pytestmark = pytest.mark.integration

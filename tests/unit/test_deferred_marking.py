@@ -7,6 +7,7 @@ skipping sealed slots, and keeps going when the map grows under it; a store writ
 before the counts were kept gets them when it is opened.
 """
 
+import gc
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,11 @@ from typing import Any, NamedTuple
 import lmdb
 import pytest
 
-from nets import Net, Place
+from nets import Engine, Net, Place
 from nets.model import Token
 from router.slots import slot_of_token
-from shard.marking_reader import DeferredMarking
+from shard.deferred import DeferredLoad
+from shard.marking_reader import DeferredMarking, MarkingReadError
 from shard.store import Batch, Durability, Store
 
 pytestmark = pytest.mark.integration
@@ -117,9 +119,12 @@ def test_the_reader_reads_the_snapshot_recovery_saw(store: Store) -> None:
 def test_the_reader_skips_sealed_slots(store: Store) -> None:
     written = _fill(store)
     sealed = {slot_of_token(NET.place("done"), _item(n)) for n in (3, 4)}
+    seal = Batch()
+    seal.phases.update(dict.fromkeys(sealed, b"sealed for a move"))
+    seal.clock_ms = 1_001
+    store.commit(seal)
     recovered = store.recover(DEFERRED)
     assert recovered.deferred is not None
-    recovered.deferred.skip_slots(frozenset(sealed))
     expected = Counter(
         {
             (p, t, tok): n
@@ -185,4 +190,62 @@ def test_a_store_from_before_the_counts_gets_them_when_opened(tmp_path: Path) ->
     try:
         assert store.recover(DEFERRED).deferred_counts == {"done": 303, "log": 300}
     finally:
+        store.close()
+
+
+def _corrupt_one_done_entry(path: Path) -> None:
+    """Replace one stored ``done`` entry by bytes that are not msgpack."""
+    env = lmdb.open(str(path / "lmdb"), max_dbs=10, subdir=True)
+    with env.begin(write=True) as txn:
+        meta, marking = env.open_db(b"meta", txn=txn), env.open_db(b"marking", txn=txn)
+        done_id = bytes(txn.get(b"place:done", db=meta))
+        key = next(bytes(k) for k, _v in txn.cursor(db=marking) if bytes(k)[2:4] == done_id)
+        txn.delete(key, db=marking)
+        # The digest form (0xc1): the value holds the encoding, here a truncated array.
+        txn.put(key[:12] + b"\xc1" + bytes(16), (1).to_bytes(4, "big") + b"\x93\x01", db=marking)
+    env.close()
+
+
+def test_an_entry_that_cannot_be_read_stops_the_load_for_good(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data", net=NET, durability=Durability.PROCESS)
+    _fill(store)
+    store.close()
+    _corrupt_one_done_entry(tmp_path / "data")
+    store = Store(tmp_path / "data", net=NET, durability=Durability.PROCESS)
+    try:
+        recovered = store.recover(DEFERRED)
+        load = DeferredLoad(DEFERRED, recovered.deferred, recovered.deferred_counts, store)
+        engine = Engine(NET, initial_marking=False)
+        with pytest.raises(MarkingReadError, match="corrupt marking entry in place 'done'"):
+            load.complete(engine)
+        with pytest.raises(MarkingReadError, match="corrupt"):
+            load.step(engine)  # and every later step: no marking with a hole in it
+        assert load.active and load.loaded_ms == 0
+        assert load.pending("done") + engine.count("done") == 303, "counts stay whole"
+    finally:
+        store.close()
+
+
+def test_missing_counts_do_not_stop_the_load_and_are_counted_again(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data", net=NET, durability=Durability.PROCESS)
+    written = _fill(store)
+    store.close()
+    env = lmdb.open(str(tmp_path / "data" / "lmdb"), max_dbs=10, subdir=True)
+    with env.begin(write=True) as txn:
+        meta = env.open_db(b"meta", txn=txn)
+        for key in [bytes(k) for k, _v in txn.cursor(db=meta) if bytes(k).startswith(b"count:")]:
+            txn.delete(key, db=meta)
+    env.close()
+    store = Store(tmp_path / "data", net=NET, durability=Durability.PROCESS)
+    try:
+        recovered = store.recover(DEFERRED)
+        assert recovered.deferred_counts == {"done": 0, "log": 0}
+        load = DeferredLoad(DEFERRED, recovered.deferred, recovered.deferred_counts, store)
+        engine = Engine(NET, initial_marking=False)
+        load.complete(engine)
+        found = Counter((p, t, tok) for p in sorted(DEFERRED) for t, tok in engine.tokens(p))
+        assert found == _only(written, DEFERRED)
+        assert store.recover(DEFERRED).deferred_counts == {"done": 303, "log": 300}
+    finally:
+        gc.unfreeze()  # the finished load froze this process's heap, as a shard's
         store.close()
