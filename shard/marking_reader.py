@@ -147,81 +147,109 @@ class DeferredMarking:
         self._deferred_ids = sorted(deferred_ids)
         self._skip_slots = frozenset(slot.to_bytes(2, "big") for slot in skip_slots)
         self._where = where
-        self._pairs: Iterator[tuple[bytes, bytes]] = self._ranges(txn.cursor(db=db))
+        self._cursor: lmdb.Cursor | None = txn.cursor(db=db)
+        # The cursor is always at the next entry to look at (False: past the end).
+        self._more = bool(deferred_ids) and self._cursor.set_range(
+            b"\x00\x00" + self._deferred_ids[0]
+        )
+        self._rest: dict[str, list[bytes]] | None = None  # what detach() copied out
         self.done = not deferred_ids
 
-    def _ranges(self, cursor: lmdb.Cursor) -> Iterator[tuple[bytes, bytes]]:
-        """The raw (key, value) pairs of the deferred ranges, seeking past the rest."""
-        ids = self._deferred_ids
-        if not ids:
-            return
-        more = cursor.set_range(b"\x00\x00" + ids[0])
-        while more:
-            key = cast(bytes, cursor.key())
-            slot, place_id = key[:2], key[2:4]
-            if place_id in ids and slot not in self._skip_slots:
-                prefix = key[:4]
-                ended = True
-                for pair in _from_here(cursor):
-                    if pair[0][:4] != prefix:
-                        ended = False  # the cursor is at the next range's first key
-                        break
-                    yield pair
-                if ended:
-                    return
-                continue
-            later = [i for i in ids if i > place_id] if slot not in self._skip_slots else []
-            if later:
-                more = cursor.set_range(slot + later[0])
-            else:
-                next_slot = int.from_bytes(slot, "big") + 1
-                more = next_slot < 1 << 16 and cursor.set_range(
-                    next_slot.to_bytes(2, "big") + ids[0]
-                )
-
     def read(self, entries_max: int) -> Entries:
-        """Up to about ``entries_max`` more entries (none, and ``done``, at the end).
+        """Up to ``entries_max`` more entries (none, and ``done``, at the end).
 
         Raises:
             MarkingReadError: an entry does not decode, or names an unknown place.
         """
         try:
-            return self._read(entries_max)
+            encoded = self._from_rest(entries_max) if self._rest is not None else None
+            if encoded is None:
+                encoded = self._take(entries_max)
+            found: Entries = {}
+            for name, encodings in encoded.items():
+                decode_entries(name, encodings, self._places[name], found.setdefault(name, []))
         except MarkingReadError as exc:
             self.close()
             raise MarkingReadError(f"{self._where}: {exc}") from exc
-
-    def _read(self, entries_max: int) -> Entries:
-        encoded_by_place: dict[str, list[bytes]] = {}
-        for taken, (key, value) in enumerate(self._pairs, start=1):
-            name = self._places_by_id.get(key[2:4], "")
-            if name not in self._places:
-                raise MarkingReadError(_unknown_place(name or key[2:4]))
-            _collect(value, key, encoded_by_place.setdefault(name, []))
-            if taken >= entries_max:
-                break
-        else:
+        if not self._more and not self._rest:
             self.close()
-        found: Entries = {}
-        for name, encodings in encoded_by_place.items():
-            decode_entries(name, encodings, self._places[name], found.setdefault(name, []))
         return found
 
+    def _take(self, entries_max: int) -> dict[str, list[bytes]]:
+        """The encodings of up to ``entries_max`` entries, from the cursor on; the cursor
+        seeks past every range that is not a deferred place's or is a sealed slot's."""
+        cursor = self._cursor
+        encoded: dict[str, list[bytes]] = {}
+        taken = 0
+        ids = self._deferred_ids
+        while self._more and taken < entries_max:
+            assert cursor is not None
+            key = cast(bytes, cursor.key())
+            slot, place_id = key[:2], key[2:4]
+            if slot in self._skip_slots or place_id not in ids:
+                self._more = self._seek_after(cursor, slot, place_id)
+                continue
+            name = self._places_by_id.get(place_id, "")
+            if name not in self._places:
+                raise MarkingReadError(_unknown_place(name or place_id))
+            encodings = encoded.setdefault(name, [])
+            prefix = key[:4]
+            self._more = False  # unless an entry after this range turns up
+            for key, value in _from_here(cursor):  # the current entry first
+                if key[:4] != prefix or taken >= entries_max:
+                    self._more = True  # the cursor is at that entry, still to look at
+                    break
+                if value == ONE:
+                    encodings.append(key[12:])
+                else:
+                    _collect(value, key, encodings)
+                taken += 1
+        return encoded
+
+    def _seek_after(self, cursor: lmdb.Cursor, slot: bytes, place_id: bytes) -> bool:
+        """Move to the next range that may be a deferred place's; False past the end."""
+        ids = self._deferred_ids
+        later = [i for i in ids if i > place_id] if slot not in self._skip_slots else []
+        if later:
+            return bool(cursor.set_range(slot + later[0]))
+        next_slot = int.from_bytes(slot, "big") + 1
+        return next_slot < 1 << 16 and bool(cursor.set_range(next_slot.to_bytes(2, "big") + ids[0]))
+
+    def _from_rest(self, entries_max: int) -> dict[str, list[bytes]]:
+        rest = self._rest
+        assert rest is not None
+        taken: dict[str, list[bytes]] = {}
+        left = entries_max
+        for name in list(rest):
+            if left <= 0:
+                break
+            encodings = rest[name]
+            taken[name], rest[name] = encodings[:left], encodings[left:]
+            left -= len(taken[name])
+            if not rest[name]:
+                del rest[name]
+        return taken
+
     def detach(self) -> None:
-        """Copy the unread pairs into memory and end the read transaction."""
+        """Copy the encodings still to read into memory and end the read transaction."""
         if self._txn is None:
             return
-        rest = list(self._pairs)
-        self._pairs = iter(rest)
+        rest = self._take(1 << 62)
+        if self._rest is not None:  # a second detach cannot happen: the txn is gone
+            rest = {**self._rest, **rest}
+        self._rest = rest
+        self._more = False
         self._end()
 
     def close(self) -> None:
         """Stop reading (the shard stops, or every entry is read)."""
-        self._pairs = iter(())
+        self._more = False
+        self._rest = None
         self._end()
         self.done = True
 
     def _end(self) -> None:
+        self._cursor = None
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
