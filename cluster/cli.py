@@ -52,8 +52,9 @@ from router.process import LOG_FILE as ROUTER_LOG_FILE
 from router.process import RouterConfig
 from router.process import serve as serve_router
 from router.table import SHARDS_MAX
-from shard.process import LOG_FILE as SHARD_LOG_FILE
-from shard.process import ShardConfig, serve
+from shard.process import ShardConfig
+from shard.serve import LOG_FILE as SHARD_LOG_FILE
+from shard.serve import serve
 from shard.store import MAP_SIZE_BYTES_INITIAL, Durability
 
 EXIT_USER_ERROR = 2

@@ -512,6 +512,8 @@ def serve(config: RouterConfig) -> None:
         endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if gatekeeper is not None:
             gatekeeper.watch(socket)
+        # Before the endpoint is published: whoever reads it may stop the router at once.
+        _stop_on_signals(router)
         publish_endpoint(config.data_dir, endpoint)
         log.info(
             "router of net %r (%d shards, epoch %d, incarnation %d) serving on %s, pid %d",
@@ -538,12 +540,17 @@ def serve(config: RouterConfig) -> None:
         log.info("router stopped")
 
 
-def _loop(router: Router, socket: zmq.Socket[bytes], limits: PeerRateLimits | None = None) -> None:
+def _stop_on_signals(router: Router) -> None:
+    """SIGTERM and SIGINT end the loop after its current turn (a graceful stop)."""
+
     def stop(_signum: int, _frame: object) -> None:
         router.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+def _loop(router: Router, socket: zmq.Socket[bytes], limits: PeerRateLimits | None = None) -> None:
     while not router.stopping:
         ready = socket.poll(POLL_MS, zmq.POLLIN)
         router.tick(time.monotonic_ns() // 1_000_000)

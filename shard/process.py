@@ -1,23 +1,15 @@
-"""One shard process: recover, then serve and fire on the real clock (SHELL).
+"""A shard's state and its request handlers (SHELL): recovery, the engine, the batch.
 
-Theory of operation (one loop, one thread):
+:class:`Shard` holds what one shard process owns: the engine (its marking), the batch
+of changes since the last commit, the LMDB store, the client table, leases, the
+partition exchange and slot moves. It applies decoded requests (puts, leases,
+completions, handoffs, queries), fires what is due and commits; :mod:`shard.serve`
+runs it in a loop behind a ZeroMQ socket (the loop's theory of operation is there).
 
-1. Wait on the socket until a message arrives or the engine's next deadline comes
-   (``zmq.Poller.poll`` with the time left; at most ``IDLE_WAKE_MS``).
-2. Take up to ``REQUESTS_PER_BATCH_MAX`` messages. Each is decoded (garbage gets an
-   :class:`~router.wire.Error` reply and is counted) and applied to the engine: puts add
-   tokens, leases move tokens into held, completions swap held tokens for results.
-3. Fire everything enabled at the current time, for at most ``BATCH_MS_MAX`` if
-   requests are waiting for this batch's commit, else ``BATCH_MS_MAX_IDLE``. Then
-   grant the parked leases (long polls, :mod:`shard.parked`) whose queue has work now.
-4. Commit the batch, every marking change of steps 2 and 3 plus the per-client replies,
-   in one LMDB write transaction.
-5. Only then send the replies. Nothing leaves the process before it is committed.
-
-If a commit fails (a full disk), the shard reloads its engine from what is committed,
-answers the batch's requests with ``store_unavailable`` and from then on refuses
-writes; queries keep working. A retried request carries the same client id and
-sequence number and is answered from the client table, never applied twice.
+If a commit fails (a full disk), the shard reloads its engine from what is committed
+and from then on refuses writes; queries keep working. A retried request carries the
+same client id and sequence number and is answered from the client table, never
+applied twice.
 """
 
 from __future__ import annotations
@@ -25,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import os
-import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -34,26 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import zmq
-
 from nets.codec import token_from_fields
 from nets.engine import Engine, unread_places
 from nets.errors import CpnError, TokenError
 from nets.firing import Step
 from nets.loader import load_net
 from nets.model import Net, Token
-from router.curve import CurveKeys, Gatekeeper, check_exposure, serve_securely
-from router.datadir import publish_endpoint, unpublish_endpoint
-from router.endpoints import listen_address
+from router.curve import CurveKeys
 from router.handoff import ProtocolError
-from router.limits import PeerRateLimits
 from router.wire import (
-    FRAME_BYTES_MAX,
     Complete,
     Completed,
     Counts,
     Envelope,
-    Error,
     FetchSlot,
     Handoff,
     HandoffAck,
@@ -74,25 +57,17 @@ from router.wire import (
     Statistics,
     Stats,
     Tokens,
-    WireFormatError,
     decode,
     encode,
 )
 from shard.deferred import DeferredLoad
 from shard.exchange import Exchange, HandoffRefused
 from shard.leases import WorkQueue, with_work_queues
-from shard.link import Link
 from shard.mover import Mover
 from shard.parked import LongPolls
-from shard.peers import Peers
 from shard.store import MAP_SIZE_BYTES_INITIAL, Batch, Durability, Store, StoreError
 
-LOG_FILE: Final = "shard.log"
 IDLE_WAKE_MS: Final = 1_000
-REQUESTS_PER_BATCH_MAX: Final = 1_000
-# Tokens received from peers per batch: the rest wait on the socket for the next one,
-# so a flood of handoffs cannot stretch a batch (and every reply) without bound.
-HANDOFF_TOKENS_PER_BATCH_MAX: Final = 50_000
 FIRINGS_PER_BATCH_MAX: Final = 100_000
 BATCH_MS_MAX: Final = 20  # while requests wait for the batch's commit
 BATCH_MS_MAX_IDLE: Final = 200  # while none do
@@ -722,257 +697,3 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
     return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 3)
-
-
-def serve(config: ShardConfig) -> None:
-    """Run a shard until it is asked to stop (Shutdown, SIGTERM or SIGINT).
-
-    Raises:
-        CpnError: the net does not load, the data directory is locked or holds another
-            net, or the endpoint cannot be bound.
-    """
-    address = listen_address(config.bind, allow_remote=config.allow_remote)
-    check_exposure(config.bind, address.removeprefix("tcp://").rsplit(":", 1)[0], config.curve)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    _configure_logging(config.data_dir / LOG_FILE)
-    # The loop allocates many short-lived tuples (entries, steps); a larger first
-    # generation makes young collections rarer without letting garbage pile up.
-    gc.set_threshold(50_000, 20, 100)
-    shard = Shard(config)
-    context = zmq.Context()
-    # The ZAP handler must run before the socket binds: it vets every CURVE handshake.
-    gatekeeper = None if config.curve is None else Gatekeeper.open(context, config.curve)
-    socket = context.socket(zmq.ROUTER)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    socket.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
-    if config.curve is not None:
-        serve_securely(socket, config.curve)
-    try:
-        socket.bind(address)
-    except zmq.ZMQError as exc:
-        shard.store.close()
-        socket.close()
-        if gatekeeper is not None:
-            gatekeeper.stop()
-        context.term()
-        raise CpnError(f"cannot bind {config.bind}: {exc.strerror}; is the port in use?") from exc
-    endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-    if gatekeeper is not None:
-        gatekeeper.watch(socket)
-    publish_endpoint(config.data_dir, endpoint)
-    shard.serving_ms = time.time_ns() // 1_000_000
-    log.info(
-        "shard of net %r serving on %s (incarnation %d, durability %s, pid %d)",
-        shard.net.name,
-        endpoint,
-        shard.incarnation,
-        config.durability.value,
-        os.getpid(),
-    )
-
-    def stop(_signum: int, _frame: object) -> None:
-        shard.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    # A signal writes a byte to this pipe, which wakes the poll at once (instead of at
-    # the next deadline, up to IDLE_WAKE_MS later).
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_write, False)
-    signal.set_wakeup_fd(wake_write)
-    peers = Peers(context, me=config.shard_id, router=config.router, curve=config.curve)
-    # A shard heartbeats whenever it has a router, even as a cluster's only shard.
-    clustered = shard.exchange.clustered or bool(config.router)
-    advertised = config.advertise or endpoint
-    link = Link(shard.exchange, peers, endpoint=advertised) if clustered else None
-    if link is not None:
-        link.cluster_id = config.cluster_id
-        link.mover = shard.mover
-    shard.mover.peers = peers
-    limits = None
-    if config.rate_limit is not None:
-        limits = PeerRateLimits(per_s=config.rate_limit[0], burst=config.rate_limit[1])
-    held: deque[list[bytes]] = deque()  # requests read during a batch, not yet handled
-    try:
-        while not shard.stopping:
-            if link is not None:
-                link.exchange = shard.exchange  # new after a failed commit's recovery
-            _poll(socket, wake_read, peers, 0 if held else _timeout_ms(shard, link))
-            shard.tick()
-            if link is not None:
-                link.take_replies(shard.engine.now, shard.batch)
-                shard.loop_back()
-            replies = _receive(shard, socket, held, limits)
-            waiting = _requests_waiting(socket, held, peers, shard, answering=bool(replies))
-            fired = shard.fire_due(waiting)
-            shard.mover.fired(fired)
-            replies += shard.polls.answer()
-            if not shard.commit():
-                replies = [
-                    (peer, Error("store_unavailable", shard.read_only_reason or ""), mid)
-                    if not isinstance(reply, Error) and _writes(reply)
-                    else (peer, reply, mid)
-                    for peer, reply, mid in replies
-                ]
-            outcomes = [(reply, _send(shard, socket, *reply)) for reply in replies]
-            shard.polls.sent(outcomes)  # undelivered leases go back (the next batch)
-            if link is not None:
-                link.send_after_commit(shard.engine.now, shard.engine, shard.progress())
-            shard.load_deferred()
-    finally:
-        signal.set_wakeup_fd(-1)
-        os.close(wake_read)
-        os.close(wake_write)
-        shard.commit()
-        unpublish_endpoint(config.data_dir)
-        peers.close()
-        socket.close(linger=0)
-        if gatekeeper is not None:
-            gatekeeper.stop()
-        context.term()
-        shard.store.close()
-        log.info("shard stopped")
-
-
-def _poll(socket: zmq.Socket[bytes], wake_read: int, peers: Peers, timeout_ms: int) -> None:
-    # The set of peer sockets changes when a peer moves, so the poller is built per
-    # turn: a handful of registrations, negligible next to a batch.
-    poller = zmq.Poller()
-    poller.register(socket, zmq.POLLIN)
-    poller.register(wake_read, zmq.POLLIN)
-    for peer in peers.sockets():
-        poller.register(peer, zmq.POLLIN)
-    poller.poll(timeout_ms)
-
-
-def _timeout_ms(shard: Shard, link: Link | None) -> int:
-    timeout = shard.timeout_ms()
-    if link is not None and timeout > 0:
-        timeout = max(0, min(timeout, link.next_deadline() - shard.clock.now_ms()))
-    return timeout
-
-
-READ_ONLY_REQUESTS: Final = (QueryCounts, QueryTokens, Stats, Ping)
-
-
-def _requests_waiting(
-    socket: zmq.Socket[bytes],
-    held: deque[list[bytes]],
-    peers: Peers,
-    shard: Shard,
-    *,
-    answering: bool,
-) -> Callable[[], bool]:
-    """Whether a request needs the batch to end soon.
-
-    Requests that change the marking (or that could not be read) do: they are answered
-    only after the commit. Read-only ones (queries, statistics, pings) do not: they
-    are taken off the socket into ``held`` and answered after the commit, whenever the
-    batch ends, so the polling of a monitor does not cut batches short. A peer's
-    answer does too: an acknowledgement opens the handoff window, and a receiver
-    waits for what it lets this shard send. So does a parked lease whose queue has work
-    now (it is granted after the batch, and a fetch's start may be near).
-    """
-
-    def waiting() -> bool:
-        if answering or peers.readable() or shard.polls.work_waits():
-            return True
-        while len(held) < REQUESTS_PER_BATCH_MAX:
-            try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return False
-            held.append(frames)
-            try:
-                message = decode(frames[-1]).message
-            except WireFormatError:
-                return True
-            if not isinstance(message, READ_ONLY_REQUESTS):
-                return True
-        return True
-
-    return waiting
-
-
-def _writes(reply: Message) -> bool:
-    return isinstance(reply, PutAck | Leased | Completed | HandoffAck | PoolAnswer)
-
-
-def _receive(
-    shard: Shard,
-    socket: zmq.Socket[bytes],
-    held: deque[list[bytes]],
-    limits: PeerRateLimits | None = None,
-) -> list[tuple[bytes, Message, int]]:
-    """Handle the requests taken off the socket during the last batch, then new ones."""
-    replies: list[tuple[bytes, Message, int]] = []
-    parked = 0  # requests that wait for work count towards the batch's requests too
-    while (
-        len(replies) + parked < REQUESTS_PER_BATCH_MAX
-        and shard.handed_in < HANDOFF_TOKENS_PER_BATCH_MAX
-    ):
-        if held:
-            frames = held.popleft()
-        else:
-            try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-        peer, payload = frames[0], frames[-1]
-        message_id = 0
-        if limits is not None and not limits.allow(peer, shard.clock.now_ms()):
-            # Refused before decoding: a flooding peer costs little and others get turns.
-            shard.counters["requests_rate_limited"] += 1
-            replies.append((peer, Error("rate_limited", "too many requests"), 0))
-            continue
-        try:
-            if len(frames) not in (2, 3) or (len(frames) == 3 and frames[1]):
-                raise WireFormatError(f"expected one message frame, got {len(frames) - 1}")
-            envelope = decode(payload)
-            message_id = envelope.message_id
-            reply = shard.handle(envelope)
-            if reply is None:  # a lease that waits for work: answered when it comes
-                assert isinstance(envelope.message, Lease)
-                shard.polls.park(peer, envelope.message, message_id)
-                parked += 1
-                continue
-        except WireFormatError as exc:
-            message_id = exc.message_id
-            shard.counters["frames_malformed"] += 1
-            log.warning("malformed frame from %s: %s", peer.hex(), exc)
-            reply = Error("malformed_frame", str(exc))
-        except RequestError as exc:
-            shard.counters[f"errors_{exc.code}"] += 1
-            reply = Error(exc.code, str(exc))
-        except CpnError as exc:
-            shard.counters["errors_request"] += 1
-            reply = Error("bad_request", str(exc))
-        except Exception as exc:  # the loop must survive any single request
-            shard.counters["errors_internal"] += 1
-            log.exception("request failed")
-            reply = Error("internal", f"{type(exc).__name__}: {exc}")
-        replies.append((peer, reply, message_id))
-    return replies
-
-
-def _send(shard: Shard, socket: zmq.Socket[bytes], peer: bytes, reply: Message, mid: int) -> bool:
-    """Send one reply; False if it was dropped (it never left: ROUTER_MANDATORY)."""
-    frame = encode(reply, message_id=mid, incarnation=shard.incarnation)
-    try:
-        socket.send_multipart([peer, frame], zmq.NOBLOCK)
-    except (zmq.Again, zmq.ZMQError) as exc:
-        # The peer is gone or slow; a client retries with the same request id and is
-        # answered from the client table, so dropping the reply loses nothing.
-        shard.counters["replies_dropped"] += 1
-        log.info("reply to %s dropped: %s", peer.hex(), exc)
-        return False
-    return True
-
-
-def _configure_logging(path: Path) -> None:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("cpn")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
