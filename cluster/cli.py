@@ -32,6 +32,9 @@ from cluster.cli_deploy import (
 )
 from cluster.cli_types import DURATION, NetParam
 from cluster.client import ClusterClient
+from cluster.launch import down as stop_cluster
+from cluster.launch import record_config, settle_config
+from cluster.launch import up as start_cluster
 from cluster.local import (
     STDERR_FILE,
     ClusterConfig,
@@ -41,9 +44,7 @@ from cluster.local import (
     tail,
 )
 from cluster.standby import STANDBY, await_order
-from cluster.supervisor import down as stop_cluster
-from cluster.supervisor import record_config, settle_config, supervise
-from cluster.supervisor import up as start_cluster
+from cluster.supervisor import supervise
 from nets.errors import CpnError
 from nets.loader import load_net
 from nets.simulation import simulate

@@ -34,6 +34,8 @@ from typing import Any, Final, TextIO
 from cluster.client import ClusterClient
 from cluster.crawl_report import CrawlReport, domain_gaps, file_pages, read_timings, tally
 from cluster.crawl_urls import InvalidUrl, canonical_url, domain_of
+from cluster.launch import down as stop_cluster
+from cluster.launch import settle_config
 from cluster.local import (
     ERROR_PREFIX,
     ClusterConfig,
@@ -43,8 +45,6 @@ from cluster.local import (
     stop_all,
 )
 from cluster.local import ShardProcess as ChildHandle
-from cluster.supervisor import down as stop_cluster
-from cluster.supervisor import settle_config
 from nets.errors import CpnError
 from nets.loader import load_net
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cluster.client import ClusterClient, ShardUnavailable
+from cluster.launch import record_config
 from cluster.local import ClusterConfig, ClusterLayout, supervisor_pid
-from cluster.supervisor import record_config
 from nets.errors import CpnError
 from router.table import SHARDS_MAX
 
