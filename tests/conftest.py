@@ -9,8 +9,12 @@ import contextlib
 import os
 import random
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.hopping_cluster import HoppingCluster
 
 # Hypothesis's pytest plugin imports its patch writer (libcst, which uses a deprecated
 # mypy_extensions API) only once a test has failed; under `filterwarnings = ["error"]`
@@ -40,3 +44,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             if name == _SEED_KEY:
                 report.sections.append(("seed", f"rerun with CPN_SEED={value}"))
     return report
+
+
+@pytest.fixture
+def hopping_cluster(tmp_path: Path, seed: int) -> Iterator[HoppingCluster]:
+    """A :class:`tests.hopping_cluster.HoppingCluster` in ``tmp_path``, closed afterwards."""
+    made = HoppingCluster(tmp_path / "cluster", seed=seed)
+    try:
+        yield made
+    finally:
+        made.close()

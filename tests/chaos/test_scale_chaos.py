@@ -16,8 +16,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -32,15 +30,6 @@ PHASE_TIMEOUT_S = 40.0
 BACK_TIMEOUT_S = 15.0
 WAVE = 20
 KILLS_MIN = 4
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, seed: int) -> Iterator[HoppingCluster]:
-    made = HoppingCluster(tmp_path / "cluster", seed=seed)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def _kill_one(cluster: HoppingCluster, chaos: ChaosRun, shards: int, kills: list[str]) -> None:
@@ -87,7 +76,8 @@ def _scale_under_chaos(
         )
 
 
-def test_scale_out_and_in_while_processes_die(cluster: HoppingCluster) -> None:
+def test_scale_out_and_in_while_processes_die(hopping_cluster: HoppingCluster) -> None:
+    cluster = hopping_cluster
     cluster.up(2)
     cluster.put_wave(200)
     chaos = ChaosRun(cluster.layout)

@@ -9,9 +9,6 @@ has one owner at the router's epoch, no move is left half-done and every outbox 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from cluster.local import live_endpoint, pid_running, wait_for
@@ -23,16 +20,10 @@ SCALE_TIMEOUT_S = 60.0
 WAVE = 20
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, seed: int) -> Iterator[HoppingCluster]:
-    made = HoppingCluster(tmp_path / "cluster", seed=seed)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-def test_scale_out_and_in_under_load_loses_and_doubles_nothing(cluster: HoppingCluster) -> None:
+def test_scale_out_and_in_under_load_loses_and_doubles_nothing(
+    hopping_cluster: HoppingCluster,
+) -> None:
+    cluster = hopping_cluster
     cluster.up(2)
     cluster.put_wave(200)
     result = cluster.cpn("scale", "--shards", "3", "--no-wait")
@@ -64,7 +55,8 @@ def test_scale_out_and_in_under_load_loses_and_doubles_nothing(cluster: HoppingC
     assert "shard 2 is retired: stopping it" in log
 
 
-def test_cpn_scale_waits_and_reports(cluster: HoppingCluster) -> None:
+def test_cpn_scale_waits_and_reports(hopping_cluster: HoppingCluster) -> None:
+    cluster = hopping_cluster
     cluster.up(2)
     cluster.put_wave(100)
     result = cluster.cpn("scale", "--shards", "3", "--timeout", "60s")
