@@ -39,13 +39,8 @@ class DeferredLoad:
     """What is left to load of the deferred places, and loading it."""
 
     def __init__(
-        self,
-        places: frozenset[str],
-        reader: DeferredMarking | None,
-        counts: dict[str, int],
-        store: Store,
+        self, reader: DeferredMarking | None, counts: dict[str, int], store: Store
     ) -> None:
-        self.places = places
         self._reader = reader
         self._store = store
         self._pending = {name: n for name, n in counts.items() if n}

@@ -162,9 +162,9 @@ class DeferredMarking:
             MarkingReadError: an entry does not decode, or names an unknown place.
         """
         try:
-            encoded = self._from_rest(entries_max) if self._rest is not None else None
-            if encoded is None:
-                encoded = self._take(entries_max)
+            encoded = (
+                self._from_rest(entries_max) if self._rest is not None else self._take(entries_max)
+            )
             found: Entries = {}
             for name, encodings in encoded.items():
                 decode_entries(name, encodings, self._places[name], found.setdefault(name, []))
@@ -234,10 +234,7 @@ class DeferredMarking:
         """Copy the encodings still to read into memory and end the read transaction."""
         if self._txn is None:
             return
-        rest = self._take(1 << 62)
-        if self._rest is not None:  # a second detach cannot happen: the txn is gone
-            rest = {**self._rest, **rest}
-        self._rest = rest
+        self._rest = self._take(1 << 62)
         self._more = False
         self._end()
 

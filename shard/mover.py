@@ -185,9 +185,8 @@ class Mover:
 
     def _seal(self, slot: int, move_id: int) -> SealedSlot:
         shard = self.shard
-        if shard.deferred is not None:
-            # The slot's tokens leave the engine: those still to load must be in it.
-            shard.deferred.complete(shard.engine)
+        # The slot's tokens leave the engine: those still to load must be in it.
+        shard.deferred.complete(shard.engine)
         entries = shard.store.slot_entries(slot)
         shard.engine.extract(entries)
         hwms = {s: h for (s, lane), h in shard.exchange.inbox.hwms.items() if lane == slot}

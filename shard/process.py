@@ -159,7 +159,7 @@ class Shard:
         self.deferred_places = frozenset(
             name for name in unread_places(self.net, self.queues) if not self.net.place(name).pool
         )
-        self.deferred: DeferredLoad | None = None
+        self.deferred = DeferredLoad(None, {}, self.store)  # nothing yet: _load sets it
         self._recover()
         self.recovered_ms = time.time_ns() // 1_000_000
         self.serving_ms = 0  # set once the socket is bound and the endpoint published
@@ -180,8 +180,7 @@ class Shard:
                 gc.enable()
 
     def _load(self) -> None:
-        if self.deferred is not None:
-            self.deferred.close()  # recovering again (a commit failed): start over
+        self.deferred.close()  # recovering again (a commit failed): start over
         recovered = self.store.recover(self.deferred_places)
         self.clock = SystemClock(floor_ms=recovered.clock_ms)
         self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
@@ -207,9 +206,7 @@ class Shard:
         self.exports: list[tuple[str, int, Token]] = []  # tokens for other shards
         self.more_enabled = True  # until a batch shows otherwise
         self.engine.hooks.append(self._record_step)
-        self.deferred = DeferredLoad(
-            self.deferred_places, recovered.deferred, recovered.deferred_counts, self.store
-        )
+        self.deferred = DeferredLoad(recovered.deferred, recovered.deferred_counts, self.store)
         if recovered.initialised:
             self.engine.restore(recovered.marking)
             for slot in sorted(self.exchange.sealed):
@@ -539,7 +536,7 @@ class Shard:
     def _count(self, place: str) -> int:
         """Tokens ``place`` holds, counting those of a deferred place still to load."""
         count = self.engine.count(place)
-        return count if self.deferred is None else count + self.deferred.pending(place)
+        return count + self.deferred.pending(place)
 
     def _tokens(self, query: QueryTokens) -> Message:
         self._place(query.place)
@@ -547,7 +544,7 @@ class Shard:
             raise RequestError(
                 "bad_request", f"need offset >= 0 and 0 < limit <= {TOKENS_PAGE_MAX}"
             )
-        if self.deferred is not None and query.place in self.deferred_places:
+        if query.place in self.deferred_places:
             self.deferred.complete(self.engine)
         entries = self.engine.tokens(query.place)
         page = entries[query.offset : query.offset + query.limit]
@@ -568,8 +565,8 @@ class Shard:
             "recovered_ms": self.recovered_ms,
             "serving_ms": self.serving_ms,
             # When the deferred places' tokens were all loaded, and how many there were.
-            "deferred_loaded_ms": 0 if self.deferred is None else self.deferred.loaded_ms,
-            "deferred_tokens": 0 if self.deferred is None else self.deferred.loaded,
+            "deferred_loaded_ms": self.deferred.loaded_ms,
+            "deferred_tokens": self.deferred.loaded,
             "now_ms": self.engine.now,
             "firings": dict(stats.firings),
             "tokens": self._counts(),
@@ -672,7 +669,7 @@ class Shard:
 
     def load_deferred(self) -> None:
         """One chunk of the deferred places' tokens (the loop calls this every turn)."""
-        if self.deferred is not None and self.deferred.active:
+        if self.deferred.active:
             self.deferred.step(self.engine)
 
     def progress(self) -> dict[str, int]:
@@ -683,7 +680,7 @@ class Shard:
         }
 
     def timeout_ms(self) -> int:
-        if self.more_enabled or (self.deferred is not None and self.deferred.active):
+        if self.more_enabled or self.deferred.active:
             return 0  # the last batch stopped at a bound, or tokens are still to load
         deadlines = [
             d for d in (self.engine.next_deadline(), self.polls.next_deadline_ms()) if d is not None

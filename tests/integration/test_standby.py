@@ -35,6 +35,8 @@ def test_prepared_net_is_taken_once_by_the_same_load(tmp_path: Path) -> None:
     prepare_net(NET, params={"builds_file": str(other)})
     load_net(NET, seed=1, params={"builds_file": str(other)})  # another seed: built anew
     assert other.read_text() == "built\nbuilt\n"
+    load_net(NET, params={"builds_file": str(other)})  # the prepared one is still there
+    assert other.read_text() == "built\nbuilt\n"
 
 
 def test_a_net_that_does_not_load_is_not_prepared() -> None:

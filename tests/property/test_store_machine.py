@@ -507,7 +507,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(entries_max=st.sampled_from([1, 2, 5, 1_000]))
     def load_deferred(self, entries_max: int) -> None:
         """One chunk of the places the shard loads after it starts (as its loop does)."""
-        assert self.shard is not None and self.shard.deferred is not None
+        assert self.shard is not None
         loaded = self.shard.deferred.step(self.shard.engine, entries_max)
         event(f"deferred load: {min(loaded, 2)} or more entries in a step")
 
@@ -543,7 +543,6 @@ class StoreMachine(RuleBasedStateMachine):
             self.model.advance(self.clock.now_ms())
         self.pending = False
         for _chunk in range(chunks):
-            assert self.shard.deferred is not None
             self.shard.deferred.step(self.shard.engine, 2)
 
     # -- invariants ---------------------------------------------------------------------
@@ -555,7 +554,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.shard.engine.now == self.model.now
         assert self.shard.deferred_places == {"finished"}
         actual, expected = self.shard.engine.marking(), self.model.marking()
-        if self.shard.deferred is not None and self.shard.deferred.active:
+        if self.shard.deferred.active:
             # Still loading: what is loaded is part of the place, and counts are whole.
             loaded = Counter(_normal(actual).get("finished", []))
             assert not loaded - Counter(_normal(expected).get("finished", []))

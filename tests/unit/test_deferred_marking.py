@@ -214,7 +214,7 @@ def test_an_entry_that_cannot_be_read_stops_the_load_for_good(tmp_path: Path) ->
     store = Store(tmp_path / "data", net=NET, durability=Durability.PROCESS)
     try:
         recovered = store.recover(DEFERRED)
-        load = DeferredLoad(DEFERRED, recovered.deferred, recovered.deferred_counts, store)
+        load = DeferredLoad(recovered.deferred, recovered.deferred_counts, store)
         engine = Engine(NET, initial_marking=False)
         with pytest.raises(MarkingReadError, match="corrupt marking entry in place 'done'"):
             load.complete(engine)
@@ -240,7 +240,7 @@ def test_missing_counts_do_not_stop_the_load_and_are_counted_again(tmp_path: Pat
     try:
         recovered = store.recover(DEFERRED)
         assert recovered.deferred_counts == {"done": 0, "log": 0}
-        load = DeferredLoad(DEFERRED, recovered.deferred, recovered.deferred_counts, store)
+        load = DeferredLoad(recovered.deferred, recovered.deferred_counts, store)
         engine = Engine(NET, initial_marking=False)
         load.complete(engine)
         found = Counter((p, t, tok) for p in sorted(DEFERRED) for t, tok in engine.tokens(p))
