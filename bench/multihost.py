@@ -39,7 +39,7 @@ from cluster.client import use_client_keys
 from cluster.local import STDERR_FILE, ShardProcess, run_cpn, stop_all, wait_ready
 from cluster.netns import VirtualNetwork, unavailable
 from cluster.security import read_keypair, read_public
-from router.curve import CurveKeys
+from router.shell.curve import CurveKeys
 
 HOSTS: Final = ("router", "shard0", "shard1")
 RATIO_MIN: Final = 0.5

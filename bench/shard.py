@@ -76,7 +76,7 @@ from cluster.local import ShardProcess, start_shard
 from nets import Engine
 from nets.errors import CpnError
 from nets.scraper_sim import scraper_net
-from router.datadir import read_endpoint
+from router.shell.datadir import read_endpoint
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 SCRAPER_NET: Final = "bench.shard_nets:scraper_zero_delay"

@@ -33,7 +33,7 @@ from cluster.client import (
     expected_reply,
     unanswered,
 )
-from router.curve import CurveKeys
+from router.shell.curve import CurveKeys
 from router.wire import (
     Complete,
     Completed,

@@ -50,7 +50,7 @@ from cluster.local import (
     supervisor_pid,
 )
 from nets.errors import CpnError
-from router.datadir import read_endpoint
+from router.shell.datadir import read_endpoint
 from router.table import PartitionTable
 from router.wire import ClusterState, ClusterStatus, GetTable, Message, Statistics, Stats, Table
 

@@ -49,14 +49,14 @@ from nets.errors import CpnError
 from nets.loader import load_net
 from nets.simulation import simulate
 from router.endpoints import listen_address
-from router.process import LOG_FILE as ROUTER_LOG_FILE
-from router.process import RouterConfig
-from router.process import serve as serve_router
+from router.shell.daemon import LOG_FILE as ROUTER_LOG_FILE
+from router.shell.daemon import RouterConfig
+from router.shell.daemon import serve as serve_router
 from router.table import SHARDS_MAX
 from shard.process import ShardConfig
-from shard.serve import LOG_FILE as SHARD_LOG_FILE
-from shard.serve import serve
-from shard.store import MAP_SIZE_BYTES_INITIAL, Durability
+from shard.shell.serve import LOG_FILE as SHARD_LOG_FILE
+from shard.shell.serve import serve
+from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability
 
 EXIT_USER_ERROR = 2
 EXIT_CHECK_FAILED = 1  # `cpn chaos --check` found the cluster's invariants violated

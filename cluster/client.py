@@ -34,7 +34,7 @@ import zmq
 
 from cluster.local import router_endpoint
 from nets.errors import CpnError
-from router.curve import CurveKeys, connect_securely
+from router.shell.curve import CurveKeys, connect_securely
 from router.slots import FIXED_SLOT, slot_of_key
 from router.wire import (
     FRAME_BYTES_MAX,

@@ -28,8 +28,8 @@ from typing import Any, Final, TypeVar
 
 from cluster.standby import PREPARE_NET, STANDBY
 from nets.errors import CpnError
-from router.datadir import read_endpoint
-from shard.store import Durability
+from router.shell.datadir import read_endpoint
+from shard.shell.store import Durability
 
 READY_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 10.0

@@ -17,7 +17,7 @@ import zmq.auth
 
 from cluster.config import ClusterFile, SecuritySpec
 from nets.errors import CpnError
-from router.curve import KEY_CHARS, CurveKeys
+from router.shell.curve import KEY_CHARS, CurveKeys
 
 PUBLIC_SUFFIX: Final = ".key"
 SECRET_SUFFIX: Final = ".key_secret"  # noqa: S105 (a file name suffix, not a password)

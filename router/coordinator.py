@@ -1,6 +1,6 @@
 """The router's side of slot moves, scaling and fencing (pure, sans-IO).
 
-The router daemon (router/process.py) holds one :class:`Coordinator`: the partition
+The router daemon (router/shell/daemon.py) holds one :class:`Coordinator`: the partition
 table, the durable move records (:class:`router.moves.Move`), the shard count the
 cluster is heading for (``members``) and each shard's fenced incarnation. The daemon
 feeds it what the shards say and the time, persists :meth:`Coordinator.encode` and the

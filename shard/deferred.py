@@ -5,7 +5,7 @@ Places that no arc reads, no capacity bounds and no lease watches (``done``,
 marking. Reading them back is what made recovery after a SIGKILL slow, and nothing
 the engine decides depends on them. So recovery leaves them out, the shard starts
 serving and firing, and this loads them a chunk per turn of the loop, from the
-snapshot recovery saw (shard/marking_reader.py).
+snapshot recovery saw (shard/shell/marking_reader.py).
 
 Until it is done, anything that reads such a place sees the whole of it anyway:
 counts add what is still to load (the store keeps each place's count), and a request
@@ -24,8 +24,8 @@ import time
 from typing import Final
 
 from nets.engine import Engine
-from shard.marking_reader import DeferredMarking, MarkingReadError
-from shard.store import Store, StoreError
+from shard.shell.marking_reader import DeferredMarking, MarkingReadError
+from shard.shell.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 

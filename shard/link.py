@@ -28,8 +28,8 @@ from router.wire import (
 )
 from shard.exchange import Exchange
 from shard.mover import Mover
-from shard.peers import ROUTER, Peers
-from shard.store import Batch
+from shard.shell.peers import ROUTER, Peers
+from shard.shell.store import Batch
 
 HEARTBEAT_MS: Final = 250
 TABLE_REQUEST_MS: Final = 250  # at most one table request per this interval

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Final
 
 from nets.codec import pack
 from nets.model import Token
-from router.datadir import fault_point
 from router.moves import shipment_digest
+from router.shell.datadir import fault_point
 from router.wire import (
     FRAME_BYTES_MAX,
     FetchSlot,
@@ -49,8 +49,8 @@ from router.wire import (
 from shard.exchange import HandoffRefused, SealedSlot, StagedSlot
 
 if TYPE_CHECKING:
-    from shard.peers import Peers
     from shard.process import Shard
+    from shard.shell.peers import Peers
 
 REPORT_MS: Final = 250  # as often as the heartbeat, when no move concerns the shard
 REPORT_MS_BUSY: Final = 40  # while orders wait: a move takes a few rounds of these

@@ -3,7 +3,7 @@
 :class:`Shard` holds what one shard process owns: the engine (its marking), the batch
 of changes since the last commit, the LMDB store, the client table, leases, the
 partition exchange and slot moves. It applies decoded requests (puts, leases,
-completions, handoffs, queries), fires what is due and commits; :mod:`shard.serve`
+completions, handoffs, queries), fires what is due and commits; :mod:`shard.shell.serve`
 runs it in a loop behind a ZeroMQ socket (the loop's theory of operation is there).
 
 If a commit fails (a full disk), the shard reloads its engine from what is committed
@@ -30,8 +30,8 @@ from nets.errors import CpnError, TokenError
 from nets.firing import Step
 from nets.loader import load_net
 from nets.model import Net, Token
-from router.curve import CurveKeys
 from router.handoff import ProtocolError
+from router.shell.curve import CurveKeys
 from router.wire import (
     Complete,
     Completed,
@@ -65,7 +65,7 @@ from shard.exchange import Exchange, HandoffRefused
 from shard.leases import WorkQueue, with_work_queues
 from shard.mover import Mover
 from shard.parked import LongPolls
-from shard.store import MAP_SIZE_BYTES_INITIAL, Batch, Durability, Store, StoreError
+from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Batch, Durability, Store, StoreError
 
 IDLE_WAKE_MS: Final = 1_000
 FIRINGS_PER_BATCH_MAX: Final = 100_000

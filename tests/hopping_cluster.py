@@ -23,7 +23,7 @@ from cluster.invariants import ShardSnapshot
 from cluster.local import ClusterLayout, pid_running, process_args, run_cpn, wait_for
 from cluster.scaling import progress
 from nets.errors import CpnError
-from router.datadir import read_endpoint
+from router.shell.datadir import read_endpoint
 from router.table import PartitionTable
 from tests.hopping_check import hopping_problems
 from tests.nets_for_tests import hopper

@@ -33,7 +33,7 @@ import pytest
 from cluster.client import ClusterClient
 from cluster.invariants import ShardSnapshot
 from cluster.local import ClusterLayout, live_endpoint, pid_running, process_args, run_cpn, wait_for
-from router.datadir import read_endpoint
+from router.shell.datadir import read_endpoint
 from router.table import PartitionTable
 from tests.hopping_check import hopping_problems
 from tests.nets_for_tests import hopper

@@ -2,7 +2,7 @@
 
 Every process of the cluster runs with ``CPN_FAULT_POINTS`` naming one point; the
 process that reaches it SIGKILLs itself there, once per data directory
-(router/datadir.py, ``fault_point``), and its supervisor restarts it. The cluster is
+(router/shell/datadir.py, ``fault_point``), and its supervisor restarts it. The cluster is
 scaled from 2 to 3 shards under load, so 341 slots move; the move that was cut must be
 resumed from the durable records and every move completes, with every invariant
 holding at the end. The full matrix of (step, party, fault) runs against the pure
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from router.datadir import FAULT_ENV, FAULT_MARK_PREFIX
+from router.shell.datadir import FAULT_ENV, FAULT_MARK_PREFIX
 from tests.hopping_cluster import HoppingCluster, wait_scaled
 
 pytestmark = [pytest.mark.serial, pytest.mark.integration]

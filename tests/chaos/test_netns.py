@@ -35,7 +35,7 @@ from cluster.local import STDERR_FILE, ShardProcess, run_cpn, stop_all, wait_for
 from cluster.netns import VirtualNetwork, unavailable
 from cluster.scaling import progress
 from cluster.security import read_keypair, read_public
-from router.curve import CurveKeys
+from router.shell.curve import CurveKeys
 from router.slots import slot_of_key
 from router.table import PartitionTable
 from tests.hopping_check import hopping_problems

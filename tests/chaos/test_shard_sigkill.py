@@ -57,7 +57,7 @@ from router.wire import (
     encode,
 )
 from shard.leases import with_work_queues
-from shard.store import Durability, Store
+from shard.shell.store import Durability, Store
 from tests.nets_for_tests import BALLS, Ball, jobs_and_circulation
 
 pytestmark = [pytest.mark.serial, pytest.mark.integration]

@@ -32,7 +32,7 @@ from cluster.local import (
     wait_for,
 )
 from nets.errors import CpnError
-from router.datadir import read_endpoint
+from router.shell.datadir import read_endpoint
 from router.slots import slot_of_key
 from router.wire import Put, PutAck
 

@@ -19,7 +19,7 @@ import zmq
 from cluster.client import ClusterClient, ShardClient, ShardUnavailable
 from cluster.local import ShardProcess, run_cpn, start_router, start_shard, stop_all, wait_for
 from cluster.security import read_keypair, read_public
-from router.curve import CurveKeys, connect_securely
+from router.shell.curve import CurveKeys, connect_securely
 from router.wire import Error, Ping, decode, encode
 
 pytestmark = pytest.mark.integration

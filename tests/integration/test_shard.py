@@ -24,7 +24,7 @@ import zmq
 
 from cluster.client import ShardClient, ShardError
 from cluster.local import ShardProcess, start_shard
-from router.datadir import ENDPOINT_FILE
+from router.shell.datadir import ENDPOINT_FILE
 from router.wire import (
     FRAME_BYTES_MAX,
     PROTOCOL_VERSION,

@@ -19,8 +19,8 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shard.marking_reader import DeferredMarking, read_marking
-from shard.store import ENTRY_IN_KEY_BYTES_MAX
+from shard.shell.marking_reader import DeferredMarking, read_marking
+from shard.shell.store import ENTRY_IN_KEY_BYTES_MAX
 
 
 class Tok(NamedTuple):
@@ -54,7 +54,7 @@ _entries = st.lists(
 
 
 def _write(env: Any, db: Any, entries: list[tuple[int, int, int, Tok, int]]) -> Counter[Any]:
-    """Store the entries as shard/store.py lays them out; the model of what is stored."""
+    """Store the entries as shard/shell/store.py lays them out; the model of what is stored."""
     stored: Counter[Any] = Counter()
     with env.begin(write=True, db=db) as txn:
         for slot, pid, time, tok, n in entries:

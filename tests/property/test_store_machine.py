@@ -1,7 +1,7 @@
 """The LMDB-backed shard against an in-memory engine, on the same random operations.
 
 A Hypothesis state machine drives a real :class:`shard.process.Shard` (its engine, its
-batch and its :class:`shard.store.Store` under a temporary directory) in-process, with
+batch and its :class:`shard.shell.store.Store` under a temporary directory) in-process, with
 a virtual clock in place of the system clock, and a plain in-memory :class:`Engine`
 (the model) side by side. Puts, leases and completions go through ``Shard.handle``
 exactly as decoded requests would; the model applies the same operations by the rules
@@ -65,7 +65,7 @@ from router.wire import (
 )
 from shard.leases import WorkQueue, with_work_queues
 from shard.process import FIRINGS_PER_BATCH_MAX, RequestError, Shard, ShardConfig
-from shard.store import Durability
+from shard.shell.store import Durability
 
 EXAMPLES_MAX = int(os.environ.get("CPN_STORE_MACHINE_EXAMPLES", "60"))
 STEPS_MAX = 50

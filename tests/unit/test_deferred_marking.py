@@ -20,8 +20,8 @@ from nets import Engine, Net, Place
 from nets.model import Token
 from router.slots import slot_of_token
 from shard.deferred import DeferredLoad
-from shard.marking_reader import DeferredMarking, MarkingReadError
-from shard.store import Batch, Durability, Store
+from shard.shell.marking_reader import DeferredMarking, MarkingReadError
+from shard.shell.store import Batch, Durability, Store
 
 pytestmark = pytest.mark.integration
 

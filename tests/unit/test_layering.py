@@ -1,13 +1,16 @@
-"""Structural rules from STYLE.md, checked on the source itself.
+"""Structural rules of docs/architecture.md, checked on the source itself.
 
 * Imports point downward only: cluster -> shard -> router -> nets.
-* The functional core (nets/, and router/ except its daemon) does no I/O: it never
-  imports sockets, LMDB, clocks, threads, processes, click or the module-level random.
+* A package's shell is its ``shell`` subpackage; there is no list of exceptions. The
+  functional core (nets/, and router/ outside router/shell/) does no I/O: it never
+  imports sockets, LMDB, clocks, threads, processes, click or the module-level random,
+  nor the shell of its own package.
 """
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -29,8 +32,8 @@ FORBIDDEN_IN_CORE = {
     "select",
     "signal",
 }
-# Shell modules may do I/O; everything else in these packages is core.
-SHELL_MODULES = {"router/process.py", "router/datadir.py", "router/curve.py"}
+# Modules in a package's `shell` subpackage may do I/O; everything else is core.
+SHELL = "shell"
 # `random` is allowed as `random.Random(seed)`, a seeded instance; only the engine uses it.
 RANDOM_INSTANCE_ALLOWED = {"nets/engine.py"}
 
@@ -44,6 +47,10 @@ def _imports(path: Path) -> list[tuple[str, int]]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.module, node.lineno))
     return found
+
+
+def _is_shell(path: Path) -> bool:
+    return SHELL in path.relative_to(ROOT).parts[1:-1]
 
 
 def _sources(package: str) -> list[Path]:
@@ -67,10 +74,13 @@ def test_imports_point_downward(package: str) -> None:
 def test_core_does_no_io(package: str) -> None:
     for path in _sources(package):
         rel = str(path.relative_to(ROOT))
-        if rel in SHELL_MODULES:
+        if _is_shell(path):
             continue
         for module, line in _imports(path):
             top = module.split(".")[0]
+            assert module.split(".")[:2] != [package, SHELL], (
+                f"{rel}:{line} imports {module}: the core must not reach into its shell"
+            )
             if top == "random" and rel in RANDOM_INSTANCE_ALLOWED:
                 continue
             assert top not in FORBIDDEN_IN_CORE, (
@@ -88,3 +98,13 @@ def test_engine_uses_random_only_as_seeded_instance() -> None:
             and node.value.id == "random"
         ):
             assert node.attr == "Random", f"nets/engine.py uses random.{node.attr}"
+
+
+def test_every_shell_subpackage_is_installed() -> None:
+    # setuptools installs only the packages pyproject lists by name.
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = set(config["tool"]["setuptools"]["packages"])
+    for layer in LAYERS:
+        for init in sorted((ROOT / layer).rglob("__init__.py")):
+            name = ".".join(init.parent.relative_to(ROOT).parts)
+            assert name in packages, f"pyproject's packages list lacks {name}"

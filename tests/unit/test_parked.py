@@ -7,7 +7,7 @@ from pathlib import Path
 from router.wire import Lease, Leased, Message, Put, decode, encode
 from shard.parked import ParkedLease, ParkedLeases
 from shard.process import Shard, ShardConfig
-from shard.store import Durability
+from shard.shell.store import Durability
 
 JOBS = "tests.nets_for_tests:jobs"
 

@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
-import shard.store
+import shard.shell.store
 from nets import Net, Place
 from nets.model import Token
-from shard.store import Batch, Durability, Store, StoreError
+from shard.shell.store import Batch, Durability, Store, StoreError
 
 pytestmark = pytest.mark.integration
 
@@ -273,7 +273,7 @@ _HOLDER = textwrap.dedent(
     from pathlib import Path
     from typing import NamedTuple
     from nets import Net, Place
-    from shard.store import Durability, Store, StoreError
+    from shard.shell.store import Durability, Store, StoreError
 
     class Item(NamedTuple):
         key: str
@@ -396,7 +396,7 @@ def test_map_grows_from_a_tiny_size(open_store: Any) -> None:
 def test_client_table_evicts_the_least_recently_used(
     open_store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shard.store, "CLIENTS_MAX", 5)
+    monkeypatch.setattr(shard.shell.store, "CLIENTS_MAX", 5)
     store = open_store()
     for i in range(5):
         batch = Batch(clock_ms=i)
@@ -418,7 +418,7 @@ def test_client_table_eviction_is_least_recently_used_across_restarts(
     open_store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client used after a restart is more recent than one idle since before it."""
-    monkeypatch.setattr(shard.store, "CLIENTS_MAX", 3)
+    monkeypatch.setattr(shard.shell.store, "CLIENTS_MAX", 3)
     store = open_store()
     clock_ms = 1_000  # the shard's clock only moves forward, across restarts too
     for name in ("old-1", "old-2", "old-3"):  # the first incarnation's last uses

@@ -18,7 +18,7 @@ from typing import Final
 
 import zmq
 
-from router.curve import CurveKeys, connect_securely
+from router.shell.curve import CurveKeys, connect_securely
 from router.wire import FRAME_BYTES_MAX, Envelope, WireFormatError, decode
 
 SEND_QUEUE_MAX: Final = 64  # frames ZeroMQ may queue per peer before sends fail

@@ -37,10 +37,10 @@ from typing import Final
 import zmq
 
 from nets.errors import CpnError
-from router.curve import Gatekeeper, check_exposure, serve_securely
-from router.datadir import publish_endpoint, unpublish_endpoint
 from router.endpoints import listen_address
 from router.limits import PeerRateLimits
+from router.shell.curve import Gatekeeper, check_exposure, serve_securely
+from router.shell.datadir import publish_endpoint, unpublish_endpoint
 from router.wire import (
     FRAME_BYTES_MAX,
     Completed,
@@ -60,8 +60,8 @@ from router.wire import (
     encode,
 )
 from shard.link import Link
-from shard.peers import Peers
 from shard.process import RequestError, Shard, ShardConfig
+from shard.shell.peers import Peers
 
 LOG_FILE: Final = "shard.log"
 REQUESTS_PER_BATCH_MAX: Final = 1_000

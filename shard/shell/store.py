@@ -65,9 +65,9 @@ import msgpack
 from nets.codec import CodecError, pack, token_from_fields, unpack
 from nets.errors import CpnError
 from nets.model import Net, Token
-from router.datadir import lock_directory
+from router.shell.datadir import lock_directory
 from router.slots import slot_of_token
-from shard.marking_reader import DeferredMarking, MarkingReadError, read_marking
+from shard.shell.marking_reader import DeferredMarking, MarkingReadError, read_marking
 
 SCHEMA_VERSION: Final = 6
 # Schema 5 differs only by lacking the per-place counts, which opening it adds.
@@ -289,7 +289,7 @@ class Store:
         entered the net, so recovery only rebuilds them (it is one cursor scan; see
         docs/shard.md, "The store", for its speed). The places in ``deferred`` are left
         out: the result counts their tokens and holds a reader of their entries, to be
-        read after the shard starts (see shard/marking_reader.py).
+        read after the shard starts (see shard/shell/marking_reader.py).
         """
         gc_was_enabled = gc.isenabled()
         # A million new tuples would trigger the cyclic garbage collector over and over

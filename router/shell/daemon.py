@@ -50,10 +50,10 @@ from nets.errors import CpnError
 from nets.loader import load_net
 from nets.model import Net
 from router.coordinator import Coordinator, CoordinatorError
-from router.curve import CurveKeys, Gatekeeper, check_exposure, serve_securely
-from router.datadir import fault_point, lock_directory, publish_endpoint, unpublish_endpoint
 from router.endpoints import listen_address
 from router.limits import PeerRateLimits
+from router.shell.curve import CurveKeys, Gatekeeper, check_exposure, serve_securely
+from router.shell.datadir import fault_point, lock_directory, publish_endpoint, unpublish_endpoint
 from router.table import PartitionTable, TableError
 from router.wire import (
     FRAME_BYTES_MAX,
