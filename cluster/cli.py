@@ -53,7 +53,7 @@ from router.shell.daemon import LOG_FILE as ROUTER_LOG_FILE
 from router.shell.daemon import RouterConfig
 from router.shell.daemon import serve as serve_router
 from router.table import SHARDS_MAX
-from shard.process import ShardConfig
+from shard.shell.runtime import ShardConfig
 from shard.shell.serve import LOG_FILE as SHARD_LOG_FILE
 from shard.shell.serve import serve
 from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability

@@ -1,11 +1,11 @@
-"""The tokens a shard loads after it starts firing (SHELL, driven by the shard's loop).
+"""The tokens a shard loads after it starts firing: what is left, and loading a chunk.
 
 Places that no arc reads, no capacity bounds and no lease watches (``done``,
 ``stored``, a failure log) only accumulate tokens; they often hold most of a shard's
 marking. Reading them back is what made recovery after a SIGKILL slow, and nothing
 the engine decides depends on them. So recovery leaves them out, the shard starts
 serving and firing, and this loads them a chunk per turn of the loop, from the
-snapshot recovery saw (shard/shell/marking_reader.py).
+snapshot recovery saw (the store's :class:`~shard.batch.DeferredReader`).
 
 Until it is done, anything that reads such a place sees the whole of it anyway:
 counts add what is still to load (the store keeps each place's count), and a request
@@ -13,21 +13,16 @@ for the tokens themselves, or a slot being sealed for a move, first loads the re
 
 An entry that cannot be read back (a corrupt store) fails every later step too: the
 shard's loop stops on it, as a startup read would have, rather than serve a marking
-with a hole in it.
+with a hole in it. When the stored counts turn out wrong, :attr:`DeferredLoad.recount`
+asks the shell to count the places again in the store.
 """
 
 from __future__ import annotations
 
-import gc
-import logging
-import time
 from typing import Final
 
 from nets.engine import Engine
-from shard.shell.marking_reader import DeferredMarking, MarkingReadError
-from shard.shell.store import Store, StoreError
-
-log = logging.getLogger(__name__)
+from shard.batch import DeferredReader, StoreReadError
 
 # Entries loaded per turn of the shard's loop: about 12 ms on an idle core, under the
 # 20 ms a batch may fire while requests wait. Each chunk also costs a fixed few ms
@@ -38,17 +33,17 @@ CHUNK_ENTRIES_MAX: Final = 4_096
 class DeferredLoad:
     """What is left to load of the deferred places, and loading it."""
 
-    def __init__(
-        self, reader: DeferredMarking | None, counts: dict[str, int], store: Store
-    ) -> None:
+    def __init__(self, reader: DeferredReader | None, counts: dict[str, int]) -> None:
         self._reader = reader
-        self._store = store
         self._pending = {name: n for name, n in counts.items() if n}
-        self._failed: MarkingReadError | None = None
+        self._failed: StoreReadError | None = None
         self.loaded = 0  # entries loaded so far
-        self.loaded_ms = 0  # when the last one was (wall-clock ms; 0: not yet)
+        self.loaded_ms = 0  # the time given with the last chunk (0: not yet)
+        # The stored counts disagreed with the entries: the store should count again.
+        self.recount = False
+        self.wrong_counts: dict[str, int] = {}
         if reader is None:
-            self._finish()
+            self._finish(0)
 
     @property
     def active(self) -> bool:
@@ -63,29 +58,22 @@ class DeferredLoad:
         """``count`` tokens of ``place`` will not be loaded (their slot is sealed)."""
         self._pending[place] = self._pending.get(place, 0) - count
 
-    def step(self, engine: Engine, entries_max: int = CHUNK_ENTRIES_MAX) -> int:
+    def step(self, engine: Engine, now_ms: int, entries_max: int = CHUNK_ENTRIES_MAX) -> int:
         """Load one chunk into ``engine``; returns how many entries it held.
 
         Raises:
-            MarkingReadError: an entry cannot be read back (now or in an earlier step).
+            StoreReadError: an entry cannot be read back (now or in an earlier step).
         """
         reader = self._reader
         if self._failed is not None:
             raise self._failed
         if reader is None:
             return 0
-        # As at startup: these tuples live long and form no cycles, so the collector
-        # is paused while they are made (it would walk the growing heap over and over).
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
         try:
             chunk = reader.read(entries_max)
-        except MarkingReadError as exc:
+        except StoreReadError as exc:
             self._failed = exc
             raise
-        finally:
-            if gc_was_enabled:
-                gc.enable()
         loaded = 0
         for place, entries in chunk.items():
             engine.add_checked(place, entries)
@@ -93,13 +81,13 @@ class DeferredLoad:
             loaded += len(entries)
         self.loaded += loaded
         if reader.done:
-            self._finish()
+            self._finish(now_ms)
         return loaded
 
-    def complete(self, engine: Engine) -> None:
+    def complete(self, engine: Engine, now_ms: int) -> None:
         """Load everything that is left (before reading a deferred place's tokens)."""
         while self._reader is not None:
-            self.step(engine, entries_max=1 << 30)
+            self.step(engine, now_ms, entries_max=1 << 30)
 
     def close(self) -> None:
         """Stop loading (the shard recovers again, or stops)."""
@@ -107,19 +95,13 @@ class DeferredLoad:
             self._reader.close()
             self._reader = None
 
-    def _finish(self) -> None:
+    def _finish(self, now_ms: int) -> None:
         self.close()
-        self.loaded_ms = time.time_ns() // 1_000_000
-        if self.loaded:
-            gc.freeze()  # kept out of later collections, as the startup read is
+        self.loaded_ms = now_ms
         wrong = {name: n for name, n in self._pending.items() if n}
         self._pending = {}
-        if wrong:
-            # The stored counts and entries disagree (a bug, or a store edited by hand):
-            # every entry is loaded, so counts are right from now on; the stored ones
-            # are counted again from the entries, for the next start.
-            log.error("deferred places loaded; their stored counts were off by %s", wrong)
-            try:
-                self._store.recount()
-            except StoreError as exc:  # the shard's next commit meets this failure too
-                log.error("could not count the places again: %s", exc)
+        # The stored counts and entries disagree (a bug, or a store edited by hand):
+        # every entry is loaded, so counts are right from now on; the stored ones are
+        # counted again from the entries (by the shell), for the next start.
+        self.recount = bool(wrong)
+        self.wrong_counts = wrong

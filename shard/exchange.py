@@ -28,7 +28,7 @@ from router.handoff import AcknowledgementError, Inbox, Outbox, Receipt, Run
 from router.slots import FIXED_SLOT, slot_of_key
 from router.table import POOL_LANE_BASE, PartitionTable, TableError, is_pool_lane, pool_lane
 from router.wire import Handoff, HandoffAck, PoolWanted, Table, encode
-from shard.shell.store import Batch, Recovered
+from shard.batch import Batch, Recovered
 
 PlacedEntry = tuple[str, int, Token]
 RUN_TOKENS_MAX: Final = 5_000

@@ -1,7 +1,8 @@
-"""A shard's part in slot moves, scale-in and fencing (SHELL, driven by the shard's loop).
+"""A shard's part in slot moves, scale-in and fencing (core, driven by the shard's core).
 
 The router decides (router/coordinator.py); this module carries out its orders on the
-shard's engine, store and batch, and collects the answers. Every order is answered
+shard's engine (through :class:`MoveHost`), its exchange and the batch, and collects
+the answers. Every order is answered
 from the slot's durable phase (:data:`router.moves.SLOT_TRANSITIONS`), so a repeated
 order gets the first answer again and a restarted shard picks up where the killed one
 was (docs/handoff.md, "Slot moves"):
@@ -23,21 +24,22 @@ was (docs/handoff.md, "Slot moves"):
   the engine / drop the staged shipment.
 
 Nothing leaves before the batch that made it true is committed: answers go out in the
-next :class:`~router.wire.MoveReport`, after the commit. A shard the router fenced
-(a new incarnation) fires only once its table reaches the fence epoch.
+next :class:`~router.wire.MoveReport`, after the commit, and shipment requests with the
+other sends. A shard the router fenced (a new incarnation) fires only once its table
+reaches the fence epoch.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
 from nets.codec import pack
+from nets.firing import PlacedEntry
 from nets.model import Token
 from router.moves import shipment_digest
-from router.shell.datadir import fault_point
 from router.wire import (
     FRAME_BYTES_MAX,
     FetchSlot,
@@ -46,11 +48,8 @@ from router.wire import (
     SlotShipment,
     encode,
 )
-from shard.exchange import HandoffRefused, SealedSlot, StagedSlot
-
-if TYPE_CHECKING:
-    from shard.process import Shard
-    from shard.shell.peers import Peers
+from shard.batch import Batch
+from shard.exchange import Exchange, HandoffRefused, SealedSlot, StagedSlot
 
 REPORT_MS: Final = 250  # as often as the heartbeat, when no move concerns the shard
 REPORT_MS_BUSY: Final = 40  # while orders wait: a move takes a few rounds of these
@@ -64,12 +63,50 @@ Order = tuple[int, str, int, int, int, int, bytes, int]
 Answer = tuple[int, str, int, bytes]
 
 
-class Mover:
-    """Move orders in, answers out, for one shard (see the module docstring)."""
+class MoveHost(Protocol):
+    """What the mover needs of the shard's engine and store, and nothing more."""
 
-    def __init__(self, shard: Shard) -> None:
-        self.shard = shard
-        self.peers: Peers | None = None  # set by the loop once the sockets exist
+    def sealed_entries(self, slot: int) -> list[PlacedEntry]:
+        """A slot's committed entries, every deferred one loaded first."""
+        ...
+
+    def stored_entries(self, slot: int) -> list[PlacedEntry]:
+        """A slot's committed entries as the store holds them."""
+        ...
+
+    def extract(self, entries: list[PlacedEntry]) -> None:
+        """Take entries out of the engine (they stay in the store)."""
+        ...
+
+    def add_entries(self, entries: list[PlacedEntry]) -> None:
+        """Put entries into the engine, each checked."""
+        ...
+
+    def pool_entries(self) -> list[PlacedEntry]:
+        """Every pool token the engine holds."""
+        ...
+
+    def pool_token_count(self) -> int: ...
+
+
+class SlotReader(Protocol):
+    """A sealed slot's committed entries (the store)."""
+
+    def slot_entries(self, slot: int) -> list[PlacedEntry]: ...
+
+
+class Mover:
+    """Move orders in, answers out, for one shard (see the module docstring).
+
+    It keeps only its own state (orders in progress, answers to report, fencing); the
+    exchange, the batch and the engine (a :class:`MoveHost`) are handed to each call,
+    so a core rebuilt after a failed commit carries the mover on unchanged.
+    """
+
+    def __init__(self, *, incarnation: int, routed: bool, fault: Callable[[str], None]) -> None:
+        self.incarnation = incarnation
+        self.routed = routed  # a router fences this shard: no router, no fence
+        self._fault = fault
         self.answers: dict[tuple[int, str], Answer] = {}
         self.fence_epoch = 0  # 0: the router has not answered this incarnation yet
         self.busy = False  # the last orders asked for something
@@ -78,8 +115,10 @@ class Mover:
         self.next_pool_give_ms = 0
         self.fetch_asked_ms: dict[int, int] = {}  # move id -> when its shipment was asked
         self.stage_orders: dict[int, Order] = {}  # move id -> a stage order waiting
-        # Wall-clock ms of this incarnation's recovery steps (0: not yet): the router's
-        # first answer (its fence epoch), the first batch allowed to fire, the first firing.
+        self.fetches: list[tuple[int, bytes]] = []  # FetchSlot frames to send (source, frame)
+        # The times given when this incarnation's recovery steps happened (0: not yet):
+        # the router's first answer (its fence epoch), the first batch allowed to fire,
+        # the first firing.
         self.fence_known_ms = 0
         self.fenced_ms = 0
         self.first_fired_ms = 0
@@ -87,52 +126,54 @@ class Mover:
 
     # -- fencing ------------------------------------------------------------------------
 
-    def fenced(self) -> bool:
+    def fenced(self, exchange: Exchange) -> bool:
         """May the shard fire? Always without a router; else once its table is at the
         epoch at which the router fenced this incarnation."""
-        if not self.shard.config.router:
+        if not self.routed:
             return True
-        return 0 < self.fence_epoch <= self.shard.exchange.table.epoch
+        return 0 < self.fence_epoch <= exchange.table.epoch
 
-    def may_fire(self) -> bool:
+    def may_fire(self, exchange: Exchange, now_ms: int) -> bool:
         """:meth:`fenced`, noting when it first holds (a recovery step)."""
-        if not self.fenced():
+        if not self.fenced(exchange):
             return False
         if not self.fenced_ms:
-            self.fenced_ms = time.time_ns() // 1_000_000
+            self.fenced_ms = now_ms
         return True
 
-    def fired(self, count: int) -> None:
+    def fired(self, count: int, now_ms: int) -> None:
         if count and not self.first_fired_ms:
-            self.first_fired_ms = time.time_ns() // 1_000_000
+            self.first_fired_ms = now_ms
 
     # -- orders -------------------------------------------------------------------------
 
-    def orders(self, message: MoveOrders, now_ms: int) -> bool:
+    def orders(
+        self, message: MoveOrders, now_ms: int, exchange: Exchange, batch: Batch, host: MoveHost
+    ) -> bool:
         """Carry out the router's orders in the current batch; whether a table is wanted."""
-        exchange = self.shard.exchange
         if message.members != exchange.members:
             exchange.members = message.members
         self.fence_epoch = message.fence_epoch
         if message.fence_epoch and not self.fence_known_ms:
-            self.fence_known_ms = time.time_ns() // 1_000_000
+            self.fence_known_ms = now_ms
         self.table_wanted = message.epoch > exchange.table.epoch
         self.busy = bool(message.orders)
         for order in message.orders:
             try:
-                self._order(order, now_ms)
+                self._order(order, now_ms, exchange, batch, host)
             except HandoffRefused as exc:
                 self.counters["move_orders_failed"] += 1
                 log.error("move order %r failed: %s", order[:5], exc)
-        self._give_pool_away(now_ms)
+        self._give_pool_away(now_ms, exchange, batch, host)
         return self.table_wanted
 
     def _answer(self, move_id: int, event: str, count: int = -1, digest: bytes = b"") -> None:
         self.answers[(move_id, event)] = (move_id, event, count, digest)
 
-    def _order(self, order: Order, now_ms: int) -> None:
+    def _order(
+        self, order: Order, now_ms: int, exchange: Exchange, batch: Batch, host: MoveHost
+    ) -> None:
         move_id, kind, slot, _source, _target, _count, _digest, epoch = order
-        exchange = self.shard.exchange
         table = exchange.table
         me = exchange.me
         if epoch > table.epoch:
@@ -145,21 +186,21 @@ class Mover:
                     self.counters["move_orders_refused"] += 1
                     log.error("seal of slot %d (move %d): not owned here", slot, move_id)
                     return
-                sealed = self._seal(slot, move_id)
+                sealed = self._seal(slot, move_id, exchange, batch, host)
             elif sealed.move_id != move_id:  # an earlier move of the slot ended in error
                 sealed = SealedSlot(move_id, sealed.count, sealed.digest)
                 exchange.sealed[slot] = sealed
-                self.shard.batch.phases[slot] = sealed.encode()
+                batch.phases[slot] = sealed.encode()
             self._answer(move_id, "sealed", sealed.count, sealed.digest)
         elif kind == "unseal":
             sealed = exchange.sealed.get(slot)
             if sealed is not None and sealed.move_id == move_id:
-                self._unseal(slot)
+                self._unseal(slot, exchange, batch, host)
             self._answer(move_id, "unsealed")
         elif kind == "forget":
             sealed = exchange.sealed.get(slot)
             if sealed is not None and sealed.move_id == move_id:
-                self._forget(slot)
+                self._forget(slot, exchange, batch, host)
             self._answer(move_id, "forgotten")
         elif kind == "stage":
             staged = exchange.staged.get(slot)
@@ -167,105 +208,97 @@ class Mover:
                 self._answer(move_id, "staged", staged.count, staged.digest)
                 return
             self.stage_orders[move_id] = order
-            self._fetch(order, now_ms)
+            self._fetch(order, now_ms, exchange)
         elif kind == "activate":
             if slot in exchange.staged and table.owner(slot) == me:
-                self._activate(slot)
+                self._activate(slot, exchange, batch, host)
             if slot not in exchange.staged and table.owner(slot) == me:
                 self._answer(move_id, "activated")
         elif kind == "discard":
             staged = exchange.staged.get(slot)
             if staged is not None and staged.move_id == move_id:
                 del exchange.staged[slot]
-                self.shard.batch.staged[slot] = None
+                batch.staged[slot] = None
             self.stage_orders.pop(move_id, None)
             self._answer(move_id, "discarded")
 
     # -- the source ---------------------------------------------------------------------
 
-    def _seal(self, slot: int, move_id: int) -> SealedSlot:
-        shard = self.shard
+    def _seal(
+        self, slot: int, move_id: int, exchange: Exchange, batch: Batch, host: MoveHost
+    ) -> SealedSlot:
         # The slot's tokens leave the engine: those still to load must be in it.
-        shard.deferred.complete(shard.engine)
-        entries = shard.store.slot_entries(slot)
-        shard.engine.extract(entries)
-        hwms = {s: h for (s, lane), h in shard.exchange.inbox.hwms.items() if lane == slot}
+        entries = host.sealed_entries(slot)
+        host.extract(entries)
+        hwms = {s: h for (s, lane), h in exchange.inbox.hwms.items() if lane == slot}
         count, digest = shipment_digest(entries, hwms)
         sealed = SealedSlot(move_id, count, digest)
-        shard.exchange.seal(slot, sealed)
-        shard.batch.phases[slot] = sealed.encode()
+        exchange.seal(slot, sealed)
+        batch.phases[slot] = sealed.encode()
         self.counters["slots_sealed"] += 1
         return sealed
 
-    def _unseal(self, slot: int) -> None:
-        shard = self.shard
-        by_place: dict[str, list[tuple[int, Token]]] = defaultdict(list)
-        for place, time_ms, token in shard.store.slot_entries(slot):
-            by_place[place].append((time_ms, token))
-        for place, entries in by_place.items():
-            shard.engine.add_checked(place, entries)
-        shard.exchange.unseal(slot)
-        shard.batch.phases[slot] = None
+    def _unseal(self, slot: int, exchange: Exchange, batch: Batch, host: MoveHost) -> None:
+        host.add_entries(host.stored_entries(slot))
+        exchange.unseal(slot)
+        batch.phases[slot] = None
         self.counters["slots_unsealed"] += 1
 
-    def _forget(self, slot: int) -> None:
-        shard = self.shard
-        for place, time_ms, token in shard.store.slot_entries(slot):
-            shard.batch.remove(place, time_ms, token)
-        hwms = shard.exchange.inbox.hwms
+    def _forget(self, slot: int, exchange: Exchange, batch: Batch, host: MoveHost) -> None:
+        for place, time_ms, token in host.stored_entries(slot):
+            batch.remove(place, time_ms, token)
+        hwms = exchange.inbox.hwms
         for key in [key for key in hwms if key[1] == slot]:
             del hwms[key]
-            shard.batch.hwms_removed.append(key)
-        shard.exchange.unseal(slot)
-        shard.batch.phases[slot] = None
+            batch.hwms_removed.append(key)
+        exchange.unseal(slot)
+        batch.phases[slot] = None
         self.counters["slots_forgotten"] += 1
 
-    def shipment_for(self, request: FetchSlot) -> SlotShipment | None:
+    def shipment_for(
+        self, request: FetchSlot, exchange: Exchange, slots: SlotReader
+    ) -> SlotShipment | None:
         """The shipment of a slot sealed here for ``request.move_id`` (None: it is not)."""
-        shard = self.shard
-        sealed = shard.exchange.sealed.get(request.slot)
+        sealed = exchange.sealed.get(request.slot)
         if sealed is None or sealed.move_id != request.move_id:
             return None
-        entries = shard.store.slot_entries(request.slot)
+        entries = slots.slot_entries(request.slot)
         blob = pack([(place, time_ms, tuple(token)) for place, time_ms, token in entries])
         if len(blob) > SHIPMENT_BYTES_MAX:
             # TODO(#5): ship a large slot in pages; until then its move is aborted.
             self.counters["shipments_too_large"] += 1
             blob = b""
         hwms = tuple(
-            sorted(
-                (s, h) for (s, lane), h in shard.exchange.inbox.hwms.items() if lane == request.slot
-            )
+            sorted((s, h) for (s, lane), h in exchange.inbox.hwms.items() if lane == request.slot)
         )
         self.counters["shipments_sent"] += 1
-        fault_point(shard.config.data_dir, "shard-ship")
+        self._fault("shard-ship")
         return SlotShipment(request.move_id, request.slot, sealed.count, sealed.digest, blob, hwms)
 
     # -- the target ---------------------------------------------------------------------
 
-    def _fetch(self, order: Order, now_ms: int) -> None:
+    def _fetch(self, order: Order, now_ms: int, exchange: Exchange) -> None:
         move_id, _kind, slot, source = order[:4]
         if now_ms < self.fetch_asked_ms.get(move_id, -FETCH_RETRY_MS) + FETCH_RETRY_MS:
             return
-        if self.peers is None:
-            return
         self.fetch_asked_ms[move_id] = now_ms
         frame = encode(
-            FetchSlot(self.shard.exchange.me, move_id, slot),
-            message_id=0,
-            incarnation=self.shard.incarnation,
+            FetchSlot(exchange.me, move_id, slot), message_id=0, incarnation=self.incarnation
         )
-        if not self.peers.send(source, frame):
-            self.table_wanted = True  # the source may have moved: learn its endpoint
+        self.fetches.append((source, frame))
 
-    def shipment(self, message: SlotShipment) -> None:
+    def take_fetches(self) -> list[tuple[int, bytes]]:
+        """The shipment requests to send now, as ``(source shard, frame)``."""
+        taken, self.fetches = self.fetches, []
+        return taken
+
+    def shipment(self, message: SlotShipment, exchange: Exchange, batch: Batch) -> None:
         """Stage a shipment the source sent (in the current batch), if a stage order waits."""
         order = self.stage_orders.get(message.move_id)
         if order is None or order[2] != message.slot:
             self.counters["shipments_unexpected"] += 1
             return
         move_id, _kind, slot, _source, _target, count, digest, _epoch = order
-        exchange = self.shard.exchange
         del self.stage_orders[move_id]
         self.fetch_asked_ms.pop(move_id, None)
         try:
@@ -291,90 +324,83 @@ class Mover:
             return
         staged = StagedSlot(move_id, count, digest, message.entries, message.hwms)
         exchange.staged[slot] = staged
-        self.shard.batch.staged[slot] = staged.encode()
+        batch.staged[slot] = staged.encode()
         self._answer(move_id, "staged", count, digest)
         self.counters["slots_staged"] += 1
 
-    def table_adopted(self) -> None:
+    def table_adopted(self, exchange: Exchange, batch: Batch, host: MoveHost) -> None:
         """Activate every staged slot the new table gives this shard (same batch)."""
-        exchange = self.shard.exchange
         for slot in sorted(exchange.staged):
             if exchange.table.owner(slot) == exchange.me:
-                self._activate(slot)
+                self._activate(slot, exchange, batch, host)
 
-    def _activate(self, slot: int) -> None:
-        shard = self.shard
-        exchange = shard.exchange
+    def _activate(self, slot: int, exchange: Exchange, batch: Batch, host: MoveHost) -> None:
         staged = exchange.staged.pop(slot)
-        by_place: dict[str, list[tuple[int, Token]]] = defaultdict(list)
-        for place, time_ms, token in exchange.decode_shipment(slot, staged.entries):
-            by_place[place].append((time_ms, token))
-            shard.batch.add(place, time_ms, token)
-        for place, entries in by_place.items():
-            shard.engine.add_checked(place, entries)
+        entries = exchange.decode_shipment(slot, staged.entries)
+        for place, time_ms, token in entries:
+            batch.add(place, time_ms, token)
+        host.add_entries(entries)
         hwms = exchange.inbox.hwms
         shipped = dict(staged.hwms)
         for key in [key for key in hwms if key[1] == slot and key[0] not in shipped]:
             del hwms[key]  # left from an earlier time the slot was here
-            shard.batch.hwms_removed.append(key)
+            batch.hwms_removed.append(key)
         for sender, hwm in shipped.items():
-            hwms[(sender, slot)] = shard.batch.hwms[(sender, slot)] = hwm
-        shard.batch.staged[slot] = None
+            hwms[(sender, slot)] = batch.hwms[(sender, slot)] = hwm
+        batch.staged[slot] = None
         exchange.local_keys.clear()
         self.counters["slots_activated"] += 1
 
     # -- scale-in -------------------------------------------------------------------------
 
-    def _give_pool_away(self, now_ms: int) -> None:
+    def _give_pool_away(
+        self, now_ms: int, exchange: Exchange, batch: Batch, host: MoveHost
+    ) -> None:
         """A leaving shard hands every pool token it holds to the shards that stay."""
-        shard = self.shard
-        exchange = shard.exchange
         if not exchange.leaving or now_ms < self.next_pool_give_ms or exchange.members < 1:
             return
         self.next_pool_give_ms = now_ms + POOL_GIVE_MS
-        for place in shard.net.places:
-            if not place.pool or not shard.engine.count(place.name):
-                continue
-            entries = [(place.name, t, tok) for t, tok in shard.engine.tokens(place.name)]
-            shard.engine.extract(entries)
+        by_place: dict[str, list[PlacedEntry]] = defaultdict(list)
+        for entry in host.pool_entries():
+            by_place[entry[0]].append(entry)
+        for entries in by_place.values():
+            host.extract(entries)
             by_target: dict[int, list[tuple[str, int, Token]]] = defaultdict(list)
             for index, entry in enumerate(entries):
-                shard.batch.remove(*entry)
+                batch.remove(*entry)
                 by_target[index % exchange.members].append(entry)
             for target, given in by_target.items():
-                exchange.export_pool(given, target, shard.batch)
+                exchange.export_pool(given, target, batch)
             self.counters["pool_tokens_handed_on"] += len(entries)
 
     # -- reports --------------------------------------------------------------------------
 
-    def report(self, now_ms: int) -> bytes | None:
+    def report(self, now_ms: int, exchange: Exchange, host: MoveHost) -> bytes | None:
         """The MoveReport to send now (after the commit), if one is due."""
         if not self.answers and now_ms < self.next_report_ms:
             return None
-        shard = self.shard
-        busy = self.busy or not self.fenced() or shard.exchange.leaving
+        busy = self.busy or not self.fenced(exchange) or exchange.leaving
         self.next_report_ms = now_ms + (REPORT_MS_BUSY if busy else REPORT_MS)
         for _move_id, event, _count, _digest in self.answers.values():
-            fault_point(shard.config.data_dir, f"shard-{event}")
-        pool_tokens = sum(shard.engine.count(p.name) for p in shard.net.places if p.pool)
+            self._fault(f"shard-{event}")
         report = MoveReport(
-            shard.exchange.me,
-            shard.exchange.table.epoch,
+            exchange.me,
+            exchange.table.epoch,
             tuple(self.answers.values()),
-            shard.exchange.outbox.pending_tokens(),
-            pool_tokens,
-            shard.exchange.owed(),
+            exchange.outbox.pending_tokens(),
+            host.pool_token_count(),
+            exchange.owed(),
         )
         self.answers.clear()
-        return encode(report, message_id=0, incarnation=shard.incarnation)
+        return encode(report, message_id=0, incarnation=self.incarnation)
 
     def next_deadline(self) -> int:
         return self.next_report_ms
 
-    def statistics(self) -> dict[str, object]:
+    def statistics(self, exchange: Exchange) -> dict[str, object]:
         return {
             "fence_epoch": self.fence_epoch,
-            "fenced": self.fenced(),
+            "fenced": self.fenced(exchange),
             "fence_known_ms": self.fence_known_ms,
             "fenced_ms": self.fenced_ms,
             "first_fired_ms": self.first_fired_ms,

@@ -24,14 +24,12 @@ shard answers its parked leases with no tokens; a read-only one with its error.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import Final, TypeVar
 
 from router.wire import Error, Lease, Leased, Message
-
-if TYPE_CHECKING:
-    from shard.process import Shard
 
 T = TypeVar("T")
 PARKED_MAX: Final = 10_000  # beyond this many waiting, a lease is answered at once
@@ -99,78 +97,70 @@ class ParkedLeases:
 
 
 class LongPolls:
-    """One shard's long polls: parking, granting and taking back (module docstring)."""
+    """One shard's long polls: parking, answering, and which grants to take back
+    (module docstring). It holds the parked requests only; the shard's core grants
+    and takes back leases through the callables it hands in."""
 
-    def __init__(self, shard: Shard) -> None:
-        self.shard = shard
+    def __init__(self) -> None:
         self.parked = ParkedLeases()
+        self.counters: Counter[str] = Counter()
 
     def can_park(self) -> bool:
         return len(self.parked) < PARKED_MAX
 
-    def park(self, peer: bytes, lease: Lease, message_id: int) -> None:
+    def park(self, peer: bytes, lease: Lease, message_id: int, now_ms: int) -> None:
         """Let ``lease`` wait for work (the shard found none) until its ``wait_ms``."""
-        deadline_ms = self.shard.engine.now + lease.wait_ms
-        self.parked.park(ParkedLease(peer, message_id, lease, deadline_ms))
-        self.shard.counters["leases_parked"] += 1
+        self.parked.park(ParkedLease(peer, message_id, lease, now_ms + lease.wait_ms))
+        self.counters["leases_parked"] += 1
 
     def drop(self, client_id: str) -> None:
         """``client_id`` sent a request: what it had parked is answered no more."""
         if self.parked.drop(client_id) is not None:
-            self.shard.counters["leases_parked_dropped"] += 1
+            self.counters["leases_parked_dropped"] += 1
 
-    def work_waits(self) -> bool:
+    def work_waits(self, has_available: Callable[[str], bool]) -> bool:
         """Whether a parked lease's queue has work (its batch should end soon)."""
-        has_available = self.shard.engine.has_available
-        return bool(self.parked) and any(has_available(p) for p in self.parked.places())
+        return bool(self.parked) and any(has_available(p) for p in sorted(self.parked.places()))
 
-    def answer(self) -> list[Reply]:
+    def answer(
+        self,
+        now_ms: int,
+        has_available: Callable[[str], bool],
+        grant: Callable[[Lease], Message],
+        *,
+        refusal: str | None,
+        stopping: bool,
+    ) -> list[Reply]:
         """The replies to the parked leases that have work now or waited long enough
-        (granted in the current batch); all of them if the shard stops or is read-only."""
-        shard = self.shard
+        (``grant`` takes their tokens in the current batch); all of them, with
+        ``refusal`` as a ``store_unavailable`` error if the shard is read-only, or with
+        no tokens if it is ``stopping``."""
         if not len(self.parked):
             return []
-        if shard.read_only_reason is not None:
-            error = Error("store_unavailable", shard.read_only_reason)
+        if refusal is not None:
+            error = Error("store_unavailable", refusal)
             return [(p.peer, error, p.message_id) for p in self.parked.take_all()]
-        if shard.stopping:  # the client asks the next incarnation
-            now = shard.engine.now
+        if stopping:  # the client asks the next incarnation
             return [
-                (p.peer, Leased(p.lease.request_seq, "", now, ()), p.message_id)
+                (p.peer, Leased(p.lease.request_seq, "", now_ms, ()), p.message_id)
                 for p in self.parked.take_all()
             ]
         return self.parked.answer(
-            shard.engine.now,
-            shard.engine.has_available,
-            lambda p: (p.peer, shard.grant(p.lease), p.message_id),
+            now_ms, has_available, lambda p: (p.peer, grant(p.lease), p.message_id)
         )
 
-    def sent(self, replies: list[tuple[Reply, bool]]) -> None:
-        """After the batch's replies went out (each with whether it was sent): take back
-        the leases none of whose replies reached their client."""
+    @staticmethod
+    def undelivered(replies: list[tuple[Reply, bool]]) -> list[str]:
+        """The leases granted in ``replies`` (each with whether it was sent) none of
+        whose replies reached their client: the shard takes them back."""
         delivered = {r.lease_id for (_p, r, _m), ok in replies if ok and isinstance(r, Leased)}
+        lost = []
         for (_peer, reply, _mid), ok in replies:
             if ok or not isinstance(reply, Leased) or not reply.entries:
                 continue
-            if reply.lease_id not in delivered:
-                self.take_back(reply.lease_id)
-
-    def take_back(self, lease_id: str) -> None:
-        """Put a lease's tokens back in their queue (committed with the next batch)."""
-        shard = self.shard
-        held = shard.leases.pop(lease_id, None)
-        if held is None:
-            return
-        for place, time_ms, token in held:
-            if not shard.engine.holds(place, token, time=time_ms):
-                continue  # expired meanwhile: its expiry put it back already
-            shard.remove(place, token, time_ms)
-            queue = shard.queue_of_held[place]
-            shard.add(queue.queue.name, queue.original(token), shard.engine.now)
-        # Its timers are spent when they come due (their held tokens are gone); a repeat
-        # of the request is answered with no entries (the lease is not live).
-        shard.counters["leases_taken_back"] += 1
-        shard.more_enabled = True  # offer the work again at once
+            if reply.lease_id not in delivered and reply.lease_id not in lost:
+                lost.append(reply.lease_id)
+        return lost
 
     def next_deadline_ms(self) -> int | None:
         return self.parked.next_deadline_ms()

@@ -14,6 +14,7 @@ Keys are ``slot (2) | place id (2) | time (8) | entry`` (shard/shell/store.py), 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, cast
@@ -21,8 +22,8 @@ from typing import Any, Final, cast
 import lmdb
 import msgpack
 
-from nets.errors import CpnError
 from nets.model import Token
+from shard.batch import StoreReadError
 
 ONE: Final = (1).to_bytes(4, "big")  # the value of an entry held once
 RANGE_LAST: Final = (1 << 32) - 1  # the last (slot, place id) prefix
@@ -30,7 +31,7 @@ RANGE_LAST: Final = (1 << 32) - 1  # the last (slot, place id) prefix
 Entries = dict[str, list[tuple[int, Token]]]  # place -> (time, token) entries
 
 
-class MarkingReadError(CpnError):
+class MarkingReadError(StoreReadError):
     """A stored entry cannot be read back (the store names its path)."""
 
 
@@ -161,6 +162,10 @@ class DeferredMarking:
         Raises:
             MarkingReadError: an entry does not decode, or names an unknown place.
         """
+        # As at startup: these tuples live long and form no cycles, so the collector is
+        # paused while they are made (it would walk the growing heap over and over).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             encoded = (
                 self._from_rest(entries_max) if self._rest is not None else self._take(entries_max)
@@ -171,6 +176,9 @@ class DeferredMarking:
         except MarkingReadError as exc:
             self.close()
             raise MarkingReadError(f"{self._where}: {exc}") from exc
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         if not self._more and not self._rest:
             self.close()
         return found

@@ -1,5 +1,8 @@
 """A shard's outgoing connections: one DEALER socket per peer shard and one to the router (SHELL).
 
+They only carry frames: what to send, to whom, and what a failed send means is the
+core's decision (:mod:`shard.link`).
+
 Everything is sent with ``NOBLOCK``: a peer that is down or slow makes a send fail,
 and the caller keeps the data where it was (the durable outbox resends it later), so
 ZeroMQ's queues and high-water marks never decide what is delivered. Replies (handoff
@@ -20,10 +23,10 @@ import zmq
 
 from router.shell.curve import CurveKeys, connect_securely
 from router.wire import FRAME_BYTES_MAX, Envelope, WireFormatError, decode
+from shard.link import ROUTER
 
 SEND_QUEUE_MAX: Final = 64  # frames ZeroMQ may queue per peer before sends fail
 RECEIVED_PER_CALL_MAX: Final = 1_000
-ROUTER: Final = -1  # the source id of frames from the router
 
 log = logging.getLogger("cpn.shard.peers")
 
@@ -82,9 +85,6 @@ class Peers:
                 known[1].close(linger=0)
                 log.info("peer %d moved from %s to %s", shard_id, known[0], endpoint)
             self._sockets[shard_id] = (endpoint, self._connect(endpoint))
-
-    def knows(self, shard_id: int) -> bool:
-        return shard_id in self._sockets
 
     def send(self, target: int, frame: bytes) -> bool:
         """Send ``frame`` to a peer (or :data:`ROUTER`); ``False`` if it cannot go now."""

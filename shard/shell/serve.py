@@ -1,6 +1,7 @@
 """One shard process: recover, then serve and fire on the real clock (SHELL).
 
-The loop around :class:`shard.process.Shard`, its sockets and signals.
+The loop around :class:`shard.shell.runtime.ShardRuntime` (the store, the clock and the
+sans-IO :class:`shard.core.ShardCore`), its sockets and signals.
 
 Theory of operation (one loop, one thread):
 
@@ -16,7 +17,10 @@ Theory of operation (one loop, one thread):
    in one LMDB write transaction.
 5. Only then send the replies. Nothing leaves the process before it is committed.
 
-If a commit fails (a full disk), the shard reloads its engine from what is committed,
+5. Then send what the commit made true to peers and the router (``ShardCore.sends``);
+   a frame that cannot go is reported back to the core, which decides what follows.
+
+If a commit fails (a full disk), the shard rebuilds its core from what is committed,
 answers the batch's requests with ``store_unavailable`` and from then on refuses
 writes; queries keep working. A retried request carries the same client id and
 sequence number and is answered from the client table, never applied twice.
@@ -28,7 +32,6 @@ import gc
 import logging
 import os
 import signal
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -43,15 +46,10 @@ from router.shell.curve import Gatekeeper, check_exposure, serve_securely
 from router.shell.datadir import publish_endpoint, unpublish_endpoint
 from router.wire import (
     FRAME_BYTES_MAX,
-    Completed,
     Error,
-    HandoffAck,
     Lease,
-    Leased,
     Message,
     Ping,
-    PoolAnswer,
-    PutAck,
     QueryCounts,
     QueryTokens,
     Stats,
@@ -59,15 +57,16 @@ from router.wire import (
     decode,
     encode,
 )
-from shard.link import Link
-from shard.process import RequestError, Shard, ShardConfig
+from shard.core import RequestError, ShardCore, writes
 from shard.shell.peers import Peers
+from shard.shell.runtime import BatchTimer, ShardConfig, ShardRuntime, wall_ms
 
 LOG_FILE: Final = "shard.log"
 REQUESTS_PER_BATCH_MAX: Final = 1_000
 # Tokens received from peers per batch: the rest wait on the socket for the next one,
 # so a flood of handoffs cannot stretch a batch (and every reply) without bound.
 HANDOFF_TOKENS_PER_BATCH_MAX: Final = 50_000
+IDLE_WAKE_MS: Final = 1_000  # the loop turns at least this often (heartbeats, leases)
 
 log = logging.getLogger("cpn.shard")
 
@@ -86,7 +85,6 @@ def serve(config: ShardConfig) -> None:
     # The loop allocates many short-lived tuples (entries, steps); a larger first
     # generation makes young collections rarer without letting garbage pile up.
     gc.set_threshold(50_000, 20, 100)
-    shard = Shard(config)
     context = zmq.Context()
     # The ZAP handler must run before the socket binds: it vets every CURVE handshake.
     gatekeeper = None if config.curve is None else Gatekeeper.open(context, config.curve)
@@ -96,33 +94,43 @@ def serve(config: ShardConfig) -> None:
     socket.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
     if config.curve is not None:
         serve_securely(socket, config.curve)
-    try:
-        socket.bind(address)
-    except zmq.ZMQError as exc:
-        shard.store.close()
-        socket.close()
+
+    def release() -> None:
+        socket.close(linger=0)
         if gatekeeper is not None:
             gatekeeper.stop()
         context.term()
+
+    # Bound before the store is opened: the core's heartbeat names its endpoint. The
+    # endpoint is published only once the shard serves, so nobody finds it earlier.
+    try:
+        socket.bind(address)
+    except zmq.ZMQError as exc:
+        release()
         raise CpnError(f"cannot bind {config.bind}: {exc.strerror}; is the port in use?") from exc
     endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+    try:
+        runtime = ShardRuntime(config, endpoint=config.advertise or endpoint)
+    except BaseException:
+        release()
+        raise
     if gatekeeper is not None:
         gatekeeper.watch(socket)
 
     def stop(_signum: int, _frame: object) -> None:
-        shard.stopping = True
+        runtime.core.stopping = True
 
     # Before the endpoint is published: whoever reads it may stop the shard at once,
     # and that stop must be graceful (exit 0, the batch committed).
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     publish_endpoint(config.data_dir, endpoint)
-    shard.serving_ms = time.time_ns() // 1_000_000
+    runtime.serving_ms = wall_ms()
     log.info(
         "shard of net %r serving on %s (incarnation %d, durability %s, pid %d)",
-        shard.net.name,
+        runtime.setup.net.name,
         endpoint,
-        shard.incarnation,
+        runtime.core.incarnation,
         config.durability.value,
         os.getpid(),
     )
@@ -133,56 +141,48 @@ def serve(config: ShardConfig) -> None:
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     peers = Peers(context, me=config.shard_id, router=config.router, curve=config.curve)
-    # A shard heartbeats whenever it has a router, even as a cluster's only shard.
-    clustered = shard.exchange.clustered or bool(config.router)
-    advertised = config.advertise or endpoint
-    link = Link(shard.exchange, peers, endpoint=advertised) if clustered else None
-    if link is not None:
-        link.cluster_id = config.cluster_id
-        link.mover = shard.mover
-    shard.mover.peers = peers
     limits = None
     if config.rate_limit is not None:
         limits = PeerRateLimits(per_s=config.rate_limit[0], burst=config.rate_limit[1])
     held: deque[list[bytes]] = deque()  # requests read during a batch, not yet handled
     try:
-        while not shard.stopping:
-            if link is not None:
-                link.exchange = shard.exchange  # new after a failed commit's recovery
-            _poll(socket, wake_read, peers, 0 if held else _timeout_ms(shard, link))
-            shard.tick()
-            if link is not None:
-                link.take_replies(shard.engine.now, shard.batch)
-                shard.loop_back()
-            replies = _receive(shard, socket, held, limits)
-            waiting = _requests_waiting(socket, held, peers, shard, answering=bool(replies))
-            fired = shard.fire_due(waiting)
-            shard.mover.fired(fired)
-            replies += shard.polls.answer()
-            if not shard.commit():
+        peers.update(runtime.core.peer_endpoints())
+        while not runtime.core.stopping:
+            _poll(socket, wake_read, peers, 0 if held else _timeout_ms(runtime))
+            now_ms = runtime.clock.now_ms()
+            core = runtime.core
+            for source, envelope in peers.receive():
+                core.peer_message(now_ms, source, envelope)
+            runtime.counters["peer_replies_malformed"] = peers.malformed
+            core.loop_back()
+            replies = _receive(runtime, socket, held, limits)
+            waiting = _requests_waiting(socket, held, peers, core, answering=bool(replies))
+            core.fire(runtime.clock.now_ms(), BatchTimer(waiting))
+            replies += core.answer_parked(runtime.clock.now_ms())
+            if not runtime.commit():
                 replies = [
-                    (peer, Error("store_unavailable", shard.read_only_reason or ""), mid)
-                    if not isinstance(reply, Error) and _writes(reply)
+                    (peer, Error("store_unavailable", runtime.read_only_reason or ""), mid)
+                    if not isinstance(reply, Error) and writes(reply)
                     else (peer, reply, mid)
                     for peer, reply, mid in replies
                 ]
-            outcomes = [(reply, _send(shard, socket, *reply)) for reply in replies]
-            shard.polls.sent(outcomes)  # undelivered leases go back (the next batch)
-            if link is not None:
-                link.send_after_commit(shard.engine.now, shard.engine, shard.progress())
-            shard.load_deferred()
+            core = runtime.core  # rebuilt if the commit failed
+            outcomes = [(reply, _send(runtime, socket, *reply)) for reply in replies]
+            core.replies_sent(outcomes)  # undelivered leases go back (the next batch)
+            peers.update(core.peer_endpoints())  # a table of this batch may move a peer
+            for send in core.sends(runtime.clock.now_ms()):
+                if not peers.send(send.target, send.frame):
+                    core.send_failed(send)
+            runtime.load_deferred()
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wake_read)
         os.close(wake_write)
-        shard.commit()
+        runtime.commit()
         unpublish_endpoint(config.data_dir)
         peers.close()
-        socket.close(linger=0)
-        if gatekeeper is not None:
-            gatekeeper.stop()
-        context.term()
-        shard.store.close()
+        release()
+        runtime.close()
         log.info("shard stopped")
 
 
@@ -197,11 +197,11 @@ def _poll(socket: zmq.Socket[bytes], wake_read: int, peers: Peers, timeout_ms: i
     poller.poll(timeout_ms)
 
 
-def _timeout_ms(shard: Shard, link: Link | None) -> int:
-    timeout = shard.timeout_ms()
-    if link is not None and timeout > 0:
-        timeout = max(0, min(timeout, link.next_deadline() - shard.clock.now_ms()))
-    return timeout
+def _timeout_ms(runtime: ShardRuntime) -> int:
+    deadline_ms = runtime.core.next_deadline_ms()
+    if deadline_ms is None:
+        return IDLE_WAKE_MS
+    return max(0, min(IDLE_WAKE_MS, deadline_ms - runtime.clock.now_ms()))
 
 
 READ_ONLY_REQUESTS: Final = (QueryCounts, QueryTokens, Stats, Ping)
@@ -211,7 +211,7 @@ def _requests_waiting(
     socket: zmq.Socket[bytes],
     held: deque[list[bytes]],
     peers: Peers,
-    shard: Shard,
+    core: ShardCore,
     *,
     answering: bool,
 ) -> Callable[[], bool]:
@@ -227,7 +227,7 @@ def _requests_waiting(
     """
 
     def waiting() -> bool:
-        if answering or peers.readable() or shard.polls.work_waits():
+        if answering or peers.readable() or core.work_waits():
             return True
         while len(held) < REQUESTS_PER_BATCH_MAX:
             try:
@@ -246,22 +246,19 @@ def _requests_waiting(
     return waiting
 
 
-def _writes(reply: Message) -> bool:
-    return isinstance(reply, PutAck | Leased | Completed | HandoffAck | PoolAnswer)
-
-
 def _receive(
-    shard: Shard,
+    runtime: ShardRuntime,
     socket: zmq.Socket[bytes],
     held: deque[list[bytes]],
     limits: PeerRateLimits | None = None,
 ) -> list[tuple[bytes, Message, int]]:
     """Handle the requests taken off the socket during the last batch, then new ones."""
+    core, counters = runtime.core, runtime.counters
     replies: list[tuple[bytes, Message, int]] = []
     parked = 0  # requests that wait for work count towards the batch's requests too
     while (
         len(replies) + parked < REQUESTS_PER_BATCH_MAX
-        and shard.handed_in < HANDOFF_TOKENS_PER_BATCH_MAX
+        and core.handed_in < HANDOFF_TOKENS_PER_BATCH_MAX
     ):
         if held:
             frames = held.popleft()
@@ -272,9 +269,10 @@ def _receive(
                 break
         peer, payload = frames[0], frames[-1]
         message_id = 0
-        if limits is not None and not limits.allow(peer, shard.clock.now_ms()):
+        now_ms = runtime.clock.now_ms()
+        if limits is not None and not limits.allow(peer, now_ms):
             # Refused before decoding: a flooding peer costs little and others get turns.
-            shard.counters["requests_rate_limited"] += 1
+            counters["requests_rate_limited"] += 1
             replies.append((peer, Error("rate_limited", "too many requests"), 0))
             continue
         try:
@@ -282,40 +280,42 @@ def _receive(
                 raise WireFormatError(f"expected one message frame, got {len(frames) - 1}")
             envelope = decode(payload)
             message_id = envelope.message_id
-            reply = shard.handle(envelope)
+            reply = core.handle(now_ms, envelope)
             if reply is None:  # a lease that waits for work: answered when it comes
                 assert isinstance(envelope.message, Lease)
-                shard.polls.park(peer, envelope.message, message_id)
+                core.park(now_ms, peer, envelope.message, message_id)
                 parked += 1
                 continue
         except WireFormatError as exc:
             message_id = exc.message_id
-            shard.counters["frames_malformed"] += 1
+            counters["frames_malformed"] += 1
             log.warning("malformed frame from %s: %s", peer.hex(), exc)
             reply = Error("malformed_frame", str(exc))
         except RequestError as exc:
-            shard.counters[f"errors_{exc.code}"] += 1
+            counters[f"errors_{exc.code}"] += 1
             reply = Error(exc.code, str(exc))
         except CpnError as exc:
-            shard.counters["errors_request"] += 1
+            counters["errors_request"] += 1
             reply = Error("bad_request", str(exc))
         except Exception as exc:  # the loop must survive any single request
-            shard.counters["errors_internal"] += 1
+            counters["errors_internal"] += 1
             log.exception("request failed")
             reply = Error("internal", f"{type(exc).__name__}: {exc}")
         replies.append((peer, reply, message_id))
     return replies
 
 
-def _send(shard: Shard, socket: zmq.Socket[bytes], peer: bytes, reply: Message, mid: int) -> bool:
+def _send(
+    runtime: ShardRuntime, socket: zmq.Socket[bytes], peer: bytes, reply: Message, mid: int
+) -> bool:
     """Send one reply; False if it was dropped (it never left: ROUTER_MANDATORY)."""
-    frame = encode(reply, message_id=mid, incarnation=shard.incarnation)
+    frame = encode(reply, message_id=mid, incarnation=runtime.core.incarnation)
     try:
         socket.send_multipart([peer, frame], zmq.NOBLOCK)
     except (zmq.Again, zmq.ZMQError) as exc:
         # The peer is gone or slow; a client retries with the same request id and is
         # answered from the client table, so dropping the reply loses nothing.
-        shard.counters["replies_dropped"] += 1
+        runtime.counters["replies_dropped"] += 1
         log.info("reply to %s dropped: %s", peer.hex(), exc)
         return False
     return True

@@ -54,7 +54,7 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Final
@@ -67,6 +67,7 @@ from nets.errors import CpnError
 from nets.model import Net, Token
 from router.shell.datadir import lock_directory
 from router.slots import slot_of_token
+from shard.batch import Batch, Recovered
 from shard.shell.marking_reader import DeferredMarking, MarkingReadError, read_marking
 
 SCHEMA_VERSION: Final = 6
@@ -80,8 +81,6 @@ PREFIXES_CACHED_MAX: Final = 100_000
 MAP_SIZE_BYTES_INITIAL: Final = 64 * 1024 * 1024
 MAP_SIZE_BYTES_MAX: Final = 1 << 40
 CLIENTS_MAX: Final = 100_000
-
-MarkingDelta = Counter[tuple[str, int, Token]]  # (place, time, token) -> +n / -n
 
 
 class StoreError(CpnError):
@@ -98,68 +97,6 @@ class Durability(Enum):
 
     FSYNC = "fsync"
     PROCESS = "process"
-
-
-StoredRun = tuple[int, int, int, bytes]  # (lane, first seq, count, entries)
-
-
-@dataclass(slots=True)
-class Batch:
-    """Everything one write transaction commits."""
-
-    marking: MarkingDelta = field(default_factory=Counter)
-    clients: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    clock_ms: int = 0
-    runs_added: list[StoredRun] = field(default_factory=list)
-    runs_removed: list[tuple[int, int]] = field(default_factory=list)  # (lane, first seq)
-    next_seqs: dict[int, int] = field(default_factory=dict)  # lane -> next seq
-    hwms: dict[tuple[int, int], int] = field(default_factory=dict)  # (sender, lane) -> hwm
-    table: bytes | None = None
-    endpoints: tuple[str, ...] | None = None
-    hwms_removed: list[tuple[int, int]] = field(default_factory=list)  # (sender, lane)
-    phases: dict[int, bytes | None] = field(default_factory=dict)  # slot -> record / None
-    staged: dict[int, bytes | None] = field(default_factory=dict)  # slot -> record / None
-
-    def is_empty(self) -> bool:
-        return not (
-            self.hwms_removed
-            or self.phases
-            or self.staged
-            or self.marking
-            or self.clients
-            or self.runs_added
-            or self.runs_removed
-            or self.hwms
-            or self.table is not None
-            or self.endpoints is not None
-        )
-
-    def add(self, place: str, time: int, token: Token, n: int = 1) -> None:
-        self.marking[(place, time, token)] += n
-
-    def remove(self, place: str, time: int, token: Token, n: int = 1) -> None:
-        self.marking[(place, time, token)] -= n
-
-
-@dataclass(frozen=True, slots=True)
-class Recovered:
-    """What a store holds when it is opened."""
-
-    marking: Mapping[str, list[tuple[int, Token]]]
-    clock_ms: int
-    clients: Mapping[str, tuple[int, bytes]]
-    initialised: bool
-    runs: list[StoredRun] = field(default_factory=list)
-    next_seqs: dict[int, int] = field(default_factory=dict)
-    hwms: dict[tuple[int, int], int] = field(default_factory=dict)
-    table: bytes | None = None
-    endpoints: tuple[str, ...] = ()
-    phases: dict[int, bytes] = field(default_factory=dict)
-    staged: dict[int, bytes] = field(default_factory=dict)
-    # The places recovery left out (``recover(deferred=...)``): their token counts, and
-    # the reader of their entries (None when there are none).
-    deferred_counts: dict[str, int] = field(default_factory=dict)
-    deferred: DeferredMarking | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
 """The LMDB-backed shard against an in-memory engine, on the same random operations.
 
-A Hypothesis state machine drives a real :class:`shard.process.Shard` (its engine, its
-batch and its :class:`shard.shell.store.Store` under a temporary directory) in-process, with
+A Hypothesis state machine drives a real :class:`shard.shell.runtime.ShardRuntime` (its
+core, the core's batch and its :class:`shard.shell.store.Store` under a temporary
+directory) in-process, with
 a virtual clock in place of the system clock, and a plain in-memory :class:`Engine`
-(the model) side by side. Puts, leases and completions go through ``Shard.handle``
+(the model) side by side. Puts, leases and completions go through ``ShardCore.handle``
 exactly as decoded requests would; the model applies the same operations by the rules
 of docs/shard.md, "Requests": a put adds tokens at ``now + delay_ms``, a lease moves
 the first available tokens of a work queue into its held place and starts their
@@ -45,7 +46,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-import shard.process
+import shard.shell.runtime
 from nets import Engine, Net, Place, Step, Transition, variables
 from nets.clock import VirtualClock
 from nets.codec import token_from_fields
@@ -63,8 +64,9 @@ from router.wire import (
     decode,
     encode,
 )
+from shard.core import FIRINGS_PER_BATCH_MAX, RequestError
 from shard.leases import WorkQueue, with_work_queues
-from shard.process import FIRINGS_PER_BATCH_MAX, RequestError, Shard, ShardConfig
+from shard.shell.runtime import ShardConfig, ShardRuntime
 from shard.shell.store import Durability
 
 EXAMPLES_MAX = int(os.environ.get("CPN_STORE_MACHINE_EXAMPLES", "60"))
@@ -156,7 +158,7 @@ NET_PATH = f"{__name__}:NET"  # what the shard loads, as `cpn shard --net` would
 
 
 class _VirtualSystemClock:
-    """Stands in for ``shard.process.SystemClock``: the machine's virtual time, floored."""
+    """Stands in for ``shard.shell.runtime.SystemClock``: the machine's virtual time, floored."""
 
     source: ClassVar[VirtualClock] = VirtualClock(CLOCK_START_MS)
 
@@ -165,6 +167,13 @@ class _VirtualSystemClock:
 
     def now_ms(self) -> int:
         return max(self._floor_ms, self.source.now_ms())
+
+
+class _Unbounded:
+    """A firing budget that never runs out: the batch ends when nothing is enabled."""
+
+    def exhausted(self) -> bool:
+        return False
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -239,7 +248,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.model_net, queues = with_work_queues(NET)
         self.queue: WorkQueue = queues["jobs"]
         self.watch = list(queues)
-        self.shard: Shard | None = None
+        self.shard: ShardRuntime | None = None
         # Client side (never rolls back): the next sequence number, the last request.
         self.next_seq = dict.fromkeys(CLIENTS, 1)
         self.last_sent: dict[str, Put | Lease | Complete] = {}
@@ -257,16 +266,16 @@ class StoreMachine(RuleBasedStateMachine):
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _open(self) -> Shard:
+    def _open(self) -> ShardRuntime:
         config = ShardConfig(NET_PATH, self.dir, durability=Durability.PROCESS)
-        opened = Shard(config)
-        opened.engine.hooks.append(self.shard_steps.append)
+        opened = ShardRuntime(config)
+        opened.core.engine.hooks.append(self.shard_steps.append)
         return opened
 
     @property
     def incarnation(self) -> int:
         assert self.shard is not None
-        return self.shard.incarnation
+        return self.shard.core.incarnation
 
     def _snapshot(self) -> None:
         self.committed = self.model.marking()
@@ -277,7 +286,7 @@ class StoreMachine(RuleBasedStateMachine):
     def _send(self, message: Message) -> Outcome:
         assert self.shard is not None
         try:
-            return self.shard.handle(Envelope(message, 0, 0))
+            return self.shard.core.handle(self.shard.clock.now_ms(), Envelope(message, 0, 0))
         except RequestError as exc:
             return _Refused(exc.code)
 
@@ -292,7 +301,6 @@ class StoreMachine(RuleBasedStateMachine):
         As in the shard's loop, the engine first moves to the current time.
         """
         assert self.shard is not None
-        self.shard.tick()
         self.model.advance(self.clock.now_ms())
         actual = self._send(message)
         expected = self._model_request(message, actual)
@@ -395,7 +403,7 @@ class StoreMachine(RuleBasedStateMachine):
     @initialize()
     def open_fresh_store(self) -> None:
         self.shard = self._open()
-        assert self.shard.incarnation == 1
+        assert self.shard.core.incarnation == 1
         self.model.advance(self.clock.now_ms())
         for place in self.model_net.places:
             for token in place.initial:
@@ -495,7 +503,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.clock.advance_to(self.clock.now_ms() + dt_ms)
         now = self.clock.now_ms()
         self.shard_steps.clear()
-        fired = self.shard.fire_due()
+        fired = self.shard.core.fire(now, _Unbounded())
         expected: list[Step] = []
         while len(expected) < FIRINGS_PER_BATCH_MAX and (step := self.model.fire(now)) is not None:
             expected.append(step)
@@ -503,12 +511,13 @@ class StoreMachine(RuleBasedStateMachine):
         assert [_normal_step(s) for s in self.shard_steps] == [_normal_step(s) for s in expected]
         self.pending = self.pending or bool(expected)
 
-    @precondition(lambda self: self.shard is not None and self.shard.deferred.active)
+    @precondition(lambda self: self.shard is not None and self.shard.core.deferred.active)
     @rule(entries_max=st.sampled_from([1, 2, 5, 1_000]))
     def load_deferred(self, entries_max: int) -> None:
         """One chunk of the places the shard loads after it starts (as its loop does)."""
         assert self.shard is not None
-        loaded = self.shard.deferred.step(self.shard.engine, entries_max)
+        core = self.shard.core
+        loaded = core.deferred.step(core.engine, self.clock.now_ms(), entries_max)
         event(f"deferred load: {min(loaded, 2)} or more entries in a step")
 
     @rule()
@@ -524,12 +533,12 @@ class StoreMachine(RuleBasedStateMachine):
         """Close the store without committing the batch (all a SIGKILL leaves), reopen,
         and load ``chunks`` chunks of 2 entries of the deferred place (more may follow)."""
         assert self.shard is not None
-        before = self.shard.incarnation
-        self.shard.store.close()
+        before = self.shard.core.incarnation
+        self.shard.close()
         self.shard = None
         self.clock.advance_to(self.clock.now_ms() + downtime_ms)
         self.shard = self._open()
-        assert self.shard.incarnation == before + 1, "each start is a new incarnation"
+        assert self.shard.core.incarnation == before + 1, "each start is a new incarnation"
         if self.pending:
             self.model = Engine(self.model_net, initial_marking=False, watch=self.watch)
             self.model.advance(self.clock.now_ms())
@@ -543,7 +552,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.model.advance(self.clock.now_ms())
         self.pending = False
         for _chunk in range(chunks):
-            self.shard.deferred.step(self.shard.engine, 2)
+            self.shard.core.deferred.step(self.shard.core.engine, self.clock.now_ms(), 2)
 
     # -- invariants ---------------------------------------------------------------------
 
@@ -551,17 +560,18 @@ class StoreMachine(RuleBasedStateMachine):
     def shard_engine_agrees_with_the_model(self) -> None:
         if self.shard is None:
             return
-        assert self.shard.engine.now == self.model.now
-        assert self.shard.deferred_places == {"finished"}
-        actual, expected = self.shard.engine.marking(), self.model.marking()
-        if self.shard.deferred.active:
+        core = self.shard.core
+        assert core.engine.now == self.model.now
+        assert core.deferred_places == {"finished"}
+        actual, expected = core.engine.marking(), self.model.marking()
+        if core.deferred.active:
             # Still loading: what is loaded is part of the place, and counts are whole.
             loaded = Counter(_normal(actual).get("finished", []))
             assert not loaded - Counter(_normal(expected).get("finished", []))
             actual["finished"] = expected["finished"] = []
         assert _normal(actual) == _normal(expected)
-        assert self.shard._counts() == {p: len(e) for p, e in self.model.marking().items()}
-        assert self.shard.clients == self.clients
+        assert core._counts() == {p: len(e) for p, e in self.model.marking().items()}
+        assert core.clients == self.clients
 
     @invariant()
     def store_holds_the_last_commit(self) -> None:
@@ -584,7 +594,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         if self.shard is not None:
-            self.shard.store.close()
+            self.shard.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -599,7 +609,7 @@ _SETTINGS = settings(
 def test_store_agrees_with_the_in_memory_engine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shard.process, "SystemClock", _VirtualSystemClock)
+    monkeypatch.setattr(shard.shell.runtime, "SystemClock", _VirtualSystemClock)
     monkeypatch.setattr(StoreMachine, "base_dir", tmp_path, raising=False)
     try:
         run_state_machine_as_test(StoreMachine, settings=_SETTINGS)

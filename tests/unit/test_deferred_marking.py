@@ -19,9 +19,11 @@ import pytest
 from nets import Engine, Net, Place
 from nets.model import Token
 from router.slots import slot_of_token
+from shard.batch import Batch
 from shard.deferred import DeferredLoad
 from shard.shell.marking_reader import DeferredMarking, MarkingReadError
-from shard.shell.store import Batch, Durability, Store
+from shard.shell.runtime import ShardConfig, ShardRuntime
+from shard.shell.store import Durability, Store
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,7 @@ NET = Net(
     transitions=[],
 )
 DEFERRED = frozenset({"done", "log"})
+NET_PATH = f"{__name__}:NET"  # what a shard loads, as `cpn shard --net` would
 LONG = "x" * 600  # too long for an LMDB key: stored under its digest
 
 
@@ -214,12 +217,12 @@ def test_an_entry_that_cannot_be_read_stops_the_load_for_good(tmp_path: Path) ->
     store = Store(tmp_path / "data", net=NET, durability=Durability.PROCESS)
     try:
         recovered = store.recover(DEFERRED)
-        load = DeferredLoad(recovered.deferred, recovered.deferred_counts, store)
+        load = DeferredLoad(recovered.deferred, recovered.deferred_counts)
         engine = Engine(NET, initial_marking=False)
         with pytest.raises(MarkingReadError, match="corrupt marking entry in place 'done'"):
-            load.complete(engine)
+            load.complete(engine, 1)
         with pytest.raises(MarkingReadError, match="corrupt"):
-            load.step(engine)  # and every later step: no marking with a hole in it
+            load.step(engine, 2)  # and every later step: no marking with a hole in it
         assert load.active and load.loaded_ms == 0
         assert load.pending("done") + engine.count("done") == 303, "counts stay whole"
     finally:
@@ -237,15 +240,19 @@ def test_missing_counts_do_not_stop_the_load_and_are_counted_again(tmp_path: Pat
             txn.delete(key, db=meta)
     env.close()
     store = Store(tmp_path / "data", net=NET, durability=Durability.PROCESS)
+    assert store.recover(DEFERRED).deferred_counts == {"done": 0, "log": 0}
+    store.close()
+    # The shard's shell loads them chunk by chunk, then has the store count again.
+    runtime = ShardRuntime(ShardConfig(NET_PATH, tmp_path / "data", durability=Durability.PROCESS))
     try:
-        recovered = store.recover(DEFERRED)
-        assert recovered.deferred_counts == {"done": 0, "log": 0}
-        load = DeferredLoad(recovered.deferred, recovered.deferred_counts, store)
-        engine = Engine(NET, initial_marking=False)
-        load.complete(engine)
+        assert runtime.setup.deferred_places >= DEFERRED
+        while runtime.core.deferred.active:
+            runtime.load_deferred()
+        assert runtime.core.deferred.recount
+        engine = runtime.core.engine
         found = Counter((p, t, tok) for p in sorted(DEFERRED) for t, tok in engine.tokens(p))
         assert found == _only(written, DEFERRED)
-        assert store.recover(DEFERRED).deferred_counts == {"done": 303, "log": 300}
+        assert runtime.store.recover(DEFERRED).deferred_counts == {"done": 303, "log": 300}
     finally:
+        runtime.close()
         gc.unfreeze()  # the finished load froze this process's heap, as a shard's
-        store.close()

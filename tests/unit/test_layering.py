@@ -2,9 +2,11 @@
 
 * Imports point downward only: cluster -> shard -> router -> nets.
 * A package's shell is its ``shell`` subpackage; there is no list of exceptions. The
-  functional core (nets/, and router/ outside router/shell/) does no I/O: it never
-  imports sockets, LMDB, clocks, threads, processes, click or the module-level random,
-  nor the shell of its own package.
+  functional core (nets/, and router/ and shard/ outside their shell/) does no I/O: it
+  never imports sockets, LMDB, clocks, threads, processes, click or the module-level
+  random, nor the shell of its own package.
+* No clock is read outside the shells: no ``time.*`` call in nets/, router/ or shard/
+  outside a shell/ subpackage (cluster/ is the outermost shell).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ FORBIDDEN_IN_CORE = {
 }
 # Modules in a package's `shell` subpackage may do I/O; everything else is core.
 SHELL = "shell"
+CLOCK_CALLS = frozenset(
+    {"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "sleep"}
+)
 # `random` is allowed as `random.Random(seed)`, a seeded instance; only the engine uses it.
 RANDOM_INSTANCE_ALLOWED = {"nets/engine.py"}
 
@@ -70,7 +75,10 @@ def test_imports_point_downward(package: str) -> None:
                 )
 
 
-@pytest.mark.parametrize("package", ["nets", "router"])
+CORE_PACKAGES = ["nets", "router", "shard"]
+
+
+@pytest.mark.parametrize("package", CORE_PACKAGES)
 def test_core_does_no_io(package: str) -> None:
     for path in _sources(package):
         rel = str(path.relative_to(ROOT))
@@ -108,3 +116,36 @@ def test_every_shell_subpackage_is_installed() -> None:
         for init in sorted((ROOT / layer).rglob("__init__.py")):
             name = ".".join(init.parent.relative_to(ROOT).parts)
             assert name in packages, f"pyproject's packages list lacks {name}"
+
+
+def _clock_reads(tree: ast.AST) -> list[tuple[str, int]]:
+    """``time.<clock>`` attribute uses, e.g. ``time.monotonic_ns``, with their lines."""
+    return [
+        (node.attr, node.lineno)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in CLOCK_CALLS
+        and isinstance(node.value, ast.Name | ast.Attribute)
+        and (node.value.id if isinstance(node.value, ast.Name) else node.value.attr) == "time"
+    ]
+
+
+@pytest.mark.parametrize("package", CORE_PACKAGES)
+def test_no_clock_is_read_outside_the_shells(package: str) -> None:
+    # Imports are checked above; this also catches a clock reached through another
+    # module (`something.time.monotonic()`).
+    for path in _sources(package):
+        if _is_shell(path):
+            continue
+        for call, line in _clock_reads(ast.parse(path.read_text(), filename=str(path))):
+            raise AssertionError(
+                f"{path.relative_to(ROOT)}:{line} reads the clock (time.{call}); take "
+                "now_ms as an argument and let the shell read the clock"
+            )
+
+
+def test_the_clock_rule_bites() -> None:
+    source = "import time\n\n\ndef now() -> int:\n    return other.time.monotonic_ns()\n"
+    assert _clock_reads(ast.parse(source)) == [("monotonic_ns", 5)]
+    shell = ROOT / "shard" / "shell" / "runtime.py"
+    assert _is_shell(shell) and _clock_reads(ast.parse(shell.read_text()))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from router.wire import Lease, Leased, Message, Put, decode, encode
 from shard.parked import ParkedLease, ParkedLeases
-from shard.process import Shard, ShardConfig
+from shard.shell.runtime import ShardConfig, ShardRuntime
 from shard.shell.store import Durability
 
 JOBS = "tests.nets_for_tests:jobs"
@@ -53,25 +53,27 @@ def test_a_lease_is_taken_back_only_if_no_reply_of_the_batch_delivered_it(tmp_pa
     one batch. The reply to the old socket cannot be sent, the repeat's can: the lease
     stands (taking it back would hand its tokens to two workers). Undelivered both
     times: the tokens go back to the queue at once."""
-    shard = Shard(ShardConfig(JOBS, tmp_path / "shard", durability=Durability.PROCESS))
+    runtime = ShardRuntime(ShardConfig(JOBS, tmp_path / "shard", durability=Durability.PROCESS))
+    core = runtime.core
     try:
 
         def handle(message: Message, message_id: int) -> Message | None:
-            return shard.handle(decode(encode(message, message_id=message_id)))
+            now_ms = runtime.clock.now_ms()
+            return core.handle(now_ms, decode(encode(message, message_id=message_id)))
 
         handle(Put("putter", 1, "work", (("q", "job1", 1), ("q", "job2", 2)), 0), 1)
-        shard.commit()
+        assert runtime.commit()
         for seq, delivered in ((1, True), (2, False)):
             lease = Lease("worker", seq, "work", 1, 60_000, 0)
             first, repeat = handle(lease, 2), handle(lease, 3)
             assert isinstance(first, Leased) and first == repeat and first.entries
-            shard.commit()
-            shard.polls.sent([((b"old", first, 2), False), ((b"new", repeat, 3), delivered)])
-            shard.commit()
+            assert runtime.commit()
+            core.replies_sent([((b"old", first, 2), False), ((b"new", repeat, 3), delivered)])
+            assert runtime.commit()
             # The first lease (delivered by its repeat) still holds job1; the second,
             # delivered by neither reply, is taken back.
-            assert shard.engine.count("work__held") == 1
-        assert shard.counters["leases_taken_back"] == 1
-        assert [tok.job_id for _t, tok in shard.engine.tokens("work")] == ["job2"]
+            assert core.engine.count("work__held") == 1
+        assert core.counters["leases_taken_back"] == 1
+        assert [tok.job_id for _t, tok in core.engine.tokens("work")] == ["job2"]
     finally:
-        shard.store.close()
+        runtime.close()

@@ -22,7 +22,8 @@ import pytest
 import shard.shell.store
 from nets import Net, Place
 from nets.model import Token
-from shard.shell.store import Batch, Durability, Store, StoreError
+from shard.batch import Batch
+from shard.shell.store import Durability, Store, StoreError
 
 pytestmark = pytest.mark.integration
 

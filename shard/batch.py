@@ -1,0 +1,100 @@
+"""What one write transaction commits (:class:`Batch`) and what a store holds when opened
+(:class:`Recovered`): the records the shard's core and its store share.
+
+The core builds a batch as it applies requests and fires; the shell commits it in one
+LMDB write transaction and only then sends what the batch made true. Recovery hands the
+core a :class:`Recovered`, from which the core is built whole.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from nets.errors import CpnError
+from nets.model import Token
+
+MarkingDelta = Counter[tuple[str, int, Token]]  # (place, time, token) -> +n / -n
+Chunk = dict[str, list[tuple[int, Token]]]  # place -> (time, token) entries
+
+
+class StoreReadError(CpnError):
+    """An entry the store holds cannot be read back (a corrupt store)."""
+
+
+class DeferredReader(Protocol):
+    """The entries of the deferred places as of recovery's snapshot, read in chunks
+    (docs/shard.md, "Deferred places"); the store provides it."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def read(self, entries_max: int) -> Chunk:
+        """Up to ``entries_max`` more entries. Raises :class:`StoreReadError`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+StoredRun = tuple[int, int, int, bytes]  # (lane, first seq, count, entries)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one write transaction commits."""
+
+    marking: MarkingDelta = field(default_factory=Counter)
+    clients: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    clock_ms: int = 0
+    runs_added: list[StoredRun] = field(default_factory=list)
+    runs_removed: list[tuple[int, int]] = field(default_factory=list)  # (lane, first seq)
+    next_seqs: dict[int, int] = field(default_factory=dict)  # lane -> next seq
+    hwms: dict[tuple[int, int], int] = field(default_factory=dict)  # (sender, lane) -> hwm
+    table: bytes | None = None
+    endpoints: tuple[str, ...] | None = None
+    hwms_removed: list[tuple[int, int]] = field(default_factory=list)  # (sender, lane)
+    phases: dict[int, bytes | None] = field(default_factory=dict)  # slot -> record / None
+    staged: dict[int, bytes | None] = field(default_factory=dict)  # slot -> record / None
+
+    def is_empty(self) -> bool:
+        return not (
+            self.hwms_removed
+            or self.phases
+            or self.staged
+            or self.marking
+            or self.clients
+            or self.runs_added
+            or self.runs_removed
+            or self.hwms
+            or self.table is not None
+            or self.endpoints is not None
+        )
+
+    def add(self, place: str, time: int, token: Token, n: int = 1) -> None:
+        self.marking[(place, time, token)] += n
+
+    def remove(self, place: str, time: int, token: Token, n: int = 1) -> None:
+        self.marking[(place, time, token)] -= n
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a store holds when it is opened."""
+
+    marking: Mapping[str, list[tuple[int, Token]]]
+    clock_ms: int
+    clients: Mapping[str, tuple[int, bytes]]
+    initialised: bool
+    runs: list[StoredRun] = field(default_factory=list)
+    next_seqs: dict[int, int] = field(default_factory=dict)
+    hwms: dict[tuple[int, int], int] = field(default_factory=dict)
+    table: bytes | None = None
+    endpoints: tuple[str, ...] = ()
+    phases: dict[int, bytes] = field(default_factory=dict)
+    staged: dict[int, bytes] = field(default_factory=dict)
+    # The places recovery left out (``recover(deferred=...)``): their token counts, and
+    # the reader of their entries (None when there are none).
+    deferred_counts: dict[str, int] = field(default_factory=dict)
+    deferred: DeferredReader | None = None

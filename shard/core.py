@@ -1,0 +1,893 @@
+"""One shard as a sans-IO core: requests and peer messages in, a batch and sends out.
+
+:class:`ShardCore` holds what one shard owns: the engine (its marking), the batch of
+changes since the last commit, the client table, leases, the partition exchange, slot
+moves (:mod:`shard.mover`), long polls (:mod:`shard.parked`) and the conversation with
+peers and the router (:mod:`shard.link`). It reads no clock, opens no file and touches
+no socket: every input carries ``now_ms``, and the shell (:mod:`shard.shell.serve`, or a
+simulator) owns the clock, the LMDB store and the sockets.
+
+Theory of operation, one turn of the shell's loop:
+
+1. ``peer_message(now_ms, source, envelope)`` for every reply from peers and the
+   router, then ``handle(now_ms, envelope)`` for each request: the marking changes go
+   into the batch, and the reply is returned (``None``: a lease parked until work comes).
+2. ``fire(now_ms, budget)`` fires what is enabled, until nothing is or the shell's
+   :class:`FiringBudget` says the batch has run long enough; ``answer_parked`` grants
+   the long polls that have work now.
+3. ``take_batch()`` hands the batch to the shell, which commits it in one write
+   transaction. Only then does the shell send the replies and ``sends(now_ms)``:
+   handoff runs, pool requests, the heartbeat, move reports, table requests. Nothing
+   leaves before the commit that made it true.
+4. A commit that fails (a full disk) makes the shell recover the store again and build
+   a new core from it with :meth:`ShardCore.after_failed_commit`: read-only from then on.
+
+A retried request carries the same client id and sequence number and is answered from
+the client table, never applied twice. Requests are dispatched by a table from message
+type to handler (:data:`_REQUEST_HANDLERS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from nets.codec import token_from_fields
+from nets.engine import Engine, unread_places
+from nets.errors import CpnError, TokenError
+from nets.firing import PlacedEntry, Step
+from nets.model import Net, Token
+from router.handoff import ProtocolError
+from router.wire import (
+    Complete,
+    Completed,
+    Counts,
+    Envelope,
+    FetchSlot,
+    Handoff,
+    HandoffAck,
+    Lease,
+    Leased,
+    Message,
+    Ping,
+    Pong,
+    PoolAnswer,
+    PoolWanted,
+    Put,
+    PutAck,
+    QueryCounts,
+    QueryTokens,
+    Redirect,
+    Shutdown,
+    ShuttingDown,
+    Statistics,
+    Stats,
+    Tokens,
+    decode,
+    encode,
+)
+from shard.batch import Batch, Recovered
+from shard.deferred import DeferredLoad
+from shard.exchange import Exchange, HandoffRefused
+from shard.leases import WorkQueue, with_work_queues
+from shard.link import Link, Send
+from shard.mover import Mover
+from shard.parked import LongPolls, Reply
+
+IDLE_WAKE_MS: Final = 1_000
+FIRINGS_PER_BATCH_MAX: Final = 100_000
+FIRINGS_PER_BUDGET_CHECK: Final = 16  # one firing can take a millisecond (robots.txt)
+TOKENS_PAGE_MAX: Final = 10_000
+LEASE_TOKENS_MAX: Final = 10_000
+LEASE_WAIT_MS_MAX: Final = 60_000  # a long poll waits at most this long for work
+HANDOFF_LATENCIES_KEPT_MAX: Final = 20_000  # sorted for each Stats request
+# Times are stored as msgpack integers; a delay or lease beyond ten years is a mistake.
+DURATION_MS_MAX: Final = 10 * 365 * 24 * 3_600_000
+log = logging.getLogger("cpn.shard")
+
+# The replies that change the marking: a failed commit turns them into errors.
+WRITING_REPLIES: Final = (PutAck, Leased, Completed, HandoffAck, PoolAnswer)
+
+
+class RequestError(CpnError):
+    """A request the shard understood but cannot serve; ``code`` goes on the wire."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FiringBudget(Protocol):
+    """The shell's bound on one batch of firings (wall time, waiting requests); asked
+    every :data:`FIRINGS_PER_BUDGET_CHECK` firings. A simulator counts instead."""
+
+    def exhausted(self) -> bool: ...
+
+
+class StoredSlots(Protocol):
+    """What the core reads from its store outside recovery: a slot's committed entries
+    (a slot sealed for a move keeps its tokens there, not in the engine)."""
+
+    def slot_entries(self, slot: int) -> list[PlacedEntry]: ...
+
+
+FaultPoint = Callable[[str], None]  # the shell may end the process at a named step
+
+
+def no_fault(_name: str) -> None:
+    """The fault point of a shell that injects no faults."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSetup:
+    """What every incarnation of one shard is built from: its net, with the lease
+    machinery added, and its place in the cluster."""
+
+    net: Net
+    queues: Mapping[str, WorkQueue]
+    shard_id: int = 0
+    shard_count: int = 1
+    router: str = ""  # the router's endpoint ("": standalone); a routed shard is fenced
+    cluster_id: str = ""  # a table from another cluster's router is refused
+    endpoint: str = ""  # where the others reach it (its heartbeat says so)
+
+    @classmethod
+    def of(cls, net: Net, **identity: Any) -> ShardSetup:
+        """The setup of a shard of ``net`` (its work queues get their companions)."""
+        with_queues, queues = with_work_queues(net)
+        return cls(with_queues, queues, **identity)
+
+    @property
+    def companions(self) -> frozenset[str]:
+        """The places of the lease machinery: only leases and completions change them."""
+        return frozenset(
+            place.name for queue in self.queues.values() for place in (queue.held, queue.timer)
+        )
+
+    @property
+    def deferred_places(self) -> frozenset[str]:
+        """Places whose tokens only accumulate: read after the shard starts firing."""
+        return frozenset(
+            name for name in unread_places(self.net, self.queues) if not self.net.place(name).pool
+        )
+
+
+@dataclass(slots=True)
+class Carried:
+    """What a core passes on to the core rebuilt after a failed commit: the counters,
+    the conversations in progress and the ids already handed out."""
+
+    counters: Counter[str]
+    lease_seq: int
+    sender_incarnations: dict[int, int]
+    polls: LongPolls
+    mover: Mover
+    link: Link
+
+
+class ShardCore:
+    """The shard's state and its handlers (see the module docstring).
+
+    Args:
+        setup: the net and the shard's identity.
+        recovered: what the store held when opened; a store never initialised gets
+            this shard's share of the initial marking, in the first batch (the shell
+            commits it as the store's initialisation).
+        incarnation: this process's incarnation (the store counts them).
+        now_ms: the time recovery finished (the engine starts there).
+        slots: reads of sealed slots' entries (the store).
+        fault: called at each named fault point (chaos tests end the process there).
+        shell_statistics: the shell's own figures (commit latencies, recovery steps),
+            added to the core's in :meth:`statistics` (a ``counters`` entry is merged).
+    """
+
+    def __init__(
+        self,
+        setup: ShardSetup,
+        recovered: Recovered,
+        *,
+        incarnation: int,
+        now_ms: int,
+        slots: StoredSlots,
+        fault: FaultPoint = no_fault,
+        shell_statistics: Callable[[], Mapping[str, Any]] = dict,
+        read_only_reason: str | None = None,
+        carried: Carried | None = None,
+    ) -> None:
+        self.setup = setup
+        self.net = setup.net
+        self.queues = setup.queues
+        self.companions = setup.companions
+        self.queue_of_held = {queue.held.name: queue for queue in self.queues.values()}
+        self.deferred_places = setup.deferred_places
+        self.incarnation = incarnation
+        self._slots = slots
+        self._fault = fault
+        self._shell_statistics = shell_statistics
+        self.read_only_reason = read_only_reason
+        self.stopping = False
+        if carried is None:
+            carried = Carried(
+                Counter(),
+                0,
+                {},
+                LongPolls(),
+                Mover(incarnation=incarnation, routed=bool(setup.router), fault=fault),
+                Link(
+                    me=setup.shard_id,
+                    incarnation=incarnation,
+                    endpoint=setup.endpoint,
+                    cluster_id=setup.cluster_id,
+                    router=setup.router,
+                ),
+            )
+        self.counters = carried.counters
+        self._lease_seq = carried.lease_seq
+        self.sender_incarnations = carried.sender_incarnations  # the newest each peer spoke as
+        self.polls = carried.polls  # lease requests waiting for work (shard/parked.py)
+        self.mover = carried.mover  # slot moves and fencing (shard/mover.py)
+        self.link = carried.link  # heartbeats, tables, handoff sends (shard/link.py)
+        self.handoff_latencies_ms: deque[int] = deque(maxlen=HANDOFF_LATENCIES_KEPT_MAX)
+        self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
+        self.leases: dict[str, list[tuple[str, int, Token]]] = {}  # lease id -> held entries
+        self.exchange = Exchange(
+            self.net,
+            shard_id=setup.shard_id,
+            shard_count=setup.shard_count,
+            recovered=recovered,
+            reserved=self.companions,
+            incarnation=incarnation,
+        )
+        self.engine = Engine(
+            self.net,
+            initial_marking=False,
+            watch=list(self.queues),
+            locality=self.exchange if self.exchange.clustered else None,
+        )
+        self.engine.advance(max(now_ms, recovered.clock_ms))
+        self.batch = Batch()
+        self.handed_in = 0  # tokens received from peers in this batch
+        self.handed_times: list[int] = []  # their times (when the sender produced them)
+        self.exports: list[tuple[str, int, Token]] = []  # tokens for other shards
+        self.more_enabled = True  # until a batch shows otherwise
+        self.engine.hooks.append(self._record_step)
+        self.deferred = DeferredLoad(recovered.deferred, recovered.deferred_counts)
+        self.initialised = recovered.initialised
+        self.commits = 0  # batches committed by this core
+        if recovered.initialised:
+            self.engine.restore(recovered.marking)
+            for slot in sorted(self.exchange.sealed):
+                # Sealed for a move: kept in the store for the shipment, never fired.
+                entries = slots.slot_entries(slot)
+                self.engine.extract([e for e in entries if e[0] not in self.deferred_places])
+                for place, _time_ms, _token in entries:
+                    if place in self.deferred_places:
+                        self.deferred.not_loaded(place, 1)
+        else:
+            # The first batch is the store's initialisation (take_batch marks it).
+            self._initial_marking()
+        for queue in self.queues.values():
+            for time_ms, held in self.engine.tokens(queue.held.name):
+                self.leases.setdefault(held[0], []).append((queue.held.name, time_ms, held))
+
+    def after_failed_commit(self, recovered: Recovered, reason: str, now_ms: int) -> ShardCore:
+        """The core rebuilt from what is committed after a commit failed: it refuses
+        writes from now on (queries keep working); counters and conversations go on."""
+        self.deferred.close()
+        carried = Carried(
+            self.counters,
+            self._lease_seq,
+            self.sender_incarnations,
+            self.polls,
+            self.mover,
+            self.link,
+        )
+        return ShardCore(
+            self.setup,
+            recovered,
+            incarnation=self.incarnation,
+            now_ms=now_ms,
+            slots=self._slots,
+            fault=self._fault,
+            shell_statistics=self._shell_statistics,
+            read_only_reason=reason,
+            carried=carried,
+        )
+
+    def _initial_marking(self) -> None:
+        """This shard's share of the net's initial marking.
+
+        Keyed and fixed tokens start at the shard that owns their slot (every shard
+        computes the same initial table); pool tokens are dealt round robin, token
+        ``i`` to shard ``i % shard_count``, so they start spread over the cluster.
+        """
+        me, count = self.setup.shard_id, self.setup.shard_count
+        for place in self.net.places:
+            for index, token in enumerate(place.initial):
+                if place.pool:
+                    if index % count == me:
+                        self.add(place.name, token, self.engine.now)
+                elif self.exchange.owns(place, token):
+                    self.add(place.name, token, self.engine.now)
+
+    def _emit(self, place: str, token: Token, time_ms: int) -> None:
+        """A token the shell produces (a completion's result): here, or handed off."""
+        if self.exchange.owns(self.net.place(place), token):
+            self.add(place, token, time_ms)
+        else:
+            self.exports.append((place, time_ms, token))
+
+    def flush_exports(self) -> None:
+        """Move this batch's tokens for other shards into outbox runs (same commit)."""
+        exported = self.engine.take_exported()
+        if self.exports:
+            exported.extend(self.exports)
+            self.exports.clear()
+        if exported:
+            self.exchange.export(exported, self.batch)
+
+    def _record_step(self, step: Step) -> None:
+        # A step's entries are already (place, time, token) tuples: the batch's keys.
+        marking = self.batch.marking
+        for entry in step.consumed:
+            marking[entry] = marking.get(entry, 0) - 1
+        for entry in step.produced:
+            marking[entry] = marking.get(entry, 0) + 1
+        if step.transition.endswith("__lease_expired"):
+            self.counters["leased_tokens_expired"] += 1
+            for place, _time_ms, token in step.consumed:
+                if place.endswith("__held"):
+                    self.leases.pop(token[0], None)  # the lease id; its work is back
+
+    def add(self, place: str, token: Token, time_ms: int) -> None:
+        """Add an entry to the engine and to the batch (committed with it)."""
+        self.engine.add(place, token, time=time_ms)
+        self.batch.add(place, time_ms, token)
+
+    def remove(self, place: str, token: Token, time_ms: int) -> None:
+        """Take an available entry out of the engine and the batch."""
+        self.engine.remove(place, token, time=time_ms)
+        self.batch.remove(place, time_ms, token)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def handle(self, now_ms: int, envelope: Envelope) -> Message | None:
+        """Apply one request to the engine and the batch at ``now_ms``; return its reply
+        (None: a lease that waits for work, see :meth:`park`).
+
+        Raises:
+            RequestError: the request cannot be served; nothing of it is applied.
+            CpnError: a token or place in it is wrong (answered as ``bad_request``).
+        """
+        self.engine.advance(now_ms)
+        message = envelope.message
+        self.counters[f"requests_{type(message).__name__}"] += 1
+        handler = _REQUEST_HANDLERS.get(type(message))
+        if handler is None:
+            raise RequestError(
+                "not_a_request", f"{type(message).__name__} is a reply, not a request"
+            )
+        return handler(self, envelope)
+
+    def _client_request(self, message: Put | Lease | Complete) -> Message | None:
+        """A client's write: answered from the client table if it is a repeat."""
+        duplicate = self._duplicate(message.client_id, message.request_seq)
+        if duplicate is not None:
+            return duplicate
+        # The client asked again (it gave up waiting): only its newest request is
+        # answered, so the client table never goes back to an older one.
+        self.polls.drop(message.client_id)
+        self._writable()
+        if isinstance(message, Put):
+            return self._put(message)
+        if isinstance(message, Lease):
+            return self._lease(message)
+        return self._complete(message)
+
+    def _writable(self) -> None:
+        if self.read_only_reason is not None:
+            raise RequestError("store_unavailable", self.read_only_reason)
+
+    def _on_client_request(self, envelope: Envelope) -> Message | None:
+        message = envelope.message
+        assert isinstance(message, Put | Lease | Complete)
+        return self._client_request(message)
+
+    def _on_handoff(self, envelope: Envelope) -> Message | None:
+        assert isinstance(envelope.message, Handoff)
+        self._writable()
+        return self._handoff(envelope.message, envelope.incarnation)
+
+    def _on_pool_wanted(self, envelope: Envelope) -> Message | None:
+        assert isinstance(envelope.message, PoolWanted)
+        self._writable()
+        return self._give_pool(envelope.message)
+
+    def _on_fetch_slot(self, envelope: Envelope) -> Message | None:
+        message = envelope.message
+        assert isinstance(message, FetchSlot)
+        shipment = self.mover.shipment_for(message, self.exchange, self._slots)
+        if shipment is None:
+            raise RequestError(
+                "not_sealed", f"slot {message.slot} is not sealed here for move {message.move_id}"
+            )
+        return shipment
+
+    def _on_query_counts(self, _envelope: Envelope) -> Message | None:
+        return Counts(self._counts(), self.engine.now)
+
+    def _on_query_tokens(self, envelope: Envelope) -> Message | None:
+        assert isinstance(envelope.message, QueryTokens)
+        return self._tokens(envelope.message)
+
+    def _on_stats(self, _envelope: Envelope) -> Message | None:
+        return Statistics(self.statistics())
+
+    def _on_ping(self, _envelope: Envelope) -> Message | None:
+        return Pong(self.engine.now)
+
+    def _on_shutdown(self, _envelope: Envelope) -> Message | None:
+        self.stopping = True
+        return ShuttingDown()
+
+    def _duplicate(self, client_id: str, seq: int) -> Message | None:
+        known = self.clients.get(client_id)
+        if known is None or seq > known[0]:
+            return None
+        self.counters["requests_duplicate"] += 1
+        if seq == known[0]:
+            # The very reply the client may have missed, marked as a repeat.
+            reply = decode(known[1]).message
+            if isinstance(reply, PutAck | Completed):
+                reply = dataclasses.replace(reply, duplicate=True)
+            elif isinstance(reply, Leased) and reply.entries and not self._live(reply.lease_id):
+                # Taken back (its reply could not be delivered), expired or completed:
+                # its tokens may be another lease's by now, so the repeat gets none.
+                reply = dataclasses.replace(reply, entries=())
+            return reply
+        raise RequestError(
+            "stale_request",
+            f"client {client_id!r} sent request {seq}, but request {known[0]} came after it",
+        )
+
+    def _remember(self, client_id: str, seq: int, reply: Message) -> Message:
+        frame = encode(reply, message_id=0, incarnation=self.incarnation)
+        self.clients[client_id] = (seq, frame)
+        self.batch.clients[client_id] = (seq, frame)
+        return reply
+
+    def _place(self, name: str) -> Any:
+        if not self.net.has_place(name):
+            raise RequestError(
+                "unknown_place",
+                f"net {self.net.name!r} has no place {name!r} "
+                f"(places: {', '.join(p.name for p in self.net.places)})",
+            )
+        return self.net.place(name)
+
+    def _tokens_of(self, place_name: str, items: tuple[Any, ...]) -> list[Token]:
+        place = self._place(place_name)
+        if place_name in self.companions:
+            raise RequestError(
+                "reserved_place",
+                f"place {place_name!r} belongs to the lease machinery; only leases and "
+                "completions change it",
+            )
+        try:
+            return [
+                token_from_fields(place.colour_set, fields, where=f"place {place_name!r}")
+                for fields in items
+            ]
+        except TokenError as exc:
+            raise RequestError("wrong_colour", str(exc)) from exc
+
+    def _put(self, put: Put) -> Message:
+        tokens = self._tokens_of(put.place, put.tokens)
+        if not 0 <= put.delay_ms <= DURATION_MS_MAX:
+            raise RequestError(
+                "bad_request", f"delay_ms must be in 0..{DURATION_MS_MAX}, got {put.delay_ms}"
+            )
+        place = self.net.place(put.place)
+        sealed = self.exchange.sealed
+        for token in tokens:
+            if not self.exchange.owns(place, token):
+                slot = self.exchange.lane_of(place, token)
+                assert slot is not None
+                if slot in sealed:
+                    continue  # moving: it goes through the outbox to the slot's next owner
+                self.counters["puts_redirected"] += 1
+                table = self.exchange.table
+                return Redirect(slot, table.owner(slot), table.epoch)
+        at = self.engine.now + put.delay_ms
+        for token in tokens:
+            if self.exchange.owns(place, token):
+                self.add(put.place, token, at)
+            else:
+                self.exports.append((put.place, at, token))
+        return self._remember(
+            put.client_id, put.request_seq, PutAck(put.request_seq, len(tokens), False)
+        )
+
+    def _queue(self, name: str) -> WorkQueue:
+        self._place(name)
+        queue = self.queues.get(name)
+        if queue is None:
+            raise RequestError(
+                "not_a_work_queue",
+                f"place {name!r} is not a work queue (declare it with work_queue=True); "
+                f"work queues: {', '.join(self.queues) or 'none'}",
+            )
+        return queue
+
+    def _lease(self, lease: Lease) -> Message | None:
+        """Grant ``lease``; None when it waits for work (parked, answered later)."""
+        self._queue(lease.place)
+        if (
+            not 0 < lease.max_tokens <= LEASE_TOKENS_MAX
+            or not 0 < lease.lease_ms <= DURATION_MS_MAX
+            or not 0 <= lease.wait_ms <= LEASE_WAIT_MS_MAX
+        ):
+            raise RequestError(
+                "bad_request",
+                f"a lease needs 0 < max_tokens <= {LEASE_TOKENS_MAX}, "
+                f"0 < lease_ms <= {DURATION_MS_MAX} and 0 <= wait_ms <= {LEASE_WAIT_MS_MAX}",
+            )
+        if lease.wait_ms and self.polls.can_park() and not self.engine.has_available(lease.place):
+            return None
+        return self.grant(lease)
+
+    def _live(self, lease_id: str) -> bool:
+        held = self.leases.get(lease_id)
+        return held is not None and all(self.engine.holds(p, tok, time=t) for p, t, tok in held)
+
+    def grant(self, lease: Lease) -> Message:
+        """Lease up to ``max_tokens`` available tokens (maybe none) in this batch."""
+        queue = self.queues[lease.place]
+        now = self.engine.now
+        self._lease_seq += 1
+        lease_id = f"{self.setup.shard_id}.{self.incarnation}.{self._lease_seq}"
+        expires = now + lease.lease_ms
+        taken = self.engine.available(lease.place, lease.max_tokens)
+        held_entries = []
+        for index, (time_ms, token) in enumerate(taken):
+            self.remove(lease.place, token, time_ms)
+            held = queue.held_token(lease_id, index, token)
+            self.add(queue.held.name, held, now)
+            self.add(queue.timer.name, queue.timer_token(lease_id, index, token), expires)
+            held_entries.append((queue.held.name, now, held))
+        if held_entries:
+            self.leases[lease_id] = held_entries
+            self.counters["leases_granted"] += 1
+        reply = Leased(
+            lease.request_seq, lease_id, expires, tuple((t, tuple(tok)) for t, tok in taken)
+        )
+        return self._remember(lease.client_id, lease.request_seq, reply)
+
+    def _complete(self, complete: Complete) -> Message:
+        held = self.leases.get(complete.lease_id)
+        if held is None or not self._live(complete.lease_id):
+            self.leases.pop(complete.lease_id, None)
+            raise RequestError(
+                "lease_expired",
+                f"lease {complete.lease_id!r} is unknown or expired; its tokens went back "
+                "to their queue",
+            )
+        results = [
+            (place, token)
+            for place, fields in complete.results
+            for token in self._tokens_of(place, (fields,))
+        ]
+        for place, time_ms, token in held:
+            self.remove(place, token, time_ms)
+        for place, token in results:
+            self._emit(place, token, self.engine.now)
+        del self.leases[complete.lease_id]
+        self.counters["leases_completed"] += 1
+        reply = Completed(complete.request_seq, complete.lease_id, False)
+        return self._remember(complete.client_id, complete.request_seq, reply)
+
+    def _handoff(self, message: Handoff, incarnation: int) -> Message:
+        newest = self.sender_incarnations.setdefault(message.sender, incarnation)
+        if incarnation < newest:
+            # An old incarnation's frame, late: its successor resends what counts.
+            raise RequestError(
+                "stale_incarnation",
+                f"shard {message.sender}'s incarnation {incarnation} is older than {newest}",
+            )
+        self.sender_incarnations[message.sender] = incarnation
+        try:
+            entries, receipt = self.exchange.receive(message, incarnation)
+        except (HandoffRefused, ProtocolError) as exc:
+            log.error("handoff from shard %d refused: %s", message.sender, exc)
+            raise RequestError("handoff_refused", str(exc)) from exc
+        by_place: dict[str, list[tuple[int, Token]]] = {}
+        for place, time_ms, token in entries:
+            by_place.setdefault(place, []).append((time_ms, token))
+        for place, timed_tokens in by_place.items():
+            self.engine.add_checked(place, timed_tokens)
+        self.batch.marking.update(entries)  # each entry +1
+        self.handed_in += len(entries)
+        self.handed_times.extend([time_ms for _place, time_ms, _token in entries])
+        self.batch.hwms.update(receipt.hwms)
+        return HandoffAck(receipt.acks, receipt.redirects, receipt.deferred)
+
+    def _give_pool(self, message: PoolWanted) -> Message:
+        place = self._place(message.place)
+        if not place.pool:
+            raise RequestError("not_a_pool", f"place {message.place!r} is not a pool place")
+        if not 0 <= message.sender < self.exchange.table.shard_count or (
+            message.sender == self.setup.shard_id
+        ):
+            raise RequestError("bad_request", f"no peer shard {message.sender} to give tokens to")
+        if message.sender >= self.exchange.members:
+            raise RequestError("leaving", f"shard {message.sender} is leaving the cluster")
+        count = self.exchange.pool_to_give(self.engine, place, max(0, message.count))
+        given = []
+        for time_ms, token in self.engine.available(place.name, count):
+            self.remove(place.name, token, time_ms)
+            given.append((place.name, time_ms, token))
+        self.exchange.export_pool(given, message.sender, self.batch)
+        self.counters["pool_tokens_given"] += len(given)
+        return PoolAnswer(place.name, len(given))
+
+    def _counts(self) -> dict[str, int]:
+        return {p.name: self._count(p.name) for p in self.net.places}
+
+    def _count(self, place: str) -> int:
+        """Tokens ``place`` holds, counting those of a deferred place still to load."""
+        count = self.engine.count(place)
+        return count + self.deferred.pending(place)
+
+    def _tokens(self, query: QueryTokens) -> Message:
+        self._place(query.place)
+        if query.offset < 0 or not 0 < query.limit <= TOKENS_PAGE_MAX:
+            raise RequestError(
+                "bad_request", f"need offset >= 0 and 0 < limit <= {TOKENS_PAGE_MAX}"
+            )
+        if query.place in self.deferred_places:
+            self.deferred.complete(self.engine, self.engine.now)
+        entries = self.engine.tokens(query.place)
+        page = entries[query.offset : query.offset + query.limit]
+        return Tokens(
+            query.place, query.offset, len(entries), tuple((t, tuple(tok)) for t, tok in page)
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        """The core's figures; the shell adds its own (commit latencies, recovery steps)."""
+        stats = self.engine.statistics()
+        handoff: list[float] = sorted(self.handoff_latencies_ms)
+        shell = dict(self._shell_statistics())
+        counters = (
+            self.counters
+            + self.polls.counters
+            + self.exchange.counters
+            + self.link.counters
+            + Counter(shell.pop("counters", {}))
+        )
+        return {
+            "net": self.net.name,
+            "incarnation": self.incarnation,
+            # When the deferred places' tokens were all loaded, and how many there were.
+            "deferred_loaded_ms": self.deferred.loaded_ms,
+            "deferred_tokens": self.deferred.loaded,
+            "now_ms": self.engine.now,
+            "firings": dict(stats.firings),
+            "tokens": self._counts(),
+            "handoff_ms_p50": quantile(handoff, 0.50),
+            "handoff_ms_p99": quantile(handoff, 0.99),
+            "read_only": self.read_only_reason or "",
+            "counters": dict(counters),
+            **self.exchange.statistics(),
+            **self.mover.statistics(self.exchange),
+            **shell,
+        }
+
+    # -- the batch ----------------------------------------------------------------------
+
+    def fire(self, now_ms: int, budget: FiringBudget) -> int:
+        """Fire what is enabled at ``now_ms`` (bounded); the hook records the steps in
+        the batch. Stops when nothing is enabled, after ``FIRINGS_PER_BATCH_MAX``, or
+        when ``budget`` is exhausted (asked every few firings): a longer batch lets
+        more tokens be produced and consumed within it, which never reach the store,
+        but requests wait for its commit.
+        """
+        self.engine.advance(now_ms)
+        if self.read_only_reason is not None or not self.mover.may_fire(self.exchange, now_ms):
+            return 0
+        fired = 0
+        fire = self.engine.fire
+        while fired < FIRINGS_PER_BATCH_MAX:
+            if fire(now_ms) is None:
+                self.more_enabled = False
+                break
+            fired += 1
+            if fired % FIRINGS_PER_BUDGET_CHECK == 0 and budget.exhausted():
+                self.more_enabled = True  # stopped by a bound, not for want of work
+                break
+        else:
+            self.more_enabled = True
+        self.mover.fired(fired, now_ms)
+        return fired
+
+    def loop_back(self) -> None:
+        """Deliver the runs this shard's outbox holds for its own lanes (a slot that moved
+        here, or is sealed here), as a peer's would be, in the current batch."""
+        for message in self.exchange.take_loopback():
+            try:
+                reply = self._handoff(message, self.incarnation)
+            except RequestError as exc:
+                log.error("loopback handoff refused: %s", exc)
+                continue
+            assert isinstance(reply, HandoffAck)
+            self.exchange.acknowledged(reply, self.engine.now, self.batch)
+
+    def answer_parked(self, now_ms: int) -> list[Reply]:
+        """Replies to the parked leases that have work now or waited long enough
+        (granted in the current batch)."""
+        self.engine.advance(now_ms)
+        return self.polls.answer(
+            now_ms,
+            self.engine.has_available,
+            self.grant,
+            refusal=self.read_only_reason,
+            stopping=self.stopping,
+        )
+
+    def park(self, now_ms: int, peer: bytes, lease: Lease, message_id: int) -> None:
+        """Let ``lease`` (which :meth:`handle` answered with None) wait for work."""
+        self.polls.park(peer, lease, message_id, now_ms)
+
+    def work_waits(self) -> bool:
+        """Whether a parked lease's queue has work (the batch should end soon)."""
+        return self.polls.work_waits(self.engine.has_available)
+
+    def replies_sent(self, outcomes: list[tuple[Reply, bool]]) -> None:
+        """After the batch's replies went out (each with whether it was sent): take back
+        the leases none of whose replies reached their client (the next batch)."""
+        for lease_id in self.polls.undelivered(outcomes):
+            self.take_back(lease_id)
+
+    def take_back(self, lease_id: str) -> None:
+        """Put a lease's tokens back in their queue (committed with the next batch)."""
+        held = self.leases.pop(lease_id, None)
+        if held is None:
+            return
+        for place, time_ms, token in held:
+            if not self.engine.holds(place, token, time=time_ms):
+                continue  # expired meanwhile: its expiry put it back already
+            self.remove(place, token, time_ms)
+            queue = self.queue_of_held[place]
+            self.add(queue.queue.name, queue.original(token), self.engine.now)
+        # Its timers are spent when they come due (their held tokens are gone); a repeat
+        # of the request is answered with no entries (the lease is not live).
+        self.counters["leases_taken_back"] += 1
+        self.more_enabled = True  # offer the work again at once
+
+    def take_batch(self) -> Batch:
+        """The batch to commit now (this batch's exports moved into outbox runs), and a
+        new one begun. The shell commits it, then calls :meth:`committed`."""
+        self.flush_exports()
+        self.handed_in = 0
+        batch, self.batch = self.batch, Batch()
+        batch.clock_ms = self.engine.now
+        return batch
+
+    def committed(self, now_ms: int) -> None:
+        """The batch taken last is durable: the store was initialised with it, and its
+        handoff tokens count from the firing that produced them (the sender's clock)."""
+        self.initialised = True
+        self.commits += 1
+        if self.handed_times:
+            self.handoff_latencies_ms.extend([now_ms - t for t in self.handed_times])
+            self.handed_times = []
+
+    def load_deferred(self, now_ms: int) -> None:
+        """One chunk of the deferred places' tokens (the loop calls this every turn)."""
+        if self.deferred.active:
+            self.deferred.step(self.engine, now_ms)
+
+    # -- peers and the router ---------------------------------------------------------
+
+    def peer_message(self, now_ms: int, source: int, envelope: Envelope) -> None:
+        """A reply from a peer shard or the router (``source`` :data:`shard.link.ROUTER`),
+        applied to the current batch."""
+        self.engine.advance(now_ms)
+        self.link.take(
+            now_ms, source, envelope.message, self.exchange, self.mover, self.batch, self
+        )
+
+    def sends(self, now_ms: int) -> list[Send]:
+        """What to send now that the batch is committed: handoff runs, pool requests,
+        the heartbeat, move reports, table and shipment requests."""
+        return self.link.sends(
+            now_ms, self.exchange, self.mover, self.engine, self.progress(), self
+        )
+
+    def send_failed(self, send: Send) -> None:
+        """``send`` could not go now (the peer is down, slow or unknown)."""
+        self.link.send_failed(send, self.exchange)
+
+    def peer_endpoints(self) -> tuple[str, ...]:
+        """Where each shard is, as the newest table says (the shell connects to them)."""
+        return self.exchange.endpoints
+
+    def progress(self) -> dict[str, int]:
+        """Counters that grow while the loop turns (for the router's heartbeat view)."""
+        return {"firings": self.engine.statistics().steps, "commits": self.commits}
+
+    def next_deadline_ms(self) -> int | None:
+        """When the core must run again at the latest with nothing arriving (None: only
+        an arrival wakes it); a time at or before ``now`` means at once."""
+        if self.more_enabled or self.deferred.active:
+            return self.engine.now  # the last batch stopped at a bound, or tokens to load
+        deadlines = [
+            d
+            for d in (
+                self.engine.next_deadline(),
+                self.polls.next_deadline_ms(),
+                self.link.next_deadline(self.exchange, self.mover),
+            )
+            if d is not None
+        ]
+        return min(deadlines, default=None)
+
+    # -- the move host (shard/mover.py): narrow access to the engine ----------------------
+
+    def sealed_entries(self, slot: int) -> list[PlacedEntry]:
+        """A slot's committed entries, the deferred ones loaded first (to take it out)."""
+        self.deferred.complete(self.engine, self.engine.now)
+        return self._slots.slot_entries(slot)
+
+    def stored_entries(self, slot: int) -> list[PlacedEntry]:
+        return self._slots.slot_entries(slot)
+
+    def extract(self, entries: list[PlacedEntry]) -> None:
+        self.engine.extract(entries)
+
+    def add_entries(self, entries: list[PlacedEntry]) -> None:
+        by_place: dict[str, list[tuple[int, Token]]] = {}
+        for place, time_ms, token in entries:
+            by_place.setdefault(place, []).append((time_ms, token))
+        for place, timed in by_place.items():
+            self.engine.add_checked(place, timed)
+
+    def pool_entries(self) -> list[PlacedEntry]:
+        return [
+            (place.name, t, tok)
+            for place in self.net.places
+            if place.pool
+            for t, tok in self.engine.tokens(place.name)
+        ]
+
+    def pool_token_count(self) -> int:
+        return sum(self.engine.count(p.name) for p in self.net.places if p.pool)
+
+
+_REQUEST_HANDLERS: Final[dict[type[Message], Callable[[ShardCore, Envelope], Message | None]]] = {
+    Put: ShardCore._on_client_request,
+    Lease: ShardCore._on_client_request,
+    Complete: ShardCore._on_client_request,
+    Handoff: ShardCore._on_handoff,
+    FetchSlot: ShardCore._on_fetch_slot,
+    PoolWanted: ShardCore._on_pool_wanted,
+    QueryCounts: ShardCore._on_query_counts,
+    QueryTokens: ShardCore._on_query_tokens,
+    Stats: ShardCore._on_stats,
+    Ping: ShardCore._on_ping,
+    Shutdown: ShardCore._on_shutdown,
+}
+
+
+def writes(reply: Message) -> bool:
+    """Whether ``reply`` reports a change to the marking (a failed commit undoes it)."""
+    return isinstance(reply, WRITING_REPLIES)
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 3)
