@@ -118,12 +118,13 @@ class RouterStore:
         self._env.reader_check()
         self._meta = self._env.open_db(b"meta")
         try:
-            self.table, self.endpoints, self.incarnation = self._start(net, shard_count)
+            # What a new core starts from: the state read back as the store opened.
+            self.recovered = self._start(net, shard_count)
         except BaseException:
             self.close()
             raise
 
-    def _start(self, net: str, shard_count: int) -> tuple[PartitionTable, tuple[str, ...], int]:
+    def _start(self, net: str, shard_count: int) -> Recovered:
         with self._env.begin(write=True, db=self._meta) as txn:
             stored_net = _text(txn.get(b"net"))
             if stored_net is not None and stored_net != net:
@@ -139,7 +140,7 @@ class RouterStore:
                     "directory"
                 )
             raw_control = txn.get(b"control")  # moves, scaling, fences (coordinator)
-            self.control_blob = None if raw_control is None else bytes(raw_control)
+            control = None if raw_control is None else bytes(raw_control)
             raw_table = txn.get(b"table")
             try:
                 table = (
@@ -157,11 +158,7 @@ class RouterStore:
             txn.put(b"table", table.encode())
             txn.put(b"endpoints", pack(endpoints))
             txn.put(b"incarnation", str(incarnation).encode())
-        return table, endpoints, incarnation
-
-    def recovered(self) -> Recovered:
-        """What a new core starts from: the state read back when the store opened."""
-        return Recovered(self.table, self.endpoints, self.control_blob, self.incarnation)
+        return Recovered(table, endpoints, control, incarnation)
 
     def write(self, write: RouterWrite) -> None:
         """Write the core's durable state in one (durable) transaction.
@@ -173,7 +170,6 @@ class RouterStore:
             txn.put(b"table", write.table.encode())
             txn.put(b"control", write.control)
             txn.put(b"endpoints", pack(write.endpoints))
-        self.table, self.control_blob, self.endpoints = write.table, write.control, write.endpoints
 
     def close(self) -> None:
         self._env.close()
@@ -213,7 +209,7 @@ def serve(config: RouterConfig) -> None:
     core = ControlPlane(
         net.name,
         places_of(net),
-        store.recovered(),
+        store.recovered,
         heartbeat_timeout_ms=config.heartbeat_timeout_ms,
         cluster_id=config.cluster_id,
         rate_limit=config.rate_limit,
@@ -245,8 +241,8 @@ def serve(config: RouterConfig) -> None:
             "router of net %r (%d shards, epoch %d, incarnation %d) serving on %s, pid %d",
             net.name,
             config.shard_count,
-            store.table.epoch,
-            store.incarnation,
+            core.table.epoch,
+            core.incarnation,
             endpoint,
             os.getpid(),
         )
