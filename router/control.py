@@ -190,7 +190,7 @@ class ControlPlane:
         self.incarnation = recovered.incarnation
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.cluster_id = cluster_id
-        self.coordinator = Coordinator.decode(recovered.table, recovered.control)
+        self.coordinator = Coordinator(recovered.table, control=recovered.control)
         span = self.coordinator.span()
         # The cluster may have grown since the endpoints were written.
         self.endpoints = (*recovered.endpoints, *("",) * (span - len(recovered.endpoints)))
