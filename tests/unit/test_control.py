@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.control import (
     HEARTBEAT_TIMEOUT_MS,
@@ -327,3 +329,14 @@ def test_a_shard_silent_for_the_timeout_is_dead_and_no_move_is_planned() -> None
     router.tick(HEARTBEAT_TIMEOUT_MS + 1)
     assert router.core.coordinator.moves
     assert router.store.control is not None  # the planned moves were written
+
+
+@given(frames=st.lists(st.binary(max_size=64), max_size=3), now_ms=st.integers(0, 2**40))
+@settings(max_examples=300)
+def test_garbage_is_answered_never_raised(frames: list[bytes], now_ms: int) -> None:
+    router = Router(2)
+    outcome = router.core.receive(now_ms, frames)  # raises nothing
+    assert outcome.reply is not None
+    assert type(decode(outcome.frame).message) is type(outcome.reply)
+    if isinstance(outcome.reply, Error):  # (random bytes may, rarely, be a request)
+        assert outcome.write is None
