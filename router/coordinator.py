@@ -1,11 +1,13 @@
 """The router's side of slot moves, scaling and fencing (pure, sans-IO).
 
-The router daemon (router/shell/daemon.py) holds one :class:`Coordinator`: the partition
-table, the durable move records (:class:`router.moves.Move`), the shard count the
-cluster is heading for (``members``) and each shard's fenced incarnation. The daemon
-feeds it what the shards say and the time, persists :meth:`Coordinator.encode` and the
-table in **one** LMDB transaction whenever :attr:`Coordinator.changed` is set, and only
-then answers. Nothing here reads a clock or touches a socket.
+The router's core (:class:`router.control.ControlPlane`) holds one :class:`Coordinator`:
+the partition table, the durable move records (:class:`router.moves.Move`), the shard
+count the cluster is heading for (``members``) and each shard's fenced incarnation. The
+core feeds it what the shards say and the time; whenever :attr:`Coordinator.changed` is
+set, the core's outcome carries :meth:`Coordinator.encode` and the table, which the
+daemon writes in **one** LMDB transaction before it answers. A restarted router builds a
+new coordinator from that blob (the ``control`` argument). Nothing here reads a clock or
+touches a socket.
 
 Theory of operation (docs/handoff.md, "Slot moves"):
 
@@ -123,6 +125,39 @@ def _move_of(fields: tuple[Any, ...]) -> Move:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """The coordinator's durable part, as :meth:`Coordinator.encode` writes it."""
+
+    members: int
+    next_move_id: int
+    moves: tuple[Move, ...]
+    finished: tuple[Move, ...]
+    fences: tuple[tuple[int, tuple[int, int]], ...]
+    moves_done: int
+    moves_aborted: int
+
+    @classmethod
+    def fresh(cls, table: PartitionTable, members: int | None) -> _Record:
+        return cls(table.shard_count if members is None else members, 1, (), (), (), 0, 0)
+
+    @classmethod
+    def decode(cls, blob: bytes) -> _Record:
+        try:
+            members, next_id, moves, finished, fences, done, aborted = unpack(blob)
+            return cls(
+                int(members),
+                int(next_id),
+                tuple(map(_move_of, moves)),
+                tuple(map(_move_of, finished)),
+                tuple((int(k), (int(inc), int(epoch))) for k, inc, epoch in fences),
+                int(done),
+                int(aborted),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CpnError(f"the router's move records are damaged: {exc}") from exc
+
+
 class Coordinator:
     """Moves, scaling and fencing over the router's table (see the module docstring)."""
 
@@ -132,16 +167,25 @@ class Coordinator:
         *,
         members: int | None = None,
         in_flight_max: int = MOVES_IN_FLIGHT_MAX,
+        control: bytes | None = None,
     ) -> None:
+        """A coordinator over ``table``; ``control``: what :meth:`encode` wrote, if any.
+
+        Raises:
+            CpnError: ``control`` is not what :meth:`encode` wrote.
+        """
+        record = _Record.fresh(table, members) if control is None else _Record.decode(control)
         self.table = table
-        self.members = table.shard_count if members is None else members
+        self.members = record.members
         self.in_flight_max = in_flight_max
-        self.moves: dict[int, Move] = {}  # every move not finished, and ERROR ones
-        self.finished: list[Move] = []  # the last few DONE or ABORTED, newest last
-        self.next_move_id = 1
-        self.fences: dict[int, tuple[int, int]] = {}  # shard -> (incarnation, fence epoch)
+        self.moves: dict[int, Move] = {m.move_id: m for m in record.moves}  # not finished
+        self.finished: list[Move] = list(record.finished)  # the last few DONE or ABORTED
+        self.next_move_id = record.next_move_id
+        self.fences: dict[int, tuple[int, int]] = dict(record.fences)  # shard -> (inc, epoch)
         self.reports: dict[int, ShardReport] = {}
         self.counters: Counter[str] = Counter()
+        if control is not None:  # (a fresh coordinator shows no counters yet)
+            self.counters.update(moves_done=record.moves_done, moves_aborted=record.moves_aborted)
         self.changed = False  # durable state changed: persist before answering
         self.transitions: list[str] = []  # move states reached since the last persist
         self._retire_ok_since_ms: int | None = None
@@ -169,21 +213,7 @@ class Coordinator:
         Raises:
             CpnError: the blob is not what :meth:`encode` wrote.
         """
-        made = cls(table, **options)
-        if blob is None:
-            return made
-        try:
-            members, next_id, moves, finished, fences, done, aborted = unpack(blob)
-            made.members = int(members)
-            made.next_move_id = int(next_id)
-            made.moves = {m.move_id: m for m in map(_move_of, moves)}
-            made.finished = [_move_of(m) for m in finished]
-            made.fences = {int(k): (int(inc), int(epoch)) for k, inc, epoch in fences}
-            made.counters["moves_done"] = int(done)
-            made.counters["moves_aborted"] = int(aborted)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise CpnError(f"the router's move records are damaged: {exc}") from exc
-        return made
+        return cls(table, control=blob, **options)
 
     def take_transitions(self) -> list[str]:
         """The move states reached since the last call (fault points hook on them)."""

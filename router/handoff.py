@@ -18,11 +18,17 @@ Theory of operation (docs/handoff.md has the state tables and sequence diagrams)
   a table at the redirect's epoch before sending the lane's runs to the new owner.
 
 Dedup state is bounded: one counter per (sender, lane) on each side, never a set of ids.
-Both machines are table-driven: a (state, event) pair missing from the table is a
-:class:`ProtocolError`, and the lane (sender side) or the sender's incarnation
-(receiver side) stays in the ERROR state, refusing everything after, until the process
-restarts. Neither machine does I/O; the shard (the shell) persists what they decide
-before anything is sent.
+Both machines are table-driven. The sender's lane moves by :data:`LANE_TRANSITIONS`,
+``(state, event) -> state``; a pair missing from it is a :class:`ProtocolError`, checked
+before the event changes anything, and the lane stays in the ERROR state, refusing
+everything after, until the process restarts. The receiver judges each run by
+:data:`RECEIVE_TABLE`; a malformed message refuses the sender's incarnation for good.
+
+Validate, then act: :meth:`Inbox.receive` only judges (it returns a :class:`Receipt`
+with the verdicts and the hwms the message *would* leave); the shell checks every
+accepted entry, then calls :meth:`Inbox.commit` and persists the hwms in one
+transaction. A message refused half-way needs no undoing. Neither machine does I/O; the
+shard (the shell) persists what they decide before anything is sent.
 """
 
 from __future__ import annotations
@@ -69,35 +75,55 @@ class LaneState(Enum):
 
 
 class LaneEvent(Enum):
+    """What happens to a lane; the outbox derives the event from what it was given."""
+
     OFFER = "offer"  # new tokens for the lane were committed to the outbox
     SEND = "send"  # runs of the lane were handed to the network
-    ACK = "ack"  # the receiver acknowledged up to some seq
+    ACK = "ack"  # the receiver acknowledged up to some seq; tokens remain unacknowledged
+    ACK_ALL = "ack_all"  # ... and now every token offered is acknowledged
     REDIRECT = "redirect"  # the receiver does not own the lane at our epoch
-    TABLE = "table"  # our partition table changed
+    TABLE = "table"  # our partition table changed (not to the epoch a redirect awaits)
+    CAUGHT_UP = "caught_up"  # our table reached the epoch a redirected lane waits for
     TIMEOUT = "timeout"  # no acknowledgement within resend_ms: go back
 
 
 _S = LaneState
 _E = LaneEvent
-# (state, event) -> the states the event may lead to. Anything else raises.
-LANE_TRANSITIONS: Final[dict[tuple[LaneState, LaneEvent], frozenset[LaneState]]] = {
-    (_S.IDLE, _E.OFFER): frozenset({_S.SENDING}),
-    (_S.IDLE, _E.ACK): frozenset({_S.IDLE}),  # a repeated ack of what is acknowledged
-    (_S.IDLE, _E.REDIRECT): frozenset({_S.IDLE}),  # stale: nothing is waiting
-    (_S.IDLE, _E.TABLE): frozenset({_S.IDLE}),
-    (_S.SENDING, _E.OFFER): frozenset({_S.SENDING}),
-    (_S.SENDING, _E.SEND): frozenset({_S.SENDING}),
-    (_S.SENDING, _E.ACK): frozenset({_S.SENDING, _S.IDLE}),
-    (_S.SENDING, _E.REDIRECT): frozenset({_S.REDIRECTED}),
-    (_S.SENDING, _E.TABLE): frozenset({_S.SENDING}),
-    (_S.SENDING, _E.TIMEOUT): frozenset({_S.SENDING}),
-    (_S.REDIRECTED, _E.OFFER): frozenset({_S.REDIRECTED}),
+# (state, event) -> the state it leads to. Any pair not listed is a ProtocolError and
+# leaves the lane in ERROR, which no event leaves (sticky).
+LANE_TRANSITIONS: Final[dict[tuple[LaneState, LaneEvent], LaneState]] = {
+    (_S.IDLE, _E.OFFER): _S.SENDING,
+    (_S.IDLE, _E.ACK_ALL): _S.IDLE,  # a repeated ack of what is acknowledged
+    (_S.IDLE, _E.REDIRECT): _S.IDLE,  # stale: nothing is waiting
+    (_S.IDLE, _E.TABLE): _S.IDLE,
+    (_S.SENDING, _E.OFFER): _S.SENDING,
+    (_S.SENDING, _E.SEND): _S.SENDING,
+    (_S.SENDING, _E.ACK): _S.SENDING,
+    (_S.SENDING, _E.ACK_ALL): _S.IDLE,
+    (_S.SENDING, _E.REDIRECT): _S.REDIRECTED,
+    (_S.SENDING, _E.TABLE): _S.SENDING,
+    (_S.SENDING, _E.TIMEOUT): _S.SENDING,
+    (_S.REDIRECTED, _E.OFFER): _S.REDIRECTED,
     # A late ack from the old owner is true: it applied those tokens before it let go.
-    (_S.REDIRECTED, _E.ACK): frozenset({_S.REDIRECTED, _S.IDLE}),
-    (_S.REDIRECTED, _E.REDIRECT): frozenset({_S.REDIRECTED}),
-    (_S.REDIRECTED, _E.TABLE): frozenset({_S.REDIRECTED, _S.SENDING}),
-    (_S.REDIRECTED, _E.TIMEOUT): frozenset({_S.REDIRECTED}),
+    (_S.REDIRECTED, _E.ACK): _S.REDIRECTED,
+    (_S.REDIRECTED, _E.ACK_ALL): _S.IDLE,
+    (_S.REDIRECTED, _E.REDIRECT): _S.REDIRECTED,
+    (_S.REDIRECTED, _E.TABLE): _S.REDIRECTED,
+    (_S.REDIRECTED, _E.CAUGHT_UP): _S.SENDING,
+    (_S.REDIRECTED, _E.TIMEOUT): _S.REDIRECTED,
 }
+
+
+def lane_step(state: LaneState, event: LaneEvent) -> LaneState:
+    """The state a lane in ``state`` goes to on ``event`` (:data:`LANE_TRANSITIONS`).
+
+    Raises:
+        ProtocolError: the pair is not in the table; the caller puts the lane in ERROR.
+    """
+    new = LANE_TRANSITIONS.get((state, event))
+    if new is None:
+        raise ProtocolError(f"event {event.value} is not allowed in state {state.value}")
+    return new
 
 
 @dataclass(slots=True)
@@ -154,16 +180,20 @@ class Outbox:
 
     # -- the table ------------------------------------------------------------------------
 
-    def _step(self, lane: OutLane, event: LaneEvent, new: LaneState) -> None:
-        allowed = LANE_TRANSITIONS.get((lane.state, event))
-        if allowed is None or new not in allowed:
-            was = lane.state
+    def _step(self, lane: OutLane, event: LaneEvent) -> None:
+        """Move ``lane`` on ``event``, before anything else of the event is applied.
+
+        Raises:
+            ProtocolError: the pair is not in :data:`LANE_TRANSITIONS`; the lane is in
+                ERROR from then on (keeping the first violation as its reason) and
+                nothing of the event was applied.
+        """
+        try:
+            lane.state = lane_step(lane.state, event)
+        except ProtocolError as exc:
             lane.state = LaneState.ERROR
-            lane.error = (
-                f"lane {lane.lane}: event {event.value} is not allowed in state {was.value}"
-            )
-            raise ProtocolError(lane.error)
-        lane.state = new
+            lane.error = lane.error or f"lane {lane.lane}: {exc}"
+            raise ProtocolError(f"lane {lane.lane}: {exc}") from None
 
     def _lane(self, lane: int) -> OutLane:
         found = self.lanes.get(lane)
@@ -193,8 +223,7 @@ class Outbox:
         """
         assert count > 0
         out = self._lane(lane)
-        new = LaneState.SENDING if out.state is LaneState.IDLE else out.state
-        self._step(out, LaneEvent.OFFER, new)
+        self._step(out, LaneEvent.OFFER)
         run = Run(lane, out.next_seq, count, entries)
         out.next_seq += count
         out.runs.append(run)
@@ -207,10 +236,10 @@ class Outbox:
             if out.state is LaneState.ERROR:
                 continue
             if out.state is LaneState.REDIRECTED and self.table_epoch >= out.wait_epoch:
-                self._step(out, LaneEvent.TABLE, LaneState.SENDING)
+                self._step(out, LaneEvent.CAUGHT_UP)
                 out.resend_at_ms = 0
             else:
-                self._step(out, LaneEvent.TABLE, out.state)
+                self._step(out, LaneEvent.TABLE)
 
     def due(self, now_ms: int, table: PartitionTable) -> list[Outgoing]:
         """The messages to send now; the runs in them count as sent from now on.
@@ -234,7 +263,7 @@ class Outbox:
                 continue
             owner = table.owner(out.lane)
             if out.sent > out.acked and now_ms >= out.resend_at_ms:
-                self._step(out, LaneEvent.TIMEOUT, LaneState.SENDING)
+                self._step(out, LaneEvent.TIMEOUT)
                 in_flight[owner] -= out.sent - out.acked
                 out.sent = out.acked
             if out.sent >= out.next_seq - 1:
@@ -253,7 +282,7 @@ class Outbox:
                 in_flight[owner] = in_flight.get(owner, 0) + run.count
             if not picked:
                 continue
-            self._step(out, LaneEvent.SEND, LaneState.SENDING)
+            self._step(out, LaneEvent.SEND)
             if out.sent == out.acked:
                 # The timer runs from the oldest unacknowledged send: restarting it on
                 # every send would let a steady stream of new runs postpone a lost
@@ -322,18 +351,23 @@ class Outbox:
 
     def _acknowledge(self, lane: int, hwm: int, now_ms: int) -> list[Run]:
         out = self.lanes.get(lane)
-        if out is None or hwm >= out.next_seq:
-            if out is not None:
-                out.state = LaneState.ERROR
-                out.error = (
-                    f"lane {lane}: acknowledged up to seq {hwm}, but only "
-                    f"{out.next_seq - 1} were ever offered"
-                )
-            raise ProtocolError(
-                out.error if out is not None else f"acknowledgement for unknown lane {lane}"
+        if out is None:
+            raise ProtocolError(f"acknowledgement for unknown lane {lane}")
+        if hwm >= out.next_seq:
+            out.state = LaneState.ERROR
+            out.error = out.error or (
+                f"lane {lane}: acknowledged up to seq {hwm}, but only "
+                f"{out.next_seq - 1} were ever offered"
             )
+            raise ProtocolError(
+                f"lane {lane}: acknowledged up to seq {hwm}, but only "
+                f"{out.next_seq - 1} were ever offered"
+            )
+        acked = max(out.acked, hwm)  # a repeated or older ack changes nothing
+        everything = acked == out.next_seq - 1
+        # The table judges the event first: a refused ack leaves the lane's runs alone.
+        self._step(out, LaneEvent.ACK_ALL if everything else LaneEvent.ACK)
         if hwm <= out.acked:
-            self._step(out, LaneEvent.ACK, out.state)  # stale or repeated
             return []
         out.acked = hwm
         out.sent = max(out.sent, hwm)
@@ -341,18 +375,15 @@ class Outbox:
         done = []
         while out.runs and out.runs[0].last_seq <= hwm:
             done.append(out.runs.popleft())
-        idle = out.acked == out.next_seq - 1
-        self._step(out, LaneEvent.ACK, LaneState.IDLE if idle else out.state)
         return done
 
     def _redirect(self, lane: int, epoch: int) -> None:
         out = self.lanes.get(lane)
         if out is None:
             raise ProtocolError(f"redirect for lane {lane}, which was never used")
+        self._step(out, LaneEvent.REDIRECT)
         if out.state is LaneState.IDLE:
-            self._step(out, LaneEvent.REDIRECT, LaneState.IDLE)
-            return
-        self._step(out, LaneEvent.REDIRECT, LaneState.REDIRECTED)
+            return  # stale: it answers something already acknowledged
         # Wait for a table at least as new as the receiver's. The redirect answers a
         # message stamped with an older epoch than the receiver's (else it would not
         # redirect), so a table at ``epoch`` names the lane's owner; if ours is already
@@ -361,7 +392,7 @@ class Outbox:
         out.wait_epoch = max(out.wait_epoch, epoch)
         out.sent = out.acked
         if self.table_epoch >= out.wait_epoch:
-            self._step(out, LaneEvent.TABLE, LaneState.SENDING)
+            self._step(out, LaneEvent.CAUGHT_UP)
             out.resend_at_ms = 0
 
     # -- reading ----------------------------------------------------------------------------
@@ -453,10 +484,12 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """What the receiver decided for one message.
+    """What the receiver decided for one message (a verdict; nothing is applied yet).
 
-    The shell applies ``accepted`` and persists ``hwms`` in one transaction, then
-    sends ``acks``, ``redirects`` and ``deferred`` back (a HandoffAck).
+    The shell applies ``accepted``, commits the receipt to the inbox
+    (:meth:`Inbox.commit`) once everything of the message is accepted, and persists
+    ``hwms`` in one transaction; then it sends ``acks``, ``redirects`` and
+    ``deferred`` back (a HandoffAck). A receipt that is not committed leaves no trace.
     """
 
     accepted: tuple[Accepted, ...]
@@ -465,10 +498,17 @@ class Receipt:
     redirects: tuple[tuple[int, int, int], ...]
     deferred: tuple[int, ...]
     verdicts: tuple[Verdict, ...]  # one per run, for statistics and tests
+    # (sender, lane) -> the hwm the runs were judged against (0: none yet), for each
+    # key of ``hwms``: a commit checks that nothing moved them in between.
+    judged: dict[tuple[int, int], int] = field(default_factory=dict)
 
 
 class Inbox:
     """The receiver side: the per-(sender, lane) high-water marks (bounded state).
+
+    :meth:`receive` judges and :meth:`commit` acts: the hwms move only when the shell
+    commits a receipt, so a message refused after judging (an entry the shell cannot
+    decode) needs no undoing.
 
     Args:
         me: this shard's id.
@@ -505,19 +545,26 @@ class Inbox:
         table: PartitionTable,
         sealed: Collection[int] = (),
     ) -> Receipt:
-        """Judge a message's runs ``(lane, first_seq, count)`` and move the hwms.
+        """Judge a message's runs ``(lane, first_seq, count)``; the hwms do not move.
+
+        Runs of one lane may follow each other in a message; they are judged in
+        order, each against the hwm the previous one would leave. ``sender`` may be
+        this shard itself: a slot that moved here while our outbox held runs for it
+        gets them through the loopback, deduplicated by the hwm that moved with the
+        slot (docs/handoff.md, "Slot moves"). ``sealed``: slots this shard owns but has
+        sealed for a move; their runs are deferred, so the hwms that travel with the
+        slot stay final.
+
+        Returns:
+            The receipt; the caller applies its accepted runs and then passes it to
+            :meth:`commit`. Until then the inbox is as it was.
 
         Raises:
             ProtocolError: the message breaks the protocol (an empty run, a seq
-                below 1, a lane that is neither a slot nor a shard's pool lane);
-                this sender incarnation then stays refused (sticky) and nothing of
-                the message is applied. Runs of one lane may follow each other in
-                a message; they are judged in order. ``sender`` may be this shard
-                itself: a slot that moved here while our outbox held runs for it
-                gets them through the loopback, deduplicated by the hwm that moved
-                with the slot (docs/handoff.md, "Slot moves"). ``sealed``: slots this
-                shard owns but has sealed for a move; their runs are deferred, so the
-                hwms that travel with the slot stay final.
+                below 1, a lane that is neither a slot nor a shard's pool lane). This
+                is the one thing a judgement changes: the sender incarnation is
+                refused from then on (the receiver's sticky error state, as in h11),
+                and nothing of the message is applied.
         """
         failed = self.failed.get((sender, incarnation))
         if failed is not None:
@@ -528,12 +575,14 @@ class Inbox:
             raise ProtocolError(f"shard {sender} (incarnation {incarnation}): {problem}")
         accepted: list[Accepted] = []
         hwms: dict[tuple[int, int], int] = {}
+        judged: dict[tuple[int, int], int] = {}
         acks: list[tuple[int, int]] = []
         redirects: list[tuple[int, int, int]] = []
         deferred: list[int] = []
         verdicts: list[Verdict] = []
         for index, (lane, first_seq, count) in enumerate(runs):
-            hwm = self.hwms.get((sender, lane), 0)
+            key = (sender, lane)
+            hwm = hwms.get(key, self.hwms.get(key, 0))
             last_seq = first_seq + count - 1
             if last_seq <= hwm:
                 order = Order.DUPLICATE
@@ -545,7 +594,8 @@ class Inbox:
             verdicts.append(verdict)
             if verdict is Verdict.APPLY:
                 accepted.append(Accepted(index, hwm + 1 - first_seq))
-                self.hwms[(sender, lane)] = hwms[(sender, lane)] = last_seq
+                judged.setdefault(key, self.hwms.get(key, 0))
+                hwms[key] = last_seq
                 acks.append((lane, last_seq))
             elif verdict is Verdict.ACK:
                 acks.append((lane, hwm))
@@ -554,8 +604,29 @@ class Inbox:
             else:
                 deferred.append(lane)
         return Receipt(
-            tuple(accepted), hwms, tuple(acks), tuple(redirects), tuple(deferred), tuple(verdicts)
+            tuple(accepted),
+            hwms,
+            tuple(acks),
+            tuple(redirects),
+            tuple(deferred),
+            tuple(verdicts),
+            judged,
         )
+
+    def commit(self, receipt: Receipt) -> None:
+        """Move the hwms as ``receipt`` says: every run it accepted is applied.
+
+        Call it once the whole message is accepted (its entries decoded and checked),
+        in the same step that persists ``receipt.hwms``. A receipt must be committed
+        against the hwms it was judged on: judging two messages and committing both
+        would apply the second's overlap twice (an assertion, a programmer error).
+        """
+        for key, hwm in receipt.judged.items():
+            assert self.hwms.get(key, 0) == hwm, (
+                f"receipt for (sender, lane) {key} judged at hwm {hwm}, now "
+                f"{self.hwms.get(key, 0)}: it is stale"
+            )
+        self.hwms.update(receipt.hwms)
 
 
 def _malformed(runs: Sequence[tuple[int, int, int]]) -> str:

@@ -270,16 +270,17 @@ class Exchange:
     def receive(self, message: Handoff, incarnation: int) -> tuple[list[PlacedEntry], Receipt]:
         """Judge a Handoff: the entries to add now, and the receipt (hwms, the reply).
 
+        The inbox judges first and moves its hwms only once every accepted run has
+        decoded and checked (validate, then act: docs/handoff.md, "The receiver").
+
         Raises:
             HandoffRefused: an entry is malformed, names an unknown or reserved place,
                 has the wrong colour or does not belong to its run's lane; nothing of
                 the message is applied and the inbox is unchanged.
             ProtocolError: the inbox machine refused the message (see router.handoff).
         """
-        sender = message.sender
-        before = {(sender, lane): self.inbox.hwms.get((sender, lane)) for lane, *_ in message.runs}
         receipt = self.inbox.receive(
-            sender=sender,
+            sender=message.sender,
             incarnation=incarnation,
             epoch=message.epoch,
             runs=[(lane, first_seq, count) for lane, first_seq, count, _blob in message.runs],
@@ -288,22 +289,15 @@ class Exchange:
         )
         # Only runs the inbox accepted are decoded: duplicates cost no more than a look.
         entries: list[PlacedEntry] = []
-        try:
-            for accepted in receipt.accepted:
-                lane, _first_seq, count, blob = message.runs[accepted.index]
-                items = self._decode_run(lane, blob)
-                if len(items) != count:
-                    raise HandoffRefused(
-                        f"run on lane {lane} announces {count} tokens and holds {len(items)}"
-                    )
-                entries.extend(items[accepted.skip :])
-        except HandoffRefused:
-            for key, hwm in before.items():  # nothing of the message is applied
-                if hwm is None:
-                    self.inbox.hwms.pop(key, None)
-                else:
-                    self.inbox.hwms[key] = hwm
-            raise
+        for accepted in receipt.accepted:
+            lane, _first_seq, count, blob = message.runs[accepted.index]
+            items = self._decode_run(lane, blob)
+            if len(items) != count:
+                raise HandoffRefused(
+                    f"run on lane {lane} announces {count} tokens and holds {len(items)}"
+                )
+            entries.extend(items[accepted.skip :])
+        self.inbox.commit(receipt)
         self.counters["handoff_tokens_received"] += len(entries)
         self.counters["handoff_redirects_sent"] += len(receipt.redirects)
         self.counters["handoff_deferred"] += len(receipt.deferred)

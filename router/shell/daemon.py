@@ -5,29 +5,26 @@ listen. It forwards no token data: clients and shards fetch the table with
 :class:`~router.wire.GetTable` and talk to the owners directly, so the shards keep
 firing (and serving clients with a cached table) while the router is down.
 
-Theory of operation (one loop, one thread):
+Everything the router decides is in its pure core, :class:`router.control.ControlPlane`
+(requests, heartbeats, liveness, and through the coordinator the table, moves, scaling
+and fencing). This daemon only owns what is not pure: the socket, the LMDB file, the
+signals and the clock. One loop, one thread; each turn:
 
-1. Wait on the socket for at most ``POLL_MS`` (so that a SIGTERM is seen promptly).
-2. Take up to ``REQUESTS_PER_TURN_MAX`` messages; decode each (garbage gets an
-   :class:`~router.wire.Error` reply and is counted, never a crash) and answer it:
-   ``GetTable`` -> ``Table``, ``Heartbeat`` -> ``HeartbeatAck`` (recording the shard's
-   endpoint, incarnation, epoch and progress counters), ``ClusterStatus`` ->
-   ``ClusterState``, ``Stats`` -> ``Statistics``, ``Ping`` -> ``Pong``, ``Shutdown`` ->
-   ``ShuttingDown`` and exit.
-3. A changed shard endpoint is written to the router's LMDB before the heartbeat is
-   acknowledged, so a restarted router hands out the last known endpoints at once.
+1. Wait on the socket for at most ``POLL_MS`` (so that a SIGTERM is seen promptly), or
+   less if the core's next deadline comes sooner.
+2. Read the monotonic clock once: that ``now_ms`` is the turn's time for every input.
+3. Tick the core, then take up to ``REQUESTS_PER_TURN_MAX`` messages and pass each to
+   :meth:`~router.control.ControlPlane.receive` with its peer's routing id.
+4. For every :class:`~router.control.Outcome`: write its durable state in **one** LMDB
+   write transaction, fire its fault points, and only then send its reply.
 
 State on disk (``DATA/lmdb``, one small LMDB environment): the net's name, the shard
-count, the encoded :class:`~router.table.PartitionTable`, the shards' last known
-endpoints and the router's incarnation (its start count, stamped on every reply).
-``DATA/lock`` is held exclusively while the router runs; ``DATA/endpoint`` holds
-``endpoint\\npid\\n`` once it serves; ``DATA/router.log`` is its log.
-
-Liveness is judged on the monotonic clock: a shard is *alive* if its last heartbeat
-came less than the heartbeat timeout ago, and *progressing* if its progress counters
-changed within that time (an alive but stuck loop shows as alive, not progressing).
-A heartbeat from an older incarnation of a shard than one already seen is refused:
-an old incarnation can neither write nor be believed.
+count, the encoded :class:`~router.table.PartitionTable`, the coordinator's records
+(moves, scaling, fences), the shards' last known endpoints and the router's
+incarnation (its start count, stamped on every reply). ``DATA/lock`` is held
+exclusively while the router runs; ``DATA/endpoint`` holds ``endpoint\\npid\\n`` once
+it serves; ``DATA/router.log`` is its log. A restarted router builds a new core from
+what it reads back (:class:`~router.control.Recovered`).
 """
 
 from __future__ import annotations
@@ -36,7 +33,6 @@ import logging
 import os
 import signal
 import time
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,50 +44,25 @@ import zmq
 from nets.codec import CodecError, pack, unpack
 from nets.errors import CpnError
 from nets.loader import load_net
-from nets.model import Net
-from router.coordinator import Coordinator, CoordinatorError
+from router.control import (
+    HEARTBEAT_TIMEOUT_MS,
+    ControlPlane,
+    Outcome,
+    Recovered,
+    RouterWrite,
+    places_of,
+)
 from router.endpoints import listen_address
-from router.limits import PeerRateLimits
 from router.shell.curve import CurveKeys, Gatekeeper, check_exposure, serve_securely
 from router.shell.datadir import fault_point, lock_directory, publish_endpoint, unpublish_endpoint
 from router.table import PartitionTable, TableError
-from router.wire import (
-    FRAME_BYTES_MAX,
-    PLACE_FIXED,
-    PLACE_POOL,
-    REQUESTS,
-    ClusterState,
-    ClusterStatus,
-    Envelope,
-    Error,
-    GetTable,
-    Heartbeat,
-    HeartbeatAck,
-    Message,
-    MoveOrders,
-    MoveReport,
-    Ping,
-    Pong,
-    Scale,
-    Scaled,
-    Shutdown,
-    ShuttingDown,
-    Statistics,
-    Stats,
-    Table,
-    WireFormatError,
-    decode,
-    encode,
-)
+from router.wire import FRAME_BYTES_MAX
 
 LOG_FILE: Final = "router.log"
-HEARTBEAT_TIMEOUT_MS: Final = 3_000
 POLL_MS: Final = 200
 REQUESTS_PER_TURN_MAX: Final = 1_000
-ENDPOINT_CHARS_MAX: Final = 256
 MAP_SIZE_BYTES: Final = 16 * 1024 * 1024  # the table is a few KiB; this never fills
 SCHEMA_VERSION: Final = 1
-SERVED: Final = (GetTable, Heartbeat, ClusterStatus, Stats, Ping, Shutdown)
 SOCKET_OPTIONS: Final = (
     (zmq.ROUTER_MANDATORY, 1),
     (zmq.LINGER, 0),
@@ -115,28 +86,6 @@ class RouterConfig:
     cluster_id: str = ""  # from a cluster file: heartbeats of another cluster are refused
     curve: CurveKeys | None = None  # CURVE keys: clients and shards must be allowed
     rate_limit: tuple[int, int] | None = None  # (requests per s, burst) per peer
-
-
-class RouterRequestError(CpnError):
-    """A request the router understood but will not serve; ``code`` goes on the wire."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def places_of(net: Net) -> dict[str, int]:
-    """How each place is partitioned, as :class:`~router.wire.Table` carries it."""
-    return {
-        p.name: (
-            PLACE_POOL
-            if p.pool
-            else PLACE_FIXED
-            if p.key is None
-            else p.colour_set.field_index(p.key)
-        )
-        for p in net.places
-    }
 
 
 # -- the router's store -------------------------------------------------------------------
@@ -169,12 +118,13 @@ class RouterStore:
         self._env.reader_check()
         self._meta = self._env.open_db(b"meta")
         try:
-            self.table, self.endpoints, self.incarnation = self._start(net, shard_count)
+            # What a new core starts from: the state read back as the store opened.
+            self.recovered = self._start(net, shard_count)
         except BaseException:
             self.close()
             raise
 
-    def _start(self, net: str, shard_count: int) -> tuple[PartitionTable, tuple[str, ...], int]:
+    def _start(self, net: str, shard_count: int) -> Recovered:
         with self._env.begin(write=True, db=self._meta) as txn:
             stored_net = _text(txn.get(b"net"))
             if stored_net is not None and stored_net != net:
@@ -190,7 +140,7 @@ class RouterStore:
                     "directory"
                 )
             raw_control = txn.get(b"control")  # moves, scaling, fences (coordinator)
-            self.control_blob = None if raw_control is None else bytes(raw_control)
+            control = None if raw_control is None else bytes(raw_control)
             raw_table = txn.get(b"table")
             try:
                 table = (
@@ -208,18 +158,18 @@ class RouterStore:
             txn.put(b"table", table.encode())
             txn.put(b"endpoints", pack(endpoints))
             txn.put(b"incarnation", str(incarnation).encode())
-        return table, endpoints, incarnation
+        return Recovered(table, endpoints, control, incarnation)
 
-    def save(self, items: dict[bytes, bytes]) -> None:
-        """Write ``items`` into the meta database in one (durable) transaction."""
-        with self._env.begin(write=True, db=self._meta) as txn:
-            for key, value in items.items():
-                txn.put(key, value)
+    def write(self, write: RouterWrite) -> None:
+        """Write the core's durable state in one (durable) transaction.
 
-    def save_endpoints(self, endpoints: tuple[str, ...]) -> None:
+        Raises:
+            lmdb.Error: the write failed; nothing of it is stored.
+        """
         with self._env.begin(write=True, db=self._meta) as txn:
-            txn.put(b"endpoints", pack(endpoints))
-        self.endpoints = endpoints
+            txn.put(b"table", write.table.encode())
+            txn.put(b"control", write.control)
+            txn.put(b"endpoints", pack(write.endpoints))
 
     def close(self) -> None:
         self._env.close()
@@ -240,240 +190,6 @@ def _decode_endpoints(raw: bytes | None, shard_count: int) -> tuple[str, ...]:
     return (*endpoints, *("",) * (shard_count - len(endpoints)))
 
 
-# -- the router's state -------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class ShardView:
-    """What the router knows of one shard from its heartbeats (times: monotonic ms)."""
-
-    incarnation: int = 0
-    last_seen_ms: int | None = None
-    epoch: int = 0
-    progress: dict[str, int] = field(default_factory=dict)
-    progress_changed_ms: int | None = None
-
-
-class Router:
-    """The router's request handlers (see the module docstring)."""
-
-    def __init__(
-        self, net: Net, store: RouterStore, *, heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS
-    ) -> None:
-        self.net_name = net.name
-        self.places = places_of(net)
-        self.store = store
-        self.heartbeat_timeout_ms = heartbeat_timeout_ms
-        self.coordinator = Coordinator.decode(store.table, store.control_blob)
-        self.shards = [ShardView() for _ in range(self.coordinator.span())]
-        self.counters: Counter[str] = Counter()
-        self.stopping = False
-        self.cluster_id = ""
-
-    @property
-    def table(self) -> PartitionTable:
-        return self.store.table
-
-    def handle(self, envelope: Envelope, now_ms: int) -> Message:
-        """The reply to one decoded request (``now_ms``: the monotonic clock)."""
-        message = envelope.message
-        self.counters[f"requests_{type(message).__name__}"] += 1
-        if isinstance(message, GetTable):
-            return self._table()
-        if isinstance(message, Heartbeat):
-            return self._heartbeat(message, envelope.incarnation, now_ms)
-        if isinstance(message, MoveReport):
-            return self._report(message, envelope.incarnation, now_ms)
-        if isinstance(message, Scale):
-            return self._scale(message)
-        if isinstance(message, ClusterStatus):
-            return ClusterState(self.net_name, self.table.epoch, self._states(now_ms))
-        if isinstance(message, Stats):
-            return Statistics(self.statistics())
-        if isinstance(message, Ping):
-            return Pong(time.time_ns() // 1_000_000)
-        if isinstance(message, Shutdown):
-            self.stopping = True
-            return ShuttingDown()
-        if isinstance(message, REQUESTS):
-            raise RouterRequestError(
-                "not_served",
-                f"the router does not serve {type(message).__name__} (it serves "
-                f"{', '.join(cls.__name__ for cls in SERVED)}); send token requests to the "
-                "shard that owns their slot (see GetTable)",
-            )
-        raise RouterRequestError(
-            "not_a_request", f"{type(message).__name__} is a reply, not a request"
-        )
-
-    def _table(self) -> Table:
-        table = self.table
-        return Table(
-            self.net_name,
-            table.epoch,
-            table.shard_count,
-            table.owners,
-            table.slot_epochs,
-            self.store.endpoints,
-            self.places,
-            self.cluster_id,
-        )
-
-    def _heartbeat(self, beat: Heartbeat, incarnation: int, now_ms: int) -> HeartbeatAck:
-        span = self.coordinator.span()  # members, and shards still leaving
-        if not 0 <= beat.shard_id < span:
-            raise RouterRequestError(
-                "bad_shard_id",
-                f"shard id {beat.shard_id} is not one of 0..{span - 1} "
-                f"(this cluster has {span} shards)",
-            )
-        if not beat.endpoint.startswith("tcp://") or len(beat.endpoint) > ENDPOINT_CHARS_MAX:
-            raise RouterRequestError(
-                "bad_request",
-                f"shard {beat.shard_id} reported endpoint {beat.endpoint[:80]!r}, not "
-                "tcp://HOST:PORT",
-            )
-        if beat.cluster_id != self.cluster_id:
-            raise RouterRequestError(
-                "wrong_cluster",
-                f"shard {beat.shard_id} at {beat.endpoint[:80]} belongs to cluster "
-                f"{beat.cluster_id!r}, this router to {self.cluster_id!r}; check its cluster file",
-            )
-        view = self.shards[beat.shard_id]
-        if incarnation < view.incarnation:
-            raise RouterRequestError(
-                "stale_incarnation",
-                f"shard {beat.shard_id}'s incarnation {incarnation} is older than "
-                f"{view.incarnation}, which has already reported; it is not believed",
-            )
-        if incarnation > view.incarnation:
-            log.info(
-                "shard %d incarnation %d at %s (epoch %d)",
-                beat.shard_id,
-                incarnation,
-                beat.endpoint,
-                beat.epoch,
-            )
-        endpoints = self.store.endpoints
-        if endpoints[beat.shard_id] != beat.endpoint:
-            changed = list(endpoints)
-            changed[beat.shard_id] = beat.endpoint
-            self.store.save_endpoints(tuple(changed))
-        if view.progress_changed_ms is None or beat.progress != view.progress:
-            view.progress_changed_ms = now_ms
-        self.coordinator.incarnation(beat.shard_id, incarnation)
-        self._persist()
-        view.incarnation = incarnation
-        view.last_seen_ms = now_ms
-        view.epoch = beat.epoch
-        view.progress = dict(beat.progress)
-        return HeartbeatAck(self.table.epoch)
-
-    # -- moves, scaling and fencing (router/coordinator.py decides, this persists) --------
-
-    def _persist(self) -> None:
-        """Write the coordinator's table and records if they changed (before any reply)."""
-        coordinator = self.coordinator
-        if not coordinator.changed:
-            return
-        self.store.save({b"table": coordinator.table.encode(), b"control": coordinator.encode()})
-        coordinator.changed = False
-        self.store.table = coordinator.table
-        span = coordinator.span()
-        self.shards += [ShardView() for _ in range(span - len(self.shards))]
-        endpoints = self.store.endpoints
-        if len(endpoints) < span:
-            self.store.save_endpoints((*endpoints, *("",) * (span - len(endpoints))))
-        for state in coordinator.take_transitions():
-            fault_point(self.store.data_dir, f"router-{state}")
-
-    def _report(self, report: MoveReport, incarnation: int, now_ms: int) -> MoveOrders:
-        coordinator = self.coordinator
-        if not 0 <= report.shard_id < coordinator.span():
-            raise RouterRequestError(
-                "bad_shard_id",
-                f"shard id {report.shard_id} is not one of 0..{coordinator.span() - 1}",
-            )
-        view = self.shards[report.shard_id]
-        if incarnation < view.incarnation:
-            raise RouterRequestError(
-                "stale_incarnation",
-                f"shard {report.shard_id}'s incarnation {incarnation} is older than "
-                f"{view.incarnation}; its report is not believed",
-            )
-        coordinator.incarnation(report.shard_id, incarnation)
-        # Once a newer incarnation spoke (a report, or a heartbeat), the older is not
-        # believed: the report may fence the new one before its first heartbeat came.
-        view.incarnation = incarnation
-        coordinator.report(
-            report.shard_id,
-            report.answers,
-            now_ms=now_ms,
-            outbox_tokens=report.outbox_tokens,
-            pool_tokens=report.pool_tokens,
-            owed=report.owed,
-        )
-        self._persist()
-        return MoveOrders(
-            coordinator.table.epoch,
-            coordinator.members,
-            coordinator.fence_epoch(report.shard_id, incarnation),
-            coordinator.orders_for(report.shard_id),
-        )
-
-    def _scale(self, message: Scale) -> Scaled:
-        try:
-            self.coordinator.scale(message.shard_count)
-        except CoordinatorError as exc:
-            raise RouterRequestError("bad_request", str(exc)) from exc
-        log.info("scaling to %d shards (epoch %d)", message.shard_count, self.table.epoch)
-        self._persist()
-        return Scaled(self.coordinator.members, self.table.epoch)
-
-    def tick(self, now_ms: int) -> None:
-        """Commit, retire and plan moves (called from the loop, idle or not)."""
-        timeout_ms = self.heartbeat_timeout_ms
-        alive = {
-            k
-            for k, view in enumerate(self.shards)
-            if view.last_seen_ms is not None and now_ms - view.last_seen_ms < timeout_ms
-        }
-        self.coordinator.tick(now_ms, alive)
-        self._persist()
-
-    def _states(self, now_ms: int) -> tuple[dict[str, Any], ...]:
-        timeout_ms = self.heartbeat_timeout_ms
-        states = []
-        for shard_id, view in enumerate(self.shards[: self.coordinator.span()]):
-            ago_ms = -1 if view.last_seen_ms is None else now_ms - view.last_seen_ms
-            changed_ms = view.progress_changed_ms
-            states.append(
-                {
-                    "endpoint": self.store.endpoints[shard_id],
-                    "incarnation": view.incarnation,
-                    "alive": 0 <= ago_ms < timeout_ms,
-                    "last_seen_ms_ago": ago_ms,
-                    "epoch": view.epoch,
-                    "progress": dict(view.progress),
-                    "progressing": changed_ms is not None and now_ms - changed_ms < timeout_ms,
-                    "slots": self.table.owners.count(shard_id),
-                    "member": shard_id < self.coordinator.members,
-                    "retired": shard_id >= max(self.coordinator.members, self.table.shard_count),
-                }
-            )
-        return tuple(states)
-
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "net": self.net_name,
-            "epoch": self.table.epoch,
-            "shard_count": self.table.shard_count,
-            "incarnation": self.store.incarnation,
-            "counters": dict(self.counters),
-            **self.coordinator.summary(),
-        }
-
-
 # -- the loop -----------------------------------------------------------------------------
 
 
@@ -490,8 +206,14 @@ def serve(config: RouterConfig) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     _log_to(config.data_dir / LOG_FILE)
     store = RouterStore(config.data_dir, net=net.name, shard_count=config.shard_count)
-    router = Router(net, store, heartbeat_timeout_ms=config.heartbeat_timeout_ms)
-    router.cluster_id = config.cluster_id
+    core = ControlPlane(
+        net.name,
+        places_of(net),
+        store.recovered,
+        heartbeat_timeout_ms=config.heartbeat_timeout_ms,
+        cluster_id=config.cluster_id,
+        rate_limit=config.rate_limit,
+    )
     context = zmq.Context()
     # The ZAP handler must run before the socket binds: it vets every CURVE handshake.
     gatekeeper = None if config.curve is None else Gatekeeper.open(context, config.curve)
@@ -513,23 +235,18 @@ def serve(config: RouterConfig) -> None:
         if gatekeeper is not None:
             gatekeeper.watch(socket)
         # Before the endpoint is published: whoever reads it may stop the router at once.
-        _stop_on_signals(router)
+        stop = _stop_on_signals()
         publish_endpoint(config.data_dir, endpoint)
         log.info(
             "router of net %r (%d shards, epoch %d, incarnation %d) serving on %s, pid %d",
             net.name,
             config.shard_count,
-            store.table.epoch,
-            store.incarnation,
+            core.table.epoch,
+            core.incarnation,
             endpoint,
             os.getpid(),
         )
-        limits = (
-            None
-            if config.rate_limit is None
-            else PeerRateLimits(per_s=config.rate_limit[0], burst=config.rate_limit[1])
-        )
-        _loop(router, socket, limits)
+        _loop(core, store, socket, stop)
     finally:
         unpublish_endpoint(config.data_dir)
         socket.close(linger=0)
@@ -540,73 +257,75 @@ def serve(config: RouterConfig) -> None:
         log.info("router stopped")
 
 
-def _stop_on_signals(router: Router) -> None:
-    """SIGTERM and SIGINT end the loop after its current turn (a graceful stop)."""
+class _Stop:
+    """Set by SIGTERM or SIGINT: the loop ends after its current turn (a graceful stop)."""
 
-    def stop(_signum: int, _frame: object) -> None:
-        router.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def __init__(self) -> None:
+        self.requested = False
 
 
-def _loop(router: Router, socket: zmq.Socket[bytes], limits: PeerRateLimits | None = None) -> None:
-    while not router.stopping:
-        ready = socket.poll(POLL_MS, zmq.POLLIN)
-        router.tick(time.monotonic_ns() // 1_000_000)
-        if not ready:
-            continue
-        for _ in range(REQUESTS_PER_TURN_MAX):
+def _stop_on_signals() -> _Stop:
+    stop = _Stop()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop.requested = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _loop(core: ControlPlane, store: RouterStore, socket: zmq.Socket[bytes], stop: _Stop) -> None:
+    wait_ms = 0
+    while not (core.stopping or stop.requested):
+        ready = socket.poll(wait_ms, zmq.POLLIN)
+        now_ms = time.monotonic_ns() // 1_000_000  # the turn's one clock reading
+        _carry_out(core, store, socket, core.tick(now_ms), route=None)
+        for _ in range(REQUESTS_PER_TURN_MAX if ready else 0):
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if limits is not None and not limits.allow(frames[0], time.monotonic_ns() // 1_000_000):
-                # Refused before decoding: a flooding peer costs little and others get turns.
-                router.counters["requests_rate_limited"] += 1
-                refusal: Message = Error("rate_limited", "too many requests")
-                peer, reply, message_id = frames[0], refusal, 0
-            else:
-                peer, reply, message_id = _answer(router, frames)
-            frame = encode(reply, message_id=message_id, incarnation=router.store.incarnation)
-            # A REQ peer needs its empty delimiter frame back; a DEALER sent none.
-            route = [peer, b""] if len(frames) == 3 and not frames[1] else [peer]
+            peer = frames[0]
+            # A REQ peer adds an empty delimiter frame and needs it back; a DEALER sent none.
+            delimited = len(frames) == 3 and not frames[1]
+            route = [peer, b""] if delimited else [peer]
+            body = frames[2:] if delimited else frames[1:]
             try:
-                socket.send_multipart([*route, frame], zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                # The peer went away (or is slow); its Lazy Pirate client retries.
-                router.counters["replies_dropped"] += 1
-                log.info("reply to %s dropped: %s", peer.hex(), exc)
+                outcome = core.receive(now_ms, body, peer=peer)
+            except Exception as exc:  # the loop must survive any single request
+                log.exception("request failed")
+                outcome = core.crashed(exc)
+            _carry_out(core, store, socket, outcome, route=route)
+        wait_ms = max(0, min(POLL_MS, core.next_deadline_ms() - now_ms))
 
 
-def _answer(router: Router, frames: list[bytes]) -> tuple[bytes, Message, int]:
-    """The reply to one multipart message from ``frames[0]`` (never raises)."""
-    peer, message_id = frames[0], 0
+def _carry_out(
+    core: ControlPlane,
+    store: RouterStore,
+    socket: zmq.Socket[bytes],
+    outcome: Outcome,
+    *,
+    route: list[bytes] | None,
+) -> None:
+    """Write the outcome's state in one transaction, fire its fault points, then reply."""
+    if outcome.write is not None:
+        try:
+            store.write(outcome.write)
+        except lmdb.Error as exc:
+            log.error("the router's store failed: %s", exc)
+            outcome = core.write_failed(str(exc))
+        else:
+            for state in outcome.reached:
+                fault_point(store.data_dir, f"router-{state}")
+    if route is None or not outcome.frame:
+        return
     try:
-        # A DEALER sends [message]; a REQ socket adds an empty delimiter frame.
-        if len(frames) == 3 and not frames[1]:
-            frames = [peer, frames[2]]
-        if len(frames) != 2:
-            raise WireFormatError(f"expected one message frame, got {len(frames) - 1}")
-        envelope = decode(frames[1])
-        message_id = envelope.message_id
-        reply = router.handle(envelope, time.monotonic_ns() // 1_000_000)
-    except WireFormatError as exc:
-        router.counters["frames_malformed"] += 1
-        log.warning("malformed frame from %s: %s", peer.hex(), exc)
-        return peer, Error("malformed_frame", str(exc)), exc.message_id
-    except RouterRequestError as exc:
-        router.counters[f"errors_{exc.code}"] += 1
-        log.info("refused a request from %s: %s", peer.hex(), exc)
-        return peer, Error(exc.code, str(exc)), message_id
-    except CpnError as exc:
-        router.counters["errors_request"] += 1
-        return peer, Error("bad_request", str(exc)), message_id
-    except Exception as exc:  # the loop must survive any single request
-        router.counters["errors_internal"] += 1
-        log.exception("request failed")
-        return peer, Error("internal", f"{type(exc).__name__}: {exc}"), message_id
-    return peer, reply, message_id
+        socket.send_multipart([*route, outcome.frame], zmq.NOBLOCK)
+    except zmq.ZMQError as exc:
+        # The peer went away (or is slow); its Lazy Pirate client retries.
+        core.counters["replies_dropped"] += 1
+        log.info("reply to %s dropped: %s", route[0].hex(), exc)
 
 
 # -- edges: the endpoint, files, logging --------------------------------------------------

@@ -24,7 +24,7 @@ import zmq
 from cluster.client import ShardClient
 from cluster.local import ShardProcess, run_cpn, start_router, wait_for
 from nets.model import Net, Place
-from router.shell.daemon import places_of
+from router.control import places_of
 from router.shell.datadir import ENDPOINT_FILE
 from router.table import PartitionTable
 from router.wire import (

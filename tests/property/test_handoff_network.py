@@ -158,6 +158,7 @@ class HandoffNetwork(RuleBasedStateMachine):
             for token in unpack(run.entries)[accepted.skip :]:
                 self.applied[token] += 1
                 assert self.applied[token] == 1, f"token {token} applied twice"
+        receiver.inbox.commit(receipt)  # the shell's one transaction: tokens and hwms
         self.network.append(
             AckPacket(packet.sender, receipt.acks, receipt.redirects, receipt.deferred)
         )

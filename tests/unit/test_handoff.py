@@ -37,6 +37,7 @@ from router.handoff import (
     Receipt,
     Run,
     Verdict,
+    lane_step,
 )
 from router.slots import SLOT_COUNT
 from router.table import POOL_LANE_BASE, SHARDS_MAX, PartitionTable, pool_lane
@@ -78,25 +79,35 @@ def outbox_in(state: LaneState) -> Outbox:
 
 
 # How each event reaches the machine. A "send" happens before any resend deadline,
-# a "timeout" at it; the ack acknowledges everything that was sent (seq 1-2).
+# a "timeout" at it; "ack" acknowledges seq 1 (tokens remain: in idle it repeats what is
+# acknowledged, which is ack_all), "ack_all" everything offered; "table" brings a table
+# older than the one a redirected lane waits for, "caught_up" that table.
 DELIVER: dict[LaneEvent, Callable[[Outbox], object]] = {
     _E.OFFER: lambda out: out.offer(LANE, b"c", 1),
     _E.SEND: lambda out: out.due(1, TABLE),
-    _E.ACK: lambda out: out.acknowledged(acks=[(LANE, 2)], now_ms=1),
+    _E.ACK: lambda out: out.acknowledged(acks=[(LANE, 1)], now_ms=1),
+    _E.ACK_ALL: lambda out: out.acknowledged(acks=[(LANE, out.lanes[LANE].next_seq - 1)], now_ms=1),
     _E.REDIRECT: lambda out: out.acknowledged(acks=(), redirects=[(LANE, 2, 2)], now_ms=1),
-    _E.TABLE: lambda out: out.table_changed(MOVED),
+    _E.TABLE: lambda out: out.table_changed(TABLE),
+    _E.CAUGHT_UP: lambda out: out.table_changed(MOVED),
     _E.TIMEOUT: lambda out: out.due(RESEND_MS, TABLE),
 }
-# Pairs that no method raises: due() sends only for SENDING lanes and table_changed()
-# passes over a failed lane, so these events never reach the table in these states.
+# Pairs that no method raises: due() sends only for SENDING lanes, table_changed()
+# passes over a failed lane and raises caught_up only for a redirected one, and an
+# idle lane has nothing left to acknowledge but everything. In these states the
+# methods above raise another event, or none.
 NEVER_RAISED = {
     (_S.IDLE, _E.SEND),
     (_S.IDLE, _E.TIMEOUT),
+    (_S.IDLE, _E.ACK),
+    (_S.IDLE, _E.CAUGHT_UP),
+    (_S.SENDING, _E.CAUGHT_UP),
     (_S.REDIRECTED, _E.SEND),
     (_S.REDIRECTED, _E.TIMEOUT),
     (_S.ERROR, _E.SEND),
     (_S.ERROR, _E.TIMEOUT),
     (_S.ERROR, _E.TABLE),
+    (_S.ERROR, _E.CAUGHT_UP),
 }
 PAIRS = [(state, event) for state in LaneState for event in LaneEvent]
 
@@ -106,22 +117,38 @@ def _pair_id(pair: tuple[LaneState, LaneEvent]) -> str:
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=_pair_id)
+def test_lane_step_follows_the_table_and_refuses_every_other_pair(
+    pair: tuple[LaneState, LaneEvent],
+) -> None:
+    state, event = pair
+    if pair in LANE_TRANSITIONS:
+        assert lane_step(state, event) is LANE_TRANSITIONS[pair]
+    else:
+        with pytest.raises(ProtocolError, match=f"event {event.value} is not allowed"):
+            lane_step(state, event)
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=_pair_id)
 def test_every_lane_state_and_event_pair_moves_as_the_table_says_or_raises(
     pair: tuple[LaneState, LaneEvent],
 ) -> None:
     state, event = pair
     out = outbox_in(state)
-    allowed = LANE_TRANSITIONS.get(pair)
+    lane = out.lanes[LANE]
+    before = (lane.next_seq, lane.acked, lane.sent, list(lane.runs))
+    new = LANE_TRANSITIONS.get(pair)
     if pair in NEVER_RAISED:
-        assert DELIVER[event](out) in ([], None)
-        assert out.lanes[LANE].state is state
-    elif allowed is None:
+        DELIVER[event](out)
+        assert lane.state is state
+    elif new is None:
         with pytest.raises(ProtocolError, match=f"event {event.value} is not allowed"):
             DELIVER[event](out)
-        assert out.lanes[LANE].state is _S.ERROR
+        assert lane.state is _S.ERROR
+        # Validate, then act: a refused event changed nothing but the state.
+        assert (lane.next_seq, lane.acked, lane.sent, list(lane.runs)) == before
     else:
         result = DELIVER[event](out)
-        assert out.lanes[LANE].state in allowed
+        assert lane.state is new
         if event in (_E.SEND, _E.TIMEOUT):
             assert result, "the event happened: runs were sent"
 
@@ -131,9 +158,11 @@ def test_the_table_refuses_exactly_what_it_does_not_list() -> None:
     assert refused - NEVER_RAISED == {
         (_S.ERROR, _E.OFFER),
         (_S.ERROR, _E.ACK),
+        (_S.ERROR, _E.ACK_ALL),
         (_S.ERROR, _E.REDIRECT),
     }
-    assert not any(_S.ERROR in targets for targets in LANE_TRANSITIONS.values())
+    assert _S.ERROR not in LANE_TRANSITIONS.values()
+    assert not any(state is _S.ERROR for state, _event in LANE_TRANSITIONS)
 
 
 @pytest.mark.parametrize("state", [_S.IDLE, _S.SENDING, _S.REDIRECTED], ids=lambda s: s.value)
@@ -147,6 +176,7 @@ def test_a_failed_lane_stays_failed_whatever_comes_next(state: LaneState, event:
         with contextlib.suppress(ProtocolError):
             assert DELIVER[event](out) in ([], None)  # due() and table_changed() pass it over
         assert out.lanes[LANE].state is _S.ERROR
+        assert "acknowledged up to seq 9" in out.lanes[LANE].error  # the first violation
     assert out.next_deadline() is None
     assert not out.has_unsent()
     # Other lanes carry on.
@@ -442,12 +472,37 @@ def test_every_ownership_and_order_pair_gets_its_verdict(
     last_seq = first_seq + count - 1
     assert receipt.accepted == ((Accepted(0, 0),) if applied else ())
     assert receipt.hwms == ({(SENDER, lane): last_seq} if applied else {})
+    assert inbox.hwms == {(SENDER, lane): HWM}  # judged, not yet acted on
+    inbox.commit(receipt)
     assert inbox.hwms == {(SENDER, lane): last_seq if applied else HWM}
     expected_acks = {Verdict.APPLY: ((lane, last_seq),), Verdict.ACK: ((lane, HWM),)}
     assert receipt.acks == expected_acks.get(verdict, ())
     redirect = ((lane, OURS.owner(lane), OURS.epoch),)
     assert receipt.redirects == (redirect if verdict is Verdict.REDIRECT else ())
     assert receipt.deferred == ((lane,) if verdict is Verdict.DEFER else ())
+
+
+def test_a_receipt_not_committed_leaves_no_trace() -> None:
+    # The shell refuses the message after judging (an entry it cannot decode): the
+    # same runs are judged the same way when they come again.
+    inbox = Inbox(ME, {(SENDER, HERE): HWM})
+    first = receive(inbox, [(HERE, HWM + 1, 2)])
+    assert inbox.hwms == {(SENDER, HERE): HWM}
+    again = receive(inbox, [(HERE, HWM + 1, 2)])
+    assert again == first
+    inbox.commit(again)
+    assert inbox.hwms == {(SENDER, HERE): HWM + 2}
+    assert receive(inbox, [(HERE, HWM + 1, 2)]).verdicts == (Verdict.ACK,)
+
+
+def test_a_stale_receipt_is_not_committed() -> None:
+    inbox = Inbox(ME)
+    first = receive(inbox, [(HERE, 1, 2)])
+    second = receive(inbox, [(HERE, 1, 3)])  # judged against the same hwm
+    inbox.commit(first)
+    with pytest.raises(AssertionError, match="stale"):
+        inbox.commit(second)  # it would apply seq 1-2 a second time
+    assert inbox.hwms == {(SENDER, HERE): 2}
 
 
 def test_the_verdict_table_is_complete() -> None:
@@ -474,6 +529,7 @@ def test_the_hwm_is_kept_per_sender_and_lane() -> None:
     inbox = Inbox(ME, {(SENDER, HERE): HWM})
     receipt = receive(inbox, [(HERE, 1, 1), (pool_lane(ME), 1, 1)], sender=2)
     assert receipt.verdicts == (Verdict.APPLY, Verdict.APPLY)
+    inbox.commit(receipt)
     assert inbox.hwms == {(SENDER, HERE): HWM, (2, HERE): 1, (2, pool_lane(ME)): 1}
 
 
@@ -554,7 +610,7 @@ def test_the_documented_sender_table_is_lane_transitions() -> None:
     header = rows.pop("state")
     assert header == [event.value for event in LaneEvent]
     documented = {
-        (LaneState(state), LaneEvent(event)): frozenset(LaneState(s) for s in cell.split(" or "))
+        (LaneState(state), LaneEvent(event)): LaneState(cell)
         for state, cells in rows.items()
         for event, cell in zip(header, cells, strict=True)
         if cell != "refused"
