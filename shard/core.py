@@ -609,6 +609,7 @@ class ShardCore:
             by_place.setdefault(place, []).append((time_ms, token))
         for place, timed_tokens in by_place.items():
             self.engine.add_checked(place, timed_tokens)
+        self.exchange.accept(receipt, len(entries))  # the hwms move only now
         self.batch.marking.update(entries)  # each entry +1
         self.handed_in += len(entries)
         self.handed_times.extend([time_ms for _place, time_ms, _token in entries])

@@ -1,4 +1,4 @@
-"""A shard's part in the cluster: what it owns, and tokens in and out (the shell of the handoff).
+"""A shard's part in the cluster: what it owns, and tokens in and out (core, around the handoff).
 
 The protocol itself is :mod:`router.handoff` (pure); this module connects it to the
 shard: it decides which tokens stay (it is the engine's :class:`~nets.firing.Locality`),
@@ -270,8 +270,9 @@ class Exchange:
     def receive(self, message: Handoff, incarnation: int) -> tuple[list[PlacedEntry], Receipt]:
         """Judge a Handoff: the entries to add now, and the receipt (hwms, the reply).
 
-        The inbox judges first and moves its hwms only once every accepted run has
-        decoded and checked (validate, then act: docs/handoff.md, "The receiver").
+        Nothing changes here: the inbox judges, every accepted run is decoded and
+        checked, and the caller applies the entries and then :meth:`accept`s the
+        receipt (validate, then act: docs/handoff.md, "The receiver").
 
         Raises:
             HandoffRefused: an entry is malformed, names an unknown or reserved place,
@@ -297,11 +298,15 @@ class Exchange:
                     f"run on lane {lane} announces {count} tokens and holds {len(items)}"
                 )
             entries.extend(items[accepted.skip :])
+        return entries, receipt
+
+    def accept(self, receipt: Receipt, received: int) -> None:
+        """The entries :meth:`receive` judged are in the engine: move the inbox's hwms
+        (committed with the same batch) and count them."""
         self.inbox.commit(receipt)
-        self.counters["handoff_tokens_received"] += len(entries)
+        self.counters["handoff_tokens_received"] += received
         self.counters["handoff_redirects_sent"] += len(receipt.redirects)
         self.counters["handoff_deferred"] += len(receipt.deferred)
-        return entries, receipt
 
     def decode_shipment(self, slot: int, blob: bytes) -> list[PlacedEntry]:
         """A moving slot's entries, each checked (place, colour, slot) like a run's.
