@@ -17,6 +17,14 @@ from nets.errors import CpnError
 from nets.model import Token
 
 MarkingDelta = Counter[tuple[str, int, Token]]  # (place, time, token) -> +n / -n
+PlacedEntries = tuple[tuple[str, int, Token], ...]  # (place, time, token) entries
+# A run received from a peer's outbox and applied: (sender, lane, seq of its first
+# applied entry, the entries applied, in seq order).
+ReceivedRun = tuple[int, int, int, PlacedEntries]
+# Entries a slot move took out of the engine or put in: (kind, move id, entries), kind
+# one of MOVED_KINDS.
+MovedEntries = tuple[str, int, PlacedEntries]
+MOVED_KINDS = ("sealed", "unsealed", "activated", "forgotten")
 Chunk = dict[str, list[tuple[int, Token]]]  # place -> (time, token) entries
 
 
@@ -43,7 +51,16 @@ StoredRun = tuple[int, int, int, bytes]  # (lane, first seq, count, entries)
 
 @dataclass(slots=True)
 class Batch:
-    """Everything one write transaction commits."""
+    """Everything one write transaction commits.
+
+    ``received`` and ``moved`` are a journal, not state: they say where the batch's
+    entries came from and went (a peer's run, a slot move), which the marking delta
+    alone does not. The LMDB store does not write them; the simulator's token ledger
+    reads them (docs/simulation.md). ``moved`` kinds: ``sealed`` entries left the engine
+    for a move's shipment (the store keeps them), ``unsealed`` came back to it,
+    ``activated`` entered the engine (and the store) from a shipment, ``forgotten`` left
+    the store after the move (the engine no longer held them).
+    """
 
     marking: MarkingDelta = field(default_factory=Counter)
     clients: dict[str, tuple[int, bytes]] = field(default_factory=dict)
@@ -57,6 +74,8 @@ class Batch:
     hwms_removed: list[tuple[int, int]] = field(default_factory=list)  # (sender, lane)
     phases: dict[int, bytes | None] = field(default_factory=dict)  # slot -> record / None
     staged: dict[int, bytes | None] = field(default_factory=dict)  # slot -> record / None
+    received: list[ReceivedRun] = field(default_factory=list)
+    moved: list[MovedEntries] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not (

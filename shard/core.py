@@ -600,10 +600,11 @@ class ShardCore:
             )
         self.sender_incarnations[message.sender] = incarnation
         try:
-            entries, receipt = self.exchange.receive(message, incarnation)
+            runs, receipt = self.exchange.receive(message, incarnation)
         except (HandoffRefused, ProtocolError) as exc:
             log.error("handoff from shard %d refused: %s", message.sender, exc)
             raise RequestError("handoff_refused", str(exc)) from exc
+        entries = [entry for _lane, _first_seq, run in runs for entry in run]
         by_place: dict[str, list[tuple[int, Token]]] = {}
         for place, time_ms, token in entries:
             by_place.setdefault(place, []).append((time_ms, token))
@@ -611,6 +612,9 @@ class ShardCore:
             self.engine.add_checked(place, timed_tokens)
         self.exchange.accept(receipt, len(entries))  # the hwms move only now
         self.batch.marking.update(entries)  # each entry +1
+        self.batch.received.extend(
+            (message.sender, lane, first_seq, tuple(run)) for lane, first_seq, run in runs
+        )
         self.handed_in += len(entries)
         self.handed_times.extend([time_ms for _place, time_ms, _token in entries])
         self.batch.hwms.update(receipt.hwms)

@@ -267,8 +267,11 @@ class Exchange:
 
     # -- in ----------------------------------------------------------------------------
 
-    def receive(self, message: Handoff, incarnation: int) -> tuple[list[PlacedEntry], Receipt]:
-        """Judge a Handoff: the entries to add now, and the receipt (hwms, the reply).
+    def receive(
+        self, message: Handoff, incarnation: int
+    ) -> tuple[list[tuple[int, int, list[PlacedEntry]]], Receipt]:
+        """Judge a Handoff: the runs to apply now, as ``(lane, seq of the first entry
+        applied, entries)``, and the receipt (hwms, the reply).
 
         Nothing changes here: the inbox judges, every accepted run is decoded and
         checked, and the caller applies the entries and then :meth:`accept`s the
@@ -289,16 +292,16 @@ class Exchange:
             sealed=self.sealed,
         )
         # Only runs the inbox accepted are decoded: duplicates cost no more than a look.
-        entries: list[PlacedEntry] = []
+        runs: list[tuple[int, int, list[PlacedEntry]]] = []
         for accepted in receipt.accepted:
-            lane, _first_seq, count, blob = message.runs[accepted.index]
+            lane, first_seq, count, blob = message.runs[accepted.index]
             items = self._decode_run(lane, blob)
             if len(items) != count:
                 raise HandoffRefused(
                     f"run on lane {lane} announces {count} tokens and holds {len(items)}"
                 )
-            entries.extend(items[accepted.skip :])
-        return entries, receipt
+            runs.append((lane, first_seq + accepted.skip, items[accepted.skip :]))
+        return runs, receipt
 
     def accept(self, receipt: Receipt, received: int) -> None:
         """The entries :meth:`receive` judged are in the engine: move the inbox's hwms

@@ -195,12 +195,12 @@ class Mover:
         elif kind == "unseal":
             sealed = exchange.sealed.get(slot)
             if sealed is not None and sealed.move_id == move_id:
-                self._unseal(slot, exchange, batch, host)
+                self._unseal(slot, move_id, exchange, batch, host)
             self._answer(move_id, "unsealed")
         elif kind == "forget":
             sealed = exchange.sealed.get(slot)
             if sealed is not None and sealed.move_id == move_id:
-                self._forget(slot, exchange, batch, host)
+                self._forget(slot, move_id, exchange, batch, host)
             self._answer(move_id, "forgotten")
         elif kind == "stage":
             staged = exchange.staged.get(slot)
@@ -230,6 +230,7 @@ class Mover:
         # The slot's tokens leave the engine: those still to load must be in it.
         entries = host.sealed_entries(slot)
         host.extract(entries)
+        batch.moved.append(("sealed", move_id, tuple(entries)))
         hwms = {s: h for (s, lane), h in exchange.inbox.hwms.items() if lane == slot}
         count, digest = shipment_digest(entries, hwms)
         sealed = SealedSlot(move_id, count, digest)
@@ -238,15 +239,23 @@ class Mover:
         self.counters["slots_sealed"] += 1
         return sealed
 
-    def _unseal(self, slot: int, exchange: Exchange, batch: Batch, host: MoveHost) -> None:
-        host.add_entries(host.stored_entries(slot))
+    def _unseal(
+        self, slot: int, move_id: int, exchange: Exchange, batch: Batch, host: MoveHost
+    ) -> None:
+        entries = host.stored_entries(slot)
+        host.add_entries(entries)
+        batch.moved.append(("unsealed", move_id, tuple(entries)))
         exchange.unseal(slot)
         batch.phases[slot] = None
         self.counters["slots_unsealed"] += 1
 
-    def _forget(self, slot: int, exchange: Exchange, batch: Batch, host: MoveHost) -> None:
-        for place, time_ms, token in host.stored_entries(slot):
+    def _forget(
+        self, slot: int, move_id: int, exchange: Exchange, batch: Batch, host: MoveHost
+    ) -> None:
+        entries = host.stored_entries(slot)
+        for place, time_ms, token in entries:
             batch.remove(place, time_ms, token)
+        batch.moved.append(("forgotten", move_id, tuple(entries)))
         hwms = exchange.inbox.hwms
         for key in [key for key in hwms if key[1] == slot]:
             del hwms[key]
@@ -340,6 +349,7 @@ class Mover:
         for place, time_ms, token in entries:
             batch.add(place, time_ms, token)
         host.add_entries(entries)
+        batch.moved.append(("activated", staged.move_id, tuple(entries)))
         hwms = exchange.inbox.hwms
         shipped = dict(staged.hwms)
         for key in [key for key in hwms if key[1] == slot and key[0] not in shipped]:
