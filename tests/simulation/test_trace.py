@@ -1,0 +1,172 @@
+"""The trace: canonical lines, the digest, the steps that matter, and determinism checks.
+
+The determinism tests run the toy world (cluster/sim/toy.py): two counters over the
+simulated network with faults on, crashes and endpoint changes included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster.sim.faults import parse_faults
+from cluster.sim.toy import COUNT, run, simulate
+from cluster.sim.trace import (
+    Trace,
+    TraceError,
+    canonical,
+    check_determinism,
+    compare,
+    load_runner,
+    main,
+    rerun,
+    shorten,
+)
+
+pytestmark = pytest.mark.simulation
+
+
+class Colour(Enum):
+    RED = 1
+
+
+@dataclass(frozen=True)
+class Record:
+    lane: int
+    seq: int
+
+
+def test_canonical_forms_do_not_depend_on_insertion_or_hash_order() -> None:
+    assert canonical((1, "a", None, True, 2.5, b"\x01")) == '[1,"a",~,T,2.5,x01]'
+    assert canonical({"b": 1, "a": 2}) == canonical({"a": 2, "b": 1}) == '{"a":2,"b":1}'
+    assert canonical(frozenset({"x", "y", "z"})) == '{"x","y","z"}'
+    assert canonical(Colour.RED) == "Colour.RED"
+    assert canonical(Record(7, 1)) == "Record(lane=7,seq=1)"
+    long = bytes(range(100))
+    digest = hashlib.blake2b(long, digest_size=8).hexdigest()
+    assert canonical(long) == f"x100:{digest}"
+    with pytest.raises(AssertionError, match="no canonical trace form for object"):
+        canonical(object())
+
+
+def test_the_digest_is_the_blake2b_of_the_lines_and_lines_beyond_the_bound_are_counted() -> None:
+    trace = Trace()
+    trace.record(5, "shard-0", "fire", "fetch", (1, 2))
+    trace.record(7, "router", "commit", {"epoch": 3})
+    assert trace.lines() == ('5 shard-0 fire "fetch" [1,2]', '7 router commit {"epoch":3}')
+    expected = hashlib.blake2b(trace.to_bytes(), digest_size=16).hexdigest()
+    assert trace.digest() == expected
+    short = Trace(lines_kept_max=1)
+    short.record(5, "shard-0", "fire", "fetch", (1, 2))
+    short.record(7, "router", "commit", {"epoch": 3})
+    assert (len(short), short.complete, short.digest()) == (2, False, expected)
+    assert Trace.from_lines(short.lines(), count=2, digest=expected).digest() == expected
+
+
+def test_the_steps_that_matter_are_selected_and_shortened() -> None:
+    trace = Trace()
+    for i in range(100):
+        trace.record(i, f"shard-{i % 3}", "fire", i)
+    touching = trace.touching("shard-1")
+    assert len(touching) == 33
+    assert touching[0] == (1, "1 shard-1 fire 1")
+    short = shorten(touching, head=2, tail=2)
+    assert short == ["#1 1 shard-1 fire 1", "#4 4 shard-1 fire 4", "... 29 lines ...",
+                     "#94 94 shard-1 fire 94", "#97 97 shard-1 fire 97"]  # fmt: skip
+
+
+def test_compare_names_the_first_divergent_event() -> None:
+    ours, theirs = Trace(), Trace()
+    for trace in (ours, theirs):
+        trace.record(0, "a", "start")
+        trace.record(1, "a", "send", 1)
+    assert compare(ours, theirs) is None
+    ours.record(2, "a", "recv", 1)
+    theirs.record(2, "b", "recv", 1)
+    divergence = compare(ours, theirs)
+    assert divergence is not None
+    assert (divergence.index, divergence.ours, divergence.theirs) == (2, "2 a recv 1", "2 b recv 1")
+    ours.record(3, "a", "more")
+    shorter = Trace.from_lines(ours.lines()[:3])
+    assert compare(ours, shorter) == type(divergence)(3, "3 a more", None)
+
+
+def test_the_toy_world_converges_after_its_faults_heal() -> None:
+    kinds = set()
+    for seed in range(30):
+        result = simulate(seed)
+        assert result.converged, f"seed {seed}: {result.hwms} with {result.plan.describe()}"
+        assert len(result.plan.rates) >= 3
+        kinds |= set(result.faults.by_kind())
+    assert {"drop", "crash_shard", "partition", "swizzle_clog"} <= kinds
+
+
+def test_the_toy_world_finds_a_peer_on_its_new_endpoint() -> None:
+    result = simulate(5, plan=parse_faults("crash_shard=3"))
+    assert result.converged
+    assert result.faults.by_kind()["crash_shard"] > 5
+    lines = result.trace.lines()
+    assert any(" lookup " in line for line in lines)
+    restarted = re.compile(r'^\d+ [ab] start "sim://[ab]/([2-9]|\d\d+)"')
+    assert any(restarted.match(line) for line in lines)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**63))
+def test_the_same_seed_gives_the_same_trace_bytes(seed: int) -> None:
+    first = run(seed)
+    second = run(seed)
+    assert first.to_bytes() == second.to_bytes()
+    assert first.digest() == second.digest()
+
+
+def test_another_seed_gives_another_trace() -> None:
+    assert len({run(seed).digest() for seed in range(10)}) == 10
+
+
+def test_a_seed_replays_in_a_fresh_interpreter_with_another_hash_seed() -> None:
+    report = check_determinism("cluster.sim.toy:run", 11)
+    assert report.ok, str(report)
+    assert report.events == len(run(11))
+    assert str(report).startswith(f"seed 11: {report.events} events, digest {report.digest}")
+
+
+def test_a_world_that_depends_on_the_hash_seed_is_caught_at_its_first_divergence() -> None:
+    report = check_determinism("tests.simulation.hashy_world:hash_dependent", 3, reruns=2)
+    assert not report.ok
+    divergences = [d for _, _, d in report.reruns if d is not None]
+    assert divergences
+    assert all(d.index >= 1 for d in divergences)  # the start line agrees
+    assert "first divergence at event #" in str(report)
+    assert "DIFFERENT" in str(report)
+
+
+def test_runner_errors_are_named() -> None:
+    with pytest.raises(TraceError, match=r"expected package\.module:function"):
+        load_runner("cluster.sim.toy")
+    with pytest.raises(TraceError, match=r"cannot import 'cluster\.sim\.nowhere'"):
+        load_runner("cluster.sim.nowhere:run")
+    with pytest.raises(TraceError, match=r"has no function 'walk'"):
+        load_runner("cluster.sim.toy:walk")
+    with pytest.raises(TraceError, match=r"exited 1: .*the world of seed 4 fell over"):
+        rerun("tests.simulation.hashy_world:failing", 4, hash_seed=1)
+
+
+def test_a_runner_that_prints_does_not_spoil_the_rerun() -> None:
+    trace = rerun("tests.simulation.hashy_world:chatty", 9, hash_seed=2)
+    assert trace.lines() == ("0 world start 9",)
+
+
+def test_main_wants_a_runner_and_a_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: python -m cluster.sim.trace" in capsys.readouterr().err
+
+
+def test_the_toy_counts_every_number() -> None:
+    assert simulate(0, plan=parse_faults("none")).hwms == {"a": COUNT, "b": COUNT}
