@@ -17,14 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import Final
 
 from nets.codec import pack
 
 Label = str | int | bytes
 
 
+SEED_MAX: Final = 2**64 - 1
+
+
 def derive_seed(seed: int, *labels: Label) -> int:
-    """The seed of the stream named ``labels`` in the run of ``seed`` (64 bits)."""
+    """The seed of the stream named ``labels`` in the run of ``seed`` (64 bits).
+
+    ``seed`` is a run's seed, ``0 .. SEED_MAX`` (what msgpack encodes as an integer).
+    """
+    assert 0 <= seed <= SEED_MAX, f"seed {seed} is outside 0..2**64-1"
     digest = hashlib.blake2b(pack([seed, *labels]), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
