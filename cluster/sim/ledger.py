@@ -240,7 +240,9 @@ class LedgerReport:
     def __str__(self) -> str:
         if self.ok:
             return f"ledger balanced over {self.events} events"
-        lines = [f"ledger: {len(self.violations) + self.more} violations in {self.events} events"]
+        found = len(self.violations) + self.more
+        plural = "" if found == 1 else "s"
+        lines = [f"ledger: {found} violation{plural} in {self.events} events"]
         lines += [str(v) for v in self.violations]
         if self.more:
             lines.append(f"... and {self.more} more")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cluster.sim.faults import (
     FAULTS,
+    MENU,
     NAMES,
     FaultCounts,
     FaultError,
@@ -100,3 +104,11 @@ def test_counts_by_kind_in_menu_order() -> None:
     assert counts.by_kind() == {"drop": 3, "crash_shard": 3}
     assert list(counts.by_kind()) == ["drop", "crash_shard"]
     assert counts.total() == 6
+
+
+def test_the_guide_lists_every_fault_with_its_default_rate_and_unit() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs/simulation.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| ([\d.]+) \| ([a-z ]+) \| (.+) \|$", guide, re.M)
+    assert [(name, float(rate), unit, what) for name, rate, unit, what in rows] == [
+        (f.name, f.default_rate, f.unit.replace("_", " "), f.what) for f in MENU
+    ]

@@ -91,7 +91,7 @@ def test_a_lost_token_is_named_with_its_history() -> None:
         "#13 Sealed(node='shard-1', move_id=1, place='fetched', value=('a.example',))",
         "#15 Activated(node='shard-2', move_id=1, place='fetched', value=('a.example',))",
     )
-    with pytest.raises(LedgerError, match=r"^ledger: 1 violations in 19 events\nbalance: fetched"):
+    with pytest.raises(LedgerError, match=r"^ledger: 1 violation in 19 events\nbalance: fetched"):
         report.raise_if_failed()
 
 
