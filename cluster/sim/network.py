@@ -178,7 +178,7 @@ class Network:
         self._incarnations: dict[str, int] = {}  # node -> its latest incarnation
         self._bound: dict[str, _Binding] = {}  # endpoint -> who binds it now
         self._fifo_floor_ms: dict[tuple[str, str], int] = {}  # (src, dst endpoint) -> ms
-        self._blocked: set[Link] = set()
+        self._blocked: Counter[Link] = Counter()  # link -> partitions that block it
         self._clogged: set[Link] = set()
         self._held: dict[Link, deque[InFlight]] = {}
         self._in_flight = 0
@@ -230,26 +230,41 @@ class Network:
         """Change the model of every link without its own (the heal phase sets a calm one)."""
         self._model = model
 
-    def partition(self, side_a: Iterable[str], side_b: Iterable[str]) -> None:
-        """Block every link between the two sides, both ways."""
-        a, b = sorted(set(side_a)), sorted(set(side_b))
-        for src in a:
-            for dst in b:
-                self._blocked.add((src, dst))
-                self._blocked.add((dst, src))
+    def partition(self, side_a: Iterable[str], side_b: Iterable[str]) -> tuple[Link, ...]:
+        """Block every link between the two sides, both ways; return the links blocked.
 
-    def one_way_partition(self, sources: Iterable[str], destinations: Iterable[str]) -> None:
-        """Block the links from ``sources`` to ``destinations`` only."""
-        for src in sorted(set(sources)):
-            for dst in sorted(set(destinations)):
-                self._blocked.add((src, dst))
+        Partitions may overlap: a link blocked twice stays blocked until both are lifted
+        (:meth:`unblock` with what each call returned) or everything heals.
+        """
+        a, b = sorted(set(side_a)), sorted(set(side_b))
+        links = [(src, dst) for src in a for dst in b]
+        return self._block([*links, *((dst, src) for src, dst in links)])
+
+    def one_way_partition(
+        self, sources: Iterable[str], destinations: Iterable[str]
+    ) -> tuple[Link, ...]:
+        """Block the links from ``sources`` to ``destinations`` only; return them."""
+        srcs, dsts = sorted(set(sources)), sorted(set(destinations))
+        return self._block([(src, dst) for src in srcs for dst in dsts])
+
+    def unblock(self, links: Iterable[Link]) -> None:
+        """Lift one partition: the links one :meth:`partition` call returned."""
+        for link in links:
+            if self._blocked[link] > 0:
+                self._blocked[link] -= 1
 
     def heal(self) -> None:
         """Lift every partition (clogs are lifted by their own unclog)."""
         self._blocked.clear()
 
     def blocked(self) -> tuple[Link, ...]:
-        return tuple(sorted(self._blocked))
+        return tuple(sorted(link for link, count in self._blocked.items() if count > 0))
+
+    def _block(self, links: list[Link]) -> tuple[Link, ...]:
+        for link in links:
+            assert link[0] != link[1], f"a node cannot be cut from itself: {link}"
+            self._blocked[link] += 1
+        return tuple(links)
 
     def clogged(self) -> tuple[Link, ...]:
         return tuple(sorted(self._clogged))
@@ -359,7 +374,7 @@ class Network:
         if binding is None:
             self._counters.lost["stale_endpoint"] += 1
             return None
-        if link in self._blocked:
+        if self._blocked[link] > 0:
             self._counters.lost["partitioned"] += 1
             return None
         if link in self._clogged:

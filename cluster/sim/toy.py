@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cluster.sim.faults import NEMESIS_TICK_MS, FaultCounts, FaultPlan, choose
+from cluster.sim.nemesis import Crash, Nemesis, PartitionEnds
 from cluster.sim.network import Delivered, InFlight, LinkChange, LinkModel, Network
 from cluster.sim.rng import derived_random
 from cluster.sim.schedule import PRIORITY_FAULT, Schedule
@@ -41,10 +42,13 @@ RESEND_MS: Final = 200
 LOOKUP_AFTER: Final = 3
 UNTIL_MS_DEFAULT: Final = 20_000
 HEAL_AT_FRACTION: Final = 0.5
-DOWN_MS_MIN, DOWN_MS_MAX = 50, 1_000
-PARTITION_MS_MIN, PARTITION_MS_MAX = 100, 2_000
-SWIZZLE_STEP_MS: Final = 50
-EPISODE_FAULTS: Final = ("partition", "one_way_partition", "swizzle_clog", "crash_shard")
+EPISODE_FAULTS: Final = (
+    "partition",
+    "one_way_partition",
+    "swizzle_clog",
+    "crash_shard",
+    "crash_between_commit_and_send",
+)
 PER_FRAME_FAULTS: Final = ("drop", "duplicate", "reorder", "delay")
 
 
@@ -62,11 +66,6 @@ class NemesisTick:
 @dataclass(frozen=True, slots=True)
 class Restart:
     node: str
-
-
-@dataclass(frozen=True, slots=True)
-class HealPartitions:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +108,11 @@ class ToyWorld:
         self.network = Network(
             self.schedule, derived_random(seed, "network"), model=plan.link_model()
         )
-        self.nemesis = derived_random(seed, "nemesis")
         self.trace = Trace()
         self.faults = FaultCounts()
+        self.nemesis = Nemesis(
+            plan, derived_random(seed, "nemesis"), self.network, self.schedule, self.faults
+        )
         self.healed = False
         self.nodes = {
             name: _Node(name, peer) for name, peer in zip(NODES, NODES[::-1], strict=True)
@@ -159,9 +160,9 @@ class ToyWorld:
             self._nemesis(now_ms)
         elif isinstance(event, Restart):
             self._start(event.node)
-        elif isinstance(event, HealPartitions):
-            self.network.heal()
-            self.trace.record(now_ms, "net", "heal")
+        elif isinstance(event, PartitionEnds):
+            self.nemesis.partition_ends(event)
+            self.trace.record(now_ms, "net", "partition_ends", event.links)
         else:
             assert isinstance(event, HealAll), f"unknown event {event!r}"
             self.healed = True
@@ -220,34 +221,19 @@ class ToyWorld:
         if self.healed:
             return
         self.schedule.after(NEMESIS_TICK_MS, NemesisTick(), priority=PRIORITY_FAULT)
-        rng = self.nemesis
-        for name in EPISODE_FAULTS:
-            if name not in self.plan.names() or rng.random() >= self.plan.per_tick(name):
-                continue
-            self.faults.record(name)
-            if name == "crash_shard":
-                up = [n for n in NODES if self.network.is_up(n)]
-                if not up:
-                    continue
-                victim = rng.choice(up)
-                self.network.stop(victim)
-                down_ms = rng.randint(DOWN_MS_MIN, DOWN_MS_MAX)
-                self.schedule.after(down_ms, Restart(victim), priority=PRIORITY_FAULT)
-                self.nodes[victim].peer_endpoint = None
-                self.trace.record(now_ms, victim, "crash", down_ms)
-            elif name == "swizzle_clog":
-                hold_ms = rng.randint(PARTITION_MS_MIN, PARTITION_MS_MAX)
-                self.network.swizzle(rng, NODES, step_ms=SWIZZLE_STEP_MS, hold_ms=hold_ms)
-                self.trace.record(now_ms, "net", "swizzle", hold_ms)
-            else:
-                src, dst = rng.sample(NODES, 2)
-                if name == "partition":
-                    self.network.partition([src], [dst])
-                else:
-                    self.network.one_way_partition([src], [dst])
-                cut_ms = rng.randint(PARTITION_MS_MIN, PARTITION_MS_MAX)
-                self.schedule.after(cut_ms, HealPartitions(), priority=PRIORITY_FAULT)
-                self.trace.record(now_ms, "net", name, src, dst, cut_ms)
+        up = [name for name in NODES if self.network.is_up(name)]
+        blocked, clogged = self.network.blocked(), self.network.clogged()
+        for action in self.nemesis.tick(shards=up):
+            # The toy has no commits: a crash after the next commit is a crash now.
+            assert isinstance(action, Crash), f"the toy world cannot carry out {action}"
+            self.network.stop(action.node)
+            self.nodes[action.node].peer_endpoint = None
+            self.schedule.after(action.down_ms, Restart(action.node), priority=PRIORITY_FAULT)
+            self.trace.record(now_ms, action.node, "crash", action.down_ms)
+        if self.network.blocked() != blocked:
+            self.trace.record(now_ms, "net", "blocked", self.network.blocked())
+        if self.network.clogged() != clogged:
+            self.trace.record(now_ms, "net", "clogged", self.network.clogged())
 
 
 def simulate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -166,3 +167,44 @@ def test_the_same_seed_gives_the_same_deliveries(seed: int, rates: list[float]) 
         return [(schedule.now_ms, d.frame_id, d.payload) for d in _run(schedule, network)]
 
     assert run() == run()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    duplicate_rate=st.floats(0, 0.5),
+    reorder_rate=st.floats(0, 0.5),
+    delay_rate=st.floats(0, 0.5),
+    sends=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), max_size=80),
+)
+def test_without_drops_every_frame_arrives_and_links_stay_fifo_but_for_reordered_ones(
+    seed: int,
+    duplicate_rate: float,
+    reorder_rate: float,
+    delay_rate: float,
+    sends: list[tuple[int, int]],
+) -> None:
+    schedule, network = _world(
+        seed, duplicate_rate=duplicate_rate, reorder_rate=reorder_rate, delay_rate=delay_rate
+    )
+    nodes = ("a", "b", "c")
+    ends = [network.start(node) for node in nodes]
+    sent = [network.send(nodes[src], ends[dst], b"") for src, dst in sends if src != dst]
+    link_of = {
+        frame_id: (src, dst)
+        for frame_id, (src, dst) in zip(sent, [s for s in sends if s[0] != s[1]], strict=True)
+    }
+    arrivals = []
+    for taken in schedule.run_until(1_000_000):
+        frame = network.arrive(taken.event)
+        assert frame is not None
+        arrivals.append(taken.event)
+    stats = network.statistics()
+    assert Counter(f.frame_id for f in arrivals) == Counter(sent) + Counter(
+        f.frame_id for f in arrivals if f.copy == 1
+    )
+    assert stats.duplicated == sum(1 for f in arrivals if f.copy == 1)
+    if stats.reordered == 0:
+        for link in set(link_of.values()):
+            firsts = [f.frame_id for f in arrivals if f.copy == 0 and link_of[f.frame_id] == link]
+            assert firsts == sorted(firsts), f"link {link} is not FIFO"
