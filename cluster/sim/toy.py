@@ -1,38 +1,49 @@
 """A toy world on the simulated network: two counters that must reach each other.
 
-The harness's own test bench and a template for the whole-cluster runner: it has the
-same parts (a schedule, the network, a nemesis that injects the plan's faults, a heal
-phase, a trace) around two trivial nodes instead of the router and shard cores.
+The harness's own test bench and a template for the whole-cluster runner: the same
+:class:`~cluster.sim.world.World` loop (schedule, network, nemesis, heal phase, trace,
+ledger) drives two trivial actors instead of the router and shard cores.
 
 Theory of operation: nodes ``a`` and ``b`` each count from 1 to :data:`COUNT`, one number
 per tick, and send the other every number not yet acknowledged, as one frame
 ``("count", first, last)`` (go-back-N). The receiver keeps the highest number it has
-seen without a gap (its hwm) and answers ``("ack", hwm)`` to the frame's reply endpoint.
-Each node's counter, hwm and acknowledged mark are durable (they survive a crash); the
-peer's endpoint is not: a node learns it from the directory (the network's
-:meth:`~cluster.sim.network.Network.endpoint`, standing for the router) when it starts,
-and again after :data:`LOOKUP_AFTER` resends without progress, which is how it finds a
-peer that restarted on a new endpoint.
+applied without a gap (its hwm) and answers ``("ack", hwm)`` to the frame's reply
+endpoint. Each node's counter, hwm and acknowledged mark are durable (they survive a
+crash); the peer's endpoint is not: a node learns it from the directory (standing for
+the router) when it starts, and again after :data:`LOOKUP_AFTER` resends without
+progress, which is how it finds a peer that restarted on a new endpoint.
 
-Faults come from a :class:`~cluster.sim.faults.FaultPlan`: the per-frame ones through
-the link model, and ``partition``, ``one_way_partition``, ``swizzle_clog`` and
-``crash_shard`` (a crash of either node) as episodes the nemesis starts every
-:data:`~cluster.sim.faults.NEMESIS_TICK_MS`. At :data:`HEAL_AT_FRACTION` of the run the
-faults stop (partitions heal, the links calm down, no more crashes) and the rest of the
-run must bring both counters home: :attr:`ToyResult.converged`.
+For the ledger, number ``n`` of node ``a`` is the token ``("a", n)`` of place
+``numbers``: produced at ``a`` and exported on lane 0 as seq ``n`` in one committed
+step, applied by ``b`` when its hwm passes ``n``, acknowledged when ``a`` learns it;
+``b``'s final marking holds the numbers it applied. A receiver that applied a number
+twice, or a sender that forgot one, breaks the ledger.
+
+Faults come from the seed's plan (per-frame faults, partitions, swizzle-clog and both
+kinds of crash); at :data:`HEAL_AT_FRACTION` of the run they stop, and the rest of the
+run must bring both counters home (:attr:`ToyResult.converged`) with a balanced ledger.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
-from cluster.sim.faults import NEMESIS_TICK_MS, FaultCounts, FaultPlan, choose
-from cluster.sim.nemesis import Crash, Nemesis, PartitionEnds
-from cluster.sim.network import Delivered, InFlight, LinkChange, LinkModel, Network
-from cluster.sim.rng import derived_random
-from cluster.sim.schedule import PRIORITY_FAULT, Schedule
+from cluster.sim.faults import FaultCounts, FaultPlan, choose
+from cluster.sim.ledger import (
+    Acked,
+    Applied,
+    Exported,
+    LedgerEvent,
+    LedgerReport,
+    Present,
+    Produced,
+    Recovered,
+)
+from cluster.sim.network import Delivered
 from cluster.sim.trace import Trace
+from cluster.sim.world import NOTHING, Directory, Send, Step, World
 from nets.codec import pack, unpack
 
 NODES: Final = ("a", "b")
@@ -42,48 +53,103 @@ RESEND_MS: Final = 200
 LOOKUP_AFTER: Final = 3
 UNTIL_MS_DEFAULT: Final = 20_000
 HEAL_AT_FRACTION: Final = 0.5
-EPISODE_FAULTS: Final = (
+PLACE: Final = "numbers"
+LANE: Final = 0
+FAULTS_ALLOWED: Final = (
+    "drop",
+    "duplicate",
+    "reorder",
+    "delay",
     "partition",
     "one_way_partition",
     "swizzle_clog",
     "crash_shard",
     "crash_between_commit_and_send",
 )
-PER_FRAME_FAULTS: Final = ("drop", "duplicate", "reorder", "delay")
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
-    node: str
-    incarnation: int
+class Counter:
+    """One counting node (an :class:`~cluster.sim.world.Actor`)."""
 
+    def __init__(self, name: str, peer: str) -> None:
+        self.name = name
+        self.peer = peer
+        # Durable: survives a crash.
+        self.next_n = 0  # numbers produced so far
+        self.acked = 0  # the peer applied everything up to here
+        self.hwm = 0  # applied from the peer without a gap
+        # Volatile.
+        self.endpoint = ""
+        self.directory: Directory = lambda _node: None
+        self.peer_endpoint: str | None = None
+        self.tick_at_ms = 0
+        self.resend_at_ms = 0
+        self.stalls = 0
 
-@dataclass(frozen=True, slots=True)
-class NemesisTick:
-    pass
+    def start(self, now_ms: int, endpoint: str, directory: Directory) -> Step:
+        self.endpoint = endpoint
+        self.directory = directory
+        self.peer_endpoint = directory(self.peer)
+        self.tick_at_ms = now_ms + TICK_MS
+        self.resend_at_ms = 0
+        self.stalls = 0
+        marking = tuple((PLACE, (self.peer, n), 1) for n in range(1, self.hwm + 1))
+        return Step(ledger=(Recovered(self.name, marking),))
 
+    def crash(self) -> None:
+        self.peer_endpoint = None
 
-@dataclass(frozen=True, slots=True)
-class Restart:
-    node: str
+    def next_deadline_ms(self) -> int:
+        return self.tick_at_ms
 
+    def wake(self, now_ms: int) -> Step:
+        self.tick_at_ms = now_ms + TICK_MS
+        ledger: tuple[LedgerEvent, ...] = ()
+        fresh = self.next_n < COUNT
+        if fresh:
+            self.next_n += 1
+            token = (self.name, self.next_n)
+            ledger = (
+                Produced(self.name, PLACE, token, "count"),
+                Exported(self.name, LANE, self.next_n, PLACE, token),
+            )
+        committed = bool(ledger)
+        if self.acked >= self.next_n or not (fresh or now_ms >= self.resend_at_ms):
+            return Step(committed, ledger)
+        if not fresh:
+            self.stalls += 1
+            if self.stalls >= LOOKUP_AFTER:  # ask the directory where the peer is now
+                self.peer_endpoint = self.directory(self.peer) or self.peer_endpoint
+                self.stalls = 0
+        self.resend_at_ms = now_ms + RESEND_MS
+        if self.peer_endpoint is None:
+            return Step(committed, ledger)
+        frame = Send(self.peer_endpoint, pack(("count", self.acked + 1, self.next_n)))
+        return Step(committed, ledger, (frame,))
 
-@dataclass(frozen=True, slots=True)
-class HealAll:
-    pass
+    def receive(self, now_ms: int, frame: Delivered) -> Step:
+        del now_ms  # the answer to a frame does not depend on the time
+        message = unpack(frame.payload)
+        if message[0] == "count":
+            _, first, last = message
+            applied: list[LedgerEvent] = []
+            if first <= self.hwm + 1 <= last:
+                applied = [
+                    Applied(self.name, self.peer, LANE, seq, PLACE, (self.peer, seq))
+                    for seq in range(self.hwm + 1, last + 1)
+                ]
+                self.hwm = last
+            ack = Send(frame.reply_to, pack(("ack", self.hwm)))
+            return Step(bool(applied), tuple(applied), (ack,))
+        hwm = message[1]
+        if hwm <= self.acked:
+            return NOTHING
+        self.acked = min(hwm, self.next_n)
+        self.stalls = 0
+        return Step(True, (Acked(self.name, LANE, self.acked),))
 
-
-@dataclass(slots=True)
-class _Node:
-    name: str
-    peer: str
-    incarnation: int = 0
-    next_n: int = 0  # durable: numbers produced so far
-    acked: int = 0  # durable: the peer has everything up to here
-    hwm: int = 0  # durable: received from the peer without a gap
-    peer_endpoint: str | None = None  # volatile: the address book
-    resend_at_ms: int = 0
-    stalls: int = 0
+    def present(self) -> Iterable[LedgerEvent]:
+        return [Present(self.name, PLACE, (self.peer, n), 1) for n in range(1, self.hwm + 1)]
 
 
 @dataclass(slots=True)
@@ -92,148 +158,9 @@ class ToyResult:
     plan: FaultPlan
     trace: Trace
     faults: FaultCounts
+    ledger: LedgerReport
     converged: bool
     hwms: dict[str, int] = field(default_factory=dict)
-
-
-class ToyWorld:
-    """One run of the toy world; :meth:`run` plays it to the end."""
-
-    def __init__(self, seed: int, plan: FaultPlan, *, until_ms: int) -> None:
-        self.seed = seed
-        self.plan = plan
-        self.until_ms = until_ms
-        self.heal_at_ms = int(until_ms * HEAL_AT_FRACTION)
-        self.schedule: Schedule[Any] = Schedule()
-        self.network = Network(
-            self.schedule, derived_random(seed, "network"), model=plan.link_model()
-        )
-        self.trace = Trace()
-        self.faults = FaultCounts()
-        self.nemesis = Nemesis(
-            plan, derived_random(seed, "nemesis"), self.network, self.schedule, self.faults
-        )
-        self.healed = False
-        self.nodes = {
-            name: _Node(name, peer) for name, peer in zip(NODES, NODES[::-1], strict=True)
-        }
-
-    def run(self) -> ToyResult:
-        for name in NODES:
-            self._start(name)
-        self.schedule.at(NEMESIS_TICK_MS, NemesisTick(), priority=PRIORITY_FAULT)
-        self.schedule.at(self.heal_at_ms, HealAll(), priority=PRIORITY_FAULT)
-        for taken in self.schedule.run_until(self.until_ms):
-            self._dispatch(taken.time_ms, taken.event)
-        stats = self.network.statistics()
-        lost = dict(stats.lost)
-        for name, count in zip(
-            PER_FRAME_FAULTS,
-            (lost.get("dropped", 0), stats.duplicated, stats.reordered, stats.delayed),
-            strict=True,
-        ):
-            if count:
-                self.faults.record(name, count)
-        self.trace.record(self.schedule.now_ms, "world", "end", self.faults.by_kind())
-        a, b = self.nodes["a"], self.nodes["b"]
-        converged = a.hwm == b.hwm == COUNT and a.acked == b.acked == COUNT
-        hwms = {name: node.hwm for name, node in self.nodes.items()}
-        return ToyResult(self.seed, self.plan, self.trace, self.faults, converged, hwms)
-
-    # -- events --------------------------------------------------------------------------
-
-    def _dispatch(self, now_ms: int, event: object) -> None:
-        if isinstance(event, InFlight):
-            delivered = self.network.arrive(event)
-            if delivered is None:
-                # Lost (a partition, a stale endpoint) or held (a clogged link).
-                self.trace.record(now_ms, event.dst, "undelivered", event.frame_id, event.copy)
-            else:
-                self._receive(now_ms, delivered)
-        elif isinstance(event, Tick):
-            self._tick(now_ms, event)
-        elif isinstance(event, LinkChange):
-            self.network.apply(event)
-            kind = "clog" if event.clogged else "unclog"
-            self.trace.record(now_ms, "net", kind, event.src, event.dst)
-        elif isinstance(event, NemesisTick):
-            self._nemesis(now_ms)
-        elif isinstance(event, Restart):
-            self._start(event.node)
-        elif isinstance(event, PartitionEnds):
-            self.nemesis.partition_ends(event)
-            self.trace.record(now_ms, "net", "partition_ends", event.links)
-        else:
-            assert isinstance(event, HealAll), f"unknown event {event!r}"
-            self.healed = True
-            self.network.heal()
-            self.network.set_model(LinkModel())
-            self.trace.record(now_ms, "net", "heal_all")
-
-    def _start(self, name: str) -> None:
-        node = self.nodes[name]
-        endpoint = self.network.start(name)
-        node.incarnation = self.network.incarnation(name)
-        node.peer_endpoint = self.network.endpoint(node.peer)
-        node.stalls = 0
-        node.resend_at_ms = 0
-        self.trace.record(self.schedule.now_ms, name, "start", endpoint, node.peer_endpoint)
-        self.schedule.after(TICK_MS, Tick(name, node.incarnation))
-
-    def _tick(self, now_ms: int, tick: Tick) -> None:
-        node = self.nodes[tick.node]
-        if tick.incarnation != node.incarnation or not self.network.is_up(node.name):
-            return  # a timer of an incarnation that crashed
-        self.schedule.after(TICK_MS, tick)
-        fresh = node.next_n < COUNT
-        if fresh:
-            node.next_n += 1
-        if node.acked >= node.next_n or not (fresh or now_ms >= node.resend_at_ms):
-            return
-        if not fresh:
-            node.stalls += 1
-            if node.stalls >= LOOKUP_AFTER:  # ask the directory where the peer is now
-                node.peer_endpoint = self.network.endpoint(node.peer) or node.peer_endpoint
-                node.stalls = 0
-                self.trace.record(now_ms, node.name, "lookup", node.peer_endpoint)
-        node.resend_at_ms = now_ms + RESEND_MS
-        if node.peer_endpoint is None:
-            return
-        payload = pack(("count", node.acked + 1, node.next_n))
-        frame_id = self.network.send(node.name, node.peer_endpoint, payload)
-        self.trace.record(now_ms, node.name, "send", frame_id, node.peer_endpoint, unpack(payload))
-
-    def _receive(self, now_ms: int, frame: Delivered) -> None:
-        node = self.nodes[frame.dst]
-        message = unpack(frame.payload)
-        self.trace.record(now_ms, node.name, "recv", frame.frame_id, message)
-        if message[0] == "count":
-            _, first, last = message
-            if first <= node.hwm + 1 <= last:
-                node.hwm = last
-            reply = self.network.send(node.name, frame.reply_to, pack(("ack", node.hwm)))
-            self.trace.record(now_ms, node.name, "send", reply, frame.reply_to, ("ack", node.hwm))
-        elif message[1] > node.acked:
-            node.acked = min(message[1], node.next_n)
-            node.stalls = 0
-
-    def _nemesis(self, now_ms: int) -> None:
-        if self.healed:
-            return
-        self.schedule.after(NEMESIS_TICK_MS, NemesisTick(), priority=PRIORITY_FAULT)
-        up = [name for name in NODES if self.network.is_up(name)]
-        blocked, clogged = self.network.blocked(), self.network.clogged()
-        for action in self.nemesis.tick(shards=up):
-            # The toy has no commits: a crash after the next commit is a crash now.
-            assert isinstance(action, Crash), f"the toy world cannot carry out {action}"
-            self.network.stop(action.node)
-            self.nodes[action.node].peer_endpoint = None
-            self.schedule.after(action.down_ms, Restart(action.node), priority=PRIORITY_FAULT)
-            self.trace.record(now_ms, action.node, "crash", action.down_ms)
-        if self.network.blocked() != blocked:
-            self.trace.record(now_ms, "net", "blocked", self.network.blocked())
-        if self.network.clogged() != clogged:
-            self.trace.record(now_ms, "net", "clogged", self.network.clogged())
 
 
 def simulate(
@@ -241,8 +168,22 @@ def simulate(
 ) -> ToyResult:
     """Run the toy world for ``seed`` (faults: ``plan``, else chosen for the seed)."""
     if plan is None:
-        plan = choose(seed, allowed=(*PER_FRAME_FAULTS, *EPISODE_FAULTS))
-    return ToyWorld(seed, plan, until_ms=until_ms).run()
+        plan = choose(seed, allowed=FAULTS_ALLOWED)
+    counters = {name: Counter(name, peer) for name, peer in zip(NODES, NODES[::-1], strict=True)}
+    world = World(
+        seed,
+        plan,
+        counters,
+        shards=NODES,
+        until_ms=until_ms,
+        heal_at_ms=int(until_ms * HEAL_AT_FRACTION),
+        describe=unpack,
+    )
+    result = world.run()
+    a, b = counters["a"], counters["b"]
+    converged = a.hwm == b.hwm == COUNT and a.acked == b.acked == COUNT
+    hwms = {name: counter.hwm for name, counter in counters.items()}
+    return ToyResult(seed, plan, result.trace, result.faults, result.ledger, converged, hwms)
 
 
 def run(seed: int) -> Trace:

@@ -1,0 +1,135 @@
+"""The world's run loop: commit then send, crashes after a commit, timers, skew, bounds.
+
+The toy world (cluster/sim/toy.py) runs on this loop; a mutation of its receiver shows
+that the ledger catches a token applied twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from cluster.sim import toy
+from cluster.sim.faults import FaultPlan, parse_faults
+from cluster.sim.ledger import LedgerEvent
+from cluster.sim.network import Delivered
+from cluster.sim.toy import simulate
+from cluster.sim.world import NOTHING, Directory, SimulationStuck, Step, World
+
+pytestmark = pytest.mark.simulation
+
+
+class Clocked:
+    """An actor that wakes every ``period_ms`` and remembers the times it saw."""
+
+    def __init__(self, period_ms: int = 10) -> None:
+        self.period_ms = period_ms
+        self.seen: list[int] = []
+        self.deadline_ms = 0
+        self.wakes = 0
+
+    def start(self, now_ms: int, endpoint: str, directory: Directory) -> Step:
+        self.seen.append(now_ms)
+        self.deadline_ms = now_ms + self.period_ms
+        return NOTHING
+
+    def receive(self, now_ms: int, frame: Delivered) -> Step:
+        return NOTHING
+
+    def wake(self, now_ms: int) -> Step:
+        self.seen.append(now_ms)
+        self.wakes += 1
+        self.deadline_ms = now_ms + self.period_ms
+        return NOTHING
+
+    def next_deadline_ms(self) -> int | None:
+        return self.deadline_ms
+
+    def crash(self) -> None:
+        pass
+
+    def present(self) -> Iterable[LedgerEvent]:
+        return ()
+
+
+def _world(actors: dict[str, Clocked], plan: FaultPlan, **options: Any) -> World:
+    return World(
+        1, plan, actors, shards=sorted(actors), until_ms=1_000, heal_at_ms=1_000, **options
+    )
+
+
+def test_an_actor_is_woken_once_per_deadline() -> None:
+    actor = Clocked(period_ms=10)
+    _world({"shard-0": actor}, FaultPlan()).run()
+    assert actor.wakes == 100
+    assert actor.seen == list(range(0, 1_001, 10))
+
+
+def test_a_skewed_clock_never_goes_backwards() -> None:
+    actors = {f"shard-{i}": Clocked(period_ms=7) for i in range(3)}
+    result = _world(actors, parse_faults("clock_skew=20")).run()
+    assert result.faults.by_kind()["clock_skew"] >= 5
+    assert any(" skew " in line for line in result.trace.lines())
+    for actor in actors.values():
+        assert actor.seen == sorted(actor.seen)
+
+
+def test_scaling_goes_to_the_runner() -> None:
+    deltas: list[int] = []
+    _world(
+        {"shard-0": Clocked()},
+        parse_faults("scale_out=10,scale_in=10"),
+        scale=lambda _world, delta: deltas.append(delta),
+    ).run()
+    assert set(deltas) == {1, -1}
+
+
+def test_a_livelock_of_timers_is_stuck() -> None:
+    actor = Clocked(period_ms=0)  # always due: never lets time pass
+    with pytest.raises(SimulationStuck, match=r"seed 1: more than 500 events by t=0ms"):
+        _world({"shard-0": actor}, FaultPlan(), steps_max=500).run()
+
+
+def test_a_crash_between_commit_and_send_drops_the_sends_and_the_toy_still_converges() -> None:
+    result = simulate(2, plan=parse_faults("crash_between_commit_and_send=3,drop=0.05"))
+    assert result.faults.by_kind()["crash_between_commit_and_send"] > 5
+    assert any(" crash_after_commit " in line for line in result.trace.lines())
+    assert result.converged
+    assert result.ledger.ok, str(result.ledger)
+
+
+def test_the_toy_world_converges_with_a_balanced_ledger_over_many_seeds() -> None:
+    kinds: set[str] = set()
+    for seed in range(40):
+        result = simulate(seed)
+        assert result.converged, f"seed {seed}: {result.hwms} with {result.plan.describe()}"
+        assert result.ledger.ok, f"seed {seed}: {result.ledger}"
+        assert len(result.plan.rates) >= 3
+        kinds |= set(result.faults.by_kind())
+    assert set(toy.FAULTS_ALLOWED) <= kinds
+
+
+def test_the_ledger_catches_a_receiver_that_applies_a_resend_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The mutation: the receiver forgets its hwm check, so a go-back resend is applied
+    # again (what a slot moved without its dedup state does).
+    original = toy.Counter.receive
+
+    def forgetful(self: toy.Counter, now_ms: int, frame: Delivered) -> Step:
+        kept = self.hwm
+        if frame.payload[1:2] and toy.unpack(frame.payload)[0] == "count":
+            self.hwm = toy.unpack(frame.payload)[1] - 1
+        step = original(self, now_ms, frame)
+        self.hwm = max(self.hwm, kept)
+        return step
+
+    monkeypatch.setattr(toy.Counter, "receive", forgetful)
+    results = [simulate(seed, plan=parse_faults("drop=0.2,duplicate=0.2")) for seed in range(3)]
+    rules = {v.rule for r in results for v in r.ledger.violations}
+    assert "applied_twice" in rules
+    failure = next(v for r in results for v in r.ledger.violations if v.rule == "applied_twice")
+    assert failure.place == "numbers"
+    assert any("Applied(" in line for line in failure.history)
