@@ -221,7 +221,8 @@ class Violation:
     history: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        head = f"{self.rule}: {self.place} {_value_repr(self.value)}: {self.detail}"
+        what = f"{self.place} {_value_repr(self.value)}: " if self.place else ""
+        head = f"{self.rule}: {what}{self.detail}"
         return "\n".join([head, *(f"    {line}" for line in self.history)])
 
 
