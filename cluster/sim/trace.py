@@ -46,6 +46,7 @@ from typing import Final
 
 from cluster.sim.rng import derive_seed
 from nets.errors import CpnError
+from router.wire import WireFormatError, decode
 
 LINES_KEPT_MAX: Final = 2_000_000
 BYTES_INLINE_MAX: Final = 32  # longer bytes appear as their length and digest
@@ -94,6 +95,19 @@ def canonical(value: object) -> str:
     if isinstance(value, set | frozenset):
         return "{" + ",".join(sorted(canonical(item) for item in value)) + "}"
     raise AssertionError(f"no canonical trace form for {type(value).__name__}: {value!r}")
+
+
+def wire_view(payload: bytes) -> object:
+    """How a frame encoded by ``router/wire.py`` appears in a trace line.
+
+    Its decoded :class:`~router.wire.Envelope` (the message with its fields, the
+    message id and the sender's incarnation), or ``["undecodable", why]`` for a frame
+    that does not decode: the world's ``describe`` for the whole-cluster runner.
+    """
+    try:
+        return decode(payload)
+    except WireFormatError as exc:
+        return ("undecodable", str(exc))
 
 
 class Trace:

@@ -27,7 +27,9 @@ from cluster.sim.trace import (
     main,
     rerun,
     shorten,
+    wire_view,
 )
+from router.wire import Handoff, Heartbeat, encode
 
 pytestmark = pytest.mark.simulation
 
@@ -171,3 +173,24 @@ def test_main_wants_a_runner_and_a_seed(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_the_toy_counts_every_number() -> None:
     assert simulate(0, plan=parse_faults("none")).hwms == {"a": COUNT, "b": COUNT}
+
+
+def test_wire_frames_appear_decoded_and_garbage_says_why() -> None:
+    handoff = encode(
+        Handoff(sender=1, epoch=4, runs=((7, 1, 2, b"\x92\x01\x02"),)), message_id=9, incarnation=3
+    )
+    beat = encode(
+        Heartbeat(shard_id=0, endpoint="sim://shard-0/2", epoch=4, progress={"loops": 5, "a": 1}),
+        message_id=1,
+    )
+    trace = Trace()
+    trace.record(10, "shard-1", "send", wire_view(handoff))
+    trace.record(11, "shard-0", "send", wire_view(beat))
+    trace.record(12, "shard-0", "recv", wire_view(b"\xc1garbage"))
+    lines = trace.lines()
+    assert lines[0] == (
+        "10 shard-1 send Envelope(message=Handoff(sender=1,epoch=4,runs=[[7,1,2,x920102]]),"
+        "message_id=9,incarnation=3)"
+    )
+    assert '{"a":1,"loops":5}' in lines[1]  # a mapping in sorted order
+    assert lines[2].startswith('12 shard-0 recv ["undecodable",')
