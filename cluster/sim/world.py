@@ -149,7 +149,8 @@ class World:
         scale: carries out a :class:`~cluster.sim.nemesis.Scale` (None: ignored).
         describe: turns a frame's bytes into the trace's view of it (default: bytes).
         drained: the ledger requires every outbox and shipment resolved at the end.
-        calm: the link model of the heal phase.
+        links: the links' latencies (the plan adds its per-frame faults until the heal
+            phase, which keeps the latencies and drops the faults).
     """
 
     def __init__(
@@ -166,20 +167,21 @@ class World:
         scale: Callable[[World, int], None] | None = None,
         describe: Callable[[bytes], object] | None = None,
         drained: bool = True,
-        calm: LinkModel | None = None,
+        links: LinkModel | None = None,
         steps_max: int = STEPS_MAX_DEFAULT,
     ) -> None:
         assert 0 <= heal_at_ms <= until_ms
         self.seed = seed
         self.plan = plan
         self.actors = dict(actors)
-        self.shards = tuple(shards)
-        self.routers = tuple(routers)
+        self.shards = list(shards)
+        self.routers = list(routers)
         self.until_ms = until_ms
         self.heal_at_ms = heal_at_ms
         self.schedule: Schedule[Any] = Schedule()
+        base = links or LinkModel()
         self.network = Network(
-            self.schedule, derived_random(seed, "network"), model=plan.link_model()
+            self.schedule, derived_random(seed, "network"), model=plan.link_model(base)
         )
         self.faults = FaultCounts()
         self.nemesis = Nemesis(
@@ -188,11 +190,14 @@ class World:
         self.trace = Trace()
         self.history: list[LedgerEvent] = []
         self.healed = False
+        self.retired: set[str] = set()
         self._check_step = check_step
         self._scale = scale
         self._describe = describe or (lambda payload: payload)
         self._drained = drained
-        self._calm = calm or LinkModel()
+        self._calm = LinkModel(
+            latency_ms_min=base.latency_ms_min, latency_ms_max=base.latency_ms_max
+        )
         self._steps_max = steps_max
         self._clocks = {name: _Clock() for name in self.actors}
         self._crash_after_commit: dict[str, int] = {}  # node -> down_ms
@@ -224,6 +229,9 @@ class World:
         for name, actor in self.actors.items():
             if self.network.is_up(name):
                 self.history.extend(actor.present())
+            elif name not in self.retired:
+                # Down at the end: the ledger counts its committed marking.
+                self.trace.record(self.schedule.now_ms, name, "down_at_end")
         self.trace.record(self.schedule.now_ms, "world", "end", self.faults.by_kind())
         report = check(self.history, drained=self._drained)
         return WorldResult(
@@ -236,6 +244,31 @@ class World:
             self.schedule.now_ms,
             self.history,
         )
+
+    def add_actor(self, name: str, actor: Actor, *, shard: bool = True) -> None:
+        """A node joins while the run goes on (a scale-out): it starts at once."""
+        assert name not in self.actors, f"{name} is in the world already"
+        self.actors[name] = actor
+        self._clocks[name] = _Clock()
+        if shard:
+            self.shards.append(name)
+        self._start(name)
+
+    def retire(self, name: str) -> None:
+        """A node leaves for good (a scale-in that completed): stopped, never restarted.
+
+        Its final marking is no longer reported; whatever it still held counts as lost.
+        """
+        if self.network.is_up(name):
+            self.network.stop(name)
+        self._clocks[name].wake_generation += 1
+        self.schedule.cancel_if(lambda event: isinstance(event, Restart) and event.node == name)
+        if name in self.shards:
+            self.shards.remove(name)
+        if name in self.routers:
+            self.routers.remove(name)
+        self.retired.add(name)
+        self.trace.record(self.schedule.now_ms, name, "retire")
 
     def local_now(self, name: str) -> int:
         """``name``'s clock: virtual time plus its skew, never going backwards."""

@@ -133,3 +133,28 @@ def test_the_ledger_catches_a_receiver_that_applies_a_resend_twice(
     failure = next(v for r in results for v in r.ledger.violations if v.rule == "applied_twice")
     assert failure.place == "numbers"
     assert any("Applied(" in line for line in failure.history)
+
+
+def test_a_scale_out_adds_a_shard_and_a_scale_in_retires_one_for_good() -> None:
+    added: list[str] = []
+
+    def scale(world: World, delta: int) -> None:
+        if delta > 0:
+            name = f"shard-{len(world.actors)}"
+            world.add_actor(name, Clocked())
+            added.append(name)
+        elif len(world.shards) > 1:
+            world.retire(world.shards[-1])
+
+    result = _world(
+        {"shard-0": Clocked()}, parse_faults("scale_out=10,scale_in=5,crash_shard=5"), scale=scale
+    )
+    world_result = result.run()
+    assert added
+    assert result.retired
+    for name in sorted(result.retired):
+        assert not result.network.is_up(name)
+        assert name not in result.shards
+    assert any(" retire" in line for line in world_result.trace.lines())
+    for name in added:
+        assert result.actors[name].seen  # type: ignore[attr-defined]
