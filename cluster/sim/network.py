@@ -11,7 +11,9 @@ Theory of operation:
   That is what a ZeroMQ DEALER does when the process behind a TCP endpoint is replaced
   by one on another port: the sender's address book must learn the new endpoint (from
   the router's table, a heartbeat), or its frames go nowhere. A restart on the *same*
-  port, which ZeroMQ reconnection would hide, is not modelled: it is the weaker case.
+  port (``start(node, same_endpoint=True)``, what the supervisor tries first) keeps the
+  endpoint: frames sent after the restart reach the new incarnation, frames in flight
+  to the old one are still lost.
   :meth:`Network.endpoint` is the directory the simulated router and supervisor read.
 * **Frames** are bytes (what ``router/wire.py`` encodes); the network never looks
   inside. A delivery carries the sender's node and its endpoint at send time (where a
@@ -103,6 +105,7 @@ class InFlight:
     src_endpoint: str
     dst: str
     dst_endpoint: str
+    dst_incarnation: int  # the incarnation bound to dst_endpoint when it was sent
     payload: bytes
 
 
@@ -155,7 +158,7 @@ class _Counters:
 
 
 def endpoint_name(node: str, incarnation: int) -> str:
-    """The endpoint incarnation ``incarnation`` of ``node`` binds."""
+    """The fresh endpoint incarnation ``incarnation`` of ``node`` binds (its "port")."""
     return f"{SCHEME}{node}/{incarnation}"
 
 
@@ -177,6 +180,7 @@ class Network:
         self._link_models: dict[Link, LinkModel] = {}
         self._incarnations: dict[str, int] = {}  # node -> its latest incarnation
         self._bound: dict[str, _Binding] = {}  # endpoint -> who binds it now
+        self._endpoints: dict[str, str] = {}  # node -> the endpoint it bound last
         self._fifo_floor_ms: dict[tuple[str, str], int] = {}  # (src, dst endpoint) -> ms
         self._blocked: Counter[Link] = Counter()  # link -> partitions that block it
         self._clogged: set[Link] = set()
@@ -187,14 +191,23 @@ class Network:
 
     # -- nodes ------------------------------------------------------------------------------
 
-    def start(self, node: str) -> str:
-        """Bring up the next incarnation of ``node``; return the fresh endpoint it binds."""
+    def start(self, node: str, *, same_endpoint: bool = False) -> str:
+        """Bring up the next incarnation of ``node``; return the endpoint it binds.
+
+        A fresh endpoint by default (another port). ``same_endpoint``: the endpoint of
+        the previous incarnation again (a restart on the same port, as the supervisor
+        tries first); frames in flight to the previous incarnation are still lost, and
+        frames sent while the node was down were lost (a simplification: ZeroMQ would
+        queue them and deliver them after reconnecting).
+        """
         assert node, "a node needs a name"
         assert "/" not in node, f"node name {node!r} holds a '/'"
         assert not self.is_up(node), f"{node} is up already"
         incarnation = self._incarnations.get(node, 0) + 1
         self._incarnations[node] = incarnation
-        endpoint = endpoint_name(node, incarnation)
+        previous = self._endpoints.get(node)
+        endpoint = previous if same_endpoint and previous else endpoint_name(node, incarnation)
+        self._endpoints[node] = endpoint
         self._bound[endpoint] = _Binding(node, incarnation)
         return endpoint
 
@@ -210,11 +223,8 @@ class Network:
 
     def endpoint(self, node: str) -> str | None:
         """Where ``node`` listens now (None while it is down): the directory's answer."""
-        incarnation = self._incarnations.get(node)
-        if incarnation is None:
-            return None
-        endpoint = endpoint_name(node, incarnation)
-        return endpoint if endpoint in self._bound else None
+        endpoint = self._endpoints.get(node)
+        return endpoint if endpoint is not None and endpoint in self._bound else None
 
     def incarnation(self, node: str) -> int:
         """The latest incarnation of ``node`` (0: never started)."""
@@ -344,7 +354,9 @@ class Network:
         if dropped:
             self._counters.lost["dropped"] += 1
             return frame_id
-        frame = InFlight(frame_id, 0, src, src_endpoint, dst, dst_endpoint, payload)
+        frame = InFlight(
+            frame_id, 0, src, src_endpoint, dst, dst_endpoint, binding.incarnation, payload
+        )
         now_ms = self._schedule.now_ms
         key = (src, dst_endpoint)
         floor_ms = self._fifo_floor_ms.get(key, 0)
@@ -361,7 +373,9 @@ class Network:
             self._put(arrival_ms, frame)
         if duplicated:
             self._counters.duplicated += 1
-            copy = InFlight(frame_id, 1, src, src_endpoint, dst, dst_endpoint, payload)
+            copy = InFlight(
+                frame_id, 1, src, src_endpoint, dst, dst_endpoint, binding.incarnation, payload
+            )
             self._put(max(now_ms + copy_latency_ms, self._fifo_floor_ms.get(key, 0)), copy)
         return frame_id
 
@@ -371,7 +385,7 @@ class Network:
         assert self._in_flight >= 0
         link = (frame.src, frame.dst)
         binding = self._bound.get(frame.dst_endpoint)
-        if binding is None:
+        if binding is None or binding.incarnation != frame.dst_incarnation:
             self._counters.lost["stale_endpoint"] += 1
             return None
         if self._blocked[link] > 0:

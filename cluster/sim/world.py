@@ -151,6 +151,8 @@ class World:
         drained: the ledger requires every outbox and shipment resolved at the end.
         links: the links' latencies (the plan adds its per-frame faults until the heal
             phase, which keeps the latencies and drops the faults).
+        pinned: nodes that restart on the endpoint they had (the router, whose port the
+            supervisor keeps); the others come back on a fresh one.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class World:
         describe: Callable[[bytes], object] | None = None,
         drained: bool = True,
         links: LinkModel | None = None,
+        pinned: Sequence[str] = (),
         steps_max: int = STEPS_MAX_DEFAULT,
     ) -> None:
         assert 0 <= heal_at_ms <= until_ms
@@ -201,6 +204,7 @@ class World:
         self._steps_max = steps_max
         self._clocks = {name: _Clock() for name in self.actors}
         self._crash_after_commit: dict[str, int] = {}  # node -> down_ms
+        self._pinned = frozenset(pinned)
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -315,7 +319,7 @@ class World:
             self.trace.record(now_ms, "net", "heal_all")
 
     def _start(self, name: str) -> None:
-        endpoint = self.network.start(name)
+        endpoint = self.network.start(name, same_endpoint=name in self._pinned)
         self.trace.record(self.schedule.now_ms, name, "start", endpoint)
         step = self.actors[name].start(self.local_now(name), endpoint, self.network.endpoint)
         self._step(name, step)

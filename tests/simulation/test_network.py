@@ -208,3 +208,16 @@ def test_without_drops_every_frame_arrives_and_links_stay_fifo_but_for_reordered
         for link in set(link_of.values()):
             firsts = [f.frame_id for f in arrivals if f.copy == 0 and link_of[f.frame_id] == link]
             assert firsts == sorted(firsts), f"link {link} is not FIFO"
+
+
+def test_a_restart_on_the_same_endpoint_loses_only_what_was_in_flight() -> None:
+    schedule, network = _world()
+    network.start("a")
+    old = network.start("router")
+    network.send("a", old, b"in flight when the router crashes")
+    network.stop("router")
+    assert network.start("router", same_endpoint=True) == old
+    assert network.incarnation("router") == 2
+    network.send("a", old, b"after the restart")
+    assert [d.payload for d in _run(schedule, network)] == [b"after the restart"]
+    assert dict(network.statistics().lost) == {"stale_endpoint": 1}

@@ -158,3 +158,24 @@ def test_a_scale_out_adds_a_shard_and_a_scale_in_retires_one_for_good() -> None:
     assert any(" retire" in line for line in world_result.trace.lines())
     for name in added:
         assert result.actors[name].seen  # type: ignore[attr-defined]
+
+
+def test_a_pinned_node_comes_back_on_its_endpoint_the_others_on_a_fresh_one() -> None:
+    actors = {"router": Clocked(), "shard-0": Clocked()}
+    world = World(
+        1,
+        parse_faults("crash_shard=5,crash_router=5"),
+        actors,
+        shards=["shard-0"],
+        routers=["router"],
+        until_ms=10_000,
+        heal_at_ms=8_000,
+        pinned=["router"],
+    )
+    result = world.run()
+    starts = [line.split()[1:4:2] for line in result.trace.lines() if " start " in line]
+    router_endpoints = {endpoint for node, endpoint in starts if node == "router"}
+    shard_endpoints = {endpoint for node, endpoint in starts if node == "shard-0"}
+    assert world.network.incarnation("router") > 1
+    assert router_endpoints == {'"sim://router/1"'}
+    assert len(shard_endpoints) == world.network.incarnation("shard-0") > 1
