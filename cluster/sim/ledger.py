@@ -206,6 +206,74 @@ LedgerEvent: TypeAlias = (
 _ValueEvent = Produced | Consumed | Exported | Applied | Sealed | Unsealed | Activated | Present
 
 
+# -- from a committed batch ------------------------------------------------------------------
+
+_Entry = tuple[str, Token]  # (place, value)
+
+
+def batch_events(
+    node: str,
+    *,
+    marking: Iterable[tuple[_Entry, int]],
+    exported: Sequence[tuple[int, int, str, Token]] = (),
+    applied: Sequence[tuple[str, int, int, str, Token]] = (),
+    acked: Sequence[tuple[int, int]] = (),
+    sealed: Sequence[tuple[int, str, Token]] = (),
+    unsealed: Sequence[tuple[int, str, Token]] = (),
+    activated: Sequence[tuple[int, str, Token]] = (),
+    via: str = "batch",
+) -> list[LedgerEvent]:
+    """The ledger events of one committed batch of ``node``, in the order the ledger needs.
+
+    A core's batch holds its marking change *netted* (a token produced and consumed in
+    one batch does not appear), and apart from it what left or entered by other ways.
+    What firings, puts and completions did is what the netted change leaves once the
+    other ways are taken out: per (place, value), ``produced - consumed = marking change
+    - applied - activated - unsealed + exported + sealed``, reported as that many
+    :class:`Produced` (or :class:`Consumed`) with ``via``. Netting loses nothing the
+    ledger's rules need: they are sums.
+
+    Args:
+        marking: ``((place, value), change)`` pairs of the marking the node fires
+            from, times already folded away; a (place, value) may appear more than once
+            (its changes add up). Sealed tokens leave it when sealed, whatever the
+            store keeps for the shipment; the store's deletion when the move forgets
+            the slot is no change here.
+        exported: ``(lane, seq, place, value)`` entries added to the outbox.
+        applied: ``(sender, lane, seq, place, value)`` entries applied from inboxes.
+        acked: ``(lane, seq)``: outbox entries deleted up to ``seq`` as acknowledged.
+        sealed, unsealed, activated: ``(move_id, place, value)`` of slot moves.
+
+    Returns:
+        Arrivals (produced, applied, unsealed, activated), then departures (consumed,
+        exported, sealed), then acknowledgements: the order the ledger requires.
+    """
+    net: Counter[_Entry] = Counter()
+    for entry, change in marking:
+        net[entry] += change
+    for _sender, _lane, _seq, place, value in applied:
+        net[(place, value)] -= 1
+    for _move, place, value in (*activated, *unsealed):
+        net[(place, value)] -= 1
+    for _lane, _seq, place, value in exported:
+        net[(place, value)] += 1
+    for _move, place, value in sealed:
+        net[(place, value)] += 1
+    ordered = sorted((entry for entry in net if net[entry]), key=_sort_key)
+    events: list[LedgerEvent] = []
+    for place, value in ordered:
+        events += [Produced(node, place, value, via)] * max(0, net[(place, value)])
+    events += [Applied(node, *entry) for entry in applied]
+    events += [Unsealed(node, *entry) for entry in unsealed]
+    events += [Activated(node, *entry) for entry in activated]
+    for place, value in ordered:
+        events += [Consumed(node, place, value, via)] * max(0, -net[(place, value)])
+    events += [Exported(node, *entry) for entry in exported]
+    events += [Sealed(node, *entry) for entry in sealed]
+    events += [Acked(node, lane, seq) for lane, seq in acked]
+    return events
+
+
 # -- the report ----------------------------------------------------------------------------
 
 

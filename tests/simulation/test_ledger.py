@@ -21,6 +21,7 @@ from cluster.sim.ledger import (
     Recovered,
     Sealed,
     Unsealed,
+    batch_events,
     check,
 )
 
@@ -226,3 +227,50 @@ def test_a_long_history_is_shortened_and_violations_are_capped() -> None:
     assert lost[0].history[-1] == (
         "#200 Produced(node='shard-0', place='pings', value=('a.example',), via='t')"
     )
+
+
+def test_a_netted_batch_becomes_events_in_the_order_the_ledger_needs() -> None:
+    # One batch of shard 1: a handed-in target is applied and fired at once (it never
+    # shows in the netted marking), the firing produces a result for a slot shard 2
+    # owns (straight to the outbox), a pool token is given away, and a domain is put.
+    events = batch_events(
+        S1,
+        marking=[
+            (("proxies", ("p1",)), -1),  # given away: out of the marking
+            (("domains", B), 1),  # put
+            (("domains", B), 1),
+            (("domains", B), -1),  # folded times: the changes add up
+        ],
+        applied=[(S0, 7, 1, "targets", A)],
+        exported=[(9, 4, "fetched", A), (0x10002, 1, "proxies", ("p1",))],
+        acked=[(9, 3)],
+        via="fetch",
+    )
+    assert events == [
+        Produced(S1, "domains", B, "fetch"),
+        Produced(S1, "fetched", A, "fetch"),
+        Applied(S1, S0, 7, 1, "targets", A),
+        Consumed(S1, "targets", A, "fetch"),
+        Exported(S1, 9, 4, "fetched", A),
+        Exported(S1, 0x10002, 1, "proxies", ("p1",)),
+        Acked(S1, 9, 3),
+    ]
+
+
+def test_batch_events_of_a_slot_move_balance() -> None:
+    history: list[LedgerEvent] = [
+        Produced(S0, "targets", A, "put"),
+        Produced(S0, "targets", B, "put"),
+    ]
+    # Sealed tokens leave the marking the source fires from (its store keeps them until
+    # the move forgets them: that deletion is no ledger event).
+    history += batch_events(
+        S0, marking=[(("targets", A), -1), (("targets", B), -1)],
+        sealed=[(5, "targets", A), (5, "targets", B)],
+    )  # fmt: skip
+    history += batch_events(
+        S1, marking=[(("targets", A), 1), (("targets", B), 1)],
+        activated=[(5, "targets", A), (5, "targets", B)],
+    )  # fmt: skip
+    history += [Present(S1, "targets", A, 1), Present(S1, "targets", B, 1)]
+    assert check(history, drained=True).ok
