@@ -28,6 +28,8 @@ Theory of operation:
   more crashes; the rest of the run must drain.
 * **Checks.** ``check_step`` (the per-step invariants) runs after every event; at the
   end the actors report their final markings and the ledger checks the history.
+* **Fault points.** An actor that raises :class:`CrashPoint` dies in the middle of its
+  step: nothing of the step is recorded or sent, and the node restarts later.
 * **Bounded.** At most ``steps_max`` events: a run that takes more is stuck (a livelock
   of timers) and raises :class:`SimulationStuck`.
 """
@@ -50,6 +52,21 @@ from nets.errors import CpnError
 STEPS_MAX_DEFAULT: Final = 10_000_000
 
 Directory = Callable[[str], str | None]  # node -> where it listens now (None: down)
+
+
+class CrashPoint(Exception):
+    """Raised by an actor at a named fault point: the node dies in the middle of its step.
+
+    The step's batch was not committed and its frames were not sent: the world records
+    nothing of it and crashes the node (it restarts after ``down_ms``). An actor raises
+    it from the core's fault-point callback, where the real process would SIGKILL
+    itself (``CPN_FAULT_POINTS``).
+    """
+
+    def __init__(self, point: str, down_ms: int) -> None:
+        super().__init__(point)
+        self.point = point
+        self.down_ms = down_ms
 
 
 class SimulationStuck(CpnError):
@@ -292,13 +309,15 @@ class World:
             self.trace.record(
                 now_ms, frame.dst, "recv", frame.frame_id, frame.src, self._describe(frame.payload)
             )
-            self._step(frame.dst, self.actors[frame.dst].receive(self.local_now(frame.dst), frame))
+            actor = self.actors[frame.dst]
+            self._call(frame.dst, lambda: actor.receive(self.local_now(frame.dst), frame))
         elif isinstance(event, Wake):
             clock = self._clocks[event.node]
             if event.generation != clock.wake_generation or not self.network.is_up(event.node):
                 return  # superseded, or the node died since
             clock.wake_at_ms = None
-            self._step(event.node, self.actors[event.node].wake(self.local_now(event.node)))
+            actor = self.actors[event.node]
+            self._call(event.node, lambda: actor.wake(self.local_now(event.node)))
         elif isinstance(event, LinkChange):
             self.network.apply(event)
             kind = "clog" if event.clogged else "unclog"
@@ -321,7 +340,17 @@ class World:
     def _start(self, name: str) -> None:
         endpoint = self.network.start(name, same_endpoint=name in self._pinned)
         self.trace.record(self.schedule.now_ms, name, "start", endpoint)
-        step = self.actors[name].start(self.local_now(name), endpoint, self.network.endpoint)
+        actor = self.actors[name]
+        self._call(name, lambda: actor.start(self.local_now(name), endpoint, self.network.endpoint))
+
+    def _call(self, name: str, call: Callable[[], Step]) -> None:
+        """Run one actor call and carry out its step, or its death at a fault point."""
+        try:
+            step = call()
+        except CrashPoint as crash:
+            self.trace.record(self.schedule.now_ms, name, "fault_point", crash.point)
+            self._crash(name, crash.down_ms)
+            return
         self._step(name, step)
 
     def _step(self, name: str, step: Step) -> None:

@@ -13,10 +13,10 @@ import pytest
 
 from cluster.sim import toy
 from cluster.sim.faults import FaultPlan, parse_faults
-from cluster.sim.ledger import LedgerEvent
+from cluster.sim.ledger import LedgerEvent, Present, Produced, Recovered
 from cluster.sim.network import Delivered
 from cluster.sim.toy import simulate
-from cluster.sim.world import NOTHING, Directory, SimulationStuck, Step, World
+from cluster.sim.world import NOTHING, CrashPoint, Directory, SimulationStuck, Step, World
 
 pytestmark = pytest.mark.simulation
 
@@ -179,3 +179,42 @@ def test_a_pinned_node_comes_back_on_its_endpoint_the_others_on_a_fresh_one() ->
     assert world.network.incarnation("router") > 1
     assert router_endpoints == {'"sim://router/1"'}
     assert len(shard_endpoints) == world.network.incarnation("shard-0") > 1
+
+
+class Faulty(Clocked):
+    """Commits one token per wake; dies at a fault point on the third wake of each life."""
+
+    def __init__(self) -> None:
+        super().__init__(period_ms=10)
+        self.committed: list[int] = []  # durable
+        self.wakes_here = 0
+
+    def start(self, now_ms: int, endpoint: str, directory: Directory) -> Step:
+        self.wakes_here = 0
+        super().start(now_ms, endpoint, directory)
+        marking = tuple(("ticks", (t,), 1) for t in self.committed)
+        return Step(ledger=(Recovered("shard-0", marking),))
+
+    def wake(self, now_ms: int) -> Step:
+        self.wakes_here += 1
+        if self.wakes_here == 3:
+            raise CrashPoint("shard-sealed", down_ms=25)
+        super().wake(now_ms)
+        self.committed.append(now_ms)
+        return Step(True, (Produced("shard-0", "ticks", (now_ms,), "tick"),))
+
+    def present(self) -> Iterable[LedgerEvent]:
+        return [Present("shard-0", "ticks", (t,), 1) for t in self.committed]
+
+
+def test_a_fault_point_kills_the_node_mid_step_and_nothing_of_the_step_counts() -> None:
+    actor = Faulty()
+    world = _world({"shard-0": actor}, FaultPlan())
+    result = world.run()
+    faults_ms = [int(line.split()[0]) for line in result.trace.lines() if "fault_point" in line]
+    assert len(faults_ms) > 10
+    assert world.network.incarnation("shard-0") == len(faults_ms) + 1
+    produced = [e.value[0] for e in result.history if isinstance(e, Produced)]
+    assert produced == actor.committed
+    assert not set(produced) & set(faults_ms)  # the dying step left nothing behind
+    assert result.ledger.ok, str(result.ledger)
