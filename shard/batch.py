@@ -18,6 +18,8 @@ from nets.model import Token
 
 MarkingDelta = Counter[tuple[str, int, Token]]  # (place, time, token) -> +n / -n
 PlacedEntries = tuple[tuple[str, int, Token], ...]  # (place, time, token) entries
+# A run offered to the outbox: (lane, seq of its first entry, its entries in seq order).
+OfferedRun = tuple[int, int, PlacedEntries]
 # A run received from a peer's outbox and applied: (sender, lane, seq of its first
 # applied entry, the entries applied, in seq order).
 ReceivedRun = tuple[int, int, int, PlacedEntries]
@@ -53,9 +55,10 @@ StoredRun = tuple[int, int, int, bytes]  # (lane, first seq, count, entries)
 class Batch:
     """Everything one write transaction commits.
 
-    ``received`` and ``moved`` are a journal, not state: they say where the batch's
-    entries came from and went (a peer's run, a slot move), which the marking delta
-    alone does not. The LMDB store does not write them; the simulator's token ledger
+    ``offered``, ``received`` and ``moved`` are a journal, not state: they say where
+    the batch's entries came from and went (an outbox run, a peer's run, a slot move),
+    which the marking delta alone does not (``offered`` repeats ``runs_added``
+    decoded). The LMDB store does not write them; the simulator's token ledger
     reads them (docs/simulation.md). ``moved`` kinds: ``sealed`` entries left the engine
     for a move's shipment (the store keeps them), ``unsealed`` came back to it,
     ``activated`` entered the engine (and the store) from a shipment, ``forgotten`` left
@@ -74,6 +77,7 @@ class Batch:
     hwms_removed: list[tuple[int, int]] = field(default_factory=list)  # (sender, lane)
     phases: dict[int, bytes | None] = field(default_factory=dict)  # slot -> record / None
     staged: dict[int, bytes | None] = field(default_factory=dict)  # slot -> record / None
+    offered: list[OfferedRun] = field(default_factory=list)
     received: list[ReceivedRun] = field(default_factory=list)
     moved: list[MovedEntries] = field(default_factory=list)
 

@@ -222,6 +222,7 @@ class Exchange:
             return
         run = self.outbox.offer(lane, blob, len(items))
         batch.runs_added.append((lane, run.first_seq, run.count, run.entries))
+        batch.offered.append((lane, run.first_seq, tuple(items)))
         batch.next_seqs[lane] = run.last_seq + 1
         self.counters["handoff_tokens_offered"] += run.count
 

@@ -1,0 +1,480 @@
+"""A shard in the simulated world: the production :class:`~shard.core.ShardCore` on a
+simulated store, driven by the world's frames and timers.
+
+Theory of operation: :class:`ShardActor` is the shell of a shard process, without a
+socket, a clock or a file. Each call of the world (a frame delivered, a deadline come)
+is one turn of the real loop (docs/shard.md, "The loop"): hand the input to the core,
+fire (bounded by a count of firings instead of milliseconds), grant the parked leases,
+commit the batch to the store, and only then return the replies and the core's sends.
+The committed batch is turned into the token ledger's events (cluster/sim/ledger.py)
+from its journal: the marking delta as the engine sees it, the runs offered to the
+outbox and applied from peers, acknowledgements, and slot moves.
+
+The store is :class:`MemoryShardStore` (what committed batches built, in memory: a crash
+loses exactly the batch not committed) or, as an option, the real LMDB store in a
+temporary directory (:class:`LmdbShardStore`). Both give the core what recovery gives a
+real shard. A crash drops the core; a restart builds a new one from the store, on the
+endpoint the network assigns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final, Protocol
+
+from cluster.sim.ledger import LedgerEvent, Present, Recovered, batch_events
+from cluster.sim.network import Delivered
+from cluster.sim.world import CrashPoint, Directory, Send, Step
+from nets.errors import CpnError
+from nets.firing import PlacedEntry
+from nets.model import Net, Token
+from router.slots import slot_of_token
+from router.wire import REQUESTS, Error, Lease, Message, WireFormatError, decode, encode
+from shard.batch import Batch
+from shard.batch import Recovered as StoreRecovered
+from shard.core import RequestError, ShardCore, ShardSetup, writes
+from shard.link import ROUTER, Send as CoreSend
+from shard.shell.store import Durability, Store, StoreError
+
+FIRINGS_PER_TURN_MAX: Final = 2_000  # a simulated batch ends after this many firings
+ROUTER_NODE: Final = "router"
+_REQUEST_TYPES: Final = frozenset(REQUESTS)
+
+
+def shard_node(shard_id: int) -> str:
+    """The world's name of shard ``shard_id``."""
+    return f"shard-{shard_id}"
+
+
+def shard_id_of(node: str) -> int | None:
+    """Shard ``K`` of node ``shard-K`` (None for another node)."""
+    prefix, _, number = node.partition("-")
+    return int(number) if prefix == "shard" and number.isdigit() else None
+
+
+class ShardStoreLike(Protocol):
+    """What the actor needs of a shard's store (the real one's API)."""
+
+    def open(self) -> int:
+        """Open the store for a new incarnation; returns the incarnation (1, 2, ...)."""
+        ...
+
+    def recover(self) -> StoreRecovered: ...
+
+    def commit(self, batch: Batch, *, initialised: bool = False) -> None: ...
+
+    def slot_entries(self, slot: int) -> list[PlacedEntry]: ...
+
+    def close(self) -> None: ...
+
+    def fail_commits(self, reason: str) -> None: ...
+
+
+class MemoryShardStore:
+    """A shard's durable state in memory: what the committed batches built.
+
+    Each commit applies a batch whole (it is checked first, so a bad batch changes
+    nothing); a crash loses only what was never committed. ``fail_commits`` makes every
+    later commit raise :class:`~shard.shell.store.StoreError` (a full disk).
+    """
+
+    def __init__(self, net: Net) -> None:
+        self._places = {p.name: p for p in net.places}
+        self.marking: Counter[PlacedEntry] = Counter()
+        self.clients: dict[str, tuple[int, bytes]] = {}
+        self.clock_ms = 0
+        self.runs: dict[tuple[int, int], tuple[int, bytes]] = {}  # (lane, first) -> run
+        self.next_seqs: dict[int, int] = {}
+        self.hwms: dict[tuple[int, int], int] = {}
+        self.table: bytes | None = None
+        self.endpoints: tuple[str, ...] = ()
+        self.phases: dict[int, bytes] = {}
+        self.staged: dict[int, bytes] = {}
+        self.initialised = False
+        self.incarnation = 0
+        self.commits = 0
+        self._failing = ""
+
+    def open(self) -> int:
+        self.incarnation += 1
+        return self.incarnation
+
+    def recover(self) -> StoreRecovered:
+        marking: dict[str, list[tuple[int, Token]]] = {}
+        for (place, time_ms, token), count in self.marking.items():
+            marking.setdefault(place, []).extend([(time_ms, token)] * count)
+        return StoreRecovered(
+            marking=marking,
+            clock_ms=self.clock_ms,
+            clients=dict(self.clients),
+            initialised=self.initialised,
+            runs=[(lane, first, count, e) for (lane, first), (count, e) in self.runs.items()],
+            next_seqs=dict(self.next_seqs),
+            hwms=dict(self.hwms),
+            table=self.table,
+            endpoints=self.endpoints,
+            phases=dict(self.phases),
+            staged=dict(self.staged),
+        )
+
+    def commit(self, batch: Batch, *, initialised: bool = False) -> None:
+        if self._failing:
+            raise StoreError(self._failing)
+        for entry, change in batch.marking.items():
+            assert self.marking[entry] + change >= 0, f"the batch removes absent {entry!r}"
+        for key in batch.runs_removed:
+            assert key in self.runs, f"the batch deletes an outbox run it never stored: {key}"
+        for entry, change in batch.marking.items():
+            left = self.marking[entry] + change
+            if left:
+                self.marking[entry] = left
+            else:
+                del self.marking[entry]
+        self.clients.update(batch.clients)
+        self.clock_ms = batch.clock_ms
+        for lane, first, count, entries in batch.runs_added:
+            self.runs[(lane, first)] = (count, entries)
+        for key in batch.runs_removed:
+            del self.runs[key]
+        self.next_seqs.update(batch.next_seqs)
+        self.hwms.update(batch.hwms)
+        for key in batch.hwms_removed:
+            self.hwms.pop(key, None)
+        if batch.table is not None:
+            self.table = batch.table
+        if batch.endpoints is not None:
+            self.endpoints = batch.endpoints
+        for slot, phase in batch.phases.items():
+            _set_or_delete(self.phases, slot, phase)
+        for slot, staged in batch.staged.items():
+            _set_or_delete(self.staged, slot, staged)
+        self.initialised = self.initialised or initialised
+        self.commits += 1
+
+    def slot_entries(self, slot: int) -> list[PlacedEntry]:
+        found: list[PlacedEntry] = []
+        for (place, time_ms, token), count in self.marking.items():
+            if slot_of_token(self._places[place], token) == slot:
+                found.extend([(place, time_ms, token)] * count)
+        return found
+
+    def run_count(self, lane: int, first_seq: int) -> int:
+        return self.runs[(lane, first_seq)][0]
+
+    def close(self) -> None:
+        """Nothing to release: the state is the disk."""
+
+    def fail_commits(self, reason: str) -> None:
+        self._failing = reason
+
+
+class LmdbShardStore:
+    """The real LMDB store of shard/shell/store.py under ``data_dir`` (the option that
+    runs a simulation on real files): each :meth:`open` is a new incarnation."""
+
+    def __init__(self, net: Net, data_dir: Path, *, shard_id: int, shard_count: int) -> None:
+        self._net = net
+        self._dir = data_dir
+        self._shard_id = shard_id
+        self._shard_count = shard_count
+        self._store: Store | None = None
+        self._failing = ""
+
+    def open(self) -> int:
+        assert self._store is None, "opened twice"
+        self._store = Store(
+            self._dir,
+            net=self._net,
+            durability=Durability.PROCESS,
+            shard_id=self._shard_id,
+            shard_count=self._shard_count,
+        )
+        return self._store.incarnation
+
+    def _opened(self) -> Store:
+        assert self._store is not None, "the store is closed"
+        return self._store
+
+    def recover(self) -> StoreRecovered:
+        return self._opened().recover()
+
+    def commit(self, batch: Batch, *, initialised: bool = False) -> None:
+        if self._failing:
+            raise StoreError(self._failing)
+        self._opened().commit(batch, initialised=initialised)
+
+    def slot_entries(self, slot: int) -> list[PlacedEntry]:
+        return self._opened().slot_entries(slot)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def fail_commits(self, reason: str) -> None:
+        self._failing = reason
+
+
+def _set_or_delete(records: dict[int, bytes], slot: int, record: bytes | None) -> None:
+    if record is None:
+        records.pop(slot, None)
+    else:
+        records[slot] = record
+
+
+class FiringCount:
+    """The simulator's firing budget: a number of firings, not milliseconds."""
+
+    def __init__(self, firings_max: int, per_check: int) -> None:
+        self._checks_left = max(1, firings_max // per_check)
+
+    def exhausted(self) -> bool:
+        self._checks_left -= 1
+        return self._checks_left <= 0
+
+
+class ShardActor:
+    """One shard node of the simulated cluster (see the module docstring).
+
+    Args:
+        node: the node's name (``shard-K``).
+        setup: the shard's net and identity (its endpoint and the router's are filled
+            in at each start).
+        store: the shard's durable state, kept across crashes.
+        fault_rate: the chance that the shard dies at each named fault point it passes
+            (``shard-ship``, ``shard-sealed``...), as ``CPN_FAULT_POINTS`` would kill it.
+        rng: the stream of those draws and of the down times.
+        commit_fail_rate: the chance that a commit fails (the store turns read-only
+            until the node restarts), per commit.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        setup: ShardSetup,
+        store: ShardStoreLike,
+        *,
+        rng: random.Random,
+        fault_rate: float = 0.0,
+        commit_fail_rate: float = 0.0,
+        down_ms_max: int = 2_000,
+    ) -> None:
+        self.node = node
+        self.setup = setup
+        self.store = store
+        self._rng = rng
+        self._fault_rate = fault_rate
+        self._commit_fail_rate = commit_fail_rate
+        self._down_ms_max = down_ms_max
+        self.core: ShardCore | None = None
+        self.router_endpoint = ""  # pinned: learnt at the first start
+        self.endpoint = ""
+        self.firings = 0
+        self.turns = 0
+        self.fault_points_hit: Counter[str] = Counter()
+        self._run_counts: dict[tuple[int, int], int] = {}  # outbox runs: (lane, first) -> n
+
+    # -- the world's calls -----------------------------------------------------------------
+
+    def start(self, now_ms: int, endpoint: str, directory: Directory) -> Step:
+        self.router_endpoint = self.router_endpoint or (directory(ROUTER_NODE) or "")
+        self.endpoint = endpoint
+        incarnation = self.store.open()
+        recovered = self.store.recover()
+        self._run_counts = {(lane, first): count for lane, first, count, _e in recovered.runs}
+        setup = dataclasses.replace(self.setup, endpoint=endpoint, router=self.router_endpoint)
+        core = ShardCore(
+            setup,
+            recovered,
+            incarnation=incarnation,
+            now_ms=now_ms,
+            slots=self.store,
+            fault=self._fault_point,
+        )
+        self.core = core
+        ledger: list[LedgerEvent] = [Recovered(self.node, _marking_of(core))]
+        if not core.initialised:
+            batch = core.take_batch()
+            self.store.commit(batch, initialised=True)
+            core.committed(now_ms)
+            ledger += self._events(batch, via="initial")
+        return self._turn(now_ms, [], ledger)
+
+    def receive(self, now_ms: int, frame: Delivered) -> Step:
+        core = self._core()
+        try:
+            envelope = decode(frame.payload)
+        except WireFormatError as exc:
+            reply = Error("malformed_frame", str(exc))
+            core.counters["frames_malformed"] += 1
+            return self._turn(now_ms, [(frame.reply_to, reply, exc.message_id)], [])
+        message = envelope.message
+        if type(message) not in _REQUEST_TYPES:
+            source = ROUTER if frame.src == ROUTER_NODE else shard_id_of(frame.src)
+            if source is None:
+                core.counters["peer_replies_unexpected"] += 1
+            else:
+                core.peer_message(now_ms, source, envelope)
+            return self._turn(now_ms, [], [])
+        replies: list[tuple[str, Message, int]] = []
+        try:
+            reply = core.handle(now_ms, envelope)
+            if reply is None:
+                assert isinstance(message, Lease)
+                core.park(now_ms, frame.reply_to.encode(), message, envelope.message_id)
+            else:
+                replies.append((frame.reply_to, reply, envelope.message_id))
+        except RequestError as exc:
+            core.counters[f"errors_{exc.code}"] += 1
+            replies.append((frame.reply_to, Error(exc.code, str(exc)), envelope.message_id))
+        except CpnError as exc:
+            core.counters["errors_request"] += 1
+            replies.append((frame.reply_to, Error("bad_request", str(exc)), envelope.message_id))
+        return self._turn(now_ms, replies, [])
+
+    def wake(self, now_ms: int) -> Step:
+        return self._turn(now_ms, [], [])
+
+    def next_deadline_ms(self) -> int | None:
+        return None if self.core is None else self.core.next_deadline_ms()
+
+    def crash(self) -> None:
+        if self.core is not None:
+            self.core.deferred.close()
+        self.core = None
+        self.store.close()
+
+    def present(self) -> Iterable[LedgerEvent]:
+        core = self._core()
+        return [
+            Present(self.node, place, value, count)
+            for place, value, count in _marking_of(core)
+        ]
+
+    # -- one turn of the loop --------------------------------------------------------------
+
+    def _turn(
+        self, now_ms: int, replies: list[tuple[str, Message, int]], ledger: list[LedgerEvent]
+    ) -> Step:
+        core = self._core()
+        self.turns += 1
+        core.loop_back()
+        self.firings += core.fire(now_ms, FiringCount(FIRINGS_PER_TURN_MAX, 16))
+        replies += [
+            (peer.decode(), reply, message_id)
+            for peer, reply, message_id in core.answer_parked(now_ms)
+        ]
+        batch = core.take_batch()
+        committed = False
+        if not batch.is_empty():
+            try:
+                if self._commit_fail_rate and self._rng.random() < self._commit_fail_rate:
+                    self.store.fail_commits("the simulated disk is full")
+                self.store.commit(batch)
+            except StoreError as exc:
+                reason = f"the shard's store failed and refuses writes: {exc}"
+                core = self.core = core.after_failed_commit(self.store.recover(), reason, now_ms)
+                replies = [
+                    (to, Error("store_unavailable", reason), mid)
+                    if not isinstance(reply, Error) and writes(reply)
+                    else (to, reply, mid)
+                    for to, reply, mid in replies
+                ]
+            else:
+                core.committed(now_ms)
+                committed = True
+                ledger += self._events(batch, via="batch")
+        sends = [
+            Send(to, encode(reply, message_id=mid, incarnation=core.incarnation))
+            for to, reply, mid in replies
+        ]
+        # In the simulator a reply always leaves (the network may lose it later).
+        core.replies_sent([((to.encode(), reply, mid), True) for to, reply, mid in replies])
+        for send in core.sends(now_ms):
+            endpoint = self._endpoint_of(send, core)
+            if endpoint:
+                sends.append(Send(endpoint, send.frame))
+            else:
+                core.send_failed(send)
+        return Step(committed, tuple(ledger), tuple(sends))
+
+    def _endpoint_of(self, send: CoreSend, core: ShardCore) -> str:
+        if send.target == ROUTER:
+            return self.router_endpoint
+        endpoints = core.peer_endpoints()
+        return endpoints[send.target] if 0 <= send.target < len(endpoints) else ""
+
+    def _core(self) -> ShardCore:
+        assert self.core is not None, f"{self.node} is down"
+        return self.core
+
+    def _fault_point(self, name: str) -> None:
+        if self._fault_rate and self._rng.random() < self._fault_rate:
+            self.fault_points_hit[name] += 1
+            raise CrashPoint(name, self._rng.randint(10, self._down_ms_max))
+
+    # -- the ledger ------------------------------------------------------------------------
+
+    def _events(self, batch: Batch, *, via: str) -> list[LedgerEvent]:
+        """The ledger's view of a committed batch (module docstring)."""
+        marking: Counter[tuple[str, Token]] = Counter()
+        for (place, _time_ms, token), change in batch.marking.items():
+            marking[(place, tuple(token))] += change
+        moves: dict[str, list[tuple[int, str, Token]]] = {
+            "sealed": [],
+            "unsealed": [],
+            "activated": [],
+        }
+        for kind, move_id, entries in batch.moved:
+            for place, _time_ms, token in entries:
+                if kind == "forgotten":
+                    # Deleted from the store, long gone from the engine: no change here.
+                    marking[(place, tuple(token))] += 1
+                    continue
+                if kind == "sealed":
+                    marking[(place, tuple(token))] -= 1  # left the engine, not the store
+                elif kind == "unsealed":
+                    marking[(place, tuple(token))] += 1  # back in the engine
+                moves[kind].append((move_id, place, tuple(token)))
+        exported = [
+            (lane, first + i, place, tuple(token))
+            for lane, first, entries in batch.offered
+            for i, (place, _time_ms, token) in enumerate(entries)
+        ]
+        me = self.node
+        applied = [
+            (me if sender == self.setup.shard_id else shard_node(sender), lane, first + i, place,
+             tuple(token))
+            for sender, lane, first, entries in batch.received
+            for i, (place, _time_ms, token) in enumerate(entries)
+        ]  # fmt: skip
+        for lane, first, count, _entries in batch.runs_added:
+            self._run_counts[(lane, first)] = count
+        acked = []
+        for lane, first in batch.runs_removed:
+            count = self._run_counts.pop((lane, first))
+            acked.append((lane, first + count - 1))
+        return batch_events(
+            me,
+            marking=list(marking.items()),
+            exported=exported,
+            applied=applied,
+            acked=sorted(acked),
+            sealed=moves["sealed"],
+            unsealed=moves["unsealed"],
+            activated=moves["activated"],
+            via=via,
+        )
+
+
+def _marking_of(core: ShardCore) -> tuple[tuple[str, Token, int], ...]:
+    """The engine's marking as the ledger counts it: (place, value, count), untimed."""
+    counts: Counter[tuple[str, Token]] = Counter()
+    for place, entries in core.engine.marking().items():
+        for _time_ms, token in entries:
+            counts[(place, tuple(token))] += 1
+    return tuple((place, value, n) for (place, value), n in counts.items())
