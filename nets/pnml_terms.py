@@ -165,9 +165,13 @@ def sort_of(colour: type) -> Sort | None:
 
 @dataclass(frozen=True, slots=True)
 class Var:
-    """A variable: its PNML id, its Python name and its sort."""
+    """A variable: its PNML id, its Python name and its sort.
 
-    id: str
+    Two variables are the same when their names and sorts are: the PNML id only
+    identifies the declaration in one document (the writer makes its own).
+    """
+
+    id: str = field(compare=False, repr=False)
     name: str
     sort: BaseSort
 
