@@ -122,6 +122,9 @@ def read_net(root: Element, *, source: str) -> Net:
     for el in _walk_declarations(net_el):
         _read_declarations(doc, el)
     _collect(doc, net_el, top=True)
+    for ident, el in list(doc.nodes.items()):
+        if el.tag in ("referencePlace", "referenceTransition"):
+            _resolve(doc, ident, el, "reference")
     places = _places(doc)
     transitions = _transitions(doc, places)
     name = net_el.attrs.get("id", "net")
