@@ -142,7 +142,7 @@ def dumps(net: Net, *, skeleton: bool = False) -> bytes:
     if not skeleton:
         raise ExportError(
             f"cannot export net {net.name!r} as PNML: {symmetric}; pass skeleton=True "
-            "(cpn: --skeleton) to write its place-transition skeleton instead"
+            "to write its place-transition skeleton instead"
         )
     return _write_pt(
         net,

@@ -22,6 +22,7 @@ DOCUMENTS = [
     "docs/engine.md",
     "docs/handoff.md",
     "docs/mockweb.md",
+    "docs/pnml.md",
     "README.md",
 ]
 
