@@ -116,8 +116,13 @@ def read_net(root: Element, *, source: str) -> Net:
         doc.fail(root, f"expected exactly one <net>, found {len(nets)}")
     net_el = nets[0]
     kind = net_el.attrs.get("type", "").rstrip("/").rpartition("/")[2]
+    # The core model is a P/T net whose arcs have no weights: read as a ptnet.
+    kind = PTNET if kind == "pnmlcoremodel" else kind
     if kind not in (PTNET, SYMMETRICNET):
-        doc.fail(net_el, f"net type {kind or 'missing'!r} is not supported (ptnet, symmetricnet)")
+        doc.fail(
+            net_el,
+            f"net type {kind or 'missing'!r} is not supported (ptnet, pnmlcoremodel, symmetricnet)",
+        )
     doc.kind = kind
     for el in _walk_declarations(net_el):
         _read_declarations(doc, el)

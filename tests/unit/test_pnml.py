@@ -66,6 +66,14 @@ def test_pt_net_with_weights_and_initial_marking_runs() -> None:
     assert engine.count("q") == 6
 
 
+def test_core_model_reads_as_a_pt_net_and_other_types_are_refused() -> None:
+    core = "http://www.pnml.org/version-2009/grammar/pnmlcoremodel"
+    body = '<place id="p"><initialMarking><text>1</text></initialMarking></place>'
+    assert marking(parse(doc(body, kind=core))) == {"p": 1}
+    with pytest.raises(PnmlError, match="net type 'hlpng' is not supported"):
+        parse(doc(body, kind="http://www.pnml.org/version-2009/grammar/hlpng"))
+
+
 def test_nested_pages_and_reference_nodes_resolve_to_their_targets() -> None:
     net = parse(
         doc(

@@ -131,6 +131,21 @@ def test_every_corpus_model_round_trips(name: str) -> None:
     assert dumps(again) == text
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_round_trip_keeps_the_explored_state_space(name: str) -> None:
+    explore_module = pytest.importorskip("nets.explore")
+    net = _net(name)
+    again = parse(dumps(net), source=f"{name} (exported)")
+    first = explore_module.explore(net, max_states=2_000_000)
+    second = explore_module.explore(again, max_states=2_000_000)
+    assert (first.state_count, first.edge_count, first.dead_markings) == (
+        second.state_count,
+        second.edge_count,
+        second.dead_markings,
+    )
+    assert dict(first.place_bounds) == dict(second.place_bounds)
+
+
 @pytest.mark.parametrize("name", SMALL)
 def test_round_trip_keeps_the_state_space(name: str) -> None:
     net = _net(name)
