@@ -16,13 +16,13 @@ Theory of operation: a net is written as
   the guard) is written back as that term;
 * otherwise, with ``skeleton=True``, as the ``ptnet`` skeleton of the net: each place
   with as many black tokens as its initial marking has tokens, each arc weighted by the
-  number of tokens it takes or produces, guards and inscriptions dropped, and a
-  ``toolspecific`` note in the file saying so. Without ``skeleton=True`` such a net is
-  refused with :class:`ExportError` naming the transition and the reason.
+  number of tokens it takes or produces; guards, inscriptions, inhibitor arcs,
+  capacities, delays and priorities dropped, and a ``toolspecific`` note in the file
+  saying so. Without ``skeleton=True`` such a net is refused with :class:`ExportError`
+  naming the transition or place and the reason.
 
-What PNML cannot express at all is refused in both modes: inhibitor arcs, outputs that
-produce a variable number of tokens (``produce_all``), and (unless ``skeleton=True``)
-capacities, delays and priorities, since they change the state space.
+An output that produces a variable number of tokens (``produce_all``) has no arc weight,
+so a net with one is refused in both modes.
 """
 
 from __future__ import annotations
@@ -100,22 +100,30 @@ def _pt_problem(net: Net) -> str | None:
     return None
 
 
-def _structural_problem(net: Net, *, skeleton: bool) -> str | None:
-    for place in net.places:
-        if place.capacity is not None and not skeleton:
-            return f"place {place.name!r} has a capacity, which PNML cannot express"
+def _variable_output(net: Net) -> str | None:
+    """An output with no fixed number of tokens, which no PNML arc can describe."""
     for t in net.transitions:
-        if t.inhibit:
-            return f"transition {t.name!r} has an inhibitor arc, which PNML cannot express"
         for out in t.produce:
             if out.many:
                 return (
                     f"transition {t.name!r}: the output to {out.place.name!r} produces a "
                     "variable number of tokens (produce_all), which has no PNML arc weight"
                 )
-            if out.delay != 0 and not skeleton:
+    return None
+
+
+def _unexpressed(net: Net) -> str | None:
+    """The first capacity, inhibitor arc, delay or priority of ``net``, which PNML lacks."""
+    for place in net.places:
+        if place.capacity is not None:
+            return f"place {place.name!r} has a capacity, which PNML cannot express"
+    for t in net.transitions:
+        if t.inhibit:
+            return f"transition {t.name!r} has an inhibitor arc, which PNML cannot express"
+        for out in t.produce:
+            if out.delay != 0:
                 return f"transition {t.name!r}: the output to {out.place.name!r} has a delay"
-        if t.priority != net.transitions[0].priority and not skeleton:
+        if t.priority != net.transitions[0].priority:
             return f"transition {t.name!r} has a different priority, which PNML cannot express"
     return None
 
@@ -125,32 +133,35 @@ def dumps(net: Net, *, skeleton: bool = False) -> bytes:
 
     Args:
         net: the net to write.
-        skeleton: write the place-transition skeleton of a net whose inscriptions PNML
-            cannot express, with a note in the file, instead of refusing it.
+        skeleton: write the place-transition skeleton of a net that PNML cannot express
+            exactly, with a note in the file saying what was left out, instead of
+            refusing it.
 
     Raises:
         ExportError: naming the transition or place PNML cannot express, and why.
     """
-    problem = _structural_problem(net, skeleton=skeleton)
-    if problem is not None:
-        raise ExportError(f"cannot export net {net.name!r} as PNML: {problem}")
-    if _pt_problem(net) is None:
-        return _write_pt(net, note=None)
-    symmetric = _symmetric_problem(net)
-    if symmetric is None:
-        return _SymmetricWriter(net).write()
+    variable = _variable_output(net)
+    if variable is not None:
+        raise ExportError(f"cannot export net {net.name!r} as PNML: {variable}")
+    reason = _unexpressed(net)
+    if reason is None:
+        if _pt_problem(net) is None:
+            return _write_pt(net, note=None)
+        reason = _symmetric_problem(net)
+        if reason is None:
+            return _SymmetricWriter(net).write()
     if not skeleton:
         raise ExportError(
-            f"cannot export net {net.name!r} as PNML: {symmetric}; pass skeleton=True "
+            f"cannot export net {net.name!r} as PNML: {reason}; pass skeleton=True "
             "to write its place-transition skeleton instead"
         )
     return _write_pt(
         net,
         note=(
-            f"P/T skeleton of the coloured net {net.name!r}, written by cpn-cluster: "
-            f"{symmetric}. Token values, guards, inscriptions, capacities, delays and "
-            "priorities are not represented; each arc is weighted by the number of tokens "
-            "it takes or produces."
+            f"P/T skeleton of the net {net.name!r}, written by cpn-cluster because "
+            f"{reason}. Token values, guards, inscriptions, inhibitor arcs, capacities, "
+            "delays and priorities are not represented; each arc is weighted by the "
+            "number of tokens it takes or produces."
         ),
     )
 
@@ -264,13 +275,6 @@ def _pt_arc(w: _Lines, ident: str, source: str, target: str, weight: int) -> Non
 
 def _symmetric_problem(net: Net) -> str | None:
     """Why ``net`` cannot be written as a symmetric net, or ``None``."""
-    for place in net.places:
-        if sort_of(place.colour) is None:
-            return (
-                f"place {place.name!r} holds {place.colour.__name__} tokens, a colour set "
-                "without a PNML sort (only finite enumerations, ranges and their products, "
-                "as built by the PNML reader, have one)"
-            )
     for t in net.transitions:
         if t.guard is not None and not (
             isinstance(t.guard, TermFunction) and t.guard.kind == "guard"
@@ -287,6 +291,13 @@ def _symmetric_problem(net: Net) -> str | None:
                 return (
                     f"transition {t.name!r}: the output to {out.place.name!r} is a Python function"
                 )
+    for place in net.places:
+        if sort_of(place.colour) is None:
+            return (
+                f"place {place.name!r} holds {place.colour.__name__} tokens, a colour set "
+                "without a PNML sort (only finite enumerations, ranges and their products, "
+                "as built by the PNML reader, have one)"
+            )
     return None
 
 

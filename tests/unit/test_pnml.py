@@ -362,7 +362,7 @@ def test_python_inscriptions_are_refused_naming_the_transition() -> None:
         "work", consume=[jobs(j)], produce=[done.produce(lambda j: j._replace(n=j.n + 1))]
     )
     net = Net("jobs", places=[jobs, done], transitions=[work])
-    with pytest.raises(ExportError, match="place 'jobs' holds Job tokens"):
+    with pytest.raises(ExportError, match="transition 'work': the output to 'done' is a Python"):
         dumps(net)
     skeleton = dumps(net, skeleton=True)
     assert b"P/T skeleton" in skeleton
@@ -372,14 +372,16 @@ def test_python_inscriptions_are_refused_naming_the_transition() -> None:
     assert fire_all(again) == ["work"]
 
 
-def test_what_pnml_cannot_express_is_refused_in_both_modes() -> None:
+def test_what_pnml_cannot_express_is_refused_or_noted_in_the_skeleton() -> None:
     a = Place("a", Dot, initial=[DOT])
     b = Place("b", Dot)
     inhibited = Transition("t", consume=[a()], inhibit=[b()], produce=[b.produce(DOT)])
     net = Net("inh", places=[a, b], transitions=[inhibited])
-    for skeleton in (False, True):
-        with pytest.raises(ExportError, match="transition 't' has an inhibitor arc"):
-            dumps(net, skeleton=skeleton)
+    with pytest.raises(ExportError, match=r"transition 't' has an inhibitor arc.*skeleton=True"):
+        dumps(net)
+    skeleton = dumps(net, skeleton=True)
+    assert b"because transition 't' has an inhibitor arc" in skeleton
+    assert fire_all(parse(skeleton)) == ["t"]
     full = Place("full", Dot, capacity=1)
     capped = Net(
         "cap",
@@ -388,7 +390,15 @@ def test_what_pnml_cannot_express_is_refused_in_both_modes() -> None:
     )
     with pytest.raises(ExportError, match="place 'full' has a capacity"):
         dumps(capped)
-    assert b"P/T skeleton" not in dumps(capped, skeleton=True)
+    assert b"because place 'full' has a capacity" in dumps(capped, skeleton=True)
+    spread = Net(
+        "spread",
+        places=[a, b],
+        transitions=[Transition("t", consume=[a()], produce=[b.produce_all(lambda: [DOT])])],
+    )
+    for skeleton_mode in (False, True):
+        with pytest.raises(ExportError, match=r"'t': the output to 'b' produces a variable"):
+            dumps(spread, skeleton=skeleton_mode)
 
 
 def test_read_arcs_export_as_loops() -> None:
