@@ -280,9 +280,6 @@ def _symmetric_problem(net: Net) -> str | None:
             isinstance(t.guard, TermFunction) and t.guard.kind == "guard"
         ):
             return f"transition {t.name!r} has a Python guard"
-        for pattern in (*t.consume, *t.read):
-            if pattern.var is not None:
-                return f"transition {t.name!r}: arc {pattern.describe()} binds a whole token"
         for out in t.produce:
             expr = out.expr
             if isinstance(expr, TermFunction) and expr.kind == "token":
@@ -291,6 +288,9 @@ def _symmetric_problem(net: Net) -> str | None:
                 return (
                     f"transition {t.name!r}: the output to {out.place.name!r} is a Python function"
                 )
+        for pattern in (*t.consume, *t.read):
+            if pattern.var is not None:
+                return f"transition {t.name!r}: arc {pattern.describe()} binds a whole token"
     for place in net.places:
         if sort_of(place.colour) is None:
             return (
