@@ -458,3 +458,68 @@ def test_random_pt_nets_round_trip(net: Net) -> None:
         (s.transition, s.consumed, s.produced) for s in Engine(again).run(until=0, max_steps=20)
     ]
     assert first == second
+
+
+@st.composite
+def symmetric_documents(draw: st.DrawFn) -> bytes:
+    """Random symmetric nets over one cyclic enumeration, in PNML."""
+    size = draw(st.integers(1, 4))
+    constants = "".join(f'<feconstant id="k{i}" name="v{i}"/>' for i in range(size))
+    declarations = (
+        f'<namedsort id="s" name="S"><cyclicenumeration>{constants}</cyclicenumeration>'
+        '</namedsort><variabledecl id="vx" name="x"><usersort declaration="s"/></variabledecl>'
+    )
+    x = '<variable refvariable="vx"/>'
+    n_places = draw(st.integers(1, 3))
+    all_s = "<all><usersort declaration='s'/></all>"
+    body = []
+    for i in range(n_places):
+        initial = draw(st.sampled_from(["", all_s, one(c("k0"), 2)]))
+        body.append(place(f"p{i}", "s", initial))
+
+    def term() -> str:
+        choice = draw(st.sampled_from(["x", "succ", "pred", "const"]))
+        if choice == "x":
+            return x
+        if choice == "const":
+            return c(f"k{draw(st.integers(0, size - 1))}")
+        return op("successor" if choice == "succ" else "predecessor", x)
+
+    arcs = 0
+    for k in range(draw(st.integers(1, 3))):
+        guard = draw(st.sampled_from(["", "equality", "inequality"]))
+        condition = (
+            f"<condition><structure>{op(guard, x, c('k0'))}</structure></condition>"
+            if guard
+            else ""
+        )
+        body.append(f'<transition id="t{k}">{condition}</transition>')
+        src = draw(st.integers(0, n_places - 1))
+        body.append(arc(f"a{arcs}", f"p{src}", f"t{k}", one(x)))
+        arcs += 1
+        if draw(st.booleans()):
+            other = draw(st.integers(0, n_places - 1))
+            body.append(arc(f"a{arcs}", f"p{other}", f"t{k}", one(term())))
+            arcs += 1
+        for _ in range(draw(st.integers(0, 2))):
+            dst = draw(st.integers(0, n_places - 1))
+            body.append(arc(f"a{arcs}", f"t{k}", f"p{dst}", one(term(), draw(st.integers(1, 2)))))
+            arcs += 1
+    return doc("\n".join(body), kind=SN, declarations=declarations)
+
+
+@settings(max_examples=60, deadline=None)
+@given(symmetric_documents())
+def test_random_symmetric_nets_round_trip(data: bytes) -> None:
+    net = parse(data)
+    text = dumps(net)
+    again = parse(text)
+    assert dumps(again) == text
+
+    def run(n: Net) -> list[object]:
+        return [
+            (s.transition, sorted(s.binding.items()), s.consumed, s.produced)
+            for s in Engine(n).run(until=0, max_steps=20)
+        ]
+
+    assert run(again) == run(net)
