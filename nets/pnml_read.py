@@ -437,8 +437,10 @@ def _places(doc: _Document) -> dict[str, _PlaceInfo]:
 def _ground_values(doc: _Document, el: Element, sort: Sort, term: Term) -> list[object]:
     """The values of a variable-free single term (or ``all``) of ``sort``."""
     if isinstance(term, All):
-        if term.sort != sort and sort_size(term.sort) != sort_size(sort):
+        if term.sort != sort and not (isinstance(term.sort, DotSort) and isinstance(sort, DotSort)):
             doc.fail(el, f"<all> of sort {term.sort.name!r} in a place of sort {sort.name!r}")
+        if sort_size(sort) > TOKENS_MAX:
+            doc.fail(el, f"<all> of sort {sort.name!r} has more than {TOKENS_MAX:,} values")
         return all_values(sort)
     if variables_of(term):
         doc.fail(el, "an initial marking cannot use variables")

@@ -25,7 +25,7 @@ import inspect
 import keyword
 import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -380,7 +380,3 @@ def token_of(colour: type, value: object) -> tuple[Any, ...]:
     return typing.cast(
         tuple[Any, ...], colour(*value) if isinstance(value, tuple) else colour(value)
     )
-
-
-def describe_sorts(sorts: Sequence[Sort]) -> str:
-    return ", ".join(s.name for s in sorts)
