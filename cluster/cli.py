@@ -47,6 +47,7 @@ from cluster.standby import STANDBY, await_order
 from cluster.supervisor import supervise
 from nets.errors import CpnError
 from nets.loader import load_net
+from nets.pnml import load as load_pnml
 from nets.simulation import simulate
 from router.endpoints import listen_address
 from router.shell.daemon import LOG_FILE as ROUTER_LOG_FILE
@@ -117,8 +118,9 @@ def cli() -> None:
     help="Stop after this many firings.",
 )
 def run(net_path: str, until_ms: int, seed: int, tie_break: str, max_steps: int) -> None:
-    """Run NET (package.module:attr) in one process under virtual time and summarise it."""
-    net = load_net(net_path, seed=seed)
+    """Run NET (package.module:attr, or a .pnml file) under virtual time and summarise it."""
+    pnml = net_path.endswith(".pnml")
+    net = load_pnml(Path(net_path)) if pnml else load_net(net_path, seed=seed)
     started = time.perf_counter()
     summary = simulate(net, until_ms=until_ms, seed=seed, tie_break=tie_break, steps_max=max_steps)
     wall_s = time.perf_counter() - started

@@ -88,3 +88,20 @@ def test_bad_duration_is_a_usage_error() -> None:
     result = _cpn("run", "nets.scraper_sim:net", "--until", "soon")
     assert result.returncode == 2
     assert "is not a duration" in result.stderr
+
+
+def test_run_accepts_a_pnml_file() -> None:
+    model = Path(__file__).resolve().parents[1] / "data/pnml/mcc/Philosophers-PT-000005.pnml"
+    result = _cpn("run", str(model), "--max-steps", "50")
+    assert result.returncode == 0, result.stderr
+    assert "net 'Philosophers-PT-000005'" in result.stdout
+
+
+def test_run_reports_a_bad_pnml_file_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pnml"
+    bad.write_text("<pnml>\n<net>\n</pnml>\n")
+    result = _cpn("run", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"cpn: error: {bad}:3: not well-formed XML (mismatched tag, column 2)"
+    ]

@@ -23,6 +23,7 @@ DOCUMENTS = [
     "docs/handoff.md",
     "docs/mockweb.md",
     "docs/simulation.md",
+    "docs/pnml.md",
     "README.md",
 ]
 
