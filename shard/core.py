@@ -827,8 +827,11 @@ class ShardCore:
     def next_deadline_ms(self) -> int | None:
         """When the core must run again at the latest with nothing arriving (None: only
         an arrival wakes it); a time at or before ``now`` means at once."""
-        if self.more_enabled or self.deferred.active:
-            return self.engine.now  # the last batch stopped at a bound, or tokens to load
+        # The last batch stopped at a bound, or tokens are still to load: at once. A shard
+        # that may not fire (not fenced yet, or read-only) waits for a message instead.
+        may_fire = self.read_only_reason is None and self.mover.fenced(self.exchange)
+        if (self.more_enabled and may_fire) or self.deferred.active:
+            return self.engine.now
         deadlines = [
             d
             for d in (

@@ -4,7 +4,7 @@ Theory of operation:
 
 * **Nodes and endpoints.** A node is a name (``"router"``, ``"shard-0"``,
   ``"client-1"``). Each incarnation of a node that :meth:`Network.start` brings up binds
-  a *fresh* endpoint (``sim://shard-0/3``: the node and its incarnation), and
+  a *fresh* endpoint (``tcp://shard-0.sim:40003``: the node and its incarnation), and
   :meth:`Network.stop` (a crash) unbinds it. Senders address endpoints, not nodes: a
   frame sent to an endpoint nobody binds any more is lost, and one in flight to an
   incarnation that crashed is lost on arrival, never handed to the next incarnation.
@@ -54,7 +54,11 @@ from nets.errors import CpnError
 
 IN_FLIGHT_MAX: Final = 100_000
 HELD_PER_LINK_MAX: Final = 10_000
-SCHEME: Final = "sim://"
+# Endpoints look like the real ones (``tcp://HOST:PORT``, which the router checks): the
+# host names the node, the port its incarnation.
+SCHEME: Final = "tcp://"
+HOST_SUFFIX: Final = ".sim"
+PORT_BASE: Final = 40_000
 
 Link = tuple[str, str]  # (source node, destination node)
 
@@ -159,7 +163,7 @@ class _Counters:
 
 def endpoint_name(node: str, incarnation: int) -> str:
     """The fresh endpoint incarnation ``incarnation`` of ``node`` binds (its "port")."""
-    return f"{SCHEME}{node}/{incarnation}"
+    return f"{SCHEME}{node}{HOST_SUFFIX}:{PORT_BASE + incarnation}"
 
 
 class Network:
@@ -436,6 +440,9 @@ class Network:
 
 def _node_of(endpoint: str) -> str:
     """The node named in an endpoint (for a frame to an endpoint nobody binds)."""
-    if not endpoint.startswith(SCHEME) or "/" not in endpoint[len(SCHEME) :]:
-        raise NetworkError(f"{endpoint!r} is not a simulated endpoint ({SCHEME}NODE/INCARNATION)")
-    return endpoint[len(SCHEME) :].rsplit("/", 1)[0]
+    host = endpoint[len(SCHEME) :].rsplit(":", 1)[0]
+    if not endpoint.startswith(SCHEME) or not host.endswith(HOST_SUFFIX):
+        raise NetworkError(
+            f"{endpoint!r} is not a simulated endpoint ({SCHEME}NODE{HOST_SUFFIX}:PORT)"
+        )
+    return host.removesuffix(HOST_SUFFIX)

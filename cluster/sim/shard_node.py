@@ -37,7 +37,8 @@ from router.wire import REQUESTS, Error, Lease, Message, WireFormatError, decode
 from shard.batch import Batch
 from shard.batch import Recovered as StoreRecovered
 from shard.core import RequestError, ShardCore, ShardSetup, writes
-from shard.link import ROUTER, Send as CoreSend
+from shard.link import ROUTER
+from shard.link import Send as CoreSend
 from shard.shell.store import Durability, Store, StoreError
 
 FIRINGS_PER_TURN_MAX: Final = 2_000  # a simulated batch ends after this many firings
@@ -274,6 +275,7 @@ class ShardActor:
         self.router_endpoint = ""  # pinned: learnt at the first start
         self.endpoint = ""
         self.firings = 0
+        self.handoffs = 0  # tokens applied from other shards' outboxes, committed
         self.turns = 0
         self.fault_points_hit: Counter[str] = Counter()
         self._run_counts: dict[tuple[int, int], int] = {}  # outbox runs: (lane, first) -> n
@@ -296,7 +298,11 @@ class ShardActor:
             fault=self._fault_point,
         )
         self.core = core
-        ledger: list[LedgerEvent] = [Recovered(self.node, _marking_of(core))]
+        # What the store gave back, as the engine holds it (a sealed slot's tokens are in
+        # the store but not the engine: the ledger counts them in the shipment). A new
+        # store gave nothing: the initial marking comes in the first batch.
+        marking = _marking_of(core) if recovered.initialised else ()
+        ledger: list[LedgerEvent] = [Recovered(self.node, marking)]
         if not core.initialised:
             batch = core.take_batch()
             self.store.commit(batch, initialised=True)
@@ -309,9 +315,9 @@ class ShardActor:
         try:
             envelope = decode(frame.payload)
         except WireFormatError as exc:
-            reply = Error("malformed_frame", str(exc))
             core.counters["frames_malformed"] += 1
-            return self._turn(now_ms, [(frame.reply_to, reply, exc.message_id)], [])
+            refusal = Error("malformed_frame", str(exc))
+            return self._turn(now_ms, [(frame.reply_to, refusal, exc.message_id)], [])
         message = envelope.message
         if type(message) not in _REQUEST_TYPES:
             source = ROUTER if frame.src == ROUTER_NODE else shard_id_of(frame.src)
@@ -322,12 +328,12 @@ class ShardActor:
             return self._turn(now_ms, [], [])
         replies: list[tuple[str, Message, int]] = []
         try:
-            reply = core.handle(now_ms, envelope)
-            if reply is None:
+            answer = core.handle(now_ms, envelope)
+            if answer is None:
                 assert isinstance(message, Lease)
                 core.park(now_ms, frame.reply_to.encode(), message, envelope.message_id)
             else:
-                replies.append((frame.reply_to, reply, envelope.message_id))
+                replies.append((frame.reply_to, answer, envelope.message_id))
         except RequestError as exc:
             core.counters[f"errors_{exc.code}"] += 1
             replies.append((frame.reply_to, Error(exc.code, str(exc)), envelope.message_id))
@@ -351,8 +357,7 @@ class ShardActor:
     def present(self) -> Iterable[LedgerEvent]:
         core = self._core()
         return [
-            Present(self.node, place, value, count)
-            for place, value, count in _marking_of(core)
+            Present(self.node, place, value, count) for place, value, count in _marking_of(core)
         ]
 
     # -- one turn of the loop --------------------------------------------------------------
@@ -452,6 +457,11 @@ class ShardActor:
             for sender, lane, first, entries in batch.received
             for i, (place, _time_ms, token) in enumerate(entries)
         ]  # fmt: skip
+        self.handoffs += sum(
+            len(entries)
+            for sender, _lane, _first, entries in batch.received
+            if sender != self.setup.shard_id
+        )
         for lane, first, count, _entries in batch.runs_added:
             self._run_counts[(lane, first)] = count
         acked = []

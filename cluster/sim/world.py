@@ -170,6 +170,8 @@ class World:
             phase, which keeps the latencies and drops the faults).
         pinned: nodes that restart on the endpoint they had (the router, whose port the
             supervisor keeps); the others come back on a fresh one.
+        faults: where the run counts the faults it injects (the runner's own actors,
+            simulated workers, count theirs there too); a new one by default.
     """
 
     def __init__(
@@ -189,6 +191,7 @@ class World:
         links: LinkModel | None = None,
         pinned: Sequence[str] = (),
         steps_max: int = STEPS_MAX_DEFAULT,
+        faults: FaultCounts | None = None,
     ) -> None:
         assert 0 <= heal_at_ms <= until_ms
         self.seed = seed
@@ -203,7 +206,7 @@ class World:
         self.network = Network(
             self.schedule, derived_random(seed, "network"), model=plan.link_model(base)
         )
-        self.faults = FaultCounts()
+        self.faults = faults if faults is not None else FaultCounts()
         self.nemesis = Nemesis(
             plan, derived_random(seed, "nemesis"), self.network, self.schedule, self.faults
         )

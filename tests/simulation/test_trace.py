@@ -104,7 +104,7 @@ def test_the_toy_world_finds_a_peer_on_its_new_endpoint() -> None:
     assert result.converged
     assert result.ledger.ok, str(result.ledger)
     assert result.faults.by_kind()["crash_shard"] > 5
-    to_a_restarted_peer = re.compile(r'^\d+ [ab] send \d+ "sim://[ab]/([2-9]|\d\d+)"')
+    to_a_restarted_peer = re.compile(r'^\d+ [ab] send \d+ "tcp://[ab]\.sim:400(0[2-9]|[1-9]\d)"')
     assert any(to_a_restarted_peer.match(line) for line in result.trace.lines())
 
 
@@ -180,7 +180,9 @@ def test_wire_frames_appear_decoded_and_garbage_says_why() -> None:
         Handoff(sender=1, epoch=4, runs=((7, 1, 2, b"\x92\x01\x02"),)), message_id=9, incarnation=3
     )
     beat = encode(
-        Heartbeat(shard_id=0, endpoint="sim://shard-0/2", epoch=4, progress={"loops": 5, "a": 1}),
+        Heartbeat(
+            shard_id=0, endpoint="tcp://shard-0.sim:40002", epoch=4, progress={"loops": 5, "a": 1}
+        ),
         message_id=1,
     )
     trace = Trace()

@@ -177,7 +177,7 @@ def test_a_pinned_node_comes_back_on_its_endpoint_the_others_on_a_fresh_one() ->
     router_endpoints = {endpoint for node, endpoint in starts if node == "router"}
     shard_endpoints = {endpoint for node, endpoint in starts if node == "shard-0"}
     assert world.network.incarnation("router") > 1
-    assert router_endpoints == {'"sim://router/1"'}
+    assert router_endpoints == {'"tcp://router.sim:40001"'}
     assert len(shard_endpoints) == world.network.incarnation("shard-0") > 1
 
 
