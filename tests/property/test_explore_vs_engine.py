@@ -38,8 +38,7 @@ def test_every_engine_step_is_an_edge_of_the_graph(net: Net, seed: int) -> None:
         compile_transition(net, t) for t in sorted(net.transitions, key=lambda t: -t.priority)
     ]
     engine = Engine(net, seed=seed, tie_break="random")
-    steps = 0
-    for step in engine.run(until=1_000, max_steps=STEPS_MAX):
+    for steps, step in enumerate(engine.run(until=1_000, max_steps=STEPS_MAX)):
         after = _untimed(engine, net)
         # Undo the step on the untimed marking to get the marking before it.
         before_lists = [list(tokens) for tokens in after]
@@ -56,7 +55,6 @@ def test_every_engine_step_is_an_edge_of_the_graph(net: Net, seed: int) -> None:
         ]
         assert edges, f"step {steps}: {step.transition} {dict(step.binding)} is not an edge"
         assert any(succ == after for _n, _v, succ in edges), f"step {steps}: other successor"
-        steps += 1
         if sum(map(len, after)) > 24:
             break
 
