@@ -45,6 +45,7 @@ from nets.explore_pt import PTNet, PTResult, as_pt_net, run_pt
 from nets.model import MarkingView, Net, Token
 
 _POLL_STATES = 256
+_BOUNDS_CHUNK_STATES = 65_536
 HELD_SUFFIX = "__held"
 
 
@@ -172,17 +173,28 @@ def explore(
 def _pt_space(pt: PTNet, result: PTResult, keep_edges: bool, semantics: str) -> StateSpace:
     states = result.states
     n = len(pt.places)
-    if result.packed:
-        joined = b"".join(states)
-        upper = [max(joined[p::n]) for p in range(n)]
-        lower = [min(joined[p::n]) for p in range(n)]
-    else:
-        columns = list(zip(*states, strict=True))
-        upper = [max(c) for c in columns]
-        lower = [min(c) for c in columns]
+    upper, lower = [0] * n, [255 if result.packed else 1 << 62] * n
+    # Chunk by chunk: a column of a joined chunk is a C-level slice, and the copy stays
+    # small next to the states themselves.
+    for start in range(0, len(states), _BOUNDS_CHUNK_STATES):
+        chunk = states[start : start + _BOUNDS_CHUNK_STATES]
+        columns: Any
+        if result.packed:
+            joined = b"".join([s.to_bytes(n, "little") for s in chunk])
+            columns = [joined[p::n] for p in range(n)]
+        else:
+            columns = list(zip(*chunk, strict=True))
+        del chunk
+        for p in range(n):
+            upper[p] = max(upper[p], *columns[p])
+            lower[p] = min(lower[p], *columns[p])
     tokens = pt.tokens
 
+    def counts(state: Any) -> tuple[int, ...]:
+        return tuple(state.to_bytes(n, "little")) if result.packed else tuple(state)
+
     def decode(state: Any) -> MarkingView:
+        state = counts(state)
         return {
             name: (tokens[p],) * state[p] if state[p] else () for p, name in enumerate(pt.places)
         }
@@ -196,6 +208,7 @@ def _pt_space(pt: PTNet, result: PTResult, keep_edges: bool, semantics: str) -> 
         via=result.via,
         labels=labels,
         edges=(result.src, result.dst, result.lab) if keep_edges else None,
+        counts=counts,
     )
     return StateSpace(
         state_count=len(states),
@@ -203,7 +216,7 @@ def _pt_space(pt: PTNet, result: PTResult, keep_edges: bool, semantics: str) -> 
         partial=result.reason != "done",
         place_bounds=dict(zip(pt.places, upper, strict=True)),
         place_lower_bounds=dict(zip(pt.places, lower, strict=True)),
-        max_tokens_per_marking=max(map(sum, states)),
+        max_tokens_per_marking=max(map(sum, map(counts, states))),
         dead_markings=result.dead,
         technique="EXPLICIT SEQUENTIAL_PROCESSING PACKED_PT"
         if result.packed

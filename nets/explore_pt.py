@@ -156,6 +156,14 @@ def as_pt_net(net: Net) -> PTNet | None:
 RunFn = Callable[..., tuple[int, int, int, str]]
 
 
+class _PackedOverflowError(Exception):
+    """A count does not fit its byte: the caller explores again with tuples."""
+
+
+def _overflow(place: int) -> None:
+    raise _PackedOverflowError(place)
+
+
 def compile_run(pt: PTNet, *, packed: bool, graph: bool, priorities: bool) -> RunFn:
     """Generate the breadth-first loop for ``pt``.
 
@@ -166,10 +174,27 @@ def compile_run(pt: PTNet, *, packed: bool, graph: bool, priorities: bool) -> Ru
     ``src``, ``dst`` and ``lab``).
     """
     n = len(pt.places)
-    names = [f"m{i}" for i in range(n)]
-    unpack = ", ".join(names) + ("," if n == 1 else "")
+    used = sorted(
+        {p for t in pt.transitions for p, _ in (*t.needs, *t.capacity)}
+        | {p for t in pt.transitions for p in t.empty}
+        | {p for t in pt.transitions for p, d in t.delta if d > 0}
+    )
+    if packed:
+        # Place p is byte p of an int: read only the places some test needs.
+        unpack = [
+            f"        m{p} = s >> {8 * p} & 255" if p else "        m0 = s & 255" for p in used
+        ]
+    else:
+        unpack = [
+            "        " + ", ".join(f"m{p}" for p in range(n)) + ("," if n == 1 else "") + " = s"
+        ]
     lines = [
         "def run(states, seen, parents, via, src, dst, lab, limit, should_stop):",
+        "    add_state = states.append",
+        "    add_parent = parents.append",
+        "    add_via = via.append",
+        "    mark = seen.add" if not graph else "    find = seen.get",
+        "    add_src, add_dst, add_lab = src.append, dst.append, lab.append",
         "    edges = 0",
         "    dead = 0",
         "    i = 0",
@@ -177,7 +202,8 @@ def compile_run(pt: PTNet, *, packed: bool, graph: bool, priorities: bool) -> Ru
         "    while i < count:",
         f"        if not (i & {_POLL_STATES - 1}) and should_stop is not None and should_stop():",
         "            return i, edges, dead, 'stopped'",
-        f"        {unpack} = states[i]",
+        "        s = states[i]",
+        *unpack,
         "        before = edges",
     ]
     groups: list[list[int]] = []
@@ -201,43 +227,53 @@ def compile_run(pt: PTNet, *, packed: bool, graph: bool, priorities: bool) -> Ru
             tests += [f"m{p} == 0" for p in t.empty]
             tests += [f"m{p} <= {limit}" for p, limit in t.capacity]
             delta = dict(t.delta)
-            parts = [
-                f"m{p} {'+' if delta[p] > 0 else '-'} {abs(delta[p])}" if p in delta else f"m{p}"
-                for p in range(n)
-            ]
-            literal = "(" + ", ".join(parts) + ("," if n == 1 else "") + ")"
-            build = f"PACK({literal})" if packed else literal
+            if packed:
+                # One addition moves every count: no field borrows or carries, since
+                # the tests keep each count in 0..255 (an overflow raises instead).
+                build = f"s + {sum(d << (8 * p) for p, d in t.delta)}"
+            else:
+                parts = [
+                    f"m{p} {'+' if delta[p] > 0 else '-'} {abs(delta[p])}"
+                    if p in delta
+                    else f"m{p}"
+                    for p in range(n)
+                ]
+                build = "(" + ", ".join(parts) + ("," if n == 1 else "") + ")"
             inner = pad
             if tests:
                 lines.append(f"{pad}if {' and '.join(tests)}:")
                 inner = pad + "    "
-            lines.append(f"{inner}s = {build}")
+            if packed:
+                for p, d in t.delta:
+                    if d > 0:
+                        lines.append(f"{inner}if m{p} > {255 - d}: overflow({p})")
+            lines.append(f"{inner}u = {build}")
             lines.append(f"{inner}edges += 1")
             if graph:
                 lines += [
-                    f"{inner}j = seen.get(s)",
+                    f"{inner}j = find(u)",
                     f"{inner}if j is None:",
                     f"{inner}    if count >= limit:",
                     f"{inner}        return i, edges, dead, 'limit'",
                     f"{inner}    j = count",
-                    f"{inner}    seen[s] = j",
-                    f"{inner}    states.append(s)",
-                    f"{inner}    parents.append(i)",
-                    f"{inner}    via.append({k})",
+                    f"{inner}    seen[u] = j",
+                    f"{inner}    add_state(u)",
+                    f"{inner}    add_parent(i)",
+                    f"{inner}    add_via({k})",
                     f"{inner}    count += 1",
-                    f"{inner}src.append(i)",
-                    f"{inner}dst.append(j)",
-                    f"{inner}lab.append({k})",
+                    f"{inner}add_src(i)",
+                    f"{inner}add_dst(j)",
+                    f"{inner}add_lab({k})",
                 ]
             else:
                 lines += [
-                    f"{inner}if s not in seen:",
+                    f"{inner}if u not in seen:",
                     f"{inner}    if count >= limit:",
                     f"{inner}        return i, edges, dead, 'limit'",
-                    f"{inner}    seen.add(s)",
-                    f"{inner}    states.append(s)",
-                    f"{inner}    parents.append(i)",
-                    f"{inner}    via.append({k})",
+                    f"{inner}    mark(u)",
+                    f"{inner}    add_state(u)",
+                    f"{inner}    add_parent(i)",
+                    f"{inner}    add_via({k})",
                     f"{inner}    count += 1",
                 ]
     lines += [
@@ -247,7 +283,7 @@ def compile_run(pt: PTNet, *, packed: bool, graph: bool, priorities: bool) -> Ru
         "    return i, edges, dead, 'done'",
     ]
     source = "\n".join(lines) + "\n"
-    namespace: dict[str, Any] = {"PACK": bytes}
+    namespace: dict[str, Any] = {"overflow": _overflow}
     code = compile(source, "<cpn P/T explorer>", "exec")
     exec(code, namespace)  # noqa: S102 - source built above from the net's structure only
     run: RunFn = namespace["run"]
@@ -284,7 +320,7 @@ def run_pt(
         if packed and max(pt.initial, default=0) > 255:
             continue
         run = compile_run(pt, packed=packed, graph=graph, priorities=priorities)
-        initial: Any = bytes(pt.initial) if packed else tuple(pt.initial)
+        initial: Any = int.from_bytes(bytes(pt.initial), "little") if packed else tuple(pt.initial)
         states = [initial]
         seen: Any = {initial: 0} if graph else {initial}
         parents, via = array("i", [-1]), array("i", [-1])
@@ -293,7 +329,7 @@ def run_pt(
             expanded, edges, dead, reason = run(
                 states, seen, parents, via, src, dst, lab, max_states, should_stop
             )
-        except ValueError:  # a count above 255 does not fit a byte: use tuples
+        except _PackedOverflowError:  # a count above 255 does not fit a byte: use tuples
             if not packed:
                 raise
             continue
