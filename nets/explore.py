@@ -76,6 +76,7 @@ class StateGraph:
     via: array[int]  # label id of the edge from the parent (-1 for the initial state)
     labels: list[Label]
     edges: tuple[array[int], array[int], array[int]] | None = None  # src, dst, label id
+    dead: array[int] = field(default_factory=lambda: array("i"))  # states enabling nothing
     counts: Callable[[Any], tuple[int, ...]] = field(default=tuple)
 
     def marking(self, state: int) -> MarkingView:
@@ -208,6 +209,7 @@ def _pt_space(pt: PTNet, result: PTResult, keep_edges: bool, semantics: str) -> 
         via=result.via,
         labels=labels,
         edges=(result.src, result.dst, result.lab) if keep_edges else None,
+        dead=result.deads,
         counts=counts,
     )
     return StateSpace(
@@ -341,7 +343,7 @@ def _explore_general(
     index: dict[Marking, int] = {initial: 0}
     states: list[Marking] = [initial]
     parents, via = array("i", [-1]), array("i", [-1])
-    src, dst, lab = array("i"), array("i"), array("i")
+    src, dst, lab, deads = array("i"), array("i"), array("i"), array("i")
     labels: list[Label] = []
     label_ids: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = {}
     edges = dead = 0
@@ -377,6 +379,7 @@ def _explore_general(
             break
         if edges == before:
             dead += 1
+            deads.append(i)
         i += 1
     del index
     upper = [0] * len(slots)
@@ -402,6 +405,7 @@ def _explore_general(
         via=via,
         labels=labels,
         edges=(src, dst, lab) if keep_edges else None,
+        dead=deads,
         counts=lambda s: tuple(len(tokens) for tokens in s),
     )
     return StateSpace(

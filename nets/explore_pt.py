@@ -167,11 +167,12 @@ def _overflow(place: int) -> None:
 def compile_run(pt: PTNet, *, packed: bool, graph: bool, priorities: bool) -> RunFn:
     """Generate the breadth-first loop for ``pt``.
 
-    The function is ``run(states, seen, parents, via, src, dst, lab, limit, should_stop)``
+    The function is
+    ``run(states, seen, parents, via, src, dst, lab, deads, limit, should_stop)``
     and returns ``(states expanded, edges, dead markings, why it stopped)`` where the
     reason is ``"done"``, ``"limit"`` or ``"stopped"``. ``seen`` is a set of markings, or
     with ``graph`` a dict from marking to state number (and every edge is appended to
-    ``src``, ``dst`` and ``lab``).
+    ``src``, ``dst`` and ``lab``); dead states are appended to ``deads``.
     """
     n = len(pt.places)
     used = sorted(
@@ -189,7 +190,7 @@ def compile_run(pt: PTNet, *, packed: bool, graph: bool, priorities: bool) -> Ru
             "        " + ", ".join(f"m{p}" for p in range(n)) + ("," if n == 1 else "") + " = s"
         ]
     lines = [
-        "def run(states, seen, parents, via, src, dst, lab, limit, should_stop):",
+        "def run(states, seen, parents, via, src, dst, lab, deads, limit, should_stop):",
         "    add_state = states.append",
         "    add_parent = parents.append",
         "    add_via = via.append",
@@ -279,6 +280,7 @@ def compile_run(pt: PTNet, *, packed: bool, graph: bool, priorities: bool) -> Ru
     lines += [
         "        if edges == before:",
         "            dead += 1",
+        "            deads.append(i)",
         "        i += 1",
         "    return i, edges, dead, 'done'",
     ]
@@ -300,6 +302,7 @@ class PTResult:
     src: array[int]
     dst: array[int]
     lab: array[int]
+    deads: array[int]
     expanded: int
     edges: int
     dead: int
@@ -324,15 +327,17 @@ def run_pt(
         states = [initial]
         seen: Any = {initial: 0} if graph else {initial}
         parents, via = array("i", [-1]), array("i", [-1])
-        src, dst, lab = array("i"), array("i"), array("i")
+        src, dst, lab, deads = array("i"), array("i"), array("i"), array("i")
         try:
             expanded, edges, dead, reason = run(
-                states, seen, parents, via, src, dst, lab, max_states, should_stop
+                states, seen, parents, via, src, dst, lab, deads, max_states, should_stop
             )
         except _PackedOverflowError:  # a count above 255 does not fit a byte: use tuples
             if not packed:
                 raise
             continue
         del seen
-        return PTResult(states, parents, via, src, dst, lab, expanded, edges, dead, reason, packed)
+        return PTResult(
+            states, parents, via, src, dst, lab, deads, expanded, edges, dead, reason, packed
+        )
     raise AssertionError("unreachable: the tuple loop always returns")
