@@ -32,6 +32,7 @@ from nets.properties import (
     check_invariant,
     check_reachable,
     check_semiflows,
+    check_termination,
 )
 from nets.report import as_json, build_report, render_text
 from nets.trace import parse_trace, replay, trace_document
@@ -157,6 +158,11 @@ def mcc_lines(space: StateSpace) -> list[str]:
     help="A predicate of the dead markings that are allowed (deadlock freedom except them).",
 )
 @click.option(
+    "--terminates",
+    is_flag=True,
+    help="Check that every terminal SCC is a dead marking (termination under fairness).",
+)
+@click.option(
     "--priorities", is_flag=True, help="Keep transition priorities (the engine's conflict rule)."
 )
 @click.option(
@@ -176,6 +182,7 @@ def verify(
     invariants: tuple[str, ...],
     reachables: tuple[str, ...],
     finals: tuple[str, ...],
+    terminates: bool,
     priorities: bool,
     trace_dir: Path,
 ) -> None:
@@ -211,6 +218,8 @@ def verify(
     verdicts.append(check_deadlocks(space, final))
     verdicts += check_semiflows(net, space)
     report = build_report(net, space)
+    if terminates:
+        verdicts.append(check_termination(report))
     traces: dict[str, str] = {}
     for verdict in verdicts:
         if verdict.status == VIOLATED and verdict.state is not None:

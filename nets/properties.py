@@ -31,6 +31,7 @@ from math import gcd
 from nets.errors import CpnError
 from nets.explore import Label, StateSpace
 from nets.model import MarkingView, Net
+from nets.report import Report
 
 HOLDS, VIOLATED, PARTIAL = "holds", "violated", "partial"
 SEMIFLOW_ROWS_MAX = 20_000  # the Farkas algorithm can blow up; stop beyond this many rows
@@ -147,6 +148,39 @@ def check_deadlocks(space: StateSpace, finals: Mapping[str, Predicate]) -> Verdi
             )
     return _not_violated(
         space, name, "deadlock", f"{len(graph.dead):,} dead markings, all final, in"
+    )
+
+
+def check_termination(report: Report) -> Verdict:
+    """Every terminal SCC is a dead marking: from every reachable marking, every
+    continuation that does not loop forever in a cycle with an exit ends in a dead
+    marking (the fairness assumption: a cycle that can be left is left, e.g. a token
+    whose lease keeps expiring is eventually completed)."""
+    name = "terminal SCCs are dead markings"
+    if report.terminal_sccs is None or report.terminal_sccs_dead is None:
+        return Verdict(
+            name,
+            "termination",
+            PARTIAL,
+            f"not violated in {report.nodes:,} states, partial ({report.stop_reason})",
+            report.semantics,
+        )
+    live = report.terminal_sccs - report.terminal_sccs_dead
+    if live:
+        return Verdict(
+            name,
+            "termination",
+            VIOLATED,
+            f"{live:,} of {report.terminal_sccs:,} terminal SCCs are cycles the net never leaves",
+            report.semantics,
+        )
+    return Verdict(
+        name,
+        "termination",
+        HOLDS,
+        f"all {report.terminal_sccs:,} terminal SCCs are dead markings (fairness: cycles with "
+        "an exit are left)",
+        report.semantics,
     )
 
 

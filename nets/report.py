@@ -37,6 +37,7 @@ from nets.explore import StateGraph, StateSpace
 from nets.model import Net, Token
 
 MULTISET_VALUES_MAX = 6  # multiset bounds for places whose tokens take at most this many values
+MULTISET_LINE_MAX = 120  # longer multiset bounds are only counted in the text report
 DEAD_LISTED_MAX = 10  # dead markings listed by state number (all are counted)
 FAIRNESS_WORK_MAX = 50_000_000  # transitions x arcs: above this, impartiality is not computed
 
@@ -332,6 +333,8 @@ def render_text(report: Report) -> str:
         lines.append("  multiset bounds (value: upper/lower copies)")
         for name, entries in multiset.items():
             parts = "  ".join(f"{tuple(tok)}: {hi}/{lo}" for tok, hi, lo in entries)
+            if len(parts) > MULTISET_LINE_MAX:
+                parts = f"{len(entries)} values (--json lists them)"
             lines.append(f"    {name}: {parts}")
     lines += ["", "Home properties"]
     if report.home_markings is None:
