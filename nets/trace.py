@@ -13,7 +13,8 @@ hex}``; ints, floats, strings and booleans are themselves.
 Theory of operation (replay): an :class:`~nets.engine.Engine` holds the marking. Before
 each step every pending token is released (the trace is untimed, so token times do not
 gate it); the step's binding element must then be one the engine's rules enable
-(nets/explore_bindings.py) in the engine's marking, and its consumed and produced
+(nets/explore_bindings.py) in the engine's marking (and, if the trace keeps
+priorities, no transition of a higher priority may be enabled), and its consumed and produced
 tokens are taken from and put into the engine. Work-queue steps (``<q>__lease``,
 ``<q>__complete``, ``<q>__expire``) move tokens between the queue, the replay's held
 multiset and the outcome's result places. A step that is not enabled is a
@@ -23,14 +24,14 @@ multiset and the outcome's result places. A step that is not enabled is a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nets.engine import Engine
 from nets.errors import CpnError
 from nets.explore import HELD_SUFFIX, Label
-from nets.explore_bindings import bindings, compile_transition, outputs
+from nets.explore_bindings import CompiledTransition, bindings, compile_transition, outputs
 from nets.model import Net, Token
 
 FORMAT = "cpn-trace/1"
@@ -167,16 +168,38 @@ def replay(net: Net, trace: Trace) -> Iterator[str]:
                     + (f" (place {net.places[full[0]].name!r} is full)" if full else "")
                 )
             values, taken = match
+            if "priorities" in trace.semantics:
+                _check_priority(ct, compiled.values(), marking, where)
             produced = outputs(ct, values, engine.now)
             for p, token in taken:
                 _take(engine, net.places[p].name, token)
             for p, token in produced:
                 engine.add(net.places[p].name, token)
-            yield f"{number:>4}  {name} {binding}"
+            shown = ", ".join(f"{k}={values[k]!r}" for k in sorted(values))
+            yield f"{number:>4}  {name}({shown})"
         elif queue in held and kind in ("lease", "complete", "expire"):
             yield _environment_step(net, engine, held[queue], queue, kind, binding, where, number)
         else:
             raise TraceError(f"{where}: net {net.name!r} has no transition {name!r}")
+
+
+def _check_priority(
+    ct: CompiledTransition,
+    compiled: Iterable[CompiledTransition],
+    marking: tuple[tuple[Token, ...], ...],
+    where: str,
+) -> None:
+    """Under ``priorities`` no transition of a higher priority may be enabled."""
+    for other in compiled:
+        if other.transition.priority <= ct.transition.priority:
+            continue
+        if any(len(marking[p]) + d > cap for p, d, cap in other.capacity):
+            continue
+        if next(bindings(other, marking), None) is not None:
+            raise TraceError(
+                f"{where}: transition {other.transition.name!r} of priority "
+                f"{other.transition.priority} is enabled too, and the trace keeps priorities"
+            )
 
 
 def _environment_step(
@@ -194,7 +217,7 @@ def _environment_step(
             if encode_value(token) == binding.get("token"):
                 _take(engine, queue, token)
                 held.append(token)
-                return f"{number:>4}  {queue}__lease {binding}"
+                return f"{number:>4}  {queue}__lease(token={token!r})"
         raise TraceError(f"{where}: no token {binding.get('token')} in {queue!r} to lease")
     matching = [t for t in held if encode_value(t) == binding.get("token")]
     if not matching:
@@ -205,7 +228,7 @@ def _environment_step(
     if kind == "expire":
         held.remove(token)
         engine.add(queue, token)
-        return f"{number:>4}  {queue}__expire {binding}"
+        return f"{number:>4}  {queue}__expire(token={token!r})"
     outcomes = net.effects[queue].outcomes(token, 0)
     k = binding.get("outcome")
     if not isinstance(k, int) or not 0 <= k < len(outcomes) or outcomes[k].kind == "stall":
@@ -213,4 +236,4 @@ def _environment_step(
     held.remove(token)
     for place, result in outcomes[k].results:
         engine.add(place, result)
-    return f"{number:>4}  {queue}__complete {binding}"
+    return f"{number:>4}  {queue}__complete(token={token!r}, outcome={k} {outcomes[k].kind})"
