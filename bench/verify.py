@@ -113,7 +113,7 @@ def _memory_only(n: int) -> None:
     net = kanban(n)
     gc.collect()
     before = _peak_rss_bytes()
-    space = explore(net)
+    space = explore(net, max_states=10**7)
     after = _peak_rss_bytes()
     print((after - before) / space.state_count)
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     pt_s = 0.0
     for n in sizes:
         net = kanban(n)
-        space, seconds = _timed(lambda net=net: explore(net))
+        space, seconds = _timed(lambda net=net: explore(net, max_states=10**7))
         assert space.state_count == KANBAN_STATES[n], (n, space.state_count)
         pt_states += space.state_count
         pt_s += seconds

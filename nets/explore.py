@@ -315,9 +315,13 @@ def successors(
         priority = ct.transition.priority
         if priorities and fired_priority is not None and priority < fired_priority:
             break
-        for values, succ in fire_all(ct, marking):
-            fired_priority = priority
-            yield ct.transition.name, values, succ
+        for place, count in ct.needs:
+            if len(marking[place]) < count:
+                break  # too few tokens for its arcs: not enabled (the common case)
+        else:
+            for values, succ in fire_all(ct, marking):
+                fired_priority = priority
+                yield ct.transition.name, values, succ
     yield from env.steps(marking)
 
 

@@ -62,6 +62,7 @@ class CompiledTransition:
     outputs: tuple[_Output, ...]
     guard_params: tuple[str, ...]
     capacity: tuple[tuple[int, int, int], ...]  # (place, delta, capacity) with delta > 0
+    needs: tuple[tuple[int, int], ...]  # (place, tokens the consume and read arcs take)
 
 
 def compile_transition(net: Net, transition: Transition) -> CompiledTransition:
@@ -93,7 +94,12 @@ def compile_transition(net: Net, transition: Transition) -> CompiledTransition:
         if callable(out.expr) and not isinstance(out.expr, Var):
             params = parameters(out.expr, f"output of {transition.name!r}")
         outputs.append(_Output(position[out.place.name], out, params))
+    needs: dict[int, int] = {}
+    for pattern in (*transition.consume, *transition.read):
+        p = position[pattern.place.name]
+        needs[p] = needs.get(p, 0) + pattern.count
     return CompiledTransition(
+        needs=tuple(sorted(needs.items())),
         transition=transition,
         takes=tuple(arc(p) for p in (*transition.consume, *transition.read)),
         consumes=len(transition.consume),
@@ -319,6 +325,9 @@ def fire_all(
     ct: CompiledTransition, marking: Marking, now: int = 0
 ) -> Iterator[tuple[Binding, Marking]]:
     """Each enabled binding of ``ct`` in ``marking`` with the marking it leads to."""
+    for place, count in ct.needs:
+        if len(marking[place]) < count:
+            return  # too few tokens for the arcs: skip the search (the common case)
     if ct.capacity and not _fits(ct, marking):
         return  # the engine blocks the whole transition while an output place is full
     for values, taken in bindings(ct, marking):
