@@ -31,6 +31,7 @@ from cluster.cli_deploy import (
     shard_settings,
 )
 from cluster.cli_types import DURATION, NetParam
+from cluster.cli_verify import replay_trace, verify
 from cluster.client import ClusterClient
 from cluster.launch import down as stop_cluster
 from cluster.launch import record_config, settle_config
@@ -117,8 +118,25 @@ def cli() -> None:
     show_default=True,
     help="Stop after this many firings.",
 )
-def run(net_path: str, until_ms: int, seed: int, tie_break: str, max_steps: int) -> None:
+@click.option(
+    "--replay",
+    "replay_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Play a counterexample trace of `cpn verify` step by step instead.",
+)
+def run(
+    net_path: str,
+    until_ms: int,
+    seed: int,
+    tie_break: str,
+    max_steps: int,
+    replay_path: Path | None,
+) -> None:
     """Run NET (package.module:attr, or a .pnml file) under virtual time and summarise it."""
+    if replay_path is not None:
+        replay_trace(net_path, replay_path)  # cluster/cli_verify.py
+        return
     pnml = net_path.endswith(".pnml")
     net = load_pnml(Path(net_path)) if pnml else load_net(net_path, seed=seed)
     started = time.perf_counter()
@@ -794,6 +812,7 @@ def scale(data_dir: Path, shard_count: int, wait: bool, timeout_ms: int) -> None
 
 cli.add_command(keys)  # cluster/cli_deploy.py: `cpn keys generate`
 cli.add_command(health)  # cluster/cli_deploy.py: `cpn health`
+cli.add_command(verify)  # cluster/cli_verify.py: `cpn verify`
 for _command in crawl_commands():  # cluster/cli_crawl.py: `cpn crawl`, `demo`, `worker`
     cli.add_command(_command)
 

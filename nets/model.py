@@ -25,14 +25,19 @@ transition, arc and variable at fault:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from nets.colour import ColourSet, check_token, describe
+from nets.effects import EffectModel, validate_effects
 from nets.errors import NetDefinitionError, TokenError
 
 Token = tuple[Any, ...]
+# A marking as properties see it: each place's tokens, sorted (a multiset), untimed.
+MarkingView = Mapping[str, tuple[Token, ...]]
+# An invariant (AG): a pure predicate that must hold in every reachable marking.
+Invariant = Callable[[MarkingView], bool]
 
 # The firing time, in ms: a parameter of this name in an output's expression or delay
 # receives it. Reserved, so no arc can bind it; guards cannot use it (enabledness must
@@ -298,12 +303,27 @@ _Named = TypeVar("_Named", Place, Transition)
 class Net:
     """A validated net: places, transitions and their initial marking.
 
+    Args:
+        name: the net's name.
+        places, transitions: its structure.
+        invariants: named predicates over a marking (:data:`MarkingView`) that must hold
+            in every reachable marking; ``cpn verify`` checks them (docs/verify.md).
+        effects: an :class:`~nets.effects.EffectModel` per work-queue place, by place
+            name: the finite environment that closes the queue for verification and
+            simulation.
+
     Raises:
         NetDefinitionError: on the first problem found (see the module docstring).
     """
 
     def __init__(
-        self, name: str, *, places: Iterable[Place], transitions: Iterable[Transition]
+        self,
+        name: str,
+        *,
+        places: Iterable[Place],
+        transitions: Iterable[Transition],
+        invariants: Mapping[str, Invariant] | None = None,
+        effects: Mapping[str, EffectModel] | None = None,
     ) -> None:
         self.name = name
         self.places: tuple[Place, ...] = tuple(places)
@@ -312,6 +332,9 @@ class Net:
         self._transitions = _unique(name, "transition", self.transitions)
         for transition in self.transitions:
             _validate_transition(self, transition)
+        self.invariants: dict[str, Invariant] = _validate_invariants(name, invariants or {})
+        queues = {p.name: p for p in self.places if p.work_queue}
+        self.effects: dict[str, EffectModel] = validate_effects(name, effects or {}, queues)
 
     def place(self, name: str) -> Place:
         """The place called ``name``.
@@ -341,6 +364,21 @@ class Net:
 
     def __repr__(self) -> str:
         return f"Net({self.name!r}, {len(self.places)} places, {len(self.transitions)} transitions)"
+
+
+def _validate_invariants(net: str, invariants: Mapping[str, Invariant]) -> dict[str, Invariant]:
+    checked: dict[str, Invariant] = {}
+    for name, predicate in invariants.items():
+        if not (isinstance(name, str) and name):
+            raise NetDefinitionError(f"net {net!r}: invariant name {name!r} is not a string")
+        if not callable(predicate):
+            raise NetDefinitionError(f"net {net!r}: invariant {name!r} is not callable")
+        if len(parameters(predicate, f"invariant {name!r}")) != 1:
+            raise NetDefinitionError(
+                f"net {net!r}: invariant {name!r} must take one argument, the marking"
+            )
+        checked[name] = predicate
+    return checked
 
 
 def _unique(net: str, kind: str, items: Sequence[_Named]) -> dict[str, _Named]:

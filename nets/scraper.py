@@ -49,13 +49,24 @@ from __future__ import annotations
 
 import functools
 import urllib.robotparser
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from nets.effects import EffectModel, Outcome
 from nets.errors import NetDefinitionError
-from nets.model import Net, OutputArc, Pattern, Place, Transition, variables
+from nets.model import (
+    Invariant,
+    MarkingView,
+    Net,
+    OutputArc,
+    Pattern,
+    Place,
+    Token,
+    Transition,
+    variables,
+)
 
 # -- Colour sets ---------------------------------------------------------------------------
 
@@ -451,16 +462,28 @@ def initial_proxies(policy: CrawlPolicy) -> list[Proxy]:
 # -- The net --------------------------------------------------------------------------------
 
 
-def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
-    """Build the crawler's net for ``policy``."""
+def crawler_net(
+    policy: CrawlPolicy = CrawlPolicy(),
+    *,
+    seeds: Sequence[Link] = (),
+    scope_domains: Sequence[str] = (),
+    effects: Mapping[str, EffectModel] | None = None,
+    invariants: Mapping[str, Invariant] | None = None,
+) -> Net:
+    """Build the crawler's net for ``policy``.
+
+    A cluster puts seeds and scope into the running net; a closed net for verification
+    (:func:`verified_net`) starts with them (``seeds``, ``scope_domains``) and closes
+    its work queues with ``effects``.
+    """
     p = policy
     c, b, d, u, i, r, t, s, x, pg, m, pd, q, pl = variables("c b d u i r t s x pg m pd q pl")
 
     # Admission
-    links = Place("links", Link, key="domain")
+    links = Place("links", Link, key="domain", initial=seeds)
     seen = Place("seen", Seen, key="domain")
     candidates = Place("candidates", Link, key="domain")
-    scope = Place("scope", InScope, key="domain")
+    scope = Place("scope", InScope, key="domain", initial=[InScope(d) for d in scope_domains])
     known = Place("known", Domain, key="name")
     budget = Place("budget", Budget, key="domain")
     robots = Place("robots", Robots, key="domain")
@@ -854,6 +877,8 @@ def crawler_net(policy: CrawlPolicy = CrawlPolicy()) -> Net:
             stored,
         ],
         transitions=[*results, *robots_results, *pipeline, *admission, scrape],
+        effects=effects,
+        invariants=invariants,
     )
 
 
@@ -897,3 +922,188 @@ def net(seed: int = 0, **params: object) -> Net:
         )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     return crawler_net(CrawlPolicy(**values))  # type: ignore[arg-type]
+
+
+# -- A closed crawler, for `cpn verify` ---------------------------------------------------
+#
+# The effect models below answer exactly as the workers of cluster/crawl_worker.py do
+# (a fetch completes with one ``fetched`` token, a parse with ``parse_done`` and one
+# ``links`` token per link found, a store with ``store_done``), over a fixed small site:
+# each domain serves an empty robots.txt and ``pages`` HTML pages that link to each
+# other. Times in the results are the fetch's planned start (zero latency).
+
+FETCH_FAILURES: tuple[tuple[int, str], ...] = ((503, ""), (429, ""), (0, "timeout"), (0, "reset"))
+
+
+@dataclass(frozen=True, slots=True)
+class SmallSite:
+    """``domains`` domains of ``pages`` pages each; page ``k`` links to every other page."""
+
+    domains: int = 2
+    pages: int = 3
+
+    def domain(self, i: int) -> str:
+        return f"d{i}.example"
+
+    def url(self, domain: str, k: int) -> str:
+        return f"https://{domain}/p/{k}"
+
+    def links(self, url: str) -> tuple[str, ...]:
+        parts = urlsplit(url)
+        k = int(parts.path.rsplit("/", 1)[1])
+        return tuple(self.url(parts.netloc, j) for j in range(self.pages) if j != k)
+
+    def body(self, url: str) -> str:
+        anchors = "".join(f'<a href="{link}">p</a>' for link in self.links(url))
+        return f"<html><head><title>{url}</title></head><body>{anchors}</body></html>"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchEffects:
+    """A fetch worker over :class:`SmallSite`: 200, or each of ``failures`` (by default
+    503, 429, timeout and reset)."""
+
+    site: SmallSite
+    failures: tuple[tuple[int, str], ...] = FETCH_FAILURES
+
+    def outcomes(self, token: Token, attempt: int) -> tuple[Outcome, ...]:
+        del attempt  # the Fetch token carries the crawl's own attempt count
+        f = Fetch(*token)
+        start = f.start_at_ms
+        if f.kind == ROBOTS:
+            ok = Fetched(f.domain, f.url, f.kind, f.attempt, 200, "", f.url, "text/plain", "",
+                         start, start, f.proxy)  # fmt: skip
+        else:
+            ok = Fetched(f.domain, f.url, f.kind, f.attempt, 200, "", f.url, "text/html",
+                         self.site.body(f.url), start, start, f.proxy)  # fmt: skip
+        found = [Outcome("ok", (("fetched", ok),))]
+        for status, error in self.failures:
+            failed = Fetched(f.domain, f.url, f.kind, f.attempt, status, error, f.url, "", "",
+                             start, start, f.proxy)  # fmt: skip
+            found.append(Outcome("fail", (("fetched", failed),)))
+        return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
+class ParseEffects:
+    """A parse worker over :class:`SmallSite` (cluster/crawl_parse.py's results)."""
+
+    site: SmallSite
+
+    def outcomes(self, token: Token, attempt: int) -> tuple[Outcome, ...]:
+        del attempt
+        page = Page(*token)
+        links = self.site.links(page.final_url or page.url)
+        results: list[tuple[str, Token]] = [
+            ("parse_done", ParseDone(page.domain, page.url, page.url, len(links)))
+        ]
+        results += [("links", Link(urlsplit(u).netloc, u, page.depth + 1)) for u in links]
+        return (Outcome("ok", tuple(results)),)
+
+
+class StoreEffects:
+    """A store worker: it writes the record, then completes with ``store_done``."""
+
+    def outcomes(self, token: Token, attempt: int) -> tuple[Outcome, ...]:
+        del attempt
+        return (Outcome("ok", (("store_done", StoreDone(token[0], token[1])),)),)
+
+
+def politeness_holds(concurrency: int) -> Invariant:
+    """At most ``concurrency`` fetches in flight per domain."""
+
+    def at_most_concurrency_in_flight(m: MarkingView) -> bool:
+        per_domain: dict[str, int] = {}
+        for i in m["fetching"]:
+            per_domain[i[0]] = per_domain.get(i[0], 0) + 1
+        return all(n <= concurrency for n in per_domain.values())
+
+    return at_most_concurrency_in_flight
+
+
+def proxies_conserved(names: Sequence[str]) -> Invariant:
+    """The proxy tokens are exactly the initial ones (by name), none lost or doubled."""
+    expected = sorted(names)
+
+    def proxy_tokens_conserved(m: MarkingView) -> bool:
+        return sorted(x[0] for x in m["proxies"]) == expected
+
+    return proxy_tokens_conserved
+
+
+def crawl_finished(m: MarkingView) -> bool:
+    """A final marking: no work in progress, and every admitted URL is in exactly one of
+    ``stored``, ``failed`` (a final failure) or ``skipped``."""
+    if any(m.get(place) for place in WORK_PLACES):
+        return False
+    stored = {(s[0], s[1]) for s in m["stored"]}
+    failed = {(f[0], f[1]) for f in m["fail_log"] if f[4]}
+    skipped = {(s[0], s[1]) for s in m["skipped"]}
+    return all(
+        ((s[0], s[1]) in stored) + ((s[0], s[1]) in failed) + ((s[0], s[1]) in skipped) == 1
+        for s in m["seen"]
+    )
+
+
+def verified_net(
+    domains: int = 2,
+    pages: int = 3,
+    proxies: int = 1,
+    retries: int = 1,
+    concurrency: int = 1,
+    timing: str = "zero",
+    failures: str = "all",
+) -> Net:
+    """The crawler closed over :class:`SmallSite`, with its invariants, for ``cpn verify``.
+
+    ``timing="zero"`` sets every planning time of the policy to 0 (delay, lead, ready,
+    late and margin), so the time-valued token fields stay 0 in the untimed exploration
+    instead of counting planned starts (docs/verify.md says what this does and does not
+    prove); ``timing="policy"`` keeps the default policy's times. ``failures="all"``
+    lets every fetch fail in each of the four ways of :data:`FETCH_FAILURES`;
+    ``failures="one"`` only with a 503. The four take the same transitions (all are
+    transient failures) and differ only in the reason logged in ``fail_log``, a place no
+    transition reads, so they multiply the markings without adding behaviour.
+    """
+    if failures not in ("all", "one"):
+        raise NetDefinitionError(f"verified crawler: failures must be all or one, got {failures!r}")
+    if timing not in ("zero", "policy"):
+        raise NetDefinitionError(f"verified crawler: timing must be zero or policy, got {timing!r}")
+    site = SmallSite(domains, pages)
+    names = [f"http://proxy{i}.example:3128" for i in range(proxies)]
+    times = (
+        {
+            "delay_ms": 0,
+            "lead_ms": 0,
+            "ready_ms": 0,
+            "late_ms": 0,
+            "margin_ms": 0,
+            "late_anchored_ms": 0,
+        }
+        if timing == "zero"
+        else {}
+    )
+    policy = CrawlPolicy(
+        concurrency=concurrency,
+        proxies=tuple(names),
+        max_attempts=retries + 1,
+        max_pages_per_domain=pages,
+        **times,  # type: ignore[arg-type]
+    )
+    seeds = [Link(site.domain(i), site.url(site.domain(i), 0), 0) for i in range(domains)]
+    return crawler_net(
+        policy,
+        seeds=seeds,
+        scope_domains=[site.domain(i) for i in range(domains)],
+        effects={
+            "fetch_queue": FetchEffects(
+                site, FETCH_FAILURES if failures == "all" else ((503, ""),)
+            ),
+            "parse_queue": ParseEffects(site),
+            "store_queue": StoreEffects(),
+        },
+        invariants={
+            "at_most_concurrency_in_flight": politeness_holds(concurrency),
+            "proxy_tokens_conserved": proxies_conserved([f"proxy{i:03d}" for i in range(proxies)]),
+        },
+    )

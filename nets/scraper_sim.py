@@ -28,7 +28,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from nets.model import Net, Place, Transition, variables
+from nets.model import MarkingView, Net, Place, Transition, variables
 
 
 class Domain(NamedTuple):
@@ -186,3 +186,65 @@ def scraper_net(params: ScraperParams = ScraperParams()) -> Net:
 def net(seed: int = 0) -> Net:
     """The default instance, for ``cpn run nets.scraper_sim:net [--seed S]``."""
     return scraper_net(ScraperParams(seed=seed))
+
+
+# -- A small instance with its properties, for `cpn verify` -----------------------------
+
+
+def politeness_holds(m: MarkingView) -> bool:
+    """At most one fetch in flight per domain (each domain has one ``domains`` token)."""
+    per_domain = [Fetch(*f).domain for f in m["in_flight"]]
+    return len(per_domain) == len(set(per_domain))
+
+
+def crawl_finished(m: MarkingView) -> bool:
+    """A final marking: nothing left to fetch or in flight, and every target's URL is in
+    exactly one of ``done`` or ``fail_log`` as a final failure."""
+    if m["targets"] or m["in_flight"]:
+        return False
+    done = [Target(*t).url for t in m["done"]]
+    failures = [Failure(*f) for f in m["fail_log"]]
+    failed = [f.url for f in failures if f.final]
+    urls = set(done) | {f.url for f in failures}
+    return all(done.count(u) + failed.count(u) == 1 for u in urls)
+
+
+def verified_net(
+    domains: int = 2, pages: int = 3, proxies: int = 1, retries: int = 1, seed: int = 0
+) -> Net:
+    """The decision net at small parameters, with its invariants, for ``cpn verify``.
+
+    ``seed`` picks which fetches fail (half of them, by the hash of :func:`fetch_succeeds`).
+    """
+    params = ScraperParams(
+        domains=domains,
+        targets=domains * pages,
+        proxies=proxies,
+        max_attempts=retries + 1,
+        failure_rate=0.5,
+        seed=seed,
+    )
+    built = scraper_net(params)
+    names = sorted(f"proxy{i:03d}" for i in range(proxies))
+    return Net(
+        built.name,
+        places=built.places,
+        transitions=built.transitions,
+        invariants={
+            "at_most_one_fetch_in_flight_per_domain": politeness_holds,
+            "proxy_tokens_conserved": lambda m: (
+                sorted(Proxy(*x).name for x in m["proxies"]) == names
+            ),
+            "every_target_once_in_targets_in_flight_done_or_failed": lambda m: _accounted(
+                m, params
+            ),
+        },
+    )
+
+
+def _accounted(m: MarkingView, params: ScraperParams) -> bool:
+    # A target is pending (targets or in_flight) or finished (done, final failure): once.
+    where = [Target(*t).url for t in m["targets"]] + [Fetch(*f).url for f in m["in_flight"]]
+    where += [Target(*t).url for t in m["done"]]
+    where += [f.url for f in (Failure(*f) for f in m["fail_log"]) if f.final]
+    return sorted(where) == sorted(t.url for t in initial_targets(params))
