@@ -51,7 +51,7 @@ import functools
 import urllib.robotparser
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import Final, NamedTuple
 from urllib.parse import urlsplit
 
 from nets.effects import EffectModel, Outcome
@@ -906,22 +906,63 @@ WORK_PLACES: tuple[str, ...] = (
 )
 
 
+# The simulated site of `cpn sim nets.scraper:net` (--net-param site_domains=N ...): most
+# fetches answer 200; each of the four failures of FETCH_FAILURES comes 2.5 % of the time.
+SIM_SITE_PAGES: Final = 10
+SIM_FETCH_OK_WEIGHT: Final = 0.9
+SIM_FETCH_FAILURE_WEIGHT: Final = 0.025
+SIM_FETCH_LATENCY_MS: Final = 30
+SITE_PARAMS: Final = ("site_domains", "site_pages", "site_latency_ms")
+
+
 def net(seed: int = 0, **params: object) -> Net:
     """The crawler net for ``cpn up --net nets.scraper:net [--net-param KEY=VALUE ...]``.
 
-    ``params`` are :class:`CrawlPolicy` fields (lists become tuples); ``seed`` is
-    accepted for the loader's convention and unused: the net makes no random choice.
+    ``params`` are :class:`CrawlPolicy` fields (lists become tuples), and three that
+    describe a simulated site for ``cpn sim``: ``site_domains`` (default 0: the net
+    starts empty, a cluster puts its seeds), ``site_pages`` per domain and
+    ``site_latency_ms`` per fetch. With ``site_domains`` > 0 the net starts with each
+    domain's first page as a seed, in scope. Its work queues always carry the effect
+    models of :class:`SmallSite` (fetch, parse, store), which the simulator uses in
+    place of workers; a real cluster ignores them. ``seed`` is accepted for the
+    loader's convention and unused: the net makes no random choice.
     """
     del seed
     known_fields = {f.name for f in fields(CrawlPolicy)}
-    unknown = sorted(set(params) - known_fields)
+    unknown = sorted(set(params) - known_fields - set(SITE_PARAMS))
     if unknown:
         raise NetDefinitionError(
             f"crawler net: unknown parameter {unknown[0]!r} "
-            f"(known: {', '.join(sorted(known_fields))})"
+            f"(known: {', '.join(sorted(known_fields | set(SITE_PARAMS)))})"
         )
+    site_values: dict[str, int] = {}
+    for name in SITE_PARAMS:
+        value = params.pop(name, None)
+        if value is None:
+            continue
+        if type(value) is not int or value < 0:
+            raise NetDefinitionError(f"crawler net: {name} must be an integer >= 0, got {value!r}")
+        site_values[name] = value
+    domains = site_values.get("site_domains", 0)
+    site = SmallSite(domains, site_values.get("site_pages", SIM_SITE_PAGES), cross_links=True)
+    latency_ms = site_values.get("site_latency_ms", SIM_FETCH_LATENCY_MS)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-    return crawler_net(CrawlPolicy(**values))  # type: ignore[arg-type]
+    fetch = FetchEffects(
+        site,
+        ok_weight=SIM_FETCH_OK_WEIGHT,
+        failure_weight=SIM_FETCH_FAILURE_WEIGHT,
+        latency_ms=latency_ms,
+    )
+    return crawler_net(
+        CrawlPolicy(**values),  # type: ignore[arg-type]
+        seeds=[Link(site.domain(i), site.url(site.domain(i), 0), 0) for i in range(domains)],
+        scope_domains=[site.domain(i) for i in range(domains)],
+        effects={
+            "fetch_queue": fetch,
+            "parse_queue": ParseEffects(site),
+            "store_queue": StoreEffects(),
+        },
+    )
 
 
 # -- A closed crawler, for `cpn verify` ---------------------------------------------------
@@ -937,10 +978,13 @@ FETCH_FAILURES: tuple[tuple[int, str], ...] = ((503, ""), (429, ""), (0, "timeou
 
 @dataclass(frozen=True, slots=True)
 class SmallSite:
-    """``domains`` domains of ``pages`` pages each; page ``k`` links to every other page."""
+    """``domains`` domains of ``pages`` pages each; page ``k`` links to every other page
+    of its domain, and with ``cross_links`` also to page ``k`` of the next domain (so a
+    crawl partitioned by domain hands links across partitions)."""
 
     domains: int = 2
     pages: int = 3
+    cross_links: bool = False
 
     def domain(self, i: int) -> str:
         return f"d{i}.example"
@@ -951,7 +995,11 @@ class SmallSite:
     def links(self, url: str) -> tuple[str, ...]:
         parts = urlsplit(url)
         k = int(parts.path.rsplit("/", 1)[1])
-        return tuple(self.url(parts.netloc, j) for j in range(self.pages) if j != k)
+        found = tuple(self.url(parts.netloc, j) for j in range(self.pages) if j != k)
+        if self.cross_links and self.domains > 1:
+            index = int(parts.netloc.split(".", 1)[0].removeprefix("d"))
+            found += (self.url(self.domain((index + 1) % self.domains), k),)
+        return found
 
     def body(self, url: str) -> str:
         anchors = "".join(f'<a href="{link}">p</a>' for link in self.links(url))
@@ -961,26 +1009,36 @@ class SmallSite:
 @dataclass(frozen=True, slots=True)
 class FetchEffects:
     """A fetch worker over :class:`SmallSite`: 200, or each of ``failures`` (by default
-    503, 429, timeout and reset)."""
+    503, 429, timeout and reset).
+
+    The explorer takes every outcome; a simulator draws one by ``ok_weight`` and
+    ``failure_weight`` (each failure's), and the answer comes ``latency_ms`` after the
+    planned start (the result's ``answered_ms`` says so, as a real worker's would).
+    """
 
     site: SmallSite
     failures: tuple[tuple[int, str], ...] = FETCH_FAILURES
+    ok_weight: float = 1.0
+    failure_weight: float = 1.0
+    latency_ms: int = 0
 
     def outcomes(self, token: Token, attempt: int) -> tuple[Outcome, ...]:
         del attempt  # the Fetch token carries the crawl's own attempt count
         f = Fetch(*token)
         start = f.start_at_ms
+        answered = start + self.latency_ms
         if f.kind == ROBOTS:
             ok = Fetched(f.domain, f.url, f.kind, f.attempt, 200, "", f.url, "text/plain", "",
-                         start, start, f.proxy)  # fmt: skip
+                         start, answered, f.proxy)  # fmt: skip
         else:
             ok = Fetched(f.domain, f.url, f.kind, f.attempt, 200, "", f.url, "text/html",
-                         self.site.body(f.url), start, start, f.proxy)  # fmt: skip
-        found = [Outcome("ok", (("fetched", ok),))]
+                         self.site.body(f.url), start, answered, f.proxy)  # fmt: skip
+        latency = self.latency_ms
+        found = [Outcome("ok", (("fetched", ok),), self.ok_weight, latency)]
         for status, error in self.failures:
             failed = Fetched(f.domain, f.url, f.kind, f.attempt, status, error, f.url, "", "",
-                             start, start, f.proxy)  # fmt: skip
-            found.append(Outcome("fail", (("fetched", failed),)))
+                             start, answered, f.proxy)  # fmt: skip
+            found.append(Outcome("fail", (("fetched", failed),), self.failure_weight, latency))
         return tuple(found)
 
 

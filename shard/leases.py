@@ -116,7 +116,16 @@ def with_work_queues(net: Net) -> tuple[Net, dict[str, WorkQueue]]:
         queues[q.name] = queue
     if not queues:
         return net, queues
-    return Net(net.name, places=places, transitions=transitions), queues
+    return (
+        Net(
+            net.name,
+            places=places,
+            transitions=transitions,
+            invariants=net.invariants,
+            effects=net.effects,
+        ),
+        queues,
+    )
 
 
 def _restorer(queue: WorkQueue) -> Any:

@@ -207,6 +207,14 @@ class Mover:
             if staged is not None and staged.move_id == move_id:
                 self._answer(move_id, "staged", staged.count, staged.digest)
                 return
+            if table.owner(slot) == me:
+                # A stage order comes while the source owns the slot; once this shard's
+                # table gives it the slot, the move committed and was activated here
+                # (its table cannot be older: it forgot the slot's last move away only
+                # at that move's commit epoch). A late copy of the order must not fetch
+                # and activate the shipment a second time.
+                self.counters["move_orders_stale"] += 1
+                return
             self.stage_orders[move_id] = order
             self._fetch(order, now_ms, exchange)
         elif kind == "activate":

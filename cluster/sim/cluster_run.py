@@ -27,9 +27,11 @@ is held.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -49,7 +51,7 @@ from cluster.sim.shard_node import (
     shard_id_of,
     shard_node,
 )
-from cluster.sim.trace import Trace, wire_view
+from cluster.sim.trace import Trace, wire_summary, wire_view
 from cluster.sim.world import Actor, Send, Step, World
 from nets.errors import CpnError
 from nets.loader import load_net
@@ -65,7 +67,7 @@ WORKERS_PER_QUEUE: Final = 2
 PARTITION_CHECK_EVERY: Final = 500
 SHARDS_MAX_SIM: Final = 8
 CONFIG_ENV: Final = "CPN_SIM_CONFIG"  # how a determinism rerun gets the run's settings
-FAULT_POINT_RATE: Final = 0.2  # per fault point passed, when crashes are in the plan
+FAULT_POINT_RATE: Final = 0.1  # per fault point, once a run, when crashes are in the plan
 
 
 class SimError(CpnError):
@@ -150,7 +152,7 @@ def effect_models(net: Net) -> dict[str, EffectModelLike[OutcomeLike]]:
     Raises:
         SimError: a work-queue place has none (the message names it).
     """
-    models: Mapping[str, Any] = getattr(net, "effects", {})
+    models = net.effects
     missing = [p.name for p in net.places if p.work_queue and p.name not in models]
     if missing:
         raise SimError(
@@ -213,7 +215,9 @@ class _Operator:
 class ClusterSim:
     """One seed of one configuration (see the module docstring)."""
 
-    def __init__(self, seed: int, config: SimConfig, net: Net | None = None) -> None:
+    def __init__(
+        self, seed: int, config: SimConfig, net: Net | None = None, *, verbose: bool = False
+    ) -> None:
         if not 1 <= config.shards <= SHARDS_MAX_SIM:
             raise SimError(f"--shards must be in 1..{SHARDS_MAX_SIM}, got {config.shards}")
         if config.store not in ("memory", "lmdb"):
@@ -224,6 +228,7 @@ class ClusterSim:
         self.models = effect_models(self.net)
         self.plan = config.plan(seed)
         self.faults = FaultCounts()
+        self.heal_at_ms = int(config.until_ms * config.heal_at_fraction)
         self.base_setup = ShardSetup.of(self.net, shard_count=config.shards)
         self.roster = _Roster([shard_node(k) for k in range(config.shards)])
         self.shard_actors: dict[str, ShardActor] = {}
@@ -232,6 +237,7 @@ class ClusterSim:
             RouterMemoryStore(config.shards),
             rng=derived_random(seed, "router-faults"),
             fault_rate=FAULT_POINT_RATE if "crash_router" in self.plan.names() else 0.0,
+            faults_end_ms=self.heal_at_ms,
         )
         actors: dict[str, Actor] = {ROUTER: self.router}
         for shard_id in range(config.shards):
@@ -253,6 +259,7 @@ class ClusterSim:
                 self.workers.append(worker)
                 actors[name] = worker
         self.shards_created = config.shards
+        self.desired_shards = config.shards  # what the last `cpn scale` asked for
         self.operators = 0
         self.invariants = Invariants(self)
         until_ms = config.until_ms
@@ -263,10 +270,10 @@ class ClusterSim:
             shards=list(self.roster.nodes),
             routers=[ROUTER],
             until_ms=until_ms,
-            heal_at_ms=int(until_ms * config.heal_at_fraction),
+            heal_at_ms=self.heal_at_ms,
             check_step=self.invariants.check,
             scale=self._scale,
-            describe=wire_view,
+            describe=wire_view if verbose else wire_summary,
             links=LinkModel(latency_ms_min=1, latency_ms_max=5),
             pinned=[ROUTER],
             faults=self.faults,
@@ -294,6 +301,7 @@ class ClusterSim:
             store,
             rng=derived_random(self.seed, "shard-faults", node),
             fault_rate=FAULT_POINT_RATE if crashes else 0.0,
+            faults_end_ms=self.heal_at_ms,
         )
         self.shard_actors[node] = actor
         return actor
@@ -320,26 +328,33 @@ class ClusterSim:
             if members <= 1:
                 return
             count = members - 1
+        self.desired_shards = count
         self.operators += 1
         world.add_actor(f"operator-{self.operators}", _Operator(count), shard=False)
         self.faults.record("scale_out" if delta > 0 else "scale_in")
 
     def supervise(self, world: World) -> None:
-        """Stop for good the shards the router retired (the supervisor's job)."""
+        """Stop for good the shards the router retired (cluster/supervisor.py's rule: a
+        shard beyond the count asked for, which the router says is retired)."""
         plane = self.router.plane
         if plane is None:
             return
         first_gone = max(plane.coordinator.members, plane.table.shard_count)
         for node in list(self.roster.nodes):
             shard_id = shard_id_of(node)
-            if shard_id is not None and shard_id >= first_gone and node not in world.retired:
+            if (
+                shard_id is not None
+                and shard_id >= max(first_gone, self.desired_shards)
+                and node not in world.retired
+            ):
                 world.retire(node)
                 self.roster.nodes.remove(node)
 
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> SimResult:
-        result = self.world.run()
+        with _quiet_cores():
+            result = self.world.run()
         failure = "" if result.ledger.ok else str(result.ledger)
         if not failure:
             failure = self.invariants.at_end()
@@ -361,6 +376,21 @@ class ClusterSim:
             completions,
             failure,
         )
+
+
+@contextlib.contextmanager
+def _quiet_cores() -> Iterator[None]:
+    """The cores log what a real process would log (a peer's error, a refused table);
+    thousands of simulated runs would bury the report in them, so they are dropped."""
+    logger = logging.getLogger("cpn")
+    handlers, propagate = logger.handlers[:], logger.propagate
+    logger.handlers[:] = [logging.NullHandler()]
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
 
 
 class Invariants:
@@ -466,14 +496,17 @@ class Invariants:
         return ""
 
 
-def simulate(seed: int, config: SimConfig, net: Net | None = None) -> SimResult:
-    """Run ``seed`` of ``config`` (see the module docstring).
+def simulate(
+    seed: int, config: SimConfig, net: Net | None = None, *, verbose: bool = False
+) -> SimResult:
+    """Run ``seed`` of ``config`` (see the module docstring); ``verbose`` traces every
+    frame's fields (for a replay), not just its type and digest.
 
     Raises:
         SimError: the configuration cannot run (the net lacks effect models...).
         InvariantBroken: a per-step invariant failed (the run stops there).
     """
-    return ClusterSim(seed, config, net).run()
+    return ClusterSim(seed, config, net, verbose=verbose).run()
 
 
 def run(seed: int) -> Trace:

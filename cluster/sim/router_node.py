@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from cluster.sim.ledger import LedgerEvent
+from cluster.sim.ledger import Recovered as LedgerRecovered
 from cluster.sim.network import Delivered
 from cluster.sim.world import CrashPoint, Directory, Send, Step
 from nets.model import Net
@@ -27,6 +28,7 @@ from router.control import ControlPlane, Outcome, Recovered, RouterWrite, places
 from router.table import PartitionTable
 
 HEARTBEAT_TIMEOUT_MS: Final = 3_000
+ROUTER_NODE: Final = "router"
 
 
 class RouterMemoryStore:
@@ -62,7 +64,8 @@ class RouterActor:
         net: the cluster's net (the router knows its places' partitioning).
         store: the router's durable state, kept across crashes.
         rng: draws whether it dies at a fault point, and for how long.
-        fault_rate: the chance of dying at each move state's fault point it reaches.
+        fault_rate: the chance of dying at a move state's fault point it reaches: each
+            point at most once a run, and never from ``faults_end_ms`` on.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class RouterActor:
         rng: random.Random,
         fault_rate: float = 0.0,
         down_ms_max: int = 2_000,
+        faults_end_ms: int = 0,
     ) -> None:
         self.net_name = net.name
         self.places = places_of(net)
@@ -80,20 +84,31 @@ class RouterActor:
         self._rng = rng
         self._fault_rate = fault_rate
         self._down_ms_max = down_ms_max
+        self._faults_end_ms = faults_end_ms
+        self._now_ms = 0
         self.plane: ControlPlane | None = None
         self.fault_points_hit: Counter[str] = Counter()
 
     def start(self, now_ms: int, endpoint: str, directory: Directory) -> Step:
         del endpoint, directory  # the shards learn the (pinned) endpoint from the world
+        self._now_ms = now_ms
         self.plane = ControlPlane(
             self.net_name,
             self.places,
             self.store.open(),
             heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS,
         )
-        return self._carry_out(self.plane.tick(now_ms), reply_to="")
+        # Up again, holding no tokens: the ledger marks the node up, even if it dies at
+        # a fault point of its first tick.
+        up = (LedgerRecovered(ROUTER_NODE, ()),)
+        try:
+            started = self._carry_out(self.plane.tick(now_ms), reply_to="")
+        except CrashPoint as crash:
+            raise CrashPoint(crash.point, crash.down_ms, up) from crash
+        return Step(started.committed, up, started.sends)
 
     def receive(self, now_ms: int, frame: Delivered) -> Step:
+        self._now_ms = now_ms
         plane = self._plane()
         ticked = self._carry_out(plane.tick(now_ms), reply_to="")
         outcome = plane.receive(now_ms, [frame.payload], peer=frame.reply_to.encode())
@@ -101,6 +116,7 @@ class RouterActor:
         return Step(ticked.committed or answered.committed, (), ticked.sends + answered.sends)
 
     def wake(self, now_ms: int) -> Step:
+        self._now_ms = now_ms
         return self._carry_out(self._plane().tick(now_ms), reply_to="")
 
     def next_deadline_ms(self) -> int | None:
@@ -121,8 +137,12 @@ class RouterActor:
         if outcome.write is not None:
             self.store.write(outcome.write)
         for state in outcome.reached:
-            if self._fault_rate and self._rng.random() < self._fault_rate:
-                self.fault_points_hit[f"router-{state}"] += 1
-                raise CrashPoint(f"router-{state}", self._rng.randint(10, self._down_ms_max))
+            point = f"router-{state}"
+            if not self._fault_rate or self._now_ms >= self._faults_end_ms:
+                break
+            if point in self.fault_points_hit or self._rng.random() >= self._fault_rate:
+                continue
+            self.fault_points_hit[point] += 1
+            raise CrashPoint(point, self._rng.randint(10, self._down_ms_max))
         sends = (Send(reply_to, outcome.frame),) if reply_to and outcome.frame else ()
         return Step(outcome.write is not None, (), sends)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -64,7 +64,15 @@ class ShardStoreLike(Protocol):
         """Open the store for a new incarnation; returns the incarnation (1, 2, ...)."""
         ...
 
-    def recover(self) -> StoreRecovered: ...
+    def recover(self, deferred: frozenset[str] = frozenset()) -> StoreRecovered:
+        """What a restart reads back; the ``deferred`` places' entries come later, from
+        the returned reader (docs/shard.md, "Deferred places")."""
+        ...
+
+    def committed_view(self) -> Counter[tuple[str, Token]]:
+        """The committed marking as the token ledger counts it: untimed, without the
+        entries of slots sealed for a move (they are in a shipment)."""
+        ...
 
     def commit(self, batch: Batch, *, initialised: bool = False) -> None: ...
 
@@ -104,10 +112,19 @@ class MemoryShardStore:
         self.incarnation += 1
         return self.incarnation
 
-    def recover(self) -> StoreRecovered:
+    def recover(self, deferred: frozenset[str] = frozenset()) -> StoreRecovered:
         marking: dict[str, list[tuple[int, Token]]] = {}
+        later: dict[str, list[tuple[int, Token]]] = {}
+        counts = dict.fromkeys(sorted(deferred), 0)
         for (place, time_ms, token), count in self.marking.items():
-            marking.setdefault(place, []).extend([(time_ms, token)] * count)
+            if place not in deferred:
+                marking.setdefault(place, []).extend([(time_ms, token)] * count)
+                continue
+            # As the LMDB store: the stored count covers every entry, the reader skips
+            # the slots sealed for a move (the core takes those out of the count).
+            counts[place] += count
+            if slot_of_token(self._places[place], token) not in self.phases:
+                later.setdefault(place, []).extend([(time_ms, token)] * count)
         return StoreRecovered(
             marking=marking,
             clock_ms=self.clock_ms,
@@ -120,7 +137,16 @@ class MemoryShardStore:
             endpoints=self.endpoints,
             phases=dict(self.phases),
             staged=dict(self.staged),
+            deferred_counts=counts,
+            deferred=MemoryDeferredReader(later) if deferred else None,
         )
+
+    def committed_view(self) -> Counter[tuple[str, Token]]:
+        view: Counter[tuple[str, Token]] = Counter()
+        for (place, _time_ms, token), count in self.marking.items():
+            if not self.phases or slot_of_token(self._places[place], token) not in self.phases:
+                view[(place, tuple(token))] += count
+        return view
 
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
         if self._failing:
@@ -173,6 +199,28 @@ class MemoryShardStore:
         self._failing = reason
 
 
+class MemoryDeferredReader:
+    """The deferred places' entries as recovery saw them, handed out in chunks."""
+
+    def __init__(self, entries: dict[str, list[tuple[int, Token]]]) -> None:
+        self._left = [(place, entry) for place, found in entries.items() for entry in found]
+        self._next = 0
+
+    @property
+    def done(self) -> bool:
+        return self._next >= len(self._left)
+
+    def read(self, entries_max: int) -> dict[str, list[tuple[int, Token]]]:
+        chunk: dict[str, list[tuple[int, Token]]] = {}
+        for place, entry in self._left[self._next : self._next + entries_max]:
+            chunk.setdefault(place, []).append(entry)
+        self._next = min(len(self._left), self._next + entries_max)
+        return chunk
+
+    def close(self) -> None:
+        self._next = len(self._left)
+
+
 class LmdbShardStore:
     """The real LMDB store of shard/shell/store.py under ``data_dir`` (the option that
     runs a simulation on real files): each :meth:`open` is a new incarnation."""
@@ -200,8 +248,18 @@ class LmdbShardStore:
         assert self._store is not None, "the store is closed"
         return self._store
 
-    def recover(self) -> StoreRecovered:
-        return self._opened().recover()
+    def recover(self, deferred: frozenset[str] = frozenset()) -> StoreRecovered:
+        return self._opened().recover(deferred)
+
+    def committed_view(self) -> Counter[tuple[str, Token]]:
+        store = self._opened()
+        sealed = frozenset(store.recover().phases)
+        places = {p.name: p for p in self._net.places}
+        view: Counter[tuple[str, Token]] = Counter()
+        for place, _time_ms, token in store.entries():
+            if not sealed or slot_of_token(places[place], token) not in sealed:
+                view[(place, tuple(token))] += 1
+        return view
 
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
         if self._failing:
@@ -246,8 +304,10 @@ class ShardActor:
         setup: the shard's net and identity (its endpoint and the router's are filled
             in at each start).
         store: the shard's durable state, kept across crashes.
-        fault_rate: the chance that the shard dies at each named fault point it passes
-            (``shard-ship``, ``shard-sealed``...), as ``CPN_FAULT_POINTS`` would kill it.
+        fault_rate: the chance that the shard dies at a named fault point it passes
+            (``shard-ship``, ``shard-sealed``...), as ``CPN_FAULT_POINTS`` would kill
+            it: each point at most once per node and run (as a real one fires once per
+            data directory), and never from ``faults_end_ms`` on (the heal phase).
         rng: the stream of those draws and of the down times.
         commit_fail_rate: the chance that a commit fails (the store turns read-only
             until the node restarts), per commit.
@@ -263,14 +323,19 @@ class ShardActor:
         fault_rate: float = 0.0,
         commit_fail_rate: float = 0.0,
         down_ms_max: int = 2_000,
+        faults_end_ms: int = 0,
     ) -> None:
         self.node = node
         self.setup = setup
+        self._deferred_places = setup.deferred_places
         self.store = store
         self._rng = rng
         self._fault_rate = fault_rate
         self._commit_fail_rate = commit_fail_rate
         self._down_ms_max = down_ms_max
+        self._faults_end_ms = faults_end_ms
+        self._now_ms = 0  # the time of the call in progress (fault points read it)
+        self._committed: list[LedgerEvent] = []  # ledger events committed in this call
         self.core: ShardCore | None = None
         self.router_endpoint = ""  # pinned: learnt at the first start
         self.endpoint = ""
@@ -283,10 +348,28 @@ class ShardActor:
     # -- the world's calls -----------------------------------------------------------------
 
     def start(self, now_ms: int, endpoint: str, directory: Directory) -> Step:
+        return self._guarded(now_ms, lambda: self._start(now_ms, endpoint, directory))
+
+    def receive(self, now_ms: int, frame: Delivered) -> Step:
+        return self._guarded(now_ms, lambda: self._receive(now_ms, frame))
+
+    def wake(self, now_ms: int) -> Step:
+        return self._guarded(now_ms, lambda: self._turn(now_ms, []))
+
+    def _guarded(self, now_ms: int, call: Callable[[], Step]) -> Step:
+        """Run one call; at a fault point, keep the ledger of what it committed."""
+        self._now_ms = now_ms
+        self._committed = []
+        try:
+            return call()
+        except CrashPoint as crash:
+            raise CrashPoint(crash.point, crash.down_ms, tuple(self._committed)) from crash
+
+    def _start(self, now_ms: int, endpoint: str, directory: Directory) -> Step:
         self.router_endpoint = self.router_endpoint or (directory(ROUTER_NODE) or "")
         self.endpoint = endpoint
         incarnation = self.store.open()
-        recovered = self.store.recover()
+        recovered = self.store.recover(self._deferred_places)
         self._run_counts = {(lane, first): count for lane, first, count, _e in recovered.runs}
         setup = dataclasses.replace(self.setup, endpoint=endpoint, router=self.router_endpoint)
         core = ShardCore(
@@ -298,26 +381,27 @@ class ShardActor:
             fault=self._fault_point,
         )
         self.core = core
-        # What the store gave back, as the engine holds it (a sealed slot's tokens are in
-        # the store but not the engine: the ledger counts them in the shipment). A new
-        # store gave nothing: the initial marking comes in the first batch.
-        marking = _marking_of(core) if recovered.initialised else ()
-        ledger: list[LedgerEvent] = [Recovered(self.node, marking)]
+        # What the store gave back (a sealed slot's tokens are in the store but not the
+        # engine: the ledger counts them in the shipment), deferred places included
+        # though the engine loads them later. A new store gave nothing: the initial
+        # marking comes in the first batch.
+        marking = _listed(self.store.committed_view()) if recovered.initialised else ()
+        self._committed.append(Recovered(self.node, marking))
         if not core.initialised:
             batch = core.take_batch()
             self.store.commit(batch, initialised=True)
             core.committed(now_ms)
-            ledger += self._events(batch, via="initial")
-        return self._turn(now_ms, [], ledger)
+            self._committed += self._events(batch, via="initial")
+        return self._turn(now_ms, [])
 
-    def receive(self, now_ms: int, frame: Delivered) -> Step:
+    def _receive(self, now_ms: int, frame: Delivered) -> Step:
         core = self._core()
         try:
             envelope = decode(frame.payload)
         except WireFormatError as exc:
             core.counters["frames_malformed"] += 1
             refusal = Error("malformed_frame", str(exc))
-            return self._turn(now_ms, [(frame.reply_to, refusal, exc.message_id)], [])
+            return self._turn(now_ms, [(frame.reply_to, refusal, exc.message_id)])
         message = envelope.message
         if type(message) not in _REQUEST_TYPES:
             source = ROUTER if frame.src == ROUTER_NODE else shard_id_of(frame.src)
@@ -325,7 +409,7 @@ class ShardActor:
                 core.counters["peer_replies_unexpected"] += 1
             else:
                 core.peer_message(now_ms, source, envelope)
-            return self._turn(now_ms, [], [])
+            return self._turn(now_ms, [])
         replies: list[tuple[str, Message, int]] = []
         try:
             answer = core.handle(now_ms, envelope)
@@ -340,10 +424,7 @@ class ShardActor:
         except CpnError as exc:
             core.counters["errors_request"] += 1
             replies.append((frame.reply_to, Error("bad_request", str(exc)), envelope.message_id))
-        return self._turn(now_ms, replies, [])
-
-    def wake(self, now_ms: int) -> Step:
-        return self._turn(now_ms, [], [])
+        return self._turn(now_ms, replies)
 
     def next_deadline_ms(self) -> int | None:
         return None if self.core is None else self.core.next_deadline_ms()
@@ -355,16 +436,16 @@ class ShardActor:
         self.store.close()
 
     def present(self) -> Iterable[LedgerEvent]:
-        core = self._core()
+        # Every step ends committed: the store holds what the node holds (with the
+        # deferred places whether loaded yet or not).
         return [
-            Present(self.node, place, value, count) for place, value, count in _marking_of(core)
+            Present(self.node, place, value, count)
+            for place, value, count in _listed(self.store.committed_view())
         ]
 
     # -- one turn of the loop --------------------------------------------------------------
 
-    def _turn(
-        self, now_ms: int, replies: list[tuple[str, Message, int]], ledger: list[LedgerEvent]
-    ) -> Step:
+    def _turn(self, now_ms: int, replies: list[tuple[str, Message, int]]) -> Step:
         core = self._core()
         self.turns += 1
         core.loop_back()
@@ -392,7 +473,7 @@ class ShardActor:
             else:
                 core.committed(now_ms)
                 committed = True
-                ledger += self._events(batch, via="batch")
+                self._committed += self._events(batch, via="batch")
         sends = [
             Send(to, encode(reply, message_id=mid, incarnation=core.incarnation))
             for to, reply, mid in replies
@@ -405,7 +486,8 @@ class ShardActor:
                 sends.append(Send(endpoint, send.frame))
             else:
                 core.send_failed(send)
-        return Step(committed, tuple(ledger), tuple(sends))
+        core.load_deferred(now_ms)  # one chunk a turn, as the real loop does
+        return Step(committed, tuple(self._committed), tuple(sends))
 
     def _endpoint_of(self, send: CoreSend, core: ShardCore) -> str:
         if send.target == ROUTER:
@@ -418,9 +500,12 @@ class ShardActor:
         return self.core
 
     def _fault_point(self, name: str) -> None:
-        if self._fault_rate and self._rng.random() < self._fault_rate:
-            self.fault_points_hit[name] += 1
-            raise CrashPoint(name, self._rng.randint(10, self._down_ms_max))
+        if not self._fault_rate or self._now_ms >= self._faults_end_ms:
+            return
+        if name in self.fault_points_hit or self._rng.random() >= self._fault_rate:
+            return
+        self.fault_points_hit[name] += 1
+        raise CrashPoint(name, self._rng.randint(10, self._down_ms_max))
 
     # -- the ledger ------------------------------------------------------------------------
 
@@ -481,10 +566,5 @@ class ShardActor:
         )
 
 
-def _marking_of(core: ShardCore) -> tuple[tuple[str, Token, int], ...]:
-    """The engine's marking as the ledger counts it: (place, value, count), untimed."""
-    counts: Counter[tuple[str, Token]] = Counter()
-    for place, entries in core.engine.marking().items():
-        for _time_ms, token in entries:
-            counts[(place, tuple(token))] += 1
-    return tuple((place, value, n) for (place, value), n in counts.items())
+def _listed(view: Counter[tuple[str, Token]]) -> tuple[tuple[str, Token, int], ...]:
+    return tuple((place, value, n) for (place, value), n in view.items() if n)

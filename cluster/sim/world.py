@@ -29,7 +29,8 @@ Theory of operation:
 * **Checks.** ``check_step`` (the per-step invariants) runs after every event; at the
   end the actors report their final markings and the ledger checks the history.
 * **Fault points.** An actor that raises :class:`CrashPoint` dies in the middle of its
-  step: nothing of the step is recorded or sent, and the node restarts later.
+  step: what it committed before is recorded, nothing is sent, and the node restarts
+  later.
 * **Bounded.** At most ``steps_max`` events: a run that takes more is stuck (a livelock
   of timers) and raises :class:`SimulationStuck`.
 """
@@ -57,16 +58,19 @@ Directory = Callable[[str], str | None]  # node -> where it listens now (None: d
 class CrashPoint(Exception):
     """Raised by an actor at a named fault point: the node dies in the middle of its step.
 
-    The step's batch was not committed and its frames were not sent: the world records
-    nothing of it and crashes the node (it restarts after ``down_ms``). An actor raises
-    it from the core's fault-point callback, where the real process would SIGKILL
-    itself (``CPN_FAULT_POINTS``).
+    Its frames were not sent, and the world crashes the node (it restarts after
+    ``down_ms``). What the step had already committed stands: ``committed`` holds its
+    ledger events (a real fault point may come after a commit, as ``shard-sealed``
+    does: the batch is on disk, the report that would say so is not sent). An actor
+    raises it from the core's fault-point callback, where the real process would
+    SIGKILL itself (``CPN_FAULT_POINTS``).
     """
 
-    def __init__(self, point: str, down_ms: int) -> None:
+    def __init__(self, point: str, down_ms: int, committed: tuple[LedgerEvent, ...] = ()) -> None:
         super().__init__(point)
         self.point = point
         self.down_ms = down_ms
+        self.committed = committed
 
 
 class SimulationStuck(CpnError):
@@ -351,6 +355,7 @@ class World:
         try:
             step = call()
         except CrashPoint as crash:
+            self.history.extend(crash.committed)
             self.trace.record(self.schedule.now_ms, name, "fault_point", crash.point)
             self._crash(name, crash.down_ms)
             return
