@@ -22,15 +22,19 @@ Theory of operation:
 
 from __future__ import annotations
 
+import functools
+import types
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+from typing import Any, Final
 
 from nets.errors import CpnError
 from nets.marking import Entry, Index, PlaceStore
 from nets.model import Pattern, Transition, Var
+
+COMPILED_KEPT_MAX: Final = 4_096  # generated functions kept compiled (a few per transition)
 
 CONSUME, READ, INHIBIT = 0, 1, 2
 
@@ -355,10 +359,21 @@ def compile_search(component: Component, transition_name: str) -> Searcher:
     if depth > 1:
         lines.append("    return None")
     source = "\n".join(lines) + "\n"
-    code = compile(source, f"<cpn search for transition {transition_name!r}>", "exec")
+    code = compiled(source, f"<cpn search for transition {transition_name!r}>")
     exec(code, namespace)  # noqa: S102 - source built above from the net's structure only
     fn: Searcher = namespace["search"]
     return fn
+
+
+@functools.lru_cache(maxsize=COMPILED_KEPT_MAX)
+def compiled(source: str, filename: str) -> types.CodeType:
+    """The code object of generated ``source``, compiled once per process.
+
+    Every engine of a net generates the same source for a transition; only the
+    namespace it runs in differs. A shard that restarts, a warm standby, a simulation
+    restarting cores thousands of times: each would compile the net's functions anew.
+    """
+    return compile(source, filename, "exec")
 
 
 def _lookup_source(

@@ -21,7 +21,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from nets.binding import CONSUME, INHIBIT, Component, InscriptionError
+from nets.binding import CONSUME, INHIBIT, Component, InscriptionError, compiled
 from nets.marking import PlaceStore
 from nets.model import NOW, OutputArc, Place, Token, Transition, Var, parameters
 
@@ -184,7 +184,7 @@ def compile_firing(
         f"({''.join(p + ', ' for p in produced)}))"
     )
     source = "\n".join(lines) + "\n"
-    code = compile(source, f"<cpn firing of transition {transition.name!r}>", "exec")
+    code = compiled(source, f"<cpn firing of transition {transition.name!r}>")
     exec(code, ns)  # noqa: S102 - source built above from the net's structure only
     fire: FireFn = ns["fire"]
     return fire

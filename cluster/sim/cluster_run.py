@@ -48,6 +48,7 @@ from cluster.sim.shard_node import (
     MemoryShardStore,
     ShardActor,
     ShardStoreLike,
+    SlotOf,
     shard_id_of,
     shard_node,
 )
@@ -56,7 +57,7 @@ from cluster.sim.world import Actor, Send, Step, World
 from nets.errors import CpnError
 from nets.loader import load_net
 from nets.model import Net
-from router.slots import POOL_SLOT, slot_of_token
+from router.slots import POOL_SLOT
 from router.wire import Scale, Scaled, decode, encode
 from shard.core import ShardSetup
 
@@ -399,6 +400,7 @@ class Invariants:
     def __init__(self, sim: ClusterSim) -> None:
         self.sim = sim
         self.epochs: dict[str, int] = {}
+        self.slot_of = SlotOf(sim.base_setup.net)
         self.owned: dict[str, tuple[int, frozenset[int], frozenset[int]]] = {}
         self.events = 0
 
@@ -462,9 +464,8 @@ class Invariants:
                 continue
             table, me = core.exchange.table, core.setup.shard_id
             for place, entries in core.engine.marking().items():
-                spec = core.net.place(place)
                 for _time_ms, token in entries:
-                    slot = slot_of_token(spec, token)
+                    slot = self.slot_of(place, token)
                     if slot != POOL_SLOT and table.owner(slot) != me:
                         raise InvariantBroken(
                             f"partition rule: {node} holds {place} {tuple(token)!r} of slot "

@@ -42,6 +42,7 @@ from shard.link import Send as CoreSend
 from shard.shell.store import Durability, Store, StoreError
 
 FIRINGS_PER_TURN_MAX: Final = 2_000  # a simulated batch ends after this many firings
+SLOTS_KNOWN_MAX: Final = 100_000
 ROUTER_NODE: Final = "router"
 _REQUEST_TYPES: Final = frozenset(REQUESTS)
 
@@ -55,6 +56,28 @@ def shard_id_of(node: str) -> int | None:
     """Shard ``K`` of node ``shard-K`` (None for another node)."""
     prefix, _, number = node.partition("-")
     return int(number) if prefix == "shard" and number.isdigit() else None
+
+
+class SlotOf:
+    """The slot of a token, remembered per (place, key): hashing a key is most of the
+    cost, and a simulated run asks for the same keys over and over."""
+
+    def __init__(self, net: Net) -> None:
+        self._places = {p.name: p for p in net.places}
+        self._positions = {
+            p.name: -1 if p.key is None else p.colour_set.field_index(p.key) for p in net.places
+        }
+        self._known: dict[tuple[str, object], int] = {}
+
+    def __call__(self, place: str, token: Token) -> int:
+        position = self._positions[place]
+        key = (place, None if position < 0 else token[position])
+        slot = self._known.get(key)
+        if slot is None:
+            if len(self._known) >= SLOTS_KNOWN_MAX:
+                self._known.clear()
+            slot = self._known[key] = slot_of_token(self._places[place], token)
+        return slot
 
 
 class ShardStoreLike(Protocol):
@@ -92,7 +115,7 @@ class MemoryShardStore:
     """
 
     def __init__(self, net: Net) -> None:
-        self._places = {p.name: p for p in net.places}
+        self._slot_of = SlotOf(net)
         self.marking: Counter[PlacedEntry] = Counter()
         self.clients: dict[str, tuple[int, bytes]] = {}
         self.clock_ms = 0
@@ -123,7 +146,7 @@ class MemoryShardStore:
             # As the LMDB store: the stored count covers every entry, the reader skips
             # the slots sealed for a move (the core takes those out of the count).
             counts[place] += count
-            if slot_of_token(self._places[place], token) not in self.phases:
+            if self._slot_of(place, token) not in self.phases:
                 later.setdefault(place, []).extend([(time_ms, token)] * count)
         return StoreRecovered(
             marking=marking,
@@ -144,7 +167,7 @@ class MemoryShardStore:
     def committed_view(self) -> Counter[tuple[str, Token]]:
         view: Counter[tuple[str, Token]] = Counter()
         for (place, _time_ms, token), count in self.marking.items():
-            if not self.phases or slot_of_token(self._places[place], token) not in self.phases:
+            if not self.phases or self._slot_of(place, token) not in self.phases:
                 view[(place, tuple(token))] += count
         return view
 
@@ -184,8 +207,9 @@ class MemoryShardStore:
 
     def slot_entries(self, slot: int) -> list[PlacedEntry]:
         found: list[PlacedEntry] = []
+        slot_of = self._slot_of
         for (place, time_ms, token), count in self.marking.items():
-            if slot_of_token(self._places[place], token) == slot:
+            if slot_of(place, token) == slot:
                 found.extend([(place, time_ms, token)] * count)
         return found
 

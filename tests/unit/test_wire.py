@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router import wire
 from router.slots import FIXED_SLOT, POOL_SLOT, SLOT_COUNT, slot_of_key
 from router.wire import (
     FRAME_BYTES_MAX,
@@ -124,3 +125,23 @@ def test_slots_are_stable_and_in_range() -> None:
     assert len(slots) > SLOT_COUNT * 0.9, "5,000 keys should cover most slots"
     assert POOL_SLOT >= SLOT_COUNT
     assert 0 <= FIXED_SLOT < SLOT_COUNT
+
+
+# -- the compiled field checks agree with the reference rules -------------------------
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3) | st.binary(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=2) | st.integers(), inner, max_size=3)
+        | st.lists(inner, max_size=2)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_VALUES, cls=st.sampled_from(list(wire.REQUESTS + wire.REPLIES)))
+def test_compiled_checks_agree_with_conforms(value: object, cls: type) -> None:
+    for name, hint, check in wire._field_checks(cls):
+        assert check(value) == wire._conforms(value, hint), (cls.__name__, name, value)
