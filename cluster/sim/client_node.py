@@ -49,6 +49,7 @@ IDLE_MS: Final = 20  # after an empty answer to a long poll, the lane asks again
 BACKOFF_MS: Final = 200  # after an error reply
 LEASE_MS: Final = 3_000
 EXPIRED_EXTRA_MS: Final = 50  # an expire_lease answer comes this long after the expiry
+NEVER_MS: Final = 1 << 62
 
 
 @dataclass(slots=True)
@@ -92,6 +93,8 @@ class Worker:
         seed: the run's seed (outcomes are drawn from it, the place, token and attempt).
         plan, rng, faults: the per-lease faults (``stall_worker``, ``expire_lease``)
             drawn for each lease, and their counts.
+        leases_end_ms: from then on the worker takes no new lease and finishes those it
+            holds (the run's drain: by its end every lease is completed or expired).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class Worker:
         plan: FaultPlan,
         rng: random.Random,
         faults: FaultCounts,
+        leases_end_ms: int | None = None,
     ) -> None:
         self.node = node
         self.place = place
@@ -114,6 +118,7 @@ class Worker:
         self._plan = plan
         self._rng = rng
         self._faults = faults
+        self._leases_end_ms = leases_end_ms
         self._attempts: Counter[Token] = Counter()
         self._lanes: dict[str, _Lane] = {}
         self._directory: Directory = lambda _node: None
@@ -158,6 +163,9 @@ class Worker:
                 now_ms, lane, Complete(lane.client_id, lane.seq, work.lease_id, results)
             )
         if now_ms < lane.idle_until_ms:
+            return ()
+        if self._leases_end_ms is not None and now_ms >= self._leases_end_ms:
+            lane.idle_until_ms = NEVER_MS  # draining: no new work
             return ()
         lane.seq += 1
         lease = Lease(lane.client_id, lane.seq, self.place, 1, LEASE_MS, LEASE_WAIT_MS)
@@ -244,7 +252,8 @@ class Worker:
                 deadlines.append(lane.idle_until_ms)
         if len(self._lanes) != len(self._roster()):
             deadlines.append(0)  # the cluster scaled: open or close lanes now
-        return min(deadlines, default=None)
+        due = min(deadlines, default=None)
+        return None if due is None or due >= NEVER_MS else due
 
     def crash(self) -> None:
         raise AssertionError(f"{self.node} is a client: the nemesis never crashes it")

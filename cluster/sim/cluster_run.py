@@ -66,6 +66,9 @@ UNTIL_MS_DEFAULT: Final = 60_000
 HEAL_AT_FRACTION: Final = 0.5  # faults stop half way; the rest must drain
 WORKERS_PER_QUEUE: Final = 2
 PARTITION_CHECK_EVERY: Final = 500
+# Workers take no new lease in the run's last DRAIN_MS: what they hold is completed, or
+# expires (client_node.LEASE_MS) and returns to its queue, so every lease is resolved.
+DRAIN_MS: Final = 5_000
 SHARDS_MAX_SIM: Final = 8
 CONFIG_ENV: Final = "CPN_SIM_CONFIG"  # how a determinism rerun gets the run's settings
 FAULT_POINT_RATE: Final = 0.1  # per fault point, once a run, when crashes are in the plan
@@ -256,6 +259,7 @@ class ClusterSim:
                     plan=self.plan,
                     rng=derived_random(seed, "worker", name),
                     faults=self.faults,
+                    leases_end_ms=config.until_ms - DRAIN_MS,
                 )
                 self.workers.append(worker)
                 actors[name] = worker
