@@ -27,6 +27,7 @@ from typing import Any
 from nets.model import Net, Pattern, Token, Var
 
 _POLL_STATES = 1_024
+_VIA_MAX = 65_535
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +327,10 @@ def run_pt(
         initial: Any = int.from_bytes(bytes(pt.initial), "little") if packed else tuple(pt.initial)
         states = [initial]
         seen: Any = {initial: 0} if graph else {initial}
-        parents, via = array("i", [-1]), array("i", [-1])
+        # Two bytes per state name the transition that found it (the initial state's
+        # entry is never read).
+        parents = array("i", [-1])
+        via = array("H" if len(pt.transitions) <= _VIA_MAX else "i", [0])
         src, dst, lab, deads = array("i"), array("i"), array("i"), array("i")
         try:
             expanded, edges, dead, reason = run(
