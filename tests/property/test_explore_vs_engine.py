@@ -18,7 +18,7 @@ from test_engine_vs_reference import nets
 from nets import Engine, Net, Place, Transition
 from nets.classic_nets import kanban, philosophers
 from nets.explore import _Environment, explore, successors
-from nets.explore_bindings import compile_transition
+from nets.explore_bindings import bindings, compile_transition
 
 STEPS_MAX = 25
 
@@ -57,6 +57,22 @@ def test_every_engine_step_is_an_edge_of_the_graph(net: Net, seed: int) -> None:
         assert any(succ == after for _n, _v, succ in edges), f"step {steps}: other successor"
         if sum(map(len, after)) > 24:
             break
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=nets(), seed=st.integers(0, 2**32 - 1))
+def test_generated_enumerators_find_what_the_generic_walk_finds(net: Net, seed: int) -> None:
+    compiled = [compile_transition(net, t) for t in net.transitions]
+    engine = Engine(net, seed=seed, tie_break="random")
+    markings = [_untimed(engine, net)]
+    for _step in engine.run(until=1_000, max_steps=STEPS_MAX):
+        markings.append(_untimed(engine, net))
+        if sum(map(len, markings[-1])) > 24:
+            break
+    for marking in markings:
+        for ct in compiled:
+            if ct.search is not None:
+                assert ct.search(marking) == list(bindings(ct, marking)), ct.transition.name
 
 
 class Dot(NamedTuple):
