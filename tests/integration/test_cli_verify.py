@@ -100,6 +100,12 @@ def test_exit_codes_hold_violated_partial_and_errors(tmp_path: Path) -> None:
     partial = runner.invoke(cli, ["verify", "nets.classic_nets:kanban", "--max-states", "50"])
     assert partial.exit_code == 3
     assert "not violated in 50 states, partial" in partial.output
+    timed_out = runner.invoke(
+        cli,
+        ["verify", "nets.classic_nets:kanban", "--net-param", "n=5", "--mcc", "--timeout", "0.2"],
+    )
+    assert timed_out.exit_code == 3
+    assert "STATE_SPACE STATES CANNOT_COMPUTE" in timed_out.output
     mcc = runner.invoke(cli, ["verify", "nets.classic_nets:kanban", "--net-param", "n=2", "--mcc"])
     assert mcc.exit_code == 0
     assert mcc.output.splitlines()[:2] == [
