@@ -57,7 +57,7 @@ def load_verified_net(path: str, params: Mapping[str, Any]) -> Net:
             raise LoadError(f"{path}: PNML import is not available (no module nets.pnml)") from exc
         if params:
             raise LoadError(f"{path}: a PNML net takes no --net-param")
-        net = pnml.load(path)
+        net = pnml.load(Path(path))
         if not isinstance(net, Net):
             raise LoadError(f"{path}: nets.pnml.load returned {type(net).__name__}, not a Net")
         return net
@@ -97,7 +97,7 @@ def _trace_name(net: Net, verdict: Verdict) -> str:
 def mcc_lines(space: StateSpace) -> list[str]:
     """The Model Checking Contest's StateSpace answer lines."""
     techniques = f"TECHNIQUES {space.technique}"
-    max_in_place = max(space.place_bounds.values(), default=0)
+    max_in_place = space.max_tokens_per_value
     if space.partial:
         return [
             f"STATE_SPACE {what} CANNOT_COMPUTE"

@@ -30,6 +30,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from nets.errors import CpnError
@@ -111,6 +112,9 @@ class StateSpace:
     place_bounds: Mapping[str, int]
     place_lower_bounds: Mapping[str, int]
     max_tokens_per_marking: int
+    # The most copies of one token value in one place: the MCC's MAX_TOKEN_IN_PLACE, a
+    # place of the unfolded net (for a P/T net, the largest place bound).
+    max_tokens_per_value: int
     dead_markings: int
     technique: str
     semantics: str
@@ -219,6 +223,7 @@ def _pt_space(pt: PTNet, result: PTResult, keep_edges: bool, semantics: str) -> 
         place_bounds=dict(zip(pt.places, upper, strict=True)),
         place_lower_bounds=dict(zip(pt.places, lower, strict=True)),
         max_tokens_per_marking=max(map(sum, map(counts, states))),
+        max_tokens_per_value=max(upper),
         dead_markings=result.dead,
         technique="EXPLICIT SEQUENTIAL_PROCESSING PACKED_PT"
         if result.packed
@@ -325,6 +330,15 @@ def successors(
     yield from env.steps(marking)
 
 
+def _most_copies(tokens: tuple[Token, ...]) -> int:
+    """The longest run of equal tokens in a sorted tuple."""
+    best = run = 1
+    for a, b in pairwise(tokens):
+        run = run + 1 if a == b else 1
+        best = max(best, run)
+    return best
+
+
 def _binding_key(values: Binding) -> tuple[tuple[str, Any], ...]:
     # A transition's bindings are built in the same variable order every time.
     return tuple(values.items())
@@ -389,7 +403,9 @@ def _explore_general(
     del index
     upper = [0] * len(slots)
     lower = [max_states] * len(slots)
-    most = 0
+    most = most_copies = 0
+    # Places keep their token tuples from state to state, so each is measured once.
+    copies: dict[tuple[Token, ...], int] = {}
     for state in states:
         total = 0
         for p, tokens in enumerate(state):
@@ -397,7 +413,13 @@ def _explore_general(
             total += n
             upper[p] = max(upper[p], n)
             lower[p] = min(lower[p], n)
+            if n:
+                c = copies.get(tokens)
+                if c is None:
+                    c = copies[tokens] = _most_copies(tokens)
+                most_copies = max(most_copies, c)
         most = max(most, total)
+    del copies
 
     def decode(state: Any) -> MarkingView:
         return dict(zip(slots, state, strict=True))
@@ -420,6 +442,7 @@ def _explore_general(
         place_bounds=dict(zip(slots, upper, strict=True)),
         place_lower_bounds=dict(zip(slots, lower, strict=True)),
         max_tokens_per_marking=most,
+        max_tokens_per_value=most_copies,
         dead_markings=dead,
         technique="EXPLICIT SEQUENTIAL_PROCESSING",
         semantics=semantics,
