@@ -163,6 +163,15 @@ def mcc_lines(space: StateSpace) -> list[str]:
     help="Check that every terminal SCC is a dead marking (termination under fairness).",
 )
 @click.option(
+    "--time",
+    "time_mode",
+    type=click.Choice(["untimed", "relative"]),
+    default="untimed",
+    show_default=True,
+    help="untimed: token times ignored; relative: times kept relative to the current step "
+    "(docs/verify.md).",
+)
+@click.option(
     "--priorities", is_flag=True, help="Keep transition priorities (the engine's conflict rule)."
 )
 @click.option(
@@ -183,10 +192,11 @@ def verify(
     reachables: tuple[str, ...],
     finals: tuple[str, ...],
     terminates: bool,
+    time_mode: str,
     priorities: bool,
     trace_dir: Path,
 ) -> None:
-    """Explore NET's untimed state space, print the report and check its properties.
+    """Explore NET's state space, print the report and check its properties.
 
     NET is package.module:attr or a .pnml file. Exit 0: all hold; 1: one is violated
     (a shortest counterexample trace is written); 3: partial, nothing violated.
@@ -207,6 +217,7 @@ def verify(
         should_stop=should_stop,
         keep_edges=not mcc,
         priorities=priorities,
+        time=time_mode,
     )
     explored_s = time.perf_counter() - started
     if mcc:

@@ -118,3 +118,21 @@ def test_exit_codes_hold_violated_partial_and_errors(tmp_path: Path) -> None:
     bad = _cpn("verify", "nets.classic_nets:kanban", "--invariant", "nets.classic_nets:nothing")
     assert bad.returncode == 2
     assert "has no attribute 'nothing'" in bad.stderr
+
+
+def test_a_timed_relative_counterexample_replays_in_time(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        ["verify", "tests.verify_nets:ticking", "--time", "relative", "--trace-dir", str(tmp_path)],
+    )
+    assert result.exit_code == 1, result.output
+    assert "Semantics: timed-relative" in result.output
+    assert "invariant fewer_than_two_ticks: VIOLATED" in result.output
+    (trace,) = tmp_path.glob("*-invariant-*.trace.json")
+    steps = json.loads(trace.read_text())["steps"]
+    assert [s["transition"] for s in steps] == ["tick", "time", "tick"]
+    replayed = runner.invoke(cli, ["run", "tests.verify_nets:ticking", "--replay", str(trace)])
+    assert replayed.exit_code == 0, replayed.output
+    assert "time(+100 ms, now 100 ms)" in replayed.output
+    assert "replayed 3 steps" in replayed.output
