@@ -57,7 +57,7 @@ def load_verified_net(path: str, params: Mapping[str, Any]) -> Net:
             raise LoadError(f"{path}: PNML import is not available (no module nets.pnml)") from exc
         if params:
             raise LoadError(f"{path}: a PNML net takes no --net-param")
-        net = pnml.load(path)
+        net = pnml.load(Path(path))
         if not isinstance(net, Net):
             raise LoadError(f"{path}: nets.pnml.load returned {type(net).__name__}, not a Net")
         return net
@@ -97,7 +97,7 @@ def _trace_name(net: Net, verdict: Verdict) -> str:
 def mcc_lines(space: StateSpace) -> list[str]:
     """The Model Checking Contest's StateSpace answer lines."""
     techniques = f"TECHNIQUES {space.technique}"
-    max_in_place = max(space.place_bounds.values(), default=0)
+    max_in_place = space.max_tokens_per_value
     if space.partial:
         return [
             f"STATE_SPACE {what} CANNOT_COMPUTE"
@@ -163,6 +163,15 @@ def mcc_lines(space: StateSpace) -> list[str]:
     help="Check that every terminal SCC is a dead marking (termination under fairness).",
 )
 @click.option(
+    "--time",
+    "time_mode",
+    type=click.Choice(["untimed", "relative"]),
+    default="untimed",
+    show_default=True,
+    help="untimed: token times ignored; relative: times kept relative to the current step "
+    "(docs/verify.md).",
+)
+@click.option(
     "--priorities", is_flag=True, help="Keep transition priorities (the engine's conflict rule)."
 )
 @click.option(
@@ -183,10 +192,11 @@ def verify(
     reachables: tuple[str, ...],
     finals: tuple[str, ...],
     terminates: bool,
+    time_mode: str,
     priorities: bool,
     trace_dir: Path,
 ) -> None:
-    """Explore NET's untimed state space, print the report and check its properties.
+    """Explore NET's state space, print the report and check its properties.
 
     NET is package.module:attr or a .pnml file. Exit 0: all hold; 1: one is violated
     (a shortest counterexample trace is written); 3: partial, nothing violated.
@@ -207,6 +217,7 @@ def verify(
         should_stop=should_stop,
         keep_edges=not mcc,
         priorities=priorities,
+        time=time_mode,
     )
     explored_s = time.perf_counter() - started
     if mcc:

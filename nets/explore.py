@@ -30,6 +30,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from nets.errors import CpnError
@@ -42,6 +43,7 @@ from nets.explore_bindings import (
     fire_all,
 )
 from nets.explore_pt import PTNet, PTResult, as_pt_net, run_pt
+from nets.explore_timed import Stepper, relative_stepper
 from nets.model import MarkingView, Net, Token
 
 _POLL_STATES = 256
@@ -111,6 +113,9 @@ class StateSpace:
     place_bounds: Mapping[str, int]
     place_lower_bounds: Mapping[str, int]
     max_tokens_per_marking: int
+    # The most copies of one token value in one place: the MCC's MAX_TOKEN_IN_PLACE, a
+    # place of the unfolded net (for a P/T net, the largest place bound).
+    max_tokens_per_value: int
     dead_markings: int
     technique: str
     semantics: str
@@ -126,8 +131,9 @@ def explore(
     keep_edges: bool = False,
     priorities: bool = False,
     method: str = "auto",
+    time: str = "untimed",
 ) -> StateSpace:
-    """Explore the untimed state space of ``net`` breadth first.
+    """Explore the state space of ``net`` breadth first.
 
     Args:
         net: a validated net; every work-queue place must have an effect model.
@@ -139,6 +145,10 @@ def explore(
             conflict rule); the default lets every enabled transition fire.
         method: ``"auto"`` (the packed P/T path when the net allows it), ``"general"``
             or ``"pt"`` (raises if the net is not a P/T net).
+        time: ``"untimed"`` (token times and delays ignored) or ``"relative"``: token
+            times kept relative to the current step, time advancing to the next due
+            token only when nothing is enabled, declared time fields shifted with it
+            (nets/explore_timed.py; the general path only).
 
     Raises:
         OpenNetError: a work-queue place has no effect model.
@@ -155,6 +165,16 @@ def explore(
                 f"net {net.name!r}: work-queue place {place.name!r} is open (workers lease "
                 "it); close it with Net(..., effects={...}) (see docs/verify.md)"
             )
+    if time not in ("untimed", "relative"):
+        raise CpnError(f"time must be untimed or relative, got {time!r}")
+    if time == "relative":
+        if method == "pt":
+            raise CpnError("the packed P/T explorer is untimed; use method='general'")
+        semantics = "timed-relative, priorities" if priorities else "timed-relative"
+        stepper = relative_stepper(net, priorities=priorities)
+        return _explore_general(
+            net, max_states, should_stop, keep_edges, priorities, semantics, stepper
+        )
     semantics = "untimed, priorities" if priorities else "untimed"
     pt = None if (method == "general" or net.effects) else as_pt_net(net)
     if method == "pt" and pt is None:
@@ -219,6 +239,7 @@ def _pt_space(pt: PTNet, result: PTResult, keep_edges: bool, semantics: str) -> 
         place_bounds=dict(zip(pt.places, upper, strict=True)),
         place_lower_bounds=dict(zip(pt.places, lower, strict=True)),
         max_tokens_per_marking=max(map(sum, map(counts, states))),
+        max_tokens_per_value=max(upper),
         dead_markings=result.dead,
         technique="EXPLICIT SEQUENTIAL_PROCESSING PACKED_PT"
         if result.packed
@@ -325,8 +346,22 @@ def successors(
     yield from env.steps(marking)
 
 
+def _same(tokens: tuple[Any, ...]) -> tuple[Token, ...]:
+    return tokens
+
+
+def _most_copies(tokens: tuple[Token, ...]) -> int:
+    """The longest run of equal tokens in a sorted tuple."""
+    best = run = 1
+    for a, b in pairwise(tokens):
+        run = run + 1 if a == b else 1
+        best = max(best, run)
+    return best
+
+
 def _binding_key(values: Binding) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted(values.items()))
+    # A transition's bindings are built in the same variable order every time.
+    return tuple(values.items())
 
 
 def _explore_general(
@@ -336,7 +371,9 @@ def _explore_general(
     keep_edges: bool,
     priorities: bool,
     semantics: str,
+    timed: Stepper | None = None,
 ) -> StateSpace:
+    """Breadth-first search over tuples of token tuples (or, ``timed``, of timed entries)."""
     env = _Environment.of(net)
     order = sorted(range(len(net.transitions)), key=lambda i: -net.transitions[i].priority)
     compiled = [compile_transition(net, net.transitions[i]) for i in order]
@@ -344,6 +381,14 @@ def _explore_general(
     initial: Marking = tuple(tuple(sorted(p.initial)) for p in net.places) + tuple(
         () for _ in env.queues
     )
+
+    def untimed_step(m: Marking) -> Iterator[tuple[str, Binding, Marking]]:
+        return successors(compiled, env, m, priorities=priorities)
+
+    step: Callable[[Marking], Iterator[tuple[str, Binding, Marking]]] = untimed_step
+    strip: Callable[[tuple[Any, ...]], tuple[Token, ...]] = _same
+    if timed is not None:
+        initial, step, strip = timed.initial, timed.successors, timed.tokens
     index: dict[Marking, int] = {initial: 0}
     states: list[Marking] = [initial]
     parents, via = array("i", [-1]), array("i", [-1])
@@ -359,7 +404,7 @@ def _explore_general(
             break
         marking = states[i]
         before = edges
-        for name, values, succ in successors(compiled, env, marking, priorities=priorities):
+        for name, values, succ in step(marking):
             edges += 1
             key = (name, _binding_key(values))
             label = label_ids.get(key)
@@ -388,7 +433,9 @@ def _explore_general(
     del index
     upper = [0] * len(slots)
     lower = [max_states] * len(slots)
-    most = 0
+    most = most_copies = 0
+    # Places keep their token tuples from state to state, so each is measured once.
+    copies: dict[tuple[Any, ...], int] = {}
     for state in states:
         total = 0
         for p, tokens in enumerate(state):
@@ -396,10 +443,16 @@ def _explore_general(
             total += n
             upper[p] = max(upper[p], n)
             lower[p] = min(lower[p], n)
+            if n:
+                c = copies.get(tokens)
+                if c is None:
+                    c = copies[tokens] = _most_copies(strip(tokens))
+                most_copies = max(most_copies, c)
         most = max(most, total)
+    del copies
 
     def decode(state: Any) -> MarkingView:
-        return dict(zip(slots, state, strict=True))
+        return {slot: strip(tokens) for slot, tokens in zip(slots, state, strict=True)}
 
     graph = StateGraph(
         places=slots,
@@ -419,6 +472,7 @@ def _explore_general(
         place_bounds=dict(zip(slots, upper, strict=True)),
         place_lower_bounds=dict(zip(slots, lower, strict=True)),
         max_tokens_per_marking=most,
+        max_tokens_per_value=most_copies,
         dead_markings=dead,
         technique="EXPLICIT SEQUENTIAL_PROCESSING",
         semantics=semantics,

@@ -31,6 +31,7 @@ from itertools import combinations
 from typing import Any
 
 from nets.binding import InscriptionError
+from nets.explore_search import Enumerator, compile_enumerator
 from nets.model import NOW, Net, OutputArc, Pattern, Token, Transition, Var, parameters
 
 Marking = tuple[tuple[Token, ...], ...]
@@ -63,6 +64,7 @@ class CompiledTransition:
     guard_params: tuple[str, ...]
     capacity: tuple[tuple[int, int, int], ...]  # (place, delta, capacity) with delta > 0
     needs: tuple[tuple[int, int], ...]  # (place, tokens the consume and read arcs take)
+    search: Enumerator | None  # generated (nets/explore_search.py), or None: the generic walk
 
 
 def compile_transition(net: Net, transition: Transition) -> CompiledTransition:
@@ -98,12 +100,21 @@ def compile_transition(net: Net, transition: Transition) -> CompiledTransition:
     for pattern in (*transition.consume, *transition.read):
         p = position[pattern.place.name]
         needs[p] = needs.get(p, 0) + pattern.count
+    takes = tuple(arc(p) for p in (*transition.consume, *transition.read))
+    inhibits = tuple(arc(p) for p in transition.inhibit)
     return CompiledTransition(
         needs=tuple(sorted(needs.items())),
+        search=compile_enumerator(
+            transition,
+            [(a.place, a.pattern) for a in takes],
+            len(transition.consume),
+            [(a.place, a.pattern) for a in inhibits],
+            transition.guard_variables(),
+        ),
         transition=transition,
-        takes=tuple(arc(p) for p in (*transition.consume, *transition.read)),
+        takes=takes,
         consumes=len(transition.consume),
-        inhibits=tuple(arc(p) for p in transition.inhibit),
+        inhibits=inhibits,
         outputs=tuple(outputs),
         guard_params=transition.guard_variables(),
         capacity=capacity,
@@ -330,7 +341,8 @@ def fire_all(
             return  # too few tokens for the arcs: skip the search (the common case)
     if ct.capacity and not _fits(ct, marking):
         return  # the engine blocks the whole transition while an output place is full
-    for values, taken in bindings(ct, marking):
+    found = ct.search(marking) if ct.search is not None else bindings(ct, marking)
+    for values, taken in found:
         yield values, apply(marking, taken, outputs(ct, values, now))
 
 

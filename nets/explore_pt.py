@@ -10,11 +10,12 @@ firing adds a constant vector.
 
 Theory of operation: the whole breadth-first loop is generated as straight-line Python
 for the net at hand (the same technique as the engine's compiled firings, and the idea
-of Neco's compiled SNAKES nets): a marking is a ``bytes`` object (one byte per place,
-about 40 bytes of object header plus the places), unpacked into locals, tested with
-one ``if`` per transition and rebuilt with one ``bytes((...))`` call per successor. A
-count above 255 makes the loop start again with tuples of ints. The loop is bounded by
-``max_states`` and polls the caller's ``should_stop`` every 1,024 states.
+of Neco's compiled SNAKES nets): a marking is an ``int`` holding one byte per place
+(place ``p`` is ``m >> 8 * p & 255``). The loop reads the bytes its tests need into
+locals, tests each transition with one ``if``, and fires it with one addition of a
+constant (no byte borrows or carries: the tests keep every count in 0..255, and a count
+that would pass 255 raises, so the loop starts again with tuples of ints). The loop is
+bounded by ``max_states`` and polls the caller's ``should_stop`` every 1,024 states.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from nets.model import Net, Pattern, Token, Var
 
 _POLL_STATES = 1_024
+_VIA_MAX = 65_535
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +298,7 @@ def compile_run(pt: PTNet, *, packed: bool, graph: bool, priorities: bool) -> Ru
 class PTResult:
     """The raw result of a P/T exploration (see nets/explore.py for the public record)."""
 
-    states: list[Any]  # bytes or tuples of counts, in breadth-first order
+    states: list[Any]  # packed ints or tuples of counts, in breadth-first order
     parents: array[int]
     via: array[int]  # the transition (index into PTNet.transitions) that reached each state
     src: array[int]
@@ -326,7 +328,10 @@ def run_pt(
         initial: Any = int.from_bytes(bytes(pt.initial), "little") if packed else tuple(pt.initial)
         states = [initial]
         seen: Any = {initial: 0} if graph else {initial}
-        parents, via = array("i", [-1]), array("i", [-1])
+        # Two bytes per state name the transition that found it (the initial state's
+        # entry is never read).
+        parents = array("i", [-1])
+        via = array("H" if len(pt.transitions) <= _VIA_MAX else "i", [0])
         src, dst, lab, deads = array("i"), array("i"), array("i"), array("i")
         try:
             expanded, edges, dead, reason = run(

@@ -160,13 +160,7 @@ def _transition_names(net: Net, graph: StateGraph) -> list[str]:
     return names
 
 
-def _multiset_bounds(graph: StateGraph, net: Net) -> dict[str, tuple[tuple[Token, int, int], ...]]:
-    if all(len(set(p.initial)) <= 1 for p in net.places) and graph.places == tuple(
-        p.name for p in net.places
-    ):
-        sample = graph.marking(0)
-        if all(len(set(v)) <= 1 for v in sample.values()) and not net.effects:
-            return {}  # P/T-like: the integer bounds say everything
+def _multiset_bounds(graph: StateGraph) -> dict[str, tuple[tuple[Token, int, int], ...]]:
     found: dict[str, tuple[tuple[Token, int, int], ...]] = {}
     values: dict[str, set[Token]] = {name: set() for name in graph.places}
     states = range(len(graph.states))
@@ -240,7 +234,8 @@ def _has_cycle(arcs: list[tuple[int, int]]) -> bool:
 def build_report(net: Net, space: StateSpace) -> Report:
     """The report of ``space``, an exploration of ``net`` with ``keep_edges=True``."""
     graph = space.graph
-    multiset = _multiset_bounds(graph, net) if graph.places else {}
+    # A P/T exploration has one value per place: its integer bounds say everything.
+    multiset = {} if space.technique.endswith("PT") else _multiset_bounds(graph)
     bounds = {
         name: PlaceBounds(
             space.place_bounds[name], space.place_lower_bounds[name], multiset.get(name)

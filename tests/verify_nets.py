@@ -5,12 +5,17 @@
   with two targets gets two fetches in flight although ``concurrency`` is 1. The
   politeness invariant must fail with a shortest counterexample.
 * :func:`philosophers`: the dining philosophers, which deadlock.
+* :func:`ticking`: a clock that ticks every 100 ms three times, counting its ticks in a
+  time field; its invariant "fewer than two ticks" fails after a time step.
 """
 
 from __future__ import annotations
 
+from typing import Annotated, NamedTuple
+
 from nets.classic_nets import philosophers as classic_philosophers
-from nets.model import MarkingView, Net, Transition
+from nets.explore_timed import TIME_MS
+from nets.model import MarkingView, Net, Place, Transition, variables
 from nets.scraper import (
     CrawlPolicy,
     FetchEffects,
@@ -75,3 +80,25 @@ def all_thinking(m: MarkingView) -> bool:
 
 def someone_eats(m: MarkingView) -> bool:
     return any(m[name] for name in m if name.startswith("eat"))
+
+
+class Tick(NamedTuple):
+    count: int
+    last_ms: Annotated[int, TIME_MS]  # when it last ticked
+
+
+def ticking() -> Net:
+    k = variables("k")[0]
+    clock = Place("clock", Tick, initial=[Tick(0, 0)])
+    tick = Transition(
+        "tick",
+        consume=[clock(k)],
+        guard=lambda k: k.count < 3,
+        produce=[clock.produce(lambda k, now: Tick(k.count + 1, now), delay=100)],
+    )
+    return Net(
+        "ticking",
+        places=[clock],
+        transitions=[tick],
+        invariants={"fewer_than_two_ticks": lambda m: all(t[0] < 2 for t in m["clock"])},
+    )

@@ -100,6 +100,12 @@ def test_exit_codes_hold_violated_partial_and_errors(tmp_path: Path) -> None:
     partial = runner.invoke(cli, ["verify", "nets.classic_nets:kanban", "--max-states", "50"])
     assert partial.exit_code == 3
     assert "not violated in 50 states, partial" in partial.output
+    timed_out = runner.invoke(
+        cli,
+        ["verify", "nets.classic_nets:kanban", "--net-param", "n=5", "--mcc", "--timeout", "0.2"],
+    )
+    assert timed_out.exit_code == 3
+    assert "STATE_SPACE STATES CANNOT_COMPUTE" in timed_out.output
     mcc = runner.invoke(cli, ["verify", "nets.classic_nets:kanban", "--net-param", "n=2", "--mcc"])
     assert mcc.exit_code == 0
     assert mcc.output.splitlines()[:2] == [
@@ -112,3 +118,21 @@ def test_exit_codes_hold_violated_partial_and_errors(tmp_path: Path) -> None:
     bad = _cpn("verify", "nets.classic_nets:kanban", "--invariant", "nets.classic_nets:nothing")
     assert bad.returncode == 2
     assert "has no attribute 'nothing'" in bad.stderr
+
+
+def test_a_timed_relative_counterexample_replays_in_time(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        ["verify", "tests.verify_nets:ticking", "--time", "relative", "--trace-dir", str(tmp_path)],
+    )
+    assert result.exit_code == 1, result.output
+    assert "Semantics: timed-relative" in result.output
+    assert "invariant fewer_than_two_ticks: VIOLATED" in result.output
+    (trace,) = tmp_path.glob("*-invariant-*.trace.json")
+    steps = json.loads(trace.read_text())["steps"]
+    assert [s["transition"] for s in steps] == ["tick", "time", "tick"]
+    replayed = runner.invoke(cli, ["run", "tests.verify_nets:ticking", "--replay", str(trace)])
+    assert replayed.exit_code == 0, replayed.output
+    assert "time(+100 ms, now 100 ms)" in replayed.output
+    assert "replayed 3 steps" in replayed.output

@@ -5,6 +5,8 @@
   element, and firing it leads to the engine's marking after. Nets with inhibitor arcs
   are only drawn without delays: a pending token inhibits nothing in the engine, but
   the untimed net sees it (docs/verify.md, "Time").
+* Every step of an engine's virtual-time run, and every jump of its clock to the next
+  deadline, is an arc of the timed-relative graph (nets/explore_timed.py).
 * The packed P/T explorer and the general explorer find the same state space on random
   P/T nets (weights, read and inhibitor arcs, capacities, priorities).
 """
@@ -18,9 +20,24 @@ from test_engine_vs_reference import nets
 from nets import Engine, Net, Place, Transition
 from nets.classic_nets import kanban, philosophers
 from nets.explore import _Environment, explore, successors
-from nets.explore_bindings import compile_transition
+from nets.explore_bindings import bindings, compile_transition
+from nets.explore_timed import relative_stepper
 
 STEPS_MAX = 25
+
+
+def _canonical(net: Net, transition: str, binding: object) -> dict[str, object]:
+    """A binding with each many-token arc's tuple in value order.
+
+    The engine binds a ``many`` arc's tokens in marking order, time first; the explorer
+    drops (untimed) or clamps (relative) the times of available tokens, so it binds them
+    in value order. Both are the same sub-multiset (docs/verify.md, Limits).
+    """
+    values = dict(binding)  # type: ignore[call-overload]
+    for pattern in net.transition(transition).consume:
+        if pattern.count != 1 and pattern.var is not None:
+            values[pattern.var.name] = tuple(sorted(values[pattern.var.name]))
+    return values
 
 
 def _untimed(engine: Engine, net: Net) -> tuple[tuple[object, ...], ...]:
@@ -51,12 +68,29 @@ def test_every_engine_step_is_an_edge_of_the_graph(net: Net, seed: int) -> None:
         edges = [
             (name, values, succ)
             for name, values, succ in successors(compiled, env, before)
-            if name == step.transition and values == dict(step.binding)
+            if name == step.transition
+            and _canonical(net, name, values) == _canonical(net, name, step.binding)
         ]
         assert edges, f"step {steps}: {step.transition} {dict(step.binding)} is not an edge"
         assert any(succ == after for _n, _v, succ in edges), f"step {steps}: other successor"
         if sum(map(len, after)) > 24:
             break
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=nets(), seed=st.integers(0, 2**32 - 1))
+def test_generated_enumerators_find_what_the_generic_walk_finds(net: Net, seed: int) -> None:
+    compiled = [compile_transition(net, t) for t in net.transitions]
+    engine = Engine(net, seed=seed, tie_break="random")
+    markings = [_untimed(engine, net)]
+    for _step in engine.run(until=1_000, max_steps=STEPS_MAX):
+        markings.append(_untimed(engine, net))
+        if sum(map(len, markings[-1])) > 24:
+            break
+    for marking in markings:
+        for ct in compiled:
+            if ct.search is not None:
+                assert ct.search(marking) == list(bindings(ct, marking)), ct.transition.name
 
 
 class Dot(NamedTuple):
@@ -130,3 +164,51 @@ def test_packed_pt_explorer_agrees_on_the_classic_nets() -> None:
             slow.dead_markings,
         )
         assert fast.place_bounds == slow.place_bounds
+
+
+def _relative(engine: Engine, net: Net, read: set[str]) -> tuple[tuple[object, ...], ...]:
+    """The engine's state as the timed-relative explorer sees it (no time fields here)."""
+    marking = engine.marking()
+    return tuple(
+        tuple(
+            sorted(
+                (max(0, time - engine.now) if p.name in read else 0, token)
+                for time, token in marking[p.name]
+            )
+        )
+        for p in net.places
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=nets(), seed=st.integers(0, 2**32 - 1))
+def test_every_timed_engine_step_is_an_edge_of_the_relative_graph(net: Net, seed: int) -> None:
+    stepper = relative_stepper(net, priorities=False)
+    read = {pat.place.name for t in net.transitions for pat in (*t.consume, *t.read, *t.inhibit)}
+    engine = Engine(net, seed=seed, tie_break="random")
+    now = 0
+    for i in range(STEPS_MAX):
+        before = _relative(engine, net, read)
+        step = engine.fire(now)
+        if step is None:
+            deadline = engine.next_deadline()
+            if deadline is None:
+                assert not list(stepper.successors(before)), f"step {i}: engine is dead"
+                break
+            engine.advance(deadline)
+            after = _relative(engine, net, read)
+            assert ("time", {"delta_ms": deadline - now}, after) in list(
+                stepper.successors(before)
+            ), f"step {i}: no time step of {deadline - now} ms"
+            now = deadline
+            continue
+        after = _relative(engine, net, read)
+        found = [
+            succ
+            for name, values, succ in stepper.successors(before)
+            if name == step.transition
+            and _canonical(net, name, values) == _canonical(net, name, step.binding)
+        ]
+        assert after in found, f"step {i}: {step.transition} {dict(step.binding)} is no edge"
+        if sum(map(len, after)) > 24:
+            break

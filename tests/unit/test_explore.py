@@ -125,3 +125,14 @@ def test_invariants_are_validated() -> None:
 def test_a_bad_method_is_an_error() -> None:
     with pytest.raises(CpnError, match="not a P/T net"):
         explore(_queue_net(), method="pt")
+
+
+def test_max_tokens_per_value_counts_copies_of_one_token() -> None:
+    j, q = variables("j q")
+    inbox = Place("inbox", Job, key="queue", initial=[Job("a", 1), Job("a", 1), Job("a", 2)])
+    out = Place("out", Job, key="queue")
+    move = Transition("move", consume=[inbox(j, queue=q)], produce=[out.produce(j)])
+    space = explore(Net("copies", places=[inbox, out], transitions=[move]))
+    assert space.place_bounds == {"inbox": 3, "out": 3}
+    assert space.max_tokens_per_value == 2  # the MCC's MAX_TOKEN_IN_PLACE of the unfolded net
+    assert explore(kanban(2)).max_tokens_per_value == 2
