@@ -13,9 +13,11 @@ peer is comes from the newest table's endpoints; when to ask the router for a ta
 again is decided here: at start, when a peer's endpoint is unknown or a send to it
 fails, when the router or a move order names a newer epoch (asked at once: a
 restarted shard fires only once its table reaches the epoch the router fenced it at),
-and, while tokens wait in the outbox, every :data:`TABLE_REFRESH_PENDING_MS` (a peer
-restarted on another port is found there, while sends to its old address neither
-fail nor arrive: ZeroMQ keeps them for a reconnection).
+and, while tokens wait in the outbox or a move's shipment is being fetched, every
+:data:`TABLE_REFRESH_PENDING_MS` (a peer restarted on another port is found there,
+while sends to its old address neither fail nor arrive: ZeroMQ keeps them for a
+reconnection). The simulator found the shipment case: a move's target fetched from
+its source's old port until the end of time.
 """
 
 from __future__ import annotations
@@ -165,10 +167,12 @@ class Link:
         report = mover.report(now_ms, exchange, host)
         if report is not None:
             sends.append(Send(ROUTER, report, "report"))
-        if (
-            now_ms >= self.last_table_ms + TABLE_REFRESH_PENDING_MS
-            and exchange.outbox.pending_tokens()
+        if now_ms >= self.last_table_ms + TABLE_REFRESH_PENDING_MS and (
+            exchange.outbox.pending_tokens() or mover.stage_orders
         ):
+            # Sends to a peer restarted on another port neither fail nor arrive: while
+            # tokens wait in the outbox, or shipments are fetched for a move, the table
+            # (with the peers' endpoints) is asked for again.
             self.table_wanted = True
         newer = self.epoch_heard > self.epoch_asked
         if self.table_wanted and (newer or now_ms >= self.last_table_request_ms + TABLE_REQUEST_MS):
