@@ -103,15 +103,12 @@ class ShardStoreLike(Protocol):
 
     def close(self) -> None: ...
 
-    def fail_commits(self, reason: str) -> None: ...
-
 
 class MemoryShardStore:
     """A shard's durable state in memory: what the committed batches built.
 
     Each commit applies a batch whole (it is checked first, so a bad batch changes
-    nothing); a crash loses only what was never committed. ``fail_commits`` makes every
-    later commit raise :class:`~shard.shell.store.StoreError` (a full disk).
+    nothing); a crash loses only what was never committed.
     """
 
     def __init__(self, net: Net) -> None:
@@ -129,7 +126,6 @@ class MemoryShardStore:
         self.initialised = False
         self.incarnation = 0
         self.commits = 0
-        self._failing = ""
 
     def open(self) -> int:
         self.incarnation += 1
@@ -172,8 +168,6 @@ class MemoryShardStore:
         return view
 
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
-        if self._failing:
-            raise StoreError(self._failing)
         for entry, change in batch.marking.items():
             assert self.marking[entry] + change >= 0, f"the batch removes absent {entry!r}"
         for key in batch.runs_removed:
@@ -213,14 +207,8 @@ class MemoryShardStore:
                 found.extend([(place, time_ms, token)] * count)
         return found
 
-    def run_count(self, lane: int, first_seq: int) -> int:
-        return self.runs[(lane, first_seq)][0]
-
     def close(self) -> None:
         """Nothing to release: the state is the disk."""
-
-    def fail_commits(self, reason: str) -> None:
-        self._failing = reason
 
 
 class MemoryDeferredReader:
@@ -255,7 +243,6 @@ class LmdbShardStore:
         self._shard_id = shard_id
         self._shard_count = shard_count
         self._store: Store | None = None
-        self._failing = ""
 
     def open(self) -> int:
         assert self._store is None, "opened twice"
@@ -286,8 +273,6 @@ class LmdbShardStore:
         return view
 
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
-        if self._failing:
-            raise StoreError(self._failing)
         self._opened().commit(batch, initialised=initialised)
 
     def slot_entries(self, slot: int) -> list[PlacedEntry]:
@@ -297,9 +282,6 @@ class LmdbShardStore:
         if self._store is not None:
             self._store.close()
             self._store = None
-
-    def fail_commits(self, reason: str) -> None:
-        self._failing = reason
 
 
 def _set_or_delete(records: dict[int, bytes], slot: int, record: bytes | None) -> None:
@@ -333,8 +315,6 @@ class ShardActor:
             it: each point at most once per node and run (as a real one fires once per
             data directory), and never from ``faults_end_ms`` on (the heal phase).
         rng: the stream of those draws and of the down times.
-        commit_fail_rate: the chance that a commit fails (the store turns read-only
-            until the node restarts), per commit.
     """
 
     def __init__(
@@ -345,7 +325,6 @@ class ShardActor:
         *,
         rng: random.Random,
         fault_rate: float = 0.0,
-        commit_fail_rate: float = 0.0,
         down_ms_max: int = 2_000,
         faults_end_ms: int = 0,
     ) -> None:
@@ -355,7 +334,6 @@ class ShardActor:
         self.store = store
         self._rng = rng
         self._fault_rate = fault_rate
-        self._commit_fail_rate = commit_fail_rate
         self._down_ms_max = down_ms_max
         self._faults_end_ms = faults_end_ms
         self._now_ms = 0  # the time of the call in progress (fault points read it)
@@ -482,8 +460,6 @@ class ShardActor:
         committed = False
         if not batch.is_empty():
             try:
-                if self._commit_fail_rate and self._rng.random() < self._commit_fail_rate:
-                    self.store.fail_commits("the simulated disk is full")
                 self.store.commit(batch)
             except StoreError as exc:
                 reason = f"the shard's store failed and refuses writes: {exc}"
