@@ -589,6 +589,11 @@ class Engine:
         """How many tokens ``place`` holds, available or pending."""
         return self._store(place).count
 
+    @property
+    def steps(self) -> int:
+        """How many steps the engine has fired (cheaper than :meth:`statistics`)."""
+        return self._steps
+
     def statistics(self) -> EngineStatistics:
         return EngineStatistics(
             now=self.now,

@@ -189,6 +189,8 @@ class Coordinator:
         self.changed = False  # durable state changed: persist before answering
         self.transitions: list[str] = []  # move states reached since the last persist
         self._retire_ok_since_ms: int | None = None
+        # The inputs of the last plan_moves that planned nothing (see _plan).
+        self._planned_nothing_for: tuple[object, ...] | None = None
 
     # -- persistence ------------------------------------------------------------------
 
@@ -374,8 +376,20 @@ class Coordinator:
         if not all(k in alive for k in range(self.members)):
             return  # a new shard not up yet, or a member down: wait
         moving = list(self.moves.values())
+        # plan_moves is a pure function of these: asked again with the same (the router
+        # ticks every turn), it would plan nothing again.
+        asked = (
+            self.table.epoch,
+            self.table.shard_count,
+            self.members,
+            self.in_flight_max,
+            tuple((m.move_id, m.slot, m.target, m.state) for m in moving),
+        )
+        if asked == self._planned_nothing_for:
+            return
         stuck = {m.slot for m in moving if m.state is MoveState.ERROR}
         plans = plan_moves(self.table, self.members, moving=moving, limit=self.in_flight_max)
+        self._planned_nothing_for = asked if not plans else None
         for slot, source, target in plans:
             if slot in stuck:
                 continue

@@ -557,6 +557,33 @@ def _field_checks(cls: type) -> tuple[tuple[str, Any, Check], ...]:
     return found
 
 
+def _checker_of_tuples(item: Check) -> Check:
+    def conforms_to_tuples(value: object) -> bool:
+        if type(value) is not tuple or len(value) > TOKENS_PER_MESSAGE_MAX:
+            return False
+        for element in value:  # noqa: SIM110 - a loop: all() of a generator is slower here
+            if not item(element):
+                return False
+        return True
+
+    return conforms_to_tuples
+
+
+def _checker_of_record(kinds: tuple[Any, ...]) -> Check:
+    """A tuple of plain fields (int, str, bool, bytes): one type test per field."""
+    count = len(kinds)
+
+    def conforms_to_plain_record(value: object) -> bool:
+        if type(value) is not tuple or len(value) != count:
+            return False
+        for kind, item in zip(kinds, value, strict=True):  # noqa: SIM110 - as above
+            if type(item) is not kind:
+                return False
+        return True
+
+    return conforms_to_plain_record
+
+
 def _checker(hint: Any) -> Check:
     """:func:`_conforms` for one hint, as a closure (same rules, no walk per value)."""
     if hint is Any:
@@ -566,19 +593,21 @@ def _checker(hint: Any) -> Check:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            item = _checker(args[0])
-            return lambda value: (
-                type(value) is tuple
-                and len(value) <= TOKENS_PER_MESSAGE_MAX
-                and all(item(v) for v in value)
-            )
+            return _checker_of_tuples(_checker(args[0]))
+        if all(a in (int, str, bool, bytes) for a in args):
+            return _checker_of_record(args)
         items = tuple(_checker(a) for a in args)
         count = len(items)
-        return lambda value: (
-            type(value) is tuple
-            and len(value) == count
-            and all(check(v) for check, v in zip(items, value, strict=True))
-        )
+
+        def conforms_to_record(value: object) -> bool:
+            if type(value) is not tuple or len(value) != count:
+                return False
+            for check, item in zip(items, value, strict=True):  # noqa: SIM110 - as above
+                if not check(item):
+                    return False
+            return True
+
+        return conforms_to_record
     if origin is dict:
         key, val = _checker(args[0]), _checker(args[1])
         return lambda value: (

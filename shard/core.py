@@ -808,9 +808,7 @@ class ShardCore:
     def sends(self, now_ms: int) -> list[Send]:
         """What to send now that the batch is committed: handoff runs, pool requests,
         the heartbeat, move reports, table and shipment requests."""
-        return self.link.sends(
-            now_ms, self.exchange, self.mover, self.engine, self.progress(), self
-        )
+        return self.link.sends(now_ms, self.exchange, self.mover, self.engine, self.progress, self)
 
     def send_failed(self, send: Send) -> None:
         """``send`` could not go now (the peer is down, slow or unknown)."""
@@ -822,7 +820,7 @@ class ShardCore:
 
     def progress(self) -> dict[str, int]:
         """Counters that grow while the loop turns (for the router's heartbeat view)."""
-        return {"firings": self.engine.statistics().steps, "commits": self.commits}
+        return {"firings": self.engine.steps, "commits": self.commits}
 
     def next_deadline_ms(self) -> int | None:
         """When the core must run again at the latest with nothing arriving (None: only

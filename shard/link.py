@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -144,7 +145,7 @@ class Link:
         exchange: Exchange,
         mover: Mover,
         engine: Engine,
-        progress: dict[str, int],
+        progress: Callable[[], dict[str, int]],
         host: MoveHost,
     ) -> list[Send]:
         """What the last commit made true, plus heartbeat, reports and requests."""
@@ -160,7 +161,7 @@ class Link:
                 exchange.me,
                 self.endpoint,
                 exchange.table.epoch,
-                {**progress, "loops": self.loops},
+                {**progress(), "loops": self.loops},
                 self.cluster_id,
             )
             sends.append(Send(ROUTER, self._encode(beat), "heartbeat"))

@@ -58,6 +58,7 @@ from nets.errors import CpnError
 from nets.loader import load_net
 from nets.model import Net
 from router.slots import POOL_SLOT
+from router.table import PartitionTable
 from router.wire import Scale, Scaled, decode, encode
 from shard.core import ShardSetup
 
@@ -405,7 +406,8 @@ class Invariants:
         self.sim = sim
         self.epochs: dict[str, int] = {}
         self.slot_of = SlotOf(sim.base_setup.net)
-        self.owned: dict[str, tuple[int, frozenset[int], frozenset[int]]] = {}
+        # node -> (its table copy, its sealed slots, the slots it may fire)
+        self.owned: dict[str, tuple[PartitionTable, frozenset[int], frozenset[int]]] = {}
         self.events = 0
 
     def check(self, world: World) -> None:
@@ -416,25 +418,29 @@ class Invariants:
         if plane is not None:
             self._epoch(ROUTER, plane.table.epoch, now_ms)
         changed = False
+        owned = self.owned
         for node, actor in self.sim.shard_actors.items():
             core = actor.core
-            if core is None or node in world.retired:
-                if self.owned.pop(node, None) is not None:
+            if core is None or node in world.retired or not core.mover.fenced(core.exchange):
+                if node in owned:
+                    del owned[node]
                     changed = True
+                if core is not None:
+                    self._epoch(node, core.exchange.table.epoch, now_ms)
                 continue
-            table = core.exchange.table
+            exchange = core.exchange
+            table, sealed = exchange.table, exchange.sealed
+            known = owned.get(node)
+            # A table copy is replaced, never changed in place: its identity and the
+            # sealed slots say whether the slots it may fire changed.
+            if known is not None and known[0] is table and known[1] == sealed.keys():
+                continue
             self._epoch(node, table.epoch, now_ms)
-            if not core.mover.fenced(core.exchange):
-                if self.owned.pop(node, None) is not None:
-                    changed = True
-                continue
-            sealed = frozenset(core.exchange.sealed)
-            known = self.owned.get(node)
-            if known is None or known[0] != table.epoch or known[1] != sealed:
-                me = core.setup.shard_id
-                slots = frozenset(s for s in table.slots_of(me) if s not in sealed)
-                self.owned[node] = (table.epoch, sealed, slots)
-                changed = True
+            keys = frozenset(sealed)
+            me = core.setup.shard_id
+            slots = frozenset(s for s in table.slots_of(me) if s not in keys)
+            owned[node] = (table, keys, slots)
+            changed = True
         if changed:
             self._one_owner(now_ms)
         if self.events % PARTITION_CHECK_EVERY == 0:
@@ -457,8 +463,8 @@ class Invariants:
                 if other != node:
                     raise InvariantBroken(
                         f"one owner per slot: slot {slot} may fire on {other} "
-                        f"(epoch {self.owned[other][0]}) and on {node} "
-                        f"(epoch {self.owned[node][0]}) at t={now_ms}ms"
+                        f"(epoch {self.owned[other][0].epoch}) and on {node} "
+                        f"(epoch {self.owned[node][0].epoch}) at t={now_ms}ms"
                     )
 
     def _partition_rule(self, now_ms: int) -> None:

@@ -20,6 +20,7 @@ endpoint the network assigns.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -52,6 +53,7 @@ def shard_node(shard_id: int) -> str:
     return f"shard-{shard_id}"
 
 
+@functools.lru_cache(maxsize=1_024)
 def shard_id_of(node: str) -> int | None:
     """Shard ``K`` of node ``shard-K`` (None for another node)."""
     prefix, _, number = node.partition("-")
