@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -33,11 +31,12 @@ from cluster.sim.campaign import (
     CampaignReport,
     Failure,
     SeedOutcome,
+    config_in_environment,
     replay_command,
     run_seed,
     steps_that_matter,
 )
-from cluster.sim.cluster_run import CONFIG_ENV, SHARDS_MAX_SIM, SimConfig, SimError
+from cluster.sim.cluster_run import SHARDS_MAX_SIM, SimConfig, SimError
 from cluster.sim.faults import parse_faults
 from cluster.sim.trace import DeterminismReport, Trace, check_determinism
 from nets.loader import load_net
@@ -84,20 +83,6 @@ class Progress:
             self.width = 0
 
 
-@contextlib.contextmanager
-def _config_in_environment(config: SimConfig) -> Iterator[None]:
-    """``CPN_SIM_CONFIG`` set to ``config`` for a determinism rerun, then put back."""
-    before = os.environ.get(CONFIG_ENV)
-    os.environ[CONFIG_ENV] = config.to_json()
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[CONFIG_ENV]
-        else:
-            os.environ[CONFIG_ENV] = before
-
-
 def _scratch(config: SimConfig, seed: int) -> None:
     """Forget a seed's LMDB files: every run of a seed must start from empty stores."""
     if config.store == "lmdb":
@@ -130,9 +115,9 @@ def check_seed(config: SimConfig, outcome: SeedOutcome, trace: Trace) -> Determi
         child = _with_lmdb_dir(config, Path(config.lmdb_dir) / "determinism-child")
     try:
         if outcome.kind == INVARIANT:
-            with _config_in_environment(here):
+            with config_in_environment(here):
                 local = cluster_run.run(seed)
-        with _config_in_environment(child):
+        with config_in_environment(child):
             return check_determinism(RUNNER, seed, local=local)
     finally:
         _scratch(here, seed)

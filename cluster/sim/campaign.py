@@ -33,16 +33,18 @@ Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import shlex
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from cluster.sim.cluster_run import ClusterSim, InvariantBroken, SimConfig
+from cluster.sim.cluster_run import CONFIG_ENV, ClusterSim, InvariantBroken, SimConfig
 from cluster.sim.faults import NAMES as FAULT_NAMES
 from cluster.sim.schedule import ScheduleFull
 from cluster.sim.trace import DIGEST_BYTES, Trace, canonical, shorten
@@ -177,14 +179,17 @@ def steps_that_matter(
     picked = [
         (index, line)
         for index, line in enumerate(trace.lines())
-        if _kind(line) in LIFE_KINDS or any(needle in line for needle in needles)
+        if _life(line) or any(needle in line for needle in needles)
     ]
     return shorten(picked, head=head, tail=tail)
 
 
-def _kind(line: str) -> str:
+def _life(line: str) -> bool:
+    """A life event, but not the first starts at time 0 (every run has them)."""
     parts = line.split(" ", 3)
-    return parts[2] if len(parts) > 2 else ""
+    return (
+        len(parts) > 2 and parts[2] in LIFE_KINDS and not (parts[0] == "0" and parts[2] == "start")
+    )
 
 
 # -- replaying ---------------------------------------------------------------------------
@@ -211,6 +216,21 @@ def replay_command(config: SimConfig, seed: int) -> str:
     """The one ``cpn sim`` command that runs ``seed`` of ``config`` again."""
     words = ["cpn", "sim", config.net_path, "--seed", str(seed), "--seeds", "1"]
     return shlex.join([*words, *sim_options(config)])
+
+
+@contextlib.contextmanager
+def config_in_environment(config: SimConfig) -> Iterator[None]:
+    """``CPN_SIM_CONFIG`` set to ``config`` for a determinism rerun (the runner
+    ``cluster.sim.cluster_run:run`` reads it, here and in the child), then put back."""
+    before = os.environ.get(CONFIG_ENV)
+    os.environ[CONFIG_ENV] = config.to_json()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[CONFIG_ENV]
+        else:
+            os.environ[CONFIG_ENV] = before
 
 
 # -- the report --------------------------------------------------------------------------
@@ -323,7 +343,7 @@ class CampaignReport:
         """The report as text (the same figures as :meth:`to_json`)."""
         data = self.to_json(wall_s)
         plan = (
-            f"--faults {self.config.faults}"
+            self.config.faults
             if self.config.faults
             else f"chosen per seed (at least {self.config.faults_min})"
         )
