@@ -13,6 +13,7 @@ byte), 1 a seed failed or diverged, 2 usage or input error (raised as
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import sys
@@ -90,9 +91,7 @@ def _scratch(config: SimConfig, seed: int) -> None:
 
 
 def _with_lmdb_dir(config: SimConfig, lmdb_dir: Path) -> SimConfig:
-    values = json.loads(config.to_json())
-    values["lmdb_dir"] = str(lmdb_dir)
-    return SimConfig(**values)
+    return dataclasses.replace(config, lmdb_dir=str(lmdb_dir))
 
 
 def check_seed(config: SimConfig, outcome: SeedOutcome, trace: Trace) -> DeterminismReport | None:
@@ -146,6 +145,9 @@ def failure_of(config: SimConfig, outcome: SeedOutcome) -> Failure:
     replayed, trace = run_seed(outcome.seed, config, verbose=True)
     _scratch(config, outcome.seed)
     steps = steps_that_matter(trace, replayed.needles)
+    if replayed.failure != outcome.failure:
+        # The same seed must fail the same way; only the frames' rendering differs.
+        steps.insert(0, f"(the replay with frames in full ended otherwise: {replayed.failure!r})")
     replay = replay_command(config, outcome.seed)
     return Failure(outcome.seed, outcome.kind, outcome.failure, replay, tuple(steps))
 
