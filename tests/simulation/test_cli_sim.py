@@ -7,6 +7,7 @@ second a seed on one core.
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from cluster import cli as cli_module
 from cluster.cli import cli
+from cluster.cli_sim import Progress
 from cluster.sim import cluster_run, world
 from cluster.sim.campaign import duration_text, replay_command
 from cluster.sim.cluster_run import SimConfig
@@ -209,3 +211,21 @@ def test_the_replay_command_reads_back_as_the_same_settings() -> None:
     assert words[words.index("--until") + 1] == "1500ms"
     assert 'name="a b"' in words and 'hosts=["x","y"]' in words
     assert duration_text(60_000) == "60s"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_line_is_updated_in_place_on_a_terminal_only() -> None:
+    terminal, plain = _Terminal(), io.StringIO()
+    for stream in (terminal, plain):
+        progress = Progress(20, stream)
+        for done in range(1, 21):
+            progress.show(done, done // 10, virtual_s=done * 60.0, wall_s=done * 2.0)
+    assert terminal.getvalue().count("\r") == 20 and terminal.getvalue().count("\n") == 1
+    assert terminal.getvalue().endswith(
+        "cpn sim: 20/20 seeds, 2 failed, 30.0 virtual s per wall s\n"
+    )
+    assert plain.getvalue().count("\n") == 10 and "\r" not in plain.getvalue()
