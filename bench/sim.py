@@ -89,7 +89,7 @@ def replay_mutations(quick: bool) -> tuple[int, int]:
     """Replay each mutation's recorded seed: (mutations, caught)."""
     mutations = load_mutations()
     if not mutations:
-        print(f"mutations: none ({MUTATIONS_MODULE} has not landed): mutations are 0")
+        print(f"mutations: none ({MUTATIONS_MODULE} has no MUTATIONS yet): mutations are 0")
         return 0, 0
     caught = 0
     for name in sorted(mutations):
@@ -97,16 +97,22 @@ def replay_mutations(quick: bool) -> tuple[int, int]:
         config = getattr(mutation, "config", CONFIG)
         seed = int(mutation.recorded_seed)
         started = time.perf_counter()
-        with mutation.apply():
-            bitten, _ = run_seed(seed, config)
-        fails = not bitten.ok
+        try:
+            with mutation.apply():
+                bitten, _ = run_seed(seed, config)
+            fails, why = (
+                not bitten.ok,
+                bitten.failure.splitlines()[0][:100] if bitten.failure else "",
+            )
+        except Exception as exc:  # noqa: BLE001 - a bug that crashes the run is caught too
+            fails, why = True, f"{type(exc).__name__}: {exc}"[:100]
         passes_without = True
         if not quick:
             clean, _ = run_seed(seed, config)
             passes_without = clean.ok
         caught += fails and passes_without
         verdict = "caught" if fails and passes_without else "MISSED"
-        why = bitten.failure.splitlines()[0][:100] if fails else "the seed passed"
+        why = why if fails else "the seed passed"
         if not passes_without:
             why += "; the seed fails without the mutation too"
         print(

@@ -7,10 +7,11 @@ second a seed on one core.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -229,3 +230,26 @@ def test_the_progress_line_is_updated_in_place_on_a_terminal_only() -> None:
         "cpn sim: 20/20 seeds, 2 failed, 30.0 virtual s per wall s\n"
     )
     assert plain.getvalue().count("\n") == 10 and "\r" not in plain.getvalue()
+
+
+class _LostToken:
+    """A mutation as tests/simulation/mutations.py declares them: the ledger loses a token."""
+
+    config = SimConfig(NET, params={"site_domains": 4}, until_ms=20_000, faults="drop")
+    recorded_seed = 1
+
+    @contextlib.contextmanager
+    def apply(self) -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(world, "check", _check_losing_a_token)
+            yield
+
+
+def test_the_benchmark_replays_each_mutation_s_recorded_seed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import sim as bench_sim
+
+    monkeypatch.setattr(bench_sim, "load_mutations", lambda: {"lost_token": _LostToken()})
+    assert bench_sim.replay_mutations(quick=True) == (1, 1)
+    assert "mutation lost_token: seed 1 caught (ledger: 1 violation" in capsys.readouterr().out
