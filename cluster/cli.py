@@ -30,6 +30,7 @@ from cluster.cli_deploy import (
     shard_binds,
     shard_settings,
 )
+from cluster.cli_sim import sim
 from cluster.cli_types import DURATION, NetParam
 from cluster.cli_verify import replay_trace, verify
 from cluster.client import ClusterClient
@@ -813,6 +814,7 @@ def scale(data_dir: Path, shard_count: int, wait: bool, timeout_ms: int) -> None
 cli.add_command(keys)  # cluster/cli_deploy.py: `cpn keys generate`
 cli.add_command(health)  # cluster/cli_deploy.py: `cpn health`
 cli.add_command(verify)  # cluster/cli_verify.py: `cpn verify`
+cli.add_command(sim)  # cluster/cli_sim.py: `cpn sim`
 for _command in crawl_commands():  # cluster/cli_crawl.py: `cpn crawl`, `demo`, `worker`
     cli.add_command(_command)
 
