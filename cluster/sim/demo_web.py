@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from cluster.crawl_parse import parse_results
 from cluster.mockweb_site import PageRef, ResponseKind, SiteConfig, SiteModel
-from cluster.sim.whatif import SeedFigures
+from cluster.sim.whatif_report import SeedFigures
 from nets.effects import Outcome
 from nets.errors import NetDefinitionError
 from nets.model import Net, Token
