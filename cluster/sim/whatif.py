@@ -66,7 +66,7 @@ from cluster.sim.client_node import Worker
 from cluster.sim.cluster_run import ClusterSim, SimConfig, SimError
 from cluster.sim.effects_run import EffectModelLike, OutcomeLike
 from cluster.sim.ledger import Consumed, LedgerEvent, Produced
-from cluster.sim.network import Delivered
+from cluster.sim.network import Delivered, LinkModel
 from cluster.sim.rng import derived_random
 from cluster.sim.whatif_report import (
     PlaceFigures,
@@ -356,19 +356,22 @@ def measure(
     net: Net | None = None,
     *,
     workers: Mapping[str, int] | None = None,
+    link_ms: tuple[int, int] | None = None,
 ) -> SeedFigures:
     """Run ``seed`` of ``config`` with every fault off and measure it (module docstring).
 
     ``workers`` overrides, per work-queue place, how many simulated workers lease from
     it (default: the place's effect model's ``workers`` attribute, else
-    ``config.workers_per_queue``).
+    ``config.workers_per_queue``). ``link_ms`` sets every link's latency bounds
+    ``(min, max)`` in place of the runner's (1..5 ms): a what-if of the network.
 
     Raises:
         SimError: the configuration cannot run (a net without effect models, a bad
             worker count).
         InvariantBroken: a per-step invariant failed.
     """
-    config = dataclasses.replace(config, faults=NO_FAULTS)
+    # No faults, and no heal phase: healing would put the runner's link model back.
+    config = dataclasses.replace(config, faults=NO_FAULTS, heal_at_fraction=1.0)
     probe_sim = ClusterSim(seed, config, net)  # only to read the models and counts
     counts = _worker_counts(probe_sim.models, config.workers_per_queue, workers)
     widest = max(counts.values(), default=config.workers_per_queue)
@@ -405,6 +408,11 @@ def measure(
             workers_kept.append(worker)
             world.actors[name] = _WorkerProbe(worker, effects)
     sim.workers = workers_kept
+    if link_ms is not None:
+        low, high = link_ms
+        if not 0 <= low <= high:
+            raise SimError(f"what-if: link latency {low}..{high} ms; expected 0 <= min <= max")
+        world.network.set_model(LinkModel(latency_ms_min=low, latency_ms_max=high))
     result = sim.run()
     end_ms = result.virtual_ms
     quiesced = _quiesced(sim, probe, end_ms)
@@ -469,13 +477,15 @@ def what_if(
     *,
     seeds: Sequence[int],
     workers: Mapping[str, int] | None = None,
+    link_ms: tuple[int, int] | None = None,
     progress: Callable[[SeedFigures], None] | None = None,
 ) -> WhatIfReport:
     """Run every seed of ``config`` with the faults off and report (module docstring).
 
-    ``config.faults`` is ignored (a what-if run has none). ``workers`` sets, per
-    work-queue place, how many simulated workers lease from it (see :func:`measure`);
-    ``progress`` is called after each seed.
+    ``config.faults`` and ``config.heal_at_fraction`` are ignored (a what-if run has no
+    faults). ``workers`` sets, per work-queue place, how many simulated workers lease
+    from it, ``link_ms`` the links' latency bounds (see :func:`measure`); ``progress``
+    is called after each seed.
 
     Raises:
         SimError: no seed, too many, or a configuration that cannot run.
@@ -487,7 +497,7 @@ def what_if(
         raise SimError(f"what-if: {len(seeds)} seeds, at most {SEEDS_MAX}")
     figures = []
     for seed in seeds:
-        found = measure(seed, config, workers=workers)
+        found = measure(seed, config, workers=workers, link_ms=link_ms)
         figures.append(found)
         if progress is not None:
             progress(found)

@@ -105,6 +105,16 @@ def test_the_makespan_of_a_timed_chain_is_the_sum_of_its_delays() -> None:
     assert figures.per_s == pytest.approx(3 * 1_000 / (A_MS + B_MS))
 
 
+def test_the_links_latency_is_a_what_if_of_its_own() -> None:
+    config = SimConfig(f"{HERE}:chain", shards=1, until_ms=3_000)
+    slow = measure(1, config, link_ms=(40, 40))
+    # The chain's delays are the net's: only the start-up (the table's round trip) waits.
+    assert slow.makespan_ms == A_MS + B_MS
+    assert slow.started_ms >= 2 * 40
+    with pytest.raises(SimError, match="link latency"):
+        measure(1, config, link_ms=(5, 1))
+
+
 def test_a_run_that_does_not_quiesce_has_no_makespan() -> None:
     # The chain ends at 750 ms: a run that stops before QUIET_MS_MIN more has passed
     # cannot tell that it was over.
