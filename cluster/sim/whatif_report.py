@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from cluster.sim.cluster_run import SimConfig
+
+TIMER_SUFFIX: Final = "__timer"  # a work queue's lease timers (shard/leases.py)
 
 # -- figures ---------------------------------------------------------------------------------
 
@@ -172,11 +174,15 @@ class WhatIfReport:
         return rows
 
     def places(self) -> list[tuple[str, Spread, Spread]]:
-        """Per place that ever held a token: (name, time-weighted mean, max)."""
+        """Per place that ever held a token: (name, time-weighted mean, max).
+
+        The lease timers (``<q>__timer``) are left out: one per lease until it would
+        expire, they count leases, not work (``<q>__held`` is the work leased).
+        """
         rows = []
         for index, name in enumerate(p.name for p in self.seeds[0].places):
             per_seed = [s.places[index] for s in self.seeds]
-            if not any(p.max for p in per_seed):
+            if not any(p.max for p in per_seed) or name.endswith(TIMER_SUFFIX):
                 continue
             rows.append(
                 (name, Spread.of([p.mean for p in per_seed]), Spread.of([p.max for p in per_seed]))
