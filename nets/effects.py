@@ -13,9 +13,10 @@ Theory of operation:
   lease and produce ``results`` (``(place, token)`` pairs, exactly what a real worker
   would send); ``"stall"`` completes nothing, so the lease expires and the token goes
   back to its queue.
-* The state-space explorer (nets/explore.py) branches over *every* outcome; weights and
-  latencies matter only to a simulator, which draws one outcome with a seeded
-  ``random.Random``.
+* The state-space explorer (nets/explore.py) branches over *every* outcome; weights,
+  latencies and start times matter only to a simulator, which draws one outcome with a
+  seeded ``random.Random``. A latency *distribution* is several outcomes with the same
+  results and different ``latency_ms``, their weights the distribution's.
 * Models are deterministic and finite: the same ``(token, attempt)`` always gives the
   same tuple of outcomes, in the same order.
 """
@@ -45,12 +46,16 @@ class Outcome:
         weight: relative likelihood, for a simulator's seeded draw (ignored by the
             explorer, which takes every outcome).
         latency_ms: how long the effect takes, for a simulator.
+        start_ms: the earliest time the effect may begin (0: as soon as leased), for a
+            simulator: the worker completes at ``max(lease time, start_ms) +
+            latency_ms``. A fetch that waits for its planned start says so here.
     """
 
     kind: str
     results: tuple[tuple[str, Token], ...] = ()
     weight: float = 1.0
     latency_ms: int = 0
+    start_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in OUTCOME_KINDS:
@@ -64,6 +69,10 @@ class Outcome:
         if type(self.latency_ms) is not int or self.latency_ms < 0:
             raise NetDefinitionError(
                 f"outcome latency_ms must be a non-negative int, got {self.latency_ms!r}"
+            )
+        if type(self.start_ms) is not int or self.start_ms < 0:
+            raise NetDefinitionError(
+                f"outcome start_ms must be a non-negative int, got {self.start_ms!r}"
             )
         object.__setattr__(self, "results", tuple(self.results))
 

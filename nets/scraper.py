@@ -1013,7 +1013,8 @@ class FetchEffects:
 
     The explorer takes every outcome; a simulator draws one by ``ok_weight`` and
     ``failure_weight`` (each failure's), and the answer comes ``latency_ms`` after the
-    planned start (the result's ``answered_ms`` says so, as a real worker's would).
+    planned start (the result's ``answered_ms`` says so, as a real worker's would; the
+    outcome's ``start_ms`` is that start, which a simulated worker waits for).
     """
 
     site: SmallSite
@@ -1034,11 +1035,14 @@ class FetchEffects:
             ok = Fetched(f.domain, f.url, f.kind, f.attempt, 200, "", f.url, "text/html",
                          self.site.body(f.url), start, answered, f.proxy)  # fmt: skip
         latency = self.latency_ms
-        found = [Outcome("ok", (("fetched", ok),), self.ok_weight, latency)]
+        # A worker sends at the planned start, not when it leased the fetch.
+        found = [Outcome("ok", (("fetched", ok),), self.ok_weight, latency, start)]
         for status, error in self.failures:
             failed = Fetched(f.domain, f.url, f.kind, f.attempt, status, error, f.url, "", "",
                              start, answered, f.proxy)  # fmt: skip
-            found.append(Outcome("fail", (("fetched", failed),), self.failure_weight, latency))
+            found.append(
+                Outcome("fail", (("fetched", failed),), self.failure_weight, latency, start)
+            )
         return tuple(found)
 
 
