@@ -40,6 +40,7 @@ from cluster.sim.campaign import (
 from cluster.sim.cluster_run import SHARDS_MAX_SIM, SimConfig, SimError
 from cluster.sim.faults import parse_faults
 from cluster.sim.trace import DeterminismReport, Trace, check_determinism
+from cluster.sim.whatif import what_if
 from nets.loader import load_net
 
 EXIT_PASSED, EXIT_FAILED = 0, 1
@@ -214,6 +215,14 @@ def failure_of(config: SimConfig, outcome: SeedOutcome) -> Failure:
     show_default=True,
     help="The shards' stores: simulated, or real LMDB files in a temporary directory.",
 )
+@click.option(
+    "--report",
+    "what_if_report",
+    is_flag=True,
+    help="What-if instead of what-breaks: run the seeds with every fault off and report "
+    "throughput, waits per transition, place occupancy, lease turnaround and makespan "
+    "(docs/simulation-whatif.md); compare two --net-param or --shards settings.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")
 def sim(
     net_path: str,
@@ -226,6 +235,7 @@ def sim(
     as_json: bool,
     determinism: bool,
     store: str,
+    what_if_report: bool,
     quiet: bool,
 ) -> None:
     """Simulate the whole cluster running NET (package.module:attr) under faults, per seed.
@@ -249,10 +259,33 @@ def sim(
             lmdb_dir=lmdb_dir,
         )
         validate(config, first_seed)
+        seeds = range(first_seed, first_seed + seed_count)
+        if what_if_report:
+            _what_if(config, seeds, as_json, quiet)
+            return
         report = run_seeds(
             config, range(first_seed, first_seed + seed_count), as_json, determinism, quiet
         )
     sys.exit(EXIT_PASSED if report.ok else EXIT_FAILED)
+
+
+def _what_if(config: SimConfig, seeds: range, as_json: bool, quiet: bool) -> None:
+    """``--report``: the seeds with the faults off, measured (cluster/sim/whatif.py)."""
+    progress = Progress(len(seeds), sys.stderr, enabled=not quiet)
+    started = time.perf_counter()
+    done = 0
+
+    def seed_done(_figures: object) -> None:
+        nonlocal done
+        done += 1
+        progress.show(done, 0, done * config.until_ms / 1000, time.perf_counter() - started)
+
+    report = what_if(config, seeds=seeds, progress=seed_done)
+    progress.interrupt()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), sort_keys=True))
+    else:
+        click.echo(report.render())
 
 
 def run_seeds(

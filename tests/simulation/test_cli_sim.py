@@ -253,3 +253,18 @@ def test_the_benchmark_replays_each_mutation_s_recorded_seed(
     monkeypatch.setattr(bench_sim, "load_mutations", lambda: {"lost_token": _LostToken()})
     assert bench_sim.replay_mutations(quick=True) == (1, 1)
     assert "mutation lost_token: seed 1 caught (ledger: 1 violation" in capsys.readouterr().out
+
+
+def test_report_measures_the_run_with_faults_off() -> None:
+    runner = CliRunner()
+    args = ["sim", NET, "--report", "--quiet", "--seeds", "1", "--until", "30s"]
+    args += ["--net-param", "site_domains=3", "--net-param", "site_pages=3"]
+    shown = runner.invoke(cli, args)
+    assert shown.exit_code == 0, shown.output
+    assert "makespan:" in shown.output and "no faults" in shown.output
+    as_json = runner.invoke(cli, [*args, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    figures = json.loads(as_json.output.strip().splitlines()[-1])
+    assert figures["ok"] and figures["seeds"] == [0] and figures["quiesced"] == 1
+    assert figures["makespan_ms"] and figures["transitions"]["page_fetched"]
+    assert set(figures["queues"]) == {"fetch_queue", "parse_queue", "store_queue"}

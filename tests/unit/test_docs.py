@@ -24,6 +24,7 @@ DOCUMENTS = [
     "docs/mockweb.md",
     "docs/simulation.md",
     "docs/pnml.md",
+    "docs/simulation-whatif.md",
     "README.md",
 ]
 
