@@ -215,7 +215,9 @@ class Worker:
         fault = self._lease_fault()
         if outcome.kind == "stall" or fault == "stall_worker":
             return  # never answered: the lease expires and the token goes back
-        due_ms = now_ms + outcome.latency_ms
+        # A real worker starts the effect no earlier than planned (a fetch waits for the
+        # politeness clock's start), then it takes its latency.
+        due_ms = max(now_ms, outcome.start_ms) + outcome.latency_ms
         if fault == "expire_lease":
             due_ms = max(due_ms, reply.expires_at_ms + EXPIRED_EXTRA_MS)
         lane.work = _Work(reply.lease_id, token, outcome, due_ms)

@@ -52,6 +52,11 @@ class OutcomeLike(Protocol):
     @property
     def latency_ms(self) -> int: ...
 
+    @property
+    def start_ms(self) -> int:
+        """The earliest time the effect may begin (0: when leased)."""
+        ...
+
 
 OutcomeT_co = TypeVar("OutcomeT_co", bound=OutcomeLike, covariant=True)
 OutcomeT = TypeVar("OutcomeT", bound=OutcomeLike)

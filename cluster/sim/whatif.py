@@ -266,6 +266,7 @@ class _Planned:
     results: tuple[tuple[str, Token], ...]
     weight: float
     latency_ms: int
+    start_ms: int = 0  # the wait is in latency_ms already
 
 
 class _PlannedEffects:
@@ -282,7 +283,7 @@ class _PlannedEffects:
         planned = []
         begin_ms = self.now_ms
         for outcome in found:
-            start_ms = getattr(outcome, "start_ms", 0)
+            start_ms = outcome.start_ms
             wait_ms = max(0, start_ms - self.now_ms)
             begin_ms = max(begin_ms, self.now_ms + wait_ms)
             planned.append(
