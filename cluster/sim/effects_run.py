@@ -15,7 +15,7 @@ matter) draws one uniform number ``u`` in ``[0, total weight)``, and the outcome
 first whose running sum of weights exceeds ``u``, in the order the model listed them.
 Firing order, other tokens and other seeds' runs change nothing: the same token on the
 same attempt meets the same fate in every run of that seed, and a retry (the next
-attempt) draws afresh, as DESIGN.md asks of any randomness a net needs.
+attempt) draws afresh: randomness comes from the seed and the event, never from order.
 """
 
 from __future__ import annotations
