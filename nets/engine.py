@@ -238,6 +238,16 @@ class _TransitionState:
         return found
 
 
+class _Changes:
+    """A watcher of every place that can enable or block a transition: ``all_dirty``
+    says whether one changed since the engine last found nothing enabled."""
+
+    __slots__ = ("all_dirty",)
+
+    def __init__(self) -> None:
+        self.all_dirty = True
+
+
 class Engine:
     """Fires a net under a time that the caller passes in.
 
@@ -288,6 +298,7 @@ class Engine:
         self._groups = [
             [ts for ts in self._transitions if ts.transition.priority == p] for p in priorities
         ]
+        self._changes = _Changes()
         self._wire_listeners()
         for ts in self._transitions:
             ts.fire = compile_firing(
@@ -323,6 +334,11 @@ class Engine:
             store.timed = bool(store.key_watchers or store.place_watchers) or (
                 store.place.name in self._watched
             )
+        for store in self._stores.values():
+            # Every change to a place that can enable or block a transition marks the
+            # engine changed (see fire: a scan that found nothing is not repeated).
+            if store.key_watchers or store.place_watchers or store.capacity_watchers:
+                store.place_watchers = (*store.place_watchers, self._changes)
 
     # -- marking changes ---------------------------------------------------------------
 
@@ -451,6 +467,7 @@ class Engine:
         for ts in self._transitions:
             for cs in ts.components:
                 cs.all_dirty = True
+        self._changes.all_dirty = True
 
     def holds(self, place: str, token: Token, *, time: int) -> bool:
         """Whether ``place`` has the available entry ``(time, token)``."""
@@ -497,6 +514,12 @@ class Engine:
                 the wrong colour; the marking is unchanged.
         """
         self.advance(now)
+        changes = self._changes
+        if not changes.all_dirty:
+            # The last scan found nothing enabled and no place that matters changed
+            # since (tokens coming due change their place): nothing is enabled now.
+            # An idle shard asks every turn of its loop.
+            return None
         for group in self._groups:
             if self.tie_break is TieBreak.ORDERED or len(group) == 1:
                 for ts in group:
@@ -508,6 +531,7 @@ class Engine:
                 if enabled:
                     ts, matches = enabled[self._rng.randrange(len(enabled))]
                     return self._fire(ts, matches)
+        changes.all_dirty = False
         return None
 
     def enabled(self, now: int) -> list[tuple[str, dict[str, Any]]]:

@@ -569,6 +569,20 @@ def _checker_of_tuples(item: Check) -> Check:
     return conforms_to_tuples
 
 
+def _checker_of_plain_tuples(kind: type) -> Check:
+    """A tuple of one plain type (a table's 1,024 owners): the types compared in C."""
+    kinds = {kind}
+
+    def conforms_to_plain_tuples(value: object) -> bool:
+        return (
+            type(value) is tuple
+            and len(value) <= TOKENS_PER_MESSAGE_MAX
+            and (not value or set(map(type, value)) == kinds)
+        )
+
+    return conforms_to_plain_tuples
+
+
 def _checker_of_record(kinds: tuple[Any, ...]) -> Check:
     """A tuple of plain fields (int, str, bool, bytes): one type test per field."""
     count = len(kinds)
@@ -593,6 +607,8 @@ def _checker(hint: Any) -> Check:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
+            if args[0] in (int, str, bool, bytes):
+                return _checker_of_plain_tuples(args[0])
             return _checker_of_tuples(_checker(args[0]))
         if all(a in (int, str, bool, bytes) for a in args):
             return _checker_of_record(args)
