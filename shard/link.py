@@ -168,12 +168,9 @@ class Link:
         report = mover.report(now_ms, exchange, host)
         if report is not None:
             sends.append(Send(ROUTER, report, "report"))
-        if now_ms >= self.last_table_ms + TABLE_REFRESH_PENDING_MS and (
-            exchange.outbox.pending_tokens() or mover.stage_orders
+        if now_ms >= self.last_table_ms + TABLE_REFRESH_PENDING_MS and self.waiting_on_peers(
+            exchange, mover
         ):
-            # Sends to a peer restarted on another port neither fail nor arrive: while
-            # tokens wait in the outbox, or shipments are fetched for a move, the table
-            # (with the peers' endpoints) is asked for again.
             self.table_wanted = True
         newer = self.epoch_heard > self.epoch_asked
         if self.table_wanted and (newer or now_ms >= self.last_table_request_ms + TABLE_REQUEST_MS):
@@ -181,6 +178,13 @@ class Link:
             self.epoch_asked = self.epoch_heard
             sends.append(Send(ROUTER, self._encode(GetTable()), "table"))
         return sends
+
+    @staticmethod
+    def waiting_on_peers(exchange: Exchange, mover: Mover) -> bool:
+        """Whether this shard waits on a peer: tokens in its outbox, or a move's shipment
+        being fetched. Sends to a peer restarted on another port neither fail nor arrive,
+        so while it waits, the table (with the peers' endpoints) is asked for again."""
+        return bool(exchange.outbox.pending_tokens() or mover.stage_orders)
 
     def send_failed(self, send: Send, exchange: Exchange) -> None:
         """``send`` could not go now; see :class:`Send` for what follows."""
