@@ -164,12 +164,15 @@ class Worker:
             )
         if now_ms < lane.idle_until_ms:
             return ()
-        if self._leases_end_ms is not None and now_ms >= self._leases_end_ms:
-            lane.idle_until_ms = NEVER_MS  # draining: no new work
+        if self._draining(now_ms):
+            lane.idle_until_ms = NEVER_MS  # no new work
             return ()
         lane.seq += 1
         lease = Lease(lane.client_id, lane.seq, self.place, 1, LEASE_MS, LEASE_WAIT_MS)
         return self._send(now_ms, lane, lease)
+
+    def _draining(self, now_ms: int) -> bool:
+        return self._leases_end_ms is not None and now_ms >= self._leases_end_ms
 
     def receive(self, now_ms: int, frame: Delivered) -> Step:
         lane = self._lanes.get(frame.src)
@@ -238,6 +241,13 @@ class Worker:
             if lane.pending is not None:
                 if now_ms >= lane.pending.sent_ms + LEASE_TIMEOUT_MS:
                     self.counters["timeouts"] += 1
+                    if lane.work is None and self._draining(now_ms):
+                        # An unanswered long poll asked again would be a new lease, taken
+                        # too late to be resolved by the end: the worker gives it up (a
+                        # lease the first copy got expires on its own).
+                        lane.pending = None
+                        lane.idle_until_ms = NEVER_MS
+                        continue
                     sends += self._resend(now_ms, lane)
             else:
                 sends += self._next(now_ms, lane)

@@ -341,11 +341,21 @@ class ClusterSim:
 
     def supervise(self, world: World) -> None:
         """Stop for good the shards the router retired (cluster/supervisor.py's rule: a
-        shard beyond the count asked for, which the router says is retired)."""
+        shard beyond the count asked for, which the router says is retired), and start
+        again a retired shard the router counts as a member again (a late copy of an
+        earlier, larger ``Scale``: the supervisor runs every shard the router has not
+        let go)."""
         plane = self.router.plane
         if plane is None:
             return
-        first_gone = max(plane.coordinator.members, plane.table.shard_count)
+        members = plane.coordinator.members
+        for node in sorted(world.retired):
+            shard_id = shard_id_of(node)
+            if shard_id is not None and shard_id < members:
+                world.rejoin(node)
+                self.roster.nodes.append(node)
+                self.roster.nodes.sort(key=lambda n: shard_id_of(n) or 0)
+        first_gone = max(members, plane.table.shard_count)
         for node in list(self.roster.nodes):
             shard_id = shard_id_of(node)
             if (

@@ -8,6 +8,12 @@ it falls below the fault's per-tick probability; only then does it draw the epis
 details (victims, groups, durations). The number of draws per tick is therefore fixed
 by the plan, not by what happened, and the same seed strikes at the same moments.
 
+Each episode fault of the plan strikes at least once: at its construction the nemesis
+draws, for each, a tick of the fault phase (``ticks``, the number of ticks before the
+heal); a fault that no draw has started by that tick starts there (or at the first tick
+after it with a victim). A plan of five rare faults would otherwise inject fewer than
+five in some seeds, and a seed is meant to exercise what its plan names.
+
 The network's faults it carries out itself, on the :class:`~cluster.sim.network.Network`:
 
 * ``partition``: the nodes that are up are split into two random non-empty groups, cut
@@ -89,6 +95,8 @@ class Nemesis:
         network: the run's network (partitions and clogs are applied to it).
         schedule: the run's schedule (for the ends of partitions and the clogs).
         counts: where the faults started are counted.
+        ticks: the ticks of the fault phase, among which each episode fault's first
+            episode is placed (0: no first episode is forced).
     """
 
     def __init__(
@@ -98,6 +106,8 @@ class Nemesis:
         network: Network,
         schedule: Schedule[Any],
         counts: FaultCounts,
+        *,
+        ticks: int = 0,
     ) -> None:
         self.plan = plan
         self._rng = rng
@@ -107,6 +117,11 @@ class Nemesis:
         self._episodes = [
             (name, plan.per_tick(name)) for name in plan.names() if FAULTS[name].unit == "per_s"
         ]
+        # episode fault -> the tick by which it must have struck once
+        self._first_by: dict[str, int] = (
+            {name: rng.randint(1, ticks) for name, _ in self._episodes} if ticks > 0 else {}
+        )
+        self._ticks = 0
 
     def tick(self, *, shards: Sequence[str], routers: Sequence[str] = ()) -> list[Action]:
         """One nemesis tick among the nodes that are up; return what the loop must do.
@@ -118,12 +133,16 @@ class Nemesis:
         rng = self._rng
         shards, routers = list(shards), list(routers)
         actions: list[Action] = []
+        self._ticks += 1
+        first_by = self._first_by
         for name, probability in self._episodes:
-            if rng.random() >= probability:
+            drawn = rng.random() < probability
+            if not drawn and first_by.get(name, self._ticks + 1) > self._ticks:
                 continue
             started, action = self._start(name, shards, routers)
             if not started:
                 continue
+            first_by.pop(name, None)
             self._counts.record(name)
             if action is not None:
                 actions.append(action)

@@ -212,7 +212,12 @@ class World:
         )
         self.faults = faults if faults is not None else FaultCounts()
         self.nemesis = Nemesis(
-            plan, derived_random(seed, "nemesis"), self.network, self.schedule, self.faults
+            plan,
+            derived_random(seed, "nemesis"),
+            self.network,
+            self.schedule,
+            self.faults,
+            ticks=max(0, (heal_at_ms - 1) // NEMESIS_TICK_MS),
         )
         self.trace = Trace()
         self.history: list[LedgerEvent] = []
@@ -297,6 +302,15 @@ class World:
             self.routers.remove(name)
         self.retired.add(name)
         self.trace.record(self.schedule.now_ms, name, "retire")
+
+    def rejoin(self, name: str, *, shard: bool = True) -> None:
+        """A retired node is started again, from what it committed (a late scale-out
+        the router acted on after the node was let go: the supervisor starts it again)."""
+        assert name in self.retired, f"{name} is not retired"
+        self.retired.discard(name)
+        (self.shards if shard else self.routers).append(name)
+        self.trace.record(self.schedule.now_ms, name, "rejoin")
+        self._start(name)
 
     def local_now(self, name: str) -> int:
         """``name``'s clock: virtual time plus its skew, never going backwards."""

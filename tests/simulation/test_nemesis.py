@@ -118,3 +118,27 @@ def test_lease_faults_by_their_rates() -> None:
         "stall_worker": fates["stall_worker"],
         "expire_lease": fates["expire_lease"],
     }
+
+
+def test_every_episode_fault_of_the_plan_strikes_once_within_the_fault_phase() -> None:
+    faults = (
+        "partition=0.0001,swizzle_clog=0.0001,crash_shard=0.0001,clock_skew=0.0001,scale_in=0.0001"
+    )
+    for seed in range(20):
+        schedule: Schedule[Any] = Schedule()
+        network = Network(schedule, random.Random(seed))
+        for node in [*ROUTERS, *SHARDS]:
+            network.start(node)
+        counts = FaultCounts()
+        nemesis = Nemesis(
+            parse_faults(faults), random.Random(seed), network, schedule, counts, ticks=30
+        )
+        _ticks(nemesis, 30)
+        assert set(counts.by_kind()) == {n.split("=")[0] for n in faults.split(",")}, seed
+        assert sum(counts.by_kind().values()) == 5, seed  # the rates alone would give none
+
+
+def test_without_ticks_only_the_rates_strike() -> None:
+    nemesis, _, _, counts = _nemesis("crash_shard=0.0001,clock_skew=0.0001")
+    _ticks(nemesis, 30)
+    assert not counts.by_kind()
