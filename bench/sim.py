@@ -14,12 +14,12 @@
 2. **Determinism**: a sample of the seeds (every 20th; ``--quick``: the first) is run
    again in a fresh interpreter with another ``PYTHONHASHSEED``
    (``cluster.sim.trace.check_determinism``) and must give the same trace digest.
-3. **Mutations**: when ``tests/simulation/mutations.py`` exists, each of its
-   ``MUTATIONS`` (``name -> Mutation`` with ``apply()``, a context manager that puts a
-   fixed bug back, and ``recorded_seed``, a seed that found it; ``config`` if it has its
-   own) replays its recorded seed with the bug in, which must fail, and (not with
-   ``--quick``) without it, which must pass. Until that module lands, ``mutations`` and
-   ``mutations_caught`` are 0.
+3. **Mutations**: each of ``MUTATIONS`` in ``tests/simulation/mutations.py`` (``name ->
+   Mutation`` with ``apply()``, a context manager that puts a fixed bug back,
+   ``recorded_seed``, a seed that found it, and ``config``) is searched for from scratch:
+   seeds from 0 up with the bug in, until one fails (at most :data:`SEARCH_SEEDS`);
+   every seed of that search must then pass without the bug. ``--quick`` only replays
+   each recorded seed with the bug in, which must fail.
 
 The last line is one JSON object with exactly the keys ``seeds``, ``seeds_per_min``,
 ``virtual_over_wall``, ``faults``, ``failures``, ``deterministic``, ``mutations``,
@@ -51,6 +51,7 @@ SEEDS_PER_MIN_TARGET = 100
 SEEDS_FULL, SEEDS_QUICK = 100, 5
 DETERMINISM_EVERY = 20
 MUTATIONS_MODULE = "tests.simulation.mutations"
+SEARCH_SEEDS = 1_000  # each bug must be found among this many seeds from seed 0
 RUNNER = "cluster.sim.cluster_run:run"
 
 CONFIG = SimConfig(
@@ -85,8 +86,22 @@ def load_mutations() -> Mapping[str, Any]:
     return mutations
 
 
-def replay_mutations(quick: bool) -> tuple[int, int]:
-    """Replay each mutation's recorded seed: (mutations, caught)."""
+def failure_of(seed: int, config: SimConfig) -> str:
+    """Why ``seed`` fails ('' if it passes); a bug that crashes the run fails it too."""
+    try:
+        outcome, _ = run_seed(seed, config)
+    except Exception as exc:  # noqa: BLE001 - a bug that crashes the run is caught too
+        return f"{type(exc).__name__}: {exc}"[:100]
+    return "" if outcome.ok else outcome.failure.splitlines()[0][:100]
+
+
+def check_mutations(quick: bool) -> tuple[int, int]:
+    """Each mutation caught: (mutations, caught).
+
+    ``--quick`` replays each recorded seed with the bug put back (it must fail). The full
+    run searches for each bug from scratch, from seed 0, among :data:`SEARCH_SEEDS`
+    seeds, and runs every seed of the search again without the bug (each must pass).
+    """
     mutations = load_mutations()
     if not mutations:
         print(f"mutations: none ({MUTATIONS_MODULE} has no MUTATIONS yet): mutations are 0")
@@ -95,29 +110,28 @@ def replay_mutations(quick: bool) -> tuple[int, int]:
     for name in sorted(mutations):
         mutation = mutations[name]
         config = getattr(mutation, "config", CONFIG)
-        seed = int(mutation.recorded_seed)
         started = time.perf_counter()
-        try:
-            with mutation.apply():
-                bitten, _ = run_seed(seed, config)
-            fails, why = (
-                not bitten.ok,
-                bitten.failure.splitlines()[0][:100] if bitten.failure else "",
-            )
-        except Exception as exc:  # noqa: BLE001 - a bug that crashes the run is caught too
-            fails, why = True, f"{type(exc).__name__}: {exc}"[:100]
-        passes_without = True
-        if not quick:
-            clean, _ = run_seed(seed, config)
-            passes_without = clean.ok
-        caught += fails and passes_without
-        verdict = "caught" if fails and passes_without else "MISSED"
-        why = why if fails else "the seed passed"
-        if not passes_without:
-            why += "; the seed fails without the mutation too"
+        seeds = [int(mutation.recorded_seed)] if quick else range(SEARCH_SEEDS)
+        found, why = None, ""
+        with mutation.apply():
+            for seed in seeds:
+                why = failure_of(seed, config)
+                if why:
+                    found = seed
+                    break
+        if found is None:
+            searched = "its recorded seed" if quick else f"seeds 0..{SEARCH_SEEDS - 1}"
+            print(f"mutation {name}: MISSED in {searched} [{time.perf_counter() - started:.1f} s]")
+            continue
+        failing_without = [] if quick else [s for s in range(found + 1) if failure_of(s, config)]
+        ok = not failing_without
+        caught += ok
+        how = "replayed" if quick else f"found at seed {found} ({found + 1} seeds searched)"
         print(
-            f"mutation {name}: seed {seed} {verdict} ({why}) "
-            f"[{time.perf_counter() - started:.1f} s]"
+            f"mutation {name}: {'caught' if ok else 'MISSED'}, {how}: {why}"
+            + ("" if quick else f"; without it seeds 0..{found} pass" if ok else "")
+            + (f"; without it seeds {failing_without} fail too" if failing_without else "")
+            + f" [{time.perf_counter() - started:.1f} s]"
         )
     return len(mutations), caught
 
@@ -187,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"determinism checked on seeds {sampled}: {'same' if deterministic else 'DIVERGED'}")
     print(f"combined digest of the seeds' traces: {report.to_json(running_s)['digest']}")
-    mutations, caught = replay_mutations(args.quick)
+    mutations, caught = check_mutations(args.quick)
     print(f"benchmark wall time: {time.perf_counter() - wall_start:.1f} s")
     print(
         json.dumps(

@@ -251,8 +251,20 @@ def test_the_benchmark_replays_each_mutation_s_recorded_seed(
     from bench import sim as bench_sim
 
     monkeypatch.setattr(bench_sim, "load_mutations", lambda: {"lost_token": _LostToken()})
-    assert bench_sim.replay_mutations(quick=True) == (1, 1)
-    assert "mutation lost_token: seed 1 caught (ledger: 1 violation" in capsys.readouterr().out
+    assert bench_sim.check_mutations(quick=True) == (1, 1)
+    assert "mutation lost_token: caught, replayed: ledger: 1 violation" in capsys.readouterr().out
+
+
+def test_the_full_benchmark_searches_from_seed_0_and_runs_the_search_again_without_the_bug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import sim as bench_sim
+
+    monkeypatch.setattr(bench_sim, "load_mutations", lambda: {"lost_token": _LostToken()})
+    assert bench_sim.check_mutations(quick=False) == (1, 1)
+    out = capsys.readouterr().out
+    assert "mutation lost_token: caught, found at seed 0 (1 seeds searched)" in out
+    assert "without it seeds 0..0 pass" in out
 
 
 def test_report_measures_the_run_with_faults_off() -> None:
