@@ -126,7 +126,13 @@ def check_mutations(quick: bool) -> tuple[int, int]:
         failing_without = [] if quick else [s for s in range(found + 1) if failure_of(s, config)]
         ok = not failing_without
         caught += ok
-        how = "replayed" if quick else f"found at seed {found} ({found + 1} seeds searched)"
+        recorded = int(mutation.recorded_seed)
+        how = (
+            "replayed"
+            if quick
+            else f"found at seed {found} ({found + 1} seeds searched"
+            + (")" if found == recorded else f"; the recorded seed is {recorded}: update it)")
+        )
         print(
             f"mutation {name}: {'caught' if ok else 'MISSED'}, {how}: {why}"
             + ("" if quick else f"; without it seeds 0..{found} pass" if ok else "")

@@ -67,7 +67,9 @@ class PartitionTable:
             raise TableError(f"epoch {self.epoch} is not positive")
         owners, slot_epochs = self.owners, self.slot_epochs
         if (
-            min(owners) >= 0
+            set(map(type, owners)) == {int}
+            and set(map(type, slot_epochs)) == {int}
+            and min(owners) >= 0
             and max(owners) < self.shard_count
             and min(slot_epochs) > 0
             and max(slot_epochs) <= self.epoch

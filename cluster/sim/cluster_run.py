@@ -314,17 +314,18 @@ class ClusterSim:
 
     # -- the simulated supervisor and operator ------------------------------------------------
 
-    def _scale(self, world: World, delta: int) -> None:
+    def _scale(self, world: World, delta: int) -> bool:
+        """The operator's ``cpn scale``: whether it was carried out."""
         plane = self.router.plane
         if plane is None:
-            return  # the operator finds no router: this scale does not happen
+            return False  # the operator finds no router: this scale does not happen
         coordinator = plane.coordinator
         members, span = coordinator.members, coordinator.span()
         if members != plane.table.shard_count or coordinator.active():
-            return  # a scale is still going on: one at a time
+            return False  # a scale is still going on: one at a time
         if delta > 0:
             if span != self.shards_created or span >= SHARDS_MAX_SIM:
-                return  # the next shard id would be one that left: not modelled
+                return False  # the next shard id would be one that left: not modelled
             node = shard_node(span)
             world.add_actor(node, self._shard(span))
             self.shards_created += 1
@@ -332,12 +333,12 @@ class ClusterSim:
             count = members + 1
         else:
             if members <= 1:
-                return
+                return False
             count = members - 1
         self.desired_shards = count
         self.operators += 1
         world.add_actor(f"operator-{self.operators}", _Operator(count), shard=False)
-        self.faults.record("scale_out" if delta > 0 else "scale_in")
+        return True  # the nemesis counts it
 
     def supervise(self, world: World) -> None:
         """Stop for good the shards the router retired (cluster/supervisor.py's rule: a

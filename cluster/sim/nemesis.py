@@ -9,9 +9,13 @@ details (victims, groups, durations). The number of draws per tick is therefore 
 by the plan, not by what happened, and the same seed strikes at the same moments.
 
 Each episode fault of the plan strikes at least once: at its construction the nemesis
-draws, for each, a tick of the fault phase (``ticks``, the number of ticks before the
-heal); a fault that no draw has started by that tick starts there (or at the first tick
-after it with a victim). A plan of five rare faults would otherwise inject fewer than
+draws, for each with a rate above 0, a tick of the fault phase (``ticks``, the number of
+ticks before the heal); a fault that no draw has started by that tick starts there (or at
+the first tick after it with a victim). A scale is asked for then, and counted only if
+the run carries it out (:meth:`Nemesis.carried_out`): the operator does not scale while
+another scale goes on, so a plan's scaling may strike less often than asked. Retrying it
+until it happens would put it late in the fault phase, with too little time left to
+drain. A plan of five rare faults would otherwise inject fewer than
 five in some seeds, and a seed is meant to exercise what its plan names.
 
 The network's faults it carries out itself, on the :class:`~cluster.sim.network.Network`:
@@ -119,7 +123,9 @@ class Nemesis:
         ]
         # episode fault -> the tick by which it must have struck once
         self._first_by: dict[str, int] = (
-            {name: rng.randint(1, ticks) for name, _ in self._episodes} if ticks > 0 else {}
+            {name: rng.randint(1, ticks) for name, p in self._episodes if p > 0}
+            if ticks > 0
+            else {}
         )
         self._ticks = 0
 
@@ -143,6 +149,11 @@ class Nemesis:
             if not started:
                 continue
             first_by.pop(name, None)
+            if isinstance(action, Scale):
+                # Counted only once the operator carried it out (carried_out): a scale
+                # asked for while another goes on does not happen.
+                actions.append(action)
+                continue
             self._counts.record(name)
             if action is not None:
                 actions.append(action)
@@ -151,6 +162,10 @@ class Nemesis:
                     if action.node in up:
                         up.remove(action.node)
         return actions
+
+    def carried_out(self, scale: Scale) -> None:
+        """The run carried out ``scale`` (a :class:`Scale` the tick returned): count it."""
+        self._counts.record("scale_out" if scale.delta > 0 else "scale_in")
 
     def lease_fault(self) -> LeaseFault | None:
         """What befalls the lease a simulated worker just took (two draws, always)."""

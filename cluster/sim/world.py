@@ -167,7 +167,8 @@ class World:
             (other nodes, clients, are only partitioned).
         until_ms: the run's virtual length; ``heal_at_ms``: when the faults stop.
         check_step: called after every event with the world (raise to fail).
-        scale: carries out a :class:`~cluster.sim.nemesis.Scale` (None: ignored).
+        scale: carries out a :class:`~cluster.sim.nemesis.Scale` and says whether it did
+            (another scale may be going on); None: ignored.
         describe: turns a frame's bytes into the trace's view of it (default: bytes).
         drained: the ledger requires every outbox and shipment resolved at the end.
         links: the links' latencies (the plan adds its per-frame faults until the heal
@@ -189,7 +190,7 @@ class World:
         until_ms: int,
         heal_at_ms: int,
         check_step: Callable[[World], None] | None = None,
-        scale: Callable[[World, int], None] | None = None,
+        scale: Callable[[World, int], bool] | None = None,
         describe: Callable[[bytes], object] | None = None,
         drained: bool = True,
         links: LinkModel | None = None,
@@ -294,6 +295,7 @@ class World:
         """
         if self.network.is_up(name):
             self.network.stop(name)
+            self.actors[name].crash()  # a process that stops closes its store
         self._clocks[name].wake_generation += 1
         self.schedule.cancel_if(lambda event: isinstance(event, Restart) and event.node == name)
         if name in self.shards:
@@ -434,9 +436,9 @@ class World:
                 self.trace.record(now_ms, action.node, "skew", action.skew_ms)
             else:
                 assert isinstance(action, Scale)
-                self.trace.record(now_ms, "world", "scale", action.delta)
-                if self._scale is not None:
-                    self._scale(self, action.delta)
+                if self._scale is not None and self._scale(self, action.delta):
+                    self.trace.record(now_ms, "world", "scale", action.delta)
+                    self.nemesis.carried_out(action)
         if self.network.blocked() != blocked:
             self.trace.record(now_ms, "net", "blocked", self.network.blocked())
         if self.network.clogged() != clogged:

@@ -263,7 +263,11 @@ def test_the_full_benchmark_searches_from_seed_0_and_runs_the_search_again_witho
     monkeypatch.setattr(bench_sim, "load_mutations", lambda: {"lost_token": _LostToken()})
     assert bench_sim.check_mutations(quick=False) == (1, 1)
     out = capsys.readouterr().out
-    assert "mutation lost_token: caught, found at seed 0 (1 seeds searched)" in out
+    # The search finds the bug at seed 0, before the recorded seed 1: it says so.
+    assert (
+        "mutation lost_token: caught, found at seed 0 "
+        "(1 seeds searched; the recorded seed is 1: update it)"
+    ) in out
     assert "without it seeds 0..0 pass" in out
 
 

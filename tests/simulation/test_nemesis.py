@@ -133,12 +133,35 @@ def test_every_episode_fault_of_the_plan_strikes_once_within_the_fault_phase() -
         nemesis = Nemesis(
             parse_faults(faults), random.Random(seed), network, schedule, counts, ticks=30
         )
-        _ticks(nemesis, 30)
+        for _ in range(30):
+            for action in nemesis.tick(shards=SHARDS, routers=ROUTERS):
+                if isinstance(action, Scale):
+                    nemesis.carried_out(action)  # the operator scales; the nemesis counts it
         assert set(counts.by_kind()) == {n.split("=")[0] for n in faults.split(",")}, seed
         assert sum(counts.by_kind().values()) == 5, seed  # the rates alone would give none
 
 
-def test_without_ticks_only_the_rates_strike() -> None:
-    nemesis, _, _, counts = _nemesis("crash_shard=0.0001,clock_skew=0.0001")
-    _ticks(nemesis, 30)
+def _forcing(faults: str) -> tuple[Nemesis, FaultCounts]:
+    schedule: Schedule[Any] = Schedule()
+    network = Network(schedule, random.Random(1))
+    for node in [*ROUTERS, *SHARDS]:
+        network.start(node)
+    counts = FaultCounts()
+    return Nemesis(
+        parse_faults(faults), random.Random(1), network, schedule, counts, ticks=5
+    ), counts
+
+
+def test_a_fault_at_rate_0_is_never_forced() -> None:
+    nemesis, counts = _forcing("crash_shard=0,clock_skew=0.0001")
+    assert not [a for a in _ticks(nemesis, 30) if isinstance(a, Crash)]
+    assert counts.by_kind() == {"clock_skew": 1}
+
+
+def test_a_scale_is_counted_only_when_the_run_carries_it_out() -> None:
+    nemesis, counts = _forcing("scale_out=0.0001")
+    asked = [a for a in _ticks(nemesis, 10) if isinstance(a, Scale)]
+    assert len(asked) == 1  # asked for at its forced tick, once
     assert not counts.by_kind()
+    nemesis.carried_out(asked[0])
+    assert counts.by_kind() == {"scale_out": 1}

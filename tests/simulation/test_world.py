@@ -29,6 +29,7 @@ class Clocked:
         self.seen: list[int] = []
         self.deadline_ms = 0
         self.wakes = 0
+        self.crashes = 0
 
     def start(self, now_ms: int, endpoint: str, directory: Directory) -> Step:
         self.seen.append(now_ms)
@@ -48,7 +49,7 @@ class Clocked:
         return self.deadline_ms
 
     def crash(self) -> None:
-        pass
+        self.crashes += 1
 
     def present(self) -> Iterable[LedgerEvent]:
         return ()
@@ -81,7 +82,7 @@ def test_scaling_goes_to_the_runner() -> None:
     _world(
         {"shard-0": Clocked()},
         parse_faults("scale_out=10,scale_in=10"),
-        scale=lambda _world, delta: deltas.append(delta),
+        scale=lambda _world, delta: deltas.append(delta) is None,
     ).run()
     assert set(deltas) == {1, -1}
 
@@ -138,13 +139,16 @@ def test_the_ledger_catches_a_receiver_that_applies_a_resend_twice(
 def test_a_scale_out_adds_a_shard_and_a_scale_in_retires_one_for_good() -> None:
     added: list[str] = []
 
-    def scale(world: World, delta: int) -> None:
+    def scale(world: World, delta: int) -> bool:
         if delta > 0:
             name = f"shard-{len(world.actors)}"
             world.add_actor(name, Clocked())
             added.append(name)
-        elif len(world.shards) > 1:
+            return True
+        if len(world.shards) > 1:
             world.retire(world.shards[-1])
+            return True
+        return False
 
     result = _world(
         {"shard-0": Clocked()}, parse_faults("scale_out=10,scale_in=5,crash_shard=5"), scale=scale
@@ -218,3 +222,16 @@ def test_a_fault_point_kills_the_node_mid_step_and_nothing_of_the_step_counts() 
     assert produced == actor.committed
     assert not set(produced) & set(faults_ms)  # the dying step left nothing behind
     assert result.ledger.ok, str(result.ledger)
+
+
+def test_a_retired_node_stops_as_a_process_does_and_may_rejoin_from_its_store() -> None:
+    actors = {"shard-0": Clocked(), "shard-1": Clocked()}
+    world = _world(actors, FaultPlan())
+    world.run()
+    world.retire("shard-1")
+    assert actors["shard-1"].crashes == 1  # its store is closed, as a stopped process's
+    assert not world.network.is_up("shard-1") and "shard-1" not in world.shards
+    world.rejoin("shard-1")
+    assert world.network.is_up("shard-1") and "shard-1" in world.shards
+    assert "shard-1" not in world.retired
+    assert any(" rejoin" in line for line in world.trace.lines())

@@ -7,11 +7,14 @@
   random, nor the shell of its own package.
 * No clock is read outside the shells: no ``time.*`` call in nets/, router/ or shard/
   outside a shell/ subpackage (cluster/ is the outermost shell).
+* The CLI imports the simulator and the verifier only for their own commands.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -149,3 +152,17 @@ def test_the_clock_rule_bites() -> None:
     assert _clock_reads(ast.parse(source)) == [("monotonic_ns", 5)]
     shell = ROOT / "shard" / "shell" / "runtime.py"
     assert _is_shell(shell) and _clock_reads(ast.parse(shell.read_text()))
+
+
+def test_a_process_that_does_not_simulate_or_verify_does_not_import_them() -> None:
+    # `cpn shard` and `cpn router` import the CLI on every (re)start: the simulator and
+    # the verifier cost 0.1 s there, so their commands are loaded when they run.
+    probe = (
+        "import sys, cluster.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith(('cluster.sim', 'cluster.cli_sim', "
+        "'cluster.cli_verify', 'nets.explore', 'nets.pnml'))))"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert shown.stdout.strip() == "[]", shown.stdout
