@@ -9,8 +9,8 @@ Two parts:
 * :class:`ChaosRun` (SHELL): carries the plan out against the cluster in a data
   directory. Before each kill it waits for the planned moment *and* for the previous
   victim to be back (a new pid published its endpoint, bounded by ``BACK_TIMEOUT_S``),
-  so that every kill hits a cluster that had recovered from the last one (STYLE.md,
-  Tests). A victim's pid comes from its endpoint file and is killed only after checking
+  so that every kill hits a cluster that had recovered from the last one (docs/architecture.md,
+  "Tests"). A victim's pid comes from its endpoint file and is killed only after checking
   that it is this cluster's process: a ``cpn shard``/``cpn router`` on that data
   directory whose parent is the cluster's supervisor. The supervisor itself is never a
   target: it is what restarts the victims. Meanwhile the shards' and the router's

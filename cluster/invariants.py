@@ -5,7 +5,7 @@ chaos and simulation runs drain the cluster, collect a :class:`ShardSnapshot` pe
 and the router's table, and call :func:`check`; its :class:`InvariantReport` is empty
 when the run was correct, and its ``str()`` is a bounded summary for assertion messages.
 
-Theory of operation (docs: DESIGN.md, "Handoff protocol"; STYLE.md, "Tests"):
+Theory of operation (docs/handoff.md; docs/architecture.md, "Tests"):
 
 * Tokens are compared as multisets of their field tuples, summed over all shards;
   times are ignored. For each checked place, a token the expectation holds more

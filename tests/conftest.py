@@ -2,7 +2,7 @@
 
 A test that takes ``seed`` gets ``int(CPN_SEED)`` when that variable is set, else a fresh
 random seed; when the test fails its report carries a ``seed`` section saying how to
-rerun it with the same seed (STYLE.md, Tests).
+rerun it with the same seed (docs/architecture.md, "Tests").
 """
 
 import contextlib

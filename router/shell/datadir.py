@@ -81,7 +81,7 @@ def fault_point(data_dir: Path, name: str) -> None:
     Each armed point fires once per data directory (a mark file records it before the
     kill), so a supervisor that restarts the process with the same environment lets
     the restarted process resume and finish what the killed one began. Tests use it to
-    kill a party at each step of a protocol (STYLE.md, Tests: fault points).
+    kill a party at each step of a protocol (docs/architecture.md, "Tests": fault points).
     """
     armed = os.environ.get(FAULT_ENV)
     if not armed or name not in armed.split(","):
