@@ -38,7 +38,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from cluster.sim.campaign import CampaignReport, SeedOutcome, config_in_environment, run_seed
+from cluster.sim.campaign import (
+    CampaignReport,
+    SeedOutcome,
+    config_in_environment,
+    run_seed,
+    seed_failure,
+)
 from cluster.sim.cluster_run import SimConfig
 from cluster.sim.trace import check_determinism
 
@@ -87,12 +93,9 @@ def load_mutations() -> Mapping[str, Any]:
 
 
 def failure_of(seed: int, config: SimConfig) -> str:
-    """Why ``seed`` fails ('' if it passes); a bug that crashes the run fails it too."""
-    try:
-        outcome, _ = run_seed(seed, config)
-    except Exception as exc:  # noqa: BLE001 - a bug that crashes the run is caught too
-        return f"{type(exc).__name__}: {exc}"[:100]
-    return "" if outcome.ok else outcome.failure.splitlines()[0][:100]
+    """The first line of why ``seed`` fails, cut to 100 characters ('' if it passes)."""
+    failure = seed_failure(seed, config)
+    return failure.splitlines()[0][:100] if failure else ""
 
 
 def check_mutations(quick: bool) -> tuple[int, int]:

@@ -49,6 +49,7 @@ from cluster.sim.faults import NAMES as FAULT_NAMES
 from cluster.sim.schedule import ScheduleFull
 from cluster.sim.trace import DIGEST_BYTES, Trace, canonical, shorten
 from cluster.sim.world import SimulationStuck
+from nets.errors import CpnError
 
 # What a failing seed's story keeps: the first and last lines of its steps that matter.
 STORY_HEAD: Final = 10
@@ -162,6 +163,23 @@ def run_seed(seed: int, config: SimConfig, *, verbose: bool = False) -> tuple[Se
         result.faults.by_kind(),
     )
     return outcome, result.trace
+
+
+def seed_failure(seed: int, config: SimConfig) -> str:
+    """Why ``seed`` of ``config`` fails ('' if it passes), for a search for a bug put back
+    (tests/simulation/mutations.py, bench/sim.py). A run that crashes fails too: a bug may
+    break the simulated store's contracts rather than the ledger.
+
+    Raises:
+        CpnError: the configuration cannot run (every seed would fail the same way).
+    """
+    try:
+        outcome, _ = run_seed(seed, config)
+    except CpnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a crash is this seed's failure (docstring)
+        return f"{type(exc).__name__}: {exc}"
+    return outcome.failure
 
 
 def _message_needles(message: str, places: Sequence[Any]) -> tuple[str, ...]:

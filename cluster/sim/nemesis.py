@@ -11,12 +11,12 @@ by the plan, not by what happened, and the same seed strikes at the same moments
 Each episode fault of the plan strikes at least once: at its construction the nemesis
 draws, for each with a rate above 0, a tick of the fault phase (``ticks``, the number of
 ticks before the heal); a fault that no draw has started by that tick starts there (or at
-the first tick after it with a victim). A scale is asked for then, and counted only if
-the run carries it out (:meth:`Nemesis.carried_out`): the operator does not scale while
-another scale goes on, so a plan's scaling may strike less often than asked. Retrying it
-until it happens would put it late in the fault phase, with too little time left to
-drain. A plan of five rare faults would otherwise inject fewer than
-five in some seeds, and a seed is meant to exercise what its plan names.
+the first tick after it with a victim). A plan of five rare faults would otherwise
+inject fewer than five in some seeds, and a seed is meant to exercise what its plan
+names. A scale is asked for then, and counted only if the run carries it out
+(:meth:`Nemesis.carried_out`): the operator does not scale while another scale goes on,
+so a plan's scaling may strike less often than asked. Retrying it until it happens
+would put it late in the fault phase, with too little time left to drain.
 
 The network's faults it carries out itself, on the :class:`~cluster.sim.network.Network`:
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from unittest import mock
 
-from cluster.sim.cluster_run import InvariantBroken, SimConfig, simulate
-from cluster.sim.world import SimulationStuck
+from cluster.sim.campaign import seed_failure
+from cluster.sim.cluster_run import SimConfig
 from router import handoff
 from router.control import ControlPlane, Outcome, RouterWrite
 from router.handoff import LaneEvent, LaneState, Outbox, ProtocolError
@@ -78,14 +78,8 @@ class Mutation:
             yield
 
 
-def failure_of(seed: int, config: SimConfig) -> str:
-    """What fails in ``seed`` of ``config`` ('' if it passes): the run's failure, or a
-    per-step invariant or a livelock raised on the way."""
-    try:
-        result = simulate(seed, config)
-    except (InvariantBroken, SimulationStuck) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return result.failure
+# What fails in a seed ('' if it passes): the one definition the benchmark uses too.
+failure_of = seed_failure
 
 
 def search(mutation: Mutation, seeds: Iterable[int]) -> int | None:

@@ -79,11 +79,12 @@ def test_a_skewed_clock_never_goes_backwards() -> None:
 
 def test_scaling_goes_to_the_runner() -> None:
     deltas: list[int] = []
-    _world(
-        {"shard-0": Clocked()},
-        parse_faults("scale_out=10,scale_in=10"),
-        scale=lambda _world, delta: deltas.append(delta) is None,
-    ).run()
+
+    def scale(_world: World, delta: int) -> bool:
+        deltas.append(delta)
+        return True
+
+    _world({"shard-0": Clocked()}, parse_faults("scale_out=10,scale_in=10"), scale=scale).run()
     assert set(deltas) == {1, -1}
 
 
