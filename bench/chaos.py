@@ -52,7 +52,9 @@ from typing import Any, Final
 from cluster.chaos import ChaosRun
 from cluster.client import ClusterClient, ShardClient
 from cluster.invariants import ShardSnapshot, check, slot_of_net
-from cluster.local import ClusterLayout, pid_running, process_args, run_cpn
+from cluster.layout import ClusterLayout
+from cluster.pids import pid_running, process_args
+from cluster.processes import run_cpn
 from nets.errors import CpnError
 from nets.scraper_sim import ScraperParams, initial_targets, scraper_net
 from router.table import PartitionTable

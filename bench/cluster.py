@@ -51,7 +51,7 @@ import zmq
 from bench.cluster_nets import burst, parcels
 from bench.shard_nets import PROXIES, zero_delay_params
 from cluster.client import ClusterClient, ShardClient
-from cluster.local import ShardProcess, start_router, start_shard, stop_all
+from cluster.processes import ShardProcess, start_router, start_shard, stop_all
 from nets.codec import unpack
 from nets.errors import CpnError
 from nets.scraper_sim import initial_targets

@@ -1,11 +1,11 @@
 """Benchmark: the crawler net on a real cluster against a hand-written crawler (issue 6).
 
-``python -m bench.crawl [--quick]`` crawls the mock web (``cluster/mockweb.py``: 20 hosts
+``python -m bench.crawl [--quick]`` crawls the mock web (``cluster/mock_web/web.py``: 20 hosts
 x 40 pages, or 10 x 20 with ``--quick``; 10 ms latency; 10 % of the HTML pages answer 503
 twice before succeeding; seed 1) twice in one invocation, each time against a fresh mock
 web process (its failure counters start anew):
 
-1. **the net**: ``cluster.crawl.Crawl`` (what ``cpn crawl`` runs) starts a cluster of
+1. **the net**: ``cluster.crawler.crawl.Crawl`` (what ``cpn crawl`` runs) starts a cluster of
    ``nets.scraper:net`` (2 shards) and its fetch, parse and store workers, and crawls
    from every host's root;
 2. **the baseline**: ``bench/crawl_handwritten.py``, the same policy written by hand as
@@ -26,7 +26,7 @@ Measured for each, from the outside:
   modification time) or the last answer, whichever is later (as ``cpn demo`` measures);
   start-up (from the crawl's start to the first request) is printed apart. Target 1.2.
 * **violations**: two requests starting at one host closer than its delay, in the mock
-  web's own log (``cluster.mockweb_log.politeness_violations``); must be 0. Requests
+  web's own log (``cluster.mock_web.log.politeness_violations``); must be 0. Requests
   in progress at once per host (must not exceed the concurrency) are printed too.
 * **duplicates** (records whose URL the output file already holds) and **pages** stored
   against the pages a perfect crawl stores (``SiteModel.expected_crawl``).
@@ -78,10 +78,10 @@ from typing import Any, Final
 import psutil
 
 from bench.crawl_handwritten import HandwrittenCrawler
-from cluster.crawl_report import file_pages
-from cluster.mockweb import HOSTS_FILE, REQUESTS_FILE
-from cluster.mockweb_log import RequestRecord, max_concurrency, politeness_violations
-from cluster.mockweb_site import CrawlExpectation, PageRef, SiteConfig, SiteModel
+from cluster.crawler.report import file_pages
+from cluster.mock_web.log import RequestRecord, max_concurrency, politeness_violations
+from cluster.mock_web.site import CrawlExpectation, PageRef, SiteConfig, SiteModel
+from cluster.mock_web.web import HOSTS_FILE, REQUESTS_FILE
 from nets.errors import CpnError
 from nets.scraper import CrawlPolicy
 
@@ -199,7 +199,7 @@ def served_web(workload: Workload, directory: Path) -> Iterator[ServedWeb]:
     """A fresh mock web in its own process (so that its CPU is never counted)."""
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "cluster.mockweb", "--hosts", str(workload.hosts)),
+            *(sys.executable, "-m", "cluster.mock_web.web", "--hosts", str(workload.hosts)),
             *("--pages", str(workload.pages), "--seed", str(workload.seed)),
             *("--latency-ms", str(workload.latency_ms), "--out", str(directory)),
             *("--failing-fraction", str(FAILING_FRACTION)),
@@ -406,7 +406,7 @@ def run_cluster(
     args: argparse.Namespace,
 ) -> RunResult:
     from cluster.client import ClusterClient
-    from cluster.crawl import Crawl, CrawlOptions
+    from cluster.crawler.crawl import Crawl, CrawlOptions
 
     class MeasuredCrawl(Crawl):
         """``Crawl`` that also reads every firing counter and the processes' CPU time

@@ -4,10 +4,10 @@ This is the baseline ``bench/crawl.py`` measures the crawler net (``nets/scraper
 against: the same policy (``CrawlPolicy``, the same knobs) coded directly, as a competent
 engineer would without a net, crawling the same mock web for real. It does its effects
 with the very code the cluster's workers use, so that only the coordination differs:
-``cluster.crawl_fetch.Fetcher`` (httpx: the wait for the start time, the late rule,
-timeouts, size limit, proxies), ``cluster.crawl_parse.parse_page`` (``html.parser``),
-``cluster.crawl_store.PageStore`` (the page file, once per URL), the canonical URLs of
-``cluster.crawl_urls`` and the robots.txt readers of ``nets.scraper``.
+``cluster.crawler.fetch.Fetcher`` (httpx: the wait for the start time, the late rule,
+timeouts, size limit, proxies), ``cluster.crawler.parse.parse_page`` (``html.parser``),
+``cluster.crawler.store.PageStore`` (the page file, once per URL), the canonical URLs of
+``cluster.crawler.urls`` and the robots.txt readers of ``nets.scraper``.
 
 The policy, rule by rule as the net's docstring states it:
 
@@ -51,10 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cluster.crawl_fetch import Fetcher, FetchSettings, wall_ms
-from cluster.crawl_parse import parse_page
-from cluster.crawl_store import PageStore, page_record
-from cluster.crawl_urls import canonical_url, domain_of, robots_url
+from cluster.crawler.fetch import Fetcher, FetchSettings, wall_ms
+from cluster.crawler.parse import parse_page
+from cluster.crawler.store import PageStore, page_record
+from cluster.crawler.urls import canonical_url, domain_of, robots_url
 from nets.scraper import ROBOTS_REDIRECTS_MAX, CrawlPolicy, crawl_delay_ms, robots_allows
 
 ROBOTS, PAGE = "robots", "page"

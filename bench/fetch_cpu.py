@@ -1,10 +1,10 @@
-"""Benchmark: the CPU cost per HTTP fetch of ``cluster.crawl_fetch.Fetcher``.
+"""Benchmark: the CPU cost per HTTP fetch of ``cluster.crawler.fetch.Fetcher``.
 
 ``python -m bench.fetch_cpu [--quick] [--profile] [--late-ms N]`` starts the mock web in
 its own process (``bench.crawl.served_web``: 20 hosts x 40 pages, or 10 x 20 with
 ``--quick``; 10 ms latency; 10 % of the HTML pages answer 503 twice; seed 1), so that its
 CPU is never counted, then fetches in this process, through one
-:class:`~cluster.crawl_fetch.Fetcher` (made, prepared and warmed up as a fetch worker
+:class:`~cluster.crawler.fetch.Fetcher` (made, prepared and warmed up as a fetch worker
 does), every host's robots.txt and then each of its page paths once, in order: one fetch
 at a time per host, every host at once. As a polite crawler plans it, each fetch of a host
 starts ``DELAY_MS`` after the previous answer at that host, and no sooner than
@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.crawl import ServedWeb, Workload, served_web
-from cluster.crawl_fetch import ROBOTS_KIND, Fetcher, FetchSettings, wall_ms
+from cluster.crawler.fetch import ROBOTS_KIND, Fetcher, FetchSettings, wall_ms
 from nets.errors import CpnError
 from nets.scraper import CrawlPolicy
 
@@ -72,7 +72,7 @@ PACKAGES: Final = (
     ("h11", "/h11/"),
     ("anyio/sniffio", "/anyio/"),
     ("anyio/sniffio", "/sniffio/"),
-    ("cluster.crawl_fetch", "crawl_fetch.py"),
+    ("cluster.crawler.fetch", "/cluster/crawler/fetch.py"),
     ("asyncio", "/asyncio/"),
     ("selectors/socket/ssl", "/selectors.py"),
     ("selectors/socket/ssl", "/socket.py"),

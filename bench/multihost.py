@@ -36,8 +36,8 @@ from typing import Any, Final
 
 from bench.cluster import ROOT, time_handoff, time_scraper
 from cluster.client import use_client_keys
-from cluster.local import STDERR_FILE, ShardProcess, run_cpn, stop_all, wait_ready
 from cluster.netns import VirtualNetwork, unavailable
+from cluster.processes import STDERR_FILE, ShardProcess, run_cpn, stop_all, wait_ready
 from cluster.security import read_keypair, read_public
 from router.shell.curve import CurveKeys
 

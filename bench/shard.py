@@ -72,7 +72,7 @@ from bench.shard_nets import (
     zero_delay_params,
 )
 from cluster.client import ShardClient
-from cluster.local import ShardProcess, start_shard
+from cluster.processes import ShardProcess, start_shard
 from nets import Engine
 from nets.errors import CpnError
 from nets.scraper_sim import scraper_net

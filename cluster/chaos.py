@@ -41,14 +41,8 @@ import zmq
 
 from cluster.client import ShardClient
 from cluster.invariants import InvariantReport, ShardSnapshot, check
-from cluster.local import (
-    ClusterConfig,
-    ClusterLayout,
-    parent_pid,
-    pid_running,
-    process_args,
-    supervisor_pid,
-)
+from cluster.layout import ClusterConfig, ClusterLayout, supervisor_pid
+from cluster.pids import parent_pid, pid_running, process_args
 from nets.errors import CpnError
 from router.shell.datadir import read_endpoint
 from router.table import PartitionTable

@@ -21,8 +21,9 @@ import click
 
 from cluster import scaling
 from cluster.chaos import DRAIN_TIMEOUT_S, TARGETS, ChaosRun, plan, victims
-from cluster.cli_crawl import crawl_commands
-from cluster.cli_deploy import (
+from cluster.client import ClusterClient
+from cluster.commands.crawl import crawl_commands
+from cluster.commands.deploy import (
     allows_remote,
     config_option,
     health,
@@ -31,19 +32,13 @@ from cluster.cli_deploy import (
     shard_binds,
     shard_settings,
 )
-from cluster.cli_types import DURATION, NetParam
-from cluster.client import ClusterClient
+from cluster.commands.options import DURATION, NetParam
 from cluster.launch import down as stop_cluster
 from cluster.launch import record_config, settle_config
 from cluster.launch import up as start_cluster
-from cluster.local import (
-    STDERR_FILE,
-    ClusterConfig,
-    ClusterLayout,
-    live_endpoint,
-    supervisor_pid,
-    tail,
-)
+from cluster.layout import ClusterConfig, ClusterLayout, live_endpoint, supervisor_pid
+from cluster.logtail import tail
+from cluster.processes import STDERR_FILE
 from cluster.standby import STANDBY, await_order
 from cluster.supervisor import supervise
 from nets.errors import CpnError
@@ -84,8 +79,8 @@ def _fail(message: str) -> NoReturn:
 # shard or router process starts without the simulator's and the verifier's imports
 # (about 0.1 s of every start).
 LAZY_COMMANDS: dict[str, str] = {
-    "sim": "cluster.cli_sim:sim",
-    "verify": "cluster.cli_verify:verify",
+    "sim": "cluster.commands.sim:sim",
+    "verify": "cluster.commands.verify:verify",
 }
 
 
@@ -159,7 +154,7 @@ def run(
 ) -> None:
     """Run NET (package.module:attr, or a .pnml file) under virtual time and summarise it."""
     if replay_path is not None:
-        from cluster.cli_verify import replay_trace  # noqa: PLC0415 - see LAZY_COMMANDS
+        from cluster.commands.verify import replay_trace  # noqa: PLC0415 - see LAZY_COMMANDS
 
         replay_trace(net_path, replay_path)
         return
@@ -840,9 +835,9 @@ def scale(data_dir: Path, shard_count: int, wait: bool, timeout_ms: int) -> None
     click.echo(f"scaled to {done.members} shards: {done}")
 
 
-cli.add_command(keys)  # cluster/cli_deploy.py: `cpn keys generate`
-cli.add_command(health)  # cluster/cli_deploy.py: `cpn health`
-for _command in crawl_commands():  # cluster/cli_crawl.py: `cpn crawl`, `demo`, `worker`
+cli.add_command(keys)  # cluster/commands/deploy.py: `cpn keys generate`
+cli.add_command(health)  # cluster/commands/deploy.py: `cpn health`
+for _command in crawl_commands():  # cluster/commands/crawl.py: `cpn crawl`, `demo`, `worker`
     cli.add_command(_command)
 
 

@@ -32,7 +32,7 @@ from typing import Any, Final, Self, TypeVar
 
 import zmq
 
-from cluster.local import router_endpoint
+from cluster.layout import router_endpoint
 from nets.errors import CpnError
 from router.shell.curve import CurveKeys, connect_securely
 from router.slots import FIXED_SLOT, slot_of_key

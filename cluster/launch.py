@@ -22,16 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cluster.client import ClusterClient, ShardUnavailable
-from cluster.local import (
-    ERROR_PREFIX,
-    ClusterConfig,
-    ClusterLayout,
-    live_endpoint,
-    pid_running,
-    process_args,
-    supervisor_pid,
-    wait_for,
-)
+from cluster.layout import ClusterConfig, ClusterLayout, live_endpoint, supervisor_pid
+from cluster.pids import pid_running, process_args
+from cluster.processes import ERROR_PREFIX, wait_for
 from cluster.supervisor import LOOPBACK_ANY_PORT, STUCK_TIMEOUT_S_DEFAULT, TICK_S
 from nets.errors import CpnError
 

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from cluster.client import ClusterClient, ShardUnavailable
 from cluster.launch import record_config
-from cluster.local import ClusterConfig, ClusterLayout, supervisor_pid
+from cluster.layout import ClusterConfig, ClusterLayout, supervisor_pid
 from nets.errors import CpnError
 from router.table import SHARDS_MAX
 

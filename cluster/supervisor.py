@@ -1,6 +1,6 @@
 """The local supervisor: `cpn up` runs a router and N shards and keeps them running (SHELL).
 
-A cluster lives in one data directory ``DIR`` (see :class:`cluster.local.ClusterLayout`
+A cluster lives in one data directory ``DIR`` (see :class:`cluster.layout.ClusterLayout`
 and docs/cluster.md): ``cluster.json`` (the net, the shard count, the seed and the
 durability, recorded at the first ``cpn up``), ``supervisor.pid``, ``supervisor.log``,
 ``router/`` and ``shard-K/`` (each child's data directory, with its own log).
@@ -49,13 +49,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cluster.client import ShardClient
-from cluster.local import (
+from cluster.layout import ClusterConfig, ClusterLayout, net_param_args
+from cluster.processes import (
     STOP_TIMEOUT_S,
-    ClusterConfig,
-    ClusterLayout,
     ShardProcess,
     Standby,
-    net_param_args,
     start_router,
     start_shard,
     stop_all,

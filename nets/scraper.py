@@ -967,7 +967,7 @@ def net(seed: int = 0, **params: object) -> Net:
 
 # -- A closed crawler, for `cpn verify` ---------------------------------------------------
 #
-# The effect models below answer exactly as the workers of cluster/crawl_worker.py do
+# The effect models below answer exactly as the workers of cluster/crawler/workers.py do
 # (a fetch completes with one ``fetched`` token, a parse with ``parse_done`` and one
 # ``links`` token per link found, a store with ``store_done``), over a fixed small site:
 # each domain serves an empty robots.txt and ``pages`` HTML pages that link to each
@@ -1048,7 +1048,7 @@ class FetchEffects:
 
 @dataclass(frozen=True, slots=True)
 class ParseEffects:
-    """A parse worker over :class:`SmallSite` (cluster/crawl_parse.py's results)."""
+    """A parse worker over :class:`SmallSite` (cluster/crawler/parse.py's results)."""
 
     site: SmallSite
 

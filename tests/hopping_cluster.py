@@ -20,7 +20,9 @@ from typing import Any
 
 from cluster.client import ClusterClient, ShardUnavailable
 from cluster.invariants import ShardSnapshot
-from cluster.local import ClusterLayout, pid_running, process_args, run_cpn, wait_for
+from cluster.layout import ClusterLayout
+from cluster.pids import pid_running, process_args
+from cluster.processes import run_cpn, wait_for
 from cluster.scaling import progress
 from nets.errors import CpnError
 from router.shell.datadir import read_endpoint

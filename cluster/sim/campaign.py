@@ -1,6 +1,6 @@
 """Many seeds of one simulation: each seed's outcome, a failure's story, and the report.
 
-``cpn sim`` (cluster/cli_sim.py) and ``bench/sim.py`` run seeds through this module;
+``cpn sim`` (cluster/commands/sim.py) and ``bench/sim.py`` run seeds through this module;
 they own the wall clock, the terminal and the temporary directories, this module owns
 what a seed's run means.
 
@@ -214,7 +214,8 @@ def _life(line: str) -> bool:
 
 
 def duration_text(ms: int) -> str:
-    """``60s`` or ``1500ms``: how ``--until`` is written back (cluster/cli_types.py reads it)."""
+    """``60s`` or ``1500ms``: how ``--until`` is written back (read by
+    cluster/commands/options.py)."""
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 

@@ -32,7 +32,9 @@ import pytest
 
 from cluster.client import ClusterClient
 from cluster.invariants import ShardSnapshot
-from cluster.local import ClusterLayout, live_endpoint, pid_running, process_args, run_cpn, wait_for
+from cluster.layout import ClusterLayout, live_endpoint
+from cluster.pids import pid_running, process_args
+from cluster.processes import run_cpn, wait_for
 from router.shell.datadir import read_endpoint
 from router.table import PartitionTable
 from tests.hopping_check import hopping_problems

@@ -27,7 +27,7 @@ import pytest
 
 from cluster.client import ClusterClient, ShardClient
 from cluster.invariants import ShardSnapshot
-from cluster.local import ShardProcess, start_router, start_shard, stop_all
+from cluster.processes import ShardProcess, start_router, start_shard, stop_all
 from router.table import PartitionTable
 from tests.hopping_check import hopping_problems
 from tests.nets_for_tests import hopper

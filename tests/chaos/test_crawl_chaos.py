@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster.crawl import Crawl, CrawlOptions
-from cluster.crawl_report import file_pages
-from cluster.local import ClusterLayout, live_endpoint
-from cluster.mockweb import MockWeb
-from cluster.mockweb_site import SiteConfig, SiteModel
+from cluster.crawler.crawl import Crawl, CrawlOptions
+from cluster.crawler.report import file_pages
+from cluster.layout import ClusterLayout, live_endpoint
+from cluster.mock_web.site import SiteConfig, SiteModel
+from cluster.mock_web.web import MockWeb
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 

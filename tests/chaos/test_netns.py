@@ -31,8 +31,8 @@ import pytest
 
 from cluster.client import ClusterClient, ShardClient, ShardUnavailable
 from cluster.invariants import ShardSnapshot, slot_of_net
-from cluster.local import STDERR_FILE, ShardProcess, run_cpn, stop_all, wait_for, wait_ready
 from cluster.netns import VirtualNetwork, unavailable
+from cluster.processes import STDERR_FILE, ShardProcess, run_cpn, stop_all, wait_for, wait_ready
 from cluster.scaling import progress
 from cluster.security import read_keypair, read_public
 from router.shell.curve import CurveKeys

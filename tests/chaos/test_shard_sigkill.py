@@ -35,7 +35,7 @@ import pytest
 import zmq
 
 from cluster.client import ShardClient
-from cluster.local import ShardProcess, start_shard
+from cluster.processes import ShardProcess, start_shard
 from router.wire import (
     Complete,
     Completed,

@@ -23,14 +23,9 @@ from click.testing import CliRunner
 
 from cluster.cli import cli
 from cluster.client import ClusterClient, Redirected
-from cluster.local import (
-    ClusterLayout,
-    live_endpoint,
-    pid_running,
-    process_args,
-    run_cpn,
-    wait_for,
-)
+from cluster.layout import ClusterLayout, live_endpoint
+from cluster.pids import pid_running, process_args
+from cluster.processes import run_cpn, wait_for
 from nets.errors import CpnError
 from router.shell.datadir import read_endpoint
 from router.slots import slot_of_key

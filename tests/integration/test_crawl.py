@@ -1,7 +1,7 @@
 """The crawler end to end: real cluster, real workers, real HTTP against the mock web.
 
 Each test starts a small mock web on loopback, a cluster of the crawler net and its
-workers (cluster/crawl.py), crawls, stops everything it started, and checks the result
+workers (cluster/crawler/crawl.py), crawls, stops everything it started, and checks the result
 from the output file and from the mock web's (and proxies') own request logs.
 """
 
@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from cluster.crawl import Crawl, CrawlOptions
-from cluster.crawl_report import CrawlReport, file_pages
-from cluster.mockweb import MockWeb
-from cluster.mockweb_log import RequestRecord, max_concurrency, politeness_violations
-from cluster.mockweb_proxy import MockProxies, interval_violations
-from cluster.mockweb_site import SiteConfig, SiteModel
+from cluster.crawler.crawl import Crawl, CrawlOptions
+from cluster.crawler.report import CrawlReport, file_pages
+from cluster.mock_web.log import RequestRecord, max_concurrency, politeness_violations
+from cluster.mock_web.proxy import MockProxies, interval_violations
+from cluster.mock_web.site import SiteConfig, SiteModel
+from cluster.mock_web.web import MockWeb
 
 pytestmark = pytest.mark.integration
 
@@ -279,7 +279,7 @@ def test_net_params_reach_every_shard(tmp_path: Path) -> None:
         )  # fmt: skip
         assert put.returncode == 0, put.stderr
         from cluster.client import ClusterClient
-        from cluster.local import wait_for
+        from cluster.processes import wait_for
 
         with ClusterClient.for_data_dir(data) as client:
             clocks = wait_for(

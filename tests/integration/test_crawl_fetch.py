@@ -1,4 +1,4 @@
-"""The fetcher (cluster/crawl_fetch.py) against real HTTP servers on loopback."""
+"""The fetcher (cluster/crawler/fetch.py) against real HTTP servers on loopback."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import contextlib
 
 import pytest
 
-from cluster import crawl_fetch
-from cluster.crawl_fetch import Fetcher, FetchSettings, wall_ms
+from cluster.crawler import fetch as fetch_module
+from cluster.crawler.fetch import Fetcher, FetchSettings, wall_ms
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def test_routes_beyond_the_idle_maximum_are_closed_and_bad_urls_are_invalid(
     """One client per origin: the least recently used idle ones beyond ROUTES_IDLE_MAX
     are closed (their fetches still succeed); URLs without a host or with a port out of
     range are results (``invalid``), not exceptions."""
-    monkeypatch.setattr(crawl_fetch, "ROUTES_IDLE_MAX", 2)
+    monkeypatch.setattr(fetch_module, "ROUTES_IDLE_MAX", 2)
 
     async def scenario() -> tuple[list[tuple[object, ...]], int, list[str]]:
         servers = [await _serve_pages() for _ in range(4)]

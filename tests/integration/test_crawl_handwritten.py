@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from bench.crawl_handwritten import HandwrittenCrawler
-from cluster.mockweb import MockWeb
-from cluster.mockweb_proxy import MockProxies
-from cluster.mockweb_site import PageRef, SiteConfig, SiteModel
+from cluster.mock_web.proxy import MockProxies
+from cluster.mock_web.site import PageRef, SiteConfig, SiteModel
+from cluster.mock_web.web import MockWeb
 from nets.scraper import CrawlPolicy
 
 pytestmark = pytest.mark.integration

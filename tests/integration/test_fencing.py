@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from cluster.client import ClusterClient, ShardClient
-from cluster.local import ShardProcess, start_router, start_shard, stop_all, wait_for
+from cluster.processes import ShardProcess, start_router, start_shard, stop_all, wait_for
 from nets.codec import pack
 from router.slots import slot_of_key
 from router.table import PartitionTable

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from cluster.client import ClusterClient, Redirected, ShardClient
-from cluster.local import ShardProcess, start_router, start_shard, stop_all
+from cluster.processes import ShardProcess, start_router, start_shard, stop_all
 from nets.codec import pack
 from router.slots import slot_of_key
 from router.table import PartitionTable

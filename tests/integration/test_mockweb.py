@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-import cluster.mockweb
-from cluster.mockweb import HOSTS_FILE, REQUESTS_FILE, MockWeb
-from cluster.mockweb_log import STATUS_RESET, max_concurrency
-from cluster.mockweb_site import PageKind, PageRef, SiteConfig, SiteModel, render_html
+import cluster.mock_web.web
+from cluster.mock_web.log import STATUS_RESET, max_concurrency
+from cluster.mock_web.site import PageKind, PageRef, SiteConfig, SiteModel, render_html
+from cluster.mock_web.web import HOSTS_FILE, REQUESTS_FILE, MockWeb
 
 pytestmark = pytest.mark.integration
 
@@ -226,15 +226,15 @@ def test_stop_closes_idle_connections_and_the_ports(seed: int) -> None:
 def test_without_extra_loopback_addresses_hosts_share_127_0_0_1(
     seed: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real_listen = cluster.mockweb._listen
+    real_listen = cluster.mock_web.web._listen
 
     def only_127_0_0_1(address: str, port: int) -> socket.socket:
         if address != "127.0.0.1":
             raise OSError(99, "Cannot assign requested address")
         return real_listen(address, port)
 
-    monkeypatch.setattr(cluster.mockweb, "_listen", only_127_0_0_1)
-    with caplog.at_level(logging.WARNING, "cluster.mockweb"), MockWeb(_site(seed)) as web:
+    monkeypatch.setattr(cluster.mock_web.web, "_listen", only_127_0_0_1)
+    with caplog.at_level(logging.WARNING, "cluster.mock_web.web"), MockWeb(_site(seed)) as web:
         assert {netloc.rsplit(":", 1)[0] for netloc in web.netlocs} == {"127.0.0.1"}
         assert len(set(web.netlocs)) == 4
         assert _get(web, PageRef(2, "/robots.txt"))[0] == 200
@@ -245,7 +245,7 @@ def test_runs_as_its_own_process_until_sigterm(tmp_path: Path) -> None:
     out = tmp_path / "web"
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "cluster.mockweb", "--hosts", "3", "--pages", "5"),
+            *(sys.executable, "-m", "cluster.mock_web.web", "--hosts", "3", "--pages", "5"),
             *("--seed", "7", "--latency-ms", "0", "--failing-fraction", "0", "--out", str(out)),
         ],
         stderr=subprocess.PIPE,

@@ -24,8 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster.mockweb import MockWeb
-from cluster.mockweb_proxy import (
+from cluster.mock_web.proxy import (
     PROXIES_FILE,
     PROXY_REQUESTS_FILE,
     MockProxies,
@@ -34,7 +33,8 @@ from cluster.mockweb_proxy import (
     max_concurrency,
     min_start_gap_ns,
 )
-from cluster.mockweb_site import MockWebError, PageKind, PageRef, SiteConfig, SiteModel
+from cluster.mock_web.site import MockWebError, PageKind, PageRef, SiteConfig, SiteModel
+from cluster.mock_web.web import MockWeb
 
 pytestmark = pytest.mark.integration
 
@@ -325,7 +325,7 @@ def test_runs_as_its_own_process_until_sigterm(web: MockWeb, tmp_path: Path) -> 
     out = tmp_path / "proxies"
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "cluster.mockweb_proxy"),
+            *(sys.executable, "-m", "cluster.mock_web.proxy"),
             *("--proxies", "2", "--unreachable", "1", "--out", str(out)),
         ],
         stderr=subprocess.PIPE,

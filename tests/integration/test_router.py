@@ -1,7 +1,7 @@
 """`cpn router` as a real process: its table, heartbeats, status, bad input and its data dir.
 
 Every router is a real ``cpn router`` process (started with
-:func:`cluster.local.start_router`) on a data directory under ``tmp_path``, bound to
+:func:`cluster.processes.start_router`) on a data directory under ``tmp_path``, bound to
 port 0 on loopback. Shards are faked: a bare DEALER socket that sends ``Heartbeat``
 frames as a shard's loop would. The fixture kills every process it started by pid and
 destroys every ZeroMQ socket, even when a test fails; every wait is bounded.
@@ -22,7 +22,7 @@ import pytest
 import zmq
 
 from cluster.client import ShardClient
-from cluster.local import ShardProcess, run_cpn, start_router, wait_for
+from cluster.processes import ShardProcess, run_cpn, start_router, wait_for
 from nets.model import Net, Place
 from router.control import places_of
 from router.shell.datadir import ENDPOINT_FILE

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.local import live_endpoint, pid_running, wait_for
+from cluster.layout import live_endpoint
+from cluster.pids import pid_running
+from cluster.processes import wait_for
 from tests.hopping_cluster import HoppingCluster, wait_scaled
 
 pytestmark = pytest.mark.integration

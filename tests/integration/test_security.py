@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from cluster.client import ClusterClient, ShardClient, ShardUnavailable
-from cluster.local import ShardProcess, run_cpn, start_router, start_shard, stop_all, wait_for
+from cluster.processes import ShardProcess, run_cpn, start_router, start_shard, stop_all, wait_for
 from cluster.security import read_keypair, read_public
 from router.shell.curve import CurveKeys, connect_securely
 from router.wire import Error, Ping, decode, encode

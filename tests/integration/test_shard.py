@@ -1,6 +1,6 @@
 """`cpn shard` as real processes: the wire, the LMDB store, leases, errors and restarts.
 
-Every shard is a real ``cpn shard`` process (started with :func:`cluster.local.start_shard`)
+Every shard is a real ``cpn shard`` process (started with :func:`cluster.processes.start_shard`)
 on a data directory under ``tmp_path``, bound to port 0 on loopback; the fixtures kill
 every process they started by pid and destroy every ZeroMQ socket, even when a test
 fails. Waiting is always for a condition, by bounded polling (:func:`wait_until`).
@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from cluster.client import ShardClient, ShardError
-from cluster.local import ShardProcess, start_shard
+from cluster.processes import ShardProcess, start_shard
 from router.shell.datadir import ENDPOINT_FILE
 from router.wire import (
     FRAME_BYTES_MAX,

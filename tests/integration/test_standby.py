@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from cluster.client import ShardClient
-from cluster.local import Standby, net_param_args, start_shard
+from cluster.layout import net_param_args
+from cluster.processes import Standby, start_shard
 from nets.errors import LoadError
 from nets.loader import load_net, prepare_net
 from tests.integration.test_shard import _env

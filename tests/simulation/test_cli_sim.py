@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 
 from cluster import cli as cli_module
 from cluster.cli import cli
-from cluster.cli_sim import Progress
+from cluster.commands.sim import Progress
 from cluster.sim import cluster_run, world
 from cluster.sim.campaign import duration_text, replay_command
 from cluster.sim.cluster_run import SimConfig

@@ -1,5 +1,5 @@
 """The demo's web as effect models (cluster/sim/demo_web.py): the simulated crawl does
-what a perfect polite crawl of the same mock web does (cluster/mockweb_site.py)."""
+what a perfect polite crawl of the same mock web does (cluster/mock_web/site.py)."""
 
 from __future__ import annotations
 

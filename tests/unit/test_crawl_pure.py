@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.crawl_parse import LINKS_PER_PAGE_MAX, parse_page, parse_results
-from cluster.crawl_urls import InvalidUrl, canonical_url, domain_of, resolve_link, robots_url
-from cluster.local import ClusterConfig, net_param_args, parse_net_param
+from cluster.crawler.parse import LINKS_PER_PAGE_MAX, parse_page, parse_results
+from cluster.crawler.urls import InvalidUrl, canonical_url, domain_of, resolve_link, robots_url
+from cluster.layout import ClusterConfig, net_param_args, parse_net_param
 from nets.errors import CpnError, LoadError
 from nets.loader import load_net
 
@@ -111,7 +111,7 @@ def test_net_params_parse_as_json_else_strings() -> None:
 
 
 def test_cluster_config_records_params(tmp_path) -> None:
-    from cluster.local import ClusterLayout
+    from cluster.layout import ClusterLayout
 
     layout = ClusterLayout(tmp_path)
     config = ClusterConfig("nets.scraper:net", 2, 0, "process", {"delay_ms": 5, "proxies": []})
@@ -133,7 +133,7 @@ def test_load_net_passes_params_and_names_unknown_ones() -> None:
 
 
 def test_the_cli_spells_the_worker_roles_as_the_worker_does() -> None:
-    from cluster.cli_crawl import WORKER_ROLES
-    from cluster.crawl_worker import ROLES
+    from cluster.commands.crawl import WORKER_ROLES
+    from cluster.crawler.workers import ROLES
 
     assert WORKER_ROLES == ROLES

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cluster.crawl_report import file_pages
-from cluster.crawl_store import PageStore, iso_ms, page_record, read_records
+from cluster.crawler.report import file_pages
+from cluster.crawler.store import PageStore, iso_ms, page_record, read_records
 
 
 def _record(n: int) -> dict[str, object]:

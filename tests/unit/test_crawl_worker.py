@@ -1,4 +1,4 @@
-"""The crawl worker's pure rules (cluster/crawl_worker.py)."""
+"""The crawl worker's pure rules (cluster/crawler/workers.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import zmq.asyncio
 
 from cluster.client import ShardUnavailable
-from cluster.crawl_worker import LEASE_END_MARGIN_MS, ShardLane, _within_lease
+from cluster.crawler.workers import LEASE_END_MARGIN_MS, ShardLane, _within_lease
 
 DEADLINE_MS = 20_000  # the fetch's own deadline: twice a 10 s timeout
 

@@ -177,7 +177,7 @@ def test_worker_command_lines(config: ClusterFile) -> None:
     wanted = {word for _where, argv in lines for word in argv if word.startswith("--")}
     if worker is None or not wanted <= options:
         pytest.skip(
-            "`cpn worker` (issue 6, cluster/cli_crawl.py) does not exist yet or lacks "
+            "`cpn worker` (issue 6, cluster/commands/crawl.py) does not exist yet or lacks "
             f"{', '.join(sorted(wanted - options))}: deploy/'s worker command lines are "
             "checked once it has them"
         )

@@ -159,8 +159,8 @@ def test_a_process_that_does_not_simulate_or_verify_does_not_import_them() -> No
     # the verifier cost 0.1 s there, so their commands are loaded when they run.
     probe = (
         "import sys, cluster.cli; "
-        "print(sorted(m for m in sys.modules if m.startswith(('cluster.sim', 'cluster.cli_sim', "
-        "'cluster.cli_verify', 'nets.explore', 'nets.pnml'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('cluster.sim', "
+        "'cluster.commands.sim', 'cluster.commands.verify', 'nets.explore', 'nets.pnml'))))"
     )
     shown = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT

@@ -16,14 +16,14 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from cluster.mockweb_log import (
+from cluster.mock_web.log import (
     STATUS_RESET,
     RequestRecord,
     max_concurrency,
     min_start_gap_ns,
     politeness_violations,
 )
-from cluster.mockweb_site import (
+from cluster.mock_web.site import (
     ROBOTS_PATH,
     STREAM_CHUNK_BYTES,
     CrawlExpectation,

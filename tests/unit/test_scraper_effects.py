@@ -1,6 +1,6 @@
-"""The crawler's effect models answer as its workers do (cluster/crawl_parse.py, the net)."""
+"""The crawler's effect models answer as its workers do (cluster/crawler/parse.py, the net)."""
 
-from cluster.crawl_parse import parse_results
+from cluster.crawler.parse import parse_results
 from nets.scraper import (
     PAGE,
     ROBOTS,

@@ -1,6 +1,6 @@
 """The fetch stage's work: one polite HTTP GET for one ``Fetch`` token (SHELL).
 
-Fetch workers (:mod:`cluster.crawl_worker`) lease ``Fetch`` tokens from the net's
+Fetch workers (:mod:`cluster.crawler.workers`) lease ``Fetch`` tokens from the net's
 ``fetch_queue`` and complete each lease with one ``Fetched`` result, built here by
 :meth:`Fetcher.fetch`. The HTTP client is httpx (async, streaming).
 
@@ -60,7 +60,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from cluster.crawl_urls import InvalidUrl, canonical_url
+from cluster.crawler.urls import InvalidUrl, canonical_url
 
 HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
 ROBOTS_KIND: Final = "robots"

@@ -4,11 +4,11 @@
 cluster in ``CLUSTER_DIR`` (its net must be the crawler's, ``nets.scraper:net``):
 
 * ``fetch`` leases ``fetch_queue``, waits for the start time and GETs the URL (the late
-  rule, :mod:`cluster.crawl_fetch`), and completes with a ``fetched`` token;
+  rule, :mod:`cluster.crawler.fetch`), and completes with a ``fetched`` token;
 * ``parse`` leases ``parse_queue``, extracts the title and the links
-  (:mod:`cluster.crawl_parse`), and completes with ``parse_done`` and ``links`` tokens;
+  (:mod:`cluster.crawler.parse`), and completes with ``parse_done`` and ``links`` tokens;
 * ``store`` leases ``store_queue``, appends each page's JSON record once (flock +
-  fsync, :mod:`cluster.crawl_store`), and completes with ``store_done`` tokens.
+  fsync, :mod:`cluster.crawler.store`), and completes with ``store_done`` tokens.
 
 Theory of operation:
 
@@ -55,10 +55,10 @@ import zmq.asyncio
 
 from cluster.async_client import AsyncShardClient
 from cluster.client import ClusterClient, Redirected, ShardError, ShardUnavailable
-from cluster.crawl_fetch import Fetcher, FetchSettings, wall_ms
-from cluster.crawl_parse import parse_results
-from cluster.crawl_store import PageStore, page_record
-from cluster.local import ClusterConfig, ClusterLayout
+from cluster.crawler.fetch import Fetcher, FetchSettings, wall_ms
+from cluster.crawler.parse import parse_results
+from cluster.crawler.store import PageStore, page_record
+from cluster.layout import ClusterConfig, ClusterLayout
 from nets.errors import CpnError
 from router.wire import Leased
 

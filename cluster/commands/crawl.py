@@ -1,8 +1,8 @@
 """The crawler's commands: ``cpn crawl``, ``cpn demo`` and ``cpn worker``.
 
 Registered on the ``cpn`` group by :mod:`cluster.cli` (which turns their errors into
-one-line messages and exit codes); the work is done by :mod:`cluster.crawl`,
-:mod:`cluster.crawl_demo` and :mod:`cluster.crawl_worker`.
+one-line messages and exit codes); the work is done by :mod:`cluster.crawler.crawl`,
+:mod:`cluster.crawler.demo` and :mod:`cluster.crawler.workers`.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from typing import Any
 
 import click
 
-from cluster.cli_deploy import active_config, config_option
-from cluster.cli_types import DURATION, NetParam
-from cluster.local import parse_net_param
+from cluster.commands.deploy import active_config, config_option
+from cluster.commands.options import DURATION, NetParam
+from cluster.layout import parse_net_param
 from nets.scraper import SCOPES
 from router.table import SHARDS_MAX
 
 # The crawl modules (httpx, the mock web) are imported inside the commands that use them:
 # every `cpn` process, shards and routers included, imports this module, and a shard
 # restarted after a crash should not pay for an HTTP client it never uses.
-# cluster.crawl_worker.ROLES, spelled out here for the same reason (a test checks it).
+# cluster.crawler.workers.ROLES, spelled out here for the same reason (a test checks it).
 WORKER_ROLES = ("fetch", "parse", "store")
 
 DIRECTORY = click.Path(file_okay=False, path_type=Path)
@@ -106,7 +106,7 @@ def crawl(
     """
     if scope == "allow-list" and not allow:
         raise click.BadParameter("--scope allow-list needs at least one --allow DOMAIN")
-    from cluster.crawl import Crawl, CrawlOptions  # noqa: PLC0415 - see WORKER_ROLES
+    from cluster.crawler.crawl import Crawl, CrawlOptions  # noqa: PLC0415 - see WORKER_ROLES
 
     options = CrawlOptions(
         seeds=seeds,
@@ -174,7 +174,7 @@ def demo(
         f"page); crawling with {shards} shards, delay {delay_ms} ms",
         err=True,
     )
-    from cluster.crawl_demo import DemoOptions, run_demo  # noqa: PLC0415 - see WORKER_ROLES
+    from cluster.crawler.demo import DemoOptions, run_demo  # noqa: PLC0415 - see WORKER_ROLES
 
     result = run_demo(
         DemoOptions(
@@ -249,8 +249,8 @@ def worker(
         raise click.UsageError("give the cluster as exactly one of --data DIR or --config FILE")
     params = dict(parse_net_param(text) for text in net_params)
     timeout_s = timeout_ms / 1000
-    from cluster.crawl_fetch import FetchSettings  # noqa: PLC0415 - see WORKER_ROLES
-    from cluster.crawl_worker import (  # noqa: PLC0415
+    from cluster.crawler.fetch import FetchSettings  # noqa: PLC0415 - see WORKER_ROLES
+    from cluster.crawler.workers import (  # noqa: PLC0415
         FETCH_LEASE_SLACK_MS,
         WorkerConfig,
         run_worker,

@@ -1,13 +1,13 @@
 """``cpn demo``: the crawler on an embedded mock web, checked from the server's side (SHELL).
 
-Starts the mock web (:mod:`cluster.mockweb`: dozens of loopback hosts with robots.txt,
+Starts the mock web (:mod:`cluster.mock_web.web`: dozens of loopback hosts with robots.txt,
 latency, a seeded failure schedule, a host that resets connections, a 50 MB page, and
-non-HTML files), crawls it with :class:`cluster.crawl.Crawl` from every host's root, and
+non-HTML files), crawls it with :class:`cluster.crawler.crawl.Crawl` from every host's root, and
 adds to the crawl's report what only the server can measure: politeness violations in
 the mock web's own request log (two request starts at one host closer than its delay;
 must be 0), the most requests one host served at once, the pages a perfect crawl
 stores against those stored, and the crawl's wall time against the politeness lower
-bound (:meth:`cluster.mockweb_site.CrawlExpectation.politeness_lower_bound_ms`).
+bound (:meth:`cluster.mock_web.site.CrawlExpectation.politeness_lower_bound_ms`).
 
 Wall time here runs from the first request the mock web received to the last record
 written to the output file (its modification time) or the last answer, whichever is
@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from cluster.crawl import Crawl, CrawlOptions
-from cluster.crawl_report import CrawlReport, file_pages
-from cluster.mockweb import MockWeb
-from cluster.mockweb_log import max_concurrency, politeness_violations
-from cluster.mockweb_site import SiteConfig, SiteModel
+from cluster.crawler.crawl import Crawl, CrawlOptions
+from cluster.crawler.report import CrawlReport, file_pages
+from cluster.mock_web.log import max_concurrency, politeness_violations
+from cluster.mock_web.site import SiteConfig, SiteModel
+from cluster.mock_web.web import MockWeb
 
 MAX_ATTEMPTS: int = 4  # the crawler net's default (nets/scraper.py CrawlPolicy)
 

@@ -1,6 +1,6 @@
 """The crawl's report: what was stored, what failed and why, and the politeness record.
 
-Built by :mod:`cluster.crawl` from what the crawler itself can see: the net's marking at
+Built by :mod:`cluster.crawler.crawl` from what the crawler itself can see: the net's marking at
 the end (``stored``, ``fail_log``, ``skipped``, each domain's ``clock`` and ``robots``),
 the output file, and the fetch workers' timing logs (when each request was sent). The
 politeness record is measured at the client: per domain, the smallest gap between two
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.crawl_store import read_records
+from cluster.crawler.store import read_records
 
 
 @dataclass(frozen=True, slots=True)

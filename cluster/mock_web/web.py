@@ -1,7 +1,7 @@
 """The embedded mock web: a seeded site served over HTTP on loopback (SHELL).
 
 The crawler's demo, tests and benchmark crawl this instead of the internet. What it
-serves is decided by the pure :class:`~cluster.mockweb_site.SiteModel`; this module only
+serves is decided by the pure :class:`~cluster.mock_web.site.SiteModel`; this module only
 binds sockets, answers requests, waits out the latency and logs every request.
 
 Theory of operation
@@ -24,13 +24,13 @@ Theory of operation
   page is written chunk by chunk with no ``Content-Length`` and the connection closes at
   its end, so a client can stop reading at its own limit.
 * **The log.** Every request for which a method was parsed is recorded once its answer is
-  written (or the connection reset): see :class:`~cluster.mockweb_site.RequestRecord`. The
+  written (or the connection reset): see :class:`~cluster.mock_web.site.RequestRecord`. The
   newest ``log_records_max`` stay in memory (older ones are counted as dropped), and every
   record is also appended to ``log_path`` as one JSON line, flushed, when one is given.
 
 Run it as its own process for the demo::
 
-    python -m cluster.mockweb --hosts 20 --pages 40 --seed 1 --out DIR
+    python -m cluster.mock_web.web --hosts 20 --pages 40 --seed 1 --out DIR
 
 writes ``DIR/hosts.txt`` (one root URL a line, written atomically once every host
 listens), logs requests to ``DIR/requests.jsonl`` and serves until SIGTERM or SIGINT.
@@ -54,9 +54,9 @@ from urllib.parse import urlsplit
 
 import click
 
-from cluster.mockweb_log import RequestRecord
-from cluster.mockweb_server import LoopbackHandler, LoopbackServers
-from cluster.mockweb_site import (
+from cluster.mock_web.log import RequestRecord
+from cluster.mock_web.server import LoopbackHandler, LoopbackServers
+from cluster.mock_web.site import (
     ROBOTS_PATH,
     CrawlExpectation,
     MockWebError,

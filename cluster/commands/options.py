@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cluster.local import parse_net_param
+from cluster.layout import parse_net_param
 from nets.errors import CpnError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

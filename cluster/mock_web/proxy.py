@@ -3,7 +3,7 @@
 A crawler configured with proxies sends each request through one of them; the issue's
 tests check from the *proxies'* side that every proxy's minimum interval between request
 starts held. :class:`MockProxies` runs several such proxies in background threads of this
-process, forwards what they receive to the mock web (:mod:`cluster.mockweb`) and logs every
+process, forwards what they receive to the mock web (:mod:`cluster.mock_web.web`) and logs every
 request, like the mock web logs its own.
 
 Theory of operation
@@ -25,7 +25,7 @@ Theory of operation
   chunked, or larger than the bound) is relayed without ``Content-Length`` and the
   connection closes after it, so a client can stop reading at its own limit. At most
   ``relay_bytes_max`` body bytes are relayed per answer.
-* **Threads and stop.** As in :class:`cluster.mockweb.MockWeb`: one acceptor thread
+* **Threads and stop.** As in :class:`cluster.mock_web.web.MockWeb`: one acceptor thread
   selects over every listener and a wake-up socket pair; each client connection gets a
   handler thread; at most ``connections_max`` client connections are open at once.
   :meth:`MockProxies.stop` shuts every client *and upstream* connection down, so no
@@ -34,14 +34,14 @@ Theory of operation
   written: see :class:`ProxyRecord`. The newest ``log_records_max`` stay in memory, and
   every record is appended to ``log_path`` as one JSON line, flushed, when one is given.
   :func:`min_start_gap_ns`, :func:`max_concurrency` and :func:`interval_violations` answer
-  per proxy what :mod:`cluster.mockweb_log` answers per host.
+  per proxy what :mod:`cluster.mock_web.log` answers per host.
 * **Unreachable proxies.** ``unreachable=N`` reserves N more ports on 127.0.0.1 with
   sockets that are bound but never listen: connecting to one is refused (the kernel
   answers RST) for as long as the proxies run, and no other process can take the port.
 
 Run them as their own process for the demo::
 
-    python -m cluster.mockweb_proxy --proxies 3 --unreachable 1 --out DIR
+    python -m cluster.mock_web.proxy --proxies 3 --unreachable 1 --out DIR
 
 writes ``DIR/proxies.txt`` (one proxy URL a line, the unreachable ones last; atomically,
 once every proxy listens), logs requests to ``DIR/proxy_requests.jsonl`` and serves until
@@ -70,16 +70,16 @@ from urllib.parse import urlsplit
 
 import click
 
-from cluster.mockweb import (
+from cluster.mock_web.log import max_concurrency_by, min_start_gap_ns_by, spans_by
+from cluster.mock_web.server import LoopbackHandler, LoopbackServers
+from cluster.mock_web.site import STREAM_CHUNK_BYTES, MockWebError
+from cluster.mock_web.web import (
     BACKLOG,
     CONNECTIONS_MAX,
     IDLE_TIMEOUT_S,
     LOG_RECORDS_MAX,
     STOP_TIMEOUT_S,
 )
-from cluster.mockweb_log import max_concurrency_by, min_start_gap_ns_by, spans_by
-from cluster.mockweb_server import LoopbackHandler, LoopbackServers
-from cluster.mockweb_site import STREAM_CHUNK_BYTES, MockWebError
 
 LOG = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class ProxyRecord:
     ``proxy`` is the proxy's name, ``target`` the netloc the request named, forwarded or
     refused (``""`` when the request target had none), ``path`` the request target as
     received. Times as in
-    :class:`cluster.mockweb_log.RequestRecord`: monotonic ``start_ns`` (request parsed)
+    :class:`cluster.mock_web.log.RequestRecord`: monotonic ``start_ns`` (request parsed)
     and ``end_ns`` (answer relayed), ``start_wall_ms`` since the Unix epoch. ``status``
     is what the client got: the upstream's status, or the proxy's own 400, 403, 405, 502
     or 504; 0 when the client went away before the answer's head was written.

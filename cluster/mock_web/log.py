@@ -1,12 +1,12 @@
 """The mock web's request log, read from the server's point of view (pure).
 
-:class:`RequestRecord` is one request as :class:`cluster.mockweb.MockWeb` logged it. The
+:class:`RequestRecord` is one request as :class:`cluster.mock_web.web.MockWeb` logged it. The
 functions here answer, per host, the questions politeness tests ask of such a log: how
 close did two request *starts* come (:func:`min_start_gap_ns`), how many requests were in
 progress at once (:func:`max_concurrency`), and which consecutive starts came closer than
 a minimum gap (:func:`politeness_violations`). The ``*_by`` forms answer the first two
 for any records with a start and an end, grouped by any key (the mock forward proxy's log,
-:mod:`cluster.mockweb_proxy`, groups by proxy).
+:mod:`cluster.mock_web.proxy`, groups by proxy).
 
 Theory of operation: records are grouped by host (or the key) and ordered by (start, end);
 a request occupies the half-open interval [start_ns, end_ns), so one that starts exactly

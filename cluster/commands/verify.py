@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from cluster.cli_types import NetParam
+from cluster.commands.options import NetParam
 from nets.errors import CpnError, LoadError
 from nets.explore import StateSpace, explore
 from nets.loader import load_net

@@ -24,7 +24,7 @@ from typing import Any, Final, TextIO
 
 import click
 
-from cluster.cli_types import DURATION, NetParam
+from cluster.commands.options import DURATION, NetParam
 from cluster.sim import cluster_run
 from cluster.sim.campaign import (
     INVARIANT,

@@ -1,6 +1,6 @@
 """The parse stage's work (pure): an HTML page's title and its crawlable links.
 
-Parse workers (:mod:`cluster.crawl_worker`) lease ``Page`` tokens from the net's
+Parse workers (:mod:`cluster.crawler.workers`) lease ``Page`` tokens from the net's
 ``parse_queue`` and complete each lease with what :func:`parse_results` returns: one
 ``parse_done`` token (title, number of links) and one ``links`` token per distinct
 canonical link, at the page's depth + 1, which the net admits or skips.
@@ -9,7 +9,7 @@ Parsing uses the standard library's :class:`html.parser.HTMLParser`, a tolerant
 tokenizer that accepts any text (broken markup never raises). Links are the ``href`` of
 ``<a>`` and ``<area>`` elements, resolved against the page's final URL, or against a
 ``<base href>`` when the page has one (only the first counts, as in browsers), then
-canonicalised (:mod:`cluster.crawl_urls`); non-http(s) links are dropped. The title is
+canonicalised (:mod:`cluster.crawler.urls`); non-http(s) links are dropped. The title is
 the text of the first ``<title>``, with whitespace collapsed.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any, Final
 
-from cluster.crawl_urls import domain_of, resolve_link
+from cluster.crawler.urls import domain_of, resolve_link
 
 TITLE_CHARS_MAX: Final = 1_000
 # Links taken from one page at most: a page's links travel in one completion frame

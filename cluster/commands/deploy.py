@@ -37,7 +37,7 @@ from cluster.config import (
     identity_mismatch,
     load_config,
 )
-from cluster.local import ClusterLayout, live_endpoint
+from cluster.layout import ClusterLayout, live_endpoint
 from cluster.security import client_keys, generate_keypair, server_keys
 from nets.errors import CpnError
 from router.wire import GetTable, Statistics, Stats, Table

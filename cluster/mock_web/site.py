@@ -1,6 +1,6 @@
 """The mock web's site model (pure): hosts, pages, links, robots rules, failures.
 
-:class:`SiteModel` is everything the embedded mock web (:mod:`cluster.mockweb`) serves and
+:class:`SiteModel` is everything the embedded mock web (:mod:`cluster.mock_web.web`) serves and
 everything a test or benchmark needs to know about it beforehand, computed from a
 :class:`SiteConfig` and its seed. It opens no socket and reads no clock, so the same model
 answers "what does host 3 serve for ``/p/7.html`` on the 2nd request" in a unit test, in
@@ -56,7 +56,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
-from cluster.mockweb_log import STATUS_RESET
+from cluster.mock_web.log import STATUS_RESET
 from nets.errors import CpnError
 
 HOSTS_MAX: Final = 1_000

@@ -13,7 +13,7 @@
    when every place that holds work in progress (:data:`nets.scraper.WORK_PLACES`) is
    empty on every shard and no handoff is in flight, twice in a row;
 6. stops the workers (and the cluster it started) and builds the report
-   (:mod:`cluster.crawl_report`).
+   (:mod:`cluster.crawler.report`).
 """
 
 from __future__ import annotations
@@ -32,19 +32,13 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from cluster.client import ClusterClient
-from cluster.crawl_report import CrawlReport, domain_gaps, file_pages, read_timings, tally
-from cluster.crawl_urls import InvalidUrl, canonical_url, domain_of
+from cluster.crawler.report import CrawlReport, domain_gaps, file_pages, read_timings, tally
+from cluster.crawler.urls import InvalidUrl, canonical_url, domain_of
 from cluster.launch import down as stop_cluster
 from cluster.launch import settle_config
-from cluster.local import (
-    ERROR_PREFIX,
-    ClusterConfig,
-    ClusterLayout,
-    net_param_args,
-    run_cpn,
-    stop_all,
-)
-from cluster.local import ShardProcess as ChildHandle
+from cluster.layout import ClusterConfig, ClusterLayout, net_param_args
+from cluster.processes import ERROR_PREFIX, run_cpn, stop_all
+from cluster.processes import ShardProcess as ChildHandle
 from nets.errors import CpnError
 from nets.loader import load_net
 

@@ -1,6 +1,6 @@
 """Threaded loopback servers: the scaffolding the mock web and mock proxies share (SHELL).
 
-:class:`~cluster.mockweb.MockWeb` and :class:`~cluster.mockweb_proxy.MockProxies` serve
+:class:`~cluster.mock_web.web.MockWeb` and :class:`~cluster.mock_web.proxy.MockProxies` serve
 HTTP the same way and differ only in what a connection is handed to; this module holds the
 part they share, once, so a fix to the accept loop or to stopping reaches both.
 
@@ -40,8 +40,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, ClassVar, Generic, Protocol, Self, TypeVar
 
-from cluster.mockweb_log import Span
-from cluster.mockweb_site import MockWebError
+from cluster.mock_web.log import Span
+from cluster.mock_web.site import MockWebError
 
 
 class LoggedRecord(Span, Protocol):

@@ -1,0 +1,1 @@
+"""The ``cpn`` subcommands, grouped by what they drive; cluster/cli.py assembles them."""
