@@ -8,6 +8,7 @@ imports each package from it, in an interpreter that cannot see the clone.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -29,10 +30,22 @@ def _packages_in_tree() -> set[str]:
     }
 
 
+def _source_copy(into: Path) -> Path:
+    """The project's files copied to ``into``: building in place would leave build/ and
+    egg-info behind in the clone, and two parallel runs would race on them."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, into / name)
+    for top in TOP_LEVEL:
+        shutil.copytree(ROOT / top, into / top, ignore=shutil.ignore_patterns("__pycache__"))
+    return into
+
+
 def test_the_wheel_holds_every_package_and_each_imports_from_it(tmp_path: Path) -> None:
+    (tmp_path / "source").mkdir()
+    source = _source_copy(tmp_path / "source")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+         "-w", str(tmp_path), str(source)],
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
