@@ -125,7 +125,7 @@ def _build_net() -> Net:
     dom, d, p, r = variables("dom d p r")
     domains = Place("domains", Domain, key="name", initial=[Domain(DOMAINS[0], ("/",))])
     proxies = Place("proxies", Proxy, pool=True, initial=[Proxy("p1"), Proxy("p2")])
-    jobs = Place("jobs", Job, key="domain", work_queue=True)
+    jobs = Place("jobs", Job, key="domain", work_queue=True, results=("results",))
     results = Place("results", Result, key="domain")
     dispatch = Transition(
         "dispatch",
