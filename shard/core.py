@@ -576,11 +576,11 @@ class ShardCore:
                 f"lease {complete.lease_id!r} is unknown or expired; its tokens went back "
                 "to their queue",
             )
-        results = [
-            (place, token)
-            for place, fields in complete.results
-            for token in self._tokens_of(place, (fields,))
-        ]
+        queue = self.queue_of_held[held[0][0]]
+        results: list[tuple[str, Token]] = []
+        for place, fields in complete.results:
+            self._declared_result(complete.lease_id, queue, place)
+            results += [(place, token) for token in self._tokens_of(place, (fields,))]
         for place, time_ms, token in held:
             self.remove(place, token, time_ms)
         for place, token in results:
@@ -589,6 +589,30 @@ class ShardCore:
         self.counters["leases_completed"] += 1
         reply = Completed(complete.request_seq, complete.lease_id, False)
         return self._remember(complete.client_id, complete.request_seq, reply)
+
+    def _declared_result(self, lease_id: str, queue: WorkQueue, place: str) -> None:
+        """Refuse a result that ``queue`` does not declare (Place(results=...)).
+
+        Raises:
+            RequestError: ``unknown_place``, ``reserved_place`` (the lease machinery's),
+                or ``wrong_place``: a place of the net the queue's completions may not
+                produce into.
+        """
+        self._place(place)
+        if place in self.companions:
+            raise RequestError(
+                "reserved_place",
+                f"place {place!r} belongs to the lease machinery; only leases and "
+                "completions change it",
+            )
+        declared = queue.queue.results or ()
+        if place not in declared:
+            raise RequestError(
+                "wrong_place",
+                f"lease {lease_id!r} of work queue {queue.queue.name!r} cannot produce into "
+                f"place {place!r}: the queue declares results "
+                f"({', '.join(declared) or 'none'}); nothing of the completion was applied",
+            )
 
     def _handoff(self, message: Handoff, incarnation: int) -> Message:
         newest = self.sender_incarnations.setdefault(message.sender, incarnation)
