@@ -40,6 +40,10 @@ from router.wire import (
     Lease,
     Leased,
     Message,
+    Release,
+    Released,
+    Renew,
+    Renewed,
     WireFormatError,
     decode,
     encode,
@@ -128,9 +132,23 @@ class AsyncShardClient:
         return await self.request(message, Leased, wait_ms=wait_ms)
 
     async def complete(
-        self, lease_id: str, results: Iterable[tuple[str, Sequence[Any]]] = ()
+        self,
+        lease_id: str,
+        results: Iterable[tuple[str, Sequence[Any]]] = (),
+        *,
+        indexes: Iterable[int] = (),
     ) -> Completed:
-        """As :meth:`cluster.client.ShardClient.complete`."""
+        """As :meth:`cluster.client.ShardClient.complete` (same errors)."""
         fields = tuple((place, tuple(token)) for place, token in results)
-        message = Complete(self.client_id, next(self._seq), lease_id, fields)
+        message = Complete(self.client_id, next(self._seq), lease_id, fields, tuple(indexes))
         return await self.request(message, Completed)
+
+    async def renew(self, lease_id: str, *, lease_ms: int, progress: str = "") -> Renewed:
+        """As :meth:`cluster.client.ShardClient.renew` (same errors)."""
+        message = Renew(self.client_id, next(self._seq), lease_id, lease_ms, progress)
+        return await self.request(message, Renewed)
+
+    async def release(self, lease_id: str, *, indexes: Iterable[int] = ()) -> Released:
+        """As :meth:`cluster.client.ShardClient.release` (same errors)."""
+        message = Release(self.client_id, next(self._seq), lease_id, tuple(indexes))
+        return await self.request(message, Released)

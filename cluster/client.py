@@ -1,7 +1,7 @@
 """Python clients: one shard (:class:`ShardClient`) and a whole cluster (:class:`ClusterClient`).
 
-(SHELL.) A :class:`ShardClient` talks to one shard: put, query, lease, complete,
-statistics.
+(SHELL.) A :class:`ShardClient` talks to one shard: put, query, lease, renew, release,
+complete, statistics.
 
 Requests that change the marking carry ``(client_id, request_seq)``; the shard applies
 each once and answers a repeat from its client table. So the client can follow the
@@ -58,6 +58,10 @@ from router.wire import (
     QueryCounts,
     QueryTokens,
     Redirect,
+    Release,
+    Released,
+    Renew,
+    Renewed,
     Scale,
     Scaled,
     Shutdown,
@@ -327,10 +331,53 @@ class ShardClient(ClosedOnExit):
         return self.request(message, Leased, wait_ms=wait_ms)
 
     def complete(
-        self, lease_id: str, results: Iterable[tuple[str, Sequence[Any]]] = ()
+        self,
+        lease_id: str,
+        results: Iterable[tuple[str, Sequence[Any]]] = (),
+        *,
+        indexes: Iterable[int] = (),
     ) -> Completed:
+        """Complete a lease, adding ``results`` ``(place, token)`` in one step.
+
+        ``indexes``: the lease indexes (positions in the lease's ``entries``) this
+        completes; the others stay leased. Empty: every token the lease still holds.
+
+        Raises:
+            ShardError: ``lease_expired`` (unknown, expired, or completed or handed
+                back in full), ``unknown_index`` (an index the lease no longer holds),
+                ``wrong_place`` (a place the queue does not declare in ``results=``),
+                ``wrong_colour``, ``unknown_place``; nothing of the completion is
+                applied and the lease stays as it was.
+            ShardUnavailable: no reply after all retries.
+        """
         fields = tuple((place, tuple(token)) for place, token in results)
-        return self.request(Complete(self.client_id, next(self._seq), lease_id, fields), Completed)
+        message = Complete(self.client_id, next(self._seq), lease_id, fields, tuple(indexes))
+        return self.request(message, Completed)
+
+    def renew(self, lease_id: str, *, lease_ms: int, progress: str = "") -> Renewed:
+        """Keep a lease: its tokens are now held until ``lease_ms`` from the shard's now
+        (a worker's heartbeat). ``progress`` (at most 200 characters) shows in the
+        shard's statistics.
+
+        Raises:
+            ShardError: ``lease_expired`` (too late: its tokens went back to the queue,
+                or it was completed or handed back), ``bad_request`` (``lease_ms`` or
+                ``progress`` out of bounds).
+            ShardUnavailable: no reply after all retries.
+        """
+        message = Renew(self.client_id, next(self._seq), lease_id, lease_ms, progress)
+        return self.request(message, Renewed)
+
+    def release(self, lease_id: str, *, indexes: Iterable[int] = ()) -> Released:
+        """Hand a lease's tokens (those with ``indexes``; by default all it still holds)
+        back to their queue at once, e.g. when a worker is told to stop.
+
+        Raises:
+            ShardError: ``lease_expired``, ``unknown_index``, as for :meth:`complete`.
+            ShardUnavailable: no reply after all retries.
+        """
+        message = Release(self.client_id, next(self._seq), lease_id, tuple(indexes))
+        return self.request(message, Released)
 
     def stats(self) -> dict[str, Any]:
         return self.request(Stats(), Statistics).values
@@ -582,20 +629,52 @@ class ClusterClient(ClosedOnExit):
         return self._request(shard_id, message, Leased, wait_ms=wait_ms)
 
     def complete(
-        self, shard_id: int, lease_id: str, results: Iterable[tuple[str, Sequence[Any]]] = ()
+        self,
+        shard_id: int,
+        lease_id: str,
+        results: Iterable[tuple[str, Sequence[Any]]] = (),
+        *,
+        indexes: Iterable[int] = (),
     ) -> Completed:
-        """Complete a lease that ``shard_id`` granted, adding ``results`` in one step.
+        """Complete a lease that ``shard_id`` granted, adding ``results`` in one step;
+        ``indexes`` as for :meth:`ShardClient.complete`.
 
         Raises:
             ShardError: ``lease_expired`` when the lease is unknown or expired (its
                 tokens went back to the queue, or an earlier try of this very
-                completion was committed); others as :meth:`ShardClient.request`.
+                completion was committed); ``unknown_index``, ``wrong_place`` and the
+                others as :meth:`ShardClient.complete`.
             ShardUnavailable: the shard did not answer.
         """
         client = self.shard(shard_id)
         fields = tuple((place, tuple(token)) for place, token in results)
-        message = Complete(client.client_id, client.next_request_seq(), lease_id, fields)
+        message = Complete(
+            client.client_id, client.next_request_seq(), lease_id, fields, tuple(indexes)
+        )
         return self._request(shard_id, message, Completed)
+
+    def renew(self, shard_id: int, lease_id: str, *, lease_ms: int, progress: str = "") -> Renewed:
+        """Keep a lease that ``shard_id`` granted (as :meth:`ShardClient.renew`).
+
+        Raises:
+            ShardError: ``lease_expired``, ``bad_request``, as :meth:`ShardClient.renew`.
+            ShardUnavailable: the shard did not answer.
+        """
+        client = self.shard(shard_id)
+        message = Renew(client.client_id, client.next_request_seq(), lease_id, lease_ms, progress)
+        return self._request(shard_id, message, Renewed)
+
+    def release(self, shard_id: int, lease_id: str, *, indexes: Iterable[int] = ()) -> Released:
+        """Hand back tokens of a lease that ``shard_id`` granted (as
+        :meth:`ShardClient.release`).
+
+        Raises:
+            ShardError: ``lease_expired``, ``unknown_index``, as :meth:`ShardClient.release`.
+            ShardUnavailable: the shard did not answer.
+        """
+        client = self.shard(shard_id)
+        message = Release(client.client_id, client.next_request_seq(), lease_id, tuple(indexes))
+        return self._request(shard_id, message, Released)
 
     def shard_counts(self) -> dict[int, dict[str, int]]:
         """Tokens per place on each shard."""

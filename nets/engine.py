@@ -285,6 +285,9 @@ class Engine:
         self._stores = {p.name: PlaceStore(p) for p in net.places}
         self._pending: list[tuple[int, int, str, Token]] = []
         self._pending_seq = itertools.count()
+        # Pending entries taken out before their time (withdraw): left in the heap, where
+        # finding them would cost a scan, and skipped when they come due.
+        self._withdrawn: dict[tuple[int, str, Token], int] = {}
         self._steps = 0
         self._firings = {t.name: 0 for t in net.transitions}
         self.hooks: list[StepHook] = []
@@ -404,6 +407,51 @@ class Engine:
             raise CpnError(f"place {place!r} has no available token {token!r} at time {time}")
         store.remove_available(entry)
 
+    def withdraw(self, place: str, token: Token, *, time: int) -> None:
+        """Take the entry ``(time, token)`` out of ``place``, available or still pending.
+
+        Unlike :meth:`extract`, this costs no scan of the pending entries: a pending
+        one is only marked, and skipped when its time comes. So the caller must know
+        that the pending entry is in the marking (a shard moving the timers of a lease
+        it granted); an available one is checked as by :meth:`remove`.
+
+        Raises:
+            CpnError: the place does not exist, or an available entry is not there.
+        """
+        store = self._store(place)
+        entry = (time, token)
+        if store.primary.contains(entry):
+            store.remove_available(entry)
+            return
+        if time <= self.now or not store.timed:
+            raise CpnError(f"place {place!r} has no token {token!r} at time {time} to withdraw")
+        key = (time, place, token)
+        self._withdrawn[key] = self._withdrawn.get(key, 0) + 1
+        store.count -= 1
+        self._drop_withdrawn_heads()
+
+    def _skip_withdrawn(self, key: tuple[int, str, Token]) -> bool:
+        """Whether a pending entry coming off the heap was withdrawn (and forget it)."""
+        withdrawn = self._withdrawn
+        count = withdrawn.get(key, 0)
+        if count == 0:
+            return False
+        if count == 1:
+            del withdrawn[key]
+        else:
+            withdrawn[key] = count - 1
+        return True
+
+    def _drop_withdrawn_heads(self) -> None:
+        # The heap's head is the next deadline: a withdrawn one would wake the caller
+        # for nothing.
+        pending = self._pending
+        while pending and self._withdrawn:
+            time, _seq, place, token = pending[0]
+            if not self._skip_withdrawn((time, place, token)):
+                return
+            heapq.heappop(pending)
+
     def extract(self, entries: Iterable[tuple[str, int, Token]]) -> None:
         """Take entries ``(place, time, token)`` out, available or not yet (a slot leaving).
 
@@ -428,6 +476,8 @@ class Engine:
         kept = []
         for item in self._pending:
             key = (item[0], item[2], item[3])
+            if self._withdrawn and self._skip_withdrawn(key):
+                continue  # withdrawn before: it goes now, and is not what is wanted
             if pending_wanted.get(key, 0) > 0:
                 pending_wanted[key] -= 1
                 self._stores[item[2]].count -= 1
@@ -497,8 +547,11 @@ class Engine:
         self.now = now
         pending = self._pending
         stores = self._stores
+        withdrawn = self._withdrawn
         while pending and pending[0][0] <= now:
             time, _seq, place, token = heapq.heappop(pending)
+            if withdrawn and self._skip_withdrawn((time, place, token)):
+                continue
             stores[place].add_available((time, token))
 
     # -- choosing and firing ------------------------------------------------------------
@@ -583,6 +636,7 @@ class Engine:
         this is the next time at which something can become enabled (or a watched
         place gains an available token) without a firing or a put.
         """
+        self._drop_withdrawn_heads()
         return self._pending[0][0] if self._pending else None
 
     def take_exported(self) -> list[PlacedEntry]:
@@ -601,7 +655,14 @@ class Engine:
         """All entries ``(time, token)`` of ``place``, pending ones included, sorted."""
         store = self._store(place)
         entries = list(store.entries())
-        entries.extend((t, tok) for t, _s, p, tok in self._pending if p == place)
+        withdrawn = dict(self._withdrawn)
+        for t, _s, p, tok in self._pending:
+            if p != place:
+                continue
+            if withdrawn.get((t, p, tok), 0) > 0:
+                withdrawn[t, p, tok] -= 1
+                continue
+            entries.append((t, tok))
         entries.sort()
         return entries
 
@@ -624,7 +685,7 @@ class Engine:
             steps=self._steps,
             firings=dict(self._firings),
             tokens={name: store.count for name, store in self._stores.items()},
-            pending=len(self._pending),
+            pending=len(self._pending) - sum(self._withdrawn.values()),
         )
 
 

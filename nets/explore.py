@@ -273,6 +273,7 @@ class _Environment:
     def steps(self, marking: Marking) -> Iterator[tuple[str, Binding, Marking]]:
         for name, queue, held in self.queues:
             model = self.net.effects[name]
+            declared = self.net.place(name).results or ()
             for token in _distinct(marking[queue]):
                 yield (
                     name + "__lease",
@@ -289,6 +290,14 @@ class _Environment:
                             raise CpnError(
                                 f"effect model of {name!r}: outcome {k} for {token!r} produces "
                                 f"into {place!r}, which is not a place of net {self.net.name!r}"
+                            )
+                        if place not in declared:
+                            # A shard refuses such a completion (wrong_place): a model
+                            # that makes one explores a net no cluster can run.
+                            raise CpnError(
+                                f"effect model of {name!r}: outcome {k} for {token!r} produces "
+                                f"into {place!r}, which the work queue does not declare "
+                                f"(results: {', '.join(declared) or 'none'})"
                             )
                         produced.append((self.position[place], result))
                     yield (

@@ -19,7 +19,9 @@ transition, arc and variable at fault:
   the key field, and all of them bind it to the same variable (so every firing, and
   every absence check, is local to one partition); pool and fixed places are exempt;
 * initial tokens belong to their place's colour set and fit its capacity; a place
-  with a capacity only receives a fixed number of tokens per firing.
+  with a capacity only receives a fixed number of tokens per firing;
+* a work queue declares the places its completions produce into (``results``), and
+  they are places of the net; ``failures`` is one of them.
 """
 
 from __future__ import annotations
@@ -181,6 +183,13 @@ class Place:
         work_queue: workers may lease this place's tokens (see shard/leases.py): a
             leased token is held for the lease time and comes back if the lease
             expires before the worker completes it.
+        results: a work queue's declared results: the places its completions may
+            produce into (``()``: completions produce nothing). Required with
+            ``work_queue=True`` and refused without it: a shard refuses a completion
+            into any other place (``wrong_place``), so a worker cannot put tokens
+            where the net does not expect them (docs/language.md, "Work queues").
+        failures: the one of ``results`` that receives a worker's failure tokens
+            (optional; only with ``work_queue=True``).
 
     Calling the place builds an arc pattern; ``produce`` builds an output arc.
     """
@@ -192,6 +201,8 @@ class Place:
     capacity: int | None = None
     initial: Sequence[Token] = ()
     work_queue: bool = False
+    results: tuple[str, ...] | None = None
+    failures: str | None = None
     colour_set: ColourSet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -221,6 +232,38 @@ class Place:
             raise NetDefinitionError(
                 f"{where}: initial marking has {len(self.initial)} tokens, "
                 f"capacity is {self.capacity}"
+            )
+        self._check_declared_results(where)
+
+    def _check_declared_results(self, where: str) -> None:
+        """``results`` and ``failures`` belong to work queues, and a work queue says
+        where its completions go (the names are checked against the net by :class:`Net`)."""
+        if not self.work_queue:
+            for name, value in (("results", self.results), ("failures", self.failures)):
+                if value is not None:
+                    raise NetDefinitionError(
+                        f"{where}: {name}= is only for work queues (work_queue=True); "
+                        "an ordinary place's tokens are produced by transitions"
+                    )
+            return
+        if self.results is None:
+            raise NetDefinitionError(
+                f"{where}: a work queue must declare the places its completions produce "
+                "into, e.g. results=('done',) (results=() if completions produce nothing)"
+            )
+        if isinstance(self.results, str) or not all(isinstance(r, str) for r in self.results):
+            raise NetDefinitionError(
+                f"{where}: results must be a tuple of place names, got {self.results!r}"
+            )
+        results = tuple(self.results)
+        object.__setattr__(self, "results", results)
+        duplicates = sorted({r for r in results if results.count(r) > 1})
+        if duplicates:
+            raise NetDefinitionError(f"{where}: results names {duplicates[0]!r} twice")
+        if self.failures is not None and self.failures not in results:
+            raise NetDefinitionError(
+                f"{where}: failures={self.failures!r} must be one of its results "
+                f"({', '.join(results) or 'none declared'})"
             )
 
     @property
@@ -334,6 +377,8 @@ class Net:
             _validate_transition(self, transition)
         self.invariants: dict[str, Invariant] = _validate_invariants(name, invariants or {})
         queues = {p.name: p for p in self.places if p.work_queue}
+        for queue in queues.values():
+            _validate_results(self, queue)
         self.effects: dict[str, EffectModel] = validate_effects(name, effects or {}, queues)
 
     def place(self, name: str) -> Place:
@@ -388,6 +433,17 @@ def _unique(net: str, kind: str, items: Sequence[_Named]) -> dict[str, _Named]:
             raise NetDefinitionError(f"net {net!r}: duplicate {kind} name {item.name!r}")
         seen[item.name] = item
     return seen
+
+
+def _validate_results(net: Net, queue: Place) -> None:
+    """A work queue's declared results name places of this net."""
+    assert queue.results is not None, "Place checks that a work queue declares results"
+    missing = [r for r in queue.results if r not in net._places]
+    if missing:
+        raise NetDefinitionError(
+            f"net {net.name!r}, work queue {queue.name!r}: declared result place "
+            f"{missing[0]!r} is not part of the net (places: {', '.join(net._places)})"
+        )
 
 
 def _validate_transition(net: Net, t: Transition) -> None:

@@ -7,7 +7,9 @@ Every frame is the msgpack array ``[version, type, message_id, incarnation, body
 * ``message_id``: chosen by the requester, echoed in the reply (correlation);
 * ``incarnation``: the sender's incarnation (a shard's start count; 0 for clients),
   so that a receiver can tell an old incarnation's messages from the current one's;
-* ``body``: the message's fields, in declaration order.
+* ``body``: the message's fields, in declaration order, every one of them: a field
+  with a default (``Lease.wait_ms``) is a default of the Python constructor only, so
+  a frame of another field count is malformed (adding a field bumps the version).
 
 Theory of operation: :func:`encode` and :func:`decode` are the only way in and out.
 :func:`decode` validates everything (sizes via :func:`nets.codec.unpack`'s limits, the
@@ -31,7 +33,10 @@ from nets.codec import CodecError, pack, unpack
 from nets.errors import CpnError
 
 # 2: Lease.wait_ms (long polls).
-PROTOCOL_VERSION: Final = 2
+# 3: Renew and Release (worker heartbeats and hand-backs), Complete.indexes (token by
+#    token). A version-2 peer would read a 5-field Complete as malformed, and a Renew
+#    as an unknown type: refusing its frames by version says why in one place.
+PROTOCOL_VERSION: Final = 3
 FRAME_BYTES_MAX: Final = 4 * 1024 * 1024
 TOKENS_PER_MESSAGE_MAX: Final = 100_000
 PLACE_FIXED: Final = -1  # Table.places: a place with neither key nor pool (fixed slot)
@@ -111,13 +116,49 @@ class Lease(Message):
 
 @dataclass(frozen=True, slots=True)
 class Complete(Message):
-    """Finish a lease, putting result tokens ``(place, fields)`` in one atomic step."""
+    """Finish a lease, putting result tokens ``(place, fields)`` in one atomic step.
+
+    ``indexes``: the lease indexes (positions in :class:`Leased`'s ``entries``) that
+    this completion finishes; empty, every token the lease still holds. The others
+    stay leased. Results may go only into the places the queue declares.
+    """
 
     TYPE: ClassVar[int] = 5
     client_id: str
     request_seq: int
     lease_id: str
     results: tuple[tuple[str, Fields], ...]
+    indexes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Renew(Message):
+    """A worker's heartbeat: the lease now expires ``lease_ms`` from the shard's now.
+
+    ``progress`` (at most 200 characters) is what the worker says it is doing; the
+    shard shows the latest of each live lease in its statistics.
+    """
+
+    TYPE: ClassVar[int] = 17
+    client_id: str
+    request_seq: int
+    lease_id: str
+    lease_ms: int
+    progress: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Message):
+    """Hand a lease's tokens back to their queue at once (a worker stopping).
+
+    ``indexes``: the lease indexes to hand back; empty, every token it still holds.
+    """
+
+    TYPE: ClassVar[int] = 18
+    client_id: str
+    request_seq: int
+    lease_id: str
+    indexes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +332,26 @@ class Completed(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Renewed(Message):
+    """The lease's tokens are held until ``expires_at_ms`` now."""
+
+    TYPE: ClassVar[int] = 118
+    request_seq: int
+    lease_id: str
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Released(Message):
+    """``returned`` tokens of the lease are back in their queue."""
+
+    TYPE: ClassVar[int] = 119
+    request_seq: int
+    lease_id: str
+    returned: int
+
+
+@dataclass(frozen=True, slots=True)
 class Statistics(Message):
     """Counters and gauges, by name (see the shard's documentation)."""
 
@@ -459,6 +520,8 @@ REQUESTS: Final = (
     MoveReport,
     FetchSlot,
     Scale,
+    Renew,
+    Release,
 )
 REPLIES: Final = (
     PutAck,
@@ -478,6 +541,8 @@ REPLIES: Final = (
     MoveOrders,
     SlotShipment,
     Scaled,
+    Renewed,
+    Released,
     Error,
 )
 _BY_TYPE: Final[dict[int, type[Message]]] = {cls.TYPE: cls for cls in REQUESTS + REPLIES}

@@ -24,7 +24,15 @@ Theory of operation, one turn of the shell's loop:
 
 A retried request carries the same client id and sequence number and is answered from
 the client table, never applied twice. Requests are dispatched by a table from message
-type to handler (:data:`_REQUEST_HANDLERS`).
+type to handler (:data:`_REQUEST_HANDLERS`), and a client's writes that are new by a
+second one (:data:`_CLIENT_WRITES`).
+
+Leases (:mod:`shard.leases`): :attr:`ShardCore.leases` indexes what each granted lease
+still holds and when it expires, rebuilt from the marking on recovery. A completion
+or a hand-back names some of a lease's tokens by their lease index (or all of them); a
+lease is live while every token it still holds is held, and gone once it holds none.
+A renewal moves the timers of the tokens it still holds. A completion may produce only
+into the places its queue declares (``Place(results=...)``).
 """
 
 from __future__ import annotations
@@ -62,6 +70,10 @@ from router.wire import (
     QueryCounts,
     QueryTokens,
     Redirect,
+    Release,
+    Released,
+    Renew,
+    Renewed,
     Shutdown,
     ShuttingDown,
     Statistics,
@@ -73,7 +85,7 @@ from router.wire import (
 from shard.batch import Batch, Recovered
 from shard.deferred import DeferredLoad
 from shard.exchange import Exchange, HandoffRefused
-from shard.leases import WorkQueue, with_work_queues
+from shard.leases import LiveLease, WorkQueue, live_leases, with_work_queues
 from shard.link import Link, Send
 from shard.mover import Mover
 from shard.parked import LongPolls, Reply
@@ -84,13 +96,17 @@ FIRINGS_PER_BUDGET_CHECK: Final = 16  # one firing can take a millisecond (robot
 TOKENS_PAGE_MAX: Final = 10_000
 LEASE_TOKENS_MAX: Final = 10_000
 LEASE_WAIT_MS_MAX: Final = 60_000  # a long poll waits at most this long for work
+LEASE_PROGRESS_CHARS_MAX: Final = 200  # a renewal's progress note, kept in memory per lease
+LEASE_PROGRESS_SHOWN_MAX: Final = 20  # the statistics show the most recently renewed leases
 HANDOFF_LATENCIES_KEPT_MAX: Final = 20_000  # sorted for each Stats request
 # Times are stored as msgpack integers; a delay or lease beyond ten years is a mistake.
 DURATION_MS_MAX: Final = 10 * 365 * 24 * 3_600_000
 log = logging.getLogger("cpn.shard")
 
 # The replies that change the marking: a failed commit turns them into errors.
-WRITING_REPLIES: Final = (PutAck, Leased, Completed, HandoffAck, PoolAnswer)
+WRITING_REPLIES: Final = (PutAck, Leased, Completed, Renewed, Released, HandoffAck, PoolAnswer)
+# A client's writes: each carries (client_id, request_seq) and goes through the client table.
+ClientWrite = Put | Lease | Complete | Renew | Release
 
 
 class RequestError(CpnError):
@@ -233,7 +249,10 @@ class ShardCore:
         self.link = carried.link  # heartbeats, tables, handoff sends (shard/link.py)
         self.handoff_latencies_ms: deque[int] = deque(maxlen=HANDOFF_LATENCIES_KEPT_MAX)
         self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
-        self.leases: dict[str, list[tuple[str, int, Token]]] = {}  # lease id -> held entries
+        self.leases: dict[str, LiveLease] = {}  # what each lease still holds
+        # The latest progress note of each live lease, most recently renewed last. Kept in
+        # memory only: a restarted shard shows a lease's progress from its next renewal.
+        self.lease_progress: dict[str, str] = {}
         self.exchange = Exchange(
             self.net,
             shard_id=setup.shard_id,
@@ -271,8 +290,13 @@ class ShardCore:
             # The first batch is the store's initialisation (take_batch marks it).
             self._initial_marking()
         for queue in self.queues.values():
-            for time_ms, held in self.engine.tokens(queue.held.name):
-                self.leases.setdefault(held[0], []).append((queue.held.name, time_ms, held))
+            self.leases.update(
+                live_leases(
+                    queue,
+                    self.engine.tokens(queue.held.name),
+                    self.engine.tokens(queue.timer.name),
+                )
+            )
 
     def after_failed_commit(self, recovered: Recovered, reason: str, now_ms: int) -> ShardCore:
         """The core rebuilt from what is committed after a commit failed: it refuses
@@ -341,7 +365,7 @@ class ShardCore:
             self.counters["leased_tokens_expired"] += 1
             for place, _time_ms, token in step.consumed:
                 if place.endswith("__held"):
-                    self.leases.pop(token[0], None)  # the lease id; its work is back
+                    self._forget_lease(token[0])  # the lease id; its work is back
 
     def add(self, place: str, token: Token, time_ms: int) -> None:
         """Add an entry to the engine and to the batch (committed with it)."""
@@ -373,7 +397,7 @@ class ShardCore:
             )
         return handler(self, envelope)
 
-    def _client_request(self, message: Put | Lease | Complete) -> Message | None:
+    def _client_request(self, message: ClientWrite) -> Message | None:
         """A client's write: answered from the client table if it is a repeat."""
         duplicate = self._duplicate(message.client_id, message.request_seq)
         if duplicate is not None:
@@ -382,11 +406,7 @@ class ShardCore:
         # answered, so the client table never goes back to an older one.
         self.polls.drop(message.client_id)
         self._writable()
-        if isinstance(message, Put):
-            return self._put(message)
-        if isinstance(message, Lease):
-            return self._lease(message)
-        return self._complete(message)
+        return _CLIENT_WRITES[type(message)](self, message)
 
     def _writable(self) -> None:
         if self.read_only_reason is not None:
@@ -394,7 +414,7 @@ class ShardCore:
 
     def _on_client_request(self, envelope: Envelope) -> Message | None:
         message = envelope.message
-        assert isinstance(message, Put | Lease | Complete)
+        assert isinstance(message, ClientWrite)
         return self._client_request(message)
 
     def _on_handoff(self, envelope: Envelope) -> Message | None:
@@ -444,9 +464,10 @@ class ShardCore:
             reply = decode(known[1]).message
             if isinstance(reply, PutAck | Completed):
                 reply = dataclasses.replace(reply, duplicate=True)
-            elif isinstance(reply, Leased) and reply.entries and not self._live(reply.lease_id):
-                # Taken back (its reply could not be delivered), expired or completed:
-                # its tokens may be another lease's by now, so the repeat gets none.
+            elif isinstance(reply, Leased) and reply.entries and not self._untouched(reply):
+                # Taken back (its reply could not be delivered), expired, completed or
+                # handed back, even in part: its tokens may be another lease's by now,
+                # so the repeat gets none.
                 reply = dataclasses.replace(reply, entries=())
             return reply
         raise RequestError(
@@ -540,9 +561,73 @@ class ShardCore:
             return None
         return self.grant(lease)
 
-    def _live(self, lease_id: str) -> bool:
-        held = self.leases.get(lease_id)
-        return held is not None and all(self.engine.holds(p, tok, time=t) for p, t, tok in held)
+    def _live(self, lease: LiveLease) -> bool:
+        """Whether every token the lease still holds is held (none expired)."""
+        return all(self.engine.holds(p, tok, time=t) for p, t, tok in lease.held)
+
+    def _untouched(self, leased: Leased) -> bool:
+        """Whether a granted lease still holds every token it was granted."""
+        lease = self.leases.get(leased.lease_id)
+        return lease is not None and len(lease.held) == len(leased.entries) and self._live(lease)
+
+    def _live_lease(self, lease_id: str) -> LiveLease:
+        """The lease ``lease_id`` if it is live.
+
+        Raises:
+            RequestError: ``lease_expired``: unknown, expired, or completed or handed
+                back in full (nothing of the request is applied).
+        """
+        lease = self.leases.get(lease_id)
+        if lease is None or not self._live(lease):
+            self._forget_lease(lease_id)
+            raise RequestError(
+                "lease_expired",
+                f"lease {lease_id!r} is unknown or expired (its tokens went back to their "
+                "queue), or it was completed or handed back",
+            )
+        return lease
+
+    def _forget_lease(self, lease_id: str) -> None:
+        self.leases.pop(lease_id, None)
+        self.lease_progress.pop(lease_id, None)
+
+    def _chosen(
+        self, lease_id: str, lease: LiveLease, indexes: tuple[int, ...]
+    ) -> tuple[PlacedEntry, ...]:
+        """The held entries a completion or hand-back names (``()``: all still held).
+
+        Raises:
+            RequestError: ``bad_request`` for an index given twice; ``unknown_index``
+                for one the lease does not hold (completed or handed back before, or
+                never in it).
+        """
+        if not indexes:
+            return lease.held
+        by_index = {lease.index_of(entry): entry for entry in lease.held}
+        seen: set[int] = set()
+        for index in indexes:
+            if index in seen:
+                raise RequestError(
+                    "bad_request", f"lease {lease_id!r}: index {index} is given twice"
+                )
+            seen.add(index)
+            if index not in by_index:
+                raise RequestError(
+                    "unknown_index",
+                    f"lease {lease_id!r} holds no token with index {index}: completed or "
+                    f"handed back before, or never in the lease (it holds "
+                    f"{', '.join(map(str, sorted(by_index)))})",
+                )
+        return tuple(by_index[index] for index in indexes)
+
+    def _held_no_more(self, lease_id: str, lease: LiveLease, gone: tuple[PlacedEntry, ...]) -> bool:
+        """Record that ``gone`` left the lease; whether it holds nothing any more."""
+        rest = lease.without(gone)
+        if rest is None:
+            self._forget_lease(lease_id)
+            return True
+        self.leases[lease_id] = rest
+        return False
 
     def grant(self, lease: Lease) -> Message:
         """Lease up to ``max_tokens`` available tokens (maybe none) in this batch."""
@@ -560,7 +645,7 @@ class ShardCore:
             self.add(queue.timer.name, queue.timer_token(lease_id, index, token), expires)
             held_entries.append((queue.held.name, now, held))
         if held_entries:
-            self.leases[lease_id] = held_entries
+            self.leases[lease_id] = LiveLease(lease.place, expires, tuple(held_entries))
             self.counters["leases_granted"] += 1
         reply = Leased(
             lease.request_seq, lease_id, expires, tuple((t, tuple(tok)) for t, tok in taken)
@@ -568,27 +653,102 @@ class ShardCore:
         return self._remember(lease.client_id, lease.request_seq, reply)
 
     def _complete(self, complete: Complete) -> Message:
-        held = self.leases.get(complete.lease_id)
-        if held is None or not self._live(complete.lease_id):
-            self.leases.pop(complete.lease_id, None)
-            raise RequestError(
-                "lease_expired",
-                f"lease {complete.lease_id!r} is unknown or expired; its tokens went back "
-                "to their queue",
-            )
-        results = [
-            (place, token)
-            for place, fields in complete.results
-            for token in self._tokens_of(place, (fields,))
-        ]
-        for place, time_ms, token in held:
+        """Swap the lease's held tokens named by ``complete.indexes`` (all still held
+        when empty) for the results, in one step; the others stay leased."""
+        lease = self._live_lease(complete.lease_id)
+        chosen = self._chosen(complete.lease_id, lease, complete.indexes)
+        queue = self.queues[lease.queue]
+        results: list[tuple[str, Token]] = []
+        for place, fields in complete.results:
+            self._declared_result(complete.lease_id, queue, place)
+            results += [(place, token) for token in self._tokens_of(place, (fields,))]
+        for place, time_ms, token in chosen:
             self.remove(place, token, time_ms)
         for place, token in results:
             self._emit(place, token, self.engine.now)
-        del self.leases[complete.lease_id]
-        self.counters["leases_completed"] += 1
+        if self._held_no_more(complete.lease_id, lease, chosen):
+            self.counters["leases_completed"] += 1
+        self.counters["leased_tokens_completed"] += len(chosen)
         reply = Completed(complete.request_seq, complete.lease_id, False)
         return self._remember(complete.client_id, complete.request_seq, reply)
+
+    def _renew(self, renew: Renew) -> Message:
+        """Move the expiry of every token the lease still holds to ``lease_ms`` from now.
+
+        Each timer is taken out at the old expiry and added at the new one, in the
+        batch, so the expiry cannot fire before the new time (not even after a
+        restart). Completed and handed-back tokens' timers stay and are spent.
+        """
+        if not 0 < renew.lease_ms <= DURATION_MS_MAX or (
+            len(renew.progress) > LEASE_PROGRESS_CHARS_MAX
+        ):
+            raise RequestError(
+                "bad_request",
+                f"a renewal needs 0 < lease_ms <= {DURATION_MS_MAX} and a progress of at "
+                f"most {LEASE_PROGRESS_CHARS_MAX} characters, got lease_ms={renew.lease_ms} "
+                f"and {len(renew.progress)} characters",
+            )
+        lease = self._live_lease(renew.lease_id)
+        queue = self.queues[lease.queue]
+        expires = self.engine.now + renew.lease_ms
+        if expires != lease.expires_at_ms:
+            for _place, _time_ms, held in lease.held:
+                timer = queue.timer_token(renew.lease_id, held[1], queue.original(held))
+                self.engine.withdraw(queue.timer.name, timer, time=lease.expires_at_ms)
+                self.batch.remove(queue.timer.name, lease.expires_at_ms, timer)
+                self.add(queue.timer.name, timer, expires)
+            self.leases[renew.lease_id] = dataclasses.replace(lease, expires_at_ms=expires)
+        self.lease_progress.pop(renew.lease_id, None)  # re-inserted: most recent last
+        if renew.progress:
+            self.lease_progress[renew.lease_id] = renew.progress
+        self.counters["leases_renewed"] += 1
+        reply = Renewed(renew.request_seq, renew.lease_id, expires)
+        return self._remember(renew.client_id, renew.request_seq, reply)
+
+    def _release(self, release: Release) -> Message:
+        """Put the lease's held tokens named by ``release.indexes`` (all still held when
+        empty) back in their queue now; the others stay leased."""
+        lease = self._live_lease(release.lease_id)
+        chosen = self._chosen(release.lease_id, lease, release.indexes)
+        self._back_to_queue(chosen)
+        if self._held_no_more(release.lease_id, lease, chosen):
+            self.counters["leases_released"] += 1
+        self.counters["leased_tokens_released"] += len(chosen)
+        reply = Released(release.request_seq, release.lease_id, len(chosen))
+        return self._remember(release.client_id, release.request_seq, reply)
+
+    def _back_to_queue(self, entries: tuple[PlacedEntry, ...]) -> None:
+        """Held entries back into their queue, available now (their timers are spent
+        when due: the held tokens are gone)."""
+        for place, time_ms, token in entries:
+            self.remove(place, token, time_ms)
+            queue = self.queue_of_held[place]
+            self.add(queue.queue.name, queue.original(token), self.engine.now)
+        self.more_enabled = True  # offer the work again at once
+
+    def _declared_result(self, lease_id: str, queue: WorkQueue, place: str) -> None:
+        """Refuse a result that ``queue`` does not declare (Place(results=...)).
+
+        Raises:
+            RequestError: ``unknown_place``, ``reserved_place`` (the lease machinery's),
+                or ``wrong_place``: a place of the net the queue's completions may not
+                produce into.
+        """
+        self._place(place)
+        if place in self.companions:
+            raise RequestError(
+                "reserved_place",
+                f"place {place!r} belongs to the lease machinery; only leases and "
+                "completions change it",
+            )
+        declared = queue.queue.results or ()
+        if place not in declared:
+            raise RequestError(
+                "wrong_place",
+                f"lease {lease_id!r} of work queue {queue.queue.name!r} cannot produce into "
+                f"place {place!r}: the queue declares results "
+                f"({', '.join(declared) or 'none'}); nothing of the completion was applied",
+            )
 
     def _handoff(self, message: Handoff, incarnation: int) -> Message:
         newest = self.sender_incarnations.setdefault(message.sender, incarnation)
@@ -685,6 +845,11 @@ class ShardCore:
             "handoff_ms_p50": quantile(handoff, 0.50),
             "handoff_ms_p99": quantile(handoff, 0.99),
             "read_only": self.read_only_reason or "",
+            "leases_live": len(self.leases),
+            # What the most recently renewed leases' workers say they are doing.
+            "lease_progress": [
+                (lease_id, progress) for lease_id, progress in reversed(self.lease_progress.items())
+            ][:LEASE_PROGRESS_SHOWN_MAX],
             "counters": dict(counters),
             **self.exchange.statistics(),
             **self.mover.statistics(self.exchange),
@@ -758,19 +923,16 @@ class ShardCore:
 
     def take_back(self, lease_id: str) -> None:
         """Put a lease's tokens back in their queue (committed with the next batch)."""
-        held = self.leases.pop(lease_id, None)
-        if held is None:
+        lease = self.leases.get(lease_id)
+        if lease is None:
             return
-        for place, time_ms, token in held:
-            if not self.engine.holds(place, token, time=time_ms):
-                continue  # expired meanwhile: its expiry put it back already
-            self.remove(place, token, time_ms)
-            queue = self.queue_of_held[place]
-            self.add(queue.queue.name, queue.original(token), self.engine.now)
-        # Its timers are spent when they come due (their held tokens are gone); a repeat
-        # of the request is answered with no entries (the lease is not live).
+        self._forget_lease(lease_id)
+        # Those that expired meanwhile are back already, by their expiry. A repeat of
+        # the request is answered with no entries (the lease is not live).
+        self._back_to_queue(
+            tuple(e for e in lease.held if self.engine.holds(e[0], e[2], time=e[1]))
+        )
         self.counters["leases_taken_back"] += 1
-        self.more_enabled = True  # offer the work again at once
 
     def take_batch(self) -> Batch:
         """The batch to commit now (this batch's exports moved into outbox runs), and a
@@ -877,6 +1039,8 @@ _REQUEST_HANDLERS: Final[dict[type[Message], Callable[[ShardCore, Envelope], Mes
     Put: ShardCore._on_client_request,
     Lease: ShardCore._on_client_request,
     Complete: ShardCore._on_client_request,
+    Renew: ShardCore._on_client_request,
+    Release: ShardCore._on_client_request,
     Handoff: ShardCore._on_handoff,
     FetchSlot: ShardCore._on_fetch_slot,
     PoolWanted: ShardCore._on_pool_wanted,
@@ -885,6 +1049,16 @@ _REQUEST_HANDLERS: Final[dict[type[Message], Callable[[ShardCore, Envelope], Mes
     Stats: ShardCore._on_stats,
     Ping: ShardCore._on_ping,
     Shutdown: ShardCore._on_shutdown,
+}
+
+
+# The client writes by type, once the client table found them new (see _client_request).
+_CLIENT_WRITES: Final[dict[type[Message], Callable[[ShardCore, Any], Message | None]]] = {
+    Put: ShardCore._put,
+    Lease: ShardCore._lease,
+    Complete: ShardCore._complete,
+    Renew: ShardCore._renew,
+    Release: ShardCore._release,
 }
 
 

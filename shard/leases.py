@@ -14,6 +14,14 @@ Leasing moves tokens from ``<q>`` into ``<q>__held`` and starts their timers;
 completing removes the held tokens and adds the results. Both are changes the shard
 commits in one batch like any firing; the expiry is a firing. Companion places keep
 the queue's partitioning (same key field, or pool), so the partition rule holds.
+
+A lease's tokens are numbered by their position in the grant (``lease__index``), so
+a worker can complete or hand back some of them and leave the rest leased. Renewing
+a lease (a worker's heartbeat) moves the timers of the tokens it still holds to the
+new expiry: removed at the old time, added at the new one, in the batch. A timer
+whose held token was completed or handed back stays where it was and is spent when
+due. :class:`LiveLease` is the shard's index of what each lease still holds; the
+marking is the truth it is rebuilt from (:func:`live_leases`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from nets.errors import NetDefinitionError
+from nets.firing import PlacedEntry
 from nets.model import Net, Place, Token, Transition, variables
 
 LEASE_ID: str = "lease__id"
@@ -51,6 +60,57 @@ class WorkQueue:
     def original(self, held: Token) -> Token:
         cls: Any = self.queue.colour_set.cls
         return cls(*held[2:])  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveLease:
+    """What one granted lease still holds, as the shard's core indexes it.
+
+    ``held``: its ``(<q>__held, time, held token)`` entries not completed or handed
+    back yet, by lease index (a held token's second field); never empty.
+    ``expires_at_ms``: when their timers come due (moved by each renewal).
+    """
+
+    queue: str
+    expires_at_ms: int
+    held: tuple[PlacedEntry, ...]
+
+    def index_of(self, entry: PlacedEntry) -> int:
+        return int(entry[2][1])
+
+    def indexes(self) -> tuple[int, ...]:
+        return tuple(self.index_of(entry) for entry in self.held)
+
+    def without(self, gone: tuple[PlacedEntry, ...]) -> LiveLease | None:
+        """This lease once ``gone`` are completed or handed back (None: nothing left)."""
+        gone_indexes = {self.index_of(entry) for entry in gone}
+        kept = tuple(entry for entry in self.held if self.index_of(entry) not in gone_indexes)
+        if not kept:
+            return None
+        return LiveLease(self.queue, self.expires_at_ms, kept)
+
+
+def live_leases(
+    queue: WorkQueue,
+    held: list[tuple[int, Token]],
+    timers: list[tuple[int, Token]],
+) -> dict[str, LiveLease]:
+    """The leases of ``queue`` that a marking's held and timer entries make up (a
+    recovered shard's index). Each held token's timer is there: only the expiry
+    consumes a timer while its held token is held (``<q>__timer_spent`` is inhibited).
+    """
+    due = {(timer[0], timer[1]): time_ms for time_ms, timer in timers}
+    entries: dict[str, list[PlacedEntry]] = {}
+    for time_ms, token in held:
+        entries.setdefault(token[0], []).append((queue.held.name, time_ms, token))
+    leases = {}
+    for lease_id, lease_entries in entries.items():
+        lease_entries.sort(key=lambda entry: int(entry[2][1]))
+        first = lease_entries[0][2]
+        expires = due.get((lease_id, first[1]))
+        assert expires is not None, f"lease {lease_id!r} index {first[1]} holds a token, no timer"
+        leases[lease_id] = LiveLease(queue.queue.name, expires, tuple(lease_entries))
+    return leases
 
 
 def _companion_colour(name: str, fields: list[tuple[str, Any]]) -> type:

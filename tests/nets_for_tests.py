@@ -48,7 +48,7 @@ class Ball(NamedTuple):
 
 def _jobs_parts() -> tuple[list[Place], list[Transition]]:
     inbox = Place("inbox", Job, key="queue")
-    work = Place("work", Job, key="queue", work_queue=True)
+    work = Place("work", Job, key="queue", work_queue=True, results=("results",))
     results = Place("results", Result, key="queue")
     notes = Place("notes", Job, key="queue")
     j, q = variables("j q")

@@ -125,7 +125,7 @@ def _build_net() -> Net:
     dom, d, p, r = variables("dom d p r")
     domains = Place("domains", Domain, key="name", initial=[Domain(DOMAINS[0], ("/",))])
     proxies = Place("proxies", Proxy, pool=True, initial=[Proxy("p1"), Proxy("p2")])
-    jobs = Place("jobs", Job, key="domain", work_queue=True)
+    jobs = Place("jobs", Job, key="domain", work_queue=True, results=("results",))
     results = Place("results", Result, key="domain")
     dispatch = Transition(
         "dispatch",
@@ -384,6 +384,8 @@ class StoreMachine(RuleBasedStateMachine):
             tokens = self._tokens(place, [fields])
             if isinstance(tokens, _Refused):
                 return tokens
+            if place not in (self.queue.queue.results or ()):
+                return _Refused("wrong_place")
             results += [(place, token) for token in tokens]
         for place, time_ms, token in held:
             self.model.remove(place, token, time=time_ms)
@@ -447,7 +449,9 @@ class StoreMachine(RuleBasedStateMachine):
 
     def _complete(self, client: str, lease_id: str, data: st.DataObject) -> None:
         held = self.leases.get(lease_id, [])
-        outcome = data.draw(st.sampled_from(["results", "results", "none", "wrong", "reserved"]))
+        outcome = data.draw(
+            st.sampled_from(["results", "results", "none", "wrong", "reserved", "undeclared"])
+        )
         results: list[tuple[str, tuple[Any, ...]]] = []
         for _place, _time, token in held:
             domain, n = self.queue.original(token)
@@ -458,6 +462,8 @@ class StoreMachine(RuleBasedStateMachine):
             results.append(("results", ("a.example", "not an int", True)))
         elif outcome == "reserved":
             results.append(("jobs__held", ("1.1", 0, "a.example", 0)))
+        elif outcome == "undeclared":
+            results.append(("finished", ("a.example", 0, True)))  # not in jobs' results
         message = Complete(client, self._next(client), lease_id, tuple(results))
         self.last_sent[client] = message
         self._request(message)

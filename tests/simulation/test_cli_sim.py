@@ -67,7 +67,7 @@ class Job(NamedTuple):
 def queue_without_effects() -> Net:
     """A net with a work-queue place and no effect model for it: `cpn sim` refuses it."""
     todo = Place("todo", Job, key="name", initial=[Job("a")])
-    jobs = Place("jobs", Job, key="name", work_queue=True)
+    jobs = Place("jobs", Job, key="name", work_queue=True, results=())
     (j, n) = variables("j n")
     hand_out = Transition("hand_out", consume=[todo(j, name=n)], produce=[jobs.produce(j)])
     return Net("no_effects", places=[todo, jobs], transitions=[hand_out])

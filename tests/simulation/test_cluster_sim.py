@@ -93,7 +93,7 @@ def test_hoppers_cross_partitions_under_every_fault() -> None:
 
 
 def _open_net() -> Net:
-    work = Place("work", Job, key="queue", work_queue=True)
+    work = Place("work", Job, key="queue", work_queue=True, results=("done",))
     done = Place("done", Job, key="queue")
     j, q = variables("j q")
     noop = Transition("noop", consume=[done(j, queue=q)], produce=[done.produce(j)])

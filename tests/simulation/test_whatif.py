@@ -69,7 +69,12 @@ class JobEffects:
 def jobs() -> Net:
     """``JOBS`` jobs in a work queue, each finished into ``archived``."""
     queue = Place(
-        "jobs", Item, key="key", work_queue=True, initial=[Item("k", n) for n in range(JOBS)]
+        "jobs",
+        Item,
+        key="key",
+        work_queue=True,
+        results=("done",),
+        initial=[Item("k", n) for n in range(JOBS)],
     )
     done = Place("done", Item, key="key")
     archived = Place("archived", Item, key="key")

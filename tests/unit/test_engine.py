@@ -369,6 +369,46 @@ def test_remove_takes_one_available_entry() -> None:
     assert engine.fire(4) is None
 
 
+def test_withdraw_takes_a_pending_entry_out_before_it_comes_due() -> None:
+    slots = Place("slots", Slot)
+    move = Transition("move", consume=[slots(s)])
+    engine = Engine(Net("e", places=[slots], transitions=[move]))
+    engine.add("slots", Slot(1), time=5)
+    engine.add("slots", Slot(1), time=5)  # an identical twin stays
+    engine.add("slots", Slot(2), time=7)
+    engine.withdraw("slots", Slot(1), time=5)
+    assert engine.count("slots") == 2 and engine.statistics().pending == 2
+    assert engine.tokens("slots") == [(5, Slot(1)), (7, Slot(2))]
+    engine.withdraw("slots", Slot(1), time=5)
+    assert engine.tokens("slots") == [(7, Slot(2))]
+    assert engine.next_deadline() == 7, "a withdrawn head sets no deadline"
+    assert engine.fire(6) is None, "withdrawn entries never come due"
+    engine.add("slots", Slot(3), time=9)
+    engine.withdraw("slots", Slot(3), time=9)
+    engine.add("slots", Slot(3), time=9)  # the same entry again, after the withdrawal
+    assert [step.consumed for step in _drain(engine, now=9)] == [
+        (("slots", 7, Slot(2)),),
+        (("slots", 9, Slot(3)),),
+    ]
+    assert engine.count("slots") == 0
+
+
+def test_withdraw_checks_available_entries_and_extract_forgets_withdrawn_ones() -> None:
+    slots = Place("slots", Slot, initial=[Slot(1)])
+    move = Transition("move", consume=[slots(s)], guard=lambda s: s.n > 1)
+    engine = Engine(Net("e", places=[slots], transitions=[move]))
+    with pytest.raises(CpnError, match="no token Slot\\(n=2\\) at time 0 to withdraw"):
+        engine.withdraw("slots", Slot(2), time=0)
+    engine.withdraw("slots", Slot(1), time=0)
+    assert engine.count("slots") == 0
+    engine.add("slots", Slot(4), time=5)
+    engine.add("slots", Slot(4), time=5)
+    engine.withdraw("slots", Slot(4), time=5)
+    engine.extract([("slots", 5, Slot(4))])  # the one not withdrawn
+    assert engine.tokens("slots") == [] and engine.count("slots") == 0
+    assert engine.next_deadline() is None and engine.fire(5) is None
+
+
 def _tie_net() -> Net:
     slots = Place("slots", Slot, initial=[Slot(n) for n in range(6)])
     names = ("a", "b", "c")

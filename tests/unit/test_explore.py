@@ -76,7 +76,7 @@ class _Worker:
 def _queue_net(*, effects: bool = True) -> Net:
     j, q = variables("j q")
     inbox = Place("inbox", Job, key="queue", initial=[Job("a", 1), Job("a", 2)])
-    work = Place("work", Job, key="queue", work_queue=True)
+    work = Place("work", Job, key="queue", work_queue=True, results=("done",))
     done = Place("done", Done, key="queue")
     dispatch = Transition("dispatch", consume=[inbox(j, queue=q)], produce=[work.produce(j)])
     return Net(
@@ -99,7 +99,7 @@ def test_effects_must_name_work_queue_places() -> None:
     with pytest.raises(NetDefinitionError, match="outcomes"):
         Net(
             "bad",
-            places=[Place("w", Job, key="queue", work_queue=True)],
+            places=[Place("w", Job, key="queue", work_queue=True, results=())],
             transitions=[],
             effects={"w": object()},  # type: ignore[dict-item]
         )

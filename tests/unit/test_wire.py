@@ -18,6 +18,7 @@ from router.wire import (
     REPLIES,
     REQUESTS,
     Complete,
+    Completed,
     Counts,
     Error,
     Lease,
@@ -25,6 +26,10 @@ from router.wire import (
     Ping,
     Put,
     QueryTokens,
+    Release,
+    Released,
+    Renew,
+    Renewed,
     Statistics,
     Tokens,
     WireFormatError,
@@ -37,10 +42,18 @@ EXAMPLES = [
     Put("c", 1, "pairs", ((("x", 2), (1, 2, 3)),), 0),  # tuple-typed fields stay tuples
     Lease("c", 2, "work", 10, 30_000),
     Complete("c", 3, "4.17", (("results", ("a", 1, True)),)),
+    Complete("c", 4, "4.17", (), (0, 2)),
+    Renew("c", 5, "4.17", 30_000, "page 3 of 9"),
+    Renew("c", 6, "4.17", 1),
+    Release("c", 7, "4.17"),
+    Release("c", 8, "4.17", (1,)),
     QueryTokens("targets", 100, 50),
     Counts({"targets": 3, "done": 0}, 1_700_000_000_000),
     Tokens("targets", 0, 1, ((5, ("a", 1)),)),
     Leased(2, "4.17", 99, ((5, ("a", 1)),)),
+    Completed(4, "4.17", True),
+    Renewed(5, "4.17", 1_700_000_030_000),
+    Released(7, "4.17", 2),
     Statistics({"firings": {"scrape": 3}, "commit_ms_p99": 1.5}),
     Error("unknown_place", "net 'x' has no place 'y'"),
     Ping(),
@@ -53,6 +66,10 @@ def test_round_trip(message: object) -> None:
     envelope = decode(frame)
     assert envelope.message == message
     assert (envelope.message_id, envelope.incarnation) == (42, 3)
+
+
+def test_the_lease_messages_have_round_trip_examples() -> None:
+    assert {type(m) for m in EXAMPLES} >= {Complete, Renew, Renewed, Release, Released}
 
 
 def test_every_message_type_has_a_unique_code() -> None:
@@ -75,6 +92,12 @@ def test_every_message_type_has_a_unique_code() -> None:
         (msgpack.packb([PROTOCOL_VERSION, 1, 1, 0, ["c", "1", "p", [], 0]]), "Put.request_seq"),
         (msgpack.packb([PROTOCOL_VERSION, 1, 1, 0, ["c", True, "p", [], 0]]), "Put.request_seq"),
         (msgpack.packb([PROTOCOL_VERSION, 1, 1, 0, ["c", 1, "p", [1], 0]]), "Put.tokens"),
+        # Version 2's Complete had no indexes: every field is on the wire, defaults too.
+        (msgpack.packb([PROTOCOL_VERSION, 5, 1, 0, ["c", 1, "l", []]]), "Complete needs 5"),
+        (msgpack.packb([PROTOCOL_VERSION, 5, 1, 0, ["c", 1, "l", [], ["0"]]]), "Complete.indexes"),
+        (msgpack.packb([PROTOCOL_VERSION, 17, 1, 0, ["c", 1, "l", 5]]), "Renew needs 5 fields"),
+        (msgpack.packb([PROTOCOL_VERSION, 17, 1, 0, ["c", 1, "l", 5, 7]]), "Renew.progress"),
+        (msgpack.packb([PROTOCOL_VERSION, 18, 1, 0, ["c", 1, "l", [True]]]), "Release.indexes"),
         (msgpack.packb({"version": 1}), "a frame must be"),
         (b"\x00" * (FRAME_BYTES_MAX + 1), "exceeds the limit"),
     ],
