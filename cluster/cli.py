@@ -33,6 +33,7 @@ from cluster.commands.deploy import (
     shard_settings,
 )
 from cluster.commands.options import DURATION, NetParam
+from cluster.commands.workers import worker
 from cluster.launch import down as stop_cluster
 from cluster.launch import record_config, settle_config
 from cluster.launch import up as start_cluster
@@ -837,8 +838,9 @@ def scale(data_dir: Path, shard_count: int, wait: bool, timeout_ms: int) -> None
 
 cli.add_command(keys)  # cluster/commands/deploy.py: `cpn keys generate`
 cli.add_command(health)  # cluster/commands/deploy.py: `cpn health`
-for _command in crawl_commands():  # cluster/commands/crawl.py: `cpn crawl`, `demo`, `worker`
+for _command in crawl_commands():  # cluster/commands/crawl.py: `cpn crawl`, `demo`
     cli.add_command(_command)
+cli.add_command(worker)  # cluster/commands/workers.py: `cpn worker run`, `cpn worker --role`
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The crawler's commands: ``cpn crawl``, ``cpn demo`` and ``cpn worker``.
+"""The crawler's commands: ``cpn crawl`` and ``cpn demo``.
 
 Registered on the ``cpn`` group by :mod:`cluster.cli` (which turns their errors into
 one-line messages and exit codes); the work is done by :mod:`cluster.crawler.crawl`,
@@ -13,17 +13,13 @@ from typing import Any
 
 import click
 
-from cluster.commands.deploy import active_config, config_option
 from cluster.commands.options import DURATION, NetParam
-from cluster.layout import parse_net_param
 from nets.scraper import SCOPES
 from router.table import SHARDS_MAX
 
 # The crawl modules (httpx, the mock web) are imported inside the commands that use them:
 # every `cpn` process, shards and routers included, imports this module, and a shard
 # restarted after a crash should not pay for an HTTP client it never uses.
-# cluster.crawler.workers.ROLES, spelled out here for the same reason (a test checks it).
-WORKER_ROLES = ("fetch", "parse", "store")
 
 DIRECTORY = click.Path(file_okay=False, path_type=Path)
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -106,7 +102,7 @@ def crawl(
     """
     if scope == "allow-list" and not allow:
         raise click.BadParameter("--scope allow-list needs at least one --allow DOMAIN")
-    from cluster.crawler.crawl import Crawl, CrawlOptions  # noqa: PLC0415 - see WORKER_ROLES
+    from cluster.crawler.crawl import Crawl, CrawlOptions  # noqa: PLC0415 - see the note above
 
     options = CrawlOptions(
         seeds=seeds,
@@ -174,7 +170,7 @@ def demo(
         f"page); crawling with {shards} shards, delay {delay_ms} ms",
         err=True,
     )
-    from cluster.crawler.demo import DemoOptions, run_demo  # noqa: PLC0415 - see WORKER_ROLES
+    from cluster.crawler.demo import DemoOptions, run_demo  # noqa: PLC0415 - see the note above
 
     result = run_demo(
         DemoOptions(
@@ -199,83 +195,7 @@ def demo(
         )
 
 
-@click.command()
-@click.option("--role", type=click.Choice(WORKER_ROLES), required=True)
-@click.option(
-    "--data", "data_dir", type=DIRECTORY,
-    help="The crawler cluster's data directory (a local cluster; or give --config).",
-)  # fmt: skip
-@config_option("worker")
-@click.option(
-    "--net-param", "net_params", multiple=True, metavar="KEY=VALUE",
-    help="A crawler net parameter the worker uses (user_agent, body_max_bytes).",
-)  # fmt: skip
-@click.option("--out", type=FILE, help="The JSON Lines output (store workers).")
-@click.option(
-    "--concurrency", type=click.IntRange(1, 1024),
-    help="Leases worked on at once (default: fetch 32, parse 1, store 1).",
-)  # fmt: skip
-@click.option("--lease", "lease_ms", type=DURATION, default="30s", show_default=True)
-@click.option("--timings", type=FILE, help="Append each request's timing here (fetch workers).")
-@click.option(
-    "--timeout", "timeout_ms", type=DURATION, default="10s", show_default=True,
-    help="Connect/read timeout of one request (fetch workers).",
-)  # fmt: skip
-@click.option("--no-fsync", is_flag=True, help="Store workers: skip fsync after each write.")
-@click.option(
-    "--ready-file", type=FILE,
-    help="Create this file once the worker is leasing (cpn crawl waits for it to seed).",
-)  # fmt: skip
-def worker(
-    role: str,
-    data_dir: Path,
-    out: Path | None,
-    concurrency: int | None,
-    lease_ms: int,
-    timings: Path | None,
-    timeout_ms: int,
-    no_fsync: bool,
-    ready_file: Path | None,
-    net_params: tuple[str, ...],
-) -> None:
-    """Run one crawl worker: lease work from every shard, do it, complete it.
-
-    The worker finds the cluster by --data (a local cluster) or by --config (the cluster
-    file: the router's endpoint, the shard count and the client key)."""
-    if role == "store" and out is None:
-        raise click.BadParameter("a store worker needs --out FILE", param_hint="--out")
-    cluster_file = active_config()
-    if (data_dir is None) == (cluster_file is None):
-        raise click.UsageError("give the cluster as exactly one of --data DIR or --config FILE")
-    params = dict(parse_net_param(text) for text in net_params)
-    timeout_s = timeout_ms / 1000
-    from cluster.crawler.fetch import FetchSettings  # noqa: PLC0415 - see WORKER_ROLES
-    from cluster.crawler.workers import (  # noqa: PLC0415
-        FETCH_LEASE_SLACK_MS,
-        WorkerConfig,
-        run_worker,
-    )
-
-    config = WorkerConfig(
-        role=role,
-        data_dir=data_dir,
-        out=out,
-        concurrency=concurrency or 0,
-        # A fetch lease covers the fetch's deadline (twice its timeout), see _within_lease.
-        lease_ms=max(lease_ms, 2 * timeout_ms + FETCH_LEASE_SLACK_MS)
-        if role == "fetch"
-        else lease_ms,
-        timings=timings,
-        fetch=FetchSettings(timeout_s=timeout_s, connect_timeout_s=min(timeout_s, 5.0)),
-        durable=not no_fsync,
-        router_endpoint="" if cluster_file is None else cluster_file.router.endpoint,
-        shards=0 if cluster_file is None else cluster_file.shard_count,
-        params=params,
-        ready_file=ready_file,
-    )
-    run_worker(config)
-
-
 def crawl_commands() -> list[click.Command]:
-    """The commands this module adds to ``cpn``."""
-    return [crawl, demo, worker]
+    """The commands this module adds to ``cpn`` (``cpn worker --role`` is in
+    cluster/commands/workers.py, with ``cpn worker run``)."""
+    return [crawl, demo]

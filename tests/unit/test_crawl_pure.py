@@ -133,7 +133,7 @@ def test_load_net_passes_params_and_names_unknown_ones() -> None:
 
 
 def test_the_cli_spells_the_worker_roles_as_the_worker_does() -> None:
-    from cluster.commands.crawl import WORKER_ROLES
+    from cluster.commands.workers import WORKER_ROLES
     from cluster.crawler.workers import ROLES
 
     assert WORKER_ROLES == ROLES

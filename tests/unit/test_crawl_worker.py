@@ -1,4 +1,4 @@
-"""The crawl worker's pure rules (cluster/crawler/workers.py)."""
+"""The crawl worker's pure rules (cluster/crawler/workers.py) and the SDK lane it uses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import zmq.asyncio
 
 from cluster.client import ShardUnavailable
-from cluster.crawler.workers import LEASE_END_MARGIN_MS, ShardLane, _within_lease
+from cluster.crawler.workers import LEASE_END_MARGIN_MS, _within_lease
+from cluster.sdk.lanes import ShardLane
 
 DEADLINE_MS = 20_000  # the fetch's own deadline: twice a 10 s timeout
 

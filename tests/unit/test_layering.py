@@ -8,6 +8,9 @@
 * No clock is read outside the shells: no ``time.*`` call in nets/, router/ or shard/
   outside a shell/ subpackage (cluster/ is the outermost shell).
 * The CLI imports the simulator and the verifier only for their own commands.
+* The runtime in cluster/ does not import the applications that run on it (the crawler,
+  the job runner, the mock web): only the CLI's commands, the simulator (which models
+  the crawler's workers) and the applications themselves do.
 """
 
 from __future__ import annotations
@@ -63,6 +66,25 @@ def _is_shell(path: Path) -> bool:
 
 def _sources(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
+
+
+APPLICATIONS = ("cluster.crawler", "cluster.jobs", "cluster.mock_web")
+# Who may import an application: the commands that run it, the simulator, and the
+# applications themselves (the crawler's demo serves the mock web).
+APPLICATION_USERS = ("cluster/commands/", "cluster/sim/", "cluster/crawler/", "cluster/jobs/",
+                     "cluster/mock_web/")  # fmt: skip
+
+
+def test_the_runtime_does_not_import_its_applications() -> None:
+    for path in _sources("cluster"):
+        where = path.relative_to(ROOT).as_posix()
+        if where.startswith(APPLICATION_USERS):
+            continue
+        for module, line in _imports(path):
+            assert not module.startswith(APPLICATIONS), (
+                f"{where}:{line} imports {module}: the runtime must not depend on an "
+                "application (move the code, or import it in a command)"
+            )
 
 
 @pytest.mark.parametrize("package", LAYERS)

@@ -1,0 +1,419 @@
+"""Running a worker against every shard of a cluster (SHELL): ``cpn worker run``.
+
+Theory of operation:
+
+* **Lanes and long polls.** A lane per shard (:mod:`cluster.sdk.lanes`), each with
+  ``polls_per_shard`` long polls waiting for work at once: the shard answers the
+  moment a firing puts tokens in the queue, so work is leased within a round trip of
+  being decided, and an idle worker asks once a second per poll. The router's table is
+  read again every few seconds, and a shard added by ``cpn scale`` gets its lane.
+* **Concurrency.** At most ``concurrency`` leases are worked on at once (at least one
+  per poll: a waiting poll holds its slot, so one shard's poll never starves another).
+  Sync functions run on a thread pool of that size, async ones on the loop.
+* **Token by token.** A lease of several tokens runs one call per token; each token
+  completes on its own (``Complete`` with its lease index) as its call returns, so a
+  slow token does not hold the others' results back. ``many=True`` calls the function
+  once with every token and completes the lease at once.
+* **Heartbeats.** While any call of a lease runs, the lease is renewed every third of
+  its length (``Renew``), with the latest progress the function reported. A renewal
+  refused as ``lease_expired`` means the tokens went back: their results are dropped
+  (a completion would be refused too), and nothing is lost.
+* **Failures.** An exception completes the token with a failure token (see
+  :mod:`cluster.sdk.spec`); a worker whose queue declares no failure place, and which
+  has no ``on_error``, leaves the token leased until it expires.
+* **Completion** retries while the shard is unreachable, until the lease expires:
+  ``lease_expired`` means the tokens went back to the queue or an earlier try was
+  committed; either way nothing is lost or counted twice.
+* **Stopping.** SIGTERM (or SIGINT) stops the polls (a cancelled long poll closes its
+  socket; the shard takes back a lease it could not deliver), lets running calls
+  finish for ``drain_s``, hands back the tokens of calls that did not finish or had
+  not started (``Release``), and exits 0. After a SIGKILL, leases expire and their
+  tokens are leased again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import zmq.asyncio
+
+from cluster.async_client import AsyncShardClient
+from cluster.client import ClusterClient, Redirected, ShardError
+from cluster.sdk.context import LeaseContext, enter
+from cluster.sdk.lanes import REQUEST_RETRIES, REQUEST_TIMEOUT_MS, ShardEndpoints, ShardLane
+from cluster.sdk.results import QueueShape, Results
+from cluster.sdk.spec import WorkerEnv, WorkerSpec
+from nets.errors import CpnError
+from nets.model import Net
+from router.wire import Leased
+
+log = logging.getLogger("cpn.worker")
+
+LEASE_WAIT_MS: Final = 1_000  # how long a shard holds a lease request that finds no work
+ERROR_WAIT_MS: Final = 100  # after a failed lease request, before the next
+COMPLETE_RETRY_MS: Final = 100
+HEARTBEATS_PER_LEASE: Final = 3  # renew every third of the lease's length
+DRAIN_S_DEFAULT: Final = 10.0
+RELEASE_TIMEOUT_S: Final = 2.0
+TABLE_CHECK_S: Final = 2.0  # how often the router's table is read for new shards
+
+
+def wall_ms() -> int:
+    """Milliseconds since the Unix epoch: the clock of the shards and of start times."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The cluster a worker runs against: how to reach its router, its shard count at
+    start, its net (for the queue's colours and results) and the net's parameters."""
+
+    connect: Callable[[], ClusterClient]
+    shards: int
+    net: Net
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How one worker process runs a spec (``cpn worker run`` options)."""
+
+    concurrency: int = 0  # 0: the spec's
+    lease_ms: int = 0  # 0: the spec's
+    drain_s: float = DRAIN_S_DEFAULT
+    ready_file: Path | None = None  # created once the worker is leasing
+
+
+class Runner:
+    """One worker process's loop (see the module docstring)."""
+
+    def __init__(
+        self, spec: WorkerSpec, target: Target, options: RunOptions, stopping: asyncio.Event
+    ) -> None:
+        self.spec = spec
+        self.target = target
+        self.shape = QueueShape.of(target.net, spec.place)
+        self.lease_ms = options.lease_ms or spec.lease_ms
+        self.options = options
+        self.stopping = stopping
+        self.counters: Counter[str] = Counter()
+        self._executor: ThreadPoolExecutor | None = None
+        self._working: set[asyncio.Task[None]] = set()
+        self._pollers: list[asyncio.Task[None]] = []
+
+    def concurrency(self, shards: int) -> int:
+        polls = shards * self.spec.polls_per_shard
+        return max(self.options.concurrency or self.spec.concurrency, polls)
+
+    async def run(self) -> Counter[str]:
+        """Lease and work until ``stopping`` is set, then drain; the counters."""
+        env = WorkerEnv(self.target.params, self.target.shards)
+        lifespan = self.spec.lifespan(env) if self.spec.lifespan else contextlib.nullcontext()
+        async with lifespan:
+            await self._run()
+        return self.counters
+
+    async def _run(self) -> None:
+        context = zmq.asyncio.Context()
+        endpoints = ShardEndpoints(self.target.connect)
+        lanes: list[ShardLane] = []
+        concurrency = self.concurrency(self.target.shards)
+        slots = asyncio.Semaphore(concurrency)
+        if not self.spec.is_async:
+            self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="work")
+        log.info(
+            "%s on %s: %d shards, concurrency %d, lease %d ms",
+            self.spec.title, self.spec.place, self.target.shards, concurrency, self.lease_ms,
+        )  # fmt: skip
+
+        def add_lanes(count: int) -> None:
+            for shard_id in range(len(lanes), count):
+                lane = ShardLane(endpoints, shard_id, context)
+                lanes.append(lane)
+                for _ in range(self.spec.polls_per_shard):
+                    self._pollers.append(
+                        asyncio.create_task(self._poll(lane, lane.client(), slots))
+                    )
+
+        add_lanes(self.target.shards)
+        if self.options.ready_file is not None:
+            for shard_id in range(self.target.shards):
+                with contextlib.suppress(CpnError):
+                    await endpoints.endpoint(shard_id)
+            self.options.ready_file.touch()
+        try:
+            while not self.stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), TABLE_CHECK_S)
+                if not self.stopping.is_set():
+                    with contextlib.suppress(CpnError):
+                        add_lanes(await endpoints.shard_count())
+        finally:
+            await self._drain()
+            for lane in lanes:
+                lane.close()
+            await endpoints.close()
+            context.term()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+            log.info("%s stopped: %s", self.spec.title, dict(sorted(self.counters.items())))
+
+    async def _drain(self) -> None:
+        for poller in self._pollers:
+            poller.cancel()
+        await asyncio.gather(*self._pollers, return_exceptions=True)
+        if self._working:
+            log.info(
+                "draining %d leases (at most %.1f s)", len(self._working), self.options.drain_s
+            )
+            await asyncio.wait(self._working, timeout=self.options.drain_s)
+        for task in list(self._working):
+            task.cancel()  # its tokens are handed back (see _lease_work)
+        await asyncio.gather(*self._working, return_exceptions=True)
+
+    async def _poll(
+        self, lane: ShardLane, client: AsyncShardClient, slots: asyncio.Semaphore
+    ) -> None:
+        while not self.stopping.is_set():
+            await slots.acquire()
+            try:
+                leased = await lane.lease(
+                    client, self.spec.place, max_tokens=self.spec.batch,
+                    lease_ms=self.lease_ms, wait_ms=LEASE_WAIT_MS,
+                )  # fmt: skip
+            except CpnError as exc:
+                slots.release()
+                self.counters["lease_errors"] += 1
+                log.info("shard %d: no lease (%s)", lane.shard_id, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), ERROR_WAIT_MS / 1000)
+                continue
+            except BaseException:
+                slots.release()
+                raise
+            if not leased.entries:
+                slots.release()  # the shard's wait ended without work: ask again
+                continue
+            self.counters["leased"] += len(leased.entries)
+            task = asyncio.create_task(self._lease_work(lane, leased, slots))
+            self._working.add(task)
+            task.add_done_callback(self._working.discard)
+
+    # -- one lease --------------------------------------------------------------------
+
+    async def _lease_work(self, lane: ShardLane, leased: Leased, slots: asyncio.Semaphore) -> None:
+        contexts = [
+            LeaseContext(
+                leased.lease_id, lane.shard_id, index, "", leased.expires_at_ms, self.target.params
+            )
+            for index in range(len(leased.entries))
+        ]
+        pending = set(range(len(leased.entries)))  # not completed yet
+        heartbeat = asyncio.create_task(self._heartbeat(lane, leased, contexts))
+        try:
+            tokens = [self.shape.token(fields) for _time_ms, fields in leased.entries]
+            for context, token in zip(contexts, tokens, strict=True):
+                context.idempotency_key = self.spec.idempotency_key(token)
+            if self.spec.many:
+                results = await self._call_many(tokens, contexts[0])
+                if await self._complete(lane, leased, results, ()):
+                    pending.clear()
+            else:
+                calls = [
+                    self._one(lane, leased, index, token, contexts[index], pending)
+                    for index, token in enumerate(tokens)
+                ]
+                await asyncio.gather(*calls)
+        except asyncio.CancelledError:
+            if pending:  # stopping: hand back what did not finish
+                with contextlib.suppress(CpnError, TimeoutError):
+                    await asyncio.wait_for(
+                        lane.release(leased.lease_id, tuple(sorted(pending))), RELEASE_TIMEOUT_S
+                    )
+                    self.counters["released"] += len(pending)
+            raise
+        except CpnError as exc:
+            # Not completed: the lease expires and its tokens are leased again.
+            self.counters["work_errors"] += 1
+            log.warning("shard %d lease %s: %s", lane.shard_id, leased.lease_id, exc)
+        except Exception:  # a bug must not end a task silently; the lease expires
+            self.counters["work_failed"] += 1
+            log.exception("shard %d lease %s failed", lane.shard_id, leased.lease_id)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            slots.release()
+
+    async def _one(
+        self,
+        lane: ShardLane,
+        leased: Leased,
+        index: int,
+        token: tuple[Any, ...],
+        context: LeaseContext,
+        pending: set[int],
+    ) -> None:
+        results = await self._results_of(token, context)
+        if results is None:
+            return  # an exception without a failure place: the lease expires
+        indexes = (index,) if len(leased.entries) > 1 else ()
+        if await self._complete(lane, leased, results, indexes):
+            pending.discard(index)
+
+    async def _results_of(self, token: tuple[Any, ...], context: LeaseContext) -> Results | None:
+        spec = self.spec
+        if spec.start_field is not None and spec.late_field is not None:
+            start_ms = getattr(token, spec.start_field)
+            late_at_ms = start_ms + getattr(token, spec.late_field)
+            wait_ms = start_ms - wall_ms()
+            if wait_ms > 0:
+                await asyncio.sleep(wait_ms / 1000)
+            if wall_ms() > late_at_ms:
+                self.counters["late"] += 1
+                assert spec.on_late is not None  # WorkerSpec checks it
+                return self.shape.outputs(spec.on_late(token))
+        try:
+            returned = await self._call(token, context)
+        except Exception as exc:  # noqa: BLE001 - the function's failure becomes a failure token
+            return self._failure(token, exc)
+        self.counters["succeeded"] += 1
+        # A result the queue does not declare is the worker's bug, not the token's
+        # failure: it raises, is logged, and the lease expires.
+        return self.shape.outputs(returned)
+
+    def _failure(self, token: tuple[Any, ...], error: Exception) -> Results | None:
+        self.counters["failed"] += 1
+        log.info("%s failed on %r: %s", self.spec.title, token, error)
+        try:
+            if self.spec.on_error is not None:
+                return self.shape.outputs(self.spec.on_error(token, error))
+            return self.shape.failure(token, error)
+        except CpnError as exc:
+            log.warning("%s", exc)
+            return None
+
+    async def _call(self, token: tuple[Any, ...], context: LeaseContext) -> Any:
+        if self.spec.is_async:
+            enter(context)  # this task's context (gather gave each call a task of its own)
+            return await self.spec.function(token)
+        loop = asyncio.get_running_loop()
+        run = copy_context()
+        run.run(enter, context)
+        assert self._executor is not None
+        return await loop.run_in_executor(self._executor, run.run, self.spec.function, token)
+
+    async def _call_many(self, tokens: list[tuple[Any, ...]], context: LeaseContext) -> Results:
+        returned = await self._call_list(tokens, context)
+        if not isinstance(returned, list | tuple) or len(returned) != len(tokens):
+            raise CpnError(
+                f"{self.spec.title} (many=True) must return one result per token "
+                f"({len(tokens)}), got {type(returned).__name__}"
+            )
+        self.counters["succeeded"] += len(tokens)
+        return tuple(r for item in returned for r in self.shape.outputs(item))
+
+    async def _call_list(self, tokens: list[tuple[Any, ...]], context: LeaseContext) -> Any:
+        if self.spec.is_async:
+            enter(context)
+            return await self.spec.function(tokens)
+        loop = asyncio.get_running_loop()
+        run = copy_context()
+        run.run(enter, context)
+        assert self._executor is not None
+        return await loop.run_in_executor(self._executor, run.run, self.spec.function, tokens)
+
+    async def _heartbeat(
+        self, lane: ShardLane, leased: Leased, contexts: Sequence[LeaseContext]
+    ) -> None:
+        interval_s = self.lease_ms / HEARTBEATS_PER_LEASE / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            progress = next((c.progress_text for c in contexts if c.progress_text), "")
+            try:
+                expires = await lane.renew(leased.lease_id, self.lease_ms, progress)
+            except ShardError as exc:
+                if exc.code == "lease_expired":
+                    self.counters["renew_expired"] += 1
+                    return
+                log.info("shard %d: renewal refused (%s)", lane.shard_id, exc)
+                continue
+            except CpnError as exc:
+                log.info("shard %d: renewal failed, retrying (%s)", lane.shard_id, exc)
+                continue
+            self.counters["renewed"] += 1
+            for context in contexts:
+                context.expires_at_ms = expires
+
+    async def _complete(
+        self, lane: ShardLane, leased: Leased, results: Results, indexes: tuple[int, ...]
+    ) -> bool:
+        """Complete (part of) ``leased``; whether the shard took it."""
+        while True:
+            try:
+                await lane.complete(leased.lease_id, results, indexes)
+                self.counters["completed"] += (
+                    max(1, len(indexes)) if indexes else len(leased.entries)
+                )
+                return True
+            except ShardError as exc:
+                if exc.code != "lease_expired":
+                    raise
+                self.counters["expired"] += 1
+                return False
+            except Redirected as exc:
+                self.counters["redirected"] += 1
+                log.warning("shard %d: completion redirected (%s)", lane.shard_id, exc)
+                return False
+            except CpnError as exc:
+                if wall_ms() >= leased.expires_at_ms:
+                    self.counters["gave_up"] += 1
+                    log.warning(
+                        "shard %d: lease expired while unreachable (%s)", lane.shard_id, exc
+                    )
+                    return False
+                log.info("shard %d: completion failed, retrying (%s)", lane.shard_id, exc)
+                await asyncio.sleep(COMPLETE_RETRY_MS / 1000)
+
+
+async def run_async(
+    spec: WorkerSpec, target: Target, options: RunOptions, stopping: asyncio.Event | None = None
+) -> Counter[str]:
+    """Run ``spec`` until ``stopping`` is set (default: until SIGTERM or SIGINT)."""
+    if stopping is None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+    return await Runner(spec, target, options, stopping).run()
+
+
+def run(spec: WorkerSpec, target: Target, options: RunOptions) -> Counter[str]:
+    """``cpn worker run``: run one worker process until SIGTERM or SIGINT."""
+    logging.basicConfig(
+        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s: %(message)s",
+        level=logging.INFO,
+        force=True,
+    )
+    started = time.monotonic()
+    counters = asyncio.run(run_async(spec, target, options))
+    log.info("ran %.1f s", time.monotonic() - started)
+    return counters
+
+
+def connect_to(router_endpoint: str) -> Callable[[], ClusterClient]:
+    """A connect function for a router at a fixed endpoint (a cluster file's)."""
+    return lambda: ClusterClient(
+        router_endpoint, timeout_ms=REQUEST_TIMEOUT_MS, retries=REQUEST_RETRIES
+    )
