@@ -4,8 +4,8 @@ The job runner's demo and tests run jobs against this instead of a real API. A w
 calls it once per job attempt::
 
     POST /run   {"customer": "c1", "job_id": "j7", "attempt": 0, "key": "c1/j7"}
-    -> 200 {"ok": true, "key": "c1/j7", "call": 1}
-    -> 503 {"error": "unavailable", "key": "c1/j7", "call": 1}
+    -> 200 {"key": "c1/j7", "call": 1, "ok": true}
+    -> 503 {"key": "c1/j7", "call": 1, "error": "unavailable"}
 
 ``key`` is the job's idempotency key: the same for every attempt of one job.
 
