@@ -108,9 +108,12 @@ class MockApiConfig:
             "body_bytes_max": (64, 1_048_576),
             "keys_max": (1, 100_000_000),
         }
+        if type(self.seed) is not int:
+            raise MockApiError(f"mock API seed={self.seed!r}: expected an integer")
         for name, (least, most) in ranges.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not least <= value <= most:
+            kinds = (int, float) if name.endswith("_rate") else (int,)
+            if type(value) not in kinds or not least <= value <= most:
                 raise MockApiError(f"mock API {name}={value!r}: expected {least} .. {most}")
         if self.flaky_rate + self.broken_rate > 1:
             raise MockApiError(

@@ -164,3 +164,6 @@ def test_the_config_names_a_bad_value() -> None:
         MockApiConfig(flaky_rate=0.6, broken_rate=0.6)
     with pytest.raises(MockApiError, match="latency_ms=-1"):
         MockApiConfig(latency_ms=-1)
+    with pytest.raises(MockApiError, match="latency_ms='5'"):
+        MockApiConfig(latency_ms="5")  # type: ignore[arg-type]
+    assert MockApiConfig(flaky_rate=0, broken_rate=1).broken_rate == 1
