@@ -25,6 +25,7 @@ DOCUMENTS = [
     "docs/simulation.md",
     "docs/pnml.md",
     "docs/simulation-whatif.md",
+    "docs/jobs.md",
     "README.md",
 ]
 
