@@ -325,7 +325,12 @@ class Engine:
             for cs in ts.components:
                 comp = cs.component
                 for store in comp.stores:
-                    if comp.per_key and store in comp.key_stores:
+                    # Every keyed arc of a transition binds the one key variable, inhibitor
+                    # arcs included (nets/model.py), so a change to a keyed place can only
+                    # matter to its own key: watch it per key. An inhibitor watched per
+                    # place re-searched every key each time one key's token came or went
+                    # (a net that meets 10,000 new customers: quadratic).
+                    if comp.per_key and store.place.key is not None:
                         store.key_watchers = (*store.key_watchers, cs)
                     else:
                         store.place_watchers = (*store.place_watchers, cs)

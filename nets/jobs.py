@@ -172,8 +172,10 @@ def jobs_net(
     permits = Place("permits", Customer, key="customer")
     ready = Place("ready", Job, key="customer")
     slots = Place("slots", Slot, pool=True, initial=[Slot(n) for n in slot_names(p.concurrency)])
-    # results: ran, failed, late; failures: failed
-    run_queue = Place("run_queue", Run, key="customer", work_queue=True)
+    run_queue = Place(
+        "run_queue", Run, key="customer", work_queue=True,
+        results=("ran", "failed", "late"), failures="failed",
+    )  # fmt: skip
     running = Place("running", Running, key="customer")
     ran = Place("ran", Run, key="customer")
     failed = Place("failed", Failed, key="customer")

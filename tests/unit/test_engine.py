@@ -491,3 +491,45 @@ def test_extract_takes_available_and_future_entries_alike() -> None:
         engine.extract([("slots", 50, Slot(2))])
     step = engine.fire(60)
     assert step is not None and step.consumed == (("slots", 60, Slot(3)),)
+
+
+def test_an_inhibitor_on_a_keyed_place_blocks_and_frees_its_own_key_only() -> None:
+    """Inhibitor arcs on keyed places are watched per key (nets/engine.py): a key's
+    blocking token must still block that key, its removal must free it, and other keys
+    must fire as before, whatever order the changes come in."""
+
+    class Item(NamedTuple):
+        k: str
+        n: int
+
+    class Block(NamedTuple):
+        k: str
+
+    todo = Place("todo", Item, key="k")
+    blocked = Place("blocked", Block, key="k")
+    done = Place("done", Item, key="k")
+    i, k = variables("i k")
+    net = Net(
+        "inhibited",
+        places=[todo, blocked, done],
+        transitions=[
+            Transition(
+                "go", consume=[todo(i, k=k)], inhibit=[blocked(k=k)], produce=[done.produce(i)]
+            )
+        ],
+    )
+    engine = Engine(net)
+    engine.add("blocked", Block("a"), time=0)
+    for n in range(3):
+        engine.add("todo", Item("a", n), time=0)
+        engine.add("todo", Item("b", n), time=0)
+    while engine.fire(0) is not None:
+        pass
+    assert sorted(t.k for _, t in engine.tokens("done")) == ["b", "b", "b"]
+    engine.remove("blocked", Block("a"), time=0)  # frees key a
+    engine.add("blocked", Block("b"), time=0)  # blocks b, which has nothing left anyway
+    engine.add("todo", Item("b", 9), time=0)
+    while engine.fire(0) is not None:
+        pass
+    assert sorted(t.k for _, t in engine.tokens("done")) == ["a", "a", "a", "b", "b", "b"]
+    assert [t for _, t in engine.tokens("todo")] == [Item("b", 9)]
