@@ -11,9 +11,13 @@ Theory of operation:
   per poll: a waiting poll holds its slot, so one shard's poll never starves another).
   Sync functions run on a thread pool of that size, async ones on the loop.
 * **Token by token.** A lease of several tokens runs one call per token; each token
-  completes on its own (``Complete`` with its lease index) as its call returns, so a
-  slow token does not hold the others' results back. ``many=True`` calls the function
-  once with every token and completes the lease at once.
+  completes (``Complete`` with its lease index) as soon as its call returns, so a slow
+  token does not hold the others' results back. Tokens whose calls return in the same
+  turn of the event loop complete together, in one ``Complete`` with their indexes: a
+  lease of quick calls costs the shard one request, not one per token (should the shard
+  refuse such a joint completion, each token is completed on its own, so a bad result
+  holds back only its own token). ``many=True`` calls the function once with every
+  token and completes the lease at once.
 * **Heartbeats.** While any call of a lease runs, the lease is renewed every third of
   its length (``Renew``), with the latest progress the function reported. A renewal
   refused as ``lease_expired`` means the tokens went back: their results are dropped
@@ -68,6 +72,10 @@ HEARTBEATS_PER_LEASE: Final = 3  # renew every third of the lease's length
 DRAIN_S_DEFAULT: Final = 10.0
 RELEASE_TIMEOUT_S: Final = 2.0
 TABLE_CHECK_S: Final = 2.0  # how often the router's table is read for new shards
+
+# The (lease index, results) of a lease's tokens whose calls returned in one turn of the
+# event loop: they complete in one request.
+Joined = list[tuple[int, Results]]
 
 
 def wall_ms() -> int:
@@ -231,8 +239,9 @@ class Runner:
                 if await self._complete(lane, leased, results, ()):
                     pending.clear()
             else:
+                joining: list[Joined] = []  # results of this turn, while one is open
                 calls = [
-                    self._one(lane, leased, index, token, contexts[index], pending)
+                    self._one(lane, leased, index, token, contexts[index], pending, joining)
                     for index, token in enumerate(tokens)
                 ]
                 await asyncio.gather(*calls)
@@ -264,13 +273,44 @@ class Runner:
         token: tuple[Any, ...],
         context: LeaseContext,
         pending: set[int],
+        joining: list[Joined],
     ) -> None:
         results = await self._results_of(token, context)
         if results is None:
             return  # an exception without a failure place: the lease expires
-        indexes = (index,) if len(leased.entries) > 1 else ()
-        if await self._complete(lane, leased, results, indexes):
-            pending.discard(index)
+        if len(leased.entries) == 1:
+            if await self._complete(lane, leased, results, ()):
+                pending.discard(index)
+            return
+        if joining:  # another token's results wait for this turn to end: go with them
+            joining[0].append((index, results))
+            return
+        joined: Joined = [(index, results)]
+        joining.append(joined)
+        try:
+            await asyncio.sleep(0)  # the calls that return in this turn join
+        finally:
+            joining.clear()
+        await self._complete_joined(lane, leased, joined, pending)
+
+    async def _complete_joined(
+        self, lane: ShardLane, leased: Leased, joined: Joined, pending: set[int]
+    ) -> None:
+        indexes = tuple(sorted(index for index, _results in joined))
+        results = tuple(result for _index, own in joined for result in own)
+        try:
+            completed = await self._complete(lane, leased, results, indexes)
+        except ShardError:
+            if len(joined) == 1:
+                raise
+            # A completion is applied whole or not at all: complete each token on its
+            # own, so that only the refused result's token stays leased.
+            await asyncio.gather(
+                *(self._complete_joined(lane, leased, [one], pending) for one in joined)
+            )
+            return
+        if completed:
+            pending.difference_update(indexes)
 
     async def _results_of(self, token: tuple[Any, ...], context: LeaseContext) -> Results | None:
         spec = self.spec
