@@ -15,14 +15,17 @@ API" and "The cap"), and how it gets it:
 
 * *Never send after ``start_at_ms + late_ms``.* The SDK waits for the start time and
   checks the late rule right before it calls :func:`run_job`; a late token completes
-  into ``late`` (:func:`refuse_late`) with no call made. What remains is the gap
-  between that check and the call's arrival at the API: the coroutine's first steps,
-  encoding the body, taking a pooled connection (the pool holds as many as the net's
-  ``concurrency``, more than this worker can have calls in progress, so it never
-  waits for one), a new connection's handshake, loopback and the server's accept. That
-  gap is part of the call's transit lag, and the net's ``margin_ms`` covers the
-  difference of two calls' lags; a worker on a busy host, or far from the API, needs a
-  larger ``margin_ms``.
+  into ``late`` (:func:`refuse_late`) with no call made. Between that check and the
+  request's first byte the call waits on this process's event loop (every lock
+  httpcore takes lets other tasks run): on a busy worker that wait was 45 ms at the
+  median and up to 1.4 s, and calls so delayed broke the limit at the API. So the
+  worker checks the rule again in an httpcore trace hook
+  (:func:`refuse_when_late`), right before the request's head is written, and aborts
+  the request, unsent, if it is late. What remains of the gap is the write itself,
+  loopback and the server's accept and parse (1 ms at the median on a busy host, 15 ms
+  at the 99th percentile): the transit lag of docs/jobs.md, whose differences between
+  two calls the net's ``margin_ms`` covers. A worker far from the API, or an API on a
+  busy host, needs a larger ``margin_ms``.
 * *Send at most once per lease.* One POST per call of the function: httpx's transport
   makes no retries of its own (``retries=0``), so a retry is always the net's, with a
   new attempt and a new permit.
@@ -53,9 +56,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
@@ -76,11 +79,17 @@ DEADLINE_S_MIN: Final = 1.0  # less left of the lease: refuse rather than call
 CONCURRENCY: Final = 64  # leases in progress per worker process (`--concurrency`)
 POLLS_PER_SHARD: Final = 4  # a burst of starts decided in one batch is leased at once
 BATCH: Final = 4
+# httpcore's trace event just before an HTTP/1.1 request's head is written.
+SEND_STARTED: Final = "http11.send_request_headers.started"
 KEEPALIVE_S: Final = 5.0  # below the mock API's idle timeout (10 s): we close first
 
 
 class ApiCallFailed(CpnError):
     """The API answered a job's call with something other than 2xx."""
+
+
+class LateAtSend(CpnError):
+    """The late limit passed before the request's first byte was written: not sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +159,24 @@ def refuse_late(run: Run) -> Output:
     return to("late", run)
 
 
+def refuse_when_late(late_at_ms: int) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpcore trace hook that checks the late rule again right before the request's
+    first byte is written, and aborts the request if it is late.
+
+    The SDK checked it before calling :func:`run_job`, but the request can wait on this
+    process's event loop after that (every lock httpcore takes is a point where other
+    tasks run), and on a busy worker that wait reached hundreds of milliseconds. From
+    the hook on, the request is written without yielding to the loop.
+    """
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        del info
+        if event == SEND_STARTED and _wall_ms() > late_at_ms:
+            raise LateAtSend(f"late at {late_at_ms} ms before the first byte was sent")
+
+    return trace
+
+
 def call_deadline_s(now_ms: int, lease_expires_at_ms: int) -> float:
     """How long a call starting at ``now_ms`` may take: ``REQUEST_TIMEOUT_S``, cut to
     end ``LEASE_END_MARGIN_MS`` before the lease does (negative: the lease is over)."""
@@ -193,9 +220,12 @@ async def run_job(run: Run) -> Output:
         "attempt": run.attempt,
         "key": lease.idempotency_key,
     }
+    guard = {"trace": refuse_when_late(run.start_at_ms + run.late_ms)}
     try:
         async with asyncio.timeout(deadline_s):  # httpx's own timeouts are per phase
-            response = await client.http.post(client.run_url, json=body)
+            response = await client.http.post(client.run_url, json=body, extensions=guard)
+    except LateAtSend:
+        return refuse_late(run)  # not a byte of it left
     except TimeoutError:
         raise ApiCallFailed(f"no answer within {deadline_s:.1f} s") from None
     except httpx.HTTPError as exc:  # the failure token's text names what went wrong
