@@ -56,7 +56,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -159,7 +159,9 @@ def refuse_late(run: Run) -> Output:
     return to("late", run)
 
 
-def refuse_when_late(late_at_ms: int) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+def refuse_when_late(
+    late_at_ms: int,
+) -> Callable[[str, dict[str, Any]], Coroutine[Any, Any, None]]:
     """An httpcore trace hook that checks the late rule again right before the request's
     first byte is written, and aborts the request if it is late.
 
