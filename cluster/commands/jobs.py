@@ -46,6 +46,10 @@ FILE = click.Path(dir_okay=False, path_type=Path)
     help="Calls in progress at once, cluster-wide (the API's cap).",
 )  # fmt: skip
 @click.option(
+    "--late", "late_ms", type=DURATION, default="500ms", show_default=True,
+    help="A worker refuses to call later than this after a job's start time.",
+)  # fmt: skip
+@click.option(
     "--workers", type=click.IntRange(1, 16), default=2, show_default=True,
     help="Worker processes (each can carry the whole cap).",
 )  # fmt: skip
@@ -76,6 +80,7 @@ def jobs_demo(
     rate: int,
     window_ms: int,
     concurrency: int,
+    late_ms: int,
     workers: int,
     seed: int,
     latency_ms: int,
@@ -98,7 +103,7 @@ def jobs_demo(
         f"demo jobs: 1-{jobs_max} jobs for each of {customers:,} customers against a mock "
         f"API on loopback (latency {latency_ms} ms, {flaky_rate:.0%} of jobs failing twice, "
         f"{broken_rate:.0%} always); {rate} calls per customer per {window_ms} ms, "
-        f"{concurrency} at once, {shards} shards, {workers} workers",
+        f"{concurrency} at once, late after {late_ms} ms, {shards} shards, {workers} workers",
         err=True,
     )
     from cluster.jobs.demo import JobsDemo, JobsDemoOptions  # noqa: PLC0415 - see the docstring
@@ -109,6 +114,7 @@ def jobs_demo(
         rate=rate,
         window_ms=window_ms,
         concurrency=concurrency,
+        late_ms=late_ms,
         workers=workers,
         seed=seed,
         latency_ms=latency_ms,
