@@ -7,10 +7,12 @@ tests/plugin/test_pytest_plugin.py; here each behaviour is pinned directly.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
+from cluster.testbed import child_env, module_root
 from cluster.testing import (
     VirtualNet,
     assert_eventually,
@@ -21,6 +23,8 @@ from cluster.testing import (
 from nets import Engine, Net, Place, Transition, variables
 from nets.errors import CpnError, TokenError
 from tests.nets_for_tests import Ball, Job
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Request(NamedTuple):
@@ -208,3 +212,14 @@ def test_assert_eventually_returns_the_value_or_shows_the_last_one() -> None:
     assert assert_eventually(lambda: next(polls), lambda n: n >= 3, interval_s=0) == 3
     with pytest.raises(AssertionError, match=r"three results did not hold within 0.01 s; .*: 0"):
         assert_eventually(lambda: 0, bool, timeout_s=0.01, what="three results")
+
+
+# -- finding a module for a child process --------------------------------------------------------
+
+
+def test_a_child_gets_the_directory_a_module_was_found_in() -> None:
+    assert module_root("tests.nets_for_tests") == ROOT
+    assert module_root("nets") == ROOT  # a package: its __init__.py is one level deeper
+    assert child_env("tests.nets_for_tests")["PYTHONPATH"].split(":")[0] == str(ROOT)
+    with pytest.raises(CpnError, match="cannot find module 'no_such_module_here'"):
+        module_root("no_such_module_here")
