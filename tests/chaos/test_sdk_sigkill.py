@@ -23,10 +23,10 @@ def test_a_killed_workers_leases_come_back_and_every_job_is_done_once(
     cluster = cpn_cluster(NET, shards=2)
     first = cpn_workers(cluster, "tests.sdk_app.workers:steady")
     cluster.put("queue", *(Job(f"g{n % 30}", n, 0) for n in range(JOBS)))
-    cluster.wait_until(lambda c: c.get("done", 0) >= 30, timeout_s=60.0)
+    cluster.wait_until(lambda: cluster.counts().get("done", 0) >= 30, timeout_s=60.0)
     first.kill()  # SIGKILL mid-run, with leases held
     cpn_workers(cluster, "tests.sdk_app.workers:steady")
-    cluster.wait_until(lambda c: c.get("done", 0) == JOBS, timeout_s=60.0)
+    cluster.wait_until(lambda: cluster.counts().get("done", 0) == JOBS, timeout_s=60.0)
     assert sorted(t.job_id for t in cluster.tokens("done")) == list(range(JOBS))
     assert cluster.counts().get("queue__held", 0) == 0
     pids = {line.split()[3] for line in calls.read_text().splitlines()}

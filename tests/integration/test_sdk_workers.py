@@ -44,7 +44,7 @@ def test_every_job_is_done_once_and_failures_come_back_with_the_same_key(
     cpn_workers(cluster, "tests.sdk_app.workers:double", count=2)
     jobs = [Job(f"g{n % 20}", n, 0) for n in range(200)]
     cluster.put("queue", *jobs)
-    cluster.wait_until(lambda counts: counts.get("done", 0) == 200, timeout_s=WAIT_S)
+    cluster.wait_until(lambda: cluster.counts().get("done", 0) == 200, timeout_s=WAIT_S)
     done = cluster.tokens("done")
     assert sorted(t.job_id for t in done) == list(range(200))  # each once
     assert {t.job_id for t in done if t.attempt == 1} == set(range(0, 200, 5))
@@ -64,7 +64,7 @@ def test_heartbeats_keep_a_call_longer_than_its_lease_leased(
     cluster = cpn_cluster(NET, shards=2)
     cpn_workers(cluster, "tests.sdk_app.workers:slow")
     cluster.put("queue", *(Job("g", n, 0) for n in range(6)))
-    cluster.wait_until(lambda counts: counts.get("done", 0) == 6, timeout_s=WAIT_S)
+    cluster.wait_until(lambda: cluster.counts().get("done", 0) == 6, timeout_s=WAIT_S)
     assert len(_calls(calls)) == 6  # no lease expired, so no call ran twice
     stats = cluster.client().statistics()
     counters: Counter[str] = Counter()
@@ -82,12 +82,15 @@ def test_sigterm_hands_back_the_tokens_of_calls_that_did_not_finish(
     cluster = cpn_cluster(NET, shards=2)
     workers = cpn_workers(cluster, "tests.sdk_app.workers:gated", args=("--drain", "200ms"))
     cluster.put("queue", *(Job(f"g{n}", n, 0) for n in range(6)))
-    cluster.wait_until(lambda c: c.get("queue__held", 0) == 6, timeout_s=WAIT_S)
+    cluster.wait_until(lambda: cluster.counts().get("queue__held", 0) == 6, timeout_s=WAIT_S)
     workers.processes[0].process.send_signal(signal.SIGTERM)
     assert workers.processes[0].process.wait(timeout=WAIT_S) == 0
     # Handed back at once, not after the 60 s lease: the queue has them all again.
     cluster.wait_until(
-        lambda c: c.get("queue", 0) == 6 and c.get("queue__held", 0) == 0, timeout_s=10.0
+        lambda: (
+            cluster.counts().get("queue", 0) == 6 and cluster.counts().get("queue__held", 0) == 0
+        ),
+        timeout_s=10.0,
     )
 
 
