@@ -153,12 +153,13 @@ def cpn_workers(cpn_cluster: ClusterFactory) -> Iterator[WorkersFactory]:
     ``cpn_workers(cluster, function, *, count=1, concurrency=None, args=()) -> WorkerGroup``
 
     Starts ``count`` processes of ``python -m cluster.cli worker run FUNCTION --data
-    DIR [--concurrency N] [ARGS...]`` (``args``: more options, e.g. ``("--drain", "1s")``); ``function`` is ``package.module:function``, a function
-    decorated as a worker (its directory goes on the processes' ``PYTHONPATH``, as for
-    the net). The :class:`~cluster.testbed.WorkerGroup` has ``pids``, ``alive()``,
-    ``output(index)``, ``stop()`` (SIGTERM, then SIGKILL) and ``kill()`` (SIGKILL, to
-    test a crashed worker); the cluster's ``wait_until`` fails at once, naming the
-    worker, if one exits that the test did not stop.
+    DIR [--concurrency N] [ARGS...]`` (``args``: more options, e.g. ``("--drain",
+    "1s")``); ``function`` is ``package.module:function``, a function decorated as a
+    worker (its directory goes on the processes' ``PYTHONPATH``, as for the net). The
+    :class:`~cluster.testbed.WorkerGroup` has ``pids``, ``alive()``, ``output(index)``,
+    ``stop()`` (SIGTERM, then SIGKILL) and ``kill()`` (SIGKILL, to test a crashed
+    worker); the cluster's ``wait_until`` fails at once, naming the worker, if one exits
+    that the test did not stop.
 
     Teardown, also when the test fails, and before the clusters': every worker is sent
     SIGTERM, SIGKILLed by pid if still running after 10 s, and reaped.

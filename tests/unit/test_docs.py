@@ -60,6 +60,9 @@ def test_examples_run_and_print_what_the_text_says(document: str) -> None:
 
 
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+CITED_PATH = re.compile(
+    r"`((?:nets|router|shard|cluster|bench|tests|deploy|docs)/[\w/.]+\.(?:py|md|toml|yml|yaml))`"
+)
 
 
 def test_every_relative_link_and_cited_path_in_the_docs_exists() -> None:
@@ -74,10 +77,9 @@ def test_every_relative_link_and_cited_path_in_the_docs_exists() -> None:
             if not (document.parent / target).exists():
                 dead.append(f"{document.relative_to(ROOT)}: link {target}")
         # Backquoted repository paths, e.g. `cluster/sdk/runner.py`.
-        for path in re.findall(
-            r"`((?:nets|router|shard|cluster|bench|tests|deploy|docs)/[\w/.]+\.(?:py|md|toml|yml|yaml))`",
-            text,
-        ):
-            if not (ROOT / path).exists():
-                dead.append(f"{document.relative_to(ROOT)}: path {path}")
+        dead += [
+            f"{document.relative_to(ROOT)}: path {path}"
+            for path in CITED_PATH.findall(text)
+            if not (ROOT / path).exists()
+        ]
     assert dead == [], "\n".join(dead)
