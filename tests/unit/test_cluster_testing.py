@@ -43,7 +43,7 @@ def limiter(per_window: int = 2, *, window_ms: int = 1_000) -> Net:
     permits = Place(
         "permits", Permit, key="client", initial=[Permit("a", i) for i in range(per_window)]
     )
-    done = Place("done", Request, key="client", work_queue=True)
+    done = Place("done", Request, key="client", work_queue=True, results=())
     r, p, c = variables("r p c")
     serve = Transition(
         "serve",
