@@ -22,7 +22,7 @@ import click
 from cluster import scaling
 from cluster.chaos import DRAIN_TIMEOUT_S, TARGETS, ChaosRun, plan, victims
 from cluster.client import ClusterClient
-from cluster.commands.crawl import crawl_commands
+from cluster.commands.crawl import crawl_commands, demo
 from cluster.commands.deploy import (
     allows_remote,
     config_option,
@@ -32,6 +32,7 @@ from cluster.commands.deploy import (
     shard_binds,
     shard_settings,
 )
+from cluster.commands.jobs import jobs_demo
 from cluster.commands.options import DURATION, NetParam
 from cluster.commands.workers import worker
 from cluster.launch import down as stop_cluster
@@ -840,6 +841,7 @@ cli.add_command(keys)  # cluster/commands/deploy.py: `cpn keys generate`
 cli.add_command(health)  # cluster/commands/deploy.py: `cpn health`
 for _command in crawl_commands():  # cluster/commands/crawl.py: `cpn crawl`, `demo`
     cli.add_command(_command)
+demo.add_command(jobs_demo)  # cluster/commands/jobs.py: `cpn demo jobs`
 cli.add_command(worker)  # cluster/commands/workers.py: `cpn worker run`, `cpn worker --role`
 
 

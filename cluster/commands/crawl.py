@@ -1,5 +1,9 @@
 """The crawler's commands: ``cpn crawl`` and ``cpn demo``.
 
+``cpn demo`` alone runs the crawl demo; it is a group so that other applications' demos
+are its subcommands (``cpn demo jobs``, :mod:`cluster.commands.jobs`, added by
+:mod:`cluster.cli`).
+
 Registered on the ``cpn`` group by :mod:`cluster.cli` (which turns their errors into
 one-line messages and exit codes); the work is done by :mod:`cluster.crawler.crawl`,
 :mod:`cluster.crawler.demo` and :mod:`cluster.crawler.workers`.
@@ -132,7 +136,7 @@ def crawl(
         report_json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--hosts", type=click.IntRange(2, 500), default=30, show_default=True)
 @click.option("--pages", type=click.IntRange(2, 1000), default=15, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the mock web.")
@@ -150,7 +154,9 @@ def crawl(
 @click.option("--out", type=FILE, help="Keep the stored pages in this file.")
 @click.option("--data", "data_dir", type=DIRECTORY, help="Keep the cluster and logs here.")
 @click.option("--report-json", type=FILE, help="Also write the figures to this file as JSON.")
+@click.pass_context
 def demo(
+    ctx: click.Context,
     hosts: int,
     pages: int,
     seed: int,
@@ -163,7 +169,12 @@ def demo(
     data_dir: Path | None,
     report_json: Path | None,
 ) -> None:
-    """Crawl an embedded mock web on loopback and check politeness at the server."""
+    """Crawl an embedded mock web on loopback and check politeness at the server.
+
+    `cpn demo jobs` runs the job runner instead (see `cpn demo jobs --help`)."""
+    if ctx.invoked_subcommand is not None:
+        _refuse_crawl_options(ctx)
+        return
     click.echo(
         f"demo: mock web of {hosts} hosts x {pages} pages on loopback (latency {latency_ms} "
         f"ms, {failing:.0%} of pages failing twice, one host resetting connections, a 50 MB "
@@ -192,6 +203,21 @@ def demo(
         figures = {key: value for key, value in vars(result).items() if key != "report"}
         report_json.write_text(
             json.dumps({**figures, "report": result.report.to_json()}, indent=2) + "\n"
+        )
+
+
+def _refuse_crawl_options(ctx: click.Context) -> None:
+    """The crawl demo's options mean nothing to another demo: say so, not ignore them."""
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name is not None
+        and ctx.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT
+    ]
+    if given:
+        raise click.UsageError(
+            f"{', '.join(given)}: options of the crawl demo (`cpn demo`); give "
+            f"`cpn demo {ctx.invoked_subcommand}` its own options after its name"
         )
 
 

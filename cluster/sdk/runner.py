@@ -31,8 +31,9 @@ Theory of operation:
 * **Stopping.** SIGTERM (or SIGINT) stops the polls (a cancelled long poll closes its
   socket; the shard takes back a lease it could not deliver), lets running calls
   finish for ``drain_s``, hands back the tokens of calls that did not finish or had
-  not started (``Release``), and exits 0. After a SIGKILL, leases expire and their
-  tokens are leased again.
+  not started (``Release``), and exits 0: a sync call still running then cannot be
+  interrupted, so the process leaves without it (its result would be refused anyway).
+  After a SIGKILL, leases expire and their tokens are leased again.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -72,6 +74,7 @@ HEARTBEATS_PER_LEASE: Final = 3  # renew every third of the lease's length
 DRAIN_S_DEFAULT: Final = 10.0
 RELEASE_TIMEOUT_S: Final = 2.0
 TABLE_CHECK_S: Final = 2.0  # how often the router's table is read for new shards
+CALL_THREAD_PREFIX: Final = "cpn-call"  # the threads sync worker functions run on
 
 # The (lease index, results) of a lease's tokens whose calls returned in one turn of the
 # event loop: they complete in one request.
@@ -140,7 +143,7 @@ class Runner:
         concurrency = self.concurrency(self.target.shards)
         slots = asyncio.Semaphore(concurrency)
         if not self.spec.is_async:
-            self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="work")
+            self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix=CALL_THREAD_PREFIX)
         log.info(
             "%s on %s: %d shards, concurrency %d, lease %d ms",
             self.spec.title, self.spec.place, self.target.shards, concurrency, self.lease_ms,
@@ -449,6 +452,13 @@ def run(spec: WorkerSpec, target: Target, options: RunOptions) -> Counter[str]:
     started = time.monotonic()
     counters = asyncio.run(run_async(spec, target, options))
     log.info("ran %.1f s", time.monotonic() - started)
+    stuck = [t for t in threading.enumerate() if t.name.startswith(CALL_THREAD_PREFIX)]
+    if any(t.is_alive() for t in stuck):
+        # A sync call that outlived the drain cannot be interrupted, and the thread pool's
+        # exit hook would wait for it: its tokens were handed back, so leave without it.
+        log.warning("%d calls still running after the drain; exiting without them", len(stuck))
+        logging.shutdown()
+        os._exit(0)
     return counters
 
 

@@ -57,3 +57,29 @@ def test_examples_run_and_print_what_the_text_says(document: str) -> None:
             expected = textwrap.dedent(following.group(3)) + "\n"
             assert printed.getvalue() == expected, f"{document}:{line} printed otherwise"
     assert ran > 0, f"{document} has no runnable example"
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+CITED_PATH = re.compile(
+    r"`((?:nets|router|shard|cluster|bench|tests|deploy|docs)/[\w/.]+\.(?:py|md|toml|yml|yaml))`"
+)
+
+
+def test_every_relative_link_and_cited_path_in_the_docs_exists() -> None:
+    """A moved module or a renamed doc must not leave a dead link or path behind."""
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    dead = []
+    for document in documents:
+        text = document.read_text()
+        for target in LINK.findall(text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (document.parent / target).exists():
+                dead.append(f"{document.relative_to(ROOT)}: link {target}")
+        # Backquoted repository paths, e.g. `cluster/sdk/runner.py`.
+        dead += [
+            f"{document.relative_to(ROOT)}: path {path}"
+            for path in CITED_PATH.findall(text)
+            if not (ROOT / path).exists()
+        ]
+    assert dead == [], "\n".join(dead)

@@ -7,7 +7,8 @@
   random, nor the shell of its own package.
 * No clock is read outside the shells: no ``time.*`` call in nets/, router/ or shard/
   outside a shell/ subpackage (cluster/ is the outermost shell).
-* The CLI imports the simulator and the verifier only for their own commands.
+* The CLI imports the simulator and the verifier only for their own commands; the pytest
+  plugin imports nothing of the runtime until a fixture runs.
 * The runtime in cluster/ does not import the applications that run on it (the crawler,
   the job runner, the mock web): only the CLI's commands, the simulator (which models
   the crawler's workers) and the applications themselves do.
@@ -188,3 +189,24 @@ def test_a_process_that_does_not_simulate_or_verify_does_not_import_them() -> No
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert shown.stdout.strip() == "[]", shown.stdout
+
+
+def test_the_pytest_plugin_imports_nothing_of_the_runtime_when_loaded() -> None:
+    # pytest loads the plugin (the `pytest11` entry point) in every run of an environment
+    # with cpn-cluster installed, including runs that never use its fixtures.
+    probe = (
+        "import sys, cluster.pytest_plugin; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('zmq', 'lmdb', 'msgpack', 'click', 'nets', 'router', 'shard') "
+        "or (m.startswith('cluster.') and m != 'cluster.pytest_plugin')))"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert shown.stdout.strip() == "[]", shown.stdout
+
+
+def test_the_pytest_plugin_is_registered_under_its_name() -> None:
+    # `-p no:cpn` (docs/testing.md) names the entry point.
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert config["project"]["entry-points"]["pytest11"] == {"cpn": "cluster.pytest_plugin"}
