@@ -71,8 +71,9 @@ SAMPLES_ENV: Final = "CPN_BENCH_SAMPLES"
 READY_MS_ENV: Final = "CPN_BENCH_READY_MS"
 PROFILE_ENV: Final = "CPN_BENCH_PROFILE"  # cProfile an SDK worker into FILE.<pid>
 API_URL_ENV: Final = "CPN_BENCH_API"  # the mock API's host:port, for call_api
-API_CONNECTIONS_MAX: Final = 32  # kept-alive connections per event loop
+API_CONNECTIONS_MAX: Final = CONCURRENCY * BATCH  # per event loop: no call waits for one
 API_TIMEOUT_S: Final = 2.0
+API_SERVER_CONNECTIONS_MAX: Final = 8 * API_CONNECTIONS_MAX  # 4 workers, and slack
 HEADER_BYTES_MAX: Final = 16_384
 
 
@@ -188,7 +189,13 @@ class ApiClient:
     async def post_run(self, run: Run, key: str) -> int:
         """POST the job to ``/run``; the answer's status.
 
+        The late rule is checked again right before the request is written: between
+        the SDK's check and here the call may have waited on the event loop (or for a
+        new connection), and a call sent after its late limit can break the rate limit
+        at the API (docs/jobs.md, "The worker").
+
         Raises:
+            LateCall: the request would leave after ``start_at_ms + late_ms``: not sent.
             OSError, asyncio.IncompleteReadError, TimeoutError: the call failed.
         """
         body = json.dumps(
@@ -200,6 +207,9 @@ class ApiClient:
         ).encode()
         async with self._slots:
             reader, writer = self._idle.pop() if self._idle else await self._open()
+            if wall_ms() > run.start_at_ms + run.late_ms:
+                self._idle.append((reader, writer))
+                raise LateCall(f"{run.customer}/{run.job_id}: late at the send")
             try:
                 writer.write(head + body)
                 status, keep = await asyncio.wait_for(self._answer(reader), API_TIMEOUT_S)
@@ -266,6 +276,10 @@ class ApiRefused(CpnError):
     """The mock API answered with something other than 200."""
 
 
+class LateCall(CpnError):
+    """A call not sent: it would have left after its late limit."""
+
+
 def _late(run: Run) -> Output:
     return to("late", run)
 
@@ -287,7 +301,10 @@ async def noop(run: Run) -> Output:
 async def call_api(run: Run) -> Output:
     """One call to the mock API with the job's idempotency key."""
     started = time.perf_counter()
-    status = await _api_client().post_run(run, _key_of(run))
+    try:
+        status = await _api_client().post_run(run, _key_of(run))
+    except LateCall:
+        return _late(run)  # no call made: the net plans it again
     SAMPLES.called((time.perf_counter() - started) * 1000)
     if status != 200:
         raise ApiRefused(f"mock API answered {status}")
@@ -395,7 +412,7 @@ def _serve_api(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: stopping.set())
     config = MockApiConfig(latency_ms=0, flaky_rate=0.0, rate=args.rate, window_ms=args.window_ms)
-    with MockApi(config, log_path=args.log) as api:
+    with MockApi(config, log_path=args.log, connections_max=API_SERVER_CONNECTIONS_MAX) as api:
         args.port_file.write_text(f"127.0.0.1:{api.port}", encoding="utf-8")
         stopping.wait()
     return 0

@@ -80,11 +80,12 @@ def test_the_last_line_has_the_issues_keys_first_and_medians_over_rounds() -> No
     sdk = [_run("sdk", 3_000, [4.0, 6.0]), _run("sdk", 3_600, [5.0]), _run("sdk", 1_000, [])]
     bare = [_run("bare", 3_000, [1.0]), _run("bare", 4_000, [1.0]), _run("bare", 2_000, [1.0])]
     figures = summary(sdk, bare, _run("api", 2_000, [30.0]), violations=0, api_calls=9,
-                      api_duplicates=0, request_cpu_us=(40.0, 110.0))  # fmt: skip
+                      api_duplicates=0, api_at_limit=20, request_cpu_us=(40.0, 110.0))  # fmt: skip
     assert tuple(figures) == JSON_KEYS
     assert figures["completions_per_s"] == 3_000
     assert figures["roundtrip_p50_ms"] == 4.5  # rounds' p50s 4 and 5; the empty one skipped
     assert figures["sdk_ratio"] == 0.9  # of the rounds' 1.0, 0.9 and 0.5
+    assert figures["sdk_cpu_ratio"] == 1.0  # every run here costs 300 us per completion
     assert figures["bare_completions_per_s"] == 3_000
     assert figures["sdk_worker_cpu_us"] == 100
     assert figures["cores_busy"] == 0.9  # 0.3 CPU-s over 1/3 s
