@@ -46,7 +46,8 @@ Each set of workers runs one **phase**:
    token durable. The phase's own lease timers that come due within it are spent in it,
    as in a steady state. The CPU time of every process (workers, shards, router, mock
    API) over that interval, per completion, and the shards' lease and completion
-   requests say where the time goes;
+   requests say where the time goes; the jobs refused as late over the whole phase
+   (``replan`` firings) are printed with them;
 3. **paced**: put ``PACED_JOBS_PER_S`` (1,000 jobs/s, a third of the throughput target)
    for ``paced_s`` seconds (6; 2 with ``--quick``) and wait for them: the **round trip**
    of every one of those jobs, from *work available* (the ``start`` firing that put the
@@ -55,7 +56,9 @@ Each set of workers runs one **phase**:
    reply reaching the worker, its clock; one host), recorded by the workers and gathered
    from their sample files (:mod:`bench.workers_app`). Its p50 and p99 are the headline
    round trip; those of the throughput phase (jobs queued behind the burst, so mostly
-   the queue's length over the rate) are reported as ``loaded_roundtrip_*``;
+   the queue's length over the rate) are reported as ``loaded_roundtrip_*``. A
+   completion into ``late`` is a committed result too: a job refused as late and
+   started again has a round trip for each lease;
 4. stop the workers (SIGTERM), read their samples.
 
 Without ``--quick`` the two no-op sets run 3 times in alternating order (sdk, bare; bare,
@@ -182,6 +185,7 @@ JSON_KEYS: Final = (
     "api_calls",
     "api_duplicates",
     "api_customers_at_limit",
+    "api_late_refusals",
     "sdk_worker_cpu_us",
     "bare_worker_cpu_us",
     "shard_cpu_us",
@@ -268,6 +272,7 @@ def summary(
         "api_calls": api_calls,
         "api_duplicates": api_duplicates,
         "api_customers_at_limit": api_at_limit,
+        "api_late_refusals": api.replans,
         "sdk_worker_cpu_us": round(median_of(sdk, lambda r: r.cpu_us("worker"))),
         "bare_worker_cpu_us": round(median_of(bare, lambda r: r.cpu_us("worker"))),
         "shard_cpu_us": round(median_of(sdk, lambda r: r.cpu_us("shard"))),
@@ -302,6 +307,7 @@ class PhaseResult:
     commit_ms: tuple[float, float] = (math.nan, math.nan)  # the shards' p50, p99 (worst)
     counters: dict[str, int] = field(default_factory=dict)  # REQUEST_COUNTERS' deltas
     wall_s: float = 0.0  # the whole phase, from starting the workers to stopping them
+    replans: int = 0  # jobs refused as late and planned again, in the whole phase
 
     @property
     def per_s(self) -> float:
@@ -508,11 +514,13 @@ class Bench:
         return used
 
     def requests(self) -> Counter[str]:
-        """The shards' lease and completion counters, summed."""
+        """The shards' lease and completion counters and their ``replan`` firings (a job
+        refused as late, planned again), summed."""
         total: Counter[str] = Counter()
         for stats in self.client.statistics().values():
             counters = stats["counters"]
             total.update({name: counters.get(name, 0) for name in REQUEST_COUNTERS})
+            total["replans"] += stats["firings"].get("replan", 0)
         return total
 
     def request_cpu_us(self) -> tuple[float, float]:
@@ -563,6 +571,7 @@ class Bench:
     ) -> PhaseResult:
         phase_started = time.monotonic()
         with self.workers(name, command, env or {}, sdk=name != "bare") as workers:
+            replans_before = self.requests()["replans"]
             done = self.done()
             warmup = [Job(c, "w", 0) for c in self.customers] if first else []
             self.put(warmup + self._jobs(WARMUP_JOBS))
@@ -583,6 +592,7 @@ class Bench:
             paced_end = time.time()
             self.wait_done(done + paced)
             commit_ms = self.commit_ms()
+            replans = self.requests()["replans"] - replans_before
         samples: list[Sample] = []
         calls_ms: list[float] = []
         for worker in workers:
@@ -605,6 +615,7 @@ class Bench:
             cpu_s={k: after.get(k, 0.0) - before.get(k, 0.0) for k in after},
             commit_ms=commit_ms,
             counters=dict(requests),
+            replans=replans,
             wall_s=time.monotonic() - phase_started,
         )
 
@@ -676,7 +687,8 @@ def _requests_line(run: PhaseResult) -> str:
     return (
         f"{counts.get('requests_Lease', 0):,} leases ({granted:,} granted, "
         f"{run.jobs / max(granted, 1):.1f} jobs each), "
-        f"{counts.get('requests_Complete', 0):,} completions"
+        f"{counts.get('requests_Complete', 0):,} completions; {run.replans:,} jobs refused "
+        "as late in the phase"
     )
 
 
