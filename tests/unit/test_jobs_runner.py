@@ -55,9 +55,14 @@ def test_outcomes_name_lost_doubled_and_unexpected_jobs() -> None:
     assert clean.ok
 
 
-def call(customer: str, at_ms: int, *, key: str = "", status: int = 200) -> CallRecord:
-    start_ns = at_ms * 1_000_000
-    return CallRecord(start_ns, start_ns + 5_000_000, customer, "j", 0, key or customer, status, 1)
+def call(
+    customer: str, at_ms: int, *, key: str = "", status: int = 200, replayed: bool = False
+) -> CallRecord:
+    """A call of job ``key`` (default: the customer's name) with key ``key``."""
+    start_ns, key = at_ms * 1_000_000, key or customer
+    return CallRecord(
+        start_ns, start_ns + 5_000_000, customer, key, 0, key, status, 1, replayed=replayed
+    )
 
 
 def test_customers_at_limit_counts_those_whose_window_filled() -> None:
