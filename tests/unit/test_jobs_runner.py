@@ -91,7 +91,12 @@ def test_a_report_fails_on_each_broken_promise_and_says_which() -> None:
     assert fine.lines().__next__().startswith("jobs: 1 put for 1 customers; every job ended")
     assert list(fine.lines())[-1] == "  OK: every promise held"
     over = report([call("a", 0), call("a", 10), call("a", 20, key="k2")])
-    assert over.failures == ["1 limit violations", "1 duplicate calls"]
+    assert over.failures == ["1 limit violations", "1 duplicate executions (a/a)"]
+    # A replay is the API's answer to a repeated key: no execution, no failure.
+    replayed = report([call("a", 0), call("a", 1_000, replayed=True)])
+    assert replayed.ok and replayed.to_json()["replays"] == 1
+    assert (replayed.to_json()["executions"], replayed.to_json()["duplicates"]) == (1, 0)
+    assert any(line.startswith("    executions:       1 ") for line in replayed.lines())
     late = report([call("a", 0)], complete=False)
     assert late.failures == ["not every job ended in time"]
     crowded = report([call("a", 0), call("b", 1), call("c", 2)])
