@@ -6,8 +6,8 @@ runs the crawl demo), registered by :mod:`cluster.cli`; the work is done by
 included, imports this module).
 
 Exit codes: 0 every promise held; 1 one was broken (a job lost or ended twice, a limit
-violation, a duplicate call, more calls in flight than the cap, or a timeout), and the
-report says which; 2 usage or input error.
+violation, a job the API executed twice, more calls in flight than the cap, or a
+timeout), and the report says which; 2 usage or input error.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def jobs_demo(
     a global cap, on a real cluster, and check the promises at the API.
 
     Exit 0: every job ended in done or dead exactly once, with no limit violation, no
-    duplicate call and never more calls in flight than the cap; 1: one was broken."""
+    job executed twice by the API (a replayed key is no execution) and never more calls
+    in flight than the cap; 1: one was broken."""
     if flaky_rate + broken_rate > 1:
         raise click.BadParameter("--flaky and --broken together may not exceed 1")
     click.echo(

@@ -139,12 +139,14 @@ def fetch_worker(settings: FetchSettings, lease_ms: int, timings: Path | None) -
     )  # fmt: skip
 
 
-def _parse(page: tuple[Any, ...]) -> list[Output]:
+async def _parse(page: tuple[Any, ...]) -> list[Output]:
+    # Async although it never awaits: a parse takes a millisecond or two, less than a
+    # hop to the thread pool and back would, and one at a time is the role's default.
     return [to(place, fields) for place, fields in parse_results(page)]
 
 
 def parse_worker(lease_ms: int) -> WorkerSpec:
-    """The parse worker: pure work, on the worker's thread pool."""
+    """The parse worker: pure work, run on the worker's event loop."""
     return WorkerSpec(
         _parse, "parse_queue", concurrency=CONCURRENCY_DEFAULT["parse"], lease_ms=lease_ms,
         name="parse",

@@ -6,6 +6,7 @@ calls it once per job attempt::
     POST /run   {"customer": "c1", "job_id": "j7", "attempt": 0, "key": "c1/j7"}
     -> 200 {"key": "c1/j7", "call": 1, "ok": true}
     -> 503 {"key": "c1/j7", "call": 1, "error": "unavailable"}
+    -> 200 {"key": "c1/j7", "call": 1, "ok": true, "replayed": true}
 
 ``key`` is the job's idempotency key: the same for every attempt of one job.
 
@@ -17,11 +18,21 @@ Theory of operation
   ``flaky_rate`` share of jobs fail their first ``flaky_failures`` calls with 503, a
   ``broken_rate`` share fail every call. The count is the server's own, not the call's
   ``attempt``: the API trusts nothing the client says about the past.
+* **Idempotency keys are honoured**, as a real API with them (Stripe's, say) does: a
+  key is executed at most once. A call answered 2xx as a fresh execution makes its key
+  *executed*, and the API remembers that answer's payload; a later call with an
+  executed key executes nothing and is answered 200 with that payload plus
+  ``"replayed": true`` (logged with ``replayed``). Whether a call executes, replays or
+  fails is decided once, under the lock, as the call arrives (:meth:`MockApi._decide`),
+  and a key is executed at that moment: of two calls of one key in flight at once, the
+  second is a replay, answered without waiting for the first. A 503 executes nothing,
+  so the key's next call is planned as before (a retry after a 503 executes normally).
 * **The log.** Every call, readable or not, is recorded once answered
   (:class:`~cluster.jobs.mockapi_log.CallRecord`, monotonic ns at arrival and answer)
   and appended, flushed, to ``log_path`` as one JSON line. :meth:`MockApi.figures` and
   :func:`read_log` plus :func:`~cluster.jobs.mockapi_log.measure_calls` compute the
-  same figures (limit violations, calls in flight, duplicates) from it.
+  same figures (limit violations, calls in flight, executions, replays, duplicates)
+  from it.
 * **Bounded and loopback only.** It listens on 127.0.0.1 (port 0: the OS picks one), with
   at most ``connections_max`` connections, bodies of ``body_bytes_max`` bytes, a
   latency of at most ``LATENCY_MS_MAX`` and ``keys_max`` distinct keys (a call with a
@@ -81,7 +92,8 @@ class MockApiConfig:
         rate, window_ms: the limit of :meth:`MockApi.figures` (calls per customer in
             any sliding window); the API measures it and never enforces it.
         body_bytes_max: longer requests are answered 413.
-        keys_max: distinct idempotency keys remembered (each with its count of calls).
+        keys_max: distinct idempotency keys remembered (each with its count of calls
+            and, once executed, its first answer).
 
     Raises:
         MockApiError: a value out of range, naming it.
@@ -129,7 +141,8 @@ def job_draw(seed: int, key: str) -> float:
 
 
 def planned_status(config: MockApiConfig, key: str, call: int) -> int:
-    """The status of the ``call``-th call (1-based) with idempotency key ``key``."""
+    """The status of the ``call``-th call (1-based) with idempotency key ``key``, while
+    the key is not executed (a call with an executed key is a replay: 200)."""
     assert call >= 1, call
     draw = job_draw(config.seed, key)
     if draw < config.broken_rate:
@@ -187,11 +200,22 @@ def read_log(path: Path) -> list[CallRecord]:
 
 
 @dataclass(frozen=True, slots=True)
+class CallFate:
+    """How the API answers one call, decided as it arrives (:meth:`MockApi._decide`)."""
+
+    call: int  # the 1-based number of this call with its key; 0 past keys_max keys
+    status: int
+    payload: Mapping[str, object]
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MockApiStatistics:
     calls: int  # recorded since start, dropped ones included
     calls_dropped: int  # recorded but no longer in memory (log_records_max)
     by_status: dict[int, int]
     keys: int  # distinct idempotency keys seen
+    keys_executed: int  # of them, keys answered 2xx once (later calls are replays)
     connections_open: int
     connections_total: int
     handler_errors: int
@@ -246,8 +270,10 @@ class MockApi(LoopbackServers[CallRecord]):
         self.config: Final = config if config is not None else MockApiConfig()
         self._port_wanted = port
         self._port = 0
-        # Guarded by self._lock (the base class's), as its connection state is.
+        # Guarded by self._lock (the base class's), as its connection state is: per
+        # key, its calls so far, and the first answer of each key executed.
         self._calls: dict[str, int] = {}
+        self._executed: dict[str, Mapping[str, object]] = {}
 
     def start(self) -> Self:
         """Bind 127.0.0.1, open the log and serve; returns self.
@@ -283,6 +309,7 @@ class MockApi(LoopbackServers[CallRecord]):
                 calls_dropped=self._records_total - len(self._records),
                 by_status=dict(sorted(self._by_status.items())),
                 keys=len(self._calls),
+                keys_executed=len(self._executed),
                 connections_open=len(self._open),
                 connections_total=self._connections_total,
                 handler_errors=self._handler_errors,
@@ -315,14 +342,30 @@ class MockApi(LoopbackServers[CallRecord]):
         del index  # one listener
         return f"{ADDRESS}:{self._port}"
 
-    def _next_call(self, key: str) -> int:
-        """The 1-based number of this call with ``key``; 0 past ``keys_max`` keys."""
+    def _decide(self, key: str) -> CallFate:
+        """Count a call with ``key`` and decide its answer, atomically.
+
+        A key already executed is replayed: answered 200 with its first answer's
+        payload, nothing executed. Otherwise the call is answered as
+        :func:`planned_status` says, and a 2xx executes the key here, before the answer
+        is written, so that a second call of the key arriving in the meantime is a
+        replay too. A call with a new key past ``keys_max`` keys is answered 507.
+        """
         with self._lock:
             call = self._calls.get(key, 0) + 1
             if call == 1 and len(self._calls) >= self.config.keys_max:
-                return 0
+                refused = {"key": key, "call": 0, "error": "unavailable"}
+                return CallFate(0, STATUS_TOO_MANY_KEYS, refused, False)
             self._calls[key] = call
-            return call
+            first = self._executed.get(key)
+            if first is not None:
+                return CallFate(call, 200, {**first, "replayed": True}, True)
+            status = planned_status(self.config, key, call)
+            payload: dict[str, object] = {"key": key, "call": call}
+            payload |= {"ok": True} if 200 <= status < 300 else {"error": "unavailable"}
+            if 200 <= status < 300:
+                self._executed[key] = payload
+            return CallFate(call, status, payload, False)
 
     def _wait_latency(self) -> None:
         if self.config.latency_ms:
@@ -350,12 +393,9 @@ class _Handler(LoopbackHandler):
             self._answer(start_ns, STATUS_MALFORMED, {"error": str(exc)})
             return
         api = self.server
-        number = api._next_call(call.key)
-        status = planned_status(api.config, call.key, number) if number else STATUS_TOO_MANY_KEYS
+        fate = api._decide(call.key)
         api._wait_latency()
-        payload: dict[str, object] = {"key": call.key, "call": number}
-        payload |= {"ok": True} if status == 200 else {"error": "unavailable"}
-        self._answer(start_ns, status, payload, call, number)
+        self._answer(start_ns, fate.status, fate.payload, call, fate.call, replayed=fate.replayed)
 
     def _refuse(self) -> None:
         error = {"error": f"method {self.command} not allowed"}
@@ -380,6 +420,7 @@ class _Handler(LoopbackHandler):
         call: RunCall | None = None,
         number: int = 0,
         *,
+        replayed: bool = False,
         close: bool = False,
     ) -> None:
         """Answer, then log the call. ``close``: the body was not read, and must not be
@@ -406,5 +447,6 @@ class _Handler(LoopbackHandler):
                     key=call.key if call else "",
                     status=status,
                     call=number,
+                    replayed=replayed,
                 )
             )

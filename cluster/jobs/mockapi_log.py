@@ -1,20 +1,26 @@
 """The mock job API's call log, read from the server's point of view (pure).
 
 :class:`CallRecord` is one call as :class:`cluster.jobs.mockapi.MockApi` logged it.
-:func:`measure_calls` answers the three questions the job runner is judged by, from the
-log alone, so that a test and a report apply the same rule:
+:func:`measure_calls` answers the questions the job runner is judged by, from the log
+alone, so that a test and a report apply the same rule:
 
 * **limit violations**: a call is a violation when it is the ``rate + 1``-th call of its
   customer to arrive within ``window_ms``: sorted by arrival, call ``i`` and call ``i -
   rate`` of one customer arrived less than ``window_ms`` apart. Every call that names a
-  customer counts, whatever its answer: the API received it. Two calls exactly
-  ``window_ms`` apart are not in one window (a window is half-open, ``[t, t + window)``).
+  customer counts, whatever its answer, replays included: the API received it. Two
+  calls exactly ``window_ms`` apart are not in one window (a window is half-open,
+  ``[t, t + window)``).
 * **calls in flight**: the most calls between arrival and answer at once, over all
   customers; a call occupies ``[start_ns, end_ns)``, so one that arrives exactly when
   another is answered does not overlap it.
-* **duplicates**: a call the API *accepted* (answered 2xx) whose idempotency key an
-  earlier accepted call had. A rejected call (503) does nothing, so retrying it with the
-  same key is no duplicate.
+* **executions and replays**: the API honours idempotency keys. A call it answered 2xx
+  as a fresh execution is an *execution*; a later call with a key it had executed is
+  not executed again but answered with the first answer (``replayed``): a *replay*. A
+  rejected call (503) executes nothing, so a retry after it executes normally.
+* **duplicates**: executions of a job beyond its first, counted per job ``(customer,
+  job_id)`` whatever the keys of its calls. With a key stable across attempts the API's
+  dedupe makes this 0; a worker whose key changed between attempts (one that included
+  the attempt, say) has a retried job executed twice, and this counts it.
 
 Nothing depends on the order records are given in.
 """
@@ -44,7 +50,9 @@ class CallRecord:
     ``start_ns`` (the call arrived: its head was parsed) and ``end_ns`` (its answer was
     written) are the server's monotonic clock. ``customer``, ``job_id``, ``attempt`` and
     ``key`` are what the call said ("" and -1 when it could not be read); ``call`` is
-    the 1-based count of calls with this key, 0 for a call without one.
+    the 1-based count of calls with this key, 0 for a call without one. ``replayed``:
+    the key had been executed before, so the call was answered with the first answer
+    and executed nothing (logs written before replays existed lack the field: False).
     """
 
     start_ns: int
@@ -55,10 +63,17 @@ class CallRecord:
     key: str
     status: int
     call: int
+    replayed: bool = False
 
     @property
     def accepted(self) -> bool:
+        """Answered 2xx: executed, or replayed."""
         return 200 <= self.status < 300
+
+    @property
+    def executed(self) -> bool:
+        """Answered 2xx as a fresh execution (not a replay)."""
+        return self.accepted and not self.replayed
 
     def to_json(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -73,7 +88,10 @@ _FIELD_TYPES: Final[Mapping[str, type]] = {
     "key": str,
     "status": int,
     "call": int,
+    "replayed": bool,
 }
+# Fields a record may lack (logs written before they existed), and their value then.
+_FIELD_DEFAULTS: Final[Mapping[str, object]] = {"replayed": False}
 
 
 def parse_log(lines: Iterable[str], *, where: str = "call log") -> list[CallRecord]:
@@ -90,6 +108,8 @@ def parse_log(lines: Iterable[str], *, where: str = "call log") -> list[CallReco
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise MockApiError(f"{where}, line {number}: not JSON ({exc})") from None
+        if isinstance(obj, dict):
+            obj = {**_FIELD_DEFAULTS, **obj}
         if not isinstance(obj, dict) or set(obj) != set(_FIELD_TYPES):
             raise MockApiError(
                 f"{where}, line {number}: expected an object with fields "
@@ -115,20 +135,25 @@ class Violation:
     span_ns: int  # from the first's arrival to this one's, less than the window
 
 
+JobName = tuple[str, str]  # (customer, job_id)
+
+
 @dataclass(frozen=True, slots=True)
 class CallFigures:
     """What the API measured: see the module docstring for each rule."""
 
     calls: int
-    accepted: int
+    accepted: int  # answered 2xx: executions + replays
+    executions: int
+    replays: int
     by_status: Mapping[int, int]
     customers: int
     rate: int
     window_ms: int
     violations: tuple[Violation, ...]
     in_flight_max: int
-    duplicates: int
-    duplicate_keys: tuple[str, ...]  # each key with a duplicate, once, sorted
+    duplicates: int  # executions beyond each job's first
+    duplicated_jobs: tuple[JobName, ...]  # each job executed more than once, sorted
 
 
 def measure_calls(records: Iterable[CallRecord], *, rate: int, window_ms: int) -> CallFigures:
@@ -151,17 +176,20 @@ def measure_calls(records: Iterable[CallRecord], *, rate: int, window_ms: int) -
         for first, call in zip(calls, calls[rate:], strict=False):
             if call.start_ns - first.start_ns < window_ns:
                 violations.append(Violation(customer, first, call, call.start_ns - first.start_ns))
-    accepted = Counter(r.key for r in ordered if r.accepted and r.key)
+    # Per job, not per key: a job executed under two keys is a duplicate all the same.
+    executed = Counter((r.customer, r.job_id) for r in ordered if r.executed and r.customer)
     in_flight = max_concurrency_by(ordered, lambda _: 0).get(0, 0)  # one group: all calls
     return CallFigures(
         calls=len(ordered),
         accepted=sum(r.accepted for r in ordered),
+        executions=sum(r.executed for r in ordered),
+        replays=sum(r.accepted and r.replayed for r in ordered),
         by_status=dict(sorted(Counter(r.status for r in ordered).items())),
         customers=len(by_customer),
         rate=rate,
         window_ms=window_ms,
         violations=tuple(violations),
         in_flight_max=in_flight,
-        duplicates=sum(n - 1 for n in accepted.values()),
-        duplicate_keys=tuple(sorted(k for k, n in accepted.items() if n > 1)),
+        duplicates=sum(n - 1 for n in executed.values()),
+        duplicated_jobs=tuple(sorted(job for job, n in executed.items() if n > 1)),
     )

@@ -5,8 +5,9 @@ jobs put with the final marking's ``done`` and ``dead`` tokens (read from every 
 as multisets of ``(customer, job_id)``: a job put must end in exactly one of them,
 once. :class:`JobsReport` adds the mock API's own measurement
 (:class:`~cluster.jobs.mockapi_log.CallFigures`) and says whether every promise held:
-no job lost or ended twice, no limit violation, no duplicate call, never more calls in
-flight than the cap, and every job ended within the time allowed.
+no job lost or ended twice, no limit violation, no job executed twice by the API (a
+replay, the API's answer to a repeated key, is none), never more calls in flight than
+the cap, and every job ended within the time allowed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cluster.jobs.mockapi_log import CallFigures, CallRecord
+from cluster.jobs.mockapi_log import CallFigures, CallRecord, JobName
 from nets.jobs import Job
 
 SHOWN_MAX: Final = 5  # job names quoted in a line about lost or doubled jobs
@@ -55,9 +56,6 @@ def customers_at_limit(records: Iterable[CallRecord], *, rate: int, window_ms: i
         spans = [last - first for first, last in zip(times, times[rate - 1 :], strict=False)]
         reached += any(span < window_ns for span in spans)
     return reached
-
-
-JobName = tuple[str, str]  # (customer, job_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +138,7 @@ class JobsReport:
         if f.violations:
             found.append(f"{len(f.violations)} limit violations")
         if f.duplicates:
-            found.append(f"{f.duplicates} duplicate calls")
+            found.append(f"{f.duplicates} duplicate executions{_names(f.duplicated_jobs)}")
         if self.over_cap:
             found.append(f"{f.in_flight_max} calls in flight, over the cap of {self.concurrency}")
         return found
@@ -176,7 +174,12 @@ class JobsReport:
             f"    limit violations: {len(f.violations)} (must be 0; {f.rate} calls per "
             f"customer in any {f.window_ms} ms; {self.at_limit:,} customers reached it)"
         )
-        yield f"    duplicates:       {f.duplicates} (must be 0: accepted calls of one key)"
+        yield f"    executions:       {f.executions:,} (2xx answers that ran the job)"
+        yield f"    replays:          {f.replays:,} (repeats of an executed key, not run again)"
+        yield (
+            f"    duplicates:       {f.duplicates} (must be 0: executions of a job beyond its "
+            f"first){_names(f.duplicated_jobs)}"
+        )
         yield f"    most in flight:   {f.in_flight_max} (cap {self.concurrency})"
         yield f"    answers:          {statuses or 'none'}; {rate:,.0f} calls/s"
         yield "  OK: every promise held" if self.ok else "  FAILED: " + "; ".join(self.failures)
@@ -198,12 +201,15 @@ class JobsReport:
             "dead_errors": o.dead_errors,
             "calls": f.calls,
             "accepted": f.accepted,
+            "executions": f.executions,
+            "replays": f.replays,
             "by_status": {str(k): v for k, v in f.by_status.items()},
             "lost_results": self.lost_results,
             "late_refusals": self.late_refusals,
             "at_limit": self.at_limit,
             "violations": len(f.violations),
             "duplicates": f.duplicates,
+            "duplicated_jobs": [f"{c}/{j}" for c, j in f.duplicated_jobs],
             "in_flight_max": f.in_flight_max,
             "concurrency": self.concurrency,
             "worker_restarts": self.worker_restarts,

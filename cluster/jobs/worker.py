@@ -6,9 +6,12 @@ token, POSTs the job to the API at ``$CPN_JOBS_API_URL/run``::
 
     {"customer": "c1", "job_id": "j7", "attempt": 0, "key": "c1/j7"}
 
-A 2xx answer completes the token into ``ran``; any other answer, a transport error or
-the request timeout raises, and the SDK completes the token into the queue's failure
-place ``failed`` with the error, which the net retries with backoff (docs/jobs.md).
+A 2xx answer completes the token into ``ran``, a replayed one (``"replayed": true``)
+included: a replay is the API's answer to a call whose result was lost (an earlier
+attempt's worker died after the API executed it, or gave up waiting), so the job did
+run, once. Any other answer, a transport error or the request timeout raises, and the
+SDK completes the token into the queue's failure place ``failed`` with the error, which
+the net retries with backoff (docs/jobs.md).
 
 **What the net needs from this worker** (docs/jobs.md, "Why the window holds at the
 API" and "The cap"), and how it gets it:
@@ -35,8 +38,9 @@ API" and "The cap"), and how it gets it:
   lease ends (the default lease, ``LEASE_MS``, is 15 s; a shorter ``--lease`` gives
   shorter deadlines), and a token left less than ``DEADLINE_S_MIN`` is refused as late
   rather than called. The deadline is far longer than an answer takes: a worker that
-  gives up on a call the API is still working on frees its slot early (the cap) and
-  has the job retried while the API may accept the first call (a duplicate).
+  gives up on a call the API is still working on frees its slot early, and the job's
+  retry is a further call in flight (the cap); the API answers that retry as a replay
+  if the first call executed, so it is no second execution.
 
 **The API's URL** is the environment variable ``CPN_JOBS_API_URL`` (e.g.
 ``http://127.0.0.1:8080``; the worker posts to its ``/run``), read once per worker
@@ -45,8 +49,10 @@ policy (``JobsPolicy``, every field checked, unknown ones refused), while the UR
 where this worker host reaches the API, which may differ from host to host.
 
 The job's idempotency key (:func:`job_key`) is ``customer/job_id``, the same for every
-attempt: the API recognises a call whose acceptance was lost (the worker died before
-completing) and was made again.
+attempt: the API recognises a call whose answer was lost (the worker died before
+completing) and was made again, and answers it with the first answer instead of
+running the job again. A key that included the attempt would defeat that: the retry
+would be a new key, and the job would run twice.
 """
 
 from __future__ import annotations
@@ -204,7 +210,7 @@ def _wall_ms() -> int:
     name="run_job",
 )
 async def run_job(run: Run) -> Output:
-    """Call the API once for ``run``; ``ran`` on 2xx.
+    """Call the API once for ``run``; ``ran`` on 2xx, a replay of an executed key too.
 
     Raises:
         ApiCallFailed: the API answered with another status, the call failed in

@@ -159,11 +159,15 @@ def test_cpn_demo_jobs_keeps_every_promise(tmp_path: Path) -> None:
     report = json.loads(figures.read_text())
     assert report["ok"] and report["complete"], done.stdout
     assert report["violations"] == 0 and report["duplicates"] == 0, done.stdout
+    # Every job done ran at the API, once; a replay (a repeated key) ran nothing.
+    assert report["executions"] >= report["done"] and report["replays"] >= 0, done.stdout
+    assert report["duplicated_jobs"] == []
     assert report["lost"] == report["doubled"] == report["unexpected"] == 0, done.stdout
     assert report["done"] + report["dead"] == report["jobs"] > 200
     assert report["in_flight_max"] <= report["concurrency"]
     assert report["dead"] > 0 and report["retries"] > 0  # the seeded failures happened
     assert "the mock API's own measurement" in done.stdout
+    assert "    replays:   " in done.stdout
     assert supervisor_pid(ClusterLayout(tmp_path / "demo" / "cluster")) is None  # stopped
 
 

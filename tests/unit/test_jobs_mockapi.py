@@ -25,19 +25,22 @@ def call(
     *,
     customer: str = "c1",
     key: str = "",
+    job: str = "",
     status: int = 200,
     number: int = 1,
+    replayed: bool = False,
 ) -> CallRecord:
     end = start_ms + 1 if end_ms is None else end_ms
     return CallRecord(
         start_ns=round(start_ms * MS),
         end_ns=round(end * MS),
         customer=customer,
-        job_id=key or f"j{start_ms}",
+        job_id=job or key or f"j{start_ms}",
         attempt=0,
         key=key or f"{customer}/j{start_ms}",
         status=status,
         call=number,
+        replayed=replayed,
     )
 
 
@@ -58,6 +61,11 @@ def test_a_violation_needs_rate_plus_one_calls_within_less_than_a_window() -> No
 def test_every_answered_call_counts_against_the_limit_but_unreadable_ones_do_not() -> None:
     failed = [call(0, status=503), call(10, status=503), call(20)]
     assert len(measure_calls(failed, rate=2, window_ms=1_000).violations) == 1
+    # A replay executes nothing, but the API received it: it counts like any call.
+    replays = [call(0, key="k"), call(10, key="k", number=2, replayed=True)]
+    replays.append(call(20, key="k", number=3, replayed=True))
+    (violation,) = measure_calls(replays, rate=2, window_ms=1_000).violations
+    assert (violation.first, violation.call) == (replays[0], replays[2])
     unreadable = [call(0, customer=""), call(10, customer=""), call(20)]
     figures = measure_calls(unreadable, rate=1, window_ms=1_000)
     assert figures.violations == () and figures.customers == 1 and figures.calls == 3
@@ -69,20 +77,36 @@ def test_each_call_in_a_burst_is_a_violation_once() -> None:
     assert [v.call for v in figures.violations] == burst[5:]
 
 
-def test_duplicates_are_second_accepted_calls_with_one_key() -> None:
+def test_a_replay_or_a_retry_after_a_503_is_no_duplicate() -> None:
     records = [
         call(0, key="a", status=503),
-        call(10, key="a", status=200, number=2),  # a retry after a rejection: no duplicate
-        call(20, key="b", status=200),
-        call(30, key="b", status=503, number=2),
-        call(40, key="b", status=200, number=3),  # b accepted twice: one duplicate
-        call(50, key="c", status=201),
-        call(60, key="c", status=204, number=2),
-        call(70, key="c", status=200, number=3),  # c accepted three times: two
+        call(10, key="a", status=200, number=2),  # a retry after a rejection: executed
+        call(20, key="b", status=201),
+        call(30, key="b", status=200, number=2, replayed=True),  # a lost answer, again
+        call(40, key="b", status=200, number=3, replayed=True),
+        call(50, key="c", status=503),
+        call(60, key="c", status=503, number=2),  # never executed
     ]
     figures = measure_calls(records, rate=100, window_ms=1_000)
-    assert (figures.duplicates, figures.duplicate_keys) == (3, ("b", "c"))
-    assert figures.accepted == 6 and figures.by_status == {200: 4, 201: 1, 204: 1, 503: 2}
+    assert (figures.duplicates, figures.duplicated_jobs) == (0, ())
+    assert (figures.executions, figures.replays, figures.accepted) == (2, 2, 4)
+    assert figures.by_status == {200: 3, 201: 1, 503: 3}
+
+
+def test_a_job_executed_twice_is_a_duplicate_whatever_its_keys() -> None:
+    # A worker whose key changed between attempts: the API saw two keys, executed both.
+    records = [
+        call(0, customer="c1", job="j7", key="c1/j7#0"),
+        call(10, customer="c1", job="j7", key="c1/j7#1"),
+        call(20, customer="c1", job="j7", key="c1/j7#1", number=2, replayed=True),
+        call(30, customer="c2", job="j7", key="c2/j7"),  # another customer's job j7
+        call(40, customer="c3", job="j1", key="x"),
+        call(50, customer="c3", job="j1", key="y"),
+        call(60, customer="c3", job="j1", key="z", status=204),  # three executions: two
+    ]
+    figures = measure_calls(records, rate=100, window_ms=1_000)
+    assert figures.duplicated_jobs == (("c1", "j7"), ("c3", "j1"))
+    assert (figures.duplicates, figures.executions, figures.replays) == (3, 6, 1)
 
 
 def test_in_flight_max_counts_overlaps_with_half_open_intervals() -> None:
@@ -101,6 +125,7 @@ def test_figures_do_not_depend_on_the_order_of_records(seed: int) -> None:
             customer=f"c{draw.randrange(5)}",
             key=f"k{draw.randrange(40)}",
             status=draw.choice((200, 503)),
+            replayed=draw.random() < 0.3,
         )
         for _ in range(200)
     ]
@@ -114,9 +139,18 @@ def test_figures_do_not_depend_on_the_order_of_records(seed: int) -> None:
 
 
 def test_the_log_round_trips_and_garbage_names_its_line() -> None:
-    records = [call(0, key="a"), call(5, 9, customer="", status=400, number=0)]
+    records = [
+        call(0, key="a"),
+        call(3, key="a", number=2, replayed=True),
+        call(5, 9, customer="", status=400, number=0),
+    ]
     lines = [json.dumps(r.to_json()) + "\n" for r in records]
     assert parse_log(["\n", *lines]) == records
+    # A log written before replays existed has no `replayed`: none of its calls was one.
+    old = {k: v for k, v in records[0].to_json().items() if k != "replayed"}
+    assert parse_log([json.dumps(old)]) == [records[0]]
+    with pytest.raises(MockApiError, match="field 'replayed' must be bool, got 1"):
+        parse_log([json.dumps(dict(old, replayed=1))])
     with pytest.raises(MockApiError, match="call log, line 2: not JSON"):
         parse_log([lines[0], "{"])
     bad = dict(records[0].to_json(), status="200")

@@ -55,9 +55,14 @@ def test_outcomes_name_lost_doubled_and_unexpected_jobs() -> None:
     assert clean.ok
 
 
-def call(customer: str, at_ms: int, *, key: str = "", status: int = 200) -> CallRecord:
-    start_ns = at_ms * 1_000_000
-    return CallRecord(start_ns, start_ns + 5_000_000, customer, "j", 0, key or customer, status, 1)
+def call(
+    customer: str, at_ms: int, *, key: str = "", status: int = 200, replayed: bool = False
+) -> CallRecord:
+    """A call of job ``key`` (default: the customer's name) with key ``key``."""
+    start_ns, key = at_ms * 1_000_000, key or customer
+    return CallRecord(
+        start_ns, start_ns + 5_000_000, customer, key, 0, key, status, 1, replayed=replayed
+    )
 
 
 def test_customers_at_limit_counts_those_whose_window_filled() -> None:
@@ -86,7 +91,12 @@ def test_a_report_fails_on_each_broken_promise_and_says_which() -> None:
     assert fine.lines().__next__().startswith("jobs: 1 put for 1 customers; every job ended")
     assert list(fine.lines())[-1] == "  OK: every promise held"
     over = report([call("a", 0), call("a", 10), call("a", 20, key="k2")])
-    assert over.failures == ["1 limit violations", "1 duplicate calls"]
+    assert over.failures == ["1 limit violations", "1 duplicate executions (a/a)"]
+    # A replay is the API's answer to a repeated key: no execution, no failure.
+    replayed = report([call("a", 0), call("a", 1_000, replayed=True)])
+    assert replayed.ok and replayed.to_json()["replays"] == 1
+    assert (replayed.to_json()["executions"], replayed.to_json()["duplicates"]) == (1, 0)
+    assert any(line.startswith("    executions:       1 ") for line in replayed.lines())
     late = report([call("a", 0)], complete=False)
     assert late.failures == ["not every job ended in time"]
     crowded = report([call("a", 0), call("b", 1), call("c", 2)])
