@@ -247,7 +247,15 @@ class Runner:
                     self._one(lane, leased, index, token, contexts[index], pending, joining)
                     for index, token in enumerate(tokens)
                 ]
-                await asyncio.gather(*calls)
+                # Every token's call ends before the lease's slot is given back, even
+                # when another token's fails; the first failure is then reported below.
+                failures = [
+                    outcome
+                    for outcome in await asyncio.gather(*calls, return_exceptions=True)
+                    if isinstance(outcome, BaseException)
+                ]
+                if failures:
+                    raise failures[0]
         except asyncio.CancelledError:
             if pending:  # stopping: hand back what did not finish
                 with contextlib.suppress(CpnError, TimeoutError):
@@ -406,9 +414,7 @@ class Runner:
         while True:
             try:
                 await lane.complete(leased.lease_id, results, indexes)
-                self.counters["completed"] += (
-                    max(1, len(indexes)) if indexes else len(leased.entries)
-                )
+                self.counters["completed"] += len(indexes) or len(leased.entries)
                 return True
             except ShardError as exc:
                 if exc.code != "lease_expired":
