@@ -121,6 +121,9 @@ class Runner:
         self.stopping = stopping
         self.counters: Counter[str] = Counter()
         self._executor: ThreadPoolExecutor | None = None
+        self._expiry: dict[str, int] = {}  # lease id -> its expiry, as heartbeats renewed it
+        self._calls_lock = threading.Lock()
+        self.sync_calls_running = 0  # calls on the thread pool (not cancellable)
         self._working: set[asyncio.Task[None]] = set()
         self._pollers: list[asyncio.Task[None]] = []
 
@@ -258,11 +261,7 @@ class Runner:
                     raise failures[0]
         except asyncio.CancelledError:
             if pending:  # stopping: hand back what did not finish
-                with contextlib.suppress(CpnError, TimeoutError):
-                    await asyncio.wait_for(
-                        lane.release(leased.lease_id, tuple(sorted(pending))), RELEASE_TIMEOUT_S
-                    )
-                    self.counters["released"] += len(pending)
+                await self._release(lane, leased.lease_id, tuple(sorted(pending)))
             raise
         except CpnError as exc:
             # Not completed: the lease expires and its tokens are leased again.
@@ -274,7 +273,23 @@ class Runner:
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
+            self._expiry.pop(leased.lease_id, None)
             slots.release()
+
+    async def _release(self, lane: ShardLane, lease_id: str, indexes: tuple[int, ...]) -> None:
+        """Hand ``indexes`` back; one by one if the shard refuses them together (a
+        completion in flight when the drain began may have been applied meanwhile)."""
+        try:
+            await asyncio.wait_for(lane.release(lease_id, indexes), RELEASE_TIMEOUT_S)
+            self.counters["released"] += len(indexes)
+            return
+        except ShardError as exc:
+            if exc.code != "unknown_index" or len(indexes) == 1:
+                return
+        except (CpnError, TimeoutError):
+            return
+        for index in indexes:
+            await self._release(lane, lease_id, (index,))
 
     async def _one(
         self,
@@ -314,11 +329,20 @@ class Runner:
         except ShardError:
             if len(joined) == 1:
                 raise
+            completed = None  # refused together: each on its own, below
+        if completed is None:
             # A completion is applied whole or not at all: complete each token on its
-            # own, so that only the refused result's token stays leased.
-            await asyncio.gather(
-                *(self._complete_joined(lane, leased, [one], pending) for one in joined)
-            )
+            # own, so that only the refused result's token stays leased. Every single
+            # completion ends before the lease's work does (its slot, its heartbeat);
+            # the first refusal is reported after all of them.
+            singles = [self._complete_joined(lane, leased, [one], pending) for one in joined]
+            refusals = [
+                outcome
+                for outcome in await asyncio.gather(*singles, return_exceptions=True)
+                if isinstance(outcome, BaseException)
+            ]
+            if refusals:
+                raise refusals[0]
             return
         if completed:
             pending.difference_update(indexes)
@@ -359,11 +383,7 @@ class Runner:
         if self.spec.is_async:
             enter(context)  # this task's context (gather gave each call a task of its own)
             return await self.spec.function(token)
-        loop = asyncio.get_running_loop()
-        run = copy_context()
-        run.run(enter, context)
-        assert self._executor is not None
-        return await loop.run_in_executor(self._executor, run.run, self.spec.function, token)
+        return await self._on_thread(context, token)
 
     async def _call_many(self, tokens: list[tuple[Any, ...]], context: LeaseContext) -> Results:
         returned = await self._call_list(tokens, context)
@@ -379,11 +399,27 @@ class Runner:
         if self.spec.is_async:
             enter(context)
             return await self.spec.function(tokens)
-        loop = asyncio.get_running_loop()
+        return await self._on_thread(context, tokens)
+
+    async def _on_thread(self, context: LeaseContext, argument: Any) -> Any:
+        """The sync function on the thread pool, counted while its thread runs it (a
+        cancelled await does not stop the thread: see :func:`run`)."""
         run = copy_context()
         run.run(enter, context)
+
+        def call() -> Any:
+            # Counted on its thread: a call queued and then cancelled by the pool's
+            # shutdown never starts, and never counts.
+            with self._calls_lock:
+                self.sync_calls_running += 1
+            try:
+                return run.run(self.spec.function, argument)
+            finally:
+                with self._calls_lock:
+                    self.sync_calls_running -= 1
+
         assert self._executor is not None
-        return await loop.run_in_executor(self._executor, run.run, self.spec.function, tokens)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def _heartbeat(
         self, lane: ShardLane, leased: Leased, contexts: Sequence[LeaseContext]
@@ -404,6 +440,7 @@ class Runner:
                 log.info("shard %d: renewal failed, retrying (%s)", lane.shard_id, exc)
                 continue
             self.counters["renewed"] += 1
+            self._expiry[leased.lease_id] = expires
             for context in contexts:
                 context.expires_at_ms = expires
 
@@ -417,7 +454,10 @@ class Runner:
                 self.counters["completed"] += len(indexes) or len(leased.entries)
                 return True
             except ShardError as exc:
-                if exc.code != "lease_expired":
+                # lease_expired: the tokens went back, or an earlier try of this very
+                # completion was committed (a retry after a lost reply is a new request);
+                # unknown_index is the same for a token-by-token completion.
+                if exc.code not in ("lease_expired", "unknown_index"):
                     raise
                 self.counters["expired"] += 1
                 return False
@@ -426,7 +466,7 @@ class Runner:
                 log.warning("shard %d: completion redirected (%s)", lane.shard_id, exc)
                 return False
             except CpnError as exc:
-                if wall_ms() >= leased.expires_at_ms:
+                if wall_ms() >= self._expiry.get(leased.lease_id, leased.expires_at_ms):
                     self.counters["gave_up"] += 1
                     log.warning(
                         "shard %d: lease expired while unreachable (%s)", lane.shard_id, exc
@@ -438,14 +478,17 @@ class Runner:
 
 async def run_async(
     spec: WorkerSpec, target: Target, options: RunOptions, stopping: asyncio.Event | None = None
-) -> Counter[str]:
-    """Run ``spec`` until ``stopping`` is set (default: until SIGTERM or SIGINT)."""
+) -> Runner:
+    """Run ``spec`` until ``stopping`` is set (default: until SIGTERM or SIGINT); the
+    runner, with its counters and the sync calls still running."""
     if stopping is None:
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
-    return await Runner(spec, target, options, stopping).run()
+    runner = Runner(spec, target, options, stopping)
+    await runner.run()
+    return runner
 
 
 def run(spec: WorkerSpec, target: Target, options: RunOptions) -> Counter[str]:
@@ -456,16 +499,18 @@ def run(spec: WorkerSpec, target: Target, options: RunOptions) -> Counter[str]:
         force=True,
     )
     started = time.monotonic()
-    counters = asyncio.run(run_async(spec, target, options))
+    runner = asyncio.run(run_async(spec, target, options))
     log.info("ran %.1f s", time.monotonic() - started)
-    stuck = [t for t in threading.enumerate() if t.name.startswith(CALL_THREAD_PREFIX)]
-    if any(t.is_alive() for t in stuck):
+    if runner.sync_calls_running:
         # A sync call that outlived the drain cannot be interrupted, and the thread pool's
         # exit hook would wait for it: its tokens were handed back, so leave without it.
-        log.warning("%d calls still running after the drain; exiting without them", len(stuck))
+        log.warning(
+            "%d calls still running after the drain; exiting without them",
+            runner.sync_calls_running,
+        )
         logging.shutdown()
         os._exit(0)
-    return counters
+    return runner.counters
 
 
 def connect_to(router_endpoint: str) -> Callable[[], ClusterClient]:
