@@ -83,12 +83,12 @@ def label(lines: list[str]) -> str:
     return f'"{inner}"'
 
 
-def shorten(text: str) -> str:
-    """``text`` on one line, cut to :data:`LABEL_LINE_CHARS_MAX` characters with "…"."""
+def shorten(text: str, chars_max: int = LABEL_LINE_CHARS_MAX) -> str:
+    """``text`` on one line, cut to ``chars_max`` characters with "…"."""
     one_line = _WHITESPACE.sub(" ", text).strip()
-    if len(one_line) <= LABEL_LINE_CHARS_MAX:
+    if len(one_line) <= chars_max:
         return one_line
-    return one_line[: LABEL_LINE_CHARS_MAX - 1] + "…"
+    return one_line[: chars_max - 1] + "…"
 
 
 def place_id(place: Place) -> str:
@@ -125,7 +125,8 @@ def transition_lines(transition: Transition) -> list[str]:
     """The lines of a transition's label (see the module docstring)."""
     lines = [transition.name]
     if transition.guard is not None:
-        lines.append(f"[{inscription_text(transition.guard)}]")
+        # Cut inside the brackets, so a long guard still reads as a guard.
+        lines.append(f"[{shorten(inscription_text(transition.guard), LABEL_LINE_CHARS_MAX - 2)}]")
     if transition.priority != 0:
         lines.append(f"priority={transition.priority}")
     return lines
@@ -212,7 +213,15 @@ def _lambda_source(fn: Callable[..., Any]) -> str | None:
     if len(candidates) > 1:
         # Two lambdas with the same parameters on one line: the one whose span holds
         # the first instruction with a position (Python 3.11 records columns).
-        first = next(((ln, col) for ln, _, col, _ in code.co_positions() if col is not None), None)
+        # (The first instruction, RESUME, has an empty span at column 0: skip it.)
+        first = next(
+            (
+                (line, col)
+                for line, _, col, end_col in code.co_positions()
+                if col is not None and end_col is not None and end_col > col
+            ),
+            None,
+        )
         if first is not None:
             candidates = [(n, t) for n, t in candidates if _holds(n, first)] or candidates
     return candidates[0][1] if candidates else None
