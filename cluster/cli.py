@@ -81,6 +81,7 @@ def _fail(message: str) -> NoReturn:
 # shard or router process starts without the simulator's and the verifier's imports
 # (about 0.1 s of every start).
 LAZY_COMMANDS: dict[str, str] = {
+    "check": "cluster.commands.check:check",
     "draw": "cluster.commands.draw:draw",
     "sim": "cluster.commands.sim:sim",
     "verify": "cluster.commands.verify:verify",
