@@ -19,9 +19,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ from cluster.launch import down as stop_cluster
 from cluster.launch import settle_config
 from cluster.layout import ClusterConfig, ClusterLayout, net_param_args
 from cluster.processes import ERROR_PREFIX, run_cpn, stop_all
-from cluster.processes import ShardProcess as ChildHandle
+from cluster.worker_processes import WorkerProcess, await_leasing, restart_exited, running_pids
 from nets.errors import CpnError
 from nets.loader import load_net
 
@@ -46,7 +44,6 @@ NET: Final = "nets.scraper:net"
 POLL_S: Final = 0.2
 PROGRESS_EVERY_S: Final = 2.0  # without a terminal, a progress line this often
 DONE_POLLS: Final = 2  # consecutive idle polls that end the crawl
-WORKER_RESTART_S: Final = 0.5
 SEEDS_MAX: Final = 1_000_000
 PROXIES_MAX: Final = 10_000
 STATS_TIMEOUT_MS: Final = 2_000
@@ -88,20 +85,6 @@ class CrawlOptions:
     worker_env: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class _Worker:
-    role: str
-    index: int
-    args: list[str]
-    log_path: Path
-    env: dict[str, str]
-    timings: Path | None = None
-    ready_file: Path | None = None  # the worker creates it once it is leasing
-    handle: ChildHandle | None = None
-    restarts: int = 0
-    next_start_s: float = 0.0
-
-
 class Crawl:
     """One crawl, from seeds to report (see the module docstring)."""
 
@@ -110,7 +93,8 @@ class Crawl:
         self.stderr = stderr if stderr is not None else sys.stderr
         self.report = CrawlReport()
         self._own_dir: Path | None = None
-        self.workers: list[_Worker] = []
+        self.workers: list[WorkerProcess] = []
+        self.timing_files: list[Path] = []  # the fetch workers' request timings
         self.layout: ClusterLayout | None = None
         self.started_cluster = False
         self.first_put_s = 0.0
@@ -268,54 +252,19 @@ class Crawl:
                 ready = logs / f"{role}-{index}.ready"
                 ready.unlink(missing_ok=True)
                 args += ["--ready-file", str(ready)]
-                self.workers.append(_Worker(role, index, args, log_path, base_env, timings, ready))
-
-    def _start_worker(self, worker: _Worker) -> None:
-        env = {**os.environ, **worker.env}
-        if worker.restarts:
-            env.pop("CPN_FAULT", None)  # a fault point fires in the first incarnation only
-        with worker.log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                worker.args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env
-            )
-        worker.handle = ChildHandle(
-            worker.log_path.parent, process, args=worker.args, role="worker"
-        )
+                self.workers.append(WorkerProcess(role, index, args, log_path, base_env, ready))
+                if timings is not None:
+                    self.timing_files.append(timings)
 
     def _check_workers(self) -> None:
-        now = time.monotonic()
-        for worker in self.workers:
-            handle = worker.handle
-            if handle is not None and handle.alive():
-                continue
-            if handle is not None:
-                worker.handle = None
-                worker.restarts += 1
-                worker.next_start_s = now + WORKER_RESTART_S
-                self._say(
-                    f"{worker.role} worker {worker.index} (pid {handle.pid}) exited with "
-                    f"{handle.process.returncode}; restarting it"
-                )
-            if now >= worker.next_start_s:
-                self._start_worker(worker)
+        restart_exited(self.workers, self._say)
 
     def _await_workers(self) -> None:
-        """Wait (bounded) until every worker is leasing: a fetch decided before any
-        worker could lease it would be refused as late and planned again."""
-        deadline = time.monotonic() + WORKERS_READY_S
-        while time.monotonic() < deadline:
-            if all(w.ready_file is None or w.ready_file.exists() for w in self.workers):
-                return
-            self._check_workers()
-            time.sleep(POLL_S / 4)  # other processes create the files: no event to wait on
-        self._say(f"workers not all ready after {WORKERS_READY_S:.0f} s; seeding anyway")
+        if not await_leasing(self.workers, self._say, timeout_s=WORKERS_READY_S):
+            self._say(f"workers not all ready after {WORKERS_READY_S:.0f} s; seeding anyway")
 
     def worker_pids(self, role: str | None = None) -> list[int]:
-        return [
-            w.handle.pid
-            for w in self.workers
-            if w.handle is not None and w.handle.alive() and role in (None, w.role)
-        ]
+        return running_pids(self.workers, role)
 
     def _stop_workers(self) -> None:
         stop_all([w.handle for w in self.workers if w.handle is not None])
@@ -345,7 +294,7 @@ class Crawl:
             o.out.touch()
             self._plan_workers(self.layout)
             for worker in self.workers:
-                self._start_worker(worker)
+                worker.start()
             self._await_workers()
             with ClusterClient.for_data_dir(
                 self.layout.root, timeout_ms=STATS_TIMEOUT_MS, retries=2
@@ -472,7 +421,7 @@ class Crawl:
         r = self.report
         _urls, r.duplicates = file_pages(self.options.out)
         r.pages = len(_urls)
-        timings = read_timings(w.timings for w in self.workers if w.timings is not None)
+        timings = read_timings(self.timing_files)
         r.requests_sent = len(timings)
         delays: dict[str, int] = r.extra.get("crawl_delay_ms", {})
         required = {d: max(self.options.delay_ms, ms) for d, ms in delays.items()}

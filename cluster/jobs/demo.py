@@ -24,9 +24,7 @@ Everything it started is stopped by pid, also when it fails.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +40,8 @@ from cluster.jobs.report import JobsReport, customers_at_limit, job_outcomes, pl
 from cluster.jobs.worker import API_URL_ENV
 from cluster.launch import down as stop_cluster
 from cluster.layout import ClusterLayout, net_param_args
-from cluster.processes import ERROR_PREFIX, ShardProcess, run_cpn, stop_all
+from cluster.processes import ERROR_PREFIX, run_cpn, stop_all
+from cluster.worker_processes import WorkerProcess, await_leasing, restart_exited, running_pids
 from nets.errors import CpnError
 from nets.jobs import WORK_PLACES, Job
 
@@ -51,7 +50,6 @@ WORKER: Final = "cluster.jobs.worker:run_job"
 POLL_S: Final = 0.2
 PROGRESS_EVERY_S: Final = 2.0  # without a terminal, a progress line this often
 DONE_POLLS: Final = 2  # consecutive idle polls that end the run
-WORKER_RESTART_S: Final = 0.5
 WORKERS_READY_S: Final = 60.0
 CLUSTER_READY_S: Final = 120.0
 PUT_TIMEOUT_MS: Final = 10_000  # a put of 10,000 jobs to one shard fits in this
@@ -98,20 +96,6 @@ class JobsDemoOptions:
             "late_ms": self.late_ms,
             **self.net_params,
         }
-
-
-@dataclass
-class WorkerProcess:
-    """One worker process the demo runs, and how often it was restarted."""
-
-    index: int
-    args: list[str]
-    log_path: Path
-    ready_file: Path
-    env: dict[str, str]
-    handle: ShardProcess | None = None
-    restarts: int = 0
-    next_start_s: float = 0.0
 
 
 class JobsDemo:
@@ -162,7 +146,7 @@ class JobsDemo:
                     self.layout = self._start_cluster(root / "cluster")
                     self._plan_workers(self.layout, api.url, root / "workers")
                     for worker in self.workers:
-                        self._start_worker(worker)
+                        worker.start()
                     self._await_workers()
                     root = self.layout.root
                     with ClusterClient.for_data_dir(
@@ -249,53 +233,22 @@ class JobsDemo:
                 args += ["--lease", f"{o.lease_ms}ms"]
             env = {API_URL_ENV: api_url}
             log_path = logs / f"worker-{index}.log"
-            self.workers.append(WorkerProcess(index, args, log_path, ready, env))
-
-    def _start_worker(self, worker: WorkerProcess) -> None:
-        with worker.log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                worker.args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                env={**os.environ, **worker.env},
-            )  # fmt: skip
-        worker.handle = ShardProcess(
-            worker.log_path.parent, process, args=worker.args, role="worker"
-        )
+            self.workers.append(WorkerProcess("job", index, args, log_path, env, ready))
 
     def _check_workers(self) -> None:
         """Restart (after a pause) any worker that exited."""
-        now = time.monotonic()
-        for worker in self.workers:
-            handle = worker.handle
-            if handle is not None and handle.alive():
-                continue
-            if handle is not None:
-                worker.handle = None
-                worker.restarts += 1
-                worker.next_start_s = now + WORKER_RESTART_S
-                self._say(
-                    f"worker {worker.index} (pid {handle.pid}) exited with "
-                    f"{handle.process.returncode}; restarting it"
-                )
-            if now >= worker.next_start_s:
-                self._start_worker(worker)
+        restart_exited(self.workers, self._say)
 
     def _await_workers(self) -> None:
-        """Wait (bounded) until every worker is leasing: a job started before any
-        worker could lease it would be refused as late and planned again."""
-        deadline = time.monotonic() + WORKERS_READY_S
-        while time.monotonic() < deadline:
-            if all(w.ready_file.exists() for w in self.workers):
-                return
-            self._check_workers()
-            time.sleep(POLL_S / 4)  # other processes create the files: no event to wait on
-        raise CpnError(
-            f"the job workers were not all leasing after {WORKERS_READY_S:.0f} s; see "
-            f"their logs in {self.workers[0].log_path.parent}"
-        )
+        if not await_leasing(self.workers, self._say, timeout_s=WORKERS_READY_S):
+            raise CpnError(
+                f"the job workers were not all leasing after {WORKERS_READY_S:.0f} s; see "
+                f"their logs in {self.workers[0].log_path.parent}"
+            )
 
     def worker_pids(self) -> list[int]:
         """The pids of the workers running now."""
-        return [w.handle.pid for w in self.workers if w.handle is not None and w.handle.alive()]
+        return running_pids(self.workers)
 
     # -- watching -------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ from cluster.jobs.mockapi_log import (
     measure_calls,
     parse_log,
 )
-from cluster.mock_web.server import LoopbackHandler, LoopbackServers
+from cluster.mock_web.server import LoopbackHandler, LoopbackServers, limits_problem
 from cluster.mock_web.site import MockWebError
 
 RUN_PATH: Final = "/run"
@@ -254,13 +254,12 @@ class MockApi(LoopbackServers[CallRecord]):
         log_records_max: int = LOG_RECORDS_MAX,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
-        if not 0 <= port <= 65535:
-            raise MockApiError(f"mock API port={port}: expected 0 .. 65535")
-        if connections_max < 1 or log_records_max < 1 or idle_timeout_s <= 0:
-            raise MockApiError(
-                f"mock API connections_max={connections_max}, log_records_max="
-                f"{log_records_max}, idle_timeout_s={idle_timeout_s}: expected positive values"
-            )
+        problem = limits_problem(
+            "mock API", port=port, connections_max=connections_max,
+            log_records_max=log_records_max, idle_timeout_s=idle_timeout_s,
+        )  # fmt: skip
+        if problem is not None:
+            raise MockApiError(problem)
         super().__init__(
             log_path=log_path,
             log_records_max=log_records_max,

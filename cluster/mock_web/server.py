@@ -56,6 +56,21 @@ class LoggedRecord(Span, Protocol):
 RecordT = TypeVar("RecordT", bound=LoggedRecord)
 
 
+def limits_problem(
+    kind: str, *, port: int, connections_max: int, log_records_max: int, idle_timeout_s: float
+) -> str | None:
+    """What is wrong with a server's user options (None: nothing), for the subclass to
+    raise as its own error; ``kind`` names the server ("mock web")."""
+    if not 0 <= port <= 65535:
+        return f"{kind} port={port}: expected 0 .. 65535"
+    if connections_max < 1 or log_records_max < 1 or idle_timeout_s <= 0:
+        return (
+            f"{kind} connections_max={connections_max}, log_records_max="
+            f"{log_records_max}, idle_timeout_s={idle_timeout_s}: expected positive values"
+        )
+    return None
+
+
 class LoopbackServers(Generic[RecordT]):
     """Listeners on loopback served by one acceptor and a bounded set of handler threads.
 

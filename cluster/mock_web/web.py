@@ -55,7 +55,7 @@ from urllib.parse import urlsplit
 import click
 
 from cluster.mock_web.log import RequestRecord
-from cluster.mock_web.server import LoopbackHandler, LoopbackServers
+from cluster.mock_web.server import LoopbackHandler, LoopbackServers, limits_problem
 from cluster.mock_web.site import (
     ROBOTS_PATH,
     CrawlExpectation,
@@ -132,13 +132,12 @@ class MockWeb(LoopbackServers[RequestRecord]):
     ) -> None:
         if not 0 <= latency_ms <= LATENCY_MS_MAX:
             raise MockWebError(f"mock web latency_ms={latency_ms}: expected 0 .. {LATENCY_MS_MAX}")
-        if not 0 <= port <= 65535:
-            raise MockWebError(f"mock web port={port}: expected 0 .. 65535")
-        if connections_max < 1 or log_records_max < 1 or idle_timeout_s <= 0:
-            raise MockWebError(
-                f"mock web connections_max={connections_max}, log_records_max="
-                f"{log_records_max}, idle_timeout_s={idle_timeout_s}: expected positive values"
-            )
+        problem = limits_problem(
+            "mock web", port=port, connections_max=connections_max,
+            log_records_max=log_records_max, idle_timeout_s=idle_timeout_s,
+        )  # fmt: skip
+        if problem is not None:
+            raise MockWebError(problem)
         super().__init__(
             log_path=log_path,
             log_records_max=log_records_max,
