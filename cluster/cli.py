@@ -33,7 +33,7 @@ from cluster.commands.deploy import (
     shard_settings,
 )
 from cluster.commands.jobs import jobs_demo
-from cluster.commands.options import DURATION, NetParam
+from cluster.commands.options import DURATION, net_params_option
 from cluster.commands.workers import worker
 from cluster.launch import down as stop_cluster
 from cluster.launch import record_config, settle_config
@@ -58,18 +58,6 @@ from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability
 
 EXIT_USER_ERROR = 2
 EXIT_CHECK_FAILED = 1  # `cpn chaos --check` found the cluster's invariants violated
-
-
-def net_params_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--net-param KEY=VALUE`` (repeatable), passed to the net's builder as ``params``."""
-    return click.option(
-        "--net-param",
-        "net_params",
-        type=NetParam(),
-        multiple=True,
-        help="A parameter of the net's builder, KEY=VALUE (VALUE is JSON, else a string); "
-        "repeatable.",
-    )(command)
 
 
 def _fail(message: str) -> NoReturn:

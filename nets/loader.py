@@ -21,6 +21,7 @@ import importlib
 import inspect
 import json
 from collections.abc import Mapping
+from pathlib import Path
 
 from nets.errors import LoadError, NetDefinitionError
 from nets.model import Net
@@ -121,3 +122,27 @@ def _check_params(
     if unknown:
         takes = f"it takes: {', '.join(sorted(named))}" if named else "it takes none"
         raise LoadError(f"net {path} has no parameter {unknown[0]!r} ({takes})")
+
+
+def load_net_or_pnml(
+    path: str, *, seed: int = 0, params: Mapping[str, object] | None = None
+) -> Net:
+    """A net by import path (``package.module:attr``) or from a ``.pnml`` file.
+
+    PNML files are read by ``nets.pnml.load(path)`` when that module exists.
+
+    Raises:
+        LoadError: the path names nothing loadable, or PNML is not available.
+    """
+    if path.endswith(".pnml"):
+        try:
+            pnml = importlib.import_module("nets.pnml")
+        except ModuleNotFoundError as exc:
+            raise LoadError(f"{path}: PNML import is not available (no module nets.pnml)") from exc
+        if params:
+            raise LoadError(f"{path}: a PNML net takes no --net-param")
+        net = pnml.load(Path(path))  # the file is read here, as nets.pnml reads it
+        if not isinstance(net, Net):
+            raise LoadError(f"{path}: nets.pnml.load returned {type(net).__name__}, not a Net")
+        return net
+    return load_net(path, seed=seed, params=params)

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import click
 
-from cluster.commands.options import NetParam
+from cluster.commands.options import net_params_option
 from nets.handoffs import Handoff, Partitioning, handoffs, partitions
 from nets.loader import load_net
 from nets.model import Net
@@ -105,13 +105,7 @@ def as_json(report: CheckReport) -> dict[str, Any]:
 
 @click.command()
 @click.argument("net_path", metavar="NET")
-@click.option(
-    "--net-param",
-    "net_params",
-    type=NetParam(),
-    multiple=True,
-    help="A parameter of the net's builder, KEY=VALUE (VALUE is JSON, else a string); repeatable.",
-)
+@net_params_option
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed passed to the net's builder."
 )

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import click
 
-from cluster.commands.options import NetParam
+from cluster.commands.options import net_params_option
 from nets.draw import to_dot
 from nets.errors import CpnError
-from nets.loader import load_net
-from nets.model import Net
+from nets.loader import load_net_or_pnml
 
 # Graphviz lays out a net of a few hundred nodes in well under a second; a minute
 # means it is stuck, and the user is better told so than left waiting.
@@ -33,13 +32,7 @@ DOT_MISSING = (
 
 @click.command()
 @click.argument("net_path", metavar="NET")
-@click.option(
-    "--net-param",
-    "net_params",
-    type=NetParam(),
-    multiple=True,
-    help="A parameter of the net's builder, KEY=VALUE (VALUE is JSON, else a string); repeatable.",
-)
+@net_params_option
 @click.option(
     "--seed",
     type=int,
@@ -73,7 +66,7 @@ def draw(
     if output_format is None:
         is_svg = output_path is not None and output_path.suffix.lower() == ".svg"
         output_format = "svg" if is_svg else "dot"
-    net = _load(net_path, dict(net_params), seed)
+    net = load_net_or_pnml(net_path, seed=seed, params=dict(net_params))
     text = to_dot(net)
     if output_format == "svg":
         text = render_svg(text)
@@ -114,13 +107,3 @@ def render_svg(dot_text: str) -> str:
         first = (done.stderr.strip().splitlines() or ["no message"])[0]
         raise CpnError(f"{dot} -Tsvg failed with status {done.returncode}: {first}")
     return done.stdout
-
-
-def _load(path: str, params: dict[str, object], seed: int) -> Net:
-    if path.endswith(".pnml"):
-        if params:
-            raise CpnError(f"{path}: a PNML net takes no --net-param")
-        from nets.pnml import load as load_pnml  # noqa: PLC0415 - only PNML needs the reader
-
-        return load_pnml(Path(path))
-    return load_net(path, seed=seed, params=params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -45,3 +46,15 @@ class NetParam(click.ParamType[tuple[str, Any]]):
             return parse_net_param(str(value))
         except CpnError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def net_params_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--net-param KEY=VALUE`` (repeatable), passed to the net's builder as ``params``."""
+    return click.option(
+        "--net-param",
+        "net_params",
+        type=NetParam(),
+        multiple=True,
+        help="A parameter of the net's builder, KEY=VALUE (VALUE is JSON, else a string); "
+        "repeatable.",
+    )(command)

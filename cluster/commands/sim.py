@@ -24,7 +24,7 @@ from typing import Any, Final, TextIO
 
 import click
 
-from cluster.commands.options import DURATION, NetParam
+from cluster.commands.options import DURATION, net_params_option
 from cluster.sim import cluster_run
 from cluster.sim.campaign import (
     INVARIANT,
@@ -193,13 +193,7 @@ def failure_of(config: SimConfig, outcome: SeedOutcome) -> Failure:
     show_default=True,
     help="Virtual time per seed (e.g. 10s, 2m); the faults stop half way, then it must drain.",
 )
-@click.option(
-    "--net-param",
-    "net_params",
-    type=NetParam(),
-    multiple=True,
-    help="A parameter of the net's builder, KEY=VALUE (VALUE is JSON, else a string); repeatable.",
-)
+@net_params_option
 @click.option("--json", "as_json", is_flag=True, help="End with the report as one JSON line.")
 @click.option(
     "--check-determinism",

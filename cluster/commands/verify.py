@@ -19,10 +19,10 @@ from typing import Any
 
 import click
 
-from cluster.commands.options import NetParam
+from cluster.commands.options import net_params_option
 from nets.errors import CpnError, LoadError
 from nets.explore import StateSpace, explore
-from nets.loader import load_net
+from nets.loader import load_net_or_pnml
 from nets.model import MarkingView, Net
 from nets.properties import (
     PARTIAL,
@@ -40,28 +40,6 @@ from nets.trace import parse_trace, replay, trace_document
 EXIT_HOLDS, EXIT_VIOLATED, EXIT_PARTIAL = 0, 1, 3
 
 Predicate = Callable[[MarkingView], bool]
-
-
-def load_verified_net(path: str, params: Mapping[str, Any]) -> Net:
-    """A net by import path (``package.module:attr``) or from a ``.pnml`` file.
-
-    PNML files are read by ``nets.pnml.load(path)`` when that module exists.
-
-    Raises:
-        LoadError: the path names nothing loadable, or PNML is not available.
-    """
-    if path.endswith(".pnml"):
-        try:
-            pnml = importlib.import_module("nets.pnml")
-        except ModuleNotFoundError as exc:
-            raise LoadError(f"{path}: PNML import is not available (no module nets.pnml)") from exc
-        if params:
-            raise LoadError(f"{path}: a PNML net takes no --net-param")
-        net = pnml.load(Path(path))
-        if not isinstance(net, Net):
-            raise LoadError(f"{path}: nets.pnml.load returned {type(net).__name__}, not a Net")
-        return net
-    return load_net(path, params=params)
 
 
 def load_predicates(spec: str) -> dict[str, Predicate]:
@@ -113,13 +91,7 @@ def mcc_lines(space: StateSpace) -> list[str]:
 
 @click.command()
 @click.argument("net_path", metavar="NET")
-@click.option(
-    "--net-param",
-    "net_params",
-    type=NetParam(),
-    multiple=True,
-    help="A parameter of the net's builder, KEY=VALUE (VALUE is JSON, else a string); repeatable.",
-)
+@net_params_option
 @click.option("--json", "as_json_output", is_flag=True, help="Print the report as JSON.")
 @click.option("--mcc", is_flag=True, help="Print only the MCC's STATE_SPACE lines.")
 @click.option(
@@ -202,7 +174,7 @@ def verify(
     (a shortest counterexample trace is written); 3: partial, nothing violated.
     """
     params = dict(net_params)
-    net = load_verified_net(net_path, params)
+    net = load_net_or_pnml(net_path, params=params)
     extra = {name: p for spec in invariants for name, p in load_predicates(spec).items()}
     goals = {name: p for spec in reachables for name, p in load_predicates(spec).items()}
     final = {name: p for spec in finals for name, p in load_predicates(spec).items()}
@@ -301,7 +273,7 @@ def replay_trace(net_path: str, trace_path: Path) -> int:
     except OSError as exc:
         raise CpnError(f"cannot read trace {trace_path}: {exc.strerror}") from exc
     trace = parse_trace(text, where=str(trace_path))
-    net = load_verified_net(net_path, trace.params)
+    net = load_net_or_pnml(net_path, params=trace.params)
     played = 0
     for line in replay(net, trace):
         click.echo(line)
