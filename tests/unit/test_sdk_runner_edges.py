@@ -54,14 +54,16 @@ def _leased(count: int, expires_at_ms: int) -> Leased:
     return Leased(1, "L", expires_at_ms, tuple((0, ("acme", f"j{n}")) for n in range(count)))
 
 
-async def _work(runner: Runner, lane: Lane, leased: Leased, *, cancel_after_s: float = 0) -> bool:
-    """Run one lease's work; cancel it after ``cancel_after_s`` (a drain); whether its
-    slot came back."""
+async def _work(runner: Runner, lane: Lane, leased: Leased, *, cancel_when: Any = None) -> bool:
+    """Run one lease's work; cancel it (a drain) once ``cancel_when()`` holds; whether
+    its slot came back."""
     slots = asyncio.Semaphore(1)
     await slots.acquire()
     task = asyncio.create_task(runner._lease_work(lane, leased, slots))  # type: ignore[arg-type]
-    if cancel_after_s:
-        await asyncio.sleep(cancel_after_s)
+    if cancel_when is not None:
+        async with asyncio.timeout(10):
+            while not cancel_when():
+                await asyncio.sleep(0.001)
         task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     return not slots.locked()
@@ -84,7 +86,9 @@ def test_a_drain_hands_back_one_by_one_when_a_completion_landed_meanwhile() -> N
             await asyncio.sleep(FOREVER_S)
 
     lane = Racing()
-    assert asyncio.run(_work(_runner(work), lane, _leased(3, 2**62), cancel_after_s=0.05))
+    assert asyncio.run(
+        _work(_runner(work), lane, _leased(3, 2**62), cancel_when=lambda: lane.completed)
+    )
     assert lane.completed == [(0,)]
     assert sorted(lane.released) == [(1,), (2,)]
 
