@@ -445,6 +445,7 @@ class ControlPlane:
             outbox_tokens=report.outbox_tokens,
             pool_tokens=report.pool_tokens,
             owed=report.owed,
+            firings_total=report.firings_total,
         )
         return MoveOrders(
             coordinator.table.epoch,

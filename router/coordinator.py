@@ -29,7 +29,10 @@ Theory of operation (docs/handoff.md, "Slot moves"):
   at once (the new shards join it owning nothing). Shrinking moves every slot off the
   leaving shards; once they own nothing, their outboxes drained, they hold no pool
   token and no other shard's outbox owes them one, for ``RETIRE_STABLE_MS`` of fresh
-  reports, the table narrows to ``members`` shards and they are retired.
+  reports, the table narrows to ``members`` shards and they are retired. Their
+  committed firing totals (from those last reports: a shard that owns nothing and
+  holds nothing fires nothing more) are kept durably, so that `cpn status` still
+  counts them; a retired shard that scaling brings back counts its own again.
 * **Fencing.** A shard that reports a new incarnation (it restarted) gets its slots
   back at a new epoch (:meth:`router.table.PartitionTable.refenced`); its
   ``fence_epoch`` says from which table on it may fire. Messages stamped with an
@@ -39,7 +42,7 @@ Theory of operation (docs/handoff.md, "Slot moves"):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -90,6 +93,7 @@ class ShardReport:
     outbox_tokens: int
     pool_tokens: int
     owed: tuple[int, ...]
+    firings_total: Mapping[str, int]
 
 
 def _move_fields(move: Move) -> tuple[Any, ...]:
@@ -136,15 +140,19 @@ class _Record:
     fences: tuple[tuple[int, tuple[int, int]], ...]
     moves_done: int
     moves_aborted: int
+    retired_firings: dict[int, dict[str, int]]
 
     @classmethod
     def fresh(cls, table: PartitionTable, members: int | None) -> _Record:
-        return cls(table.shard_count if members is None else members, 1, (), (), (), 0, 0)
+        return cls(table.shard_count if members is None else members, 1, (), (), (), 0, 0, {})
 
     @classmethod
     def decode(cls, blob: bytes) -> _Record:
         try:
-            members, next_id, moves, finished, fences, done, aborted = unpack(blob)
+            fields = unpack(blob)
+            # A record written before the retired shards' firings were kept has 7 fields.
+            members, next_id, moves, finished, fences, done, aborted = fields[:7]
+            retired = fields[7] if len(fields) > 7 else ()
             return cls(
                 int(members),
                 int(next_id),
@@ -153,6 +161,7 @@ class _Record:
                 tuple((int(k), (int(inc), int(epoch))) for k, inc, epoch in fences),
                 int(done),
                 int(aborted),
+                {int(k): {str(t): int(n) for t, n in totals} for k, totals in retired},
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise CpnError(f"the router's move records are damaged: {exc}") from exc
@@ -183,6 +192,8 @@ class Coordinator:
         self.next_move_id = record.next_move_id
         self.fences: dict[int, tuple[int, int]] = dict(record.fences)  # shard -> (inc, epoch)
         self.reports: dict[int, ShardReport] = {}
+        # Retired shard -> its committed firings per transition (see _retire).
+        self.retired_firings: dict[int, dict[str, int]] = record.retired_firings
         self.counters: Counter[str] = Counter()
         if control is not None:  # (a fresh coordinator shows no counters yet)
             self.counters.update(moves_done=record.moves_done, moves_aborted=record.moves_aborted)
@@ -205,6 +216,10 @@ class Coordinator:
                 tuple((k, inc, epoch) for k, (inc, epoch) in sorted(self.fences.items())),
                 self.counters["moves_done"],
                 self.counters["moves_aborted"],
+                tuple(
+                    (k, tuple(sorted(totals.items())))
+                    for k, totals in sorted(self.retired_firings.items())
+                ),
             )
         )
 
@@ -242,6 +257,9 @@ class Coordinator:
         self._retire_ok_since_ms = None
         if members > self.table.shard_count:
             self.table = self.table.resized(members)  # the new shards own nothing yet
+        for shard_id in [k for k in self.retired_firings if k < members]:
+            # Back in the cluster, on its own data directory: it reports its totals again.
+            del self.retired_firings[shard_id]
         self.changed = True
 
     def incarnation(self, shard_id: int, incarnation: int) -> int:
@@ -279,9 +297,12 @@ class Coordinator:
         outbox_tokens: int,
         pool_tokens: int,
         owed: tuple[int, ...],
+        firings_total: Mapping[str, int],
     ) -> None:
         """Take a shard's report: step the moves it answers, commit what staged."""
-        self.reports[shard_id] = ShardReport(now_ms, outbox_tokens, pool_tokens, owed)
+        self.reports[shard_id] = ShardReport(
+            now_ms, outbox_tokens, pool_tokens, owed, dict(firings_total)
+        )
         for move_id, event_name, count, digest in answers:
             self._answer(shard_id, move_id, event_name, count, digest)
         self._commit_staged()
@@ -409,6 +430,10 @@ class Coordinator:
             self._retire_ok_since_ms = now_ms
         if now_ms - self._retire_ok_since_ms < RETIRE_STABLE_MS:
             return
+        for shard_id in leaving:
+            # The report is fresh (_may_retire) and the shard owns and holds nothing:
+            # these are its final totals.
+            self.retired_firings[shard_id] = dict(self.reports[shard_id].firings_total)
         self.table = self.table.resized(self.members)
         self.counters["shards_retired"] += len(leaving)
         self._retire_ok_since_ms = None
@@ -452,5 +477,7 @@ class Coordinator:
             ],
             "moves_done": self.counters["moves_done"],
             "moves_aborted": self.counters["moves_aborted"],
+            # [shard id, {transition: firings}] of each retired shard (cpn status).
+            "firings_retired": [[k, t] for k, t in sorted(self.retired_firings.items())],
             "move_counters": dict(self.counters),
         }

@@ -36,7 +36,7 @@ from nets.errors import CpnError
 # 3: Renew and Release (worker heartbeats and hand-backs), Complete.indexes (token by
 #    token). A version-2 peer would read a 5-field Complete as malformed, and a Renew
 #    as an unknown type: refusing its frames by version says why in one place.
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 FRAME_BYTES_MAX: Final = 4 * 1024 * 1024
 TOKENS_PER_MESSAGE_MAX: Final = 100_000
 PLACE_FIXED: Final = -1  # Table.places: a place with neither key nor pool (fixed slot)
@@ -248,6 +248,8 @@ class MoveReport(Message):
     ``staged``). ``outbox_tokens``: tokens not yet acknowledged; ``pool_tokens``: pool
     tokens the shard holds; ``owed``: shards whose pool lanes this shard's outbox still
     holds tokens for (a leaving shard retires only once none is owed anything).
+    ``firings_total``: the shard's committed firings per transition over its store's
+    life; the router keeps a retired shard's last ones (they count in ``cpn status``).
     """
 
     TYPE: ClassVar[int] = 14
@@ -257,6 +259,7 @@ class MoveReport(Message):
     outbox_tokens: int
     pool_tokens: int
     owed: tuple[int, ...]
+    firings_total: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,11 +295,18 @@ class PutAck(Message):
 
 @dataclass(frozen=True, slots=True)
 class Counts(Message):
-    """Tokens per place (available and future) at the shard's time ``now_ms``."""
+    """Tokens per place (available and future) at the shard's time ``now_ms``.
+
+    ``in_flight``: tokens per place the shard handed off and no receiver acknowledged
+    yet (in no marking until one commits them); ``tokens_loading``: tokens of deferred
+    places not loaded yet after a restart (counted in ``counts`` from the store).
+    """
 
     TYPE: ClassVar[int] = 102
     counts: dict[str, int]
     now_ms: int
+    in_flight: dict[str, int]
+    tokens_loading: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,10 +80,14 @@ class Batch:
     offered: list[OfferedRun] = field(default_factory=list)
     received: list[ReceivedRun] = field(default_factory=list)
     moved: list[MovedEntries] = field(default_factory=list)
+    # Transition -> firings in this batch: added to the stored totals in the same
+    # transaction, so a firing counts exactly when the marking change it made is durable.
+    firings: Counter[str] = field(default_factory=Counter)
 
     def is_empty(self) -> bool:
         return not (
-            self.hwms_removed
+            self.firings
+            or self.hwms_removed
             or self.phases
             or self.staged
             or self.marking
@@ -121,3 +125,9 @@ class Recovered:
     # the reader of their entries (None when there are none).
     deferred_counts: dict[str, int] = field(default_factory=dict)
     deferred: DeferredReader | None = None
+    # Committed firings per transition over every incarnation of this store, and since
+    # when they count (wall ms; ``firings_since`` says what happened then: the store was
+    # created, or upgraded from a schema that kept no totals). See docs/shard.md.
+    firings_total: dict[str, int] = field(default_factory=dict)
+    firings_since_ms: int = 0
+    firings_since: str = ""

@@ -277,6 +277,13 @@ class ShardCore:
         self.deferred = DeferredLoad(recovered.deferred, recovered.deferred_counts)
         self.initialised = recovered.initialised
         self.commits = 0  # batches committed by this core
+        # Committed firings over every incarnation of the store (docs/shard.md, "Firing
+        # totals"): the batch being committed adds its own in committed(), so a batch
+        # that fails to commit never counts. The engine's figures are this process's.
+        self.firings_total: Counter[str] = Counter(recovered.firings_total)
+        self.firings_since_ms = recovered.firings_since_ms
+        self.firings_since = recovered.firings_since
+        self._firings_committing: Counter[str] = Counter()
         if recovered.initialised:
             self.engine.restore(recovered.marking)
             for slot in sorted(self.exchange.sealed):
@@ -357,6 +364,7 @@ class ShardCore:
     def _record_step(self, step: Step) -> None:
         # A step's entries are already (place, time, token) tuples: the batch's keys.
         marking = self.batch.marking
+        self.batch.firings[step.transition] += 1
         for entry in step.consumed:
             marking[entry] = marking.get(entry, 0) - 1
         for entry in step.produced:
@@ -438,7 +446,12 @@ class ShardCore:
         return shipment
 
     def _on_query_counts(self, _envelope: Envelope) -> Message | None:
-        return Counts(self._counts(), self.engine.now)
+        return Counts(
+            self._counts(),
+            self.engine.now,
+            self.exchange.in_flight(),
+            self.deferred.pending_total(),
+        )
 
     def _on_query_tokens(self, envelope: Envelope) -> Message | None:
         assert isinstance(envelope.message, QueryTokens)
@@ -841,7 +854,14 @@ class ShardCore:
             "deferred_tokens": self.deferred.loaded,
             "now_ms": self.engine.now,
             "firings": dict(stats.firings),
+            "firings_total": dict(self.firings_total),
+            "firings_since_ms": self.firings_since_ms,
+            "firings_since": self.firings_since,
             "tokens": self._counts(),
+            # Tokens this shard handed off that the receiver has not acknowledged yet,
+            # by place, and those of deferred places not loaded yet (counted in tokens).
+            "in_flight": self.exchange.in_flight(),
+            "tokens_loading": self.deferred.pending_total(),
             "handoff_ms_p50": quantile(handoff, 0.50),
             "handoff_ms_p99": quantile(handoff, 0.99),
             "read_only": self.read_only_reason or "",
@@ -941,6 +961,7 @@ class ShardCore:
         self.handed_in = 0
         batch, self.batch = self.batch, Batch()
         batch.clock_ms = self.engine.now
+        self._firings_committing = batch.firings
         return batch
 
     def committed(self, now_ms: int) -> None:
@@ -948,6 +969,8 @@ class ShardCore:
         handoff tokens count from the firing that produced them (the sender's clock)."""
         self.initialised = True
         self.commits += 1
+        self.firings_total.update(self._firings_committing)
+        self._firings_committing = Counter()
         if self.handed_times:
             self.handoff_latencies_ms.extend([now_ms - t for t in self.handed_times])
             self.handed_times = []
@@ -1033,6 +1056,11 @@ class ShardCore:
 
     def pool_token_count(self) -> int:
         return sum(self.engine.count(p.name) for p in self.net.places if p.pool)
+
+    def committed_firings(self) -> dict[str, int]:
+        """Committed firings per transition over the store's life (a retiring shard's
+        reports carry them to the router, which keeps them once it is gone)."""
+        return dict(self.firings_total)
 
 
 _REQUEST_HANDLERS: Final[dict[type[Message], Callable[[ShardCore, Envelope], Message | None]]] = {

@@ -54,6 +54,10 @@ class DeferredLoad:
         """How many tokens of ``place`` are still to load."""
         return self._pending.get(place, 0)
 
+    def pending_total(self) -> int:
+        """How many tokens are still to load, all places together."""
+        return sum(self._pending.values()) if self.active else 0
+
     def not_loaded(self, place: str, count: int) -> None:
         """``count`` tokens of ``place`` will not be loaded (their slot is sealed)."""
         self._pending[place] = self._pending.get(place, 0) - count

@@ -127,6 +127,7 @@ class Exchange:
         self._pool_asked_ms: dict[str, int] = {}
         self._pool_ask_next = (shard_id + 1) % shard_count
         self._packer = msgpack.Packer(use_bin_type=True)
+        self._run_places: dict[tuple[int, int], tuple[str, ...]] = {}  # see in_flight
 
     @property
     def clustered(self) -> bool:
@@ -482,6 +483,29 @@ class Exchange:
         if self.has_demand(engine, place):
             return min(wanted, available // 2)
         return min(wanted, available)
+
+    def in_flight(self) -> dict[str, int]:
+        """Tokens in the outbox not yet acknowledged, by place (for `cpn marking` and
+        `cpn status`: they are in no shard's marking until a receiver commits them).
+
+        Each run's places are decoded once and kept while the run is in the outbox.
+        """
+        counts: Counter[str] = Counter()
+        live: set[tuple[int, int]] = set()
+        for out in self.outbox.lanes.values():
+            for run in out.runs:
+                key = (run.lane, run.first_seq)
+                live.add(key)
+                places = self._run_places.get(key)
+                if places is None:
+                    places = self._run_places[key] = tuple(
+                        str(entry[0]) for entry in unpack(run.entries)
+                    )
+                # A run acknowledged in part: only its tail is still in flight.
+                counts.update(places[max(0, out.acked - run.first_seq + 1) :])
+        for key in self._run_places.keys() - live:
+            del self._run_places[key]
+        return dict(counts)
 
     def statistics(self) -> dict[str, Any]:
         return {

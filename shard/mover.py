@@ -88,6 +88,10 @@ class MoveHost(Protocol):
 
     def pool_token_count(self) -> int: ...
 
+    def committed_firings(self) -> dict[str, int]:
+        """Committed firings per transition over the store's life."""
+        ...
+
 
 class SlotReader(Protocol):
     """A sealed slot's committed entries (the store)."""
@@ -408,6 +412,7 @@ class Mover:
             exchange.outbox.pending_tokens(),
             host.pool_token_count(),
             exchange.owed(),
+            host.committed_firings(),
         )
         self.answers.clear()
         return encode(report, message_id=0, incarnation=self.incarnation)

@@ -16,7 +16,11 @@ Layout (all keys sortable; the slot comes first so a slot is one contiguous rang
   (the shard's time high-water mark), ``initialised`` (the initial marking was
   committed), ``schema`` (layout version), ``place:<name>`` (each place's stable id),
   ``count:<place id>`` (how many tokens the place holds, 8 bytes BE: a shard that
-  reads a place's tokens after it starts firing knows their number at once).
+  reads a place's tokens after it starts firing knows their number at once),
+  ``fired:<transition>`` (committed firings of the transition over every incarnation,
+  8 bytes BE, written with the batch that fired them) and ``firings_since``
+  (msgpack((wall ms, what)): since when ``fired:`` counts; what is ``created`` or
+  ``upgraded from schema N``, a store that kept no totals before).
 * ``outbox``: key ``lane (4 bytes BE) | first seq (8 bytes BE)`` -> ``count (4 bytes BE)
   | entries`` (a run of the handoff protocol: msgpack of ``[(place, time, fields)]``,
   see docs/handoff.md); ``lanes``: ``lane (4)`` -> the lane's next seq (8), kept even
@@ -53,10 +57,11 @@ import gc
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from time import time_ns
 from typing import Any, Final
 
 import lmdb
@@ -70,9 +75,7 @@ from router.slots import slot_of_token
 from shard.batch import Batch, Recovered
 from shard.shell.marking_reader import DeferredMarking, MarkingReadError, read_marking
 
-SCHEMA_VERSION: Final = 6
-# Schema 5 differs only by lacking the per-place counts, which opening it adds.
-SCHEMA_VERSIONS_UPGRADED: Final = frozenset({5})
+SCHEMA_VERSION: Final = 7
 # LMDB keys hold at most 511 bytes: after slot, place id and time, entries of up to this
 # size stay in the key itself.
 ENTRY_IN_KEY_BYTES_MAX: Final = 320
@@ -139,6 +142,12 @@ class Store:
                     f"place name {place.name[:40]!r}... is longer than {PLACE_NAME_BYTES_MAX} "
                     "bytes, which the store's table of place ids cannot hold"
                 )
+        for transition in net.transitions:
+            if len(transition.name.encode()) > PLACE_NAME_BYTES_MAX:
+                raise StoreError(
+                    f"transition name {transition.name[:40]!r}... is longer than "
+                    f"{PLACE_NAME_BYTES_MAX} bytes, which the store's firing totals cannot hold"
+                )
         self.durability = durability
         self._readers: list[DeferredMarking] = []  # deferred readers not yet done
         self.path.mkdir(parents=True, exist_ok=True)
@@ -188,11 +197,9 @@ class Store:
                     f"{self.net.name!r}; use another --data directory"
                 )
             schema = txn.get(b"schema", db=self._meta)
-            upgrade = schema is not None and int(schema) in SCHEMA_VERSIONS_UPGRADED
-            if schema is not None and int(schema) != SCHEMA_VERSION and not upgrade:
-                raise StoreError(
-                    f"{self.path} has store schema {int(schema)}, not {SCHEMA_VERSION}"
-                )
+            version = SCHEMA_VERSION if schema is None else int(schema)
+            if version != SCHEMA_VERSION and version not in _UPGRADES:
+                raise StoreError(f"{self.path} has store schema {version}, not {SCHEMA_VERSION}")
             identity = f"{self.shard_id}/{self.shard_count}".encode()
             stored_identity = txn.get(b"shard", db=self._meta)
             if stored_identity is not None and bytes(stored_identity) != identity:
@@ -204,8 +211,12 @@ class Store:
                 )
             txn.put(b"shard", identity, db=self._meta)
             self._assign_place_ids(txn)
-            if upgrade:
-                self._count_places(txn)
+            if stored_net is None:
+                txn.put(b"firings_since", pack((_wall_ms(), "created")), db=self._meta)
+            # Each step brings schema N to N + 1, in this same transaction: a store is
+            # upgraded whole or not at all.
+            for step_from in range(version, SCHEMA_VERSION):
+                _UPGRADES[step_from](self, txn)
             incarnation = int(txn.get(b"incarnation", b"0", db=self._meta)) + 1
             txn.put(b"net", self.net.name.encode(), db=self._meta)
             txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
@@ -268,6 +279,10 @@ class Store:
             counts[bytes(key[2:4])] += int.from_bytes(value[:4], "big")
         for place_id, count in counts.items():
             txn.put(b"count:" + place_id, count.to_bytes(8, "big"), db=self._meta)
+
+    def _start_firing_totals(self, txn: lmdb.Transaction) -> None:
+        """Schema 6 to 7: the firing totals count from now (no earlier ones were kept)."""
+        txn.put(b"firings_since", pack((_wall_ms(), "upgraded from schema 6")), db=self._meta)
 
     def _recover(self, deferred: frozenset[str]) -> Recovered:
         places = {p.name: p for p in self.net.places}
@@ -336,6 +351,15 @@ class Store:
         }
         table = txn.get(b"table", db=self._meta)
         endpoints = txn.get(b"endpoints", db=self._meta)
+        firings_total = {}
+        cursor = txn.cursor(db=self._meta)
+        if cursor.set_range(b"fired:"):
+            for key, value in cursor:
+                if not bytes(key).startswith(b"fired:"):
+                    break
+                firings_total[bytes(key)[6:].decode()] = int.from_bytes(value, "big")
+        since = txn.get(b"firings_since", db=self._meta)
+        since_ms, since_what = (0, "") if since is None else unpack(bytes(since))
         phases = {
             int.from_bytes(key, "big"): bytes(value) for key, value in txn.cursor(db=self._phases)
         }
@@ -355,6 +379,9 @@ class Store:
             phases,
             staged,
             deferred_counts,
+            firings_total=firings_total,
+            firings_since_ms=since_ms,
+            firings_since=since_what,
         )
 
     def slot_entries(self, slot: int) -> list[tuple[str, int, Token]]:
@@ -476,6 +503,10 @@ class Store:
             if batch.clients and txn.stat(self._clients)["entries"] > CLIENTS_MAX:
                 self._evict_clients(txn)
             self._write_handoff(txn, batch)
+            for transition, n in batch.firings.items():
+                key = b"fired:" + transition.encode()
+                fired = int.from_bytes(txn.get(key, bytes(8), db=self._meta), "big") + n
+                txn.put(key, fired.to_bytes(8, "big"), db=self._meta)
             txn.put(b"clock_ms", str(batch.clock_ms).encode(), db=self._meta)
             if initialised:
                 txn.put(b"initialised", b"1", db=self._meta)
@@ -570,6 +601,18 @@ class Store:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+# Each older schema's step to the next one (see _start_incarnation): schema 5 lacked
+# the per-place counts, schema 6 the firing totals. A new schema adds one line here.
+_UPGRADES: Final[dict[int, Callable[[Store, lmdb.Transaction], None]]] = {
+    5: Store._count_places,
+    6: Store._start_firing_totals,
+}
+
+
+def _wall_ms() -> int:
+    return time_ns() // 1_000_000
 
 
 def _client_key(client_id: str) -> bytes:

@@ -149,7 +149,7 @@ class FakeShards:
         beat = Heartbeat(shard, endpoint, self.epochs[shard], {"fired": now_ms})
         assert isinstance(router.ask(now_ms, beat, incarnation=1), HeartbeatAck)
         answers = tuple(self.pending.pop(shard, []))
-        report = MoveReport(shard, self.epochs[shard], answers, 0, 0, ())
+        report = MoveReport(shard, self.epochs[shard], answers, 0, 0, (), {})
         orders = router.ask(now_ms, report, incarnation=1)
         assert isinstance(orders, MoveOrders), orders
         self.take(shard, orders)

@@ -116,6 +116,8 @@ def test_put_lease_complete_at_times_the_caller_gives() -> None:
             "work__timer": 1,
         },
         T0_MS + 10,
+        {},
+        0,
     )
 
 

@@ -48,7 +48,7 @@ EXAMPLES = [
     Release("c", 7, "4.17"),
     Release("c", 8, "4.17", (1,)),
     QueryTokens("targets", 100, 50),
-    Counts({"targets": 3, "done": 0}, 1_700_000_000_000),
+    Counts({"targets": 3, "done": 0}, 1_700_000_000_000, {"targets": 1}, 0),
     Tokens("targets", 0, 1, ((5, ("a", 1)),)),
     Leased(2, "4.17", 99, ((5, ("a", 1)),)),
     Completed(4, "4.17", True),
