@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from cluster import scaling
+from cluster import scaling, totals
 from cluster.chaos import DRAIN_TIMEOUT_S, TARGETS, ChaosRun, plan, victims
 from cluster.client import ClusterClient
 from cluster.commands.crawl import crawl_commands, demo
@@ -488,15 +488,6 @@ def _rows(rows: Sequence[Sequence[object]]) -> list[str]:
     ]
 
 
-def _pairs(title: str, values: dict[str, int]) -> None:
-    click.echo(title)
-    if not values:
-        click.echo("  (none)")
-        return
-    for line in _rows([(name, f"{count:,}") for name, count in values.items()]):
-        click.echo(f"  {line}")
-
-
 @cli.command()
 @_cluster_data
 @config_option("client")
@@ -535,8 +526,6 @@ def status(data_dir: Path, sample_ms: int) -> None:
     rows: list[Sequence[object]] = [
         ("shard", "endpoint", "pid", "alive", "slots", "epoch", "firings", "firings/s", "outbox")
     ]
-    firings: Counter[str] = Counter()
-    tokens: Counter[str] = Counter()
     for shard_id, shard in enumerate(state.shards):
         stats = second.get(shard_id, {})
         published = live_endpoint(layout.shard_dir(shard_id))
@@ -546,8 +535,6 @@ def status(data_dir: Path, sample_ms: int) -> None:
             before = sum(first[shard_id]["firings"].values())
             elapsed_ms = stats["now_ms"] - first[shard_id]["now_ms"]
             rate = f"{((fired or 0) - before) / elapsed_ms * 1000:,.1f}"
-        firings.update(stats.get("firings", {}))
-        tokens.update(stats.get("tokens", {}))
         rows.append(
             (
                 shard_id,
@@ -563,12 +550,17 @@ def status(data_dir: Path, sample_ms: int) -> None:
         )
     for line in _rows(rows):
         click.echo(line)
-    missing = [k for k in range(len(state.shards)) if k not in second]
-    partial = f" (without shards {', '.join(map(str, missing))})" if missing else ""
-    _pairs(f"firings per transition{partial}:", dict(firings))
-    _pairs(f"tokens per place{partial}:", dict(tokens))
+    # Totals over the stores' lives (docs/operations.md, "What the totals mean"); the
+    # per-shard column above is this incarnation's, which the rates are taken from.
+    for line in totals.describe_totals(
+        totals.firing_totals(len(state.shards), second, router_stats)
+    ):
+        click.echo(line)
+    view = totals.marking_view(second, len(state.shards))
+    for line in totals.describe_marking(view):
+        click.echo(line)
     outbox = sum(stats.get("outbox_tokens", 0) for stats in second.values())
-    click.echo(f"outbox tokens (in flight between shards){partial}: {outbox:,}")
+    click.echo(f"outbox tokens (in flight between shards): {outbox:,}")
     _moves(router_stats)
 
 
@@ -684,12 +676,19 @@ def marking(data_dir: Path, place: str | None, limit: int) -> None:
     """Show how many tokens each place holds, or (with PLACE) the tokens of one place."""
     layout = ClusterLayout(data_dir.resolve())
     with _client(layout) as client:
+        view = totals.read_marking(client)
         if place is None:
-            _pairs("tokens per place:", client.counts())
+            for line in totals.describe_marking(view):
+                click.echo(line)
             return
         entries = client.tokens(place, limit=limit)
-        total = client.counts().get(place, len(entries))
-    click.echo(f"place {place!r}: {total:,} tokens (showing {len(entries):,})")
+    flying = view.in_flight.get(place, 0)
+    click.echo(
+        f"place {place!r}: {view.counts.get(place, len(entries)):,} tokens (showing "
+        f"{len(entries):,})" + (f", {flying:,} more in flight between shards" if flying else "")
+    )
+    for note in totals.marking_notes(view):
+        click.echo(note)
     for shard_id, time_ms, fields in entries:
         click.echo(f"  shard {shard_id}  t={time_ms}  {json.dumps(list(fields), default=repr)}")
 
