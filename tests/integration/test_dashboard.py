@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,7 @@ def _wait(condition: Any, *, timeout_s: float, what: str) -> Any:
 
 
 @pytest.fixture
-def dashboard_page(chromium: None, tmp_path: Path) -> Iterator[tuple[LocalCluster, Any]]:
+def dashboard_page(chromium: None, tmp_path: Path) -> Iterator[tuple[LocalCluster, Any, str]]:
     with LocalCluster(NET, tmp_path / "cluster", shards=2) as cluster:
         cluster.start()
         cluster.put("hops", *(hopper(i, 3) for i in range(12)))
@@ -83,17 +85,17 @@ def dashboard_page(chromium: None, tmp_path: Path) -> Iterator[tuple[LocalCluste
         ):
             driver.get(dashboard.url)
             wait_rendered(driver)
-            yield cluster, driver
+            yield cluster, driver, dashboard.url
             pid = dashboard.pid
         assert dashboard.process.poll() is not None, f"the dashboard (pid {pid}) still runs"
 
 
 def test_the_page_shows_the_marking_follows_puts_and_lists_tokens_as_text(
-    dashboard_page: tuple[LocalCluster, Any], tmp_path: Path
+    dashboard_page: tuple[LocalCluster, Any, str], tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    cluster, driver = dashboard_page
+    cluster, driver, url = dashboard_page
     marking = _marking(cluster)
     assert marking["arrived"] == 12
     _wait(lambda: _page_counts(driver) == marking, timeout_s=WAIT_TIMEOUT_S, what="page = marking")
@@ -134,3 +136,24 @@ def test_the_page_shows_the_marking_follows_puts_and_lists_tokens_as_text(
     ARTIFACT.parent.mkdir(exist_ok=True)
     shutil.copyfile(shot, ARTIFACT)
     assert shot.stat().st_size > 0
+
+    # The API refuses what it cannot serve, saying why in JSON.
+    status, answer = _get(f"{url}api/tokens?place=nowhere")
+    assert status == 404 and "nowhere" in answer["error"]
+    status, answer = _get(url, headers={"Host": "rebound.example:80"})
+    assert status == 403 and "loopback" in answer["error"]
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), None
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_dashboard_refuses_a_remote_address_without_allow_remote(tmp_path: Path) -> None:
+    done = run_cpn("dashboard", "--data", str(tmp_path), "--host", "0.0.0.0", timeout_s=60)
+    assert done.returncode == 2
+    assert "not a loopback address; pass --allow-remote" in done.stderr, done.stderr
