@@ -214,6 +214,7 @@ def _screenshot(driver: Any, path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    driver.set_window_size(1400, 1000)
     driver.find_element(By.CSS_SELECTOR, "[data-place='left'] circle").click()
     WebDriverWait(driver, RENDER_TIMEOUT_S).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, "#tokens-list li")

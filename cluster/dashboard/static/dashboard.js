@@ -7,7 +7,7 @@
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
   const SLOTS_PER_ROW = 32;
-  const SLOT_SIZE = 10;
+  const SLOT_SIZE = 8;
   const PALETTE = [
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948",
     "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
@@ -254,8 +254,10 @@
       const answer = await getJSON(`/api/tokens?place=${encodeURIComponent(place)}&limit=100`);
       if (selectedPlace !== place) return; // another place was clicked meanwhile
       const fields = (net.fields && net.fields[place]) || [];
+      // The count is the last sample's; the list is read now: they may differ by a
+      // few tokens on a busy place.
       summary.textContent =
-        `${format(answer.total)} tokens, showing ${answer.tokens.length}`;
+        `${answer.tokens.length} listed (at most 100); ${format(answer.total)} at the last sample`;
       list.replaceChildren(...answer.tokens.map((token) => {
         const shown = fields.length === token.fields.length
           ? fields.map((f, i) => `${f}=${JSON.stringify(token.fields[i])}`).join(", ")
