@@ -20,6 +20,7 @@ from types import FrameType
 
 import click
 
+from cluster.commands.deploy import config_option
 from cluster.dashboard.sampler import Sampler
 from cluster.dashboard.server import DashboardServer
 from cluster.layout import ClusterConfig, ClusterLayout
@@ -30,6 +31,7 @@ from router.endpoints import listen_address
 
 
 @click.command()
+@config_option("client")  # --config: a cluster file's data directory and CURVE keys
 @click.option(
     "--data",
     "data_dir",
