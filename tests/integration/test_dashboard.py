@@ -11,7 +11,9 @@ in ``tmp_path`` and copied to ``tests/artifacts/dashboard.png`` (ignored by git)
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +26,8 @@ import pytest
 from bench.observe_dashboard import DashboardProcess, chromium_driver, wait_rendered
 from cluster.processes import run_cpn
 from cluster.testbed import LocalCluster
+from router.shell.datadir import read_endpoint
+from tests.hopping_cluster import HoppingCluster
 from tests.nets_for_tests import hopper
 from tests.system_packages import require_debian_packages
 
@@ -157,3 +161,43 @@ def test_the_dashboard_refuses_a_remote_address_without_allow_remote(tmp_path: P
     done = run_cpn("dashboard", "--data", str(tmp_path), "--host", "0.0.0.0", timeout_s=60)
     assert done.returncode == 2
     assert "not a loopback address; pass --allow-remote" in done.stderr, done.stderr
+
+
+@pytest.mark.serial
+def test_a_restarted_shard_shows_its_new_incarnation_and_no_negative_rate(
+    tmp_path: Path, seed: int
+) -> None:
+    cluster = HoppingCluster(tmp_path / "cluster", seed=seed)
+    try:
+        cluster.up(2)
+        cluster.put_wave(50)
+        with DashboardProcess(
+            cluster.layout.root, log_dir=tmp_path, env=cluster.env, interval_ms=100
+        ) as dashboard:
+            state_url = f"{dashboard.url}api/state"
+
+            def shard_0() -> dict[str, Any]:
+                with urllib.request.urlopen(state_url, timeout=10) as response:
+                    state = json.loads(response.read())
+                assert all(rate >= 0 for rate in state["rates"].values()), state["rates"]
+                return dict(state["shards"][0]) if state["shards"] else {}
+
+            first = _wait(shard_0, timeout_s=WAIT_TIMEOUT_S, what="shard 0 sampled")
+            assert first["restarts"] == first["incarnation"] - 1
+            published = read_endpoint(cluster.layout.shard_dir(0))
+            assert published is not None
+            os.kill(published[1], signal.SIGKILL)
+            back = _wait(
+                lambda: (
+                    (s := shard_0()).get("incarnation") == first["incarnation"] + 1
+                    and s["alive"]
+                    and s
+                ),
+                timeout_s=WAIT_TIMEOUT_S,
+                what="shard 0's restart shown",
+            )
+            assert back["restarts"] == first["restarts"] + 1
+            assert back["pid"] != published[1]
+            cluster.record_pids()
+    finally:
+        cluster.close()
