@@ -70,6 +70,7 @@ def _fail(message: str) -> NoReturn:
 # (about 0.1 s of every start).
 LAZY_COMMANDS: dict[str, str] = {
     "check": "cluster.commands.check:check",
+    "dashboard": "cluster.commands.dashboard:dashboard",
     "draw": "cluster.commands.draw:draw",
     "sim": "cluster.commands.sim:sim",
     "verify": "cluster.commands.verify:verify",

@@ -51,13 +51,19 @@ def test_the_wheel_holds_every_package_and_each_imports_from_it(tmp_path: Path) 
     assert built.returncode == 0, built.stderr
     (wheel,) = tmp_path.glob("cpn_cluster-*.whl")
     with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
         in_wheel = {
             name.removesuffix("/__init__.py").replace("/", ".")
-            for name in archive.namelist()
+            for name in names
             if name.endswith("/__init__.py")
         }
     packages = _packages_in_tree()
     assert packages - in_wheel == set(), "add these to pyproject's packages list"
+    # Package data: the dashboard's page must ship, or `cpn dashboard` serves nothing.
+    static = {
+        f"cluster/dashboard/static/{n}" for n in ("index.html", "dashboard.js", "dashboard.css")
+    }
+    assert static - names == set(), "add them to pyproject's package-data"
     # -S, then site-packages appended by hand: the dependencies import, but no .pth file
     # runs, so the editable install's finder (which maps the packages to the clone) is
     # not there, and the cwd is not the clone: each package must come from the wheel.
