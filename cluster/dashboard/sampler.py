@@ -177,7 +177,7 @@ class Sampler:
                     sum(stats.get("firings", {}).values()) if stats else None,
                     per_shard.get(shard_id),
                     stats.get("outbox_tokens") if stats else None,
-                    stats.get("in_flight_tokens") if stats else None,
+                    sum(stats.get("in_flight", {}).values()) if stats else None,
                     errors.get(shard_id, "" if shard["alive"] else "no heartbeat"),
                 )
             )

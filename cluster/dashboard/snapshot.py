@@ -108,7 +108,7 @@ class ShardView:
     firings: int | None
     firings_per_s: float | None
     outbox_tokens: int | None
-    in_flight_tokens: int | None  # reported by newer shards only
+    in_flight_tokens: int | None  # sent, not yet acknowledged (the shard's in_flight)
     error: str
 
     def to_json(self) -> dict[str, Any]:
