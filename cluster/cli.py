@@ -72,6 +72,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "check": "cluster.commands.check:check",
     "draw": "cluster.commands.draw:draw",
     "sim": "cluster.commands.sim:sim",
+    "top": "cluster.commands.top:top",
     "verify": "cluster.commands.verify:verify",
 }
 
