@@ -33,7 +33,12 @@ from cluster.commands.deploy import (
     shard_settings,
 )
 from cluster.commands.jobs import jobs_demo
-from cluster.commands.options import DURATION, net_params_option
+from cluster.commands.options import (
+    DURATION,
+    allow_impure_option,
+    net_params_option,
+    refuse_impure,
+)
 from cluster.commands.workers import worker
 from cluster.launch import down as stop_cluster
 from cluster.launch import record_config, settle_config
@@ -137,6 +142,7 @@ def cli() -> None:
     default=None,
     help="Play a counterexample trace of `cpn verify` step by step instead.",
 )
+@allow_impure_option
 def run(
     net_path: str,
     until_ms: int,
@@ -144,6 +150,7 @@ def run(
     tie_break: str,
     max_steps: int,
     replay_path: Path | None,
+    allow_impure: bool,
 ) -> None:
     """Run NET (package.module:attr, or a .pnml file) under virtual time and summarise it."""
     if replay_path is not None:
@@ -157,6 +164,7 @@ def run(
         net = load_pnml(Path(net_path))
     else:
         net = load_net(net_path, seed=seed)
+    refuse_impure(net, allow_impure=allow_impure)
     started = time.perf_counter()
     summary = simulate(net, until_ms=until_ms, seed=seed, tie_break=tie_break, steps_max=max_steps)
     wall_s = time.perf_counter() - started
@@ -400,6 +408,7 @@ def router(
     help="Kill and restart a shard that runs but makes no progress this long (0: never).",
 )
 @net_params_option
+@allow_impure_option
 def up(
     net_path: str,
     shard_count: int,
@@ -411,6 +420,7 @@ def up(
     timeout_ms: int,
     stuck_timeout_ms: int,
     net_params: tuple[tuple[str, Any], ...],
+    allow_impure: bool,
 ) -> None:
     """Start a cluster (a supervised router and shards) in DATA and wait until it is ready."""
     layout = ClusterLayout(data_dir.resolve())
@@ -424,7 +434,9 @@ def up(
         params=dict(net_params) if net_params else None,
     )
     # Fails here, in one line, not in a child.
-    load_net(config.net, seed=config.seed, params=config.params)
+    refuse_impure(
+        load_net(config.net, seed=config.seed, params=config.params), allow_impure=allow_impure
+    )
     record_config(layout, config)
     if foreground:
         click.echo(
@@ -446,6 +458,7 @@ def up(
         bind=bind,
         timeout_s=timeout_ms / 1000,
         stuck_timeout_s=stuck_timeout_ms / 1000,
+        extra_args=("--allow-impure",) if allow_impure else (),
     )
     click.echo(
         f"cluster of net {info.net!r} is up in {layout.root}: {config.shards} shards, "
