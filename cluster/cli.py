@@ -36,6 +36,7 @@ from cluster.commands.jobs import jobs_demo
 from cluster.commands.options import (
     DURATION,
     allow_impure_option,
+    log_json_option,
     net_params_option,
     refuse_impure,
 )
@@ -256,6 +257,7 @@ def run(
     help="The router's endpoint (cluster mode): heartbeats, the partition table, peers.",
 )
 @net_params_option
+@log_json_option
 def shard(
     net_path: str,
     data_dir: Path,
@@ -268,6 +270,7 @@ def shard(
     shard_count: int,
     router: str,
     net_params: tuple[tuple[str, Any], ...],
+    log_json: bool,
 ) -> None:
     """Run one shard: recover NET's marking from DATA, then serve and fire."""
     if shard_id >= shard_count and not router:
@@ -288,6 +291,7 @@ def shard(
         shard_count=shard_count,
         router=router,
         params=dict(net_params),
+        log_json=log_json,
         **shard_settings(data_dir, shard_id, shard_count),
     )
     serve(config)
@@ -347,6 +351,7 @@ def _shards_option(help_text: str) -> Callable[[F], F]:
     help="A shard is alive while its last heartbeat is younger than this.",
 )
 @net_params_option
+@log_json_option
 def router(
     net_path: str,
     data_dir: Path,
@@ -356,6 +361,7 @@ def router(
     seed: int,
     heartbeat_timeout_ms: int,
     net_params: tuple[tuple[str, Any], ...],
+    log_json: bool,
 ) -> None:
     """Run the router: the partition table, the shards' endpoints, their heartbeats."""
     config = RouterConfig(
@@ -367,6 +373,7 @@ def router(
         seed,
         heartbeat_timeout_ms,
         params=dict(net_params),
+        log_json=log_json,
         **router_settings(data_dir, shard_count),
     )
     serve_router(config)
@@ -409,6 +416,7 @@ def router(
 )
 @net_params_option
 @allow_impure_option
+@log_json_option
 def up(
     net_path: str,
     shard_count: int,
@@ -421,6 +429,7 @@ def up(
     stuck_timeout_ms: int,
     net_params: tuple[tuple[str, Any], ...],
     allow_impure: bool,
+    log_json: bool,
 ) -> None:
     """Start a cluster (a supervised router and shards) in DATA and wait until it is ready."""
     layout = ClusterLayout(data_dir.resolve())
@@ -450,6 +459,7 @@ def up(
             bind=bind,
             stuck_timeout_s=stuck_timeout_ms / 1000,
             shard_binds=shard_binds(),
+            log_json=log_json,
         )
         return
     info = start_cluster(
@@ -458,7 +468,11 @@ def up(
         bind=bind,
         timeout_s=timeout_ms / 1000,
         stuck_timeout_s=stuck_timeout_ms / 1000,
-        extra_args=("--allow-impure",) if allow_impure else (),
+        extra_args=tuple(
+            flag
+            for flag, given in (("--allow-impure", allow_impure), ("--log-json", log_json))
+            if given
+        ),
     )
     click.echo(
         f"cluster of net {info.net!r} is up in {layout.root}: {config.shards} shards, "

@@ -108,3 +108,17 @@ def refuse_impure(net: Net, *, allow_impure: bool) -> None:
         f"({ALLOW_IMPURE_FLAG})",
         err=True,
     )
+
+
+LOG_JSON_FLAG: Final = "--log-json"
+
+
+def log_json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-json``: the process logs one JSON object per line (router/shell/logsetup.py)."""
+    return click.option(
+        LOG_JSON_FLAG,
+        "log_json",
+        is_flag=True,
+        help="Log one JSON object per line (time, level, logger, message, fields) instead of "
+        "text; `cpn up` passes it on to the router and the shards.",
+    )(command)
