@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any, Final
@@ -94,10 +95,12 @@ def refuse_impure(net: Net, *, allow_impure: bool) -> None:
     if not errors:
         return
     first = errors[0]
+    # As `cpn check` prints it: relative to the working directory when it is below it.
+    path = first.file
+    if path.startswith(os.getcwd() + os.sep):
+        path = os.path.relpath(path)
     more = f" (and {len(errors) - 1} more; `cpn check` lists them)" if len(errors) > 1 else ""
-    finding = (
-        f"{first.file}:{first.line}: {first.rule}: transition {first.transition!r}: {first.what}"
-    )
+    finding = f"{path}:{first.line}: {first.rule}: transition {first.transition!r}: {first.what}"
     if not allow_impure:
         raise CpnError(
             f"net {net.name!r} is impure: {finding}{more}; pass {ALLOW_IMPURE_FLAG} to run it "

@@ -9,7 +9,7 @@ traceback as ``exception``). Every line passes a :class:`router.loglimit.LogLimi
 first: a flood of lines of one kind (one logger and format string) is cut to the first
 few per interval plus one summary line, "N more like this in the last T s", written
 when the interval ends, by a small thread if the process logs nothing else then, and
-at the latest when logging shuts down (docs/operations.md, "Logs").
+at the latest when logging shuts down (docs/cluster.md, "Looking at it").
 """
 
 from __future__ import annotations
