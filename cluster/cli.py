@@ -33,7 +33,13 @@ from cluster.commands.deploy import (
     shard_settings,
 )
 from cluster.commands.jobs import jobs_demo
-from cluster.commands.options import DURATION, net_params_option
+from cluster.commands.options import (
+    DURATION,
+    allow_impure_option,
+    log_json_option,
+    net_params_option,
+    refuse_impure,
+)
 from cluster.commands.workers import worker
 from cluster.launch import down as stop_cluster
 from cluster.launch import record_config, settle_config
@@ -73,6 +79,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "dashboard": "cluster.commands.dashboard:dashboard",
     "draw": "cluster.commands.draw:draw",
     "sim": "cluster.commands.sim:sim",
+    "top": "cluster.commands.top:top",
     "verify": "cluster.commands.verify:verify",
 }
 
@@ -137,6 +144,7 @@ def cli() -> None:
     default=None,
     help="Play a counterexample trace of `cpn verify` step by step instead.",
 )
+@allow_impure_option
 def run(
     net_path: str,
     until_ms: int,
@@ -144,6 +152,7 @@ def run(
     tie_break: str,
     max_steps: int,
     replay_path: Path | None,
+    allow_impure: bool,
 ) -> None:
     """Run NET (package.module:attr, or a .pnml file) under virtual time and summarise it."""
     if replay_path is not None:
@@ -157,6 +166,7 @@ def run(
         net = load_pnml(Path(net_path))
     else:
         net = load_net(net_path, seed=seed)
+    refuse_impure(net, allow_impure=allow_impure)
     started = time.perf_counter()
     summary = simulate(net, until_ms=until_ms, seed=seed, tie_break=tie_break, steps_max=max_steps)
     wall_s = time.perf_counter() - started
@@ -248,6 +258,7 @@ def run(
     help="The router's endpoint (cluster mode): heartbeats, the partition table, peers.",
 )
 @net_params_option
+@log_json_option
 def shard(
     net_path: str,
     data_dir: Path,
@@ -260,6 +271,7 @@ def shard(
     shard_count: int,
     router: str,
     net_params: tuple[tuple[str, Any], ...],
+    log_json: bool,
 ) -> None:
     """Run one shard: recover NET's marking from DATA, then serve and fire."""
     if shard_id >= shard_count and not router:
@@ -280,6 +292,7 @@ def shard(
         shard_count=shard_count,
         router=router,
         params=dict(net_params),
+        log_json=log_json,
         **shard_settings(data_dir, shard_id, shard_count),
     )
     serve(config)
@@ -339,6 +352,7 @@ def _shards_option(help_text: str) -> Callable[[F], F]:
     help="A shard is alive while its last heartbeat is younger than this.",
 )
 @net_params_option
+@log_json_option
 def router(
     net_path: str,
     data_dir: Path,
@@ -348,6 +362,7 @@ def router(
     seed: int,
     heartbeat_timeout_ms: int,
     net_params: tuple[tuple[str, Any], ...],
+    log_json: bool,
 ) -> None:
     """Run the router: the partition table, the shards' endpoints, their heartbeats."""
     config = RouterConfig(
@@ -359,6 +374,7 @@ def router(
         seed,
         heartbeat_timeout_ms,
         params=dict(net_params),
+        log_json=log_json,
         **router_settings(data_dir, shard_count),
     )
     serve_router(config)
@@ -400,6 +416,8 @@ def router(
     help="Kill and restart a shard that runs but makes no progress this long (0: never).",
 )
 @net_params_option
+@allow_impure_option
+@log_json_option
 def up(
     net_path: str,
     shard_count: int,
@@ -411,6 +429,8 @@ def up(
     timeout_ms: int,
     stuck_timeout_ms: int,
     net_params: tuple[tuple[str, Any], ...],
+    allow_impure: bool,
+    log_json: bool,
 ) -> None:
     """Start a cluster (a supervised router and shards) in DATA and wait until it is ready."""
     layout = ClusterLayout(data_dir.resolve())
@@ -424,7 +444,9 @@ def up(
         params=dict(net_params) if net_params else None,
     )
     # Fails here, in one line, not in a child.
-    load_net(config.net, seed=config.seed, params=config.params)
+    refuse_impure(
+        load_net(config.net, seed=config.seed, params=config.params), allow_impure=allow_impure
+    )
     record_config(layout, config)
     if foreground:
         click.echo(
@@ -438,6 +460,7 @@ def up(
             bind=bind,
             stuck_timeout_s=stuck_timeout_ms / 1000,
             shard_binds=shard_binds(),
+            log_json=log_json,
         )
         return
     info = start_cluster(
@@ -446,6 +469,11 @@ def up(
         bind=bind,
         timeout_s=timeout_ms / 1000,
         stuck_timeout_s=stuck_timeout_ms / 1000,
+        extra_args=tuple(
+            flag
+            for flag, given in (("--allow-impure", allow_impure), ("--log-json", log_json))
+            if given
+        ),
     )
     click.echo(
         f"cluster of net {info.net!r} is up in {layout.root}: {config.shards} shards, "

@@ -110,8 +110,11 @@ def up(
     bind: str = LOOPBACK_ANY_PORT,
     timeout_s: float = READY_TIMEOUT_S,
     stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
+    extra_args: tuple[str, ...] = (),
 ) -> ClusterInfo:
     """Start the cluster's supervisor detached and wait until every shard is alive.
+
+    ``extra_args`` are flags of ``cpn up`` passed on to ``cpn up --foreground``.
 
     Raises:
         CpnError: a supervisor already runs; the supervisor exited (its error is
@@ -140,6 +143,7 @@ def up(
         bind,
         "--stuck-timeout",
         f"{round(stuck_timeout_s * 1000)}ms",
+        *extra_args,
     ]
     with layout.supervisor_log.open("ab") as log_file:
         log_start = log_file.tell()  # what the new supervisor writes comes after this

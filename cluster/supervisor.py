@@ -60,6 +60,7 @@ from cluster.processes import (
     wait_ready,
 )
 from nets.errors import CpnError
+from router.shell.logsetup import configure_logging
 from router.wire import ClusterState, ClusterStatus
 
 TICK_S: Final = 0.1
@@ -143,12 +144,15 @@ class Supervisor:
         bind: str = LOOPBACK_ANY_PORT,
         env: dict[str, str] | None = None,
         stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
+        log_json: bool = False,
     ) -> None:
         self.layout = layout
         self.config = config
         self.bind = bind
         self.env = env
         self.stuck_timeout_s = stuck_timeout_s  # 0: never judge a shard stuck
+        # `cpn up --log-json`: every child logs JSON lines too.
+        self.log_args: tuple[str, ...] = ("--log-json",) if log_json else ()
         self.shard_binds: tuple[str, ...] = ()  # a cluster file's shard endpoints, if any
         self.stopping = False
         self._status_client: ShardClient | None = None
@@ -175,7 +179,12 @@ class Supervisor:
         return (self.config.net, self.config.seed, self.config.params)
 
     def _start_router(self, bind: str) -> ShardProcess:
-        extra = ("--seed", str(self.config.seed), *net_param_args(self.config.params))
+        extra = (
+            "--seed",
+            str(self.config.seed),
+            *net_param_args(self.config.params),
+            *self.log_args,
+        )
         spare, self._router_standby = self._router_standby, None
         try:
             return start_router(
@@ -204,6 +213,7 @@ class Supervisor:
             "--seed",
             str(self.config.seed),
             *net_param_args(self.config.params),
+            *self.log_args,
         )
         if bind == LOOPBACK_ANY_PORT and shard_id < len(self.shard_binds):
             bind = self.shard_binds[shard_id]  # a first start binds where the file says
@@ -489,15 +499,14 @@ def supervise(
     bind: str,
     stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
     shard_binds: tuple[str, ...] = (),
+    log_json: bool = False,
 ) -> None:
     """``cpn up --foreground``: log to ``supervisor.log`` and run the supervisor."""
     layout.root.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        filename=layout.supervisor_log,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO,
-        force=True,
+    # Every line: the supervisor's restarts and kills are its story, and tests read it.
+    configure_logging(layout.supervisor_log, json_lines=log_json, summarise=False)
+    supervisor = Supervisor(
+        layout, config, bind=bind, stuck_timeout_s=stuck_timeout_s, log_json=log_json
     )
-    supervisor = Supervisor(layout, config, bind=bind, stuck_timeout_s=stuck_timeout_s)
     supervisor.shard_binds = shard_binds
     supervisor.run()

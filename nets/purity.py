@@ -236,38 +236,56 @@ def inscriptions(
             yield f"delay of output to {out.place.name!r}", out.delay
 
 
-def function_source(fn: types.FunctionType, cache: dict[str, ast.Module]) -> FunctionSource | None:
+_Node = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleIndex:
+    """A module's functions and lambdas by the line their code starts on (a ``def``'s
+    own line and its decorators' lines), parsed and walked once per lint: looking each
+    inscription up by walking the whole module cost seconds on a large net module."""
+
+    by_line: dict[int, tuple[_Node, ...]]
+
+
+def _index(tree: ast.Module) -> ModuleIndex:
+    by_line: dict[int, list[_Node]] = {}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Lambda):
+            by_line.setdefault(n.lineno, []).append(n)
+        elif isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef):
+            for line in dict.fromkeys((n.lineno, *(d.lineno for d in n.decorator_list))):
+                by_line.setdefault(line, []).append(n)
+    return ModuleIndex({line: tuple(nodes) for line, nodes in by_line.items()})
+
+
+def function_source(fn: types.FunctionType, cache: dict[str, ModuleIndex]) -> FunctionSource | None:
     """The AST node(s) of ``fn`` in its module's source, or ``None`` if there is none.
 
-    ``cache`` holds parsed modules by name across calls of one lint.
+    ``cache`` holds the indexed modules by name across calls of one lint.
     """
     code = fn.__code__
     module = inspect.getmodule(fn)
     if module is None:
         return None
-    tree = cache.get(module.__name__)
-    if tree is None:
+    index = cache.get(module.__name__)
+    if index is None:
         try:
-            tree = ast.parse(inspect.getsource(module))
+            index = _index(ast.parse(inspect.getsource(module)))
         except (OSError, TypeError, SyntaxError):
             return None
-        cache[module.__name__] = tree
+        cache[module.__name__] = index
     first = code.co_firstlineno
-    nodes: list[ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda]
+    candidates = index.by_line.get(first, ())
+    nodes: list[_Node]
     if code.co_name == "<lambda>":
         names = list(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
-        nodes = [
-            n
-            for n in ast.walk(tree)
-            if isinstance(n, ast.Lambda) and n.lineno == first and _arg_names(n.args) == names
-        ]
+        nodes = [n for n in candidates if isinstance(n, ast.Lambda) and _arg_names(n.args) == names]
     else:
         nodes = [
             n
-            for n in ast.walk(tree)
-            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
-            and n.name == code.co_name
-            and first in (n.lineno, *(d.lineno for d in n.decorator_list))
+            for n in candidates
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == code.co_name
         ]
     if not nodes:
         return None  # the file changed since the module was imported
@@ -371,7 +389,7 @@ class _Linter:
     """The state of one :func:`lint_net` call: parsed modules, helpers seen, findings."""
 
     def __init__(self) -> None:
-        self.modules: dict[str, ast.Module] = {}
+        self.modules: dict[str, ModuleIndex] = {}
         self.seen: set[types.CodeType] = set()
         self.findings: list[Finding] = []
 

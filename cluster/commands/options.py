@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import click
 
 from cluster.layout import parse_net_param
 from nets.errors import CpnError
+from nets.model import Net
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1}
@@ -57,4 +59,69 @@ def net_params_option(command: Callable[..., Any]) -> Callable[..., Any]:
         multiple=True,
         help="A parameter of the net's builder, KEY=VALUE (VALUE is JSON, else a string); "
         "repeatable.",
+    )(command)
+
+
+ALLOW_IMPURE_FLAG: Final = "--allow-impure"
+
+
+def allow_impure_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--allow-impure``: run a net whose inscriptions `cpn check` finds impure."""
+    return click.option(
+        ALLOW_IMPURE_FLAG,
+        "allow_impure",
+        is_flag=True,
+        help="Run the net even if `cpn check` finds an impure guard or output (a clock, "
+        "randomness, I/O...); a warning instead of an error.",
+    )(command)
+
+
+def refuse_impure(net: Net, *, allow_impure: bool) -> None:
+    """The purity part of `cpn check` (nets/purity.py), before a command runs ``net``.
+
+    An impure inscription gives a replayed firing, a simulated seed or an explored
+    state another answer than the first run (docs/language.md, "Checking a net"), so
+    `cpn up`, `cpn run`, `cpn sim` and `cpn verify` refuse it unless told otherwise.
+    Warnings (``no-source``: an inscription without Python source) do not refuse.
+
+    Raises:
+        CpnError: an error finding and no ``allow_impure``; one line naming the first
+            finding, how many more there are, and the flag.
+    """
+    # Imported here: a shard or router process starts without the lint (see LAZY_COMMANDS).
+    from nets.purity import lint_net  # noqa: PLC0415
+
+    errors = [f for f in lint_net(net) if f.severity == "error"]
+    if not errors:
+        return
+    first = errors[0]
+    # As `cpn check` prints it: relative to the working directory when it is below it.
+    path = first.file
+    if path.startswith(os.getcwd() + os.sep):
+        path = os.path.relpath(path)
+    more = f" (and {len(errors) - 1} more; `cpn check` lists them)" if len(errors) > 1 else ""
+    finding = f"{path}:{first.line}: {first.rule}: transition {first.transition!r}: {first.what}"
+    if not allow_impure:
+        raise CpnError(
+            f"net {net.name!r} is impure: {finding}{more}; pass {ALLOW_IMPURE_FLAG} to run it "
+            "anyway"
+        )
+    click.echo(
+        f"cpn: warning: net {net.name!r} is impure: {finding}{more}; running it anyway "
+        f"({ALLOW_IMPURE_FLAG})",
+        err=True,
+    )
+
+
+LOG_JSON_FLAG: Final = "--log-json"
+
+
+def log_json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-json``: the process logs one JSON object per line (router/shell/logsetup.py)."""
+    return click.option(
+        LOG_JSON_FLAG,
+        "log_json",
+        is_flag=True,
+        help="Log one JSON object per line (time, level, logger, message, fields) instead of "
+        "text; `cpn up` passes it on to the router and the shards.",
     )(command)

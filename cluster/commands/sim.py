@@ -24,7 +24,12 @@ from typing import Any, Final, TextIO
 
 import click
 
-from cluster.commands.options import DURATION, net_params_option
+from cluster.commands.options import (
+    DURATION,
+    allow_impure_option,
+    net_params_option,
+    refuse_impure,
+)
 from cluster.sim import cluster_run
 from cluster.sim.campaign import (
     INVARIANT,
@@ -42,6 +47,7 @@ from cluster.sim.faults import parse_faults
 from cluster.sim.trace import DeterminismReport, Trace, check_determinism
 from cluster.sim.whatif import what_if
 from nets.loader import load_net
+from nets.model import Net
 
 EXIT_PASSED, EXIT_FAILED = 0, 1
 RUNNER: Final = "cluster.sim.cluster_run:run"  # the determinism rerun's entry point
@@ -124,8 +130,9 @@ def check_seed(config: SimConfig, outcome: SeedOutcome, trace: Trace) -> Determi
         _scratch(child, seed)
 
 
-def validate(config: SimConfig, seed: int) -> None:
-    """Refuse what no seed could run, before running any (a one-line error each).
+def validate(config: SimConfig, seed: int) -> Net:
+    """Refuse what no seed could run, before running any (a one-line error each);
+    return the net as seed ``seed`` builds it.
 
     Raises:
         UnknownFault, FaultError: ``--faults`` does not parse.
@@ -137,7 +144,9 @@ def validate(config: SimConfig, seed: int) -> None:
         raise SimError(f"--until must be a positive duration, got {config.until_ms} ms")
     if config.faults:
         parse_faults(config.faults)
-    cluster_run.effect_models(load_net(config.net_path, seed=seed, params=config.params))
+    net = load_net(config.net_path, seed=seed, params=config.params)
+    cluster_run.effect_models(net)
+    return net
 
 
 def failure_of(config: SimConfig, outcome: SeedOutcome) -> Failure:
@@ -218,6 +227,7 @@ def failure_of(config: SimConfig, outcome: SeedOutcome) -> Failure:
     "(docs/simulation-whatif.md); compare two --net-param or --shards settings.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+@allow_impure_option
 def sim(
     net_path: str,
     seed_count: int,
@@ -231,6 +241,7 @@ def sim(
     store: str,
     what_if_report: bool,
     quiet: bool,
+    allow_impure: bool,
 ) -> None:
     """Simulate the whole cluster running NET (package.module:attr) under faults, per seed.
 
@@ -252,7 +263,7 @@ def sim(
             store=store,
             lmdb_dir=lmdb_dir,
         )
-        validate(config, first_seed)
+        refuse_impure(validate(config, first_seed), allow_impure=allow_impure)
         seeds = range(first_seed, first_seed + seed_count)
         if what_if_report:
             _what_if(config, seeds, as_json, quiet)

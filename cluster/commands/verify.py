@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from cluster.commands.options import net_params_option
+from cluster.commands.options import allow_impure_option, net_params_option, refuse_impure
 from nets.errors import CpnError, LoadError
 from nets.explore import StateSpace, explore
 from nets.loader import load_net_or_pnml
@@ -153,6 +153,7 @@ def mcc_lines(space: StateSpace) -> list[str]:
     show_default=True,
     help="Where counterexample traces are written.",
 )
+@allow_impure_option
 def verify(
     net_path: str,
     net_params: tuple[tuple[str, Any], ...],
@@ -167,6 +168,7 @@ def verify(
     time_mode: str,
     priorities: bool,
     trace_dir: Path,
+    allow_impure: bool,
 ) -> None:
     """Explore NET's state space, print the report and check its properties.
 
@@ -175,6 +177,7 @@ def verify(
     """
     params = dict(net_params)
     net = load_net_or_pnml(net_path, params=params)
+    refuse_impure(net, allow_impure=allow_impure)
     extra = {name: p for spec in invariants for name, p in load_predicates(spec).items()}
     goals = {name: p for spec in reachables for name, p in load_predicates(spec).items()}
     final = {name: p for spec in finals for name, p in load_predicates(spec).items()}

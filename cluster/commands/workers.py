@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cluster.commands.deploy import active_config, config_option
-from cluster.commands.options import DURATION
+from cluster.commands.options import DURATION, log_json_option
 from cluster.layout import parse_net_param
 from nets.errors import CpnError
 
@@ -148,6 +148,7 @@ def worker(
     help="On SIGTERM, how long running calls may finish before their tokens are handed back.",
 )  # fmt: skip
 @click.option("--ready-file", type=FILE, help="Create this file once the worker is leasing.")
+@log_json_option
 def run_command(
     function_path: str,
     data_dir: Path | None,
@@ -156,6 +157,7 @@ def run_command(
     lease_ms: int | None,
     drain_ms: int,
     ready_file: Path | None,
+    log_json: bool,
 ) -> None:
     """Run the worker MODULE:FUNCTION (declared with `@worker(place=...)`) until SIGTERM.
 
@@ -177,6 +179,7 @@ def run_command(
         lease_ms=lease_ms or 0,
         drain_s=drain_ms / 1000,
         ready_file=ready_file,
+        log_json=log_json,
     )
     run(spec, target, options)
 

@@ -63,6 +63,7 @@ from cluster.sdk.results import QueueShape, Results
 from cluster.sdk.spec import WorkerEnv, WorkerSpec
 from nets.errors import CpnError
 from nets.model import Net
+from router.shell.logsetup import configure_logging
 from router.wire import Leased
 
 log = logging.getLogger("cpn.worker")
@@ -105,6 +106,7 @@ class RunOptions:
     lease_ms: int = 0  # 0: the spec's
     drain_s: float = DRAIN_S_DEFAULT
     ready_file: Path | None = None  # created once the worker is leasing
+    log_json: bool = False  # `--log-json`: JSON lines on stderr (router/shell/logsetup.py)
 
 
 class Runner:
@@ -493,10 +495,10 @@ async def run_async(
 
 def run(spec: WorkerSpec, target: Target, options: RunOptions) -> Counter[str]:
     """``cpn worker run``: run one worker process until SIGTERM or SIGINT."""
-    logging.basicConfig(
-        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s: %(message)s",
-        level=logging.INFO,
-        force=True,
+    configure_logging(
+        None,
+        json_lines=options.log_json,
+        text_format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s: %(message)s",
     )
     started = time.monotonic()
     runner = asyncio.run(run_async(spec, target, options))

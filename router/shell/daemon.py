@@ -55,6 +55,7 @@ from router.control import (
 from router.endpoints import listen_address
 from router.shell.curve import CurveKeys, Gatekeeper, check_exposure, serve_securely
 from router.shell.datadir import fault_point, lock_directory, publish_endpoint, unpublish_endpoint
+from router.shell.logsetup import configure_logging
 from router.table import PartitionTable, TableError
 from router.wire import FRAME_BYTES_MAX
 
@@ -86,6 +87,7 @@ class RouterConfig:
     cluster_id: str = ""  # from a cluster file: heartbeats of another cluster are refused
     curve: CurveKeys | None = None  # CURVE keys: clients and shards must be allowed
     rate_limit: tuple[int, int] | None = None  # (requests per s, burst) per peer
+    log_json: bool = False  # `--log-json`: router.log as JSON lines
 
 
 # -- the router's store -------------------------------------------------------------------
@@ -204,7 +206,7 @@ def serve(config: RouterConfig) -> None:
     check_exposure(config.bind, address.removeprefix("tcp://").rsplit(":", 1)[0], config.curve)
     net = load_net(config.net_path, seed=config.seed, params=config.params)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    _log_to(config.data_dir / LOG_FILE)
+    configure_logging(config.data_dir / LOG_FILE, json_lines=config.log_json)
     store = RouterStore(config.data_dir, net=net.name, shard_count=config.shard_count)
     core = ControlPlane(
         net.name,
@@ -326,15 +328,3 @@ def _carry_out(
         # The peer went away (or is slow); its Lazy Pirate client retries.
         core.counters["replies_dropped"] += 1
         log.info("reply to %s dropped: %s", route[0].hex(), exc)
-
-
-# -- edges: the endpoint, files, logging --------------------------------------------------
-
-
-def _log_to(path: Path) -> None:
-    logging.basicConfig(
-        filename=path,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO,
-        force=True,
-    )

@@ -68,6 +68,7 @@ class ShardConfig:
     curve: CurveKeys | None = None  # CURVE keys for the shard's socket and its peers
     rate_limit: tuple[int, int] | None = None  # (requests per s, burst) per peer
     advertise: str = ""  # the endpoint the others reach it at, if not the bound one
+    log_json: bool = False  # `--log-json`: shard.log as JSON lines (router/shell/logsetup.py)
 
 
 class BatchTimer:

@@ -44,6 +44,7 @@ from router.endpoints import listen_address
 from router.limits import PeerRateLimits
 from router.shell.curve import Gatekeeper, check_exposure, serve_securely
 from router.shell.datadir import publish_endpoint, unpublish_endpoint
+from router.shell.logsetup import configure_logging
 from router.wire import (
     FRAME_BYTES_MAX,
     Error,
@@ -81,7 +82,7 @@ def serve(config: ShardConfig) -> None:
     address = listen_address(config.bind, allow_remote=config.allow_remote)
     check_exposure(config.bind, address.removeprefix("tcp://").rsplit(":", 1)[0], config.curve)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    _configure_logging(config.data_dir / LOG_FILE)
+    _configure_logging(config.data_dir / LOG_FILE, json_lines=config.log_json)
     # The loop allocates many short-lived tuples (entries, steps); a larger first
     # generation makes young collections rarer without letting garbage pile up.
     gc.set_threshold(50_000, 20, 100)
@@ -321,9 +322,6 @@ def _send(
     return True
 
 
-def _configure_logging(path: Path) -> None:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("cpn")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+def _configure_logging(path: Path, *, json_lines: bool) -> None:
+    # A flood of one kind of line (garbage frames, dropped replies) is summarised there.
+    configure_logging(path, json_lines=json_lines, logger="cpn")
