@@ -99,6 +99,7 @@ def _read_config(
             "allow_remote": secured,
             "seed": config.seed,
             "heartbeat_timeout_ms": config.heartbeat_timeout_ms,
+            "metrics": config.router.metrics,
         }
     elif role == "shard":
 
@@ -116,6 +117,7 @@ def _read_config(
             # Called once --shard-id is known (click resolves defaults after given options).
             "data_dir": lambda: str(of_this_shard().data_dir),
             "bind": lambda: of_this_shard().bind,
+            "metrics": lambda: of_this_shard().metrics,
         }
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 

@@ -22,6 +22,7 @@ from typing import Any, Final
 from nets.loader import load_net
 from router.shell.curve import CurveKeys
 from router.shell.datadir import fault_point
+from router.shell.metrics import METRICS_DEFAULT
 from shard.batch import Batch, Recovered
 from shard.core import ShardCore, ShardSetup, quantile
 from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability, Store, StoreError
@@ -68,6 +69,7 @@ class ShardConfig:
     curve: CurveKeys | None = None  # CURVE keys for the shard's socket and its peers
     rate_limit: tuple[int, int] | None = None  # (requests per s, burst) per peer
     advertise: str = ""  # the endpoint the others reach it at, if not the bound one
+    metrics: str = METRICS_DEFAULT  # HOST:PORT of /metrics (shard/shell/metrics.py), or "off"
 
 
 class BatchTimer:

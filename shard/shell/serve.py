@@ -58,6 +58,7 @@ from router.wire import (
     encode,
 )
 from shard.core import RequestError, ShardCore, writes
+from shard.shell.metrics import start_shard_metrics
 from shard.shell.peers import Peers
 from shard.shell.runtime import BatchTimer, ShardConfig, ShardRuntime, wall_ms
 
@@ -124,6 +125,12 @@ def serve(config: ShardConfig) -> None:
     # and that stop must be graceful (exit 0, the batch committed).
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    try:  # metrics: read once per batch, served on their own thread (shard/shell/metrics.py)
+        metrics = start_shard_metrics(runtime)
+    except BaseException:
+        runtime.close()
+        release()
+        raise
     publish_endpoint(config.data_dir, endpoint)
     runtime.serving_ms = wall_ms()
     log.info(
@@ -167,6 +174,8 @@ def serve(config: ShardConfig) -> None:
                     for peer, reply, mid in replies
                 ]
             core = runtime.core  # rebuilt if the commit failed
+            if metrics is not None:
+                metrics[0].after_batch(runtime)
             outcomes = [(reply, _send(runtime, socket, *reply)) for reply in replies]
             core.replies_sent(outcomes)  # undelivered leases go back (the next batch)
             peers.update(core.peer_endpoints())  # a table of this batch may move a peer
@@ -180,6 +189,8 @@ def serve(config: ShardConfig) -> None:
         os.close(wake_write)
         runtime.commit()
         unpublish_endpoint(config.data_dir)
+        if metrics is not None:
+            metrics[1].stop()
         peers.close()
         release()
         runtime.close()
