@@ -24,6 +24,7 @@ from cluster.commands.deploy import active_config, config_option
 from cluster.commands.options import DURATION
 from cluster.layout import parse_net_param
 from nets.errors import CpnError
+from router.shell.metrics import METRICS_DEFAULT
 
 if TYPE_CHECKING:
     from cluster.sdk.spec import WorkerSpec
@@ -148,6 +149,12 @@ def worker(
     help="On SIGTERM, how long running calls may finish before their tokens are handed back.",
 )  # fmt: skip
 @click.option("--ready-file", type=FILE, help="Create this file once the worker is leasing.")
+@click.option(
+    "--metrics", default=METRICS_DEFAULT, show_default=True,
+    help="HOST:PORT of its Prometheus /metrics (port 0: a free one), or off.",
+)  # fmt: skip
+@click.option("--metrics-file", type=FILE, help="Write the /metrics URL (and pid) here.")
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --metrics address.")
 def run_command(
     function_path: str,
     data_dir: Path | None,
@@ -156,6 +163,9 @@ def run_command(
     lease_ms: int | None,
     drain_ms: int,
     ready_file: Path | None,
+    metrics: str,
+    metrics_file: Path | None,
+    allow_remote: bool,
 ) -> None:
     """Run the worker MODULE:FUNCTION (declared with `@worker(place=...)`) until SIGTERM.
 
@@ -177,6 +187,9 @@ def run_command(
         lease_ms=lease_ms or 0,
         drain_s=drain_ms / 1000,
         ready_file=ready_file,
+        metrics=metrics,
+        metrics_file=metrics_file,
+        allow_remote=allow_remote,
     )
     run(spec, target, options)
 

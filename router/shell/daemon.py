@@ -36,7 +36,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import lmdb
 import zmq
@@ -56,7 +56,6 @@ from router.endpoints import listen_address
 from router.shell.curve import CurveKeys, Gatekeeper, check_exposure, serve_securely
 from router.shell.datadir import fault_point, lock_directory, publish_endpoint, unpublish_endpoint
 from router.shell.metrics import METRICS_DEFAULT, MetricsServer, metrics_address, serve_metrics
-from router.shell.router_metrics import RouterMetrics
 from router.table import PartitionTable, TableError
 from router.wire import FRAME_BYTES_MAX
 
@@ -70,6 +69,9 @@ SOCKET_OPTIONS: Final = (
     (zmq.LINGER, 0),
     (zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024),
 )
+
+if TYPE_CHECKING:
+    from router.shell.router_metrics import RouterMetrics
 
 log = logging.getLogger("cpn.router")
 
@@ -243,6 +245,9 @@ def serve(config: RouterConfig) -> None:
         stop = _stop_on_signals()
         metrics = None
         if metrics_at is not None:  # served from a thread; the loop swaps in a sample per turn
+            # Imported here: `cpn` commands other than the router's need no prometheus_client.
+            from router.shell.router_metrics import RouterMetrics  # noqa: PLC0415
+
             metrics = RouterMetrics(core, time.monotonic_ns() // 1_000_000)
             server = serve_metrics(metrics_at, metrics.collect, data_dir=config.data_dir)
         publish_endpoint(config.data_dir, endpoint)

@@ -30,15 +30,15 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import start_http_server
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from typing import TYPE_CHECKING, Final
 
 from nets.errors import CpnError
 from router.endpoints import listen_address
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.metrics_core import Metric
 
 METRICS_FILE: Final = "metrics"
 METRICS_OFF: Final = "off"
@@ -82,7 +82,7 @@ def metrics_address(value: str, *, allow_remote: bool) -> tuple[str, int] | None
     try:
         address = listen_address(f"tcp://{value}", allow_remote=allow_remote)
     except CpnError as exc:
-        raise CpnError(f"metrics address {value!r}: {exc}; or 'off'") from None
+        raise CpnError(f"metrics address {value!r} (HOST:PORT or 'off'): {exc}") from None
     host, port = address.removeprefix("tcp://").rsplit(":", 1)
     return host.strip("[]"), 0 if port == "*" else int(port)
 
@@ -118,7 +118,7 @@ class HistogramValue:
     sum: float
 
 
-class _Latest(Collector):
+class _Latest:
     """Renders the process's current snapshot (called on the HTTP server's thread)."""
 
     def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
@@ -159,6 +159,11 @@ def serve_metrics(
     Raises:
         CpnError: the address cannot be bound.
     """
+    # Imported here: every `cpn` command imports this module (for its names and checks),
+    # and prometheus_client takes some 40 ms to import, which only a server needs.
+    from prometheus_client import start_http_server  # noqa: PLC0415
+    from prometheus_client.registry import CollectorRegistry  # noqa: PLC0415
+
     host, port = address
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Latest(collect))

@@ -44,6 +44,7 @@ from router.endpoints import listen_address
 from router.limits import PeerRateLimits
 from router.shell.curve import Gatekeeper, check_exposure, serve_securely
 from router.shell.datadir import publish_endpoint, unpublish_endpoint
+from router.shell.metrics import metrics_address
 from router.wire import (
     FRAME_BYTES_MAX,
     Error,
@@ -58,7 +59,6 @@ from router.wire import (
     encode,
 )
 from shard.core import RequestError, ShardCore, writes
-from shard.shell.metrics import start_shard_metrics
 from shard.shell.peers import Peers
 from shard.shell.runtime import BatchTimer, ShardConfig, ShardRuntime, wall_ms
 
@@ -80,6 +80,7 @@ def serve(config: ShardConfig) -> None:
             net, or the endpoint cannot be bound.
     """
     address = listen_address(config.bind, allow_remote=config.allow_remote)
+    metrics_address(config.metrics, allow_remote=config.allow_remote)  # refused before a bind
     check_exposure(config.bind, address.removeprefix("tcp://").rsplit(":", 1)[0], config.curve)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     _configure_logging(config.data_dir / LOG_FILE)
@@ -125,7 +126,11 @@ def serve(config: ShardConfig) -> None:
     # and that stop must be graceful (exit 0, the batch committed).
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    try:  # metrics: read once per batch, served on their own thread (shard/shell/metrics.py)
+    # Metrics: read once per batch, served on their own thread. Imported here, as
+    # prometheus_client is, so that `cpn` commands other than a shard's do not pay for it.
+    from shard.shell.metrics import start_shard_metrics  # noqa: PLC0415
+
+    try:
         metrics = start_shard_metrics(runtime)
     except BaseException:
         runtime.close()
