@@ -81,6 +81,7 @@ class WorkerSpec:
     role: str
     count: int
     host: str
+    metrics: str = METRICS_DEFAULT  # each process's /metrics HOST:PORT, or "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,12 +292,13 @@ def parse_config(text: str, *, source: Path) -> ClusterFile:
         reader.fail("workers", "must be an array of tables, [[workers]]")
     for index, entry in enumerate(raw_workers):
         key = f"workers[{index}]"
-        reader.known(entry, key, ("role", "count", "host"))
+        reader.known(entry, key, ("role", "count", "host", "metrics"))
         workers.append(
             WorkerSpec(
                 reader.text(entry, f"{key}.role", required=True),
                 reader.integer(entry, f"{key}.count", default=1, low=0, high=WORKERS_MAX),
                 reader.text(entry, f"{key}.host", default="localhost"),
+                reader.metrics(entry, f"{key}.metrics"),
             )
         )
 
@@ -449,6 +451,13 @@ class _Reader:
             self.fail(key, f"{value!r} must look like tcp://HOST:PORT")
         return value
 
+    def metrics(self, table: dict[str, Any], key: str) -> str:
+        value = self.text(table, key, default=METRICS_DEFAULT)
+        match = _METRICS.fullmatch(value)
+        if value != METRICS_OFF and (match is None or int(match["port"]) > 65535):
+            self.fail(key, f"{value!r} must look like HOST:PORT, or be 'off'")
+        return value
+
     def process(
         self,
         table: dict[str, Any],
@@ -460,10 +469,7 @@ class _Reader:
     ) -> ProcessSpec:
         self.known(table, key, ("host", "endpoint", "bind", "data_dir", "metrics", *extra))
         endpoint = self.endpoint(table, f"{key}.endpoint", "tcp://127.0.0.1:0")
-        metrics = self.text(table, f"{key}.metrics", default=METRICS_DEFAULT)
-        match = _METRICS.fullmatch(metrics)
-        if metrics != METRICS_OFF and (match is None or int(match["port"]) > 65535):
-            self.fail(f"{key}.metrics", f"{metrics!r} must look like HOST:PORT, or be 'off'")
+        metrics = self.metrics(table, f"{key}.metrics")
         bind = self.endpoint(table, f"{key}.bind", endpoint)
         data_dir = self.path(table, f"{key}.data_dir", required=False) or default_dir
         host = self.text(table, f"{key}.host", default="localhost")

@@ -71,6 +71,12 @@ def _cluster_choice(data_dir: Path | None) -> None:
     "--ready-file", type=FILE,
     help="Create this file once the worker is leasing (cpn crawl waits for it to seed).",
 )  # fmt: skip
+@click.option(
+    "--metrics", default=METRICS_DEFAULT, show_default=True,
+    help="HOST:PORT of its Prometheus /metrics (port 0: a free one), or off.",
+)  # fmt: skip
+@click.option("--metrics-file", type=FILE, help="Write the /metrics URL (and pid) here.")
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --metrics address.")
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -83,6 +89,9 @@ def worker(
     timeout_ms: int,
     no_fsync: bool,
     ready_file: Path | None,
+    metrics: str,
+    metrics_file: Path | None,
+    allow_remote: bool,
     net_params: tuple[str, ...],
 ) -> None:
     """Run a worker: lease work from every shard, do it, complete it.
@@ -124,6 +133,9 @@ def worker(
         shards=0 if cluster_file is None else cluster_file.shard_count,
         params=params,
         ready_file=ready_file,
+        metrics=metrics,
+        metrics_file=metrics_file,
+        allow_remote=allow_remote,
     )
     run_worker(config)
 

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from cluster.config import ConfigError, parse_config
+from cluster.crawler.metrics import CrawlCounts, status_class
 from cluster.sdk.metrics import WorkerSample, worker_families
 from nets.errors import CpnError
 from nets.loader import load_net
@@ -66,7 +67,10 @@ def _samples(families: list[Metric]) -> int:
 
 def _every_family() -> list[Metric]:
     router = RouterSample("n", 3, 2, 1, 2, {s.value: 0 for s in MoveState}, 1, 0, {})
-    worker = WorkerSample("w", "queue", {"leased": 3}, 1, 0)
+    crawl = CrawlCounts()
+    crawl.waited(0.2)
+    crawl.fetched("page", 1, 200, "")
+    worker = WorkerSample("w", "queue", {"leased": 3}, 1, 0, crawl.families())
     return [
         *(f for net in BUNDLED_NETS for f in shard_families(_shard_sample(net))),
         *router_families(router),
@@ -162,3 +166,23 @@ def test_the_cluster_file_carries_each_process_metrics_address() -> None:
         parse_config(CONFIG.format(second="localhost"), source=Path("/c.toml"))
     with pytest.raises(ConfigError, match=re.escape("both use metrics 127.0.0.1:9101")):
         parse_config(CONFIG.format(second="127.0.0.1:9101"), source=Path("/c.toml"))
+
+
+def test_crawl_counts_label_fetches_by_status_class_never_by_url() -> None:
+    counts = CrawlCounts()
+    for kind, attempt, status, error in [
+        ("page", 0, 200, ""),
+        ("page", 1, 503, ""),
+        ("robots", 0, 404, ""),
+        ("page", 0, 0, "connect"),
+        ("page", 2, 0, "late"),
+    ]:
+        counts.fetched(kind, attempt, status, error)
+    pages, requests, retries, _wait = counts.families()
+    assert pages.samples[0].value == 1
+    assert retries.samples[0].value == 2
+    labels = {tuple(s.labels.values()) for s in requests.samples}
+    assert labels == {
+        ("page", "2xx"), ("page", "5xx"), ("robots", "4xx"), ("page", "error"), ("page", "late"),
+    }  # fmt: skip
+    assert status_class(301, "") == "3xx"
