@@ -88,7 +88,21 @@ class ShardSample:
     handoff_latency: HistogramValue
 
 
-def start_shard_metrics(runtime: ShardRuntime) -> tuple[ShardMetrics, MetricsServer] | None:
+@dataclass(frozen=True, slots=True)
+class ServedMetrics:
+    """A shard's metrics and the server that serves them (what the loop holds)."""
+
+    metrics: ShardMetrics
+    server: MetricsServer
+
+    def after_batch(self, runtime: ShardRuntime) -> None:
+        self.metrics.after_batch(runtime)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_shard_metrics(runtime: ShardRuntime) -> ServedMetrics | None:
     """Serve the shard's metrics as its config says (None when they are off), and
     publish their URL in its data directory.
 
@@ -106,7 +120,7 @@ def start_shard_metrics(runtime: ShardRuntime) -> tuple[ShardMetrics, MetricsSer
     # wants the GIL, which here is only during a scrape, so a shorter one costs the loop
     # nothing the rest of the time (docs/observability.md, "Serving /metrics").
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    return metrics, serve_metrics(address, metrics.collect, data_dir=config.data_dir)
+    return ServedMetrics(metrics, serve_metrics(address, metrics.collect, data_dir=config.data_dir))
 
 
 class ShardMetrics:

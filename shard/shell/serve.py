@@ -179,8 +179,6 @@ def serve(config: ShardConfig) -> None:
                     for peer, reply, mid in replies
                 ]
             core = runtime.core  # rebuilt if the commit failed
-            if metrics is not None:
-                metrics[0].after_batch(runtime)
             outcomes = [(reply, _send(runtime, socket, *reply)) for reply in replies]
             core.replies_sent(outcomes)  # undelivered leases go back (the next batch)
             peers.update(core.peer_endpoints())  # a table of this batch may move a peer
@@ -188,6 +186,8 @@ def serve(config: ShardConfig) -> None:
                 if not peers.send(send.target, send.frame):
                     core.send_failed(send)
             runtime.load_deferred()
+            if metrics is not None:  # after the replies went: they never wait for it
+                metrics.after_batch(runtime)
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wake_read)
@@ -195,7 +195,7 @@ def serve(config: ShardConfig) -> None:
         runtime.commit()
         unpublish_endpoint(config.data_dir)
         if metrics is not None:
-            metrics[1].stop()
+            metrics.stop()
         peers.close()
         release()
         runtime.close()
