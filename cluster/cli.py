@@ -56,6 +56,7 @@ from router.endpoints import listen_address
 from router.shell.daemon import LOG_FILE as ROUTER_LOG_FILE
 from router.shell.daemon import RouterConfig
 from router.shell.daemon import serve as serve_router
+from router.shell.metrics import METRICS_DEFAULT
 from router.table import SHARDS_MAX
 from shard.shell.runtime import ShardConfig
 from shard.shell.serve import LOG_FILE as SHARD_LOG_FILE
@@ -257,6 +258,12 @@ def run(
     default="",
     help="The router's endpoint (cluster mode): heartbeats, the partition table, peers.",
 )
+@click.option(
+    "--metrics",
+    default=METRICS_DEFAULT,
+    show_default=True,
+    help="HOST:PORT of its Prometheus /metrics (port 0: a free one, in DATA/metrics), or off.",
+)
 @net_params_option
 @log_json_option
 def shard(
@@ -270,6 +277,7 @@ def shard(
     shard_id: int,
     shard_count: int,
     router: str,
+    metrics: str,
     net_params: tuple[tuple[str, Any], ...],
     log_json: bool,
 ) -> None:
@@ -293,6 +301,7 @@ def shard(
         router=router,
         params=dict(net_params),
         log_json=log_json,
+        metrics=metrics,
         **shard_settings(data_dir, shard_id, shard_count),
     )
     serve(config)
@@ -351,6 +360,12 @@ def _shards_option(help_text: str) -> Callable[[F], F]:
     show_default=True,
     help="A shard is alive while its last heartbeat is younger than this.",
 )
+@click.option(
+    "--metrics",
+    default=METRICS_DEFAULT,
+    show_default=True,
+    help="HOST:PORT of its Prometheus /metrics (port 0: a free one, in DATA/metrics), or off.",
+)
 @net_params_option
 @log_json_option
 def router(
@@ -361,6 +376,7 @@ def router(
     allow_remote: bool,
     seed: int,
     heartbeat_timeout_ms: int,
+    metrics: str,
     net_params: tuple[tuple[str, Any], ...],
     log_json: bool,
 ) -> None:
@@ -375,6 +391,7 @@ def router(
         heartbeat_timeout_ms,
         params=dict(net_params),
         log_json=log_json,
+        metrics=metrics,
         **router_settings(data_dir, shard_count),
     )
     serve_router(config)

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from nets.errors import CpnError
 from router.endpoints import is_loopback
+from router.shell.metrics import METRICS_DEFAULT, METRICS_OFF
 from router.table import SHARDS_MAX
 
 DURABILITIES: Final = ("fsync", "process")
@@ -37,6 +38,7 @@ NET_PATH_PATTERN: Final = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _ENDPOINT: Final = re.compile(
     r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})"
 )
+_METRICS: Final = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})")
 REQUESTS_PER_S_DEFAULT: Final = 20_000
 REQUEST_BURST_DEFAULT: Final = 5_000
 HEARTBEAT_TIMEOUT_MS_DEFAULT: Final = 3_000
@@ -60,6 +62,7 @@ class ProcessSpec:
     endpoint: str
     bind: str
     data_dir: Path
+    metrics: str = METRICS_DEFAULT  # HOST:PORT of its /metrics, or "off" (docs/observability.md)
 
     @property
     def off_loopback(self) -> bool:
@@ -78,6 +81,7 @@ class WorkerSpec:
     role: str
     count: int
     host: str
+    metrics: str = METRICS_DEFAULT  # each process's /metrics HOST:PORT, or "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +275,13 @@ def parse_config(text: str, *, source: Path) -> ClusterFile:
             entry, key, f"shard {shard_id}", base / f"shard-{shard_id}", extra=("id",)
         )
         shards[shard_id] = ShardSpec(
-            spec.name, spec.host, spec.endpoint, spec.bind, spec.data_dir, shard_id=shard_id
+            spec.name,
+            spec.host,
+            spec.endpoint,
+            spec.bind,
+            spec.data_dir,
+            spec.metrics,
+            shard_id=shard_id,
         )
     shard_specs = tuple(s for s in shards if s is not None)
     assert len(shard_specs) == count  # every id in 0..count-1, none twice
@@ -282,12 +292,13 @@ def parse_config(text: str, *, source: Path) -> ClusterFile:
         reader.fail("workers", "must be an array of tables, [[workers]]")
     for index, entry in enumerate(raw_workers):
         key = f"workers[{index}]"
-        reader.known(entry, key, ("role", "count", "host"))
+        reader.known(entry, key, ("role", "count", "host", "metrics"))
         workers.append(
             WorkerSpec(
                 reader.text(entry, f"{key}.role", required=True),
                 reader.integer(entry, f"{key}.count", default=1, low=0, high=WORKERS_MAX),
                 reader.text(entry, f"{key}.host", default="localhost"),
+                reader.metrics(entry, f"{key}.metrics"),
             )
         )
 
@@ -346,7 +357,8 @@ def _check_deployment(config: ClusterFile) -> None:
             )
     seen: dict[tuple[str, str], str] = {}
     for spec in config.processes():
-        for what in (spec.endpoint, str(spec.data_dir)):
+        metrics = f"metrics {spec.metrics}" if spec.metrics != METRICS_OFF else ":0"
+        for what in (spec.endpoint, str(spec.data_dir), metrics):
             key = (spec.host, what)
             if what.endswith(":0"):
                 continue  # port 0: any free port, never a clash
@@ -439,6 +451,13 @@ class _Reader:
             self.fail(key, f"{value!r} must look like tcp://HOST:PORT")
         return value
 
+    def metrics(self, table: dict[str, Any], key: str) -> str:
+        value = self.text(table, key, default=METRICS_DEFAULT)
+        match = _METRICS.fullmatch(value)
+        if value != METRICS_OFF and (match is None or int(match["port"]) > 65535):
+            self.fail(key, f"{value!r} must look like HOST:PORT, or be 'off'")
+        return value
+
     def process(
         self,
         table: dict[str, Any],
@@ -448,8 +467,9 @@ class _Reader:
         *,
         extra: tuple[str, ...] = (),
     ) -> ProcessSpec:
-        self.known(table, key, ("host", "endpoint", "bind", "data_dir", *extra))
+        self.known(table, key, ("host", "endpoint", "bind", "data_dir", "metrics", *extra))
         endpoint = self.endpoint(table, f"{key}.endpoint", "tcp://127.0.0.1:0")
+        metrics = self.metrics(table, f"{key}.metrics")
         bind = self.endpoint(table, f"{key}.bind", endpoint)
         data_dir = self.path(table, f"{key}.data_dir", required=False) or default_dir
         host = self.text(table, f"{key}.host", default="localhost")
@@ -458,4 +478,4 @@ class _Reader:
                 f"{key}.endpoint",
                 f"{name} runs on host {host!r}: it needs a fixed port, so that the others find it",
             )
-        return ProcessSpec(name, host, endpoint, bind, data_dir)
+        return ProcessSpec(name, host, endpoint, bind, data_dir, metrics)

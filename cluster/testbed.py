@@ -47,6 +47,7 @@ from cluster.testing import WAIT_TIMEOUT_S_DEFAULT, as_token
 from nets.errors import CpnError
 from nets.loader import load_net
 from nets.model import Net, Place, Token
+from router.shell.metrics import METRICS_FILE
 from shard.shell.store import Durability
 
 READY_TIMEOUT_S: Final = 60.0
@@ -440,15 +441,17 @@ class WorkerGroup:
         for index in range(self.count):
             log_dir = self.cluster.data_dir / WORKER_LOGS / f"{self.serial}-{index}"
             log_dir.mkdir(parents=True, exist_ok=True)
+            # The worker publishes its /metrics URL where a shard would: its directory.
+            args = [*self.args(), "--metrics-file", str(log_dir / METRICS_FILE)]
             with (log_dir / STDERR_FILE).open("ab") as log:
                 process = subprocess.Popen(
-                    self.args(),
+                    args,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
                     env={**os.environ, **self.env},
                 )
-            self.processes.append(ChildProcess(log_dir, process, args=self.args(), role="worker"))
+            self.processes.append(ChildProcess(log_dir, process, args=args, role="worker"))
         return self
 
     def alive(self) -> bool:

@@ -40,6 +40,7 @@ from cluster.config import (
 from cluster.layout import ClusterLayout, live_endpoint
 from cluster.security import client_keys, generate_keypair, server_keys
 from nets.errors import CpnError
+from router.shell.metrics import METRICS_DEFAULT
 from router.wire import GetTable, Statistics, Stats, Table
 
 CONFIG_ENV: Final = "CPN_CONFIG"
@@ -99,6 +100,7 @@ def _read_config(
             "allow_remote": secured,
             "seed": config.seed,
             "heartbeat_timeout_ms": config.heartbeat_timeout_ms,
+            "metrics": config.router.metrics,
         }
     elif role == "shard":
 
@@ -116,7 +118,17 @@ def _read_config(
             # Called once --shard-id is known (click resolves defaults after given options).
             "data_dir": lambda: str(of_this_shard().data_dir),
             "bind": lambda: of_this_shard().bind,
+            "metrics": lambda: of_this_shard().metrics,
         }
+    elif role == "worker":
+
+        def metrics_of_this_role() -> str:
+            role_name = ctx.params.get("role")
+            found = [w.metrics for w in config.workers if w.role == role_name]
+            return found[0] if found else METRICS_DEFAULT
+
+        # Called once --role is known; `cpn worker run` has no role: the default.
+        defaults |= {"metrics": metrics_of_this_role, "allow_remote": secured}
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 

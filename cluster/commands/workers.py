@@ -24,6 +24,7 @@ from cluster.commands.deploy import active_config, config_option
 from cluster.commands.options import DURATION, log_json_option
 from cluster.layout import parse_net_param
 from nets.errors import CpnError
+from router.shell.metrics import METRICS_DEFAULT
 
 if TYPE_CHECKING:
     from cluster.sdk.spec import WorkerSpec
@@ -70,6 +71,12 @@ def _cluster_choice(data_dir: Path | None) -> None:
     "--ready-file", type=FILE,
     help="Create this file once the worker is leasing (cpn crawl waits for it to seed).",
 )  # fmt: skip
+@click.option(
+    "--metrics", default=METRICS_DEFAULT, show_default=True,
+    help="HOST:PORT of its Prometheus /metrics (port 0: a free one), or off.",
+)  # fmt: skip
+@click.option("--metrics-file", type=FILE, help="Write the /metrics URL (and pid) here.")
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --metrics address.")
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -82,6 +89,9 @@ def worker(
     timeout_ms: int,
     no_fsync: bool,
     ready_file: Path | None,
+    metrics: str,
+    metrics_file: Path | None,
+    allow_remote: bool,
     net_params: tuple[str, ...],
 ) -> None:
     """Run a worker: lease work from every shard, do it, complete it.
@@ -123,6 +133,9 @@ def worker(
         shards=0 if cluster_file is None else cluster_file.shard_count,
         params=params,
         ready_file=ready_file,
+        metrics=metrics,
+        metrics_file=metrics_file,
+        allow_remote=allow_remote,
     )
     run_worker(config)
 
@@ -149,6 +162,12 @@ def worker(
 )  # fmt: skip
 @click.option("--ready-file", type=FILE, help="Create this file once the worker is leasing.")
 @log_json_option
+@click.option(
+    "--metrics", default=METRICS_DEFAULT, show_default=True,
+    help="HOST:PORT of its Prometheus /metrics (port 0: a free one), or off.",
+)  # fmt: skip
+@click.option("--metrics-file", type=FILE, help="Write the /metrics URL (and pid) here.")
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --metrics address.")
 def run_command(
     function_path: str,
     data_dir: Path | None,
@@ -158,6 +177,9 @@ def run_command(
     drain_ms: int,
     ready_file: Path | None,
     log_json: bool,
+    metrics: str,
+    metrics_file: Path | None,
+    allow_remote: bool,
 ) -> None:
     """Run the worker MODULE:FUNCTION (declared with `@worker(place=...)`) until SIGTERM.
 
@@ -180,6 +202,9 @@ def run_command(
         drain_s=drain_ms / 1000,
         ready_file=ready_file,
         log_json=log_json,
+        metrics=metrics,
+        metrics_file=metrics_file,
+        allow_remote=allow_remote,
     )
     run(spec, target, options)
 

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from cluster.crawler.fetch import Fetcher, FetchSettings
+from cluster.crawler.fetch import Fetcher, FetchSettings, wall_ms
+from cluster.crawler.metrics import CrawlCounts
 from cluster.crawler.parse import parse_results
 from cluster.crawler.store import PageStore, page_record
 from cluster.sdk.context import current
@@ -40,6 +41,7 @@ from cluster.sdk.runner import RunOptions, Target, connect_to, run
 from cluster.sdk.spec import Output, WorkerEnv, WorkerSpec, to
 from cluster.sdk.target import target_for
 from nets.errors import CpnError
+from router.shell.metrics import METRICS_DEFAULT
 
 log = logging.getLogger("cpn.worker")
 
@@ -76,6 +78,9 @@ class WorkerConfig:
     shards: int = 0
     params: Mapping[str, Any] = field(default_factory=dict)
     ready_file: Path | None = None  # created once the worker is leasing
+    metrics: str = METRICS_DEFAULT  # /metrics HOST:PORT or "off" (cluster/sdk/metrics.py)
+    metrics_file: Path | None = None  # where the /metrics URL is written
+    allow_remote: bool = False  # a non-loopback metrics address is allowed
 
     def __post_init__(self) -> None:
         assert self.role in ROLES, self.role
@@ -98,8 +103,14 @@ def _within_lease(fetch: tuple[Any, ...], expires_at_ms: int, deadline_ms: int) 
     return (*fetch[:FETCH_LATE], latest_ms - start_at_ms, *fetch[FETCH_LATE + 1 :])
 
 
-def fetch_worker(settings: FetchSettings, lease_ms: int, timings: Path | None) -> WorkerSpec:
-    """The fetch worker: one Fetcher (an httpx client per route) for the process."""
+def fetch_worker(
+    settings: FetchSettings,
+    lease_ms: int,
+    timings: Path | None,
+    counts: CrawlCounts | None = None,
+) -> WorkerSpec:
+    """The fetch worker: one Fetcher (an httpx client per route) for the process;
+    ``counts`` counts its fetches (cluster/crawler/metrics.py)."""
     state: dict[str, Any] = {}
     deadline_ms = int(settings.timeout_s * 2 * 1000)  # see Fetcher.fetch
 
@@ -126,7 +137,12 @@ def fetch_worker(settings: FetchSettings, lease_ms: int, timings: Path | None) -
 
     async def fetch(job: tuple[Any, ...]) -> Output:
         job = _within_lease(job, current().expires_at_ms, deadline_ms)
+        if counts is not None:
+            counts.waited((job[FETCH_START_AT] - wall_ms()) / 1000)
         outcome = await state["fetcher"].fetch(job)
+        if counts is not None:
+            fetched = outcome.fetched  # Fetched(domain, url, kind, attempt, status, error, ...)
+            counts.fetched(fetched[2], fetched[3], fetched[4], fetched[5])
         log_file = state["timings"]
         if outcome.timing is not None and log_file is not None:
             log_file.write(json.dumps(outcome.timing.to_json()) + "\n")
@@ -183,10 +199,10 @@ def store_worker(out: Path, durable: bool, lease_ms: int) -> WorkerSpec:
     )  # fmt: skip
 
 
-def role_worker(config: WorkerConfig) -> WorkerSpec:
-    """The spec of ``config.role``'s worker."""
+def role_worker(config: WorkerConfig, counts: CrawlCounts | None = None) -> WorkerSpec:
+    """The spec of ``config.role``'s worker (a fetch worker counts into ``counts``)."""
     if config.role == "fetch":
-        return fetch_worker(config.fetch, config.lease_ms, config.timings)
+        return fetch_worker(config.fetch, config.lease_ms, config.timings, counts)
     if config.role == "parse":
         return parse_worker(config.lease_ms)
     if config.out is None:
@@ -203,7 +219,8 @@ def run_worker(config: WorkerConfig) -> None:
     # httpx logs every request at INFO: thousands of lines, and CPU, for nothing new
     # (the fetch timings log has them).
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    spec = role_worker(config)
+    counts = CrawlCounts()
+    spec = role_worker(config, counts)
     if config.data_dir is None:
         target = Target(
             connect_to(config.router_endpoint),
@@ -213,7 +230,15 @@ def run_worker(config: WorkerConfig) -> None:
         )
     else:
         target = target_for(config.data_dir, params=config.params)
-    run(spec, target, RunOptions(concurrency=config.concurrency, ready_file=config.ready_file))
+    options = RunOptions(
+        concurrency=config.concurrency,
+        ready_file=config.ready_file,
+        metrics=config.metrics,
+        metrics_file=config.metrics_file,
+        allow_remote=config.allow_remote,
+        extra_metrics=counts.families if config.role == "fetch" else None,
+    )
+    run(spec, target, options)
 
 
 def _crawler_net(params: Mapping[str, Any]) -> Any:

@@ -54,16 +54,19 @@ from pathlib import Path
 from typing import Any, Final
 
 import zmq.asyncio
+from prometheus_client.metrics_core import Metric
 
 from cluster.async_client import AsyncShardClient
 from cluster.client import ClusterClient, Redirected, ShardError
 from cluster.sdk.context import LeaseContext, enter
 from cluster.sdk.lanes import REQUEST_RETRIES, REQUEST_TIMEOUT_MS, ShardEndpoints, ShardLane
+from cluster.sdk.metrics import WorkerMetrics, WorkerSample
 from cluster.sdk.results import QueueShape, Results
 from cluster.sdk.spec import WorkerEnv, WorkerSpec
 from nets.errors import CpnError
 from nets.model import Net
 from router.shell.logsetup import configure_logging
+from router.shell.metrics import METRICS_DEFAULT, MetricsServer, metrics_address, serve_metrics
 from router.wire import Leased
 
 log = logging.getLogger("cpn.worker")
@@ -107,6 +110,12 @@ class RunOptions:
     drain_s: float = DRAIN_S_DEFAULT
     ready_file: Path | None = None  # created once the worker is leasing
     log_json: bool = False  # `--log-json`: JSON lines on stderr (router/shell/logsetup.py)
+    # /metrics (cluster/sdk/metrics.py): HOST:PORT or "off", where its URL is published,
+    # and the families an application adds (called on the loop at each sample).
+    metrics: str = METRICS_DEFAULT
+    metrics_file: Path | None = None
+    allow_remote: bool = False
+    extra_metrics: Callable[[], tuple[Metric, ...]] | None = None
 
 
 class Runner:
@@ -164,6 +173,7 @@ class Runner:
                     )
 
         add_lanes(self.target.shards)
+        served = self._serve_metrics()
         if self.options.ready_file is not None:
             for shard_id in range(self.target.shards):
                 with contextlib.suppress(CpnError):
@@ -182,9 +192,39 @@ class Runner:
                 lane.close()
             await endpoints.close()
             context.term()
+            if served is not None:
+                served[1].cancel()
+                await asyncio.gather(served[1], return_exceptions=True)
+                served[0].stop()
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
             log.info("%s stopped: %s", self.spec.title, dict(sorted(self.counters.items())))
+
+    def _serve_metrics(self) -> tuple[MetricsServer, asyncio.Task[None]] | None:
+        """Serve /metrics (None when off): samples taken on this loop, served by a thread.
+
+        Raises:
+            CpnError: the metrics address is not valid, not allowed or cannot be bound.
+        """
+        options = self.options
+        address = metrics_address(options.metrics, allow_remote=options.allow_remote)
+        if address is None:
+            return None
+        metrics = WorkerMetrics(self._metrics_sample)
+        server = serve_metrics(address, metrics.collect, url_file=options.metrics_file)
+        log.info("%s: metrics on %s", self.spec.title, server.url)
+        return server, asyncio.create_task(metrics.refresh(self.stopping))
+
+    def _metrics_sample(self) -> WorkerSample:
+        extra = self.options.extra_metrics
+        return WorkerSample(
+            worker=self.spec.title,
+            place=self.spec.place,
+            counters=dict(self.counters),
+            leases_working=len(self._working),
+            sync_calls_running=self.sync_calls_running,
+            extra=extra() if extra is not None else (),
+        )
 
     async def _drain(self) -> None:
         for poller in self._pollers:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import lmdb
 import zmq
@@ -56,6 +56,7 @@ from router.endpoints import listen_address
 from router.shell.curve import CurveKeys, Gatekeeper, check_exposure, serve_securely
 from router.shell.datadir import fault_point, lock_directory, publish_endpoint, unpublish_endpoint
 from router.shell.logsetup import configure_logging
+from router.shell.metrics import METRICS_DEFAULT, MetricsServer, metrics_address, serve_metrics
 from router.table import PartitionTable, TableError
 from router.wire import FRAME_BYTES_MAX
 
@@ -69,6 +70,9 @@ SOCKET_OPTIONS: Final = (
     (zmq.LINGER, 0),
     (zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024),
 )
+
+if TYPE_CHECKING:
+    from router.shell.router_metrics import RouterMetrics
 
 log = logging.getLogger("cpn.router")
 
@@ -88,6 +92,7 @@ class RouterConfig:
     curve: CurveKeys | None = None  # CURVE keys: clients and shards must be allowed
     rate_limit: tuple[int, int] | None = None  # (requests per s, burst) per peer
     log_json: bool = False  # `--log-json`: router.log as JSON lines
+    metrics: str = METRICS_DEFAULT  # HOST:PORT of /metrics (router/shell/router_metrics.py)
 
 
 # -- the router's store -------------------------------------------------------------------
@@ -204,6 +209,7 @@ def serve(config: RouterConfig) -> None:
     """
     address = listen_address(config.bind, allow_remote=config.allow_remote)
     check_exposure(config.bind, address.removeprefix("tcp://").rsplit(":", 1)[0], config.curve)
+    metrics_at = metrics_address(config.metrics, allow_remote=config.allow_remote)
     net = load_net(config.net_path, seed=config.seed, params=config.params)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(config.data_dir / LOG_FILE, json_lines=config.log_json)
@@ -222,6 +228,7 @@ def serve(config: RouterConfig) -> None:
     socket = context.socket(zmq.ROUTER)
     if config.curve is not None:
         serve_securely(socket, config.curve)
+    server: MetricsServer | None = None
     # ROUTER_MANDATORY: a reply to a vanished peer fails loudly instead of vanishing;
     # LINGER 0: closing never waits on unsent replies; MAXMSGSIZE: huge frames are cut.
     for option, value in SOCKET_OPTIONS:
@@ -238,6 +245,13 @@ def serve(config: RouterConfig) -> None:
             gatekeeper.watch(socket)
         # Before the endpoint is published: whoever reads it may stop the router at once.
         stop = _stop_on_signals()
+        metrics = None
+        if metrics_at is not None:  # served from a thread; the loop swaps in a sample per turn
+            # Imported here: `cpn` commands other than the router's need no prometheus_client.
+            from router.shell.router_metrics import RouterMetrics  # noqa: PLC0415
+
+            metrics = RouterMetrics(core, time.monotonic_ns() // 1_000_000)
+            server = serve_metrics(metrics_at, metrics.collect, data_dir=config.data_dir)
         publish_endpoint(config.data_dir, endpoint)
         log.info(
             "router of net %r (%d shards, epoch %d, incarnation %d) serving on %s, pid %d",
@@ -248,9 +262,11 @@ def serve(config: RouterConfig) -> None:
             endpoint,
             os.getpid(),
         )
-        _loop(core, store, socket, stop)
+        _loop(core, store, socket, stop, metrics)
     finally:
         unpublish_endpoint(config.data_dir)
+        if server is not None:
+            server.stop()
         socket.close(linger=0)
         if gatekeeper is not None:
             gatekeeper.stop()
@@ -277,7 +293,13 @@ def _stop_on_signals() -> _Stop:
     return stop
 
 
-def _loop(core: ControlPlane, store: RouterStore, socket: zmq.Socket[bytes], stop: _Stop) -> None:
+def _loop(
+    core: ControlPlane,
+    store: RouterStore,
+    socket: zmq.Socket[bytes],
+    stop: _Stop,
+    metrics: RouterMetrics | None,
+) -> None:
     wait_ms = 0
     while not (core.stopping or stop.requested):
         ready = socket.poll(wait_ms, zmq.POLLIN)
@@ -299,6 +321,8 @@ def _loop(core: ControlPlane, store: RouterStore, socket: zmq.Socket[bytes], sto
                 log.exception("request failed")
                 outcome = core.crashed(exc)
             _carry_out(core, store, socket, outcome, route=route)
+        if metrics is not None:
+            metrics.after_turn(core, now_ms)
         wait_ms = max(0, min(POLL_MS, core.next_deadline_ms() - now_ms))
 
 

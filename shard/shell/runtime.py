@@ -22,6 +22,7 @@ from typing import Any, Final
 from nets.loader import load_net
 from router.shell.curve import CurveKeys
 from router.shell.datadir import fault_point
+from router.shell.metrics import METRICS_DEFAULT
 from shard.batch import Batch, Recovered
 from shard.core import ShardCore, ShardSetup, quantile
 from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability, Store, StoreError
@@ -69,6 +70,7 @@ class ShardConfig:
     rate_limit: tuple[int, int] | None = None  # (requests per s, burst) per peer
     advertise: str = ""  # the endpoint the others reach it at, if not the bound one
     log_json: bool = False  # `--log-json`: shard.log as JSON lines (router/shell/logsetup.py)
+    metrics: str = METRICS_DEFAULT  # HOST:PORT of /metrics (shard/shell/metrics.py), or "off"
 
 
 class BatchTimer:

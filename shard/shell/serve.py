@@ -45,6 +45,7 @@ from router.limits import PeerRateLimits
 from router.shell.curve import Gatekeeper, check_exposure, serve_securely
 from router.shell.datadir import publish_endpoint, unpublish_endpoint
 from router.shell.logsetup import configure_logging
+from router.shell.metrics import metrics_address
 from router.wire import (
     FRAME_BYTES_MAX,
     Error,
@@ -80,6 +81,7 @@ def serve(config: ShardConfig) -> None:
             net, or the endpoint cannot be bound.
     """
     address = listen_address(config.bind, allow_remote=config.allow_remote)
+    metrics_address(config.metrics, allow_remote=config.allow_remote)  # refused before a bind
     check_exposure(config.bind, address.removeprefix("tcp://").rsplit(":", 1)[0], config.curve)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     _configure_logging(config.data_dir / LOG_FILE, json_lines=config.log_json)
@@ -125,6 +127,16 @@ def serve(config: ShardConfig) -> None:
     # and that stop must be graceful (exit 0, the batch committed).
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Metrics: read once per batch, served on their own thread. Imported here, as
+    # prometheus_client is, so that `cpn` commands other than a shard's do not pay for it.
+    from shard.shell.metrics import start_shard_metrics  # noqa: PLC0415
+
+    try:
+        metrics = start_shard_metrics(runtime)
+    except BaseException:
+        runtime.close()
+        release()
+        raise
     publish_endpoint(config.data_dir, endpoint)
     runtime.serving_ms = wall_ms()
     log.info(
@@ -175,12 +187,16 @@ def serve(config: ShardConfig) -> None:
                 if not peers.send(send.target, send.frame):
                     core.send_failed(send)
             runtime.load_deferred()
+            if metrics is not None:  # after the replies went: they never wait for it
+                metrics.after_batch(runtime)
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wake_read)
         os.close(wake_write)
         runtime.commit()
         unpublish_endpoint(config.data_dir)
+        if metrics is not None:
+            metrics.stop()
         peers.close()
         release()
         runtime.close()

@@ -198,6 +198,13 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _metrics_port(metrics: str) -> int:
+    """A process's fixed /metrics port (a deployment never leaves it to port 0 or off)."""
+    host, port = _host_port(metrics)
+    assert int(port) > 0 and host == "0.0.0.0", f"metrics {metrics!r}: a fixed port, all addresses"
+    return port
+
+
 def test_the_configmap_holds_the_cluster_file(config: ClusterFile) -> None:
     configmap = _kind("ConfigMap", "cpn-cluster")
     assert configmap["data"]["cluster.toml"] == (DEPLOY / "cluster.toml").read_text()
@@ -222,7 +229,8 @@ def _mounts(pod_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_kubernetes_services_ports_names_and_volumes_match_the_file(config: ClusterFile) -> None:
     router_host, router_port = _host_port(config.router.endpoint)
     router_service = _kind("Service", router_host)
-    assert [p["port"] for p in router_service["spec"]["ports"]] == [router_port]
+    router_metrics = _metrics_port(config.router.metrics)
+    assert [p["port"] for p in router_service["spec"]["ports"]] == [router_port, router_metrics]
     router_set = _kind("StatefulSet", "cpn-router")
     assert router_set["spec"]["replicas"] == 1
     shard_set = _kind("StatefulSet", "cpn-shard")
@@ -233,11 +241,13 @@ def test_kubernetes_services_ports_names_and_volumes_match_the_file(config: Clus
         host, port = _host_port(spec.endpoint)
         # A StatefulSet pod's DNS name is POD.SERVICE, its pod POD is NAME-ORDINAL.
         assert host == f"cpn-shard-{spec.shard_id}.{headless['metadata']['name']}", spec.name
-        assert [p["port"] for p in headless["spec"]["ports"]] == [port]
+        ports = [port, _metrics_port(spec.metrics)]
+        assert [p["port"] for p in headless["spec"]["ports"]] == ports, spec.name
     for workload, spec in ((router_set, config.router), (shard_set, config.shards[0])):
         pod = workload["spec"]["template"]["spec"]
         ports = [p["containerPort"] for c in pod["containers"] for p in c.get("ports", [])]
-        assert ports == [_host_port(spec.bind)[1]], workload["metadata"]["name"]
+        wanted = [_host_port(spec.bind)[1], _metrics_port(spec.metrics)]
+        assert ports == wanted, workload["metadata"]["name"]
         mounts = _mounts(pod)
         assert mounts[CONFIG_PATH]["configMap"]["name"] == "cpn-cluster"
         assert mounts[CONFIG_PATH]["subPath"] == "cluster.toml"
@@ -282,8 +292,9 @@ def test_compose_services_match_the_file_and_take_existing_files(config: Cluster
     for shard_id, (name, service) in shard_services.items():
         host, port = _host_port(config.shard(shard_id).endpoint)
         assert host in service["networks"]["default"]["aliases"], name
-        assert service["expose"] == [str(port)], name
-    assert services[router_host]["expose"] == [str(router_port)]
+        assert service["expose"] == [str(port), str(_metrics_port(config.shard(shard_id).metrics))]
+    router_metrics = _metrics_port(config.router.metrics)
+    assert services[router_host]["expose"] == [str(router_port), str(router_metrics)]
     build = services[router_host]["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve().is_file()
 
@@ -305,6 +316,8 @@ def test_the_dockerfile_copies_what_exists_and_exposes_the_file_s_ports(
         assert top in copied, f"the image needs the {package} package (COPY {top})"
     exposed = {int(p) for line in lines if line.startswith("EXPOSE") for p in line.split()[1:]}
     assert {_host_port(s.bind)[1] for s in config.processes()} <= exposed
+    metrics = [s.metrics for s in config.processes()] + [w.metrics for w in config.workers]
+    assert {_metrics_port(m) for m in metrics} <= exposed
     assert f"ENV CPN_CONFIG={CONFIG_PATH}" in lines
     assert any(line.startswith("VOLUME") and str(config.data_dir) in line for line in lines)
 
@@ -320,3 +333,34 @@ def test_systemd_units_read_the_cluster_file_and_write_only_the_data_directory(
         if "ReadWritePaths" in values:
             assert values["ReadWritePaths"] == str(config.data_dir), unit.name
             assert values["StateDirectory"] == config.data_dir.name, unit.name
+
+
+def test_every_process_declares_its_metrics_port_where_prometheus_finds_it(
+    config: ClusterFile,
+) -> None:
+    """The router's, each shard's and each worker's /metrics port: in the file, exposed by
+    Compose, a container port of its pod, and in the pod's prometheus.io annotations."""
+    services = _compose()["services"]
+    workloads = {
+        "cpn-router": [config.router.metrics],
+        "cpn-shard": [s.metrics for s in config.shards],
+        "cpn-fetch": [w.metrics for w in config.workers if w.role == "fetch"],
+    }
+    for name, metrics in workloads.items():
+        ports = {_metrics_port(m) for m in metrics}
+        assert len(ports) == 1, f"{name}: its pods share one template, so one metrics port"
+        (port,) = ports
+        kind = "Deployment" if name == "cpn-fetch" else "StatefulSet"
+        template = _kind(kind, name)["spec"]["template"]
+        assert template["metadata"]["annotations"] == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+        }, name
+        container_ports = [
+            p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])
+        ]
+        assert port in container_ports, name
+        compose_names = [n for n in services if n == name or n.startswith(f"{name}-")]
+        assert compose_names, f"no Compose service for {name}"
+        for compose_name in compose_names:
+            assert str(port) in services[compose_name]["expose"], compose_name
