@@ -1,4 +1,4 @@
-"""``cpn dashboard``: a live web page of a running cluster (docs/dashboard-section.md).
+"""``cpn dashboard``: a live web page of a running cluster (docs/observability.md, "Dashboard").
 
 * :mod:`cluster.dashboard.snapshot`: what the page shows, and firing rates (pure);
 * :mod:`cluster.dashboard.sampler`: the one thread that reads the cluster (shell);
