@@ -289,15 +289,28 @@ def test_cpn_demo(tmp_path: Path) -> None:
     figures = tmp_path / "demo.json"
     done = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "demo", "--hosts", "3", "--pages", "5",
-         "--report-json", str(figures)],
+         "--seed", "4", "--delay", "50ms", "--latency", "2ms", "--retry-after-pages", "0.3",
+         "--retry-after", "1s", "--report-json", str(figures)],
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert "always 503 with Retry-After 1 s" in done.stderr
     result = json.loads(figures.read_text())
     assert result["violations"] == 0, done.stdout
     assert result["missing"] == 0 and result["unexpected"] == 0, done.stdout
     assert result["report"]["duplicates"] == 0
+    # Seed 4's one page that always answers 503 (with Retry-After) is a failure.
+    assert result["report"]["failures"].get("http 503") == 1, done.stdout
     assert "politeness lower bound" in done.stdout
+
+
+def test_cpn_demo_refuses_a_fractional_retry_after() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "demo", "--retry-after", "1500ms"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--retry-after: 1500 ms: Retry-After is whole seconds" in done.stderr
 
 
 def test_net_params_reach_every_shard(tmp_path: Path) -> None:
