@@ -304,11 +304,16 @@ class HandwrittenCrawler:
 
     async def _on_result(self, state: DomainState, target: Target, r: tuple[Any, ...]) -> None:
         (_, url, kind, attempt, status, error, final_url, content_type, body, started_ms,
-         answered_ms, proxy) = r  # fmt: skip
+         answered_ms, proxy, retry_at_ms) = r  # fmt: skip
         p = self.policy
         self._counts["decisions"] += 1
         if answered_ms:
             state.after_ms = max(state.after_ms, answered_ms + state.delay_ms + 1)
+        # Retry-After, capped as the net caps it: a 429 holds the host, a 503 the URL.
+        if retry_at_ms:
+            retry_at_ms = min(retry_at_ms, answered_ms + p.retry_after_max_ms)
+            if status == 429 and not error:
+                state.after_ms = max(state.after_ms, retry_at_ms)
         if error == "late":
             self._counts["late"] += 1
             heapq.heappush(state.targets, target)
@@ -322,7 +327,7 @@ class HandwrittenCrawler:
             heapq.heappush(state.targets, Target(-1, final_url, ROBOTS, target.depth + 1, 0))
         elif transient and attempt + 1 < p.max_attempts:
             self._counts["retries"] += 1
-            ready_ms = wall_ms() + (p.backoff_base_ms << attempt)
+            ready_ms = max(wall_ms() + (p.backoff_base_ms << attempt), retry_at_ms)
             retry = target._replace(attempt=attempt + 1)
             heapq.heappush(state.cooling, (ready_ms, retry))
         elif kind == ROBOTS:

@@ -189,6 +189,9 @@ class Fetched(NamedTuple):
     started_ms: int
     answered_ms: int  # when the answer (or the error) arrived; 0 if nothing was sent
     proxy: str
+    # The answer's Retry-After as a wall-clock time (the worker converts seconds or an
+    # HTTP date); 0 when it had none. The net caps it at ``retry_after_max_ms``.
+    retry_at_ms: int = 0
 
 
 class Page(NamedTuple):
@@ -300,9 +303,13 @@ class CrawlPolicy:
     concurrency: int = 1  # requests in flight per domain
     proxies: tuple[str, ...] = ()  # proxy URLs; none means direct connections
     proxy_interval_ms: int = 0  # minimum gap between two request starts through one proxy
-    direct_slots: int = 64  # concurrent direct requests, cluster-wide, without proxies
+    # Concurrent direct requests, cluster-wide, without proxies: a slot is held from the
+    # decision until the answer (robots.txt included).
+    direct_slots: int = 64
     max_attempts: int = 4
     backoff_base_ms: int = 500  # retry n waits backoff_base_ms * 2**(n-1)
+    # The longest wait a Retry-After may impose (a 429: the host; a 503: the URL).
+    retry_after_max_ms: int = 60_000
     max_depth: int = 10
     max_pages_per_domain: int = 10_000
     scope: str = "same-domains"  # "same-domains" | "allow-list" | "any"
@@ -619,6 +626,25 @@ def crawler_net(
     def proxy_gap(x: Proxy) -> int:
         return x.interval_ms + p.late_ms + p.margin_ms if x.interval_ms else 0
 
+    # A proxy comes back at once, due for its next start (its interval is the cap); a
+    # direct slot is the cluster-wide concurrency cap, so it stays with the fetch until
+    # the answer (every result transition puts it back, see ``on``).
+    proxy_back = (
+        [
+            proxies.produce(
+                lambda now, s, x, q, pl: Proxy(
+                    x.name, x.url, start_ms(now, s, x, q, pl) + proxy_gap(x), x.interval_ms
+                ),
+                delay=lambda now, s, x, q, pl: max(
+                    0, start_ms(now, s, x, q, pl) + proxy_gap(x) - p.lead_ms - now
+                ),
+            )
+        ]
+        if p.proxies
+        else []
+    )
+    direct_back = [] if p.proxies else [proxies.produce(lambda i: Proxy(i.proxy, "", 0, 0))]
+
     scrape = Transition(
         "scrape",
         consume=[clock(s, domain=d), free(q, domain=d), targets(t, domain=d), proxies(x)],
@@ -650,14 +676,7 @@ def crawler_net(
                     0, start_ms(now, s, x, q, pl) + s.gap_ms - p.lead_ms - now
                 ),
             ),
-            proxies.produce(
-                lambda now, s, x, q, pl: Proxy(
-                    x.name, x.url, start_ms(now, s, x, q, pl) + proxy_gap(x), x.interval_ms
-                ),
-                delay=lambda now, s, x, q, pl: max(
-                    0, start_ms(now, s, x, q, pl) + proxy_gap(x) - p.lead_ms - now
-                ),
-            ),
+            *proxy_back,
         ],
     )
 
@@ -693,16 +712,60 @@ def crawler_net(
         *produce: OutputArc,
         extra: tuple[Pattern, ...] = (),
         planning: OutputArc | None = None,
+        throttled: bool | None = None,
     ) -> Transition:
         if planning is None:
             planning = politeness.produce(lambda pl, r: adapted(pl, r))  # noqa: PLW0108
+
+        def guard(i: InFlight, r: Fetched) -> bool:
+            # A robots.txt target's depth counts the redirects that led to it.
+            wanted_here = verdict(r, p.max_attempts, i.depth) == wanted
+            return wanted_here and (throttled is None or throttles_host(r) == throttled)
+
         return Transition(
             name,
             consume=[*answer, politeness(pl, domain=d), *extra],
-            # A robots.txt target's depth counts the redirects that led to it.
-            guard=lambda i, r: verdict(r, p.max_attempts, i.depth) == wanted,
-            produce=[*produce, slot_back, planning],
+            guard=guard,
+            produce=[*produce, slot_back, planning, *direct_back],
             priority=3,
+        )
+
+    def retry_at_ms(r: Fetched) -> int:
+        # Retry-After, capped: a server cannot park a URL or a host for longer.
+        return min(r.retry_at_ms, r.answered_ms + p.retry_after_max_ms) if r.retry_at_ms else 0
+
+    def throttles_host(r: Fetched) -> bool:
+        return r.status == 429 and r.retry_at_ms > 0 and not r.error
+
+    def retry_delay_ms(now: int, i: InFlight, r: Fetched) -> int:
+        return max(backoff_ms(p.backoff_base_ms, i.attempt), retry_at_ms(r) - now)
+
+    # After a 429 with Retry-After, no request starts at the host before that time: the
+    # result takes the domain's clock and puts it back no sooner. It waits for the clock
+    # to be due (lead_ms before the next start), which costs nothing with one request in
+    # flight per domain: the next start needs this answer's slot anyway.
+    def throttled_clock() -> OutputArc:
+        def held(r: Fetched, s: Clock) -> Clock:
+            return Clock(s.domain, max(s.next_start_ms, retry_at_ms(r)), s.gap_ms)
+
+        return clock.produce(
+            held, delay=lambda now, r, s: max(0, held(r, s).next_start_ms - p.lead_ms - now)
+        )
+
+    def retry_outputs() -> tuple[OutputArc, OutputArc]:
+        return (
+            fail_log.produce(
+                lambda r: Failure(r.domain, r.url, r.attempt, failure_reason(r), False)
+            ),
+            targets.produce(
+                lambda i: Target(i.domain, i.priority, i.url, i.kind, i.depth, i.attempt + 1),
+                delay=retry_delay_ms,
+            ),
+        )
+
+    def give_up_output() -> OutputArc:
+        return fail_log.produce(
+            lambda r: Failure(r.domain, r.url, r.attempt, failure_reason(r), True)
         )
 
     results = [
@@ -744,23 +807,23 @@ def crawler_net(
                 lambda i: Target(i.domain, i.priority, i.url, i.kind, i.depth, i.attempt)
             ),
         ),
+        on("fetch_retry", "retry", *retry_outputs(), throttled=False),
         on(
-            "fetch_retry",
+            "fetch_retry_throttled",
             "retry",
-            fail_log.produce(
-                lambda r: Failure(r.domain, r.url, r.attempt, failure_reason(r), False)
-            ),
-            targets.produce(
-                lambda i: Target(i.domain, i.priority, i.url, i.kind, i.depth, i.attempt + 1),
-                delay=lambda i: backoff_ms(p.backoff_base_ms, i.attempt),
-            ),
+            *retry_outputs(),
+            throttled_clock(),
+            extra=(clock(s, domain=d),),
+            throttled=True,
         ),
+        on("fetch_give_up", "give_up", give_up_output(), throttled=False),
         on(
-            "fetch_give_up",
+            "fetch_give_up_throttled",
             "give_up",
-            fail_log.produce(
-                lambda r: Failure(r.domain, r.url, r.attempt, failure_reason(r), True)
-            ),
+            give_up_output(),
+            throttled_clock(),
+            extra=(clock(s, domain=d),),
+            throttled=True,
         ),
         on(
             "fetch_failed",

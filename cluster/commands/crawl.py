@@ -142,7 +142,28 @@ def crawl(
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the mock web.")
 @click.option("--latency", "latency_ms", type=DURATION, default="10ms", show_default=True)
 @click.option("--delay", "delay_ms", type=DURATION, default="100ms", show_default=True)
-@click.option("--failing", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option(
+    "--failing",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Fraction of pages that answer 503 twice, then 200.",
+)
+@click.option(
+    "--retry-after-pages",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of the other pages that always answer 503 with Retry-After.",
+)
+@click.option(
+    "--retry-after",
+    "retry_after_ms",
+    type=DURATION,
+    default="1s",
+    show_default=True,
+    help="Their Retry-After (whole seconds, 1s to 1h).",
+)
 @click.option("--shards", type=click.IntRange(1, SHARDS_MAX), default=2, show_default=True)
 @click.option(
     "--workers",
@@ -163,6 +184,8 @@ def demo(
     latency_ms: int,
     delay_ms: int,
     failing: float,
+    retry_after_pages: float,
+    retry_after_ms: int,
     shards: int,
     workers: int,
     out: Path | None,
@@ -175,10 +198,20 @@ def demo(
     if ctx.invoked_subcommand is not None:
         _refuse_crawl_options(ctx)
         return
+    if retry_after_ms % 1_000 or not 1_000 <= retry_after_ms <= 3_600_000:
+        raise click.BadParameter(
+            f"{retry_after_ms} ms: Retry-After is whole seconds, 1s to 1h",
+            param_hint="--retry-after",
+        )
+    refusing = (
+        f", {retry_after_pages:.0%} always 503 with Retry-After {retry_after_ms // 1000} s"
+        if retry_after_pages
+        else ""
+    )
     click.echo(
         f"demo: mock web of {hosts} hosts x {pages} pages on loopback (latency {latency_ms} "
-        f"ms, {failing:.0%} of pages failing twice, one host resetting connections, a 50 MB "
-        f"page); crawling with {shards} shards, delay {delay_ms} ms",
+        f"ms, {failing:.0%} of pages failing twice{refusing}, one host resetting connections, "
+        f"a 50 MB page); crawling with {shards} shards, delay {delay_ms} ms",
         err=True,
     )
     from cluster.crawler.demo import DemoOptions, run_demo  # noqa: PLC0415 - see the note above
@@ -191,6 +224,8 @@ def demo(
             latency_ms=latency_ms,
             delay_ms=delay_ms,
             failing_fraction=failing,
+            retry_after_fraction=retry_after_pages,
+            retry_after_s=retry_after_ms // 1000,
             shards=shards,
             fetch_workers=workers,
             out=out,

@@ -30,6 +30,7 @@ from cluster.mock_web.site import SiteConfig, SiteModel
 from cluster.mock_web.web import MockWeb
 
 MAX_ATTEMPTS: int = 4  # the crawler net's default (nets/scraper.py CrawlPolicy)
+BACKOFF_BASE_MS: int = 100
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class DemoOptions:
     latency_ms: int = 10
     delay_ms: int = 100
     failing_fraction: float = 0.1
+    retry_after_fraction: float = 0.0  # pages that always answer 503 with Retry-After
+    retry_after_s: int = 1
     oversized_bytes: int = 50 * 1024 * 1024
     reset_host: bool = True
     shards: int = 2
@@ -89,6 +92,8 @@ def run_demo(options: DemoOptions, *, stderr: TextIO | None = None) -> DemoResul
         pages_per_host=options.pages,
         seed=options.seed,
         failing_fraction=options.failing_fraction,
+        retry_after_fraction=options.retry_after_fraction,
+        retry_after_s=options.retry_after_s,
         reset_host=options.reset_host,
         oversized_body_bytes=options.oversized_bytes,
     )
@@ -106,7 +111,7 @@ def run_demo(options: DemoOptions, *, stderr: TextIO | None = None) -> DemoResul
                     store_workers=options.store_workers,
                     delay_ms=options.delay_ms,
                     data_dir=options.data_dir,
-                    net_params={"backoff_base_ms": 100, **options.net_params},
+                    net_params={"backoff_base_ms": BACKOFF_BASE_MS, **options.net_params},
                     timeout_ms=options.timeout_ms,
                     fetch_timeout_ms=5_000,
                 ),
@@ -130,7 +135,9 @@ def run_demo(options: DemoOptions, *, stderr: TextIO | None = None) -> DemoResul
         )
         last_ms = max(last_record_ms, last_answer_ms)
         bound = expectation.politeness_lower_bound_ms(
-            delay_ms=options.delay_ms, latency_ms=options.latency_ms
+            delay_ms=options.delay_ms,
+            latency_ms=options.latency_ms,
+            backoff_base_ms=int(options.net_params.get("backoff_base_ms", BACKOFF_BASE_MS)),
         )
     return DemoResult(
         report=report,

@@ -35,6 +35,9 @@ Theory of operation:
   to cost CPU in proportion to the hosts, a third of a fetch's CPU. A connection only
   ever serves one origin, so nothing is shared less. The least recently used routes
   beyond ``ROUTES_IDLE_MAX`` are closed once no request uses them.
+* **Retry-After** (RFC 9110, 10.2.3), in delay-seconds or as an HTTP date, becomes a
+  wall-clock time in the result (``retry_at_ms``, 0 without one): the net, which caps
+  it at ``retry_after_max_ms``, holds the host after a 429 and the URL after a 503.
 * **Errors** become results, never exceptions: ``timeout``, ``connect``, ``reset``
   (the connection broke), ``proxy``, ``too_large``, ``invalid`` (a URL or an answer
   the client cannot use, too many redirects), with ``status`` 0 when no HTTP answer
@@ -50,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import email.utils
 import ssl
 import time
 from collections import OrderedDict
@@ -74,11 +78,36 @@ KEEPALIVE_PER_ROUTE_MAX: Final = 32
 ROUTES_IDLE_MAX: Final = 64  # routes kept beyond those in use (least recently used go)
 TEXT_BYTES_MAX: Final = 3 * 1024 * 1024  # decoded text travels in one 4 MiB frame
 ANSWER_KEY: Final = "cpn_answer"  # the request extension that carries the fetch's state
+# A Retry-After further away is cut to this (the net's cap is far lower): the time stays
+# an integer msgpack can carry.
+RETRY_AFTER_S_MAX: Final = 86_400 * 366
 
 
 def wall_ms() -> int:
     """Milliseconds since the Unix epoch: the clock of the net's start times."""
     return time.time_ns() // 1_000_000
+
+
+def retry_at_ms(value: str | None, answered_ms: int) -> int:
+    """The wall-clock time a ``Retry-After`` header ``value`` asks to wait for; 0 for none.
+
+    Delay-seconds count from ``answered_ms``; an HTTP date is taken as it is (a date in
+    the past asks for no wait). Anything else (a negative number, garbage) is ignored,
+    as RFC 9110 lets a recipient do with an invalid field.
+    """
+    if value is None:
+        return 0
+    value = value.strip()
+    if value.isdigit():
+        return answered_ms + min(int(value), RETRY_AFTER_S_MAX) * 1_000
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return 0
+    if when.tzinfo is None:
+        return 0  # RFC 9110's dates are GMT; one without a zone is not an HTTP date
+    at_ms = int(when.timestamp() * 1_000)
+    return min(at_ms, answered_ms + RETRY_AFTER_S_MAX * 1_000) if at_ms > answered_ms else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +161,7 @@ class _Answer:
         self.final_url = ""
         self.content_type = ""
         self.body = ""
+        self.retry_at_ms = 0  # the answer's Retry-After as a wall-clock time, 0 if none
 
     async def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpcore's trace hook; at the send point: wait for the start, apply the late rule.
@@ -262,7 +292,8 @@ class Fetcher:
 
         ``Fetch(domain, url, kind, depth, attempt, proxy, proxy_url, start_at_ms,
         late_ms)`` -> ``Fetched(domain, url, kind, attempt, status, error, final_url,
-        content_type, body, started_ms, answered_ms, proxy)``. Never raises for a network problem.
+        content_type, body, started_ms, answered_ms, proxy, retry_at_ms)``. Never raises
+        for a network problem.
         """
         domain, url, kind, _depth, attempt, proxy, proxy_url, start_at_ms, late_ms = job[:9]
         await _wait_until(start_at_ms - CONNECT_AHEAD_MS)
@@ -296,6 +327,9 @@ class Fetcher:
                 answer.answered_ms = wall_ms()
                 answer.status = response.status_code
                 answer.final_url = _final_url(response, url)
+                answer.retry_at_ms = retry_at_ms(
+                    response.headers.get("retry-after"), answer.answered_ms
+                )
                 media = response.headers.get("content-type", "").split(";")[0]
                 answer.content_type = media.strip().lower()
                 wanted = kind == ROBOTS_KIND or answer.content_type in HTML_TYPES
@@ -387,4 +421,5 @@ def _fetched(job: Sequence[Any], answer: _Answer, started_ms: int) -> tuple[Any,
         started_ms,
         answer.answered_ms,
         proxy,
+        answer.retry_at_ms,
     )

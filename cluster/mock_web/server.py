@@ -269,6 +269,9 @@ class LoopbackServers(Generic[RecordT]):
         except (BlockingIOError, InterruptedError):
             return  # another wake-up took it; select again
         connection.setblocking(True)
+        # http.server writes an answer's head and body in separate sends; with Nagle's
+        # algorithm the body waits for the client's delayed ACK of the head (~40 ms).
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         thread = threading.Thread(
             target=self._serve_connection,
             args=(connection, client, index),

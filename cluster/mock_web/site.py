@@ -32,7 +32,11 @@ Theory of operation
   and a group for another agent that disallows everything (a crawler must pick the ``*``
   group). robots.txt never fails, also on the reset host.
 * **Failure schedule**: an HTML page marked failing answers 503 to its first
-  ``failures_before_success`` requests, then 200. With ``reset_host`` the last host resets
+  ``failures_before_success`` requests, then 200. With ``retry_after_fraction`` > 0, that
+  fraction of the other HTML pages (never a root) always answers 503 with
+  ``Retry-After: <retry_after_s>``: a crawler must wait that long between its attempts
+  and then give the page up (drawn only when the fraction is > 0, so a seed's site
+  without such pages stays what it was). With ``reset_host`` the last host resets
   the connection (TCP RST) on every request but ``/robots.txt``. Requests are counted per
   (host, path) by the server; the k-th request (1-based, GET and HEAD alike) gets
   :meth:`SiteModel.response` ``(host, path, k)``.
@@ -131,6 +135,7 @@ class Page:
     failures: int
     links: tuple[Link, ...]
     external_links: tuple[str, ...]
+    retry_after_s: int = 0  # > 0: always 503 with this Retry-After
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,8 @@ class SiteConfig:
     not_found_per_host: int = 1
     failing_fraction: float = 0.1
     failures_before_success: int = 2
+    retry_after_fraction: float = 0.0  # HTML pages (not roots) always 503 with Retry-After
+    retry_after_s: int = 1
     crawl_delay_host_fraction: float = 0.2
     crawl_delay_ms: int = 200
     reset_host: bool = False
@@ -166,6 +173,7 @@ class SiteConfig:
         _check_range("cross_links_per_page", self.cross_links_per_page, 0, 100)
         _check_range("failures_before_success", self.failures_before_success, 0, 100)
         _check_range("crawl_delay_ms", self.crawl_delay_ms, 1, 3_600_000)
+        _check_range("retry_after_s", self.retry_after_s, 1, 3_600)
         _check_range("oversized_body_bytes", self.oversized_body_bytes, 0, OVERSIZED_BODY_BYTES_MAX)
         for name in (
             "external_link_fraction",
@@ -173,6 +181,7 @@ class SiteConfig:
             "private_page_fraction",
             "non_html_fraction",
             "failing_fraction",
+            "retry_after_fraction",
             "crawl_delay_host_fraction",
         ):
             value = getattr(self, name)
@@ -230,17 +239,32 @@ class CrawlExpectation:
     skipped_by_robots: frozenset[PageRef]
     requests_per_host: tuple[int, ...]
     crawl_delay_ms: tuple[int | None, ...] = field(repr=False)
+    # Every URL asked more than once: (attempts, the Retry-After its answers ask, in ms).
+    retried: Mapping[PageRef, tuple[int, int]] = field(default_factory=dict, repr=False)
 
-    def politeness_lower_bound_ms(self, *, delay_ms: int, latency_ms: int) -> int:
+    def politeness_lower_bound_ms(
+        self, *, delay_ms: int, latency_ms: int, backoff_base_ms: int = 0
+    ) -> int:
         """The fastest any crawl keeping ``delay_ms`` between request starts can end.
 
-        The largest over hosts of (requests - 1) x the host's delay (``delay_ms`` or its
-        Crawl-delay when larger), plus one ``latency_ms`` for the last answer.
+        The retry-inclusive bound: the largest over hosts of (requests - 1) x the host's
+        delay (``delay_ms`` or its Crawl-delay when larger) and of each retried URL's
+        chain of attempts (robots.txt first, then from one attempt's start to the next
+        at least the delay, and at least its answer plus the larger of the Retry-After
+        and the backoff, ``backoff_base_ms`` x 2**n before retry n + 1), plus one
+        ``latency_ms`` for the last answer.
         """
         bound = 0
         for host, count in enumerate(self.requests_per_host):
             gap_ms = max(delay_ms, self.crawl_delay_ms[host] or 0)
             bound = max(bound, (count - 1) * gap_ms)
+        for ref, (attempts, retry_after_ms) in self.retried.items():
+            gap_ms = max(delay_ms, self.crawl_delay_ms[ref.host] or 0)
+            waits = (
+                max(gap_ms, latency_ms + max(backoff_base_ms << n, retry_after_ms))
+                for n in range(attempts - 1)
+            )
+            bound = max(bound, gap_ms + sum(waits))
         return bound + latency_ms
 
 
@@ -316,6 +340,13 @@ class SiteModel:
         pages: dict[str, Page] = {}
         for index, kind in enumerate(own):
             failing = kind is PageKind.HTML and rng.random() < config.failing_fraction
+            refusing = (
+                kind is PageKind.HTML
+                and index > 0
+                and not failing
+                and config.retry_after_fraction > 0
+                and rng.random() < config.retry_after_fraction
+            )
             words = " ".join(rng.choice(_WORDS) for _ in range(2))
             pages[paths[index]] = Page(
                 ref=PageRef(host, paths[index]),
@@ -325,6 +356,7 @@ class SiteModel:
                 failures=config.failures_before_success if failing else 0,
                 links=tuple(links[index]),
                 external_links=externals[index],
+                retry_after_s=config.retry_after_s if refusing else 0,
             )
         return pages
 
@@ -383,6 +415,14 @@ class SiteModel:
         page = self.page(ref)
         if page is None or page.kind is PageKind.NOT_FOUND:
             return _text_response(404, f"404 not found: {ref.path}")
+        if page.retry_after_s:
+            return Response(
+                ResponseKind.BODY,
+                503,
+                "text/plain; charset=utf-8",
+                f"503 unavailable (always; retry after {page.retry_after_s} s)\n".encode(),
+                headers=(("Retry-After", str(page.retry_after_s)),),
+            )
         if attempt <= page.failures:
             return Response(
                 ResponseKind.BODY,
@@ -422,6 +462,7 @@ class SiteModel:
         stored: set[PageRef] = set()
         skipped: set[PageRef] = set()
         final_status: dict[PageRef, int] = {}
+        retried: dict[PageRef, tuple[int, int]] = {}
         while queue:
             ref = queue.popleft()
             touched[ref.host] = True
@@ -432,6 +473,8 @@ class SiteModel:
             assert page is not None, ref  # links point at model pages only
             attempts, status = self._perfect_fetch(page, attempts_max)
             requests[ref.host] += attempts
+            if attempts > 1:
+                retried[ref] = (attempts, page.retry_after_s * 1_000)
             final_status[ref] = status
             if status == 200 and page.kind is PageKind.HTML:
                 stored.add(ref)
@@ -447,6 +490,7 @@ class SiteModel:
             skipped_by_robots=frozenset(skipped),
             requests_per_host=tuple(r + b for r, b in zip(requests, robots, strict=True)),
             crawl_delay_ms=self._crawl_delay_ms,
+            retried=retried,
         )
 
     def _perfect_fetch(self, page: Page, attempts_max: int) -> tuple[int, int]:
@@ -455,6 +499,8 @@ class SiteModel:
             return attempts_max, STATUS_RESET
         if page.kind is PageKind.NOT_FOUND:
             return 1, 404
+        if page.retry_after_s:
+            return attempts_max, 503
         if page.failures >= attempts_max:
             return attempts_max, 503
         return page.failures + 1, 200

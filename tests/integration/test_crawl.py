@@ -20,7 +20,12 @@ import pytest
 
 from cluster.crawler.crawl import Crawl, CrawlOptions
 from cluster.crawler.report import CrawlReport, file_pages
-from cluster.mock_web.log import RequestRecord, max_concurrency, politeness_violations
+from cluster.mock_web.log import (
+    RequestRecord,
+    max_concurrency,
+    max_concurrency_by,
+    politeness_violations,
+)
 from cluster.mock_web.proxy import MockProxies, interval_violations
 from cluster.mock_web.site import SiteConfig, SiteModel
 from cluster.mock_web.web import MockWeb
@@ -178,6 +183,43 @@ def test_proxies_keep_their_interval_and_an_unreachable_one_is_retried(tmp_path:
     assert {r["proxy"] for r in records} <= {"proxy000", "proxy001"}
 
 
+def test_direct_slots_cap_requests_in_flight_and_retry_after_is_waited_at_the_server(
+    tmp_path: Path,
+) -> None:
+    """Ten hosts want their robots.txt at once; three direct slots let three go at a time.
+
+    Pages that always answer 503 with ``Retry-After: 1`` are asked ATTEMPTS times, each
+    attempt a second or more after the previous answer left the server, then counted as
+    failed (not missing): every other page is stored.
+    """
+    slots = 3
+    site = SiteModel(
+        SiteConfig(
+            hosts=10, pages_per_host=5, seed=3, failing_fraction=0.2, retry_after_fraction=0.25
+        )
+    )
+    expected = site.expected_crawl(attempts_max=ATTEMPTS)
+    refusing = {ref for ref, status in expected.final_status.items() if status == 503}
+    assert refusing, "the seed must reach a Retry-After page"
+    with MockWeb(site, latency_ms=5) as web:
+        _run, report = crawl(tmp_path, web.seeds(), net_params={"direct_slots": slots})
+        log = web.requests()
+        must_store = web.expected_urls(expected)
+    assert report.complete
+    assert file_pages(tmp_path / "pages.jsonl") == (must_store, 0)
+    assert max_concurrency_by(log, lambda r: 0)[0] == slots
+    assert politeness_violations(log, gaps_ms(site)) == ()
+    attempts: dict[tuple[int, str], list[RequestRecord]] = defaultdict(list)
+    for record in log:
+        attempts[record.host, record.path].append(record)
+    for ref in refusing:
+        tries = attempts[ref.host, ref.path]
+        assert [r.status for r in tries] == [503] * ATTEMPTS, ref
+        for before, after in itertools.pairwise(tries):
+            assert after.start_ns - before.end_ns >= 1_000_000_000, ref
+    assert report.failures.get("http 503") == len(refusing)
+
+
 def test_a_slow_store_backs_up_to_raw_html_at_its_capacity(tmp_path: Path) -> None:
     site = SiteModel(SiteConfig(hosts=3, pages_per_host=12, seed=2, failing_fraction=0))
     capacity = 2
@@ -247,15 +289,28 @@ def test_cpn_demo(tmp_path: Path) -> None:
     figures = tmp_path / "demo.json"
     done = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "demo", "--hosts", "3", "--pages", "5",
-         "--report-json", str(figures)],
+         "--seed", "4", "--delay", "50ms", "--latency", "2ms", "--retry-after-pages", "0.3",
+         "--retry-after", "1s", "--report-json", str(figures)],
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert "always 503 with Retry-After 1 s" in done.stderr
     result = json.loads(figures.read_text())
     assert result["violations"] == 0, done.stdout
     assert result["missing"] == 0 and result["unexpected"] == 0, done.stdout
     assert result["report"]["duplicates"] == 0
+    # Seed 4's one page that always answers 503 (with Retry-After) is a failure.
+    assert result["report"]["failures"].get("http 503") == 1, done.stdout
     assert "politeness lower bound" in done.stdout
+
+
+def test_cpn_demo_refuses_a_fractional_retry_after() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "demo", "--retry-after", "1500ms"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--retry-after: 1500 ms: Retry-After is whole seconds" in done.stderr
 
 
 def test_net_params_reach_every_shard(tmp_path: Path) -> None:

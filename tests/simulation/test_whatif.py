@@ -155,14 +155,15 @@ def test_lease_figures_follow_the_effect_model_and_its_planned_start() -> None:
 SMALL_SITE = {"site_domains": 6, "site_pages": 3, "delay_ms": 100, "backoff_base_ms": 100}
 
 
-def test_a_constant_population_has_a_constant_occupancy() -> None:
+def test_occupancy_of_the_scope_and_of_the_direct_slots() -> None:
     config = SimConfig("nets.scraper:net", params=SMALL_SITE, shards=2, until_ms=20_000)
     report = what_if(config, seeds=[1, 2])
     assert report.ok and report.quiesced == 2
     places = {name: (mean, peak) for name, mean, peak in report.places()}
-    # 64 direct-connection tokens move between shards and change value, never number;
-    # the scope holds its 6 domains from the start.
-    assert places["proxies"][0].mean == pytest.approx(64.0)
+    # The scope holds its 6 domains from the start. 64 direct-connection slots: one is
+    # out of the pool while its fetch is in flight (at most one per domain), so the
+    # pool holds 64 at its peak and at least 58 at any time.
+    assert 58.0 <= places["proxies"][0].mean < 64.0
     assert places["proxies"][1].high == 64
     assert places["scope"][0].mean == pytest.approx(6.0)
     # Every page fetched was parsed and stored: the crawl's end is the last store.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cluster.crawler.fetch import retry_at_ms
 from cluster.crawler.parse import LINKS_PER_PAGE_MAX, parse_page, parse_results
 from cluster.crawler.urls import InvalidUrl, canonical_url, domain_of, resolve_link, robots_url
 from cluster.layout import ClusterConfig, net_param_args, parse_net_param
@@ -137,3 +138,21 @@ def test_the_cli_spells_the_worker_roles_as_the_worker_does() -> None:
     from cluster.crawler.workers import ROLES
 
     assert WORKER_ROLES == ROLES
+
+
+@pytest.mark.parametrize(
+    ("value", "expected_ms"),
+    [
+        (None, 0),
+        ("3", 1_700_000_003_000),
+        (" 0 ", 1_700_000_000_000),
+        ("Tue, 14 Nov 2023 22:13:30 GMT", 1_700_000_010_000),  # 10 s after the answer
+        ("Tue, 14 Nov 2023 22:13:10 GMT", 0),  # in the past: no wait
+        ("Tue, 14 Nov 2023 22:13:30", 0),  # no zone: not an HTTP date
+        ("-5", 0),
+        ("soon", 0),
+        ("9" * 40, 1_700_000_000_000 + 86_400 * 366 * 1_000),  # cut, fits msgpack
+    ],
+)
+def test_retry_after_becomes_a_wall_clock_time(value: str | None, expected_ms: int) -> None:
+    assert retry_at_ms(value, 1_700_000_000_000) == expected_ms

@@ -55,8 +55,11 @@ class FakeWeb:
     failing: dict[str, int] = field(default_factory=dict)  # url -> 503s before success
     statuses: dict[str, int] = field(default_factory=dict)  # url -> fixed status
     moved: dict[str, str] = field(default_factory=dict)  # url -> where a 301 points
+    # url -> (status, Retry-After in ms, how many times it is answered so; -1: always)
+    retry_after: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     requests: list[tuple[str, str, int]] = field(default_factory=list)  # (domain, url, start)
     served: Counter[str] = field(default_factory=Counter)
+    wide: bool = False  # each root links to every page of its host
 
     def domain(self, h: int) -> str:
         return f"h{h}.test"
@@ -70,6 +73,8 @@ class FakeWeb:
         found = [self.url((h + 1) % self.hosts, 0), f"http://{host}/private/{i}"]
         if i + 1 < self.pages:
             found.append(self.url(h, i + 1))
+        if self.wide and i == 0:
+            found += [self.url(h, j) for j in range(2, self.pages)]
         return found
 
     def answer(self, fetch: Fetch, started: int) -> Fetched:
@@ -93,6 +98,12 @@ class FakeWeb:
                 started + LATENCY_MS,
                 fetch.proxy,
             )
+        status, after_ms, times = self.retry_after.get(fetch.url, (0, 0, 0))
+        if times < 0 or n <= times:
+            answered = started + LATENCY_MS
+            return Fetched(fetch.domain, fetch.url, fetch.kind, fetch.attempt, status, "",
+                           fetch.url, "text/plain", "", started, answered, fetch.proxy,
+                           answered + after_ms)  # fmt: skip
         status = self.statuses.get(fetch.url, 503 if n <= self.failing.get(fetch.url, 0) else 200)
         if fetch.url in self.moved:
             status = 301
@@ -297,6 +308,56 @@ def test_failures_retry_with_growing_backoff_and_stop_at_the_maximum() -> None:
         (web.url(0, 1), 0, False),
         (web.url(0, 1), 1, False),
     ]
+
+
+def test_direct_slots_cap_every_request_robots_txt_included() -> None:
+    """Six new domains at once want six robots.txt: two direct slots let two go at a time."""
+    web = FakeWeb(hosts=6, pages=3)
+    crawl(CrawlPolicy(delay_ms=100, direct_slots=2), web, seeds=6)
+    events = sorted(
+        [(start, 1) for _d, _u, start in web.requests]
+        + [(start + LATENCY_MS, -1) for _d, _u, start in web.requests]
+    )
+    in_flight = list(itertools.accumulate(step for _t, step in events))
+    assert max(in_flight) == 2
+    assert len(web.requests) == 6 * (1 + 3)
+
+
+@pytest.mark.parametrize(("after_ms", "wait_ms"), [(2_000, 2_000), (3_600_000, 1_500)])
+def test_a_503_retry_after_delays_that_url_and_is_capped(after_ms: int, wait_ms: int) -> None:
+    web = FakeWeb(hosts=1, pages=3)
+    url = web.url(0, 2)
+    web.retry_after[url] = (503, after_ms, -1)
+    max_ms = 1_500 if after_ms > 2_000 else 60_000
+    policy = CrawlPolicy(delay_ms=100, max_attempts=3, backoff_base_ms=100)
+    result = crawl(dataclasses.replace(policy, retry_after_max_ms=max_ms), web)
+    starts = [s for _d, u, s in web.requests if u == url]
+    assert len(starts) == 3
+    # Retry-After counts from the answer, LATENCY_MS after the start.
+    waits = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(wait_ms + LATENCY_MS <= w <= wait_ms + LATENCY_MS + 100 for w in waits), waits
+    finals = {f.url for f in tokens(result.engine, "fail_log") if f.final}
+    assert finals == {url}
+    # Only the URL waits: the domain's other pages went on meanwhile.
+    others = [s for _d, u, s in web.requests if u == web.url(0, 1)]
+    assert others and others[0] < starts[1]
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_a_429_retry_after_holds_the_whole_host(attempts: int) -> None:
+    """Whether the URL is retried or given up, the host's other pages wait too."""
+    web = FakeWeb(hosts=1, pages=5, wide=True)
+    web.retry_after[web.url(0, 1)] = (429, 1_000, -1)
+    policy = CrawlPolicy(delay_ms=100, max_attempts=attempts, backoff_base_ms=100, concurrency=2)
+    result = crawl(policy, web)
+    throttled = [s for _d, u, s in web.requests if u == web.url(0, 1)]
+    assert len(throttled) == attempts
+    for first in throttled:
+        after = [s for _d, _u, s in web.requests if s > first]
+        # The answer came LATENCY_MS after the start; Retry-After counts from there. With
+        # two requests in flight, one decided before the 429 arrived may start meanwhile.
+        assert sum(s < first + LATENCY_MS + 1_000 for s in after) <= 1, (first, after)
+    assert sorted(result.stored) == [web.url(0, i) for i in (0, 2, 3, 4)]
 
 
 def test_a_4xx_is_final_after_one_request() -> None:

@@ -298,6 +298,47 @@ def test_the_politeness_lower_bound_follows_the_issue_definition() -> None:
     assert expectation.politeness_lower_bound_ms(delay_ms=100, latency_ms=10) == 1_510
 
 
+def test_retry_after_pages_always_refuse_and_count_in_the_bound(seed: int) -> None:
+    model = SiteModel(_config(seed, retry_after_fraction=0.3, retry_after_s=2, reset_host=False))
+    refusing = [p for p in _all_pages(model) if p.retry_after_s]
+    assert refusing and all(p.ref.path != "/" and p.kind is PageKind.HTML for p in refusing)
+    assert not any(p.failures for p in refusing)
+    for page in refusing:
+        answers = [model.response(page.ref, k, NETLOCS[:6]) for k in range(1, 6)]
+        assert {a.status for a in answers} == {503}
+        assert {a.headers for a in answers} == {(("Retry-After", "2"),)}
+    expectation = model.expected_crawl(attempts_max=3)
+    reached = [p.ref for p in refusing if p.ref in expectation.final_status]
+    assert reached, "some refusing page is linked from a stored page"
+    for ref in reached:
+        assert expectation.final_status[ref] == 503 and ref not in expectation.stored
+        assert expectation.retried[ref] == (3, 2_000)
+    # Robots.txt, the first attempt, then two waits of at least the Retry-After and the
+    # latency each: 100 + 2 x (10 + 2000) + the last answer's 10.
+    assert expectation.politeness_lower_bound_ms(delay_ms=100, latency_ms=10) >= 4_130
+    # Without the fraction the seed draws the same site as before.
+    assert SiteModel(_config(seed)).pages(0) == SiteModel(
+        _config(seed, retry_after_fraction=0.0, retry_after_s=5)
+    ).pages(0)
+
+
+def test_the_retry_inclusive_bound_counts_backoff_and_retry_after() -> None:
+    ref = PageRef(0, "/p/1.html")
+    expectation = CrawlExpectation(
+        attempts_max=4,
+        stored=frozenset(),
+        final_status={},
+        skipped_by_robots=frozenset(),
+        requests_per_host=(6,),
+        crawl_delay_ms=(None,),
+        retried={ref: (4, 0)},
+    )
+    # Politeness alone: 5 x 100 + 10; the retries: 100 + (10 + max(100, 200, 400)) ... + 10.
+    assert expectation.politeness_lower_bound_ms(delay_ms=100, latency_ms=10) == 510
+    bound = expectation.politeness_lower_bound_ms(delay_ms=100, latency_ms=10, backoff_base_ms=200)
+    assert bound == 100 + (10 + 200) + (10 + 400) + (10 + 800) + 10
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [
