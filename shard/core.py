@@ -1059,8 +1059,10 @@ class ShardCore:
 
     def committed_firings(self) -> dict[str, int]:
         """Committed firings per transition over the store's life (a retiring shard's
-        reports carry them to the router, which keeps them once it is gone)."""
-        return dict(self.firings_total)
+        reports carry them to the router, which keeps them once it is gone). Sorted by
+        transition: the report's bytes must not depend on the order a store returned
+        them in (the simulator compares traces across store kinds)."""
+        return dict(sorted(self.firings_total.items()))
 
 
 _REQUEST_HANDLERS: Final[dict[type[Message], Callable[[ShardCore, Envelope], Message | None]]] = {

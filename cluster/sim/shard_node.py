@@ -128,6 +128,7 @@ class MemoryShardStore:
         self.initialised = False
         self.incarnation = 0
         self.commits = 0
+        self.firings_total: Counter[str] = Counter()  # as the LMDB store's fired:<t> keys
 
     def open(self) -> int:
         self.incarnation += 1
@@ -160,6 +161,7 @@ class MemoryShardStore:
             staged=dict(self.staged),
             deferred_counts=counts,
             deferred=MemoryDeferredReader(later) if deferred else None,
+            firings_total=dict(self.firings_total),
         )
 
     def committed_view(self) -> Counter[tuple[str, Token]]:
@@ -198,6 +200,7 @@ class MemoryShardStore:
             _set_or_delete(self.phases, slot, phase)
         for slot, staged in batch.staged.items():
             _set_or_delete(self.staged, slot, staged)
+        self.firings_total.update(batch.firings)
         self.initialised = self.initialised or initialised
         self.commits += 1
 

@@ -52,7 +52,13 @@ def _marking(cluster: LocalCluster) -> dict[str, int]:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "tokens per place:", done.stdout
-    return {name: int(count.replace(",", "")) for name, count in map(str.split, lines[1:])}
+    assert lines[1].split() == ["place", "tokens", "in", "flight"], done.stdout
+    counts = {}
+    for line in lines[2:]:  # rows of place, tokens, in flight; then notes, if any
+        parts = line.split()
+        if len(parts) == 3 and parts[0] != "(all)" and parts[1].replace(",", "").isdigit():
+            counts[parts[0]] = int(parts[1].replace(",", ""))
+    return counts
 
 
 def _page_counts(driver: Any) -> dict[str, int]:

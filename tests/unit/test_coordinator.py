@@ -69,7 +69,13 @@ def _drive(
         now_ms += 50
         for shard in sorted(alive):
             coordinator.report(
-                shard, shards.answers(shard), now_ms=now_ms, outbox_tokens=0, pool_tokens=0, owed=()
+                shard,
+                shards.answers(shard),
+                now_ms=now_ms,
+                outbox_tokens=0,
+                pool_tokens=0,
+                owed=(),
+                firings_total={},
             )
             shards.take(shard, coordinator.orders_for(shard))
         coordinator.tick(now_ms, alive)
@@ -127,7 +133,7 @@ def test_repeated_and_misdirected_answers_change_nothing() -> None:
     coordinator.tick(0, {0, 1, 2})
     move = min(coordinator.moves.values(), key=lambda m: m.move_id)
     sealed = (move.move_id, "sealed", *SHIPMENT)
-    report = {"now_ms": 1, "outbox_tokens": 0, "pool_tokens": 0, "owed": ()}
+    report = {"now_ms": 1, "outbox_tokens": 0, "pool_tokens": 0, "owed": (), "firings_total": {}}
     coordinator.report(move.target, [sealed], **report)  # the target cannot seal
     assert coordinator.counters["answers_misdirected"] == 1
     coordinator.report(move.source, [sealed], **report)
@@ -148,7 +154,7 @@ def test_a_shipment_that_disagrees_aborts_the_move_and_the_slot_is_moved_again()
     coordinator.scale(3)
     coordinator.tick(0, {0, 1, 2})
     (move,) = coordinator.moves.values()
-    report = {"now_ms": 1, "outbox_tokens": 0, "pool_tokens": 0, "owed": ()}
+    report = {"now_ms": 1, "outbox_tokens": 0, "pool_tokens": 0, "owed": (), "firings_total": {}}
     coordinator.report(move.source, [(move.move_id, "sealed", *SHIPMENT)], **report)
     coordinator.report(move.target, [(move.move_id, "staged", 1, b"other")], **report)
     assert coordinator.moves[move.move_id].state.value == "aborting"
@@ -198,6 +204,7 @@ def test_a_leaving_shard_retires_only_once_it_owes_and_holds_nothing() -> None:
                 outbox_tokens=0,
                 pool_tokens=3 if shard == 1 else 0,
                 owed=(),
+                firings_total={},
             )
             shards.take(shard, coordinator.orders_for(shard))
         coordinator.tick(now_ms, {0, 1})
@@ -207,8 +214,12 @@ def test_a_leaving_shard_retires_only_once_it_owes_and_holds_nothing() -> None:
         start_ms = now_ms
         while now_ms - start_ms <= RETIRE_STABLE_MS + 100:
             now_ms += 50
-            coordinator.report(0, [], now_ms=now_ms, outbox_tokens=1, pool_tokens=0, owed=owed)
-            coordinator.report(1, [], now_ms=now_ms, outbox_tokens=0, pool_tokens=0, owed=())
+            coordinator.report(
+                0, [], now_ms=now_ms, outbox_tokens=1, pool_tokens=0, owed=owed, firings_total={}
+            )
+            coordinator.report(
+                1, [], now_ms=now_ms, outbox_tokens=0, pool_tokens=0, owed=(), firings_total={}
+            )
             coordinator.tick(now_ms, {0, 1})
         assert coordinator.table.shard_count == (2 if owed else 1)
 
