@@ -38,8 +38,11 @@ class Step(NamedTuple):
     produced: tuple[PlacedEntry, ...]
 
 
-Found = tuple[tuple[Any, ...], dict[str, Any]]  # a component's (entries, variable values)
-FireFn = Callable[[list[Found], int], Step]
+# A transition's binding as nets/enabling.py finds it: for a transition of one component
+# that component's search result (its entries in binding order first, its variables'
+# dictionary last; nets/binding.py, Searcher), otherwise a tuple of one per component.
+Found = Any
+FireFn = Callable[[Found, int], Step]
 
 
 def _expression(expr: object, name: str, namespace: dict[str, Any]) -> str:
@@ -101,10 +104,11 @@ def compile_firing(
     }
     lines = ["def fire(found, now):"]
     if len(components) == 1:
-        lines.append("    entries0, values = found[0]")
+        lines.append("    entries0 = found")
+        lines.append("    values = found[-1]")
     else:
-        lines.extend(f"    entries{c}, values{c} = found[{c}]" for c in range(len(components)))
-        merged = ", ".join(f"**values{c}" for c in range(len(components)))
+        lines.append(f"    {''.join(f'entries{c}, ' for c in range(len(components)))}= found")
+        merged = ", ".join(f"**entries{c}[-1]" for c in range(len(components)))
         lines.append(f"    values = {{{merged}}}")
     used: dict[str, None] = {}
     for arc in transition.produce:
