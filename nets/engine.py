@@ -35,7 +35,7 @@ from typing import Any
 from nets.colour import check_token
 from nets.enabling import KeyedComponentState, TransitionState
 from nets.errors import CpnError
-from nets.firing import Locality, Step, compile_firing
+from nets.firing import Locality, Step, compile_firing, compile_insert
 from nets.marking import PlaceStore
 from nets.model import Net, Token
 
@@ -131,6 +131,8 @@ class Engine:
         self._ordered = [ts for group in self._groups for ts in group]
         self._changes = _Changes()
         self._wire_listeners()
+        # Each place's release of a pending entry that comes due, specialised to it.
+        self._inserts = {name: compile_insert(store) for name, store in self._stores.items()}
         for ts in self._transitions:
             ts.fire = compile_firing(
                 ts.transition,
@@ -379,13 +381,14 @@ class Engine:
         assert now >= self.now, f"time went backwards: {now} < {self.now}"
         self.now = now
         pending = self._pending
-        stores = self._stores
+        inserts = self._inserts
         withdrawn = self._withdrawn
+        heappop = heapq.heappop
         while pending and pending[0][0] <= now:
-            time, _seq, place, token = heapq.heappop(pending)
+            time, _seq, place, token = heappop(pending)
             if withdrawn and self._skip_withdrawn((time, place, token)):
                 continue
-            stores[place].add_available((time, token))
+            inserts[place]((time, token))
 
     # -- choosing and firing ------------------------------------------------------------
 
