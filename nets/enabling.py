@@ -24,6 +24,7 @@ Theory of operation (docs/engine.md, "Components and per-key incremental enablin
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from heapq import heapify, heappop, heappush
 from typing import Any
 
@@ -34,7 +35,7 @@ from nets.binding import (
     compile_components,
     compile_search,
 )
-from nets.firing import FireFn
+from nets.firing import FireFn, Step
 from nets.marking import PlaceStore
 from nets.model import Transition
 
@@ -255,3 +256,47 @@ def guard_holds(transition: Transition) -> bool:
         raise InscriptionError(
             f"guard of transition {transition.name!r} raised {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def compile_chooser(transitions: Sequence[TransitionState]) -> Callable[[int], Step | None]:
+    """Generate ``fire_next(now)``: fire the first of ``transitions`` (in conflict order)
+    that has a binding, and return its step, or ``None`` if none has.
+
+    It asks exactly what the loop over :meth:`TransitionState.preferred` asks, but a
+    clean component is read where it stands, without a call: a whole component's
+    cached result, or a keyed one's heap top if it is live. Only a component with
+    something to search again, a transition of several components, one with a
+    capacity to check or one with a guard without variables goes through the methods.
+    Call it after every transition's firing is compiled.
+    """
+    ns: dict[str, Any] = {}
+    lines = ["def fire_next(now):"]
+    for i, ts in enumerate(transitions):
+        assert ts.fire is not None
+        ns[f"T{i}"], ns[f"F{i}"] = ts, ts.fire
+        cs = ts.single
+        if cs is None or ts.capacity or ts.const_guard:
+            lines.append(f"    f = T{i}.preferred()")
+        elif isinstance(cs, KeyedComponentState):
+            ns[f"C{i}"], ns[f"DK{i}"], ns[f"H{i}"] = cs, cs.dirty_keys, cs.heap
+            ns[f"CUR{i}"] = cs.current
+            lines += [
+                f"    if C{i}.all_dirty or DK{i}:",
+                f"        f = C{i}.preferred()",
+                f"    elif H{i}:",
+                f"        f = H{i}[0]",
+                f"        if CUR{i}.get(f[-2]) is not f:",
+                f"            f = C{i}.preferred()",
+                "    else:",
+                "        f = None",
+            ]
+        else:
+            ns[f"C{i}"] = cs
+            lines.append(f"    f = C{i}.preferred() if C{i}.all_dirty else C{i}.best")
+        lines.append(f"    if f is not None: return F{i}(f, now)")
+    lines.append("    return None")
+    source = "\n".join(lines) + "\n"
+    code = compile(source, "<cpn choice of the next firing>", "exec")
+    exec(code, ns)  # noqa: S102 - source built above from the net's structure only
+    fire_next: Callable[[int], Step | None] = ns["fire_next"]
+    return fire_next

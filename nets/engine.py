@@ -33,7 +33,7 @@ from enum import Enum
 from typing import Any
 
 from nets.colour import check_token
-from nets.enabling import KeyedComponentState, TransitionState
+from nets.enabling import KeyedComponentState, TransitionState, compile_chooser
 from nets.errors import CpnError
 from nets.firing import Locality, Step, compile_firing, compile_insert
 from nets.marking import PlaceStore
@@ -143,6 +143,7 @@ class Engine:
                 locality=locality,
                 exported=self._exported,
             )
+        self._fire_next = compile_chooser(self._ordered)
         if initial_marking:
             # Components start dirty, so bulk loading needs no notifications.
             for place in net.places:
@@ -415,10 +416,13 @@ class Engine:
             # An idle shard asks every turn of its loop.
             return None
         if self.tie_break is TieBreak.ORDERED:
-            for ts in self._ordered:
-                found = ts.preferred()
-                if found is not None:
-                    return self._fire(ts, found)
+            step = self._fire_next(now)
+            if step is not None:
+                self._steps += 1
+                self._firings[step.transition] += 1
+                for hook in self.hooks:
+                    hook(step)
+                return step
         else:
             for group in self._groups:
                 if len(group) == 1:
