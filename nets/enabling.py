@@ -116,45 +116,43 @@ class KeyedComponentState:
 
     def preferred(self) -> tuple[Any, ...] | None:
         """The least live item of the heap, after searching the dirty keys again."""
+        dirty = self.dirty_keys
+        heap, current = self.heap, self.current
         if self.all_dirty:
             # A change to a non-keyed place of this component can affect every key.
             for store in self.component.key_stores:
-                self.dirty_keys.update(store.primary.buckets)
-            self.dirty_keys.update(self.current)
+                dirty.update(store.primary.buckets)
+            dirty.update(current)
             self.all_dirty = False
-        if self.dirty_keys:
-            self._refresh()
-        heap, current = self.heap, self.current
+        if dirty:
+            search, required = self.search, self.required
+            try:
+                for key in dirty:
+                    for buckets in required:
+                        if key not in buckets:
+                            current.pop(key, None)
+                            break
+                    else:
+                        item = search(key)
+                        if item is None:
+                            current.pop(key, None)
+                        else:
+                            current[key] = item
+                            heappush(heap, item)
+            except InscriptionError:
+                raise
+            except Exception as exc:
+                raise _guard_failed(self.tname, exc) from exc
+            dirty.clear()
+            if len(heap) > 2 * len(current) + HEAP_SLACK:
+                heap[:] = [item for item in heap if current.get(item[-2]) is item]
+                heapify(heap)
         while heap:
             item = heap[0]
             if current.get(item[-2]) is item:
                 return item
             heappop(heap)
         return None
-
-    def _refresh(self) -> None:
-        heap, current, search, required = self.heap, self.current, self.search, self.required
-        try:
-            for key in self.dirty_keys:
-                for buckets in required:
-                    if key not in buckets:
-                        current.pop(key, None)
-                        break
-                else:
-                    item = search(key)
-                    if item is None:
-                        current.pop(key, None)
-                    else:
-                        current[key] = item
-                        heappush(heap, item)
-        except InscriptionError:
-            raise
-        except Exception as exc:
-            raise _guard_failed(self.tname, exc) from exc
-        self.dirty_keys.clear()
-        if len(heap) > 2 * len(current) + HEAP_SLACK:
-            heap[:] = [item for item in heap if current.get(item[-2]) is item]
-            heapify(heap)
 
 
 ComponentState = WholeComponentState | KeyedComponentState
@@ -274,29 +272,44 @@ def compile_chooser(transitions: Sequence[TransitionState]) -> Callable[[int], S
     for i, ts in enumerate(transitions):
         assert ts.fire is not None
         ns[f"T{i}"], ns[f"F{i}"] = ts, ts.fire
-        cs = ts.single
-        if cs is None or ts.capacity or ts.const_guard:
+        if ts.capacity or ts.const_guard:
             lines.append(f"    f = T{i}.preferred()")
-        elif isinstance(cs, KeyedComponentState):
-            ns[f"C{i}"], ns[f"DK{i}"], ns[f"H{i}"] = cs, cs.dirty_keys, cs.heap
-            ns[f"CUR{i}"] = cs.current
-            lines += [
-                f"    if C{i}.all_dirty or DK{i}:",
-                f"        f = C{i}.preferred()",
-                f"    elif H{i}:",
-                f"        f = H{i}[0]",
-                f"        if CUR{i}.get(f[-2]) is not f:",
-                f"            f = C{i}.preferred()",
-                "    else:",
-                "        f = None",
-            ]
-        else:
-            ns[f"C{i}"] = cs
-            lines.append(f"    f = C{i}.preferred() if C{i}.all_dirty else C{i}.best")
-        lines.append(f"    if f is not None: return F{i}(f, now)")
+            lines.append(f"    if f is not None: return F{i}(f, now)")
+            continue
+        # One block per component, each nested in the one before: a component without
+        # a binding skips the rest of the transition.
+        pad = "    "
+        for j, cs in enumerate(ts.components):
+            lines += [pad + line for line in _component_lines(cs, f"C{i}_{j}", f"f{j}", ns)]
+            lines.append(f"{pad}if f{j} is not None:")
+            pad += "    "
+        found = (
+            "f0"
+            if ts.single is not None
+            else f"({''.join(f'f{j}, ' for j in range(len(ts.components)))})"
+        )
+        lines.append(f"{pad}return F{i}({found}, now)")
     lines.append("    return None")
     source = "\n".join(lines) + "\n"
     code = compile(source, "<cpn choice of the next firing>", "exec")
     exec(code, ns)  # noqa: S102 - source built above from the net's structure only
     fire_next: Callable[[int], Step | None] = ns["fire_next"]
     return fire_next
+
+
+def _component_lines(cs: ComponentState, name: str, result: str, ns: dict[str, Any]) -> list[str]:
+    """Lines setting ``result`` to the component's preferred binding (or ``None``)."""
+    ns[name] = cs
+    if isinstance(cs, WholeComponentState):
+        return [f"{result} = {name}.preferred() if {name}.all_dirty else {name}.best"]
+    ns[f"DK_{name}"], ns[f"H_{name}"], ns[f"CUR_{name}"] = cs.dirty_keys, cs.heap, cs.current
+    return [
+        f"if {name}.all_dirty or DK_{name}:",
+        f"    {result} = {name}.preferred()",
+        f"elif H_{name}:",
+        f"    {result} = H_{name}[0]",
+        f"    if CUR_{name}.get({result}[-2]) is not {result}:",
+        f"        {result} = {name}.preferred()",
+        "else:",
+        f"    {result} = None",
+    ]

@@ -108,6 +108,8 @@ def compile_firing(
     if len(components) == 1:
         lines.append("    entries0 = found")
         lines.append("    values = found[-1]")
+    elif not components:  # a transition without input arcs
+        lines.append("    values = {}")
     else:
         lines.append(f"    {''.join(f'entries{c}, ' for c in range(len(components)))}= found")
         merged = ", ".join(f"**entries{c}[-1]" for c in range(len(components)))
