@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Final
@@ -273,6 +273,8 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
     lines = [f"def search(v_{key_var}):" if key_var is not None else "def search():"]
     bound = [key_var] if key_var is not None else []
     entries: list[str] = []
+    probes = _probe_plan(component)
+    lines += _probe_lines(probes.get(-1, ()), steps, namespace, "    ", "return None")
     chosen: list[tuple[PlaceStore, str, int]] = []  # (store, entry local, count) so far
     depth = 1
     for i, step in enumerate(steps):
@@ -318,6 +320,7 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
             if step.whole is not None:
                 lines.append(f"{pad}v_{step.whole} = t{i}")
                 bound.append(step.whole)
+        lines += _probe_lines(probes.get(i, ()), steps, namespace, pad, "continue")
         if step.guard is not None:
             namespace[f"G{i}"] = step.guard
             args = ", ".join(f"v_{p}" for p in step.guard_params)
@@ -335,6 +338,78 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
     exec(code, namespace)  # noqa: S102 - source built above from the net's structure only
     fn: Searcher = namespace["search"]
     return fn
+
+
+def _probe_plan(component: Component) -> dict[int, list[int]]:
+    """Where the search tests early that a later arc has candidates at all.
+
+    The walk enumerates arcs in binding order, which is what makes the first complete
+    binding the least one; reordering the loops would change the binding chosen. What
+    can move is the *test* of an arc: as soon as the variables its index lookup needs
+    are bound, one dictionary lookup tells whether its bucket holds enough entries,
+    and an empty one prunes every loop in between, at no cost to the order of the
+    enumeration. So each arc not searched right next gets a probe at the earliest
+    point (``-1`` before the first loop, else the position of the arc whose loop binds
+    the last variable it needs), placed before that arc's guard, the costlier test.
+    A per-key component's keyed arcs looked up by the key alone are probed already,
+    before the search (``required`` in nets/enabling.py).
+
+    Returns:
+        point -> positions of the arcs to probe there, in binding order.
+    """
+    steps = component.steps
+    arcs = [i for i, st in enumerate(steps) if st.kind != INHIBIT]
+    bound: set[str] = {component.key_var} if component.key_var is not None else set()
+    plan: dict[int, list[int]] = {}
+    probed: set[int] = set()
+    for point in [-1, *arcs]:
+        if point >= 0:
+            step = steps[point]
+            bound |= {name for _, name in step.binds}
+            if step.whole is not None:
+                bound.add(step.whole)
+        later = [j for j in arcs if j > point]
+        for j in later[1:]:  # the next arc's own loop looks its bucket up at once
+            step = steps[j]
+            if j in probed or not _lookup_variables(step) <= bound:
+                continue
+            keyed = step.store.place.key is not None and step.index is step.store.primary
+            if component.per_key and keyed and point == -1:
+                continue  # the key's presence is checked before the search
+            plan.setdefault(point, []).append(j)
+            probed.add(j)
+    return plan
+
+
+def _lookup_variables(step: ArcStep) -> set[str]:
+    names = set()
+    for kind, arg in step.sources:
+        if kind == "var":
+            assert isinstance(arg, str)
+            names.add(arg)
+        elif kind == "field":
+            assert isinstance(arg, tuple)
+            names.add(arg[0])
+    return names
+
+
+def _probe_lines(
+    positions: Sequence[int],
+    steps: Sequence[ArcStep],
+    namespace: dict[str, Any],
+    pad: str,
+    fail: str,
+) -> list[str]:
+    lines = []
+    for j in positions:
+        step = steps[j]
+        namespace[f"B{j}"] = step.index.buckets
+        bucket = f"B{j}.get({_lookup_source(step.sources, namespace, j)}, EMPTY)"
+        if step.count == 1:
+            lines.append(f"{pad}if not {bucket}: {fail}")
+        else:
+            lines.append(f"{pad}if len({bucket}) < {step.count}: {fail}")
+    return lines
 
 
 def _untaken(bucket: Any, taken: list[Entry]) -> list[Entry]:
