@@ -47,8 +47,8 @@ MEMORY_TOKENS = 1_000_000
 UNTIL_MS = 2**62  # "run until nothing is left to do"
 
 ENGINE_FIRINGS_PER_S_MIN = 200_000
-RATIO_MIN = 0.3
-BYTES_PER_TOKEN_MAX = 800
+RATIO_MIN = 0.6  # issue 18
+BYTES_PER_TOKEN_MAX = 300  # issue 18
 
 
 @dataclass(frozen=True, slots=True)
