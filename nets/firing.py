@@ -336,7 +336,7 @@ def _remove_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
         f"k = {key}",
         f"b = B_{name}[k]",
         "if type(b) is list:",
-        "    if b[0] == e:",
+        "    if b[0] is e or b[0] == e:",
         "        del b[0]",
         "    else:",
         "        i = bisect_left(b, e)",
