@@ -464,8 +464,9 @@ class Engine:
         """
         fired = 0
         now = self.now
+        fire = self.fire
         while max_steps is None or fired < max_steps:
-            step = self.fire(now)
+            step = fire(now)
             if step is not None:
                 fired += 1
                 yield step

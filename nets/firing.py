@@ -96,6 +96,7 @@ def compile_firing(
     """
     ns: dict[str, Any] = {
         "Step": Step,
+        "NEW": tuple.__new__,
         "heappush": heapq.heappush,
         "PENDING": pending,
         "SEQ": sequence,
@@ -188,8 +189,9 @@ def compile_firing(
             else:
                 produced.append(f"*((({place!r}, t{i}, o{i}),) if kept{i} else ())")
     lines.append(
-        f"    return Step(NAME, now, values, ({''.join(c + ', ' for c in consumed)}), "
-        f"({''.join(p + ', ' for p in produced)}))"
+        # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call.
+        f"    return NEW(Step, (NAME, now, values, ({''.join(c + ', ' for c in consumed)}), "
+        f"({''.join(p + ', ' for p in produced)})))"
     )
     source = "\n".join(lines) + "\n"
     code = compiled(source, f"<cpn firing of transition {transition.name!r}>")
