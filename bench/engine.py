@@ -17,7 +17,8 @@ The garbage collector stays enabled in both timed runs; each starts after a
 ``gc.collect()`` so that neither pays for the other's (or its own construction's)
 garbage. The last line of output is one JSON object whose first keys are
 ``engine_firings_per_s``, ``handwritten_per_s``, ``ratio`` (hand-written run time
-divided by the engine's run time) and ``bytes_per_token``.
+divided by the engine's run time) and ``bytes_per_token``; ``cpu_ratio`` is the same
+ratio in process CPU time, which a machine shared with other work disturbs less.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ MEMORY_TOKENS = 1_000_000
 UNTIL_MS = 2**62  # "run until nothing is left to do"
 
 ENGINE_FIRINGS_PER_S_MIN = 200_000
-RATIO_MIN = 0.3
-BYTES_PER_TOKEN_MAX = 800
+RATIO_MIN = 0.6  # issue 18
+BYTES_PER_TOKEN_MAX = 300  # issue 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class RunResult:
 
     build_s: float
     run_s: float
+    cpu_s: float  # process CPU time of the run: less sensitive to a shared machine
     decisions: int
     per_transition: dict[str, int]
     gc_collections: tuple[int, ...]  # per generation, during the run
@@ -84,14 +86,16 @@ def time_engine(params: ScraperParams) -> RunResult:
     gc.collect()
     gc_before = _gc_counts()
     fired = 0
+    cpu_start = time.process_time()
     start = time.perf_counter()
     for _step in engine.run(until=UNTIL_MS):
         fired += 1
     run_s = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start
     gc_run = _gc_since(gc_before)
     firings = dict(engine.statistics().firings)
     assert sum(firings.values()) == fired, (firings, fired)
-    return RunResult(build_s, run_s, fired, firings, gc_run)
+    return RunResult(build_s, run_s, cpu_s, fired, firings, gc_run)
 
 
 def time_handwritten(params: ScraperParams) -> RunResult:
@@ -102,13 +106,16 @@ def time_handwritten(params: ScraperParams) -> RunResult:
     build_s = time.perf_counter() - start
     gc.collect()
     gc_before = _gc_counts()
+    cpu_start = time.process_time()
     start = time.perf_counter()
     decided = scheduler.run(until=UNTIL_MS)
     run_s = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start
     gc_run = _gc_since(gc_before)
     return RunResult(
         build_s,
         run_s,
+        cpu_s,
         decided,
         dict(scheduler.firings),
         gc_run,
@@ -259,12 +266,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"same decision sequence: {engine_digest[0]:,} decisions, digest {engine_digest[1]}")
 
     ratio = hand.run_s / engine.run_s
+    cpu_ratio = hand.cpu_s / engine.cpu_s
     print(
         f"ratio (handwritten run / engine run): {ratio:.3f} "
         f"[target >= {RATIO_MIN}: {_verdict(ratio >= RATIO_MIN)}]; "
         f"engine {engine.per_s:,.0f} firings/s "
         f"[target >= {ENGINE_FIRINGS_PER_S_MIN:,}: "
         f"{_verdict(engine.per_s >= ENGINE_FIRINGS_PER_S_MIN)}]"
+    )
+    print(
+        f"cpu_ratio (the same, in process CPU time; steadier on a shared machine): {cpu_ratio:.3f}"
     )
 
     memory = measure_memory_in_child(MEMORY_TOKENS)
@@ -294,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
                 "handwritten_run_s": round(hand.run_s, 3),
                 "sequence_checked": sequence_checked,
                 "engine_bytes_per_token": round(memory["engine_bytes_per_token"], 1),
+                "cpu_ratio": round(cpu_ratio, 4),
+                "engine_cpu_s": round(engine.cpu_s, 3),
+                "handwritten_cpu_s": round(hand.cpu_s, 3),
                 "wall_s": round(wall_s, 1),
             }
         )

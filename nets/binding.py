@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import functools
 import types
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Final
@@ -51,8 +50,7 @@ class ArcStep:
     arc_position: int  # position in the transition's binding order (-1 for inhibitors)
     store: PlaceStore
     index: Index
-    lookup: Callable[[dict[str, Any]], Any]
-    sources: tuple[tuple[str, object], ...]  # how the index value is built (see _lookup)
+    sources: tuple[tuple[str, object], ...]  # how the index value is built (_lookup_source)
     binds: tuple[tuple[int, str], ...]  # field position -> variable bound here
     checks: tuple[tuple[int, str], ...]  # field position -> variable it must equal
     const_checks: tuple[tuple[int, object], ...]  # field position -> constant it must equal
@@ -72,52 +70,6 @@ class Component:
     per_key: bool  # searched once per value of the key variable
     key_var: str | None
     key_stores: tuple[PlaceStore, ...] = field(default=())
-
-
-@dataclass(eq=False, slots=True)
-class Match:
-    """A component's preferred binding: its entries in binding order and its variables."""
-
-    entries: tuple[Any, ...]  # Entry, or a tuple of entries for a many-token arc
-    values: dict[str, Any]
-
-
-def _lookup(sources: Sequence[tuple[str, object]]) -> Callable[[dict[str, Any]], Any]:
-    """Build the function computing an index value from the bound variables.
-
-    Each source is ``("var", name)``, ``("const", value)`` or ``("field", (name, pos))``
-    (a field of a token bound to a whole-token variable).
-    """
-    getters: list[Callable[[dict[str, Any]], Any]] = [_getter(kind, arg) for kind, arg in sources]
-    if not getters:
-        return lambda _b: None
-    if len(getters) == 1:
-        return getters[0]
-    return lambda b: tuple(g(b) for g in getters)
-
-
-def _getter(kind: str, arg: object) -> Callable[[dict[str, Any]], Any]:
-    if kind == "var":
-        assert isinstance(arg, str)
-        name = arg
-
-        def variable(values: dict[str, Any]) -> Any:
-            return values[name]
-
-        return variable
-    if kind == "const":
-
-        def constant(_values: dict[str, Any]) -> Any:
-            return arg
-
-        return constant
-    assert isinstance(arg, tuple)
-    whole, pos = arg
-
-    def token_field(values: dict[str, Any]) -> Any:
-        return values[whole][pos]
-
-    return token_field
 
 
 class _UnionFind:
@@ -276,7 +228,6 @@ def _arc_step(
         arc_position=arc_position,
         store=store,
         index=store.index(tuple(ordered)),
-        lookup=_lookup([index_fields[p] for p in ordered]),
         sources=tuple(index_fields[p] for p in ordered),
         binds=tuple(binds),
         checks=tuple(checks),
@@ -287,43 +238,44 @@ def _arc_step(
     )
 
 
-def search(component: Component, values: dict[str, Any], transition_name: str) -> Match | None:
-    """The component's preferred binding given ``values`` already bound, or ``None``."""
-    chosen: list[Any] = []
-    if _search(component.steps, 0, values, chosen, transition_name):
-        return Match(tuple(chosen), values)
-    return None
+# A compiled search returns the component's preferred binding as one flat tuple, or
+# ``None``: the chosen entries in binding order (an entry, or a tuple of entries for a
+# many-token arc), then, for a per-key component, a sequence number and the key, and
+# last the dictionary of bound variables. Its prefix of entries orders bindings as
+# conflict resolution does, and the sequence number breaks ties before the dictionary
+# is reached, so the tuple itself is the item of the component's per-key heap: no
+# second tuple, and one nesting level less to compare (see docs/engine.md).
+Searcher = Callable[..., "tuple[Any, ...] | None"]
 
 
-Searcher = Callable[[dict[str, Any]], "tuple[Any, ...] | None"]
+def compile_search(component: Component, transition_name: str, sequence: Iterator[int]) -> Searcher:
+    """Generate the search of ``component`` as straight-line Python.
 
-
-def compile_search(component: Component, transition_name: str) -> Searcher:
-    """A function ``(values) -> entries | None`` equivalent to :func:`search`.
-
-    For the common shape (single-token arcs on distinct places) the search is
-    generated as straight-line Python: one nested ``for`` loop per arc over its index
-    bucket, binds as local variables, the guard and inhibitors inlined where their
-    variables become bound. The source is built from the net's structure only (user
-    inscriptions are passed in as objects, never as text), and it is what makes a
-    firing cost a few microseconds rather than tens. Other shapes use the generic
-    :func:`search`. The generated function writes the bound variables into
-    ``values`` and returns the chosen entries in binding order.
+    Returns ``search(key)`` for a per-key component, ``search()`` otherwise; each
+    returns the preferred binding as a flat tuple (see :data:`Searcher`), taking its
+    sequence number from ``sequence``, or ``None``. The result is the one
+    :func:`search` finds: the same walk in binding order, one nested ``for`` loop per
+    arc over its index bucket, binds as local variables, the guard and inhibitors
+    inlined where their variables become bound. A many-token arc loops over the
+    ``combinations`` of its bucket (in order, so the least group comes first), and an
+    arc on a place that an earlier arc of the search reads skips the entries taken
+    already (as a multiset). The source is built from the net's structure only (user
+    inscriptions are passed in as objects, never as text).
     """
     steps = component.steps
-    if any(st.count != 1 or st.shares_place for st in steps):
-
-        def generic(values: dict[str, Any]) -> tuple[Any, ...] | None:
-            match = search(component, values, transition_name)
-            return None if match is None else match.entries
-
-        return generic
-    namespace: dict[str, Any] = {"EMPTY": ()}
-    prebound = [component.key_var] if component.key_var is not None else []
-    lines = ["def search(values):"]
-    lines += [f"    v_{name} = values[{name!r}]" for name in prebound]
-    bound = list(prebound)
+    namespace: dict[str, Any] = {
+        "EMPTY": (),
+        "SEQ": sequence,
+        "combinations": combinations,
+        "untaken": _untaken,
+    }
+    key_var = component.key_var
+    lines = [f"def search(v_{key_var}):" if key_var is not None else "def search():"]
+    bound = [key_var] if key_var is not None else []
     entries: list[str] = []
+    probes = _probe_plan(component)
+    lines += _probe_lines(probes.get(-1, ()), steps, namespace, "    ", "return None")
+    chosen: list[tuple[PlaceStore, str, int]] = []  # (store, entry local, count) so far
     depth = 1
     for i, step in enumerate(steps):
         pad = "    " * depth
@@ -333,29 +285,52 @@ def compile_search(component: Component, transition_name: str) -> Searcher:
         if step.kind == INHIBIT:
             lines.append(f"{pad}if B{i}.get({lookup}, EMPTY): {fail}")
             continue
-        lines.append(f"{pad}for e{i} in B{i}.get({lookup}, EMPTY):")
+        bucket = f"B{i}.get({lookup}, EMPTY)"
+        taken = [(name, count) for store, name, count in chosen if store is step.store]
+        if step.shares_place and taken:
+            # Two arcs on one place never take the same token instance: drop, as a
+            # multiset, what the earlier arcs took (equal entries sit side by side).
+            parts = "".join(f"{name}, " if count == 1 else f"*{name}, " for name, count in taken)
+            lines.append(f"{pad}c{i} = untaken({bucket}, [{parts}])")
+            bucket = f"c{i}"
+        if step.count != 1:
+            lines.append(f"{pad}for e{i} in combinations({bucket}, {step.count}):")
+        else:
+            lines.append(f"{pad}for e{i} in {bucket}:")
         depth += 1
         pad = "    " * depth
-        lines.append(f"{pad}t{i} = e{i}[1]")
-        for pos, name in step.binds:
-            lines.append(f"{pad}v_{name} = t{i}[{pos}]")
-            bound.append(name)
-        for pos, name in step.checks:
-            lines.append(f"{pad}if t{i}[{pos}] != v_{name}: continue")
-        for j, (pos, value) in enumerate(step.const_checks):
-            namespace[f"K{i}_{j}"] = value
-            lines.append(f"{pad}if t{i}[{pos}] != K{i}_{j}: continue")
-        if step.whole is not None:
-            lines.append(f"{pad}v_{step.whole} = t{i}")
-            bound.append(step.whole)
+        if step.count != 1:
+            # A many-token arc matches only on variables bound before it (nets/model.py).
+            assert not step.binds
+            assert not step.checks
+            assert not step.const_checks
+            if step.whole is not None:
+                lines.append(f"{pad}v_{step.whole} = tuple([e[1] for e in e{i}])")
+                bound.append(step.whole)
+        else:
+            lines.append(f"{pad}t{i} = e{i}[1]")
+            for pos, name in step.binds:
+                lines.append(f"{pad}v_{name} = t{i}[{pos}]")
+                bound.append(name)
+            for pos, name in step.checks:
+                lines.append(f"{pad}if t{i}[{pos}] != v_{name}: continue")
+            for j, (pos, value) in enumerate(step.const_checks):
+                namespace[f"K{i}_{j}"] = value
+                lines.append(f"{pad}if t{i}[{pos}] != K{i}_{j}: continue")
+            if step.whole is not None:
+                lines.append(f"{pad}v_{step.whole} = t{i}")
+                bound.append(step.whole)
+        lines += _probe_lines(probes.get(i, ()), steps, namespace, pad, "continue")
         if step.guard is not None:
             namespace[f"G{i}"] = step.guard
             args = ", ".join(f"v_{p}" for p in step.guard_params)
             lines.append(f"{pad}if not G{i}({args}): continue")
         entries.append(f"e{i}")
+        chosen.append((step.store, f"e{i}", step.count))
     pad = "    " * depth
-    lines += [f"{pad}values[{name!r}] = v_{name}" for name in dict.fromkeys(bound)]
-    lines.append(f"{pad}return ({''.join(e + ', ' for e in entries)})")
+    values = "{" + ", ".join(f"{name!r}: v_{name}" for name in dict.fromkeys(bound)) + "}"
+    tail = f"next(SEQ), v_{key_var}, {values}" if key_var is not None else values
+    lines.append(f"{pad}return ({''.join(e + ', ' for e in entries)}{tail},)")
     if depth > 1:
         lines.append("    return None")
     source = "\n".join(lines) + "\n"
@@ -363,6 +338,92 @@ def compile_search(component: Component, transition_name: str) -> Searcher:
     exec(code, namespace)  # noqa: S102 - source built above from the net's structure only
     fn: Searcher = namespace["search"]
     return fn
+
+
+def _probe_plan(component: Component) -> dict[int, list[int]]:
+    """Where the search tests early that a later arc has candidates at all.
+
+    The walk enumerates arcs in binding order, which is what makes the first complete
+    binding the least one; reordering the loops would change the binding chosen. What
+    can move is the *test* of an arc: as soon as the variables its index lookup needs
+    are bound, one dictionary lookup tells whether its bucket holds enough entries,
+    and an empty one prunes every loop in between, at no cost to the order of the
+    enumeration. So each arc not searched right next gets a probe at the earliest
+    point (``-1`` before the first loop, else the position of the arc whose loop binds
+    the last variable it needs), placed before that arc's guard, the costlier test.
+    A per-key component's keyed arcs looked up by the key alone are probed already,
+    before the search (``required`` in nets/enabling.py).
+
+    Returns:
+        point -> positions of the arcs to probe there, in binding order.
+    """
+    steps = component.steps
+    arcs = [i for i, st in enumerate(steps) if st.kind != INHIBIT]
+    bound: set[str] = {component.key_var} if component.key_var is not None else set()
+    plan: dict[int, list[int]] = {}
+    probed: set[int] = set()
+    for point in [-1, *arcs]:
+        if point >= 0:
+            step = steps[point]
+            bound |= {name for _, name in step.binds}
+            if step.whole is not None:
+                bound.add(step.whole)
+        later = [j for j in arcs if j > point]
+        for j in later[1:]:  # the next arc's own loop looks its bucket up at once
+            step = steps[j]
+            if j in probed or not _lookup_variables(step) <= bound:
+                continue
+            keyed = step.store.place.key is not None and step.index is step.store.primary
+            if component.per_key and keyed and point == -1:
+                continue  # the key's presence is checked before the search
+            plan.setdefault(point, []).append(j)
+            probed.add(j)
+    return plan
+
+
+def _lookup_variables(step: ArcStep) -> set[str]:
+    names = set()
+    for kind, arg in step.sources:
+        if kind == "var":
+            assert isinstance(arg, str)
+            names.add(arg)
+        elif kind == "field":
+            assert isinstance(arg, tuple)
+            names.add(arg[0])
+    return names
+
+
+def _probe_lines(
+    positions: Sequence[int],
+    steps: Sequence[ArcStep],
+    namespace: dict[str, Any],
+    pad: str,
+    fail: str,
+) -> list[str]:
+    lines = []
+    for j in positions:
+        step = steps[j]
+        namespace[f"B{j}"] = step.index.buckets
+        bucket = f"B{j}.get({_lookup_source(step.sources, namespace, j)}, EMPTY)"
+        if step.count == 1:
+            lines.append(f"{pad}if not {bucket}: {fail}")
+        else:
+            lines.append(f"{pad}if len({bucket}) < {step.count}: {fail}")
+    return lines
+
+
+def _untaken(bucket: Any, taken: list[Entry]) -> list[Entry]:
+    """The entries of ``bucket``, in order, less the multiset ``taken``."""
+    if not taken:
+        return list(bucket)
+    rest = list(taken)
+    kept = []
+    for entry in bucket:
+        if rest and entry in rest:
+            rest.remove(entry)
+        else:
+            kept.append(entry)
+    return kept
 
 
 @functools.lru_cache(maxsize=COMPILED_KEPT_MAX)
@@ -394,94 +455,3 @@ def _lookup_source(
     if len(parts) == 1:
         return parts[0]
     return "(" + ", ".join(parts) + ",)"
-
-
-def _excluded(steps: Sequence[ArcStep], i: int, chosen: list[Any]) -> Counter[Entry]:
-    """Entries of this arc's place already taken by earlier arcs of the same search."""
-    store = steps[i].store
-    taken: Counter[Entry] = Counter()
-    slot = 0
-    for step in steps[:i]:
-        if step.kind == INHIBIT:
-            continue
-        picked = chosen[slot]
-        slot += 1
-        if step.store is store:
-            taken.update(picked if step.count != 1 else (picked,))
-    return taken
-
-
-def _call_guard(step: ArcStep, values: dict[str, Any], transition_name: str) -> bool:
-    assert step.guard is not None
-    try:
-        return bool(step.guard(*[values[n] for n in step.guard_params]))
-    except Exception as exc:
-        bound = {n: values[n] for n in step.guard_params}
-        raise InscriptionError(
-            f"guard of transition {transition_name!r} raised {type(exc).__name__}: {exc} "
-            f"(binding {bound})"
-        ) from exc
-
-
-def _search(
-    steps: Sequence[ArcStep], i: int, values: dict[str, Any], chosen: list[Any], tname: str
-) -> bool:
-    if i == len(steps):
-        return True
-    step = steps[i]
-    bucket = step.index.bucket(step.lookup(values))
-    if step.kind == INHIBIT:
-        # Every field of an inhibitor pattern is bound, so any entry in its bucket matches.
-        return not bucket and _search(steps, i + 1, values, chosen, tname)
-    taken = _excluded(steps, i, chosen) if step.shares_place else None
-    if step.count != 1:
-        return _search_many(steps, i, values, chosen, tname, bucket, taken)
-    binds, checks, whole = step.binds, step.checks, step.whole
-    for entry in bucket:
-        if taken is not None and taken[entry] > 0:
-            taken[entry] -= 1
-            continue
-        token = entry[1]
-        for pos, name in binds:
-            values[name] = token[pos]
-        if checks and any(token[pos] != values[name] for pos, name in checks):
-            continue
-        if step.const_checks and any(token[pos] != c for pos, c in step.const_checks):
-            continue
-        if whole is not None:
-            values[whole] = token
-        if step.guard is not None and not _call_guard(step, values, tname):
-            continue
-        chosen.append(entry)
-        if _search(steps, i + 1, values, chosen, tname):
-            return True
-        chosen.pop()
-    return False
-
-
-def _search_many(
-    steps: Sequence[ArcStep],
-    i: int,
-    values: dict[str, Any],
-    chosen: list[Any],
-    tname: str,
-    bucket: Any,
-    taken: Counter[Entry] | None,
-) -> bool:
-    step = steps[i]
-    candidates = []
-    for entry in bucket:
-        if taken is not None and taken[entry] > 0:
-            taken[entry] -= 1
-            continue
-        candidates.append(entry)
-    for group in combinations(candidates, step.count):
-        if step.whole is not None:
-            values[step.whole] = tuple(entry[1] for entry in group)
-        if step.guard is not None and not _call_guard(step, values, tname):
-            continue
-        chosen.append(group)
-        if _search(steps, i + 1, values, chosen, tname):
-            return True
-        chosen.pop()
-    return False

@@ -32,19 +32,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from nets.binding import (
-    CONSUME,
-    INHIBIT,
-    Component,
-    InscriptionError,
-    compile_components,
-    compile_search,
-)
 from nets.colour import check_token
+from nets.enabling import KeyedComponentState, TransitionState, compile_chooser
 from nets.errors import CpnError
-from nets.firing import FireFn, Found, Locality, Step, compile_firing
+from nets.firing import Locality, Step, compile_firing, compile_insert
 from nets.marking import PlaceStore
-from nets.model import Net, Token, Transition
+from nets.model import Net, Token
 
 StepHook = Callable[["Step"], None]
 PlacedEntry = tuple[str, int, Token]  # (place name, time, token)
@@ -66,176 +59,6 @@ class EngineStatistics:
     firings: Mapping[str, int]
     tokens: Mapping[str, int]
     pending: int
-
-
-class _ComponentState:
-    """A component, its compiled search and its cached preferred binding(s).
-
-    A component searched as a whole caches one result. A per-key component keeps,
-    for each key with a binding, an item in a heap ordered by the binding's entries;
-    ``current`` names each key's live item (older items are stale and are dropped
-    when they reach the top).
-    """
-
-    __slots__ = (
-        "all_dirty",
-        "best",
-        "component",
-        "consumed",
-        "current",
-        "dirty_keys",
-        "heap",
-        "key_var",
-        "required",
-        "search",
-        "seq",
-        "tname",
-    )
-
-    def __init__(self, component: Component, tname: str) -> None:
-        self.component = component
-        self.tname = tname
-        self.search = compile_search(component, tname)
-        self.key_var = component.key_var
-        self.all_dirty = True
-        self.best: _Found | None = None
-        self.dirty_keys: set[Any] = set()
-        self.heap: list[tuple[tuple[Any, ...], int, Any, dict[str, Any]]] = []
-        self.current: dict[Any, int] = {}
-        self.seq = 0
-        self.required = tuple(
-            store.primary.buckets
-            for store in dict.fromkeys(
-                st.store
-                for st in component.steps
-                if st.kind != INHIBIT and st.store.place.key is not None
-            )
-        )
-        # (slot in the entries tuple, store, is_many) for each consume arc.
-        slots = [st for st in component.steps if st.kind != INHIBIT]
-        self.consumed = tuple(
-            (i, st.store, st.count != 1) for i, st in enumerate(slots) if st.kind == CONSUME
-        )
-
-    def guard_failed(self, exc: Exception) -> InscriptionError:
-        """The error for an exception raised inside a (compiled) search: the guard's."""
-        return InscriptionError(
-            f"guard of transition {self.tname!r} raised {type(exc).__name__}: {exc}"
-        )
-
-    def preferred(self) -> _Found | None:
-        """The component's preferred binding, searching again only what changed."""
-        if self.key_var is None:
-            if self.all_dirty:
-                values: dict[str, Any] = {}
-                try:
-                    entries = self.search(values)
-                except InscriptionError:
-                    raise
-                except Exception as exc:
-                    raise self.guard_failed(exc) from exc
-                self.best = None if entries is None else (entries, values)
-                self.all_dirty = False
-            return self.best
-        if self.all_dirty:
-            # A change to a non-keyed place of this component can affect every key.
-            for store in self.component.key_stores:
-                self.dirty_keys.update(store.primary.buckets)
-            self.dirty_keys.update(self.current)
-            self.all_dirty = False
-        heap, current = self.heap, self.current
-        if self.dirty_keys:
-            key_var, search, required = self.key_var, self.search, self.required
-            try:
-                for key in self.dirty_keys:
-                    # Cheap pre-check: a key missing from a keyed consume or read place
-                    # has no binding, whatever the rest of the search would find.
-                    for buckets in required:
-                        if key not in buckets:
-                            current.pop(key, None)
-                            break
-                    else:
-                        values = {key_var: key}
-                        entries = search(values)
-                        if entries is None:
-                            current.pop(key, None)
-                        else:
-                            seq = self.seq = self.seq + 1
-                            current[key] = seq
-                            heapq.heappush(heap, (entries, seq, key, values))
-            except InscriptionError:
-                raise
-            except Exception as exc:
-                raise self.guard_failed(exc) from exc
-            # Cleared in place, never replaced: compiled firings hold this set.
-            self.dirty_keys.clear()
-            if len(heap) > 2 * len(current) + 64:
-                heap[:] = [item for item in heap if current.get(item[2]) == item[1]]
-                heapq.heapify(heap)
-        while heap:
-            item = heap[0]
-            if current.get(item[2]) == item[1]:
-                return item[0], item[3]
-            heapq.heappop(heap)
-        return None
-
-
-_Found = Found
-
-
-class _TransitionState:
-    __slots__ = (
-        "blocked",
-        "capacity",
-        "components",
-        "const_guard",
-        "fire",
-        "index",
-        "transition",
-    )
-
-    def __init__(self, index: int, transition: Transition, stores: dict[str, PlaceStore]) -> None:
-        self.index = index
-        self.transition = transition
-        self.components = [
-            _ComponentState(c, transition.name) for c in compile_components(transition, stores)
-        ]
-        self.fire: FireFn | None = None  # compiled once the engine's heap exists
-        delta: dict[str, int] = {}
-        for out in transition.produce:
-            delta[out.place.name] = delta.get(out.place.name, 0) + 1
-        for pattern in transition.consume:
-            delta[pattern.place.name] = delta.get(pattern.place.name, 0) - pattern.count
-        self.capacity = [
-            (stores[name], d, cap)
-            for name, d in delta.items()
-            if (cap := stores[name].place.capacity) is not None and d > 0
-        ]
-        self.blocked: PlaceStore | None = None
-        self.const_guard = transition.guard is not None and not transition.guard_variables()
-
-    def preferred(self) -> list[_Found] | None:
-        """The transition's preferred binding (one per component), or ``None``."""
-        if self.blocked is not None:
-            return None
-        if self.const_guard and not _guard_holds(self.transition):
-            return None
-        found = []
-        for cs in self.components:
-            # Fast path: a clean component known to have no binding needs no call.
-            if not cs.all_dirty and (
-                not cs.heap and not cs.dirty_keys if cs.key_var is not None else cs.best is None
-            ):
-                return None
-            match = cs.preferred()
-            if match is None:
-                return None
-            found.append(match)
-        for store, delta, cap in self.capacity:
-            if store.count + delta > cap:
-                self.blocked = store
-                return None
-        return found
 
 
 class _Changes:
@@ -294,15 +117,22 @@ class Engine:
         # Produced tokens of partitions held elsewhere (with a locality), oldest first;
         # the shell takes them with take_exported() and hands them off.
         self._exported: list[PlacedEntry] = []
+        # Numbers the compiled searches' results: ties in a per-key heap never reach
+        # the variables' dictionaries (nets/enabling.py).
+        binding_seq = itertools.count()
         self._transitions = [
-            _TransitionState(i, t, self._stores) for i, t in enumerate(net.transitions)
+            TransitionState(i, t, self._stores, binding_seq) for i, t in enumerate(net.transitions)
         ]
         priorities = sorted({t.priority for t in net.transitions}, reverse=True)
         self._groups = [
             [ts for ts in self._transitions if ts.transition.priority == p] for p in priorities
         ]
+        # In conflict order, for the ordered tie break: every group is walked in order.
+        self._ordered = [ts for group in self._groups for ts in group]
         self._changes = _Changes()
         self._wire_listeners()
+        # Each place's release of a pending entry that comes due, specialised to it.
+        self._inserts = {name: compile_insert(store) for name, store in self._stores.items()}
         for ts in self._transitions:
             ts.fire = compile_firing(
                 ts.transition,
@@ -313,6 +143,7 @@ class Engine:
                 locality=locality,
                 exported=self._exported,
             )
+        self._fire_next = compile_chooser(self._ordered)
         if initial_marking:
             # Components start dirty, so bulk loading needs no notifications.
             for place in net.places:
@@ -330,7 +161,7 @@ class Engine:
                     # matter to its own key: watch it per key. An inhibitor watched per
                     # place re-searched every key each time one key's token came or went
                     # (a net that meets 10,000 new customers: quadratic).
-                    if comp.per_key and store.place.key is not None:
+                    if isinstance(cs, KeyedComponentState) and store.place.key is not None:
                         store.key_watchers = (*store.key_watchers, cs)
                     else:
                         store.place_watchers = (*store.place_watchers, cs)
@@ -551,13 +382,14 @@ class Engine:
         assert now >= self.now, f"time went backwards: {now} < {self.now}"
         self.now = now
         pending = self._pending
-        stores = self._stores
+        inserts = self._inserts
         withdrawn = self._withdrawn
+        heappop = heapq.heappop
         while pending and pending[0][0] <= now:
-            time, _seq, place, token = heapq.heappop(pending)
+            time, _seq, place, token = heappop(pending)
             if withdrawn and self._skip_withdrawn((time, place, token)):
                 continue
-            stores[place].add_available((time, token))
+            inserts[place]((time, token))
 
     # -- choosing and firing ------------------------------------------------------------
 
@@ -571,24 +403,37 @@ class Engine:
             InscriptionError: a guard or output function raised or returned a token of
                 the wrong colour; the marking is unchanged.
         """
-        self.advance(now)
+        pending = self._pending
+        if pending and pending[0][0] <= now:
+            self.advance(now)
+        else:
+            assert now >= self.now, f"time went backwards: {now} < {self.now}"
+            self.now = now
         changes = self._changes
         if not changes.all_dirty:
             # The last scan found nothing enabled and no place that matters changed
             # since (tokens coming due change their place): nothing is enabled now.
             # An idle shard asks every turn of its loop.
             return None
-        for group in self._groups:
-            if self.tie_break is TieBreak.ORDERED or len(group) == 1:
-                for ts in group:
-                    matches = ts.preferred()
-                    if matches is not None:
-                        return self._fire(ts, matches)
-            else:
+        if self.tie_break is TieBreak.ORDERED:
+            step = self._fire_next(now)
+            if step is not None:
+                self._steps += 1
+                self._firings[step.transition] += 1
+                for hook in self.hooks:
+                    hook(step)
+                return step
+        else:
+            for group in self._groups:
+                if len(group) == 1:
+                    found = group[0].preferred()
+                    if found is not None:
+                        return self._fire(group[0], found)
+                    continue
                 enabled = [(ts, m) for ts in group if (m := ts.preferred()) is not None]
                 if enabled:
-                    ts, matches = enabled[self._rng.randrange(len(enabled))]
-                    return self._fire(ts, matches)
+                    ts, found = enabled[self._rng.randrange(len(enabled))]
+                    return self._fire(ts, found)
         changes.all_dirty = False
         return None
 
@@ -596,17 +441,13 @@ class Engine:
         """Each enabled transition with its preferred binding, in conflict order."""
         self.advance(now)
         result = []
-        for group in self._groups:
-            for ts in group:
-                matches = ts.preferred()
-                if matches is not None:
-                    values: dict[str, Any] = {}
-                    for _entries, component_values in matches:
-                        values.update(component_values)
-                    result.append((ts.transition.name, values))
+        for ts in self._ordered:
+            found = ts.preferred()
+            if found is not None:
+                result.append((ts.transition.name, ts.values(found)))
         return result
 
-    def _fire(self, ts: _TransitionState, found: list[_Found]) -> Step:
+    def _fire(self, ts: TransitionState, found: Any) -> Step:
         assert ts.fire is not None
         step = ts.fire(found, self.now)
         self._steps += 1
@@ -623,8 +464,9 @@ class Engine:
         """
         fired = 0
         now = self.now
+        fire = self.fire
         while max_steps is None or fired < max_steps:
-            step = self.fire(now)
+            step = fire(now)
             if step is not None:
                 fired += 1
                 yield step
@@ -708,13 +550,3 @@ def unread_places(net: Net, watched: Iterable[str] = ()) -> frozenset[str]:
         for p in net.places
         if p.name not in read and p.name not in watched_names and p.capacity is None
     )
-
-
-def _guard_holds(transition: Transition) -> bool:
-    assert transition.guard is not None
-    try:
-        return bool(transition.guard())
-    except Exception as exc:
-        raise InscriptionError(
-            f"guard of transition {transition.name!r} raised {type(exc).__name__}: {exc}"
-        ) from exc

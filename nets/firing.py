@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
+from sortedcontainers import SortedList
+
 from nets.binding import CONSUME, INHIBIT, Component, InscriptionError, compiled
-from nets.marking import PlaceStore
+from nets.marking import BUCKET_LIST_MAX, PlaceStore
 from nets.model import NOW, OutputArc, Place, Token, Transition, Var, parameters
 
 PlacedEntry = tuple[str, int, Token]  # (place name, time, token)
@@ -38,8 +40,11 @@ class Step(NamedTuple):
     produced: tuple[PlacedEntry, ...]
 
 
-Found = tuple[tuple[Any, ...], dict[str, Any]]  # a component's (entries, variable values)
-FireFn = Callable[[list[Found], int], Step]
+# A transition's binding as nets/enabling.py finds it: for a transition of one component
+# that component's search result (its entries in binding order first, its variables'
+# dictionary last; nets/binding.py, Searcher), otherwise a tuple of one per component.
+Found = Any
+FireFn = Callable[[Found, int], Step]
 
 
 def _expression(expr: object, name: str, namespace: dict[str, Any]) -> str:
@@ -91,6 +96,7 @@ def compile_firing(
     """
     ns: dict[str, Any] = {
         "Step": Step,
+        "NEW": tuple.__new__,
         "heappush": heapq.heappush,
         "PENDING": pending,
         "SEQ": sequence,
@@ -101,10 +107,13 @@ def compile_firing(
     }
     lines = ["def fire(found, now):"]
     if len(components) == 1:
-        lines.append("    entries0, values = found[0]")
+        lines.append("    entries0 = found")
+        lines.append("    values = found[-1]")
+    elif not components:  # a transition without input arcs
+        lines.append("    values = {}")
     else:
-        lines.extend(f"    entries{c}, values{c} = found[{c}]" for c in range(len(components)))
-        merged = ", ".join(f"**values{c}" for c in range(len(components)))
+        lines.append(f"    {''.join(f'entries{c}, ' for c in range(len(components)))}= found")
+        merged = ", ".join(f"**entries{c}[-1]" for c in range(len(components)))
         lines.append(f"    values = {{{merged}}}")
     used: dict[str, None] = {}
     for arc in transition.produce:
@@ -156,7 +165,7 @@ def compile_firing(
         ns[store] = stores[place]
         test = None if locality is None else _local_test(arc.place)
         token = "o" if arc.many else f"o{i}"
-        add = _add_lines(store, place, token, f"t{i}")
+        add = _add_lines(stores[place], token, f"t{i}", _fixed_delay(arc), ns)
         if test is not None:
             kept = f"kept{i}.append(o)" if arc.many else f"kept{i} = True"
             add = [
@@ -180,8 +189,9 @@ def compile_firing(
             else:
                 produced.append(f"*((({place!r}, t{i}, o{i}),) if kept{i} else ())")
     lines.append(
-        f"    return Step(NAME, now, values, ({''.join(c + ', ' for c in consumed)}), "
-        f"({''.join(p + ', ' for p in produced)}))"
+        # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call.
+        f"    return NEW(Step, (NAME, now, values, ({''.join(c + ', ' for c in consumed)}), "
+        f"({''.join(p + ', ' for p in produced)})))"
     )
     source = "\n".join(lines) + "\n"
     code = compiled(source, f"<cpn firing of transition {transition.name!r}>")
@@ -225,14 +235,91 @@ def _output_lines(i: int, arc: OutputArc, ns: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _add_lines(store: str, place: str, token: str, time: str) -> list[str]:
+def _fixed_delay(arc: OutputArc) -> int | None:
+    return arc.delay if type(arc.delay) is int else None
+
+
+def _add_lines(
+    store: PlaceStore, token: str, time: str, delay: int | None, ns: dict[str, Any]
+) -> list[str]:
+    """Lines adding the entry ``(time, token)``: into the indexes, or pending.
+
+    A place no arc reads (``timed`` false, fixed once the engine is wired) and an
+    output without delay always index the entry; an output with a fixed positive
+    delay into a timed place always waits in the pending heap.
+    """
+    name = store.place.name
+    insert = [f"e = ({time}, {token})", *_insert_lines(store, ns)]
+    pend = [f"heappush(PENDING, ({time}, next(SEQ), {name!r}, {token}))"]
+    lines = [f"S_{name}.count += 1"]
+    if not store.timed or (delay is not None and delay <= 0):
+        return lines + insert
+    if delay is not None:
+        return lines + pend
     return [
-        f"{store}.count += 1",
-        f"if {time} <= now or not {store}.timed:",
-        f"    {store}.add_available(({time}, {token}))",
+        *lines,
+        f"if {time} <= now:",
+        *(f"    {line}" for line in insert),
         "else:",
-        f"    heappush(PENDING, ({time}, next(SEQ), {place!r}, {token}))",
+        *(f"    {line}" for line in pend),
     ]
+
+
+def _insert_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
+    """Inline :meth:`PlaceStore.add_available` for entry ``e`` (same effects, no call).
+
+    Specialised as :func:`_remove_lines` is: the key field, the secondary indexes and
+    the watchers of the place are fixed once the engine is wired.
+    """
+    name = store.place.name
+    ns[f"S_{name}"] = store
+    ns[f"B_{name}"] = store.primary.buckets
+    ns["insort"] = insort
+    ns["SortedList"] = SortedList
+    key = f"e[1][{store.key_position}]" if store.key_position >= 0 else "None"
+    lines = [
+        f"k = {key}",
+        f"b = B_{name}.get(k)",
+        "if b is None:",
+        f"    B_{name}[k] = [e]",
+        "elif type(b) is list:",
+        "    if b[-1] <= e:",
+        "        b.append(e)",
+        "    else:",
+        "        insort(b, e)",
+        f"    if len(b) > {BUCKET_LIST_MAX}:",
+        f"        B_{name}[k] = SortedList(b)",
+        "else:",
+        "    b.add(e)",
+    ]
+    if store.secondary:
+        lines += [f"for index in S_{name}.secondary:", "    index.add(e)"]
+    return lines + _notify_lines(store, ns)
+
+
+def compile_insert(store: PlaceStore) -> Callable[[tuple[int, Token]], None]:
+    """The generated ``insert(e)`` of one place: :meth:`PlaceStore.add_available`
+    specialised to the place (for the engine's release of pending entries)."""
+    ns: dict[str, Any] = {}
+    lines = ["def insert(e):", *(f"    {line}" for line in _insert_lines(store, ns))]
+    source = "\n".join(lines) + "\n"
+    code = compiled(source, f"<cpn insert into place {store.place.name!r}>")
+    exec(code, ns)  # noqa: S102 - source built above from the net's structure only
+    insert: Callable[[tuple[int, Token]], None] = ns["insert"]
+    return insert
+
+
+def _notify_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
+    """Lines telling the components that read the place about key ``k`` changing."""
+    name = store.place.name
+    lines = []
+    for j, watcher in enumerate(store.key_watchers):
+        ns[f"DK_{name}_{j}"] = watcher.dirty_keys
+        lines.append(f"DK_{name}_{j}.add(k)")
+    for j, place_watcher in enumerate(store.place_watchers):
+        ns[f"PW_{name}_{j}"] = place_watcher
+        lines.append(f"PW_{name}_{j}.all_dirty = True")
+    return lines
 
 
 def _remove_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
@@ -251,7 +338,7 @@ def _remove_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
         f"k = {key}",
         f"b = B_{name}[k]",
         "if type(b) is list:",
-        "    if b[0] == e:",
+        "    if b[0] is e or b[0] == e:",
         "        del b[0]",
         "    else:",
         "        i = bisect_left(b, e)",
@@ -265,12 +352,7 @@ def _remove_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
     ]
     if store.secondary:
         lines += [f"for index in S_{name}.secondary:", "    index.remove(e)"]
-    for j, watcher in enumerate(store.key_watchers):
-        ns[f"DK_{name}_{j}"] = watcher.dirty_keys
-        lines.append(f"DK_{name}_{j}.add(k)")
-    for j, place_watcher in enumerate(store.place_watchers):
-        ns[f"PW_{name}_{j}"] = place_watcher
-        lines.append(f"PW_{name}_{j}.all_dirty = True")
+    lines += _notify_lines(store, ns)
     for j, capacity_watcher in enumerate(store.capacity_watchers):
         ns[f"CW_{name}_{j}"] = capacity_watcher
         lines.append(f"CW_{name}_{j}.blocked = None")

@@ -1,0 +1,315 @@
+"""Incremental enabling: each component's cached preferred binding, and each transition's.
+
+Theory of operation (docs/engine.md, "Components and per-key incremental enabling"):
+
+* A component searched as a whole caches one result, searched again when a place it
+  reads changes (``all_dirty``).
+* A per-key component keeps, for each key with a binding, one item in a heap. The item
+  is the compiled search's flat result (nets/binding.py, ``Searcher``): the chosen
+  entries, a sequence number, the key and the variables. Its entries come first, so
+  the heap's top is the component's preferred binding; the sequence number, unique,
+  keeps comparisons from reaching the key or the dictionary. ``current`` maps each key
+  to its live item; an item that is not its key's live one is stale and is dropped
+  when it reaches the top, and the heap is rebuilt from the live items when it grows
+  past twice their number.
+* Places mark what a change dirties: one key of a per-key component (``dirty_keys``)
+  or a whole component (``all_dirty``). Only that is searched again, when the engine
+  next asks.
+* A transition's preferred binding is its components' preferred bindings together:
+  components share nothing, so each is least on its own. For a transition of one
+  component the binding found is that component's item itself, for several a tuple
+  of their items (what the transition's compiled firing takes, nets/firing.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from heapq import heapify, heappop, heappush
+from typing import Any
+
+from nets.binding import (
+    INHIBIT,
+    Component,
+    InscriptionError,
+    compile_components,
+    compile_search,
+)
+from nets.firing import FireFn, Step
+from nets.marking import PlaceStore
+from nets.model import Transition
+
+HEAP_SLACK = 64  # stale heap items tolerated above twice the live ones before a rebuild
+
+
+def _guard_failed(tname: str, exc: Exception) -> InscriptionError:
+    """The error for an exception raised inside a compiled search: the guard's."""
+    return InscriptionError(f"guard of transition {tname!r} raised {type(exc).__name__}: {exc}")
+
+
+class WholeComponentState:
+    """A component without keyed consume or read arcs: one cached result."""
+
+    __slots__ = ("all_dirty", "best", "component", "search", "tname")
+
+    def __init__(self, component: Component, tname: str, sequence: itertools.count[int]) -> None:
+        self.component = component
+        self.tname = tname
+        self.search = compile_search(component, tname, sequence)
+        self.all_dirty = True
+        self.best: tuple[Any, ...] | None = None
+
+    def known_disabled(self) -> bool:
+        """Whether the component is clean and known to have no binding (no search)."""
+        return not self.all_dirty and self.best is None
+
+    def preferred(self) -> tuple[Any, ...] | None:
+        """The component's preferred binding, searched again only if a place changed."""
+        if self.all_dirty:
+            try:
+                self.best = self.search()
+            except InscriptionError:
+                raise
+            except Exception as exc:
+                raise _guard_failed(self.tname, exc) from exc
+            self.all_dirty = False
+        return self.best
+
+
+class KeyedComponentState:
+    """A component searched per key: a heap of each key's preferred binding."""
+
+    __slots__ = (
+        "all_dirty",
+        "component",
+        "current",
+        "dirty_keys",
+        "heap",
+        "required",
+        "search",
+        "tname",
+    )
+
+    def __init__(self, component: Component, tname: str, sequence: itertools.count[int]) -> None:
+        self.component = component
+        self.tname = tname
+        self.search = compile_search(component, tname, sequence)
+        self.all_dirty = True
+        # Cleared in place, never replaced: compiled firings and places hold this set.
+        self.dirty_keys: set[Any] = set()
+        self.heap: list[tuple[Any, ...]] = []
+        self.current: dict[Any, tuple[Any, ...]] = {}
+        # The primary buckets of the keyed consume and read places: a key missing from
+        # one of them has no binding, whatever the rest of the search would find.
+        self.required = tuple(
+            store.primary.buckets
+            for store in dict.fromkeys(
+                st.store
+                for st in component.steps
+                if st.kind != INHIBIT and st.store.place.key is not None
+            )
+        )
+
+    def known_disabled(self) -> bool:
+        """Whether the component is clean and known to have no binding (no search)."""
+        return not self.all_dirty and not self.heap and not self.dirty_keys
+
+    def preferred(self) -> tuple[Any, ...] | None:
+        """The least live item of the heap, after searching the dirty keys again."""
+        dirty = self.dirty_keys
+        heap, current = self.heap, self.current
+        if self.all_dirty:
+            # A change to a non-keyed place of this component can affect every key.
+            for store in self.component.key_stores:
+                dirty.update(store.primary.buckets)
+            dirty.update(current)
+            self.all_dirty = False
+        if dirty:
+            search, required = self.search, self.required
+            try:
+                for key in dirty:
+                    for buckets in required:
+                        if key not in buckets:
+                            current.pop(key, None)
+                            break
+                    else:
+                        item = search(key)
+                        if item is None:
+                            current.pop(key, None)
+                        else:
+                            current[key] = item
+                            heappush(heap, item)
+            except InscriptionError:
+                raise
+            except Exception as exc:
+                raise _guard_failed(self.tname, exc) from exc
+            dirty.clear()
+            if len(heap) > 2 * len(current) + HEAP_SLACK:
+                heap[:] = [item for item in heap if current.get(item[-2]) is item]
+                heapify(heap)
+        while heap:
+            item = heap[0]
+            if current.get(item[-2]) is item:
+                return item
+            heappop(heap)
+        return None
+
+
+ComponentState = WholeComponentState | KeyedComponentState
+
+
+class TransitionState:
+    """A transition's components, its capacity checks and its compiled firing."""
+
+    __slots__ = (
+        "blocked",
+        "capacity",
+        "components",
+        "const_guard",
+        "fire",
+        "index",
+        "single",
+        "transition",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        transition: Transition,
+        stores: dict[str, PlaceStore],
+        sequence: itertools.count[int],
+    ) -> None:
+        self.index = index
+        self.transition = transition
+        self.components: list[ComponentState] = [
+            KeyedComponentState(c, transition.name, sequence)
+            if c.key_var is not None
+            else WholeComponentState(c, transition.name, sequence)
+            for c in compile_components(transition, stores)
+        ]
+        # The one component of most transitions: its item is the binding itself.
+        self.single = self.components[0] if len(self.components) == 1 else None
+        self.fire: FireFn | None = None  # compiled once the engine's heap exists
+        delta: dict[str, int] = {}
+        for out in transition.produce:
+            delta[out.place.name] = delta.get(out.place.name, 0) + 1
+        for pattern in transition.consume:
+            delta[pattern.place.name] = delta.get(pattern.place.name, 0) - pattern.count
+        self.capacity = [
+            (stores[name], d, cap)
+            for name, d in delta.items()
+            if (cap := stores[name].place.capacity) is not None and d > 0
+        ]
+        self.blocked: PlaceStore | None = None
+        self.const_guard = transition.guard is not None and not transition.guard_variables()
+
+    def preferred(self) -> Any:
+        """The transition's preferred binding, or ``None``: for a transition of one
+        component that component's item, otherwise a tuple of one item per component."""
+        if self.blocked is not None:
+            return None
+        if self.const_guard and not guard_holds(self.transition):
+            return None
+        single = self.single
+        found: Any
+        if single is not None:
+            if single.known_disabled():
+                return None
+            found = single.preferred()
+            if found is None:
+                return None
+        else:
+            for cs in self.components:
+                if cs.known_disabled():
+                    return None
+            items = []
+            for cs in self.components:
+                item = cs.preferred()
+                if item is None:
+                    return None
+                items.append(item)
+            found = tuple(items)
+        for store, delta, cap in self.capacity:
+            if store.count + delta > cap:
+                self.blocked = store
+                return None
+        return found
+
+    def values(self, found: Any) -> dict[str, Any]:
+        """Every variable's value in ``found`` (a result of :meth:`preferred`)."""
+        if self.single is not None:
+            return dict(found[-1])
+        merged: dict[str, Any] = {}
+        for item in found:
+            merged.update(item[-1])
+        return merged
+
+
+def guard_holds(transition: Transition) -> bool:
+    """Whether the guard of a transition without variables holds now."""
+    assert transition.guard is not None
+    try:
+        return bool(transition.guard())
+    except Exception as exc:
+        raise InscriptionError(
+            f"guard of transition {transition.name!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def compile_chooser(transitions: Sequence[TransitionState]) -> Callable[[int], Step | None]:
+    """Generate ``fire_next(now)``: fire the first of ``transitions`` (in conflict order)
+    that has a binding, and return its step, or ``None`` if none has.
+
+    It asks exactly what the loop over :meth:`TransitionState.preferred` asks, but a
+    clean component is read where it stands, without a call: a whole component's
+    cached result, or a keyed one's heap top if it is live. Only a component with
+    something to search again, a transition of several components, one with a
+    capacity to check or one with a guard without variables goes through the methods.
+    Call it after every transition's firing is compiled.
+    """
+    ns: dict[str, Any] = {}
+    lines = ["def fire_next(now):"]
+    for i, ts in enumerate(transitions):
+        assert ts.fire is not None
+        ns[f"T{i}"], ns[f"F{i}"] = ts, ts.fire
+        if ts.capacity or ts.const_guard:
+            lines.append(f"    f = T{i}.preferred()")
+            lines.append(f"    if f is not None: return F{i}(f, now)")
+            continue
+        # One block per component, each nested in the one before: a component without
+        # a binding skips the rest of the transition.
+        pad = "    "
+        for j, cs in enumerate(ts.components):
+            lines += [pad + line for line in _component_lines(cs, f"C{i}_{j}", f"f{j}", ns)]
+            lines.append(f"{pad}if f{j} is not None:")
+            pad += "    "
+        found = (
+            "f0"
+            if ts.single is not None
+            else f"({''.join(f'f{j}, ' for j in range(len(ts.components)))})"
+        )
+        lines.append(f"{pad}return F{i}({found}, now)")
+    lines.append("    return None")
+    source = "\n".join(lines) + "\n"
+    code = compile(source, "<cpn choice of the next firing>", "exec")
+    exec(code, ns)  # noqa: S102 - source built above from the net's structure only
+    fire_next: Callable[[int], Step | None] = ns["fire_next"]
+    return fire_next
+
+
+def _component_lines(cs: ComponentState, name: str, result: str, ns: dict[str, Any]) -> list[str]:
+    """Lines setting ``result`` to the component's preferred binding (or ``None``)."""
+    ns[name] = cs
+    if isinstance(cs, WholeComponentState):
+        return [f"{result} = {name}.preferred() if {name}.all_dirty else {name}.best"]
+    ns[f"DK_{name}"], ns[f"H_{name}"], ns[f"CUR_{name}"] = cs.dirty_keys, cs.heap, cs.current
+    return [
+        f"if {name}.all_dirty or DK_{name}:",
+        f"    {result} = {name}.preferred()",
+        f"elif H_{name}:",
+        f"    {result} = H_{name}[0]",
+        f"    if CUR_{name}.get({result}[-2]) is not {result}:",
+        f"        {result} = {name}.preferred()",
+        "else:",
+        f"    {result} = None",
+    ]
