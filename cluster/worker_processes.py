@@ -22,7 +22,7 @@ from typing import Final
 from cluster.processes import ShardProcess
 
 RESTART_PAUSE_S: Final = 0.5
-POLL_S: Final = 0.05  # other processes create the ready files: no event to wait on
+POLL_S: Final = 0.01  # other processes create the ready files: no event to wait on
 FAULT_ENV: Final = "CPN_FAULT"  # fault points (tests) fire in the first incarnation only
 
 
