@@ -32,7 +32,8 @@ failing pages (503 twice, then 200) and pages that always answer 503 with
 :data:`SWEEP_JSON_KEYS`: the worst span over bound, our launch-to-exit over Scrapy's at
 that point, violations, duplicates and missing pages summed over the points, the largest
 excess over a cap, the largest start-up, and our CPU over Scrapy's at the worst point.
-Scrapy comes from the optional ``bench`` extra (``pip install -e '.[bench]'``); without
+``CPN_SWEEP_CRAWLER_ROOT=DIR`` runs the ``cpn crawl`` of another checkout (to measure
+before and after a change back to back). Scrapy comes from the optional ``bench`` extra (``pip install -e '.[bench]'``); without
 it ``--sweep`` stops with a one-line error.
 """
 
@@ -61,6 +62,9 @@ from cluster.mock_web.site import CrawlExpectation, SiteConfig, SiteModel
 from nets.errors import CpnError
 
 ROOT: Final = Path(__file__).resolve().parent.parent
+# The checkout whose `cpn crawl` runs (another one's, to measure before and after a change
+# back to back); the mock web and Scrapy always come from this one.
+CRAWLER_ROOT: Final = Path(os.environ.get("CPN_SWEEP_CRAWLER_ROOT", str(ROOT))).resolve()
 SWEEP_JSON_KEYS: Final = (
     "worst_span_over_bound",
     "worst_wall_over_scrapy",
@@ -296,14 +300,15 @@ def run_crawler(
             argv[at : at + 1] = seeds
         launched_ms = time.time_ns() // 1_000_000
         log_path = root / f"{name}.log"
+        code_root = CRAWLER_ROOT if name == "ours" else ROOT
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(code_root)},
+                cwd=code_root,
             )
             cpu_s = _tree_cpu_s(process)
         exited_ms = time.time_ns() // 1_000_000

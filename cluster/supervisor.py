@@ -145,8 +145,13 @@ class Supervisor:
         env: dict[str, str] | None = None,
         stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
         log_json: bool = False,
+        spares_after_s: float = 0.0,
     ) -> None:
         self.layout = layout
+        # The spares for restarts warm up this long after every child first serves (a
+        # crawl's short-lived cluster need not pay 0.4 s of CPU for each).
+        self.spares_after_s = spares_after_s
+        self._serving_since_s: float | None = None
         self.config = config
         self.bind = bind
         self.env = env
@@ -279,7 +284,10 @@ class Supervisor:
                 # The spares for the next restarts warm up only once every child serves:
                 # started with the children, they would take the two cores from them.
                 if self._all_serving():
-                    self._warm_standbys()
+                    if self._serving_since_s is None:
+                        self._serving_since_s = time.monotonic()
+                    if time.monotonic() - self._serving_since_s >= self.spares_after_s:
+                        self._warm_standbys()
                 self._check(self.router, self.bind)
                 for shard in self.shards:
                     self._check(shard, LOOPBACK_ANY_PORT)
@@ -516,13 +524,19 @@ def supervise(
     stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
     shard_binds: tuple[str, ...] = (),
     log_json: bool = False,
+    spares_after_s: float = 0.0,
 ) -> None:
     """``cpn up --foreground``: log to ``supervisor.log`` and run the supervisor."""
     layout.root.mkdir(parents=True, exist_ok=True)
     # Every line: the supervisor's restarts and kills are its story, and tests read it.
     configure_logging(layout.supervisor_log, json_lines=log_json, summarise=False)
     supervisor = Supervisor(
-        layout, config, bind=bind, stuck_timeout_s=stuck_timeout_s, log_json=log_json
+        layout,
+        config,
+        bind=bind,
+        stuck_timeout_s=stuck_timeout_s,
+        log_json=log_json,
+        spares_after_s=spares_after_s,
     )
     supervisor.shard_binds = shard_binds
     supervisor.run()

@@ -54,6 +54,9 @@ STATS_TIMEOUT_MS: Final = 2_000
 READY_TIMEOUT_S: Final = 120.0
 READY_POLL_S: Final = 0.01  # the router's status, while the cluster comes up
 STOP_S: Final = 60.0
+# The crawl's cluster warms its spares for restarts only after this (a short crawl ends
+# before: three interpreters, 1.2 s of CPU, while the crawl starts).
+SPARES_AFTER_MS: Final = 10_000
 WORKERS_READY_S: Final = 60.0
 # Places that hold work in progress (kept in step with nets/scraper.py WORK_PLACES,
 # which is used when it can be imported).
@@ -223,7 +226,9 @@ class Crawl:
         # (one interpreter less before the first request), and the workers start while
         # it comes up (:meth:`run`); this process reaps it after `cpn down`.
         record_config(layout, config)
-        self._supervisor = spawn_supervisor(layout, config)
+        self._supervisor = spawn_supervisor(
+            layout, config, extra_args=("--spares-after", f"{SPARES_AFTER_MS}ms")
+        )
         self.started_cluster = True
         return layout
 
