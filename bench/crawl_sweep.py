@@ -33,8 +33,8 @@ failing pages (503 twice, then 200) and pages that always answer 503 with
 that point, violations, duplicates and missing pages summed over the points, the largest
 excess over a cap, the largest start-up, and our CPU over Scrapy's at the worst point.
 ``CPN_SWEEP_CRAWLER_ROOT=DIR`` runs the ``cpn crawl`` of another checkout (to measure
-before and after a change back to back). Scrapy comes from the optional ``bench`` extra (``pip install -e '.[bench]'``); without
-it ``--sweep`` stops with a one-line error.
+before and after a change back to back). Scrapy comes from the optional ``bench`` extra
+(``pip install -e '.[bench]'``); without it ``--sweep`` stops with a one-line error.
 """
 
 from __future__ import annotations
