@@ -325,8 +325,9 @@ class Crawl:
             self._plan_workers(self.layout)
             # Forked, the workers skip their imports (about 0.3 s of CPU each, on the
             # cores the cluster starts on): safe here, before any client is opened, when
-            # this process runs one thread (`cpn crawl`; not a benchmark's sampler).
-            fork = fork_is_safe()
+            # this process runs one thread (`cpn crawl`; not a benchmark's sampler) and
+            # started the cluster (joining one opened a client: ZeroMQ's own threads).
+            fork = self._supervisor is not None and fork_is_safe()
             if fork:
                 _import_worker_modules()
             for worker in self.workers:
