@@ -87,6 +87,7 @@ RUN_TIMEOUT_S: Final = 180.0
 SAMPLE_S: Final = 0.2
 WEB_START_S_MAX: Final = 30.0
 WEB_STOP_S_MAX: Final = 15.0
+STOP_S_MAX: Final = 60.0  # a crawler out of time: from Ctrl-C to SIGKILL
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ class CrawlerRun:
     pages: int
     requests: int
     cpu_s: float
+    finished: bool = True  # False: stopped after RUN_TIMEOUT_S; its figures so far
 
     @property
     def span_over_bound(self) -> float:
@@ -255,9 +257,10 @@ def _served(point: SweepPoint, directory: Path) -> Iterator[tuple[int, list[str]
             process.wait()
 
 
-def _tree_cpu_s(process: subprocess.Popen[bytes]) -> float:
+def _tree_cpu_s(process: subprocess.Popen[bytes]) -> tuple[float, bool]:
     """CPU seconds of ``process`` and every process it starts, sampled until it exits
-    (a process's CPU time only grows: the largest sample per pid is its total)."""
+    (a process's CPU time only grows: the largest sample per pid is its total), and
+    whether it finished within ``RUN_TIMEOUT_S`` (if not, it is stopped)."""
     seen: dict[int, float] = {}
 
     def sample() -> None:
@@ -277,13 +280,30 @@ def _tree_cpu_s(process: subprocess.Popen[bytes]) -> float:
     while process.poll() is None:
         sample()
         if time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            command = " ".join(map(str, process.args))  # type: ignore[arg-type]
-            raise CpnError(f"{command} did not finish in {RUN_TIMEOUT_S:.0f} s")
+            _stop_tree(process)
+            return sum(seen.values()), False
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=SAMPLE_S)
-    return sum(seen.values())
+    return sum(seen.values()), True
+
+
+def _stop_tree(process: subprocess.Popen[bytes]) -> None:
+    """Stop a crawler that ran out of time, and everything it started: SIGINT first (a
+    crawler stops its workers and its cluster on Ctrl-C), then SIGKILL whatever of that
+    tree still runs (psutil checks that a pid is still the same process)."""
+    try:
+        root = psutil.Process(process.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        tree = []
+    process.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=STOP_S_MAX)
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running():
+                proc.kill()
+    process.wait()
 
 
 def run_crawler(
@@ -310,11 +330,11 @@ def run_crawler(
                 env={**os.environ, "PYTHONPATH": str(code_root)},
                 cwd=code_root,
             )
-            cpu_s = _tree_cpu_s(process)
+            cpu_s, finished = _tree_cpu_s(process)
         exited_ms = time.time_ns() // 1_000_000
         assert web_pid != process.pid
         records = _read_log(web_dir / "requests.jsonl")
-    if process.returncode != 0 or not records:
+    if (finished and process.returncode != 0) or not records:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
         raise CpnError(f"{name} at {point.label()} failed: {' | '.join(tail) or 'no request'}")
     netlocs = [s.removeprefix("http://").rstrip("/") for s in seeds]
@@ -328,7 +348,8 @@ def run_crawler(
         name=name,
         wall_s=(exited_ms - launched_ms) / 1000,
         startup_s=(first_ms - launched_ms) / 1000,
-        span_ms=max(last_answer_ms, last_record_ms) - first_ms,
+        # Stopped: it had not ended when stopped, so its span is at least that long.
+        span_ms=max(last_answer_ms, last_record_ms, 0 if finished else exited_ms) - first_ms,
         bound_ms=point_bound_ms(point, expectation),
         violations=len(politeness_violations(records, gaps)),
         duplicates=server_duplicates(records),
@@ -337,6 +358,7 @@ def run_crawler(
         pages=len(stored),
         requests=len(records),
         cpu_s=cpu_s,
+        finished=finished,
     )
 
 
@@ -371,9 +393,11 @@ def scrapy_command(point: SweepPoint, out: Path) -> list[str]:
 
 
 def describe(run: CrawlerRun) -> str:
+    stopped = "" if run.finished else f" STOPPED after {RUN_TIMEOUT_S:.0f} s:"
     return (
-        f"  {run.name:7s} span {run.span_ms / 1000:6.2f} s / bound {run.bound_ms / 1000:5.2f} s "
-        f"= {run.span_over_bound:4.2f}; launch to exit {run.wall_s:5.2f} s, start-up "
+        f"  {run.name:7s}{stopped} span {run.span_ms / 1000:6.2f} s / bound "
+        f"{run.bound_ms / 1000:5.2f} s = {run.span_over_bound:4.2f}; launch to exit "
+        f"{run.wall_s:5.2f} s, start-up "
         f"{run.startup_s:4.2f} s; violations {run.violations}, duplicates {run.duplicates}, "
         f"missing {run.missing}, over cap {run.over_cap}; {run.pages} pages, "
         f"{run.requests} requests; CPU {run.cpu_s:5.2f} s = {run.cpu_s_per_1k_pages:5.2f} s "
