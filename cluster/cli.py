@@ -432,6 +432,14 @@ def router(
     show_default=True,
     help="Kill and restart a shard that runs but makes no progress this long (0: never).",
 )
+@click.option(
+    "--spares-after",
+    "spares_after_ms",
+    type=DURATION,
+    default="0s",
+    show_default=True,
+    help="Warm the spare interpreters kept for restarts this long after every child serves.",
+)
 @net_params_option
 @allow_impure_option
 @log_json_option
@@ -445,6 +453,7 @@ def up(
     bind: str,
     timeout_ms: int,
     stuck_timeout_ms: int,
+    spares_after_ms: int,
     net_params: tuple[tuple[str, Any], ...],
     allow_impure: bool,
     log_json: bool,
@@ -478,6 +487,7 @@ def up(
             stuck_timeout_s=stuck_timeout_ms / 1000,
             shard_binds=shard_binds(),
             log_json=log_json,
+            spares_after_s=spares_after_ms / 1000,
         )
         return
     info = start_cluster(
@@ -490,7 +500,8 @@ def up(
             flag
             for flag, given in (("--allow-impure", allow_impure), ("--log-json", log_json))
             if given
-        ),
+        )
+        + (("--spares-after", f"{spares_after_ms}ms") if spares_after_ms else ()),
     )
     click.echo(
         f"cluster of net {info.net!r} is up in {layout.root}: {config.shards} shards, "

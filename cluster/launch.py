@@ -121,6 +121,27 @@ def up(
             quoted); or the cluster was not ready within ``timeout_s`` (it is left
             running, and the message says where to look and how to stop it).
     """
+    process, log_start = spawn_supervisor(
+        layout, config, bind=bind, stuck_timeout_s=stuck_timeout_s, extra_args=extra_args
+    )
+    return wait_up(layout, config, process, log_start, timeout_s=timeout_s)
+
+
+def spawn_supervisor(
+    layout: ClusterLayout,
+    config: ClusterConfig,
+    *,
+    bind: str = LOOPBACK_ANY_PORT,
+    stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
+    extra_args: tuple[str, ...] = (),
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the cluster's supervisor detached and return at once: its process and
+    where its log starts (for :func:`wait_up`). The caller keeps the handle until the
+    supervisor has exited (:func:`up` lets it go once the cluster is ready).
+
+    Raises:
+        CpnError: a supervisor already runs.
+    """
     running = supervisor_pid(layout)
     if running is not None:
         raise CpnError(
@@ -154,6 +175,23 @@ def up(
             stderr=log_file,
             start_new_session=True,  # outlives this command and its terminal
         )
+    return process, log_start
+
+
+def wait_up(
+    layout: ClusterLayout,
+    config: ClusterConfig,
+    process: subprocess.Popen[bytes],
+    log_start: int,
+    *,
+    timeout_s: float = READY_TIMEOUT_S,
+    poll_s: float = TICK_S,
+) -> ClusterInfo:
+    """Wait until the router reports every shard of the supervisor ``process`` alive.
+
+    Raises:
+        CpnError: as :func:`up`.
+    """
     deadline = time.monotonic() + timeout_s
     alive = 0
     while time.monotonic() < deadline:
@@ -166,7 +204,7 @@ def up(
         info, alive = _ready(layout, process.pid)
         if info is not None:
             return info
-        time.sleep(TICK_S)
+        time.sleep(poll_s)
     raise CpnError(
         f"the cluster in {layout.root} is not ready after {timeout_s:.0f} s ({alive} of "
         f"{config.shards} shards alive); see {layout.supervisor_log} and `cpn logs --data "

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from cluster.forked import ForkedProcess
 from cluster.logtail import tail
 from cluster.standby import PREPARE_NET, STANDBY
 from nets.errors import CpnError
@@ -62,7 +63,7 @@ class ShardProcess:
     """A running ``cpn shard`` (or ``cpn router``, see ``role``) that this process started."""
 
     data_dir: Path
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedProcess
     endpoint: str = ""
     args: list[str] = field(default_factory=list)
     role: str = "shard"

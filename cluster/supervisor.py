@@ -145,8 +145,13 @@ class Supervisor:
         env: dict[str, str] | None = None,
         stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
         log_json: bool = False,
+        spares_after_s: float = 0.0,
     ) -> None:
         self.layout = layout
+        # The spares for restarts warm up this long after every child first serves (a
+        # crawl's short-lived cluster need not pay 0.4 s of CPU for each).
+        self.spares_after_s = spares_after_s
+        self._serving_since_s: float | None = None
         self.config = config
         self.bind = bind
         self.env = env
@@ -186,21 +191,16 @@ class Supervisor:
             *self.log_args,
         )
         spare, self._router_standby = self._router_standby, None
-        try:
-            return start_router(
-                self.config.net,
-                self.layout.router_dir,
-                shards=self.config.first_shards,
-                bind=bind,
-                extra_args=extra,
-                env=self.env,
-                wait=False,
-                standby=spare,
-            )
-        finally:
-            self._router_standby = Standby(
-                "router", self.layout.router_dir, self.env, net=self._net_spec()
-            )
+        return start_router(
+            self.config.net,
+            self.layout.router_dir,
+            shards=self.config.first_shards,
+            bind=bind,
+            extra_args=extra,
+            env=self.env,
+            wait=False,
+            standby=spare,
+        )
 
     def _start_shard(self, shard_id: int, bind: str) -> ShardProcess:
         extra = (
@@ -218,21 +218,34 @@ class Supervisor:
         if bind == LOOPBACK_ANY_PORT and shard_id < len(self.shard_binds):
             bind = self.shard_binds[shard_id]  # a first start binds where the file says
         spare = self._standbys.pop(shard_id, None)
-        try:
-            return start_shard(
-                self.config.net,
-                self.layout.shard_dir(shard_id),
-                bind=bind,
-                durability=self.config.durability,
-                extra_args=extra,
-                env=self.env,
-                wait=False,
-                standby=spare,
+        return start_shard(
+            self.config.net,
+            self.layout.shard_dir(shard_id),
+            bind=bind,
+            durability=self.config.durability,
+            extra_args=extra,
+            env=self.env,
+            wait=False,
+            standby=spare,
+        )
+
+    def _warm_standbys(self) -> None:
+        """Start a standby (with the net built) for the router and every shard that has
+        none, ready for its next start."""
+        if self._router_standby is None:
+            self._router_standby = Standby(
+                "router", self.layout.router_dir, self.env, net=self._net_spec()
             )
-        finally:
-            data_dir = self.layout.shard_dir(shard_id)
-            # Warm, with the net built, for the next start.
-            self._standbys[shard_id] = Standby("shard", data_dir, self.env, net=self._net_spec())
+        for shard_id, shard in enumerate(self.shards):
+            if shard_id not in self._standbys and not shard.retired:
+                data_dir = self.layout.shard_dir(shard_id)
+                self._standbys[shard_id] = Standby(
+                    "shard", data_dir, self.env, net=self._net_spec()
+                )
+
+    def _all_serving(self) -> bool:
+        children = [self.router, *(s for s in self.shards if not s.retired)]
+        return all(c.handle is not None and c.handle.endpoint for c in children)
 
     def run(self) -> None:
         """Supervise until SIGTERM or SIGINT; then stop every child.
@@ -258,12 +271,23 @@ class Supervisor:
             os.getpid(),
         )
         try:
+            # Every child's interpreter starts at once, as a standby, so that the shards
+            # import and build the net while the router comes up; each becomes its child
+            # when told its command line (the shards' holds the router's address).
+            self._warm_standbys()
             self.router.launch(self.bind)
             assert self.router.handle is not None
             self.router.endpoint = wait_ready(self.router.handle)
             for shard in self.shards:
                 shard.launch(LOOPBACK_ANY_PORT)
             while not self.stopping:
+                # The spares for the next restarts warm up only once every child serves:
+                # started with the children, they would take the two cores from them.
+                if self._all_serving():
+                    if self._serving_since_s is None:
+                        self._serving_since_s = time.monotonic()
+                    if time.monotonic() - self._serving_since_s >= self.spares_after_s:
+                        self._warm_standbys()
                 self._check(self.router, self.bind)
                 for shard in self.shards:
                     self._check(shard, LOOPBACK_ANY_PORT)
@@ -500,13 +524,19 @@ def supervise(
     stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
     shard_binds: tuple[str, ...] = (),
     log_json: bool = False,
+    spares_after_s: float = 0.0,
 ) -> None:
     """``cpn up --foreground``: log to ``supervisor.log`` and run the supervisor."""
     layout.root.mkdir(parents=True, exist_ok=True)
     # Every line: the supervisor's restarts and kills are its story, and tests read it.
     configure_logging(layout.supervisor_log, json_lines=log_json, summarise=False)
     supervisor = Supervisor(
-        layout, config, bind=bind, stuck_timeout_s=stuck_timeout_s, log_json=log_json
+        layout,
+        config,
+        bind=bind,
+        stuck_timeout_s=stuck_timeout_s,
+        log_json=log_json,
+        spares_after_s=spares_after_s,
     )
     supervisor.shard_binds = shard_binds
     supervisor.run()

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from cluster.forked import ForkedProcess, fork_cpn
 from cluster.processes import ShardProcess
 
 RESTART_PAUSE_S: Final = 0.5
-POLL_S: Final = 0.05  # other processes create the ready files: no event to wait on
+POLL_S: Final = 0.01  # other processes create the ready files: no event to wait on
 FAULT_ENV: Final = "CPN_FAULT"  # fault points (tests) fire in the first incarnation only
 
 
@@ -40,14 +41,20 @@ class WorkerProcess:
     restarts: int = 0
     next_start_s: float = 0.0
 
-    def start(self) -> None:
+    def start(self, *, fork: bool = False) -> None:
+        """Start it as a new interpreter, or with ``fork`` as a forked copy of this
+        process (:mod:`cluster.forked`: the caller vouches that it is safe)."""
         env = {**os.environ, **self.env}
         if self.restarts:
             env.pop(FAULT_ENV, None)
-        with self.log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                self.args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env
-            )
+        process: subprocess.Popen[bytes] | ForkedProcess
+        if fork and self.args[1:3] == ["-m", "cluster.cli"]:
+            process = fork_cpn(self.args[3:], log_path=self.log_path, env=env)
+        else:
+            with self.log_path.open("ab") as log_file:
+                process = subprocess.Popen(
+                    self.args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env
+                )
         self.handle = ShardProcess(self.log_path.parent, process, args=self.args, role="worker")
 
 

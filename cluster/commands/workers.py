@@ -110,6 +110,10 @@ def worker(
     cluster_file = active_config()
     params = dict(parse_net_param(text) for text in net_params)
     timeout_s = timeout_ms / 1000
+    # httpcore imports trio, when it is installed (selenium, a test dependency, brings
+    # it), only to tell whether it runs under trio: a crawler worker runs on asyncio, and
+    # the import is a third of its start-up. This process is the worker's alone.
+    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     from cluster.crawler.fetch import FetchSettings  # noqa: PLC0415 - see the docstring
     from cluster.crawler.workers import (  # noqa: PLC0415
         FETCH_LEASE_SLACK_MS,

@@ -4,11 +4,13 @@
 
 1. reads the seeds (URLs, or files of URLs one a line) and the proxy file, and turns
    what it cannot use into counted *bad input* (never a stop);
-2. starts a cluster of ``nets.scraper:net`` with the crawl's net parameters (``cpn up``
-   in ``DATA/cluster``), or joins a running one (``--cluster DIR``);
-3. puts the scope and the seeds into the net (each on its domain's shard);
-4. starts the workers (``cpn worker`` processes: fetch, parse, store) and restarts any
-   that dies;
+2. starts a cluster of ``nets.scraper:net`` with the crawl's net parameters (its
+   supervisor, ``cpn up --foreground`` in ``DATA/cluster``), or joins a running one
+   (``--cluster DIR``);
+3. starts the workers (``cpn worker`` processes: fetch, parse, store) while the cluster
+   comes up, and restarts any that dies;
+4. once the cluster serves and every worker leases, puts the scope and the seeds into the
+   net (each on its domain's shard);
 5. shows a progress line while it watches the cluster, and decides the crawl is done
    when every place that holds work in progress (:data:`nets.scraper.WORK_PLACES`) is
    empty on every shard and no handoff is in flight, twice in a row;
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,10 +35,11 @@ from typing import Any, Final, TextIO
 from cluster.client import ClusterClient
 from cluster.crawler.report import CrawlReport, domain_gaps, file_pages, read_timings, tally
 from cluster.crawler.urls import InvalidUrl, canonical_url, domain_of
+from cluster.forked import fork_is_safe
 from cluster.launch import down as stop_cluster
-from cluster.launch import settle_config
-from cluster.layout import ClusterConfig, ClusterLayout, net_param_args
-from cluster.processes import ERROR_PREFIX, run_cpn, stop_all
+from cluster.launch import record_config, settle_config, spawn_supervisor, wait_up
+from cluster.layout import ClusterConfig, ClusterLayout
+from cluster.processes import stop_all
 from cluster.worker_processes import WorkerProcess, await_leasing, restart_exited, running_pids
 from nets.errors import CpnError
 from nets.loader import load_net
@@ -48,6 +52,11 @@ SEEDS_MAX: Final = 1_000_000
 PROXIES_MAX: Final = 10_000
 STATS_TIMEOUT_MS: Final = 2_000
 READY_TIMEOUT_S: Final = 120.0
+READY_POLL_S: Final = 0.01  # the router's status, while the cluster comes up
+STOP_S: Final = 60.0
+# The crawl's cluster warms its spares for restarts only after this (a short crawl ends
+# before: three interpreters, 1.2 s of CPU, while the crawl starts).
+SPARES_AFTER_MS: Final = 10_000
 WORKERS_READY_S: Final = 60.0
 # Places that hold work in progress (kept in step with nets/scraper.py WORK_PLACES,
 # which is used when it can be imported).
@@ -97,6 +106,7 @@ class Crawl:
         self.timing_files: list[Path] = []  # the fetch workers' request timings
         self.layout: ClusterLayout | None = None
         self.started_cluster = False
+        self._supervisor: tuple[subprocess.Popen[bytes], int] | None = None  # and its log start
         self.first_put_s = 0.0
         self.done_s = 0.0
         self.stop_requested = False  # set (e.g. from on_poll) to end the crawl early
@@ -212,19 +222,39 @@ class Crawl:
             layout, net=NET, shards=o.shards, seed=None, durability=o.durability, params=params
         )
         load_net(config.net, seed=config.seed, params=config.params)  # one-line errors here
-        # `cpn up` in a child: it starts the supervisor detached and returns when the
-        # cluster is ready (its Popen handle must not live on in this process).
-        done = run_cpn(
-            "up", "--net", NET, "--shards", str(o.shards), "--data", str(layout.root),
-            "--durability", o.durability, *net_param_args(params), timeout_s=READY_TIMEOUT_S,
-        )  # fmt: skip
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
-            raise CpnError(
-                f"the crawl's cluster did not start: {lines[-1].removeprefix(ERROR_PREFIX)}"
-            )
+        # The supervisor (`cpn up --foreground`) is started here, not through `cpn up`
+        # (one interpreter less before the first request), and the workers start while
+        # it comes up (:meth:`run`); this process reaps it after `cpn down`.
+        record_config(layout, config)
+        self._supervisor = spawn_supervisor(
+            layout, config, extra_args=("--spares-after", f"{SPARES_AFTER_MS}ms")
+        )
         self.started_cluster = True
         return layout
+
+    def _await_cluster(self) -> None:
+        """Wait until the cluster this crawl started serves on every shard."""
+        if self._supervisor is None or self.layout is None:
+            return
+        process, log_start = self._supervisor
+        config = ClusterConfig.read(self.layout)
+        assert config is not None  # recorded before the supervisor started
+        try:
+            wait_up(
+                self.layout, config, process, log_start, timeout_s=READY_TIMEOUT_S,
+                poll_s=READY_POLL_S,
+            )  # fmt: skip
+        except CpnError as exc:
+            raise CpnError(f"the crawl's cluster did not start: {exc}") from None
+
+    def _reap_supervisor(self) -> None:
+        if self._supervisor is not None:
+            process = self._supervisor[0]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=STOP_S)
+            if process.poll() is None:  # `cpn down` failed: stop what this crawl started
+                process.kill()
+                process.wait()
 
     # -- workers --------------------------------------------------------------------------
 
@@ -293,8 +323,16 @@ class Crawl:
             o.out.parent.mkdir(parents=True, exist_ok=True)
             o.out.touch()
             self._plan_workers(self.layout)
+            # Forked, the workers skip their imports (about 0.3 s of CPU each, on the
+            # cores the cluster starts on): safe here, before any client is opened, when
+            # this process runs one thread (`cpn crawl`; not a benchmark's sampler) and
+            # started the cluster (joining one opened a client: ZeroMQ's own threads).
+            fork = self._supervisor is not None and fork_is_safe()
+            if fork:
+                _import_worker_modules()
             for worker in self.workers:
-                worker.start()
+                worker.start(fork=fork)
+            self._await_cluster()
             self._await_workers()
             with ClusterClient.for_data_dir(
                 self.layout.root, timeout_ms=STATS_TIMEOUT_MS, retries=2
@@ -309,6 +347,7 @@ class Crawl:
             if self.started_cluster and self.layout is not None:
                 with contextlib.suppress(CpnError):
                     stop_cluster(self.layout)
+                self._reap_supervisor()
             self.report.wall_s = (self.done_s or time.monotonic()) - self.first_put_s
             self._collect_files()  # the timing logs may live in a temporary directory
             if self._own_dir is not None:
@@ -431,6 +470,14 @@ class Crawl:
     def _say(self, text: str) -> None:
         self.stderr.write(f"crawl: {text}\n")
         self.stderr.flush()
+
+
+def _import_worker_modules() -> None:
+    """What every worker imports, imported once here for the workers forked from this
+    process (the trio probe skipped as `cpn worker` skips it)."""
+    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
+    import cluster.crawler.fetch  # noqa: PLC0415
+    import cluster.crawler.workers  # noqa: F401, PLC0415
 
 
 def _work_places() -> tuple[str, ...]:

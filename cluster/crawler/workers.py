@@ -136,6 +136,7 @@ def fetch_worker(
                 log_file.close()
 
     async def fetch(job: tuple[Any, ...]) -> Output:
+        leased_ms = wall_ms()  # the lease's arrival: the trace of a domain's requests
         job = _within_lease(job, current().expires_at_ms, deadline_ms)
         if counts is not None:
             counts.waited((job[FETCH_START_AT] - wall_ms()) / 1000)
@@ -145,7 +146,10 @@ def fetch_worker(
             counts.fetched(fetched[2], fetched[3], fetched[4], fetched[5])
         log_file = state["timings"]
         if outcome.timing is not None and log_file is not None:
-            log_file.write(json.dumps(outcome.timing.to_json()) + "\n")
+            # When the fetch was leased and when it was to start: with the send and
+            # the answer, where a request's time goes (docs/scraper.md, "Per request").
+            trace = {"leased_ms": leased_ms, "start_at_ms": job[FETCH_START_AT]}
+            log_file.write(json.dumps(outcome.timing.to_json() | trace) + "\n")
             log_file.flush()
         return to("fetched", outcome.fetched)
 

@@ -343,6 +343,11 @@ class _Handler(LoopbackHandler):
 @click.option("--latency-ms", type=click.IntRange(0, LATENCY_MS_MAX), default=10, show_default=True)
 @click.option("--failing-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--failures", type=click.IntRange(0), default=2, show_default=True)
+@click.option(
+    "--retry-after-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+    help="Pages (not roots) that always answer 503 with Retry-After.",
+)  # fmt: skip
+@click.option("--retry-after-s", type=click.IntRange(1, 3_600), default=1, show_default=True)
 @click.option("--reset-host/--no-reset-host", default=False, show_default=True)
 @click.option("--oversized-bytes", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True)
@@ -359,6 +364,8 @@ def main(
     latency_ms: int,
     failing_fraction: float,
     failures: int,
+    retry_after_fraction: float,
+    retry_after_s: int,
     reset_host: bool,
     oversized_bytes: int,
     port: int,
@@ -373,6 +380,8 @@ def main(
             seed=seed,
             failing_fraction=failing_fraction,
             failures_before_success=failures,
+            retry_after_fraction=retry_after_fraction,
+            retry_after_s=retry_after_s,
             reset_host=reset_host,
             oversized_body_bytes=oversized_bytes,
         )

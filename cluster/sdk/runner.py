@@ -77,6 +77,8 @@ COMPLETE_RETRY_MS: Final = 100
 HEARTBEATS_PER_LEASE: Final = 3  # renew every third of the lease's length
 DRAIN_S_DEFAULT: Final = 10.0
 RELEASE_TIMEOUT_S: Final = 2.0
+READY_LOOKUP_S: Final = 30.0  # a worker with a ready file waits this long for the shards
+READY_LOOKUP_PAUSE_S: Final = 0.01
 TABLE_CHECK_S: Final = 2.0  # how often the router's table is read for new shards
 CALL_THREAD_PREFIX: Final = "cpn-call"  # the threads sync worker functions run on
 
@@ -142,6 +144,24 @@ class Runner:
         polls = shards * self.spec.polls_per_shard
         return max(self.options.concurrency or self.spec.concurrency, polls)
 
+    async def _await_endpoints(self, endpoints: ShardEndpoints) -> None:
+        """Wait until every shard's endpoint is known (the worker may start while its
+        cluster does), at most ``READY_LOOKUP_S``: a shard that stays down does not keep
+        the worker from saying it is ready."""
+        deadline = time.monotonic() + READY_LOOKUP_S
+        for shard_id in range(self.target.shards):
+            refresh = False  # a table without this shard's endpoint is asked for again
+            while not self.stopping.is_set():
+                try:
+                    await endpoints.endpoint(shard_id, refresh=refresh)
+                    break
+                except CpnError:
+                    refresh = True
+                    if time.monotonic() >= deadline:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), READY_LOOKUP_PAUSE_S)
+
     async def run(self) -> Counter[str]:
         """Lease and work until ``stopping`` is set, then drain; the counters."""
         env = WorkerEnv(self.target.params, self.target.shards)
@@ -175,9 +195,7 @@ class Runner:
         add_lanes(self.target.shards)
         served = self._serve_metrics()
         if self.options.ready_file is not None:
-            for shard_id in range(self.target.shards):
-                with contextlib.suppress(CpnError):
-                    await endpoints.endpoint(shard_id)
+            await self._await_endpoints(endpoints)
             self.options.ready_file.touch()
         try:
             while not self.stopping.is_set():

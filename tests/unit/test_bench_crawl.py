@@ -64,6 +64,7 @@ def test_the_last_line_has_exactly_the_issues_keys() -> None:
         "cpu_s_per_1k_pages",
         "net_lines",
         "handwritten_lines",
+        "startup_s",
     )
     result = RunResult(
         name="x", pages=800, expected=800, missing=0, unexpected=0, duplicates=0,
@@ -75,6 +76,7 @@ def test_the_last_line_has_exactly_the_issues_keys() -> None:
     assert figures["wall_over_bound"] == 1.2
     assert figures["decisions_per_s"] == 2_000
     assert figures["cpu_s_per_1k_pages"] == 5.0
+    assert figures["startup_s"] == 0.5
 
 
 def test_code_both_crawlers_share_counts_for_neither() -> None:
