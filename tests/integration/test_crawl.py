@@ -207,7 +207,9 @@ def test_direct_slots_cap_requests_in_flight_and_retry_after_is_waited_at_the_se
         must_store = web.expected_urls(expected)
     assert report.complete
     assert file_pages(tmp_path / "pages.jsonl") == (must_store, 0)
-    assert max_concurrency_by(log, lambda r: 0)[0] == slots
+    # The cap is a bound, not a promise of parallelism: on a loaded machine fewer than
+    # `slots` may overlap (tests/unit/test_crawler_net.py shows the cap reached).
+    assert 1 <= max_concurrency_by(log, lambda r: 0)[0] <= slots
     assert politeness_violations(log, gaps_ms(site)) == ()
     attempts: dict[tuple[int, str], list[RequestRecord]] = defaultdict(list)
     for record in log:
