@@ -409,6 +409,7 @@ def time_recovery(tokens: int, tmp: Path, *, profile_dir: Path | None) -> Recove
         assert log_entries == LOG_ENTRIES_MAX, (log_entries, LOG_ENTRIES_MAX)
         log_fill_s = time.perf_counter() - reaped
         # The clock of the figures runs from the SIGKILL, without the filling.
+        kill_s = reaped - killed
         killed += log_fill_s
         killed_ms += round(log_fill_s * 1000)
         # The same net without its initial tokens: the store is initialised, so the
@@ -433,7 +434,7 @@ def time_recovery(tokens: int, tmp: Path, *, profile_dir: Path | None) -> Recove
     return RecoveryRun(
         tokens,
         setup_s,
-        reaped - killed,
+        kill_s,
         ready - killed,
         answered - killed,
         (loaded_ms - killed_ms) / 1000,

@@ -611,9 +611,12 @@ class ShardActor:
 def _batch_change(batch: Batch, places: dict[str, Place]) -> Counter[PlacedEntry]:
     """A batch's whole marking change: its delta and the handoff runs it logged as they
     arrived (decoded as the LMDB store decodes them)."""
-    change_set: Delta = Counter({e: n for e, n in batch.marking.items() if n})
+    change_set: Counter[PlacedEntry] = Counter({e: n for e, n in batch.marking.items() if n})
+    arrived: Delta = {}
     for run in batch.arrived:
-        fold_run(run.skip, run.blob, change_set, places)
+        fold_run(run.skip, run.blob, arrived, places)
+    for place, changes in arrived.items():
+        change_set.update({(place, time, token): n for (time, token), n in changes.items()})
     return change_set
 
 

@@ -200,7 +200,13 @@ class ShardRuntime:
         """Fold one slice of the batch log into the marking table when the log is longer
         than it is kept (docs/shard.md, "The store"): the loop calls this every turn,
         after the replies went, so a slice never delays an acknowledgement."""
-        if self.store.log_entries <= LOG_ENTRIES_KEPT or self.core.read_only_reason:
+        if (
+            self.store.log_entries <= LOG_ENTRIES_KEPT
+            or self.core.read_only_reason
+            # The deferred places load first: a restarted shard holds its whole marking
+            # sooner, and its read transaction does not pin the pages a slice frees.
+            or self.core.deferred.active
+        ):
             return
         try:
             self.store.catch_up()

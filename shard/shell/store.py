@@ -81,11 +81,11 @@ from shard.shell.store_log import (
     Delta,
     LogRecordError,
     apply_to_entries,
+    delta_of,
     encode_record,
     fold_record,
     fold_run,
     record_entries,
-    split_by_place,
 )
 
 SCHEMA_VERSION: Final = 8
@@ -307,8 +307,8 @@ class Store:
         counts: Counter[bytes] = Counter(dict.fromkeys(self._places_by_id, 0))
         for key, value in txn.cursor(db=self._marking):
             counts[bytes(key[2:4])] += int.from_bytes(value[:4], "big")
-        for (name, _time, _token), n in self._log_delta(txn).items():
-            counts[self._place_ids[name]] += n
+        for name, changes in self._log_delta(txn).items():
+            counts[self._place_ids[name]] += sum(changes.values())
         for place_id, count in counts.items():
             txn.put(b"count:" + place_id, count.to_bytes(8, "big"), db=self._meta)
 
@@ -366,7 +366,7 @@ class Store:
         sealed = {int.from_bytes(key, "big") for key, _value in txn.cursor(db=self._phases)}
         deferred_names = {self._places_by_id[i] for i in deferred_ids}
         logged_deferred: dict[str, Counter[tuple[int, Token]]] = {}
-        for name, changes in split_by_place(self._log_delta(txn)).items():
+        for name, changes in self._log_delta(txn).items():
             if name in deferred_names:
                 if sealed:  # the reader skips sealed slots: so does their log
                     place = self._places[name]
@@ -462,9 +462,10 @@ class Store:
                         break
                     name, time, token, count = self._decode_entry(key, value, places)
                     held[(name, time, token)] += count
-            for entry, n in self._log_delta(txn).items():
-                if n and slot_of_token(places[entry[0]], entry[2]) == slot:
-                    held[entry] += n
+            for name, changes in self._log_delta(txn).items():
+                for (time, token), n in changes.items():
+                    if n and slot_of_token(places[name], token) == slot:
+                        held[(name, time, token)] += n
         return _one_per_token(held)
 
     def _decode_entry(
@@ -635,7 +636,7 @@ class Store:
     def _catch_up(self, txn: lmdb.Transaction, entries_max: int) -> tuple[int, int, int]:
         """Fold the oldest records, at least one and then while they fit in
         ``entries_max`` entries; returns (records, entries folded, entries written)."""
-        delta: Delta = Counter()
+        delta: Delta = {}
         keys: list[bytes] = []
         folded = 0
         cursor = txn.cursor(db=self._log)
@@ -658,7 +659,7 @@ class Store:
 
     def _batch_delta(self, batch: Batch) -> Delta:
         """A batch's whole marking change: its delta and the runs it applied, decoded."""
-        delta: Delta = Counter(batch.marking)
+        delta = delta_of(batch.marking)
         for run in batch.arrived:
             try:
                 fold_run(run.skip, run.blob, delta, self._places)
@@ -669,32 +670,37 @@ class Store:
     def _apply_delta(self, txn: lmdb.Transaction, delta: Delta) -> int:
         """Write a marking delta into the marking table; returns the entries written."""
         written = 0
-        for (place, time, token), n in delta.items():
-            if n == 0:
-                continue
-            key, entry = self._entry_key(place, time, token)
-            # The common cases take one LMDB operation: a new entry (put without
-            # overwrite) and an entry that leaves (pop); a multiplicity needs two.
-            # The value holds the encoding only when the key holds a digest of it.
-            tail = entry if len(entry) > ENTRY_IN_KEY_BYTES_MAX else b""
-            if n > 0:
-                value = n.to_bytes(4, "big") + tail
-                if txn.put(key, value, overwrite=False, db=self._marking):
-                    written += 1
-                    continue
-                old = txn.get(key, db=self._marking)
-            else:
-                old = txn.pop(key, db=self._marking)
-            assert old is not None, f"{place}: no stored entry {time} {token!r} to remove"
-            # Distinct entries with one 128-bit digest would be a programmer error
-            # (or a broken hash); refuse rather than merge their counts.
-            assert bytes(old[4:]) == tail, f"digest collision in {place!r}"
-            count = int.from_bytes(old[:4], "big") + n
-            assert count >= 0, f"negative count for {place} {time} {token!r}"
-            if count > 0:
-                txn.put(key, count.to_bytes(4, "big") + tail, db=self._marking)
-            written += 1
+        for place, changes in delta.items():
+            for (time, token), n in changes.items():
+                if n:
+                    written += self._apply_entry(txn, place, time, token, n)
         return written
+
+    def _apply_entry(
+        self, txn: lmdb.Transaction, place: str, time: int, token: Token, n: int
+    ) -> int:
+        """Add ``n`` (< 0: remove) of one entry in the marking table; returns 1."""
+        key, entry = self._entry_key(place, time, token)
+        # The common cases take one LMDB operation: a new entry (put without
+        # overwrite) and an entry that leaves (pop); a multiplicity needs two.
+        # The value holds the encoding only when the key holds a digest of it.
+        tail = entry if len(entry) > ENTRY_IN_KEY_BYTES_MAX else b""
+        if n > 0:
+            value = n.to_bytes(4, "big") + tail
+            if txn.put(key, value, overwrite=False, db=self._marking):
+                return 1
+            old = txn.get(key, db=self._marking)
+        else:
+            old = txn.pop(key, db=self._marking)
+        assert old is not None, f"{place}: no stored entry {time} {token!r} to remove"
+        # Distinct entries with one 128-bit digest would be a programmer error
+        # (or a broken hash); refuse rather than merge their counts.
+        assert bytes(old[4:]) == tail, f"digest collision in {place!r}"
+        count = int.from_bytes(old[:4], "big") + n
+        assert count >= 0, f"negative count for {place} {time} {token!r}"
+        if count > 0:
+            txn.put(key, count.to_bytes(4, "big") + tail, db=self._marking)
+        return 1
 
     def _read_log_extent(self) -> tuple[int, int, int]:
         """(entries, records, next seq) of the stored log."""
@@ -709,7 +715,7 @@ class Store:
 
     def _log_delta(self, txn: lmdb.Transaction) -> Delta:
         """The whole log folded: what it adds to the marking table."""
-        delta: Delta = Counter()
+        delta: Delta = {}
         for _key, value in txn.cursor(db=self._log):
             self._fold(bytes(value), delta)
         return delta
@@ -790,7 +796,8 @@ class Store:
             for key, value in txn.cursor(db=self._marking):
                 name, time, token, count = self._decode_entry(key, value, places)
                 held[(name, time, token)] += count
-            held.update(self._log_delta(txn))
+            for name, changes in self._log_delta(txn).items():
+                held.update({(name, time, token): n for (time, token), n in changes.items()})
         yield from _one_per_token(held)
 
     def close(self) -> None:

@@ -31,8 +31,7 @@ from typing import Any, Final
 
 import msgpack
 
-from nets.codec import CodecError, token_from_fields, unpack
-from nets.errors import TokenError
+from nets.codec import CodecError, unpack
 from nets.model import Place, Token
 
 # A batch larger than this is written to the marking table directly (after the whole
@@ -46,12 +45,14 @@ LOG_ENTRIES_MAX: Final = 131_072
 # The shard's loop folds a slice whenever the log is longer than this, so a busy shard
 # keeps its log about here and the hard bound above is met only when it falls behind.
 LOG_ENTRIES_KEPT: Final = 65_536
-# Entries one slice folds (at least one whole record): a few ms of LMDB writes.
-CATCH_UP_ENTRIES_MAX: Final = 16_384
+# Entries one slice folds (at least one whole record): about 20 ms of decoding and
+# LMDB writes on this machine, as long as a chunk of the deferred places takes.
+CATCH_UP_ENTRIES_MAX: Final = 4_096
 
 HEADER_BYTES: Final = 4
 
-Delta = Counter[tuple[str, int, Token]]  # (place, time, token) -> +n / -n
+# place -> (time, token) -> +n / -n: per place, as recovery and the marking table use it.
+Delta = dict[str, Counter[tuple[int, Token]]]
 
 
 class LogRecordError(Exception):
@@ -91,51 +92,64 @@ def fold_record(
     """Add one record's changes to ``delta``.
 
     Stored records are trusted as stored marking entries are (everything in them was
-    checked when it entered the net); the colour sets only rebuild the tokens.
+    checked when it entered the net, and packed by this store): tokens are rebuilt
+    from their fields without the colour set's checks, as the marking reader does.
 
     Raises:
         LogRecordError: the record does not decode or names an unknown place.
     """
+    new = tuple.__new__
     try:
         changes, arrived = unpack(bytes(value[HEADER_BYTES:]))
+        last_number = -1
+        cls: Any = None
+        counter: Counter[tuple[int, Token]] = Counter()
         for number, time, fields, n in changes:
-            place = places_by_number.get(number)
-            if place is None:
-                raise LogRecordError(f"a log record names place id {number}, which is unknown")
-            token = token_from_fields(place.colour_set, fields, where=f"logged {place.name}")
-            delta[(place.name, time, token)] += n
+            if number != last_number:  # a batch's entries come place by place, mostly
+                place = places_by_number.get(number)
+                if place is None:
+                    raise LogRecordError(f"a log record names place id {number}, which is unknown")
+                cls, last_number = place.colour_set.cls, number
+                counter = delta.setdefault(place.name, Counter())
+            counter[(time, new(cls, fields))] += n
         for skip, blob in arrived:
             fold_run(skip, blob, delta, places)
-    except (CodecError, TokenError, TypeError, ValueError) as exc:
+    except (CodecError, TypeError, ValueError) as exc:
         raise LogRecordError(f"corrupt log record: {exc}") from exc
 
 
 def fold_run(skip: int, blob: bytes, delta: Delta, places: Mapping[str, Place]) -> None:
     """Add a handoff run's entries from ``skip`` on (its bytes as they arrived) to
-    ``delta``, each once.
+    ``delta``, each once. The receiver checked every entry before it applied the run.
 
     Raises:
         LogRecordError: the run does not decode or names an unknown place.
     """
+    new = tuple.__new__
     try:
         items: tuple[tuple[str, int, Any], ...] = unpack(blob)
+        last_name: object = None
+        cls: Any = None
+        counter: Counter[tuple[int, Token]] = Counter()
         for name, time, fields in items[skip:]:
-            place = places.get(name)
-            if place is None:
-                raise LogRecordError(f"a logged run names place {name!r}, which is unknown")
-            token = token_from_fields(place.colour_set, fields, where=f"received {name}")
-            delta[(name, time, token)] += 1
-    except (CodecError, TokenError, TypeError, ValueError) as exc:
+            if name != last_name:
+                place = places.get(name)
+                if place is None:
+                    raise LogRecordError(f"a logged run names place {name!r}, which is unknown")
+                cls, last_name = place.colour_set.cls, name
+                counter = delta.setdefault(name, Counter())
+            counter[(time, new(cls, fields))] += 1
+    except (CodecError, TypeError, ValueError) as exc:
         raise LogRecordError(f"corrupt logged run: {exc}") from exc
 
 
-def split_by_place(delta: Delta) -> dict[str, Counter[tuple[int, Token]]]:
-    """``delta`` per place: place -> (time, token) -> +n / -n (zeros left out)."""
-    by_place: dict[str, Counter[tuple[int, Token]]] = {}
-    for (place, time, token), n in delta.items():
+def delta_of(marking: Mapping[tuple[str, int, Token], int]) -> Delta:
+    """A batch's marking delta ((place, time, token) -> n) per place."""
+    delta: Delta = {}
+    for (place, time, token), n in marking.items():
         if n:
-            by_place.setdefault(place, Counter())[(time, token)] += n
-    return by_place
+            delta.setdefault(place, Counter())[(time, token)] += n
+    return delta
 
 
 def apply_to_entries(
