@@ -135,6 +135,7 @@ class ShardRuntime:
             map_size_bytes=config.map_size_bytes,
             shard_id=config.shard_id,
             shard_count=config.shard_count,
+            fault=functools.partial(fault_point, config.data_dir),
         )
         self.counters: Counter[str] = Counter()
         self.commit_latencies_ms: deque[float] = deque(maxlen=LATENCIES_KEPT_MAX)

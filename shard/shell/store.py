@@ -148,8 +148,12 @@ class Store:
         map_size_bytes: int = MAP_SIZE_BYTES_INITIAL,
         shard_id: int = 0,
         shard_count: int = 1,
+        fault: Callable[[str], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        # A fault point (router/shell/datadir.py) inside a catch-up slice's transaction,
+        # after its writes and before its commit: the SIGKILL tests aim there.
+        self._fault = fault
         self.net = net
         self._places = {p.name: p for p in net.places}
         self._place_names = frozenset(self._places)
@@ -649,7 +653,10 @@ class Store:
             folded += size
         for key in keys:
             txn.delete(key, db=self._log)
-        return len(keys), folded, self._apply_delta(txn, delta)
+        written = self._apply_delta(txn, delta)
+        if self._fault is not None:
+            self._fault("store-catch-up")
+        return len(keys), folded, written
 
     def _fold(self, value: bytes, delta: Delta) -> None:
         try:

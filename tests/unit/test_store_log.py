@@ -5,9 +5,14 @@ table plus the log, whichever part holds what. Checked here: recovery and ``entr
 agree at every point between commits and slices (tokens that pass through cancel in a
 slice and are never written), removals that the log holds of entries the table holds,
 deferred places, the log's hard bound, batches too large for a record, handoff runs
-logged as they arrived, a slice that fails half-way, and the upgrade from schema 7.
+logged as they arrived, a slice that fails half-way or is SIGKILLed inside its
+transaction (fault point ``store-catch-up``), and the upgrade from schema 7.
 """
 
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +25,7 @@ import shard.shell.store
 from nets import Net, Place
 from nets.codec import pack
 from nets.model import Token
+from router.shell.datadir import FAULT_ENV
 from shard.batch import ArrivedRun, Batch
 from shard.shell.store import SCHEMA_VERSION, Durability, Store, StoreError
 
@@ -37,6 +43,8 @@ NET = Net(
     transitions=[],
 )
 DEFERRED = frozenset({"done"})
+ROOT = Path(__file__).resolve().parents[2]
+SUBPROCESS_TIMEOUT_S = 60
 Marking = Counter[tuple[str, int, Token]]
 
 
@@ -215,3 +223,50 @@ def test_a_schema_7_store_is_upgraded_to_8(tmp_path: Path) -> None:
     with env.begin() as txn:
         assert txn.get(b"schema", db=env.open_db(b"meta", txn=txn)) == str(SCHEMA_VERSION).encode()
     env.close()
+
+
+_KILLED_IN_A_SLICE = """
+import functools, sys
+from pathlib import Path
+from router.shell.datadir import fault_point
+from shard.batch import Batch
+from shard.shell.store import Durability, Store
+from tests.unit.test_store_log import NET, Item
+
+path = Path(sys.argv[1])
+store = Store(path, net=NET, durability=Durability.FSYNC,
+              fault=functools.partial(fault_point, path))
+for i in range(3):
+    batch = Batch(clock_ms=i + 1)
+    batch.add("work", i, Item("k", i))
+    batch.add("done", i, Item("d", i), 2)
+    if i:
+        batch.remove("work", i - 1, Item("k", i - 1))
+    store.commit(batch)
+store.catch_up(1 << 30)  # killed in its transaction, after its writes
+print("not killed")
+"""
+
+
+def test_a_sigkill_inside_a_slice_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    env = {**os.environ, FAULT_ENV: "store-catch-up", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_IN_A_SLICE, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    store = Store(path, net=NET, durability=Durability.FSYNC)
+    try:
+        assert store.log_records == 3  # the slice died with its transaction
+        marking: Marking = Counter({("work", 2, Item("k", 2)): 1})
+        marking.update({("done", i, Item("d", i)): 2 for i in range(3)})
+        _check(store, marking)
+        store.catch_up(1 << 30)
+        _check(store, marking)
+    finally:
+        store.close()
