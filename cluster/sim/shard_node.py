@@ -350,6 +350,10 @@ class ShardActor:
             it: each point at most once per node and run (as a real one fires once per
             data directory), and never from ``faults_end_ms`` on (the heal phase).
         rng: the stream of those draws and of the down times.
+        store_crash_rate: the chance that the shard dies at its store's crash point,
+            ``store_catch_up`` (a slice of the batch log folded into the marking table:
+            the slice is lost, nothing committed is), each time it passes it before
+            ``faults_end_ms``; ``store_rng`` is the stream of those draws.
     """
 
     def __init__(
@@ -362,8 +366,14 @@ class ShardActor:
         fault_rate: float = 0.0,
         down_ms_max: int = 2_000,
         faults_end_ms: int = 0,
+        store_crash_rate: float = 0.0,
+        store_rng: random.Random | None = None,
     ) -> None:
         self.node = node
+        # The store's crash point draws from its own stream, so that switching it on
+        # leaves every other draw of a seed as it was.
+        self._store_crash_rate = store_crash_rate
+        self._store_rng = store_rng or random.Random(0)
         self.setup = setup
         self._places = {p.name: p for p in setup.net.places}
         self._deferred_places = setup.deferred_places
@@ -524,10 +534,12 @@ class ShardActor:
                 core.send_failed(send)
         core.load_deferred(now_ms)  # one chunk a turn, as the real loop does
         # A slice of the store's log every few turns, as the real loop folds one when
-        # its log is long; a crash just before it (the slice's transaction dies) loses
-        # nothing committed.
+        # its log is long; a crash there (the slice's transaction dies) loses nothing
+        # committed, which recovery checks (MemoryShardStore.recover).
         if self.turns % CATCH_UP_EVERY_TURNS == 0:
-            self._fault_point("store_catch_up")
+            if self._store_rng.random() < self._store_crash_rate and now_ms < self._faults_end_ms:
+                self.fault_points_hit["store_catch_up"] += 1
+                raise CrashPoint("store_catch_up", self._store_rng.randint(10, self._down_ms_max))
             self.store.catch_up()
         return Step(committed, tuple(self._committed), tuple(sends))
 
