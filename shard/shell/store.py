@@ -77,6 +77,7 @@ from shard.shell.marking_reader import DeferredMarking, MarkingReadError, read_m
 from shard.shell.store_log import (
     CATCH_UP_ENTRIES_MAX,
     LOG_ENTRIES_MAX,
+    LOG_RECORD_BYTES_MAX,
     LOG_RECORD_ENTRIES_MAX,
     Delta,
     LogRecordError,
@@ -560,11 +561,13 @@ class Store:
                 )
             except (TypeError, ValueError, OverflowError) as exc:
                 raise StoreError(f"cannot store the batch's marking change: {exc}") from exc
+        # A record must stay cheap to replay in entries and in bytes (long tokens).
+        direct = size > LOG_RECORD_ENTRIES_MAX or len(record) > LOG_RECORD_BYTES_MAX
 
         def write(txn: lmdb.Transaction) -> tuple[int, int, int, int, int]:
             log_entries, log_records, log_next = self.log_entries, self.log_records, self._log_next
             folded = written = 0
-            if size > LOG_RECORD_ENTRIES_MAX:
+            if direct:
                 # Too large for one record: the whole log first (order matters for an
                 # entry the log adds and this batch removes), then the batch itself.
                 records, folded, written = self._catch_up(txn, 1 << 62)

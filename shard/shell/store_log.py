@@ -31,13 +31,14 @@ from typing import Any, Final
 
 import msgpack
 
-from nets.codec import CodecError, unpack
+from nets.codec import CodecError
 from nets.model import Place, Token
 
 # A batch larger than this is written to the marking table directly (after the whole
 # log, in the same transaction): one record must stay cheap to replay, and a batch this
 # large (a shard's initial marking, a slot's shipment) gains nothing from the log.
 LOG_RECORD_ENTRIES_MAX: Final = 32_768
+LOG_RECORD_BYTES_MAX: Final = 4 * 1024 * 1024  # (entries with long tokens)
 # The log's length (entries over all records) never exceeds this: a commit that would
 # pass it first folds the oldest records in its own transaction. Recovery replays at
 # most this many entries (docs/shard.md: about 0.3 s on this machine).
@@ -100,7 +101,7 @@ def fold_record(
     """
     new = tuple.__new__
     try:
-        changes, arrived = unpack(bytes(value[HEADER_BYTES:]))
+        changes, arrived = _unpack(bytes(value[HEADER_BYTES:]))
         last_number = -1
         cls: Any = None
         counter: Counter[tuple[int, Token]] = Counter()
@@ -114,7 +115,7 @@ def fold_record(
             counter[(time, new(cls, fields))] += n
         for skip, blob in arrived:
             fold_run(skip, blob, delta, places)
-    except (CodecError, TypeError, ValueError) as exc:
+    except (CodecError, TypeError, ValueError, msgpack.UnpackException) as exc:
         raise LogRecordError(f"corrupt log record: {exc}") from exc
 
 
@@ -127,7 +128,7 @@ def fold_run(skip: int, blob: bytes, delta: Delta, places: Mapping[str, Place]) 
     """
     new = tuple.__new__
     try:
-        items: tuple[tuple[str, int, Any], ...] = unpack(blob)
+        items: tuple[tuple[str, int, Any], ...] = _unpack(blob)
         last_name: object = None
         cls: Any = None
         counter: Counter[tuple[int, Token]] = Counter()
@@ -139,8 +140,16 @@ def fold_run(skip: int, blob: bytes, delta: Delta, places: Mapping[str, Place]) 
                 cls, last_name = place.colour_set.cls, name
                 counter = delta.setdefault(name, Counter())
             counter[(time, new(cls, fields))] += 1
-    except (CodecError, TypeError, ValueError) as exc:
+    except (CodecError, TypeError, ValueError, msgpack.UnpackException) as exc:
         raise LogRecordError(f"corrupt logged run: {exc}") from exc
+
+
+def _unpack(data: bytes) -> Any:
+    # Not nets.codec.unpack: its limits are a frame's (4 MiB, bounded arrays), and a
+    # record of LOG_RECORD_ENTRIES_MAX long entries may be larger. The store wrote
+    # these bytes itself (or checked them as a frame on arrival), so msgpack's own
+    # limits (each bounded by the length of the data) are enough.
+    return msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=False)
 
 
 def delta_of(marking: Mapping[tuple[str, int, Token], int]) -> Delta:

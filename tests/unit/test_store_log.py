@@ -156,6 +156,16 @@ def test_a_batch_too_large_for_a_record_goes_to_the_table_after_the_log(
     _check(store, marking)
 
 
+def test_a_record_too_many_bytes_goes_to_the_table(store: Store, monkeypatch: Any) -> None:
+    monkeypatch.setattr(shard.shell.store, "LOG_RECORD_BYTES_MAX", 40)
+    marking: Marking = Counter()
+    _commit(store, marking, 1, work_1=1)
+    assert store.log_records == 1
+    _commit(store, marking, 2, work_1=-1, done_2=1, bag_3=1, work_4=1)
+    assert store.log_records == 0
+    _check(store, marking)
+
+
 def _run(entries: list[tuple[str, int, Item]]) -> bytes:
     return pack([(place, time, tuple(token)) for place, time, token in entries])
 
