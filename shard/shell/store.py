@@ -527,9 +527,10 @@ class Store:
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
         """Write ``batch`` in one transaction (nothing if it fails).
 
-        The marking delta and the handoff runs applied go into one log record (a batch
-        larger than ``LOG_RECORD_ENTRIES_MAX`` entries goes to the marking table, after
-        the whole log); the rest (counts, clients, outbox, clock) as before.
+        The marking delta and the handoff runs applied go into one log record (the
+        initial marking, and a batch larger than ``LOG_RECORD_ENTRIES_MAX`` entries or
+        ``LOG_RECORD_BYTES_MAX`` bytes, go to the marking table, after the whole log);
+        the rest (counts, clients, outbox, clock) as before.
 
         Raises:
             StoreError: the write failed (e.g. the disk is full) or the batch holds a
@@ -554,15 +555,17 @@ class Store:
             arrived_tokens += run.tokens()
         size = len(delta) + arrived_tokens
         record = b""
-        if 0 < size <= LOG_RECORD_ENTRIES_MAX:
+        if 0 < size <= LOG_RECORD_ENTRIES_MAX and not initialised:
             try:
                 record = encode_record(
                     self._packer, delta, [(run.skip, run.blob) for run in batch.arrived], size
                 )
             except (TypeError, ValueError, OverflowError) as exc:
                 raise StoreError(f"cannot store the batch's marking change: {exc}") from exc
-        # A record must stay cheap to replay in entries and in bytes (long tokens).
-        direct = size > LOG_RECORD_ENTRIES_MAX or len(record) > LOG_RECORD_BYTES_MAX
+        # A record must stay cheap to replay in entries and in bytes (long tokens). The
+        # initial marking goes to the table too: it is written before the shard serves,
+        # and folding it later would cost a slice of the shard's first busy seconds.
+        direct = initialised or size > LOG_RECORD_ENTRIES_MAX or len(record) > LOG_RECORD_BYTES_MAX
 
         def write(txn: lmdb.Transaction) -> tuple[int, int, int, int, int]:
             log_entries, log_records, log_next = self.log_entries, self.log_records, self._log_next

@@ -68,7 +68,9 @@ def _fill(store: Store) -> Counter[tuple[str, int, Token]]:
         batch.add("log", 30, _item(n))
     batch.add("done", 5, _item(7), n=3)
     batch.clock_ms = 1_000
-    store.commit(batch, initialised=True)
+    store.commit(Batch(clock_ms=999), initialised=True)  # (the initial marking: direct)
+    store.commit(batch)  # a record of the batch log
+    assert store.log_records == 1
     return Counter(batch.marking)
 
 
