@@ -14,9 +14,9 @@ the collector runs once (so no garbage of that moment is frozen) and the survivo
 frozen out of later collections (``gc.freeze``): a full collection then walks only
 what is newer. Frozen objects are still freed by reference counting when their last
 reference goes; only a cycle formed among frozen objects after they were frozen would
-be missed. So whenever the frozen heap has doubled since the last time, everything is
-unfrozen and collected once more before it is frozen again: each object is walked a
-bounded number of times over the process's life, not once per quarter of growth.
+be missed. So whenever the entries changed have doubled since the last time, everything
+is unfrozen and collected once more before it is frozen again: each object is walked
+a bounded number of times over the process's life, not once per quarter of growth.
 """
 
 from __future__ import annotations
@@ -25,32 +25,37 @@ import gc
 from typing import Final
 
 FREEZE_ENTRIES_MIN: Final = 20_000  # marking entries changed between two freezes
-FULL_PASS_GROWTH: Final = 2  # unfreeze and collect all once the frozen heap doubled
-FULL_PASS_OBJECTS_MIN: Final = 100_000  # ... but not while the frozen heap is small
+FULL_PASS_GROWTH: Final = 2  # unfreeze and collect all once the entries doubled
+FULL_PASS_ENTRIES_MIN: Final = 100_000  # ... but not while there are few
 
 
 class Collector:
-    """Freezes the long-lived heap after commits that changed many marking entries."""
+    """Freezes the long-lived heap after commits that changed many marking entries.
+
+    The heap's growth is judged by the marking entries the commits changed, not by
+    ``gc.get_freeze_count()``, which walks the frozen objects to count them.
+    """
 
     def __init__(self) -> None:
         self.entries_since_freeze = 0
-        self.frozen_after_full_pass = gc.get_freeze_count()
+        self.entries_total = 0
+        self.entries_at_full_pass = 0
         self.freezes = 0
         self.full_passes = 0
 
     def after_commit(self, entries_changed: int) -> None:
         """A batch that changed ``entries_changed`` marking entries is committed."""
         self.entries_since_freeze += entries_changed
+        self.entries_total += entries_changed
         if self.entries_since_freeze < FREEZE_ENTRIES_MIN or not gc.isenabled():
             return
         self.entries_since_freeze = 0
-        floor = max(FULL_PASS_OBJECTS_MIN, self.frozen_after_full_pass)
-        full = gc.get_freeze_count() >= FULL_PASS_GROWTH * floor
+        floor = max(FULL_PASS_ENTRIES_MIN, self.entries_at_full_pass)
+        full = self.entries_total >= FULL_PASS_GROWTH * floor
         if full:
             gc.unfreeze()
+            self.full_passes += 1
+            self.entries_at_full_pass = self.entries_total
         gc.collect()
         gc.freeze()
         self.freezes += 1
-        if full:
-            self.full_passes += 1
-            self.frozen_after_full_pass = gc.get_freeze_count()
