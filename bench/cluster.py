@@ -39,7 +39,10 @@ Every process runs on 127.0.0.1 in a temporary directory and is stopped by its p
 The last line is one JSON object with the keys ``handoff_tokens_per_s``,
 ``raw_ceiling_per_s``, ``handoff_ratio``, ``handoff_p50_ms``, ``handoff_p99_ms``,
 ``one_shard_per_s``, ``two_shards_per_s``, ``scaling``, ``consumed_tokens_per_s``,
-``local_consume_per_s``, ``consume_ratio``.
+``local_consume_per_s``, ``consume_ratio``, and the CPU the receiving shard spent per
+token (``handoff_receiver_us_per_token``, ``consumed_receiver_us_per_token``; from
+/proc, ``null`` without it) with the engine's alone (``local_consume_us_per_token``):
+on a shared 2-core machine they are steadier than the rates.
 """
 
 from __future__ import annotations
@@ -128,6 +131,24 @@ def _wait_peers_known(client: ShardClient) -> None:
         time.sleep(POLL_S)
 
 
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used, from /proc (None without it).
+
+    Wall-time rates on a 2-core machine shared with other work are noisy; the CPU a
+    shard spent per token is not, so the benchmark reports both."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _us_per_token(before: float | None, after: float | None, tokens: int) -> float | None:
+    if before is None or after is None or not tokens:
+        return None
+    return round((after - before) * 1e6 / tokens, 2)
+
+
 def _wait_count(client: ShardClient, place: str, count: int) -> float:
     deadline = time.monotonic() + WAIT_S_MAX
     while client.counts()[place] < count:
@@ -167,10 +188,12 @@ def time_handoff(
             bursts = [tuple(burst(light + i, BURST_TOKENS)) for i in range(tokens // BURST_TOKENS)]
             moved = len(bursts) * BURST_TOKENS
             before = sender.stats()["counters"]
+            cpu_before = _cpu_s(handles[2].pid)
             started = time.perf_counter()
             for i in range(0, len(bursts), BURSTS_PER_PUT):
                 sender.put("bursts", bursts[i : i + BURSTS_PER_PUT])
             done = _wait_count(receiver, "arrived", base + moved)
+            cpu_after = _cpu_s(handles[2].pid)
             loaded = sender.stats()["counters"]
     finally:
         stop_all(handles)
@@ -185,6 +208,7 @@ def time_handoff(
         "p50_ms": quiet["handoff_ms_p50"],
         "p99_ms": quiet["handoff_ms_p99"],
         "light_tokens": base,
+        "receiver_us_per_token": _us_per_token(cpu_before, cpu_after, moved),
     }
 
 
@@ -213,30 +237,42 @@ def time_handoff_consumed(
             _wait_peers_known(receiver)
             bursts = [tuple(burst(i, BURST_TOKENS)) for i in range(tokens // BURST_TOKENS)]
             moved = len(bursts) * BURST_TOKENS
+            cpu_before = _cpu_s(handles[2].pid)
             started = time.perf_counter()
             for i in range(0, len(bursts), BURSTS_PER_PUT):
                 sender.put("bursts", bursts[i : i + BURSTS_PER_PUT])
             done = _wait_fired(receiver, "absorb", moved)
+            cpu_after = _cpu_s(handles[2].pid)
             left = receiver.counts()["arrived"]
     finally:
         stop_all(handles)
     if left:
         raise CpnError(f"absorb fired {moved} times but {left} parcels are left in 'arrived'")
-    return {"tokens": moved, "seconds": done - started, "per_s": moved / (done - started)}
+    return {
+        "tokens": moved,
+        "seconds": done - started,
+        "per_s": moved / (done - started),
+        "receiver_us_per_token": _us_per_token(cpu_before, cpu_after, moved),
+    }
 
 
 def time_local_consume(tokens: int) -> dict[str, Any]:
     """The receiving engine alone: the same parcels put, then ``absorb`` fired."""
     engine = Engine(relay_consumed())
     work = [p for i in range(tokens // BURST_TOKENS) for p in parcels(burst(i, BURST_TOKENS))]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for parcel in work:
         engine.add("arrived", parcel)
     fired = sum(1 for _step in engine.run(until=0))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     if fired != len(work) or engine.count("arrived"):
         raise CpnError(f"the local engine fired absorb {fired} times for {len(work)} parcels")
-    return {"tokens": fired, "seconds": elapsed, "per_s": fired / elapsed}
+    return {
+        "tokens": fired,
+        "seconds": elapsed,
+        "per_s": fired / elapsed,
+        "us_per_token": round(cpu_s * 1e6 / fired, 2),
+    }
 
 
 # -- 4: the raw ceiling ---------------------------------------------------------------------
@@ -400,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{consume_ratio:.3f}, target {CONSUME_RATIO_MIN}: "
             f"{_verdict(consume_ratio >= CONSUME_RATIO_MIN)}"
         )
+        print(
+            f"receiving shard's CPU per token: handoff {handoff['receiver_us_per_token']} us, "
+            f"handoff consumed {consumed['receiver_us_per_token']} us; the engine alone "
+            f"{local['us_per_token']} us"
+        )
         one = time_scraper(targets, 1, root)
         two = time_scraper(targets, 2, root)
         scaling = two["per_s"] / one["per_s"]
@@ -428,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
                 "consumed_tokens_per_s": round(consumed["per_s"]),
                 "local_consume_per_s": round(local["per_s"]),
                 "consume_ratio": round(consume_ratio, 4),
+                # CPU the receiving shard spent per token (less noisy than the rates).
+                "handoff_receiver_us_per_token": handoff["receiver_us_per_token"],
+                "consumed_receiver_us_per_token": consumed["receiver_us_per_token"],
+                "local_consume_us_per_token": local["us_per_token"],
             }
         )
     )
