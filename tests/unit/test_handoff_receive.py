@@ -207,10 +207,9 @@ def test_handed_off_tokens_are_indexed_and_enable_transitions(consumed: bool) ->
     if consumed:
         assert fired == 1_200 and receiver.engine.count("arrived") == 0
         assert batch.firings["absorb"] == 1_200
-        assert not +batch.marking  # each token came and went within the batch
+        assert not +batch.marking  # nothing produced; what came in went within the batch
     else:
         assert fired == 0 and receiver.engine.count("arrived") == 1_200
         available = receiver.engine.available("arrived", 2_000)
         assert len(available) == 1_200 and available == sorted(available)
-        assert sum(batch.marking.values()) == 1_200
     assert sum(len(run[3]) for run in batch.received) == 1_200
