@@ -25,7 +25,6 @@ from router.shell.datadir import fault_point
 from router.shell.metrics import METRICS_DEFAULT
 from shard.batch import Batch, Recovered
 from shard.core import ShardCore, ShardSetup, quantile
-from shard.shell.collector import Collector
 from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability, Store, StoreError
 
 LATENCIES_KEPT_MAX: Final = 4_096
@@ -140,7 +139,6 @@ class ShardRuntime:
         self.commit_latencies_ms: deque[float] = deque(maxlen=LATENCIES_KEPT_MAX)
         self.batch_sizes: deque[int] = deque(maxlen=LATENCIES_KEPT_MAX)
         recovered = self._recover()
-        self.collector = Collector()  # after recovery: it counts what recovery froze
         self.clock = SystemClock(floor_ms=recovered.clock_ms)
         self.core = ShardCore(
             self.setup,
@@ -196,7 +194,6 @@ class ShardRuntime:
         self.commit_latencies_ms.append((time.perf_counter() - started) * 1000)
         self.batch_sizes.append(len(batch.marking))
         self.core.committed(wall_ms())
-        self.collector.after_commit(len(batch.marking))  # shard/shell/collector.py
 
     def load_deferred(self) -> None:
         """One chunk of the deferred places' tokens; when the last is in, the stored
