@@ -7,6 +7,11 @@
   protocol. Nothing consumes ``arrived``: the receiver's count of it is the number of
   parcels it committed. One firing makes many parcels, so that the sender's engine
   (tens of thousands of firings per second) does not bound the handoff rate.
+* :func:`relay_consumed`: the same, plus a transition ``absorb`` on the receiver that
+  consumes each parcel as it arrives (one firing per parcel): handed-off tokens must be
+  in the receiver's marking, indexed, and enable ``absorb`` before they count.
+  :func:`absorber` is the receiver's part alone (``arrived`` and ``absorb``), for the
+  local baseline: the same transition firing on the same tokens put into one engine.
 """
 
 from __future__ import annotations
@@ -53,12 +58,24 @@ def parcels(b: Burst) -> list[Parcel]:
     return [Parcel(keys[(b.burst_id + i) % len(keys)], b.burst_id, i) for i in range(b.size)]
 
 
-def relay() -> Net:
-    """Bursts at shard 0 become parcels at shard 1 (see the module docstring)."""
+def _relay(name: str, *, consumed: bool) -> Net:
     bursts = Place("bursts", Burst, key="origin")
     arrived = Place("arrived", Parcel, key="key")
-    b, o = variables("b o")
+    b, o, p, k = variables("b o p k")
     spray = Transition(
         "spray", consume=[bursts(b, origin=o)], produce=[arrived.produce_all(parcels)]
     )
-    return Net("bench_relay", places=[bursts, arrived], transitions=[spray])
+    transitions = [spray]
+    if consumed:
+        transitions.append(Transition("absorb", consume=[arrived(p, key=k)], produce=[]))
+    return Net(name, places=[bursts, arrived], transitions=transitions)
+
+
+def relay() -> Net:
+    """Bursts at shard 0 become parcels at shard 1 (see the module docstring)."""
+    return _relay("bench_relay", consumed=False)
+
+
+def relay_consumed() -> Net:
+    """:func:`relay`, and shard 1 consumes every parcel that arrives (``absorb``)."""
+    return _relay("bench_relay_consumed", consumed=True)

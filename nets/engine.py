@@ -30,6 +30,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from operator import itemgetter
 from typing import Any
 
 from nets.colour import check_token
@@ -222,8 +223,19 @@ class Engine:
         if quiet and not store.timed:
             store.load(entries)
             return
-        for time, token in entries:
-            self._add(place, time, token)
+        # In bulk (a handed-off run, a chunk of deferred tokens): the available entries
+        # go into the indexes in one merge and wake their watchers once; entries from the
+        # future wait in the pending heap, as one by one (see _add).
+        now = self.now
+        if store.timed and entries and max(map(itemgetter(0), entries)) > now:
+            available = [entry for entry in entries if entry[0] <= now]
+            for time, token in entries:
+                if time > now:
+                    heapq.heappush(self._pending, (time, next(self._pending_seq), place, token))
+        else:
+            available = entries
+        store.count += len(entries)
+        store.add_available_many(available)
 
     def remove(self, place: str, token: Token, *, time: int) -> None:
         """Take one available entry ``(time, token)`` out of ``place``.

@@ -241,6 +241,26 @@ class PlaceStore:
         for capacity_watcher in self.capacity_watchers:
             capacity_watcher.blocked = None
 
+    def add_available_many(self, entries: list[Entry]) -> None:
+        """:meth:`add_available` for many entries at once (a handed-off run): each index
+        merges them in bulk, and each watcher is told once, with every key that changed.
+
+        The indexes and watchers end as :meth:`add_available` of each entry leaves them
+        (buckets are sorted, dirty keys a set); ``count`` is the caller's, as there.
+        """
+        if not entries:
+            return
+        self.primary.add_many(entries)
+        for index in self.secondary:
+            index.add_many(entries)
+        if self.key_watchers:
+            position = self.key_position
+            keys = {entry[1][position] for entry in entries} if position >= 0 else {None}
+            for watcher in self.key_watchers:
+                watcher.dirty_keys.update(keys)
+        for place_watcher in self.place_watchers:
+            place_watcher.all_dirty = True
+
     def load(self, entries: list[Entry]) -> None:
         """Bulk-add available entries without notifying anyone (initial loading)."""
         self.primary.add_many(entries)

@@ -16,6 +16,8 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
 from typing import Any, Final
 
 import msgpack
@@ -36,6 +38,10 @@ RUN_BYTES_MAX: Final = 512 * 1024
 KEYS_CACHED_MAX: Final = 200_000
 POOL_ASK_MS: Final = 100  # between two requests for pool tokens from one shard
 POOL_SCAN_MAX: Final = 10_000
+_TIME_END: Final = 1 << 63  # entry times are in [0, 2**63): they are stored as 8 bytes
+_TUPLE: Final = {tuple}
+_THREE: Final = {3}
+_INT: Final = {int}
 
 log = logging.getLogger("cpn.shard.exchange")
 
@@ -68,6 +74,26 @@ class StagedSlot:
 
     def encode(self) -> bytes:
         return pack((self.move_id, self.count, self.digest, self.entries, self.hwms))
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRun:
+    """A run the inbox accepted, decoded once and checked: what the core applies.
+
+    ``first_seq`` is the seq of the first entry applied (``skip`` entries of the run as
+    it arrived were applied before: a go-back's overlap); ``entries`` are the applied
+    ones in seq order and ``by_place`` the same entries as ``(time, token)`` per place,
+    ready for :meth:`nets.engine.Engine.add_checked`. ``payload`` is the run's
+    ``entries`` bytes exactly as they arrived (all of them, ``skip`` included), for a
+    store that keeps a received run as one record.
+    """
+
+    lane: int
+    first_seq: int
+    skip: int
+    entries: list[PlacedEntry]
+    by_place: dict[str, list[tuple[int, Token]]]
+    payload: bytes
 
 
 class Exchange:
@@ -269,11 +295,9 @@ class Exchange:
 
     # -- in ----------------------------------------------------------------------------
 
-    def receive(
-        self, message: Handoff, incarnation: int
-    ) -> tuple[list[tuple[int, int, list[PlacedEntry]]], Receipt]:
-        """Judge a Handoff: the runs to apply now, as ``(lane, seq of the first entry
-        applied, entries)``, and the receipt (hwms, the reply).
+    def receive(self, message: Handoff, incarnation: int) -> tuple[list[DecodedRun], Receipt]:
+        """Judge a Handoff: the runs to apply now, each decoded once, and the receipt
+        (hwms, the reply).
 
         Nothing changes here: the inbox judges, every accepted run is decoded and
         checked, and the caller applies the entries and then :meth:`accept`s the
@@ -294,15 +318,19 @@ class Exchange:
             sealed=self.sealed,
         )
         # Only runs the inbox accepted are decoded: duplicates cost no more than a look.
-        runs: list[tuple[int, int, list[PlacedEntry]]] = []
+        runs: list[DecodedRun] = []
         for accepted in receipt.accepted:
             lane, first_seq, count, blob = message.runs[accepted.index]
-            items = self._decode_run(lane, blob)
+            items, by_place = self._decode_run(lane, blob)
             if len(items) != count:
                 raise HandoffRefused(
                     f"run on lane {lane} announces {count} tokens and holds {len(items)}"
                 )
-            runs.append((lane, first_seq + accepted.skip, items[accepted.skip :]))
+            skip = accepted.skip
+            if skip:  # a go-back's overlap (rare): the applied tail, grouped again
+                items = items[skip:]
+                by_place = _by_place(items)
+            runs.append(DecodedRun(lane, first_seq + skip, skip, items, by_place, blob))
         return runs, receipt
 
     def accept(self, receipt: Receipt, received: int) -> None:
@@ -324,7 +352,7 @@ class Exchange:
                 return []
         except CodecError as exc:
             raise HandoffRefused(f"shipment of slot {slot}: {exc}") from exc
-        return self._decode_run(slot, blob, shipment=True)
+        return self._decode_run(slot, blob, shipment=True)[0]
 
     def take_loopback(self) -> list[Handoff]:
         taken, self.loopback = self.loopback, []
@@ -340,8 +368,11 @@ class Exchange:
             )
         )
 
-    def _decode_run(self, lane: int, blob: bytes, *, shipment: bool = False) -> list[PlacedEntry]:
-        """Decode and check every entry of a run (the hot path of a receiving shard)."""
+    def _decode_run(
+        self, lane: int, blob: bytes, *, shipment: bool = False
+    ) -> tuple[list[PlacedEntry], dict[str, list[tuple[int, Token]]]]:
+        """Decode and check every entry of a run (the hot path of a receiving shard):
+        its entries in order, and the same as ``(time, token)`` per place."""
         try:
             items = unpack(blob)
         except CodecError as exc:
@@ -349,6 +380,54 @@ class Exchange:
         if type(items) is not tuple or not items:
             raise HandoffRefused(f"run on lane {lane} is not a non-empty array of entries")
         to_pool = is_pool_lane(lane)
+        decoded = self._decode_columns(lane, items, to_pool, shipment=shipment)
+        if decoded is not None:
+            return decoded
+        entries = self._decode_entries(lane, items, to_pool, shipment=shipment)
+        return entries, _by_place(entries)
+
+    def _decode_columns(
+        self, lane: int, items: tuple[Any, ...], to_pool: bool, *, shipment: bool
+    ) -> tuple[list[PlacedEntry], dict[str, list[tuple[int, Token]]]] | None:
+        """The common run, checked column by column: one place, plain fields of exactly
+        its colour's types, times in range, keys of this lane. Each check is a pass in C
+        over one column (a set of types, a min and a max, the set of keys), not a
+        Python step per entry. ``None`` when any check fails or the run is not of that
+        shape: :meth:`_decode_entries` then decides, entry by entry, and names the
+        culprit; both accept exactly the same tokens.
+        """
+        if set(map(type, items)) != _TUPLE or set(map(len, items)) != _THREE:
+            return None
+        names, times, fields = zip(*items, strict=True)
+        if set(names) != {names[0]}:
+            return None
+        name = names[0]
+        place = self._receivable(lane, name, to_pool, shipment=shipment)
+        colour = place.colour_set
+        exact = colour.exact_types
+        if exact is None or set(map(type, times)) != _INT:
+            return None
+        if min(times) < 0 or max(times) >= _TIME_END:
+            return None
+        if set(map(type, fields)) != _TUPLE or set(map(len, fields)) != {len(exact)}:
+            return None
+        columns = tuple(zip(*fields, strict=True)) if exact else ()
+        for column, kind in zip(columns, exact, strict=True):
+            if set(map(type, column)) != {kind}:
+                return None
+        position = self._key_positions[place.name]
+        if position >= 0:
+            for key in set(columns[position]):
+                if self.slot_of_key(key) != lane:
+                    return None
+        tokens = list(map(partial(tuple.__new__, colour.cls), fields))
+        entries = list(zip(repeat(place.name), times, tokens, strict=False))
+        return entries, {place.name: list(zip(times, tokens, strict=True))}
+
+    def _decode_entries(
+        self, lane: int, items: tuple[Any, ...], to_pool: bool, *, shipment: bool
+    ) -> list[PlacedEntry]:
+        """Every entry checked on its own (mixed places, or a run to refuse)."""
         slots = self._slots
         new = tuple.__new__
         entries: list[PlacedEntry] = []
@@ -368,7 +447,7 @@ class Exchange:
                 position = self._key_positions[place.name]
                 last_name = name
             assert place is not None
-            if type(time) is not int or not 0 <= time < 1 << 63:
+            if type(time) is not int or not 0 <= time < _TIME_END:
                 raise HandoffRefused(f"run on lane {lane}: time {time!r:.40} is not valid")
             if exact is not None and type(fields) is tuple and tuple(map(type, fields)) == exact:
                 token = new(cls, fields)
@@ -522,3 +601,11 @@ class Exchange:
             "members": self.members,
             "endpoints": list(self.endpoints),
         }
+
+
+def _by_place(entries: list[PlacedEntry]) -> dict[str, list[tuple[int, Token]]]:
+    """Entries as ``(time, token)`` per place, in their order."""
+    by_place: dict[str, list[tuple[int, Token]]] = {}
+    for name, time, token in entries:
+        by_place.setdefault(name, []).append((time, token))
+    return by_place
