@@ -52,6 +52,7 @@ from cluster.client import ShardClient
 from cluster.processes import ShardProcess, start_shard
 from nets.errors import CpnError
 from router.shell.metrics import read_metrics_url
+from shard.reading import ReadingMark
 from shard.shell.metrics import ShardMetrics
 from shard.shell.runtime import BatchTimer, ShardConfig, ShardRuntime
 from shard.shell.store import Durability
@@ -168,18 +169,19 @@ def time_run(tmp: Path, serial: int, targets: int, *, metrics: bool, scraped: bo
 
 
 def sampling_cost_us(tmp: Path, *, repeats: int = 2_000) -> float:
-    """Microseconds one batch's sampling takes (``ShardMetrics.after_batch``), timed in
+    """Microseconds one batch's sampling takes (the runtime's reading and
+    ``ShardMetrics.after_batch``), timed in
     this process on a shard runtime of the same net (its data directory in ``tmp``)."""
     os.environ[TARGETS_ENV] = "1000"
     config = ShardConfig(SCRAPER_NET, tmp / "in-process", durability=Durability.PROCESS)
     runtime = ShardRuntime(config)
     try:
-        metrics = ShardMetrics(runtime)
+        metrics = ShardMetrics(runtime.reading(ReadingMark()))
         runtime.core.fire(runtime.clock.now_ms(), BatchTimer())
         runtime.commit()
         started = time.perf_counter()
         for _ in range(repeats):
-            metrics.after_batch(runtime)
+            metrics.after_batch(runtime.reading(metrics.mark))
         return (time.perf_counter() - started) / repeats * 1e6
     finally:
         runtime.close()

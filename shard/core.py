@@ -42,6 +42,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from operator import itemgetter
 from typing import Any, Final, Protocol
 
@@ -90,6 +91,7 @@ from shard.leases import LiveLease, WorkQueue, live_leases, with_work_queues
 from shard.link import Link, Send
 from shard.mover import Mover
 from shard.parked import LongPolls, Reply
+from shard.reading import CoreReading
 
 IDLE_WAKE_MS: Final = 1_000
 FIRINGS_PER_BATCH_MAX: Final = 100_000
@@ -278,6 +280,7 @@ class ShardCore:
         self.deferred = DeferredLoad(recovered.deferred, recovered.deferred_counts)
         self.initialised = recovered.initialised
         self.commits = 0  # batches committed by this core
+        self.handoffs_timed = 0  # handed-in tokens whose latency was taken (metrics)
         # Committed firings over every incarnation of the store (docs/shard.md, "Firing
         # totals"): the batch being committed adds its own in committed(), so a batch
         # that fails to commit never counts. The engine's figures are this process's.
@@ -987,6 +990,7 @@ class ShardCore:
         self._firings_committing = Counter()
         if self.handed_times:
             self.handoff_latencies_ms.extend([now_ms - t for t in self.handed_times])
+            self.handoffs_timed += len(self.handed_times)
             self.handed_times = []
 
     def load_deferred(self, now_ms: int) -> None:
@@ -1070,6 +1074,47 @@ class ShardCore:
 
     def pool_token_count(self) -> int:
         return sum(self.engine.count(p.name) for p in self.net.places if p.pool)
+
+    def reading(self) -> CoreReading:
+        """The figures the shard's metrics show, read without walking a marking or
+        sorting anything: proportional to the net's size, not its tokens."""
+        stats = self.engine.statistics()  # copies two small dicts
+        deferred = self.deferred
+        tokens = (
+            {place: count + deferred.pending(place) for place, count in stats.tokens.items()}
+            if deferred.active
+            else dict(stats.tokens)
+        )
+        counters = (
+            self.counters
+            + self.polls.counters
+            + self.exchange.counters
+            + self.link.counters
+            + self.mover.counters
+        )
+        # Leases are granted in order, so the first live one is the oldest; its held
+        # entries carry the time it was granted.
+        oldest = next(iter(self.leases.values()), None)
+        return CoreReading(
+            net=self.net.name,
+            incarnation=self.incarnation,
+            read_only=self.read_only_reason is not None,
+            firings=dict(stats.firings),
+            tokens=tokens,
+            queue_tokens={queue: tokens.get(queue, 0) for queue in self.queues},
+            pending_tokens=stats.pending,
+            enabled_left=self.more_enabled,
+            leases_live=len(self.leases),
+            lease_age_ms_max=max(0, stats.now - oldest.held[0][1]) if oldest else 0,
+            leases_parked=len(self.polls.parked),
+            outbox_tokens=self.exchange.outbox.pending_tokens(),
+            counters=dict(counters),
+            handoffs_timed=self.handoffs_timed,
+        )
+
+    def newest_handoff_latencies(self, count: int) -> tuple[int, ...]:
+        """The latencies of the ``count`` handoffs timed last (at most those kept)."""
+        return tuple(islice(reversed(self.handoff_latencies_ms), count))
 
     def committed_firings(self) -> dict[str, int]:
         """Committed firings per transition over the store's life (a retiring shard's

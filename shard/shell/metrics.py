@@ -1,9 +1,10 @@
 """A shard's Prometheus metrics, read from what its core already counts (SHELL).
 
-Once per batch, after the commit, :meth:`ShardMetrics.after_batch` reads the engine's
-firings and token counts, the core's and the shell's counters, the outbox, the leases
-and the batch's commit, and swaps in a frozen :class:`ShardSample`. It never walks a
-marking or sorts anything: its cost is proportional to the net's size (places,
+Once per batch, after the commit, the loop asks the runtime for a
+:class:`shard.reading.ShardReading` (the core's :class:`~shard.reading.CoreReading`:
+firings, token counts, counters, outbox, leases; plus the shell's commit figures) and
+:meth:`ShardMetrics.after_batch` swaps in a frozen :class:`ShardSample` made from it.
+Neither walks a marking or sorts anything: its cost is proportional to the net's size (places,
 transitions, queues), not to its tokens, plus one bucket look-up per distinct handoff
 time. ``/metrics`` renders the current sample on the HTTP server's thread
 (:mod:`router.shell.metrics`; docs/observability.md lists the names).
@@ -18,8 +19,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from itertools import islice
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -37,9 +37,7 @@ from router.shell.metrics import (
     metrics_address,
     serve_metrics,
 )
-
-if TYPE_CHECKING:
-    from shard.shell.runtime import ShardRuntime
+from shard.reading import ReadingMark, ShardReading
 
 # Counter keys of the core and the shell, as (metric, label value): a fixed set, so the
 # series per shard stay bounded whatever the traffic.
@@ -95,108 +93,89 @@ class ServedMetrics:
     metrics: ShardMetrics
     server: MetricsServer
 
-    def after_batch(self, runtime: ShardRuntime) -> None:
-        self.metrics.after_batch(runtime)
+    @property
+    def mark(self) -> ReadingMark:
+        """Where the next reading starts (what the metrics have taken)."""
+        return self.metrics.mark
+
+    def after_batch(self, reading: ShardReading) -> None:
+        self.metrics.after_batch(reading)
 
     def stop(self) -> None:
         self.server.stop()
 
 
-def start_shard_metrics(runtime: ShardRuntime) -> ServedMetrics | None:
-    """Serve the shard's metrics as its config says (None when they are off), and
-    publish their URL in its data directory.
+def start_shard_metrics(
+    address_text: str, *, allow_remote: bool, data_dir: Path, first: ShardReading
+) -> ServedMetrics | None:
+    """Serve the shard's metrics at ``address_text`` (None when they are off), and
+    publish their URL in ``data_dir``; ``first`` is the reading they start from.
 
     Raises:
         CpnError: the metrics address is not valid, not allowed or cannot be bound.
     """
-    config = runtime.config
-    address = metrics_address(config.metrics, allow_remote=config.allow_remote)
+    address = metrics_address(address_text, allow_remote=allow_remote)
     if address is None:
         return None
-    metrics = ShardMetrics(runtime)
+    metrics = ShardMetrics(first)
     # A scrape's thread waits for the GIL at each step (accept, read, render, write), and
     # a busy loop hands it over only at the switch interval (5 ms by default): a scrape
     # would take tens of milliseconds. The interval matters only while another thread
     # wants the GIL, which here is only during a scrape, so a shorter one costs the loop
     # nothing the rest of the time (docs/observability.md, "Serving /metrics").
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    return ServedMetrics(metrics, serve_metrics(address, metrics.collect, data_dir=config.data_dir))
+    return ServedMetrics(metrics, serve_metrics(address, metrics.collect, data_dir=data_dir))
 
 
 class ShardMetrics:
-    """The loop's side: per-batch bookkeeping and the current :class:`ShardSample`."""
+    """The loop's side: per-batch bookkeeping and the current :class:`ShardSample`.
 
-    def __init__(self, runtime: ShardRuntime) -> None:
+    It sees the shard only through :class:`shard.reading.ShardReading` records: the loop
+    asks the runtime for one since :attr:`mark` after every commit and hands it over.
+    """
+
+    def __init__(self, first: ShardReading) -> None:
         self._commit_latency = Histogram(LATENCY_BUCKETS_S)
         self._batch_entries = Histogram(SIZE_BUCKETS)
         self._handoff_latency = Histogram(LATENCY_BUCKETS_S)
         self._tokens_max: dict[str, int] = {}
-        self._core = runtime.core
-        self._commits = runtime.core.commits
-        self._handed = runtime.core.handed_times
-        self._recovery_s = max(0, runtime.recovered_ms - runtime.started_ms) / 1000
-        self.sample = self._sample(runtime)
+        self.mark = first.mark
+        self.sample = self._sample(first)
 
-    def after_batch(self, runtime: ShardRuntime) -> None:
-        """Read the figures of the batch just committed (call after every commit)."""
-        core = runtime.core
-        if core is self._core:
-            commits = core.commits - self._commits
-            latencies = runtime.commit_latencies_ms
-            for latency_ms in islice(reversed(latencies), min(commits, len(latencies))):
-                self._commit_latency.observe(latency_ms / 1000)
-            for size in islice(reversed(runtime.batch_sizes), commits):
-                self._batch_entries.observe(size)
-            # The core swaps in a new list of handoff times at each commit that had some:
-            # the old list's times became the newest latencies.
-            handed = len(self._handed) if core.handed_times is not self._handed else 0
-            newest = islice(reversed(core.handoff_latencies_ms), handed)
-            for latency_ms, count in Counter(newest).items():
-                self._handoff_latency.observe(latency_ms / 1000, count)
-        self._core, self._commits, self._handed = core, core.commits, core.handed_times
-        self.sample = self._sample(runtime)
+    def after_batch(self, reading: ShardReading) -> None:
+        """Take the figures of the commits since the last reading (call after each)."""
+        for latency_ms in reading.commit_latencies_ms:
+            self._commit_latency.observe(latency_ms / 1000)
+        for size in reading.batch_entries:
+            self._batch_entries.observe(size)
+        for latency_ms, count in Counter(reading.handoff_latencies_ms).items():
+            self._handoff_latency.observe(latency_ms / 1000, count)
+        self.mark = reading.mark
+        self.sample = self._sample(reading)
 
-    def _sample(self, runtime: ShardRuntime) -> ShardSample:
-        core = runtime.core
-        engine = core.engine
-        stats = engine.statistics()  # copies two small dicts: no sorting, no tokens
-        deferred = core.deferred
-        tokens = {
-            place: count + deferred.pending(place) if deferred.active else count
-            for place, count in stats.tokens.items()
-        }
+    def _sample(self, reading: ShardReading) -> ShardSample:
+        core = reading.core
         tokens_max = self._tokens_max
-        for place, count in tokens.items():
+        for place, count in core.tokens.items():
             if count > tokens_max.get(place, 0):
                 tokens_max[place] = count
-        counters: Counter[str] = Counter()
-        for source in (
-            core.counters,
-            core.polls.counters,
-            core.exchange.counters,
-            core.link.counters,
-            core.mover.counters,
-            runtime.counters,
-        ):
-            counters.update(source)
-        oldest = next(iter(core.leases.values()), None)
+        counters = Counter(core.counters)
+        counters.update(reading.shell_counters)
         return ShardSample(
-            net=core.net.name,
+            net=core.net,
             incarnation=core.incarnation,
-            recovery_s=self._recovery_s,
-            read_only=core.read_only_reason is not None,
-            firings=stats.firings,
-            tokens=tokens,
+            recovery_s=reading.recovery_ms / 1000,
+            read_only=core.read_only,
+            firings=core.firings,
+            tokens=core.tokens,
             tokens_max=dict(tokens_max),
-            queue_tokens={queue: tokens.get(queue, 0) for queue in core.queues},
-            pending_tokens=stats.pending,
-            enabled_left=core.more_enabled,
-            leases_live=len(core.leases),
-            # Leases are granted in order, so the first live one is the oldest; its held
-            # entries carry the time it was granted.
-            lease_age_s_max=max(0, stats.now - oldest.held[0][1]) / 1000 if oldest else 0.0,
-            leases_parked=len(core.polls.parked),
-            outbox_tokens=core.exchange.outbox.pending_tokens(),
+            queue_tokens=core.queue_tokens,
+            pending_tokens=core.pending_tokens,
+            enabled_left=core.enabled_left,
+            leases_live=core.leases_live,
+            lease_age_s_max=core.lease_age_ms_max / 1000,
+            leases_parked=core.leases_parked,
+            outbox_tokens=core.outbox_tokens,
             counters=counters,
             requests={
                 key.removeprefix(_REQUESTS_PREFIX): value

@@ -16,6 +16,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,6 +26,7 @@ from router.shell.datadir import fault_point
 from router.shell.metrics import METRICS_DEFAULT
 from shard.batch import Batch, Recovered
 from shard.core import ShardCore, ShardSetup, quantile
+from shard.reading import ReadingMark, ShardReading
 from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability, Store, StoreError
 from shard.shell.store_log import LOG_ENTRIES_KEPT
 
@@ -140,6 +142,8 @@ class ShardRuntime:
         self.counters: Counter[str] = Counter()
         self.commit_latencies_ms: deque[float] = deque(maxlen=LATENCIES_KEPT_MAX)
         self.batch_sizes: deque[int] = deque(maxlen=LATENCIES_KEPT_MAX)
+        self.commits_done = 0  # by this process, whatever core committed them
+        self.core_generation = 0  # cores built after failed commits (a reading's mark)
         recovered = self._recover()
         self.clock = SystemClock(floor_ms=recovered.clock_ms)
         self.core = ShardCore(
@@ -187,6 +191,7 @@ class ShardRuntime:
             self.counters["commits_failed"] += 1
             reason = f"the shard's store failed and refuses writes: {exc}"
             self.core = self.core.after_failed_commit(self._recover(), reason, now_ms)
+            self.core_generation += 1
             return False
         return True
 
@@ -195,7 +200,25 @@ class ShardRuntime:
         self.store.commit(batch, initialised=initialised)
         self.commit_latencies_ms.append((time.perf_counter() - started) * 1000)
         self.batch_sizes.append(len(batch.marking))
+        self.commits_done += 1
         self.core.committed(wall_ms())
+
+    def reading(self, since: ReadingMark) -> ShardReading:
+        """The core's reading with this shell's figures, and what is new since
+        ``since`` (the mark of the previous reading): the metrics' one input."""
+        core = self.core.reading()
+        same_core = since.generation == self.core_generation
+        commits = min(self.commits_done - since.commits, len(self.commit_latencies_ms))
+        timed = core.handoffs_timed - since.handoffs_timed if same_core else core.handoffs_timed
+        return ShardReading(
+            core=core,
+            shell_counters=dict(self.counters),
+            recovery_ms=max(0, self.recovered_ms - self.started_ms),
+            commit_latencies_ms=tuple(islice(reversed(self.commit_latencies_ms), commits)),
+            batch_entries=tuple(islice(reversed(self.batch_sizes), commits)),
+            handoff_latencies_ms=self.core.newest_handoff_latencies(timed),
+            mark=ReadingMark(self.core_generation, self.commits_done, core.handoffs_timed),
+        )
 
     def catch_up(self) -> None:
         """Fold one slice of the batch log into the marking table when the log is longer

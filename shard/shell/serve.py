@@ -60,6 +60,7 @@ from router.wire import (
     encode,
 )
 from shard.core import RequestError, ShardCore, writes
+from shard.reading import ReadingMark
 from shard.shell.peers import Peers
 from shard.shell.runtime import BatchTimer, ShardConfig, ShardRuntime, wall_ms
 
@@ -132,7 +133,12 @@ def serve(config: ShardConfig) -> None:
     from shard.shell.metrics import start_shard_metrics  # noqa: PLC0415
 
     try:
-        metrics = start_shard_metrics(runtime)
+        metrics = start_shard_metrics(
+            config.metrics,
+            allow_remote=config.allow_remote,
+            data_dir=config.data_dir,
+            first=runtime.reading(ReadingMark()),
+        )
     except BaseException:
         runtime.close()
         release()
@@ -189,7 +195,7 @@ def serve(config: ShardConfig) -> None:
             runtime.load_deferred()
             runtime.catch_up()  # one slice of the batch log, if it is long (store_log.py)
             if metrics is not None:  # after the replies went: they never wait for it
-                metrics.after_batch(runtime)
+                metrics.after_batch(runtime.reading(metrics.mark))
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wake_read)
