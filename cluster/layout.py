@@ -42,6 +42,10 @@ class ClusterLayout:
         return self.root / "supervisor.log"
 
     @property
+    def supervisor_metrics_file(self) -> Path:
+        return self.root / "supervisor.metrics"  # its /metrics URL and pid
+
+    @property
     def supervisor_lock(self) -> Path:
         return self.root / "supervisor.lock"
 

@@ -59,8 +59,10 @@ from cluster.processes import (
     stop_all,
     wait_ready,
 )
+from cluster.supervisor_metrics import ChildReading, SupervisorMetrics, SupervisorSample
 from nets.errors import CpnError
 from router.shell.logsetup import configure_logging
+from router.shell.metrics import METRICS_DEFAULT, MetricsServer, metrics_address, serve_metrics
 from router.wire import ClusterState, ClusterStatus
 
 TICK_S: Final = 0.1
@@ -146,6 +148,8 @@ class Supervisor:
         stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
         log_json: bool = False,
         spares_after_s: float = 0.0,
+        shard_binds: tuple[str, ...] = (),
+        metrics: str = METRICS_DEFAULT,
     ) -> None:
         self.layout = layout
         # The spares for restarts warm up this long after every child first serves (a
@@ -158,7 +162,12 @@ class Supervisor:
         self.stuck_timeout_s = stuck_timeout_s  # 0: never judge a shard stuck
         # `cpn up --log-json`: every child logs JSON lines too.
         self.log_args: tuple[str, ...] = ("--log-json",) if log_json else ()
-        self.shard_binds: tuple[str, ...] = ()  # a cluster file's shard endpoints, if any
+        self.shard_binds = shard_binds  # a cluster file's shard endpoints, if any
+        # /metrics (cluster/supervisor_metrics.py): HOST:PORT or "off"; checked here, so
+        # a bad address fails `cpn up` before any child starts.
+        self._metrics_at = metrics_address(metrics, allow_remote=False)
+        self._metrics = SupervisorMetrics()
+        self.stuck_kills = 0
         self.stopping = False
         self._status_client: ShardClient | None = None
         self._status_next_s = 0.0
@@ -263,6 +272,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         self._wake_on_signals()
+        served = self._serve_metrics()
         log.info(
             "supervising net %r with %d shards in %s (pid %d)",
             self.config.net,
@@ -297,6 +307,7 @@ class Supervisor:
                 if self.stuck_timeout_s > 0 and time.monotonic() >= self._status_next_s:
                     self._status_next_s = time.monotonic() + STATUS_POLL_S
                     self._kill_stuck_shards()
+                self._metrics.sample = self._sample()
                 self._wait_tick()
         except CpnError as exc:
             log.error("giving up: %s", exc)
@@ -309,12 +320,37 @@ class Supervisor:
             if self._router_standby is not None:
                 self._router_standby.close()
             self._stop_waking()
+            if served is not None:
+                served.stop()
+                self.layout.supervisor_metrics_file.unlink(missing_ok=True)
             children = [c.handle for c in (*self.shards, self.router) if c.handle is not None]
             stop_all(children, timeout_s=STOP_TIMEOUT_S)
             with contextlib.suppress(FileNotFoundError):
                 self.layout.supervisor_pid_file.unlink()
             os.close(lock_fd)
             log.info("supervisor stopped")
+
+    def _serve_metrics(self) -> MetricsServer | None:
+        """Serve the supervisor's metrics (None when off); their URL is published in
+        the cluster directory's ``supervisor.metrics``."""
+        if self._metrics_at is None:
+            return None
+        return serve_metrics(
+            self._metrics_at, self._metrics.collect, url_file=self.layout.supervisor_metrics_file
+        )
+
+    def _sample(self) -> SupervisorSample:
+        return SupervisorSample(
+            tuple(
+                ChildReading(
+                    child.name,
+                    child.starts,
+                    child.handle is not None and child.handle.alive(),
+                )
+                for child in (self.router, *self.shards)
+            ),
+            self.stuck_kills,
+        )
 
     def _wake_on_signals(self) -> None:
         """Let a signal end the loop's wait at once: SIGCHLD when a child dies (its
@@ -485,6 +521,7 @@ class Supervisor:
                     handle.pid,
                     now - shard.progress_at_s,
                 )
+                self.stuck_kills += 1
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(handle.pid, signal.SIGKILL)  # it is ours: handle.pid is our child
 
@@ -537,6 +574,6 @@ def supervise(
         stuck_timeout_s=stuck_timeout_s,
         log_json=log_json,
         spares_after_s=spares_after_s,
+        shard_binds=shard_binds,
     )
-    supervisor.shard_binds = shard_binds
     supervisor.run()

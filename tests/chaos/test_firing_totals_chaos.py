@@ -16,12 +16,15 @@ import os
 import re
 import signal
 import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.chaos import ChaosRun
 from cluster.processes import wait_for
 from cluster.totals import firing_totals
+from router.shell.metrics import read_metrics_url
 from tests.hopping_cluster import HoppingCluster, wait_scaled
 
 pytestmark = [pytest.mark.serial, pytest.mark.integration]
@@ -96,3 +99,19 @@ def test_totals_exact_through_kills_and_scaling(hopping_cluster: HoppingCluster)
     this_incarnation = sum(s["firings"].get("hop", 0) for s in stats.values())
     assert this_incarnation < expected["hop"] - retired[2]["hop"]
     assert _status_totals(cluster) == expected
+
+    # The supervisor, which restarted them, counts the restarts on its /metrics.
+    published = read_metrics_url(cluster.layout.supervisor_metrics_file)
+    assert published is not None, "the supervisor published no metrics URL"
+    with urllib.request.urlopen(published[0], timeout=10) as response:  # loopback
+        text = response.read().decode()
+    starts = {
+        sample.labels["child"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "cpn_supervisor_child_starts"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    # Shard 2 retired: the supervisor no longer runs it, nor shows it.
+    assert starts.keys() == {"router", "shard 0", "shard 1"}, starts
+    assert starts["shard 1"] >= 2 and starts["shard 0"] >= 1 and starts["router"] >= 1, starts
