@@ -348,6 +348,7 @@ class Supervisor:
                     child.handle is not None and child.handle.alive(),
                 )
                 for child in (self.router, *self.shards)
+                if not child.retired
             ),
             self.stuck_kills,
         )
