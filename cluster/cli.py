@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
@@ -36,6 +36,7 @@ from cluster.commands.jobs import jobs_demo
 from cluster.commands.options import (
     DURATION,
     allow_impure_option,
+    cluster_data_option,
     log_json_option,
     net_params_option,
     refuse_impure,
@@ -311,7 +312,6 @@ def shard(
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATUS_TIMEOUT_MS = 2_000
-CLUSTER_DATA_HELP = "The cluster's data directory (as given to `cpn up`)."
 
 
 def _net_option(help_text: str) -> Callable[[F], F]:
@@ -326,7 +326,7 @@ def _data_option(help_text: str) -> Callable[[F], F]:
 
 
 def _cluster_data(command: F) -> F:
-    return _data_option(CLUSTER_DATA_HELP)(command)
+    return cast(F, cluster_data_option(command))
 
 
 def _shards_option(help_text: str) -> Callable[[F], F]:

@@ -61,6 +61,7 @@ from cluster.processes import (
 )
 from cluster.supervisor_metrics import ChildReading, SupervisorMetrics, SupervisorSample
 from nets.errors import CpnError
+from router.shell.datadir import unpublish
 from router.shell.logsetup import configure_logging
 from router.shell.metrics import METRICS_DEFAULT, MetricsServer, metrics_address, serve_metrics
 from router.wire import ClusterState, ClusterStatus
@@ -322,7 +323,7 @@ class Supervisor:
             self._stop_waking()
             if served is not None:
                 served.stop()
-                self.layout.supervisor_metrics_file.unlink(missing_ok=True)
+                unpublish(self.layout.supervisor_metrics_file)
             children = [c.handle for c in (*self.shards, self.router) if c.handle is not None]
             stop_all(children, timeout_s=STOP_TIMEOUT_S)
             with contextlib.suppress(FileNotFoundError):

@@ -21,6 +21,7 @@ from types import FrameType
 import click
 
 from cluster.commands.deploy import config_option
+from cluster.commands.options import cluster_data_option
 from cluster.dashboard.sampler import Sampler
 from cluster.dashboard.server import DashboardServer
 from cluster.layout import ClusterConfig, ClusterLayout
@@ -32,13 +33,7 @@ from router.endpoints import listen_address
 
 @click.command()
 @config_option("client")  # --config: a cluster file's data directory and CURVE keys
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="The cluster's data directory (as given to `cpn up`).",
-)
+@cluster_data_option
 @click.option(
     "--host",
     default="127.0.0.1",

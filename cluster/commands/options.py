@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import click
@@ -12,6 +13,7 @@ import click
 from cluster.layout import parse_net_param
 from nets.errors import CpnError
 from nets.model import Net
+from router.shell.metrics import METRICS_DEFAULT
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1}
@@ -125,3 +127,41 @@ def log_json_option(command: Callable[..., Any]) -> Callable[..., Any]:
         help="Log one JSON object per line (time, level, logger, message, fields) instead of "
         "text; `cpn up` passes it on to the router and the shards.",
     )(command)
+
+
+CLUSTER_DATA_HELP: Final = "The cluster's data directory (as given to `cpn up`)."
+
+
+def cluster_data_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--data DIR``: a running cluster's data directory (required)."""
+    return click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        required=True,
+        help=CLUSTER_DATA_HELP,
+    )(command)
+
+
+def worker_metrics_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--metrics``, ``--metrics-file`` and ``--allow-remote`` of a worker process
+    (cluster/sdk/metrics.py): where it serves /metrics and publishes their URL."""
+    file_type = click.Path(dir_okay=False, path_type=Path)
+    for option in reversed(
+        (
+            click.option(
+                "--metrics",
+                default=METRICS_DEFAULT,
+                show_default=True,
+                help="HOST:PORT of its Prometheus /metrics (port 0: a free one), or off.",
+            ),
+            click.option(
+                "--metrics-file", type=file_type, help="Write the /metrics URL (and pid) here."
+            ),
+            click.option(
+                "--allow-remote", is_flag=True, help="Allow a non-loopback --metrics address."
+            ),
+        )
+    ):
+        command = option(command)
+    return command

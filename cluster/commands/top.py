@@ -20,7 +20,7 @@ from typing import Final
 import click
 
 from cluster.client import ClusterClient
-from cluster.commands.options import DURATION
+from cluster.commands.options import DURATION, cluster_data_option
 from cluster.layout import ClusterLayout, live_endpoint
 from cluster.topview import Sample, View, advance, render
 from nets.errors import CpnError
@@ -133,13 +133,7 @@ def _loop(screen: curses.window, sampler: _Sampler, interval_ms: int) -> None:
 
 
 @click.command()
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="The cluster's data directory (as given to `cpn up`).",
-)
+@cluster_data_option
 @click.option(
     "--interval",
     "interval_ms",

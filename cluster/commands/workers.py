@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING
 import click
 
 from cluster.commands.deploy import active_config, config_option
-from cluster.commands.options import DURATION, log_json_option
+from cluster.commands.options import DURATION, log_json_option, worker_metrics_options
 from cluster.layout import parse_net_param
 from nets.errors import CpnError
-from router.shell.metrics import METRICS_DEFAULT
 
 if TYPE_CHECKING:
     from cluster.sdk.spec import WorkerSpec
@@ -71,12 +70,7 @@ def _cluster_choice(data_dir: Path | None) -> None:
     "--ready-file", type=FILE,
     help="Create this file once the worker is leasing (cpn crawl waits for it to seed).",
 )  # fmt: skip
-@click.option(
-    "--metrics", default=METRICS_DEFAULT, show_default=True,
-    help="HOST:PORT of its Prometheus /metrics (port 0: a free one), or off.",
-)  # fmt: skip
-@click.option("--metrics-file", type=FILE, help="Write the /metrics URL (and pid) here.")
-@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --metrics address.")
+@worker_metrics_options
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -166,12 +160,7 @@ def worker(
 )  # fmt: skip
 @click.option("--ready-file", type=FILE, help="Create this file once the worker is leasing.")
 @log_json_option
-@click.option(
-    "--metrics", default=METRICS_DEFAULT, show_default=True,
-    help="HOST:PORT of its Prometheus /metrics (port 0: a free one), or off.",
-)  # fmt: skip
-@click.option("--metrics-file", type=FILE, help="Write the /metrics URL (and pid) here.")
-@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --metrics address.")
+@worker_metrics_options
 def run_command(
     function_path: str,
     data_dir: Path | None,

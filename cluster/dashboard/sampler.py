@@ -17,10 +17,9 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
-from cluster.client import ClusterClient
+from cluster.client import ClosedOnExit, ClusterClient
 from cluster.dashboard.snapshot import (
     FiringRates,
     ShardReading,
@@ -40,7 +39,7 @@ TOKENS_LISTED_MAX: Final = 1_000
 STOP_TIMEOUT_S: Final = 5.0
 
 
-class Sampler:
+class Sampler(ClosedOnExit):
     """Samples the cluster in ``data_dir`` every ``interval_ms`` in a thread of its own.
 
     The thread starts with the object and stops at :meth:`close` (or the end of a
@@ -64,17 +63,6 @@ class Sampler:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-sampler", daemon=True)
         self._thread.start()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def snapshot(self) -> Snapshot:
         """The latest sample (an immutable record; replaced, never changed)."""

@@ -47,28 +47,43 @@ def lock_directory(path: Path, *, error: type[CpnError] = CpnError) -> int:
     return fd
 
 
-def publish_endpoint(data_dir: Path, endpoint: str) -> None:
-    """Write ``endpoint`` and this process's pid to ``data_dir/endpoint``, atomically."""
-    partial = data_dir / f".{ENDPOINT_FILE}.{os.getpid()}"
-    partial.write_text(f"{endpoint}\n{os.getpid()}\n")
-    partial.replace(data_dir / ENDPOINT_FILE)
+def publish(path: Path, value: str) -> None:
+    """Write ``value`` and this process's pid to ``path``, atomically (an endpoint, a
+    metrics URL: whoever reads it can tell whose it is and whether it still runs)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(f"{value}\n{os.getpid()}\n")
+    partial.replace(path)
 
 
-def unpublish_endpoint(data_dir: Path) -> None:
-    """Remove ``data_dir/endpoint`` if this process wrote it (not a successor's)."""
-    path = data_dir / ENDPOINT_FILE
+def unpublish(path: Path) -> None:
+    """Remove ``path`` if this process published it (not a successor's)."""
     with contextlib.suppress(FileNotFoundError, ValueError):
         lines = path.read_text().split()
         if len(lines) == 2 and int(lines[1]) == os.getpid():
             path.unlink()
 
 
+def read_published(path: Path) -> tuple[str, int] | None:
+    """The ``(value, pid)`` a process published in ``path`` (``None`` until it has)."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        value, pid = path.read_text().split()
+        return value, int(pid)
+    return None
+
+
+def publish_endpoint(data_dir: Path, endpoint: str) -> None:
+    """Write ``endpoint`` and this process's pid to ``data_dir/endpoint``, atomically."""
+    publish(data_dir / ENDPOINT_FILE, endpoint)
+
+
+def unpublish_endpoint(data_dir: Path) -> None:
+    """Remove ``data_dir/endpoint`` if this process wrote it (not a successor's)."""
+    unpublish(data_dir / ENDPOINT_FILE)
+
+
 def read_endpoint(data_dir: Path) -> tuple[str, int] | None:
     """The ``(endpoint, pid)`` a process published in ``data_dir`` (``None`` until it has)."""
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        endpoint, pid = (data_dir / ENDPOINT_FILE).read_text().split()
-        return endpoint, int(pid)
-    return None
+    return read_published(data_dir / ENDPOINT_FILE)
 
 
 FAULT_ENV: Final = "CPN_FAULT_POINTS"  # comma-separated names of fault points to arm

@@ -23,8 +23,6 @@ places, queues, states, codes), never from token keys or URLs.
 from __future__ import annotations
 
 import bisect
-import contextlib
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +32,7 @@ from typing import TYPE_CHECKING, Final
 
 from nets.errors import CpnError
 from router.endpoints import listen_address
+from router.shell.datadir import publish, read_published, unpublish
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -140,7 +139,7 @@ class MetricsServer:
     def stop(self) -> None:
         """Stop serving and remove the published URL (if this process wrote it)."""
         if self.data_dir is not None:
-            unpublish_metrics(self.data_dir)
+            unpublish(self.data_dir / METRICS_FILE)
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
@@ -175,34 +174,13 @@ def serve_metrics(
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound_port}/metrics"
     if data_dir is not None:
-        publish_metrics(data_dir / METRICS_FILE, url)
+        publish(data_dir / METRICS_FILE, url)
     if url_file is not None:
-        publish_metrics(url_file, url)
+        publish(url_file, url)
     return MetricsServer(url, server, thread, data_dir)
-
-
-def publish_metrics(path: Path, url: str) -> None:
-    """Write ``url`` and this process's pid to ``path``, atomically."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(f"{url}\n{os.getpid()}\n")
-    partial.replace(path)
-
-
-def unpublish_metrics(data_dir: Path) -> None:
-    """Remove ``data_dir/metrics`` if this process wrote it (not a successor's)."""
-    path = data_dir / METRICS_FILE
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        lines = path.read_text().split()
-        if len(lines) == 2 and int(lines[1]) == os.getpid():
-            path.unlink()
 
 
 def read_metrics_url(path: Path) -> tuple[str, int] | None:
     """The ``(url, pid)`` published in ``path`` (a data directory's ``metrics`` file, or
     a worker's ``--metrics-file``); None until it is."""
-    if path.is_dir():
-        path = path / METRICS_FILE
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        url, pid = path.read_text().split()
-        return url, int(pid)
-    return None
+    return read_published(path / METRICS_FILE if path.is_dir() else path)
