@@ -440,6 +440,10 @@ def router(
     show_default=True,
     help="Warm the spare interpreters kept for restarts this long after every child serves.",
 )
+@click.option(
+    "--fork-children", is_flag=True, hidden=True,
+    help="With --foreground: fork the children's first starts (cluster/supervisor.py).",
+)  # fmt: skip
 @net_params_option
 @allow_impure_option
 @log_json_option
@@ -454,6 +458,7 @@ def up(
     timeout_ms: int,
     stuck_timeout_ms: int,
     spares_after_ms: int,
+    fork_children: bool,
     net_params: tuple[tuple[str, Any], ...],
     allow_impure: bool,
     log_json: bool,
@@ -488,6 +493,7 @@ def up(
             shard_binds=shard_binds(),
             log_json=log_json,
             spares_after_s=spares_after_ms / 1000,
+            fork_first=fork_children,
         )
         return
     info = start_cluster(

@@ -19,6 +19,7 @@ process by its command line (the supervisor) is started as a new interpreter.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -83,9 +84,23 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
-def fork_cpn(cli_args: Sequence[str], *, log_path: Path, env: Mapping[str, str]) -> ForkedProcess:
+def fork_cpn(
+    cli_args: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str],
+    stdin_fd: int | None = None,
+    close_fds: Sequence[int] = (),
+    new_session: bool = False,
+) -> ForkedProcess:
     """Run ``cpn CLI_ARGS`` in a forked child with ``env`` as its environment, its stdout
     and stderr appended to ``log_path`` and nothing on its stdin; return at once.
+
+    ``stdin_fd``: the child's stdin instead (the parent keeps its own copy, to close).
+    ``close_fds``: descriptors the child closes first (the write ends of other forked
+    children's stdin pipes: a copy left open here would keep them from ever reading
+    end-of-file). ``new_session``: the child leads a session of its own, as a detached
+    ``cpn up`` would (a Ctrl-C at the terminal reaches the parent only, which stops it).
 
     The caller checked :func:`fork_is_safe` and has opened no ZeroMQ or LMDB.
     """
@@ -99,12 +114,24 @@ def fork_cpn(cli_args: Sequence[str], *, log_path: Path, env: Mapping[str, str])
         return ForkedProcess(pid, cli_args)
     code = EXIT_CRASHED
     try:
-        # The parent's handlers (a Ctrl-C handler, say) are not the command's.
+        for fd in close_fds:
+            os.close(fd)
+        if new_session:
+            os.setsid()
+        # The parent's log handlers and signal handlers (its log file, a Ctrl-C
+        # handler) are not the command's: the command sets up its own.
+        for handler in logging.root.handlers[:]:
+            logging.root.removeHandler(handler)
+            handler.close()  # this child's copy of the file: the parent's stays open
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
-        nothing = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(nothing, 0)
-        os.close(nothing)
+        if stdin_fd is None:
+            nothing = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(nothing, 0)
+            os.close(nothing)
+        else:
+            os.dup2(stdin_fd, 0)
+            os.close(stdin_fd)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cluster.client import ClusterClient, ShardUnavailable
+from cluster.forked import ForkedProcess, fork_cpn
 from cluster.layout import ClusterConfig, ClusterLayout, live_endpoint, supervisor_pid
 from cluster.pids import pid_running, process_args
 from cluster.processes import ERROR_PREFIX, wait_for
@@ -134,10 +135,16 @@ def spawn_supervisor(
     bind: str = LOOPBACK_ANY_PORT,
     stuck_timeout_s: float = STUCK_TIMEOUT_S_DEFAULT,
     extra_args: tuple[str, ...] = (),
-) -> tuple[subprocess.Popen[bytes], int]:
+    fork: bool = False,
+) -> tuple[subprocess.Popen[bytes] | ForkedProcess, int]:
     """Start the cluster's supervisor detached and return at once: its process and
     where its log starts (for :func:`wait_up`). The caller keeps the handle until the
     supervisor has exited (:func:`up` lets it go once the cluster is ready).
+
+    ``fork``: fork it from this process (:func:`cluster.forked.fork_cpn`; the caller
+    vouches that it is safe) instead of starting an interpreter. Its command line is
+    then this process's, so :func:`cluster.layout.supervisor_pid` (and with it ``cpn
+    down``) does not know it: the caller stops it by its handle.
 
     Raises:
         CpnError: a supervisor already runs.
@@ -168,6 +175,11 @@ def spawn_supervisor(
     ]
     with layout.supervisor_log.open("ab") as log_file:
         log_start = log_file.tell()  # what the new supervisor writes comes after this
+        if fork:
+            forked = fork_cpn(
+                args[3:], log_path=layout.supervisor_log, env=os.environ, new_session=True
+            )
+            return forked, log_start
         process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
@@ -181,7 +193,7 @@ def spawn_supervisor(
 def wait_up(
     layout: ClusterLayout,
     config: ClusterConfig,
-    process: subprocess.Popen[bytes],
+    process: subprocess.Popen[bytes] | ForkedProcess,
     log_start: int,
     *,
     timeout_s: float = READY_TIMEOUT_S,

@@ -15,12 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import IO, Any, Final, TypeVar
 
-from cluster.forked import ForkedProcess
+from cluster.forked import ForkedProcess, fork_cpn
 from cluster.logtail import tail
 from cluster.standby import PREPARE_NET, STANDBY
 from nets.errors import CpnError
@@ -167,32 +167,65 @@ class Standby:
         env: dict[str, str] | None,
         *,
         net: tuple[str, int, Mapping[str, Any]] | None = None,
+        fork_closing: Sequence[int] | None = None,
     ) -> None:
-        """``net``: the (path, seed, params) its child will load, to build in advance."""
+        """``net``: the (path, seed, params) its child will load, to build in advance.
+
+        ``fork_closing``: fork this process instead of starting an interpreter (the
+        caller vouches it is safe, :func:`cluster.forked.fork_is_safe`); the child
+        closes these descriptors first (:func:`fork_standbys`). A forked standby shows
+        its parent's command line, not its child's.
+        """
         self.data_dir = data_dir
         prepare: list[str] = []
         if net is not None:
             path, seed, params = net
             spec = {"net": path, "seed": seed, "params": dict(params)}
             prepare = [PREPARE_NET, json.dumps(spec, sort_keys=True)]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", STANDBY, role, "--data", str(data_dir), *prepare],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-        )
+        cli_args = [STANDBY, role, "--data", str(data_dir), *prepare]
+        self.process: subprocess.Popen[bytes] | ForkedProcess
+        if fork_closing is None:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cluster.cli", *cli_args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+            )
+            assert self.process.stdin is not None
+            self._orders: IO[bytes] = self.process.stdin
+            return
+        read_fd, write_fd = os.pipe()
+        try:
+            self.process = fork_cpn(
+                cli_args,
+                log_path=Path(os.devnull),
+                env={**os.environ, **(env or {})},
+                stdin_fd=read_fd,
+                close_fds=(*fork_closing, write_fd),
+            )
+        except BaseException:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+        self._orders = os.fdopen(write_fd, "wb")
+
+    @property
+    def orders_fd(self) -> int:
+        """The descriptor its order is written to (a later forked standby closes it)."""
+        return self._orders.fileno()
 
     def become(self, role: str, data_dir: Path, options: tuple[str, ...]) -> ShardProcess | None:
         """Make it ``cpn ROLE --data DATA_DIR OPTIONS``; None if it died meanwhile."""
-        if self.process.poll() is not None or self.process.stdin is None:
+        if self.process.poll() is not None or self._orders.closed:
             return None
         assert data_dir == self.data_dir, (data_dir, self.data_dir)
         cli_args = [role, "--data", str(data_dir), *options]
         order = {"args": cli_args, "output": str(data_dir / STDERR_FILE)}
         try:
-            self.process.stdin.write((json.dumps(order) + "\n").encode())
-            self.process.stdin.close()
+            self._orders.write((json.dumps(order) + "\n").encode())
+            self._orders.close()
         except OSError:
             return None
         args = [sys.executable, "-m", "cluster.cli", *cli_args]
@@ -200,14 +233,38 @@ class Standby:
 
     def close(self) -> None:
         """Let an unused standby exit (an empty stdin), and reap it."""
-        if self.process.stdin is not None and not self.process.stdin.closed:
+        if not self._orders.closed:
             with contextlib.suppress(OSError):
-                self.process.stdin.close()
+                self._orders.close()
         try:
             self.process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def fork_standbys(
+    wanted: Sequence[tuple[str, Path]],
+    env: dict[str, str] | None,
+    *,
+    net: tuple[str, int, Mapping[str, Any]] | None = None,
+) -> list[Standby]:
+    """A forked standby for each (role, data directory) of ``wanted``, in order: each
+    child shares this process's imports and starts at once (no interpreter to start).
+
+    Only from a process with one thread and no ZeroMQ or LMDB open (the caller checks
+    :func:`cluster.forked.fork_is_safe` and vouches for the rest).
+    """
+    standbys: list[Standby] = []
+    try:
+        for role, data_dir in wanted:
+            closing = [s.orders_fd for s in standbys]
+            standbys.append(Standby(role, data_dir, env, net=net, fork_closing=closing))
+    except BaseException:
+        for standby in standbys:
+            standby.close()
+        raise
+    return standbys
 
 
 def _start(

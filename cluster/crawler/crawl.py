@@ -20,7 +20,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -35,11 +35,10 @@ from typing import Any, Final, TextIO
 from cluster.client import ClusterClient
 from cluster.crawler.report import CrawlReport, domain_gaps, file_pages, read_timings, tally
 from cluster.crawler.urls import InvalidUrl, canonical_url, domain_of
-from cluster.forked import fork_is_safe
-from cluster.launch import down as stop_cluster
+from cluster.forked import ForkedProcess, fork_is_safe
 from cluster.launch import record_config, settle_config, spawn_supervisor, wait_up
 from cluster.layout import ClusterConfig, ClusterLayout
-from cluster.processes import stop_all
+from cluster.processes import ShardProcess, stop_all
 from cluster.worker_processes import WorkerProcess, await_leasing, restart_exited, running_pids
 from nets.errors import CpnError
 from nets.loader import load_net
@@ -106,10 +105,13 @@ class Crawl:
         self.timing_files: list[Path] = []  # the fetch workers' request timings
         self.layout: ClusterLayout | None = None
         self.started_cluster = False
-        self._supervisor: tuple[subprocess.Popen[bytes], int] | None = None  # and its log start
+        # The supervisor this crawl started, and where its log starts.
+        self._supervisor: tuple[subprocess.Popen[bytes] | ForkedProcess, int] | None = None
         self.first_put_s = 0.0
         self.done_s = 0.0
         self.stop_requested = False  # set (e.g. from on_poll) to end the crawl early
+        self._exec_s = 0.0  # when this process started, on the monotonic clock
+        self._phases_s: dict[str, float] = {}
 
     # -- input ----------------------------------------------------------------------------
 
@@ -223,11 +225,16 @@ class Crawl:
         )
         load_net(config.net, seed=config.seed, params=config.params)  # one-line errors here
         # The supervisor (`cpn up --foreground`) is started here, not through `cpn up`
-        # (one interpreter less before the first request), and the workers start while
-        # it comes up (:meth:`run`); this process reaps it after `cpn down`.
+        # (one interpreter less before the first request), forked from this process
+        # when that is safe (no interpreter at all: it shares these imports), and it
+        # forks the router's and the shards' first starts in turn; the workers start
+        # while it comes up (:meth:`run`). This process stops it by its handle.
         record_config(layout, config)
         self._supervisor = spawn_supervisor(
-            layout, config, extra_args=("--spares-after", f"{SPARES_AFTER_MS}ms")
+            layout,
+            config,
+            extra_args=("--spares-after", f"{SPARES_AFTER_MS}ms", "--fork-children"),
+            fork=fork_is_safe(),
         )
         self.started_cluster = True
         return layout
@@ -247,14 +254,15 @@ class Crawl:
         except CpnError as exc:
             raise CpnError(f"the crawl's cluster did not start: {exc}") from None
 
-    def _reap_supervisor(self) -> None:
+    def _stop(self) -> None:
+        """Stop the workers and the cluster this crawl started, all at once: the
+        supervisor stops its children itself (SIGTERM, then SIGKILL after a grace)."""
+        handles = [w.handle for w in self.workers if w.handle is not None]
         if self._supervisor is not None:
             process = self._supervisor[0]
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=STOP_S)
-            if process.poll() is None:  # `cpn down` failed: stop what this crawl started
-                process.kill()
-                process.wait()
+            root = self.layout.root if self.layout is not None else Path()
+            handles.append(ShardProcess(root, process, role="supervisor"))
+        stop_all(handles, timeout_s=STOP_S)
 
     # -- workers --------------------------------------------------------------------------
 
@@ -296,9 +304,6 @@ class Crawl:
     def worker_pids(self, role: str | None = None) -> list[int]:
         return running_pids(self.workers, role)
 
-    def _stop_workers(self) -> None:
-        stop_all([w.handle for w in self.workers if w.handle is not None])
-
     # -- running --------------------------------------------------------------------------
 
     def run(self, *, on_poll: Callable[[Crawl, dict[str, int]], None] | None = None) -> CrawlReport:
@@ -311,6 +316,8 @@ class Crawl:
             CpnError: the cluster cannot be started or joined, or no seed is usable.
         """
         started = time.monotonic()
+        self._exec_s = started - _since_exec_s()
+        self._mark("run")
         o = self.options
         seeds = self.read_seeds()
         params = self.net_params()
@@ -320,6 +327,7 @@ class Crawl:
             )
         try:
             self.layout = self._start_or_join(params)
+            self._mark("cluster_started")
             o.out.parent.mkdir(parents=True, exist_ok=True)
             o.out.touch()
             self._plan_workers(self.layout)
@@ -332,27 +340,37 @@ class Crawl:
                 _import_worker_modules()
             for worker in self.workers:
                 worker.start(fork=fork)
+            self._mark("workers_started")
             self._await_cluster()
+            self._mark("cluster_serving")
             self._await_workers()
+            self._mark("workers_leasing")
             with ClusterClient.for_data_dir(
                 self.layout.root, timeout_ms=STATS_TIMEOUT_MS, retries=2
             ) as client:
                 self._seed(client, seeds, params)
                 self.first_put_s = time.monotonic()
                 self.report.startup_s = self.first_put_s - started
+                self._mark("seeded")
                 self._watch(client, on_poll)
+                self._mark("done")
                 self._collect(client)
+                self._mark("collected")
         finally:
-            self._stop_workers()
-            if self.started_cluster and self.layout is not None:
-                with contextlib.suppress(CpnError):
-                    stop_cluster(self.layout)
-                self._reap_supervisor()
+            self._stop()
+            self._mark("stopped")
             self.report.wall_s = (self.done_s or time.monotonic()) - self.first_put_s
             self._collect_files()  # the timing logs may live in a temporary directory
             if self._own_dir is not None:
                 shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._mark("reported")
+            self.report.extra["phases_s"] = dict(self._phases_s)
         return self.report
+
+    def _mark(self, phase: str) -> None:
+        """Note when ``phase`` ended, in seconds since this process was started (the
+        report's ``phases_s``: where start-up and shut-down go, docs/scraper.md)."""
+        self._phases_s[phase] = round(time.monotonic() - self._exec_s, 3)
 
     def _seed(
         self, client: ClusterClient, seeds: Sequence[tuple[str, str]], params: dict[str, Any]
@@ -470,6 +488,16 @@ class Crawl:
     def _say(self, text: str) -> None:
         self.stderr.write(f"crawl: {text}\n")
         self.stderr.flush()
+
+
+def _since_exec_s() -> float:
+    """How long ago this process started (its exec), from /proc; 0.0 where unknown."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return max(0.0, uptime_s - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
 
 
 def _import_worker_modules() -> None:

@@ -23,7 +23,9 @@ places, queues, states, codes), never from token keys or URLs.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 METRICS_FILE: Final = "metrics"
 METRICS_OFF: Final = "off"
 METRICS_DEFAULT: Final = "127.0.0.1:0"
+STOP_WAKES_MAX: Final = 50  # connections that wake a stopping server (one is enough)
 NAME_PREFIX: Final = "cpn_"
 _NAME: Final = re.compile(r"cpn_[a-z][a-z0-9_]*")
 # Units that are not base units: a name carrying one is a mistake.
@@ -140,7 +143,19 @@ class MetricsServer:
         """Stop serving and remove the published URL (if this process wrote it)."""
         if self.data_dir is not None:
             unpublish(self.data_dir / METRICS_FILE)
-        self.server.shutdown()
+        # shutdown() waits until serve_forever looks at its flag again, which it does
+        # after a request or every 0.5 s (prometheus_client's poll interval): a
+        # connection of our own wakes it at once, so a process stops that much sooner.
+        stopper = threading.Thread(target=self.server.shutdown, name="metrics-stop")
+        stopper.start()
+        host, port = self.server.server_address[:2]
+        for _ in range(STOP_WAKES_MAX):
+            with contextlib.suppress(OSError):
+                socket.create_connection((str(host), int(port)), timeout=0.1).close()
+            stopper.join(timeout=0.02)
+            if not stopper.is_alive():
+                break
+        stopper.join()
         self.server.server_close()
         self.thread.join(timeout=5)
 
