@@ -29,6 +29,7 @@ what it reads back (:class:`~router.control.Recovered`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -276,14 +277,27 @@ def serve(config: RouterConfig) -> None:
 
 
 class _Stop:
-    """Set by SIGTERM or SIGINT: the loop ends after its current turn (a graceful stop)."""
+    """Set by SIGTERM or SIGINT: the loop ends after its current turn (a graceful stop).
+    A signal also writes a byte to ``wake_read``'s pipe, which wakes the loop's poll at
+    once instead of at its next timeout (up to ``POLL_MS``: a cluster stops sooner)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake_read: int, wake_write: int) -> None:
         self.requested = False
+        self.wake_read = wake_read
+        self.wake_write = wake_write
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        os.close(self.wake_read)
+        os.close(self.wake_write)
 
 
 def _stop_on_signals() -> _Stop:
-    stop = _Stop()
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    stop = _Stop(wake_read, wake_write)
 
     def on_signal(_signum: int, _frame: object) -> None:
         stop.requested = True
@@ -300,9 +314,30 @@ def _loop(
     stop: _Stop,
     metrics: RouterMetrics | None,
 ) -> None:
+    poller = zmq.Poller()
+    poller.register(socket, zmq.POLLIN)
+    poller.register(stop.wake_read, zmq.POLLIN)
+    try:
+        _turns(core, store, socket, stop, metrics, poller)
+    finally:
+        stop.close()
+
+
+def _turns(
+    core: ControlPlane,
+    store: RouterStore,
+    socket: zmq.Socket[bytes],
+    stop: _Stop,
+    metrics: RouterMetrics | None,
+    poller: zmq.Poller,
+) -> None:
     wait_ms = 0
     while not (core.stopping or stop.requested):
-        ready = socket.poll(wait_ms, zmq.POLLIN)
+        events = dict(poller.poll(wait_ms))
+        if stop.wake_read in events:
+            with contextlib.suppress(BlockingIOError):
+                os.read(stop.wake_read, 512)
+        ready = socket in events
         now_ms = time.monotonic_ns() // 1_000_000  # the turn's one clock reading
         _carry_out(core, store, socket, core.tick(now_ms), route=None)
         for _ in range(REQUESTS_PER_TURN_MAX if ready else 0):
