@@ -47,6 +47,11 @@ from shard.exchange import Exchange
 from shard.mover import MoveHost, Mover
 
 HEARTBEAT_MS: Final = 250
+# A heartbeat that could not go (the router's connection is not up yet: a shard's first
+# heartbeat, right after it connects, or a router that is down) goes again this soon,
+# not a whole HEARTBEAT_MS later: the router learns a new shard's endpoint, and the
+# cluster serves, that much sooner.
+HEARTBEAT_RETRY_MS: Final = 10
 TABLE_REQUEST_MS: Final = 250  # at most one table request per this interval
 TABLE_REFRESH_PENDING_MS: Final = 2_000
 ROUTER: Final = -1  # the target (and source) id of the router
@@ -196,6 +201,9 @@ class Link:
                 self.table_wanted = True
         elif send.kind == "fetch":
             self.table_wanted = True  # the source may have moved: learn its endpoint
+        elif send.kind == "heartbeat":
+            self.counters["heartbeat_sends_failed"] += 1
+            self.next_heartbeat_ms -= HEARTBEAT_MS - HEARTBEAT_RETRY_MS
 
     def _encode(self, message: Message) -> bytes:
         return encode(message, message_id=0, incarnation=self.incarnation)
