@@ -214,6 +214,9 @@ class CrawlerRun:
     requests: int
     cpu_s: float
     finished: bool = True  # False: stopped after RUN_TIMEOUT_S; its figures so far
+    # Ours only: when each phase of start-up and shut-down ended, in seconds since the
+    # crawl's exec (its report's ``phases_s``, cluster/crawler/crawl.py).
+    phases_s: tuple[tuple[str, float], ...] = ()
 
     @property
     def span_over_bound(self) -> float:
@@ -359,7 +362,16 @@ def run_crawler(
         requests=len(records),
         cpu_s=cpu_s,
         finished=finished,
+        phases_s=_phases(out.with_suffix(".report.json")),
     )
+
+
+def _phases(report_json: Path) -> tuple[tuple[str, float], ...]:
+    """The phases of a ``cpn crawl --report-json`` report; () without one."""
+    if not report_json.exists():
+        return ()
+    phases = json.loads(report_json.read_text()).get("extra", {}).get("phases_s", {})
+    return tuple((str(name), float(at_s)) for name, at_s in phases.items())
 
 
 def _read_log(path: Path) -> list[RequestRecord]:
@@ -381,6 +393,7 @@ def ours(point: SweepPoint, out: Path, data: Path) -> list[str]:
         *("--delay", f"{point.delay_ms}ms", "--quiet", "--data", str(data)),
         *("--net-param", f"direct_slots={CAP}", "--net-param", f"max_attempts={MAX_ATTEMPTS}"),
         *("--net-param", f"backoff_base_ms={BACKOFF_BASE_MS}"),
+        *("--report-json", str(out.with_suffix(".report.json"))),
     ]
 
 
@@ -402,6 +415,11 @@ def describe(run: CrawlerRun) -> str:
         f"missing {run.missing}, over cap {run.over_cap}; {run.pages} pages, "
         f"{run.requests} requests; CPU {run.cpu_s:5.2f} s = {run.cpu_s_per_1k_pages:5.2f} s "
         "per 1,000 pages"
+    ) + (
+        "\n          phases (s since exec): "
+        + ", ".join(f"{name} {at_s:.2f}" for name, at_s in run.phases_s)
+        if run.phases_s
+        else ""
     )
 
 
