@@ -8,8 +8,10 @@ command in the child: the child shares the parent's imported modules and runs at
 Forking is safe only in a process with one thread that has opened no ZeroMQ context,
 socket or LMDB environment (docs/cluster.md): :func:`fork_is_safe` checks the threads;
 the caller vouches for the rest (``cpn crawl`` forks its workers before it opens a
-client). A forked child shows its parent's command line, so whatever must find a
-process by its command line (the supervisor) is started as a new interpreter.
+client); the crawl's supervisor is forked too, and forks its router's and shards' first
+starts (:func:`cluster.processes.fork_standbys`). A forked child shows its parent's
+command line, so a process that tools must find by its command line (a restarted
+child, a ``cpn up`` supervisor) is started as a new interpreter.
 
 :class:`ForkedProcess` has the parts of :class:`subprocess.Popen` that a
 :class:`cluster.processes.ShardProcess` uses (``pid``, ``returncode``, ``poll``,
