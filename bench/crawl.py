@@ -72,7 +72,7 @@ import threading
 import time
 import tokenize
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +87,7 @@ from cluster.mock_web.site import CrawlExpectation, PageRef, SiteConfig, SiteMod
 from cluster.mock_web.web import HOSTS_FILE, REQUESTS_FILE
 from nets.errors import CpnError
 from nets.scraper import CrawlPolicy
+from router.shell.datadir import read_endpoint
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 NET_FILE: Final = ROOT / "nets" / "scraper.py"
@@ -249,12 +250,19 @@ class ChildCpu:
     the last sample; take one just before the processes are stopped.
     """
 
-    def __init__(self, *, excluded: set[int]) -> None:
+    def __init__(
+        self, *, excluded: set[int], known: Callable[[], Mapping[int, str]] | None = None
+    ) -> None:
+        """``known``: the kinds of the pids known by other means than a command line
+        (a forked child shows its parent's: cluster/forked.py), asked at every sample."""
         self._excluded = excluded
+        self._known = known
         self._seconds: dict[int, float] = {}
         self._kinds: dict[int, str] = {}
 
     def sample(self) -> None:
+        if self._known is not None:
+            self._kinds.update(self._known())
         for child in psutil.Process().children(recursive=True):
             if child.pid in self._excluded:
                 continue
@@ -428,6 +436,19 @@ def run_cluster(
             assert self.cpu is not None
             self.cpu.sample()
 
+        def known_pids(self) -> dict[int, str]:
+            """The workers', the router's and the shards' pids, by kind."""
+            roles = {w.role for w in self.workers}
+            known = {pid: f"{role} worker" for role in roles for pid in self.worker_pids(role)}
+            if self.layout is not None:
+                dirs = [("router", self.layout.router_dir)]
+                dirs += [("shard", self.layout.shard_dir(k)) for k in range(args.shards)]
+                for kind, data_dir in dirs:
+                    published = read_endpoint(data_dir)
+                    if published is not None:
+                        known[published[1]] = kind
+            return known
+
     out = root / "cluster-pages.jsonl"
     with served_web(workload, root / "web-cluster") as web:
         options = CrawlOptions(
@@ -444,7 +465,7 @@ def run_cluster(
             progress=False,
         )
         crawl = MeasuredCrawl(options, stderr=sys.stderr)
-        crawl.cpu = ChildCpu(excluded={web.pid})
+        crawl.cpu = ChildCpu(excluded={web.pid}, known=crawl.known_pids)
         started_wall_ms = _wall_ms()
         cpu_before = time.process_time()
         sampling = _every(CPU_SAMPLE_S, crawl.cpu.sample)
