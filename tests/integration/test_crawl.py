@@ -29,6 +29,7 @@ from cluster.mock_web.log import (
 from cluster.mock_web.proxy import MockProxies, interval_violations
 from cluster.mock_web.site import SiteConfig, SiteModel
 from cluster.mock_web.web import MockWeb
+from cluster.pids import process_args
 
 pytestmark = pytest.mark.integration
 
@@ -272,6 +273,15 @@ def test_cpn_crawl_command_line(tmp_path: Path) -> None:
     assert file_pages(out) == (set(must_store), 0)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["pages"] == len(must_store) and report["politeness_violations"] == 0
+    # Start-up and shut-down in order; the cluster and workers it forked all stopped.
+    phases = report["extra"]["phases_s"]
+    assert list(phases) == [
+        "run", "cluster_started", "workers_started", "cluster_serving", "workers_leasing",
+        "seeded", "done", "collected", "stopped", "reported",
+    ]  # fmt: skip
+    assert list(phases.values()) == sorted(phases.values())
+    data = str(tmp_path / "data")
+    assert not [pid for pid in _pids() if data in " ".join(process_args(pid))]
     usage = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "crawl", "http://127.0.0.1:9/", "--out", str(out),
          "--scope", "allow-list"],
@@ -355,3 +365,7 @@ def test_net_params_reach_every_shard(tmp_path: Path) -> None:
     assert bogus.returncode == 2
     assert bogus.stderr.count("\n") == 1 and "unknown parameter 'bogus'" in bogus.stderr
     assert Counter(bogus.stderr)  # one line, no traceback
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]

@@ -45,3 +45,36 @@ def test_a_forked_command_logs_exits_and_is_signalled(tmp_path: Path) -> None:
     text = log.read_text()
     assert "--role" in text, "the worker's help went to the log"
     assert "No such command" in text or "no-such-command" in text
+
+
+STANDBYS_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from cluster.processes import fork_standbys
+    from tests.integration.test_shard import _env
+    root = Path(sys.argv[1])
+    params = {"builds_file": str(root / "builds")}
+    net = ("tests.nets_for_tests:jobs_counting_builds", 0, params)
+    unused, used = fork_standbys([("shard", root / "a"), ("shard", root / "b")], _env(), net=net)
+    # The second standby holds no copy of the first one's order pipe: closing it ends
+    # the first at once.
+    unused.close()
+    print("unused", unused.process.returncode)
+    (root / "b").mkdir()
+    handle = used.become("shard", root / "b", ("--help",))
+    print("used", handle.pid == used.process.pid, handle.process.wait(timeout=30))
+    """
+)
+
+
+def test_forked_standbys_build_the_net_and_become_their_command(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STANDBYS_SCRIPT, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "unused 0" in done.stdout
+    assert "used True 0" in done.stdout
+    assert "--shard-id" in (tmp_path / "b" / "stderr.log").read_text(), "the shard's help"
+    assert (tmp_path / "builds").read_text() == "built\nbuilt\n", "each built the net"
