@@ -41,8 +41,8 @@ import zmq
 
 from cluster.client import ShardClient
 from cluster.invariants import InvariantReport, ShardSnapshot, check
-from cluster.layout import ClusterConfig, ClusterLayout, supervisor_pid
-from cluster.pids import parent_pid, pid_running, process_args
+from cluster.layout import ClusterConfig, ClusterLayout, serves_directory, supervisor_pid
+from cluster.pids import parent_pid, pid_running
 from nets.errors import CpnError
 from router.shell.datadir import read_endpoint
 from router.table import PartitionTable
@@ -239,13 +239,8 @@ class ChaosRun:
         published = read_endpoint(data_dir)
         if published is None or not pid_running(published[1]):
             return None
-        args = process_args(published[1])
-        role = ROUTER if victim == ROUTER else "shard"
         ours = (
-            "cluster.cli" in args
-            and role in args
-            and str(data_dir) in args
-            and parent_pid(published[1]) == self.supervisor
+            serves_directory(published[1], data_dir) and parent_pid(published[1]) == self.supervisor
         )
         return published if ours else None
 

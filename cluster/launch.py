@@ -23,8 +23,14 @@ from typing import Any, Final
 
 from cluster.client import ClusterClient, ShardUnavailable
 from cluster.forked import ForkedProcess, fork_cpn
-from cluster.layout import ClusterConfig, ClusterLayout, live_endpoint, supervisor_pid
-from cluster.pids import pid_running, process_args
+from cluster.layout import (
+    ClusterConfig,
+    ClusterLayout,
+    live_endpoint,
+    serves_directory,
+    supervisor_pid,
+)
+from cluster.pids import pid_running
 from cluster.processes import ERROR_PREFIX, wait_for
 from cluster.supervisor import LOOPBACK_ANY_PORT, STUCK_TIMEOUT_S_DEFAULT, TICK_S
 from nets.errors import CpnError
@@ -297,7 +303,7 @@ def _stray_children(layout: ClusterLayout) -> list[int]:
     strays = []
     for data_dir in dirs:
         published = live_endpoint(data_dir)
-        if published is not None and str(data_dir) in process_args(published[1]):
+        if published is not None and serves_directory(published[1], data_dir):
             strays.append(published[1])
     return strays
 

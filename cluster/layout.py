@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.pids import pid_running, process_args
+from cluster.pids import holds_flock, pid_running, process_args
 from nets.errors import CpnError
-from router.shell.datadir import read_endpoint
+from router.shell.datadir import LOCK_FILE, read_endpoint
 from shard.shell.store import Durability
 
 
@@ -149,12 +149,19 @@ def live_endpoint(data_dir: Path) -> tuple[str, int] | None:
     return published
 
 
+def serves_directory(pid: int, data_dir: Path) -> bool:
+    """Whether process ``pid`` is the one serving ``data_dir``: it took the directory's
+    lock, or its command line names the directory (a forked child shows its parent's)."""
+    return holds_flock(pid, data_dir / LOCK_FILE) or str(data_dir) in process_args(pid)
+
+
 def supervisor_pid(layout: ClusterLayout) -> int | None:
     """The pid of the supervisor running the cluster in ``layout``, if one runs.
 
     A supervisor holds ``supervisor.lock`` while it runs and records its pid in
-    ``supervisor.pid``; the pid counts only while that lock is held and the process's
-    command line is a ``cpn up --foreground`` (a pid may have been reused since).
+    ``supervisor.pid``; the pid counts only while that lock is held and the process
+    took it, or its command line is a ``cpn up --foreground`` (a pid may have been
+    reused since; a supervisor forked by ``cpn crawl`` shows the crawl's command line).
     """
     try:
         pid = int(layout.supervisor_pid_file.read_text().strip())
@@ -162,6 +169,8 @@ def supervisor_pid(layout: ClusterLayout) -> int | None:
         return None
     if not pid_running(pid) or not lock_held(layout.supervisor_lock):
         return None
+    if holds_flock(pid, layout.supervisor_lock):
+        return pid
     args = process_args(pid)
     if "up" not in args or "--foreground" not in args:
         return None

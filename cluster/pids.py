@@ -1,8 +1,10 @@
 """Processes by pid, read from ``/proc`` (SHELL): whether one runs, its parent, its
-command line. Used to tell a live supervisor or endpoint from a stale pid file."""
+command line, the ``flock`` it holds. Used to tell a live supervisor or endpoint from a
+stale pid file."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -35,3 +37,24 @@ def process_args(pid: int) -> list[str]:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return []
     return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def holds_flock(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` took the ``flock`` held on ``path`` (``/proc/locks``).
+
+    A stronger test of a pid file than the command line: a reused pid cannot hold the
+    lock its predecessor took, and a process forked from another interpreter (whose
+    command line is its parent's) still names itself by the lock it took.
+    """
+    try:
+        stat = os.stat(path)
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    # "1: FLOCK  ADVISORY  WRITE 12345 fe:00:4243494 0 EOF": pid, then major:minor:inode.
+    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    for line in locks.splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where:
+            return fields[4] == str(pid)
+    return False
