@@ -193,6 +193,7 @@ def serve(config: ShardConfig) -> None:
                 if not peers.send(send.target, send.frame):
                     core.send_failed(send)
             runtime.load_deferred()
+            runtime.catch_up()  # one slice of the batch log, if it is long (store_log.py)
             if metrics is not None:  # after the replies went: they never wait for it
                 metrics.after_batch(runtime.reading(metrics.mark))
     finally:
