@@ -84,7 +84,7 @@ from router.wire import (
     decode,
     encode,
 )
-from shard.batch import Batch, Recovered
+from shard.batch import ArrivedRun, Batch, Recovered
 from shard.deferred import DeferredLoad
 from shard.exchange import Exchange, HandoffRefused
 from shard.leases import LiveLease, WorkQueue, live_leases, with_work_queues
@@ -790,7 +790,18 @@ class ShardCore:
             received += len(run.entries)
         self.exchange.accept(receipt, received)  # the hwms move only now
         for run in runs:
-            self.batch.marking.update(run.entries)  # each entry +1
+            # Stored as it arrived: one log record holding the run's bytes, which the
+            # store decodes only when it folds its log or recovers (docs/shard.md).
+            self.batch.arrived.append(
+                ArrivedRun(
+                    message.sender,
+                    run.lane,
+                    run.first_seq - run.skip,
+                    run.skip,
+                    run.payload,
+                    {place: len(tokens) for place, tokens in run.by_place.items()},
+                )
+            )
             self.batch.received.append(
                 (message.sender, run.lane, run.first_seq, tuple(run.entries))
             )
