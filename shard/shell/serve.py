@@ -164,10 +164,11 @@ def serve(config: ShardConfig) -> None:
     if config.rate_limit is not None:
         limits = PeerRateLimits(per_s=config.rate_limit[0], burst=config.rate_limit[1])
     held: deque[list[bytes]] = deque()  # requests read during a batch, not yet handled
+    folding = False  # an idle loop has more of the batch log to fold: it does not wait
     try:
         peers.update(runtime.core.peer_endpoints())
         while not runtime.core.stopping:
-            _poll(socket, wake_read, peers, 0 if held else _timeout_ms(runtime))
+            _poll(socket, wake_read, peers, 0 if held or folding else _timeout_ms(runtime))
             now_ms = runtime.clock.now_ms()
             core = runtime.core
             for source, envelope in peers.receive():
@@ -193,7 +194,8 @@ def serve(config: ShardConfig) -> None:
                 if not peers.send(send.target, send.frame):
                     core.send_failed(send)
             runtime.load_deferred()
-            runtime.catch_up()  # one slice of the batch log, if it is long (store_log.py)
+            # One slice of the batch log, if it is long or nothing else is to be done.
+            folding = runtime.catch_up(idle=not held and _idle(socket, peers, runtime))
             if metrics is not None:  # after the replies went: they never wait for it
                 metrics.after_batch(runtime.reading(metrics.mark))
     finally:
@@ -226,6 +228,15 @@ def _timeout_ms(runtime: ShardRuntime) -> int:
     if deadline_ms is None:
         return IDLE_WAKE_MS
     return max(0, min(IDLE_WAKE_MS, deadline_ms - runtime.clock.now_ms()))
+
+
+def _idle(socket: zmq.Socket[bytes], peers: Peers, runtime: ShardRuntime) -> bool:
+    """Nothing is waiting on a socket and nothing is due to fire now."""
+    events = socket.getsockopt(zmq.EVENTS)
+    if (isinstance(events, int) and events & zmq.POLLIN) or peers.readable():
+        return False
+    deadline_ms = runtime.core.next_deadline_ms()
+    return deadline_ms is None or deadline_ms > runtime.clock.now_ms()
 
 
 READ_ONLY_REQUESTS: Final = (QueryCounts, QueryTokens, Stats, Ping)

@@ -57,7 +57,7 @@ import gc
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -72,12 +72,13 @@ from nets.errors import CpnError
 from nets.model import Net, Token
 from router.shell.datadir import lock_directory
 from router.slots import slot_of_token
-from shard.batch import Batch, Recovered
+from shard.batch import ArrivedRun, Batch, Recovered
 from shard.shell.marking_reader import DeferredMarking, MarkingReadError, read_marking
 from shard.shell.store_log import (
     CATCH_UP_ENTRIES_MAX,
+    LOG_BATCH_BYTES_MAX,
+    LOG_BATCH_ENTRIES_MAX,
     LOG_ENTRIES_MAX,
-    LOG_RECORD_BYTES_MAX,
     LOG_RECORD_ENTRIES_MAX,
     Delta,
     LogRecordError,
@@ -534,10 +535,11 @@ class Store:
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
         """Write ``batch`` in one transaction (nothing if it fails).
 
-        The marking delta and the handoff runs applied go into one log record (the
-        initial marking, and a batch larger than ``LOG_RECORD_ENTRIES_MAX`` entries or
-        ``LOG_RECORD_BYTES_MAX`` bytes, go to the marking table, after the whole log);
-        the rest (counts, clients, outbox, clock) as before.
+        The marking delta and the handoff runs applied go into the log, in records of
+        at most ``LOG_RECORD_ENTRIES_MAX`` entries (the initial marking, and a batch
+        larger than ``LOG_BATCH_ENTRIES_MAX`` entries or ``LOG_BATCH_BYTES_MAX`` bytes,
+        write their additions to the marking table and log only their removals); the
+        rest (counts, clients, outbox, clock) as before.
 
         Raises:
             StoreError: the write failed (e.g. the disk is full) or the batch holds a
@@ -561,39 +563,46 @@ class Store:
             changes.update(run.counts)
             arrived_tokens += run.tokens()
         size = len(delta) + arrived_tokens
-        record = b""
-        if 0 < size <= LOG_RECORD_ENTRIES_MAX and not initialised:
-            try:
-                record = encode_record(
-                    self._packer, delta, [(run.skip, run.blob) for run in batch.arrived], size
-                )
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise StoreError(f"cannot store the batch's marking change: {exc}") from exc
-        # A record must stay cheap to replay in entries and in bytes (long tokens). The
-        # initial marking goes to the table too: it is written before the shard serves,
-        # and folding it later would cost a slice of the shard's first busy seconds.
-        direct = initialised or size > LOG_RECORD_ENTRIES_MAX or len(record) > LOG_RECORD_BYTES_MAX
+        # A batch too large for the log (the initial marking, a slot's shipment, a
+        # flood of puts) writes its additions to the marking table directly; they
+        # commute with the log (a table entry the log removes is only counted up). Its
+        # removals, which may be of entries the log adds, go to the log as records.
+        direct = initialised or size > LOG_BATCH_ENTRIES_MAX
+        logged = [entry for entry in delta if entry[3] < 0] if direct else delta
+        try:
+            records = self._encode_records(logged, () if direct else batch.arrived)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise StoreError(f"cannot store the batch's marking change: {exc}") from exc
+        if not direct and sum(map(len, records)) > LOG_BATCH_BYTES_MAX:
+            # Replaying the log must stay cheap in bytes too (long tokens).
+            direct = True
+            logged = [entry for entry in delta if entry[3] < 0]
+            records = self._encode_records(logged, ())
+        logged_size = len(logged) + (0 if direct else arrived_tokens)
 
         def write(txn: lmdb.Transaction) -> tuple[int, int, int, int, int]:
             log_entries, log_records, log_next = self.log_entries, self.log_records, self._log_next
             folded = written = 0
             if direct:
-                # Too large for one record: the whole log first (order matters for an
-                # entry the log adds and this batch removes), then the batch itself.
-                records, folded, written = self._catch_up(txn, 1 << 62)
-                log_entries, log_records = 0, 0
-                written += self._apply_delta(txn, self._batch_delta(batch))
-            elif record:
-                if log_entries + size > LOG_ENTRIES_MAX:
+                additions = self._batch_delta(batch)
+                for counter in additions.values():
+                    for entry, n in counter.items():
+                        if n < 0:
+                            counter[entry] = 0  # logged below
+                written += self._apply_delta(txn, additions)
+            if records:
+                if log_entries + logged_size > LOG_ENTRIES_MAX:
                     # The loop fell behind: fold the oldest records here, so the log
                     # (and recovery's replay) stays within its bound.
-                    records, folded, written = self._catch_up(
-                        txn, log_entries + size - LOG_ENTRIES_MAX
+                    gone, folded, written_now = self._catch_up(
+                        txn, log_entries + logged_size - LOG_ENTRIES_MAX
                     )
-                    log_entries, log_records = log_entries - folded, log_records - records
-                txn.put(log_next.to_bytes(8, "big"), record, db=self._log, append=True)
-                log_entries, log_records = log_entries + size, log_records + 1
-                log_next += 1
+                    written += written_now
+                    log_entries, log_records = log_entries - folded, log_records - gone
+                for value in records:
+                    txn.put(log_next.to_bytes(8, "big"), value, db=self._log, append=True)
+                    log_next += 1
+                log_entries, log_records = log_entries + logged_size, log_records + len(records)
             for place, n in changes.items():
                 if n:
                     key = b"count:" + self._place_ids[place]
@@ -628,6 +637,28 @@ class Store:
             self._catch_ups += 1
             self._entries_folded += folded
         self._commits += 1
+
+    def _encode_records(
+        self, delta: list[tuple[int, int, Token, int]], arrived: Sequence[ArrivedRun]
+    ) -> list[bytes]:
+        """A batch's log records: its delta in chunks of at most
+        ``LOG_RECORD_ENTRIES_MAX`` entries, then one record per handoff run it applied
+        (as the run arrived). Each record is one msgpack call when written and one when
+        folded: bounding it bounds how long either holds the GIL (the metrics thread
+        waits for it, docs/observability.md).
+
+        Raises:
+            TypeError, ValueError, OverflowError: a token does not pack.
+        """
+        packer, chunk = self._packer, LOG_RECORD_ENTRIES_MAX
+        records = [
+            encode_record(packer, delta[i : i + chunk], [], len(delta[i : i + chunk]))
+            for i in range(0, len(delta), chunk)
+        ]
+        records += [
+            encode_record(packer, [], [(run.skip, run.blob)], run.tokens()) for run in arrived
+        ]
+        return records
 
     def catch_up(self, entries_max: int = CATCH_UP_ENTRIES_MAX) -> int:
         """Fold the oldest log records (at least one, about ``entries_max`` entries) into

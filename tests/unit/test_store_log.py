@@ -145,24 +145,46 @@ def test_the_log_never_passes_its_bound(store: Store, monkeypatch: Any) -> None:
     _check(store, marking)
 
 
-def test_a_batch_too_large_for_a_record_goes_to_the_table_after_the_log(
-    store: Store, monkeypatch: Any
-) -> None:
-    monkeypatch.setattr(shard.shell.store, "LOG_RECORD_ENTRIES_MAX", 3)
+def test_a_batch_is_cut_into_records_of_bounded_entries(store: Store, monkeypatch: Any) -> None:
+    # One record is one msgpack call when written and when folded: it stays small so
+    # that no single call holds the GIL long (the metrics thread waits for it).
+    monkeypatch.setattr(shard.shell.store, "LOG_RECORD_ENTRIES_MAX", 2)
     marking: Marking = Counter()
-    _commit(store, marking, 1, work_1=1, done_2=1)
-    _commit(store, marking, 2, work_1=-1, done_2=-1, work_3=1, done_4=1, bag_5=1)
-    assert store.log_records == 0
+    _commit(store, marking, 1, work_1=1, done_2=1, bag_3=1, work_4=1, done_5=1)
+    assert (store.log_records, store.log_entries) == (3, 5)
+    _check(store, marking)
+    assert store.catch_up(entries_max=1) == 2  # one record at a time
     _check(store, marking)
 
 
-def test_a_record_too_many_bytes_goes_to_the_table(store: Store, monkeypatch: Any) -> None:
-    monkeypatch.setattr(shard.shell.store, "LOG_RECORD_BYTES_MAX", 40)
+def test_a_batch_too_large_for_the_log_writes_its_additions_to_the_table(
+    store: Store, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(shard.shell.store, "LOG_BATCH_ENTRIES_MAX", 3)
+    marking: Marking = Counter()
+    _commit(store, marking, 1, work_1=1, done_2=1)
+    assert store.log_records == 1
+    # Removes what the log adds: the removals are logged after it, the additions go to
+    # the table (they commute with the log), and nothing of the log is folded.
+    _commit(store, marking, 2, work_1=-1, done_2=-1, work_3=1, done_4=1, bag_5=1)
+    assert (store.log_records, store.log_entries) == (2, 4)
+    assert store.statistics().entries_written == 3
+    _check(store, marking)
+    _commit(store, marking, 3, work_3=-1, done_6=1, bag_7=1, work_8=1)  # removes from the table
+    _check(store, marking)
+    store.catch_up(1 << 30)
+    _check(store, marking)
+
+
+def test_a_batch_of_too_many_bytes_writes_its_additions_to_the_table(
+    store: Store, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(shard.shell.store, "LOG_BATCH_BYTES_MAX", 40)
     marking: Marking = Counter()
     _commit(store, marking, 1, work_1=1)
     assert store.log_records == 1
     _commit(store, marking, 2, work_1=-1, done_2=1, bag_3=1, work_4=1)
-    assert store.log_records == 0
+    assert store.log_entries == 2  # the first record and the removal
     _check(store, marking)
 
 
@@ -170,7 +192,7 @@ def _run(entries: list[tuple[str, int, Item]]) -> bytes:
     return pack([(place, time, tuple(token)) for place, time, token in entries])
 
 
-def test_a_received_run_is_one_record_of_its_bytes(store: Store) -> None:
+def test_a_received_run_is_a_record_of_its_bytes(store: Store) -> None:
     entries = [
         ("work", 10, Item("k1", 1)),
         ("done", 11, Item("k2", 2)),
@@ -183,7 +205,7 @@ def test_a_received_run_is_one_record_of_its_bytes(store: Store) -> None:
     batch.arrived.append(ArrivedRun(2, 5, 100, 1, blob, {"done": 2, "work": 1}))
     batch.add("bag", 1, Item("b", 0))
     store.commit(batch)
-    assert (store.log_records, store.log_entries) == (1, 4)
+    assert (store.log_records, store.log_entries) == (2, 4)  # the delta, then the run
     marking: Marking = Counter(dict.fromkeys(entries[1:], 1))
     marking[("done", 11, Item("k2", 2))] = 2
     marking[("bag", 1, Item("b", 0))] = 1
