@@ -169,6 +169,7 @@ class DeferredMarking:
             for name, changes in logged.items()
         }
         self._added: Entries = {name: entries for name, entries in added.items() if entries}
+        self._added_from: dict[str, int] = {}  # how many of each place's were taken
         self.done = not deferred_ids
 
     def read(self, entries_max: int) -> Entries:
@@ -237,11 +238,14 @@ class DeferredMarking:
         for name in list(self._added):
             if left <= 0:
                 break
-            added = self._added[name]
-            found.setdefault(name, []).extend(added[:left])
-            self._added[name] = added[left:]
-            left -= len(added[:left])
-            if not self._added[name]:
+            added, start = self._added[name], self._added_from.get(name, 0)
+            # An offset instead of slicing off what was taken: a long log's additions
+            # would otherwise be copied once per chunk.
+            taken = added[start : start + left]
+            found.setdefault(name, []).extend(taken)
+            left -= len(taken)
+            self._added_from[name] = start + len(taken)
+            if start + len(taken) >= len(added):
                 del self._added[name]
         return found
 

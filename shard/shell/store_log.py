@@ -37,21 +37,21 @@ from nets.model import Place, Token
 # A batch larger than this is written to the marking table directly (after the whole
 # log, in the same transaction): a batch this large (a shard's initial marking, a slot's
 # shipment) gains nothing from the log, and it would crowd out everything else.
-LOG_BATCH_ENTRIES_MAX: Final = 32_768
+LOG_BATCH_ENTRIES_MAX: Final = 65_536
 LOG_BATCH_BYTES_MAX: Final = 16 * 1024 * 1024  # (entries with long tokens)
 # Entries per record: a batch's delta is cut into records of at most this many, since
 # each record is packed by one msgpack call and unpacked by one, which hold the GIL
-# (about 1.5 ms each for 4,096 of the scraper's entries on this machine; the metrics
+# (about 1-2 ms each for 4,096 small entries on this machine; the metrics
 # thread waits that long at most, docs/observability.md).
 LOG_RECORD_ENTRIES_MAX: Final = 4_096
 # The log's length (entries over all records) never exceeds this: a commit that would
 # pass it first folds the oldest records in its own transaction. Recovery replays at
 # most this many entries; docs/shard.md, "The store", says what that costs.
-LOG_ENTRIES_MAX: Final = 262_144
+LOG_ENTRIES_MAX: Final = 131_072
 # The shard's loop folds while busy only when the log is longer than this, so a burst
 # of up to this many entries costs its batches a record each and nothing more; the
 # hard bound above is met only when the loop falls behind.
-LOG_ENTRIES_KEPT: Final = 196_608
+LOG_ENTRIES_KEPT: Final = 98_304
 # Entries one slice folds (at least one whole record): at most about 25 ms of decoding
 # and LMDB writes on this machine (less where entries cancel), as long as a chunk of
 # the deferred places takes. An idle loop folds while a whole slice is there, so each
