@@ -600,6 +600,10 @@ def main(argv: list[str] | None = None) -> int:
                 "put_ack_p99_ms_process": round(puts["process"][0].latency_ms(0.99), 3),
                 "puts_batched_per_s_process": round(puts["process"][1].requests_per_s),
                 "engine_per_cpu_s": round(engine.per_cpu_s or 0),
+                # Per CPU-second, the ratios a loaded machine moves least (a shared
+                # machine takes the CPU from the shard or the engine at random).
+                "process_cpu_ratio": round((process.per_cpu_s or 0) / (engine.per_cpu_s or 1), 4),
+                "fsync_cpu_ratio": round((fsync.per_cpu_s or 0) / (engine.per_cpu_s or 1), 4),
                 "process_per_cpu_s": round(process.per_cpu_s or 0),
                 "fsync_per_cpu_s": round(fsync.per_cpu_s or 0),
                 "loadavg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],

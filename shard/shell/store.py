@@ -10,8 +10,10 @@ Layout (all keys sortable; the slot comes first so a slot is one contiguous rang
   multiplicity (4 bytes BE), followed by the encoding when the key holds only its
   digest. Recovery rebuilds the token from whichever holds the encoding. Time-ordered
   keys put a commit's new entries together at the end of their slot's range. The
-  marking is stored directly (no log to replay): recovery is one cursor scan, and each
-  commit writes only the entries that changed. See docs/shard.md.
+  table is the marking up to the last folded log record; see docs/shard.md.
+* ``log``: key ``seq (8 bytes BE)`` -> a batch log record (``shard/shell/store_log.py``):
+  commits append records, the shard's loop folds the oldest into ``marking`` in
+  slices, and recovery is ``marking`` plus every record.
 * ``meta``: ``net`` (the net's name), ``incarnation`` (starts so far), ``clock_ms``
   (the shard's time high-water mark), ``initialised`` (the initial marking was
   committed), ``schema`` (layout version), ``place:<name>`` (each place's stable id),
