@@ -170,7 +170,7 @@ def serve(config: ShardConfig) -> None:
     try:
         peers.update(runtime.core.peer_endpoints())
         while not runtime.core.stopping:
-            _poll(socket, wake_read, peers, 0 if held or folding else _timeout_ms(runtime))
+            ready = _poll(socket, wake_read, peers, 0 if held or folding else _timeout_ms(runtime))
             now_ms = runtime.clock.now_ms()
             core = runtime.core
             for source, envelope in peers.receive():
@@ -179,7 +179,7 @@ def serve(config: ShardConfig) -> None:
             core.loop_back()
             replies = _receive(runtime, socket, held, limits)
             waiting = _requests_waiting(socket, held, peers, core, answering=bool(replies))
-            core.fire(runtime.clock.now_ms(), BatchTimer(waiting))
+            fired = core.fire(runtime.clock.now_ms(), BatchTimer(waiting))
             replies += core.answer_parked(runtime.clock.now_ms())
             if not runtime.commit():
                 replies = [
@@ -196,8 +196,9 @@ def serve(config: ShardConfig) -> None:
                 if not peers.send(send.target, send.frame):
                     core.send_failed(send)
             runtime.load_deferred()
-            # One slice of the batch log, if it is long or nothing else is to be done.
-            folding = runtime.catch_up(idle=not held and _idle(socket, peers, runtime))
+            # One slice of the batch log, if it is long or the turn found nothing to do.
+            idle = not (ready or fired or replies or held) and _idle(socket, peers, runtime)
+            folding = runtime.catch_up(idle=idle)
             if metrics is not None:  # after the replies went: they never wait for it
                 metrics.after_batch(runtime.reading(metrics.mark))
     finally:
@@ -214,7 +215,8 @@ def serve(config: ShardConfig) -> None:
         log.info("shard stopped")
 
 
-def _poll(socket: zmq.Socket[bytes], wake_read: int, peers: Peers, timeout_ms: int) -> None:
+def _poll(socket: zmq.Socket[bytes], wake_read: int, peers: Peers, timeout_ms: int) -> bool:
+    """Wait up to ``timeout_ms`` for a socket to be readable; whether one is."""
     # The set of peer sockets changes when a peer moves, so the poller is built per
     # turn: a handful of registrations, negligible next to a batch.
     poller = zmq.Poller()
@@ -222,7 +224,7 @@ def _poll(socket: zmq.Socket[bytes], wake_read: int, peers: Peers, timeout_ms: i
     poller.register(wake_read, zmq.POLLIN)
     for peer in peers.sockets():
         poller.register(peer, zmq.POLLIN)
-    poller.poll(timeout_ms)
+    return bool(poller.poll(timeout_ms))
 
 
 def _timeout_ms(runtime: ShardRuntime) -> int:
