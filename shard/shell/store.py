@@ -643,22 +643,26 @@ class Store:
     def _encode_records(
         self, delta: list[tuple[int, int, Token, int]], arrived: Sequence[ArrivedRun]
     ) -> list[bytes]:
-        """A batch's log records: its delta in chunks of at most
-        ``LOG_RECORD_ENTRIES_MAX`` entries, then one record per handoff run it applied
-        (as the run arrived). Each record is one msgpack call when written and one when
-        folded: bounding it bounds how long either holds the GIL (the metrics thread
-        waits for it, docs/observability.md).
+        """A batch's log records: one per handoff run it applied (as the run arrived),
+        then its delta in chunks of at most ``LOG_RECORD_ENTRIES_MAX`` entries. Each
+        record is one msgpack call when written and one when folded: bounding it bounds
+        how long either holds the GIL (the metrics thread waits for it,
+        docs/observability.md).
 
         Raises:
             TypeError, ValueError, OverflowError: a token does not pack.
         """
+        # The runs come first: the batch applied them before it fired, and its delta may
+        # remove what they added. A slice folds a prefix of the log, which must never
+        # remove an entry before the record that adds it (the delta's chunks hold
+        # distinct entries, so their order does not matter).
         packer, chunk = self._packer, LOG_RECORD_ENTRIES_MAX
         records = [
-            encode_record(packer, delta[i : i + chunk], [], len(delta[i : i + chunk]))
-            for i in range(0, len(delta), chunk)
+            encode_record(packer, [], [(run.skip, run.blob)], run.tokens()) for run in arrived
         ]
         records += [
-            encode_record(packer, [], [(run.skip, run.blob)], run.tokens()) for run in arrived
+            encode_record(packer, delta[i : i + chunk], [], len(delta[i : i + chunk]))
+            for i in range(0, len(delta), chunk)
         ]
         return records
 
