@@ -72,6 +72,9 @@ class ArrivedRun:
     skip: int
     blob: bytes
     counts: Mapping[str, int]
+    # The entries applied, decoded (the core has them anyway): a batch that consumed
+    # one of them stores the run in its marking delta instead (ShardCore.take_batch).
+    entries: PlacedEntries = ()
 
     def tokens(self) -> int:
         """How many tokens the record adds to the marking."""
