@@ -51,6 +51,36 @@ class DeferredReader(Protocol):
 StoredRun = tuple[int, int, int, bytes]  # (lane, first seq, count, entries)
 
 
+@dataclass(frozen=True, slots=True)
+class ArrivedRun:
+    """A handoff run a peer sent, accepted and applied to the engine, which the store
+    logs as it arrived: one record holding the run's bytes, not one entry per token
+    (docs/shard.md, "The store").
+
+    The core puts it in :attr:`Batch.arrived` *instead of* adding the run's entries to
+    :attr:`Batch.marking`; the store decodes ``blob`` only when it folds the log into the
+    marking table or recovers. ``blob`` is the run exactly as it came off the wire
+    (``msgpack([(place, time, fields), ...])``, docs/handoff.md); its first ``skip``
+    entries were applied before (a resent run's duplicates) and are not part of this
+    record. ``counts`` is how many tokens the record adds to each place (the store keeps
+    every place's count per commit without decoding the run).
+    """
+
+    sender: int
+    lane: int
+    first_seq: int  # seq of the blob's first entry (the applied ones start at + skip)
+    skip: int
+    blob: bytes
+    counts: Mapping[str, int]
+    # The entries applied, decoded (the core has them anyway): a batch that consumed
+    # one of them stores the run in its marking delta instead (ShardCore.take_batch).
+    entries: PlacedEntries = ()
+
+    def tokens(self) -> int:
+        """How many tokens the record adds to the marking."""
+        return sum(self.counts.values())
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one write transaction commits.
@@ -83,10 +113,14 @@ class Batch:
     # Transition -> firings in this batch: added to the stored totals in the same
     # transaction, so a firing counts exactly when the marking change it made is durable.
     firings: Counter[str] = field(default_factory=Counter)
+    # Handoff runs applied in this batch whose entries are *not* in ``marking``: the
+    # store logs each as one record (see ArrivedRun). ``received`` journals them too.
+    arrived: list[ArrivedRun] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not (
             self.firings
+            or self.arrived
             or self.hwms_removed
             or self.phases
             or self.staged

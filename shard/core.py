@@ -84,7 +84,7 @@ from router.wire import (
     decode,
     encode,
 )
-from shard.batch import Batch, Recovered
+from shard.batch import ArrivedRun, Batch, MarkingDelta, Recovered
 from shard.deferred import DeferredLoad
 from shard.exchange import Exchange, HandoffRefused
 from shard.leases import LiveLease, WorkQueue, live_leases, with_work_queues
@@ -186,6 +186,22 @@ class Carried:
     polls: LongPolls
     mover: Mover
     link: Link
+
+
+def _consumed_runs_to_delta(marking: MarkingDelta, arrived: list[ArrivedRun]) -> list[ArrivedRun]:
+    """The runs to store as they arrived; the others' entries go into ``marking``.
+
+    A run the batch consumed from (a token handed in and fired at once) would cost a
+    record of its bytes plus a removal per consumed token, folded later; in the delta
+    its entries cancel against those removals and never reach the store.
+    """
+    kept = []
+    for run in arrived:
+        if any(marking.get(entry, 0) < 0 for entry in run.entries):
+            marking.update(run.entries)  # each entry +1
+        else:
+            kept.append(run)
+    return kept
 
 
 class ShardCore:
@@ -790,7 +806,19 @@ class ShardCore:
             received += len(run.entries)
         self.exchange.accept(receipt, received)  # the hwms move only now
         for run in runs:
-            self.batch.marking.update(run.entries)  # each entry +1
+            # Stored as it arrived: one log record holding the run's bytes, which the
+            # store decodes only when it folds its log or recovers (docs/shard.md).
+            self.batch.arrived.append(
+                ArrivedRun(
+                    message.sender,
+                    run.lane,
+                    run.first_seq - run.skip,
+                    run.skip,
+                    run.payload,
+                    {place: len(tokens) for place, tokens in run.by_place.items()},
+                    tuple(run.entries),
+                )
+            )
             self.batch.received.append(
                 (message.sender, run.lane, run.first_seq, tuple(run.entries))
             )
@@ -966,6 +994,8 @@ class ShardCore:
         self.flush_exports()
         self.handed_in = 0
         batch, self.batch = self.batch, Batch()
+        if batch.arrived:
+            batch.arrived = _consumed_runs_to_delta(batch.marking, batch.arrived)
         batch.clock_ms = self.engine.now
         self._firings_committing = batch.firings
         return batch

@@ -102,6 +102,10 @@ class SimConfig:
     workers_per_queue: int = WORKERS_PER_QUEUE
     store: str = "memory"
     lmdb_dir: str = ""
+    # The chance that a shard dies at its store's crash point ``store_catch_up`` (in the
+    # middle of folding its batch log) each time it passes it; 0: never. Not drawn by
+    # seeds (the menu's draws, and so every recorded seed, stay as they were).
+    store_crash_rate: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -116,6 +120,7 @@ class SimConfig:
                 "workers_per_queue": self.workers_per_queue,
                 "store": self.store,
                 "lmdb_dir": self.lmdb_dir,
+                "store_crash_rate": self.store_crash_rate,
             },
             sort_keys=True,
         )
@@ -308,6 +313,8 @@ class ClusterSim:
             rng=derived_random(self.seed, "shard-faults", node),
             fault_rate=FAULT_POINT_RATE if crashes else 0.0,
             faults_end_ms=self.heal_at_ms,
+            store_crash_rate=self.config.store_crash_rate,
+            store_rng=derived_random(self.seed, "store-faults", node),
         )
         self.shard_actors[node] = actor
         return actor

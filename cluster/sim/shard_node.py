@@ -32,7 +32,7 @@ from cluster.sim.network import Delivered
 from cluster.sim.world import CrashPoint, Directory, Send, Step
 from nets.errors import CpnError
 from nets.firing import PlacedEntry
-from nets.model import Net, Token
+from nets.model import Net, Place, Token
 from router.slots import slot_of_token
 from router.wire import REQUESTS, Error, Lease, Message, WireFormatError, decode, encode
 from shard.batch import Batch
@@ -41,8 +41,10 @@ from shard.core import RequestError, ShardCore, ShardSetup, writes
 from shard.link import ROUTER
 from shard.link import Send as CoreSend
 from shard.shell.store import Durability, Store, StoreError
+from shard.shell.store_log import Delta, fold_run
 
 FIRINGS_PER_TURN_MAX: Final = 2_000  # a simulated batch ends after this many firings
+CATCH_UP_EVERY_TURNS: Final = 8  # a slice of the store's log is folded this often
 SLOTS_KNOWN_MAX: Final = 100_000
 ROUTER_NODE: Final = "router"
 _REQUEST_TYPES: Final = frozenset(REQUESTS)
@@ -103,19 +105,30 @@ class ShardStoreLike(Protocol):
 
     def slot_entries(self, slot: int) -> list[PlacedEntry]: ...
 
+    def catch_up(self) -> int:
+        """Fold a slice of the store's log into its marking table (no visible change)."""
+        ...
+
     def close(self) -> None: ...
 
 
 class MemoryShardStore:
     """A shard's durable state in memory: what the committed batches built.
 
-    Each commit applies a batch whole (it is checked first, so a bad batch changes
-    nothing); a crash loses only what was never committed.
+    As the LMDB store (schema 8, shard/shell/store_log.py), a commit appends the batch's
+    marking change to a log, and :meth:`catch_up` folds the oldest records into the
+    marking table; what a restart reads is the table plus the log. Each commit applies
+    a batch whole (it is checked first, so a bad batch changes nothing); a crash loses
+    only what was never committed, and a crash before a slice is folded (the actor's
+    fault point ``store_catch_up``) loses nothing but the slice's work.
     """
 
     def __init__(self, net: Net) -> None:
         self._slot_of = SlotOf(net)
-        self.marking: Counter[PlacedEntry] = Counter()
+        self._places = {p.name: p for p in net.places}
+        self.folded: Counter[PlacedEntry] = Counter()  # the marking table
+        self.log: list[Counter[PlacedEntry]] = []  # one marking change per commit
+        self.marking: Counter[PlacedEntry] = Counter()  # table + log: what is committed
         self.clients: dict[str, tuple[int, bytes]] = {}
         self.clock_ms = 0
         self.runs: dict[tuple[int, int], tuple[int, bytes]] = {}  # (lane, first) -> run
@@ -128,7 +141,9 @@ class MemoryShardStore:
         self.initialised = False
         self.incarnation = 0
         self.commits = 0
-        self.firings_total: Counter[str] = Counter()  # as the LMDB store's fired:<t> keys
+        # Committed firings per transition, as the LMDB store keeps them (a restarted
+        # shard reports them to the router).
+        self.firings_total: Counter[str] = Counter()
 
     def open(self) -> int:
         self.incarnation += 1
@@ -138,7 +153,12 @@ class MemoryShardStore:
         marking: dict[str, list[tuple[int, Token]]] = {}
         later: dict[str, list[tuple[int, Token]]] = {}
         counts = dict.fromkeys(sorted(deferred), 0)
-        for (place, time_ms, token), count in self.marking.items():
+        # What a restart reads: the marking table with the log replayed over it.
+        replayed = Counter(self.folded)
+        for change_set in self.log:
+            _apply(replayed, change_set)
+        assert replayed == self.marking, "the table and the log lost a committed change"
+        for (place, time_ms, token), count in replayed.items():
             if place not in deferred:
                 marking.setdefault(place, []).extend([(time_ms, token)] * count)
                 continue
@@ -161,7 +181,7 @@ class MemoryShardStore:
             staged=dict(self.staged),
             deferred_counts=counts,
             deferred=MemoryDeferredReader(later) if deferred else None,
-            firings_total=dict(self.firings_total),
+            firings_total=dict(sorted(self.firings_total.items())),  # as LMDB orders them
         )
 
     def committed_view(self) -> Counter[tuple[str, Token]]:
@@ -172,16 +192,14 @@ class MemoryShardStore:
         return view
 
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
-        for entry, change in batch.marking.items():
+        change_set = _batch_change(batch, self._places)
+        for entry, change in change_set.items():
             assert self.marking[entry] + change >= 0, f"the batch removes absent {entry!r}"
         for key in batch.runs_removed:
             assert key in self.runs, f"the batch deletes an outbox run it never stored: {key}"
-        for entry, change in batch.marking.items():
-            left = self.marking[entry] + change
-            if left:
-                self.marking[entry] = left
-            else:
-                del self.marking[entry]
+        _apply(self.marking, change_set)
+        if change_set:
+            self.log.append(change_set)
         self.clients.update(batch.clients)
         self.clock_ms = batch.clock_ms
         for lane, first, count, entries in batch.runs_added:
@@ -200,9 +218,16 @@ class MemoryShardStore:
             _set_or_delete(self.phases, slot, phase)
         for slot, staged in batch.staged.items():
             _set_or_delete(self.staged, slot, staged)
-        self.firings_total.update(batch.firings)
         self.initialised = self.initialised or initialised
+        self.firings_total.update(batch.firings)
         self.commits += 1
+
+    def catch_up(self, records_max: int = 1) -> int:
+        """Fold the oldest ``records_max`` log records into the table; returns how many."""
+        folded, self.log = self.log[:records_max], self.log[records_max:]
+        for change_set in folded:
+            _apply(self.folded, change_set)
+        return len(folded)
 
     def slot_entries(self, slot: int) -> list[PlacedEntry]:
         found: list[PlacedEntry] = []
@@ -283,6 +308,11 @@ class LmdbShardStore:
     def slot_entries(self, slot: int) -> list[PlacedEntry]:
         return self._opened().slot_entries(slot)
 
+    def catch_up(self) -> int:
+        # Every turn (the real loop waits for a long log): the simulation exercises
+        # folding, and recovery from every mix of table and log.
+        return self._opened().catch_up()
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
@@ -320,6 +350,10 @@ class ShardActor:
             it: each point at most once per node and run (as a real one fires once per
             data directory), and never from ``faults_end_ms`` on (the heal phase).
         rng: the stream of those draws and of the down times.
+        store_crash_rate: the chance that the shard dies at its store's crash point,
+            ``store_catch_up`` (a slice of the batch log folded into the marking table:
+            the slice is lost, nothing committed is), each time it passes it before
+            ``faults_end_ms``; ``store_rng`` is the stream of those draws.
     """
 
     def __init__(
@@ -332,9 +366,16 @@ class ShardActor:
         fault_rate: float = 0.0,
         down_ms_max: int = 2_000,
         faults_end_ms: int = 0,
+        store_crash_rate: float = 0.0,
+        store_rng: random.Random | None = None,
     ) -> None:
         self.node = node
+        # The store's crash point draws from its own stream, so that switching it on
+        # leaves every other draw of a seed as it was.
+        self._store_crash_rate = store_crash_rate
+        self._store_rng = store_rng or random.Random(0)
         self.setup = setup
+        self._places = {p.name: p for p in setup.net.places}
         self._deferred_places = setup.deferred_places
         self.store = store
         self._rng = rng
@@ -492,6 +533,14 @@ class ShardActor:
             else:
                 core.send_failed(send)
         core.load_deferred(now_ms)  # one chunk a turn, as the real loop does
+        # A slice of the store's log every few turns, as the real loop folds one when
+        # its log is long; a crash there (the slice's transaction dies) loses nothing
+        # committed, which recovery checks (MemoryShardStore.recover).
+        if self.turns % CATCH_UP_EVERY_TURNS == 0:
+            if self._store_rng.random() < self._store_crash_rate and now_ms < self._faults_end_ms:
+                self.fault_points_hit["store_catch_up"] += 1
+                raise CrashPoint("store_catch_up", self._store_rng.randint(10, self._down_ms_max))
+            self.store.catch_up()
         return Step(committed, tuple(self._committed), tuple(sends))
 
     def _endpoint_of(self, send: CoreSend, core: ShardCore) -> str:
@@ -517,7 +566,7 @@ class ShardActor:
     def _events(self, batch: Batch, *, via: str) -> list[LedgerEvent]:
         """The ledger's view of a committed batch (module docstring)."""
         marking: Counter[tuple[str, Token]] = Counter()
-        for (place, _time_ms, token), change in batch.marking.items():
+        for (place, _time_ms, token), change in _batch_change(batch, self._places).items():
             marking[(place, tuple(token))] += change
         moves: dict[str, list[tuple[int, str, Token]]] = {
             "sealed": [],
@@ -569,6 +618,27 @@ class ShardActor:
             activated=moves["activated"],
             via=via,
         )
+
+
+def _batch_change(batch: Batch, places: dict[str, Place]) -> Counter[PlacedEntry]:
+    """A batch's whole marking change: its delta and the handoff runs it logged as they
+    arrived (decoded as the LMDB store decodes them)."""
+    change_set: Counter[PlacedEntry] = Counter({e: n for e, n in batch.marking.items() if n})
+    arrived: Delta = {}
+    for run in batch.arrived:
+        fold_run(run.skip, run.blob, arrived, places)
+    for place, changes in arrived.items():
+        change_set.update({(place, time, token): n for (time, token), n in changes.items()})
+    return change_set
+
+
+def _apply(marking: Counter[PlacedEntry], change_set: Counter[PlacedEntry]) -> None:
+    for entry, change in change_set.items():
+        left = marking[entry] + change
+        if left:
+            marking[entry] = left
+        else:
+            del marking[entry]
 
 
 def _listed(view: Counter[tuple[str, Token]]) -> tuple[tuple[str, Token, int], ...]:

@@ -15,6 +15,7 @@ Keys are ``slot (2) | place id (2) | time (8) | entry`` (shard/shell/store.py), 
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, cast
@@ -128,7 +129,9 @@ class DeferredMarking:
     only while no transaction is open). Entries committed after the snapshot are not
     read: the shard added those to its engine when it made them. Slots in
     ``skip_slots`` (sealed for a move: the shard does not hold their tokens) are not
-    read either.
+    read either. ``logged`` is what the store's batch log (as of the same snapshot)
+    changes in these places, per place: its removals are taken out of what is read, and
+    its additions come after the last stored entry (shard/shell/store_log.py).
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class DeferredMarking:
         *,
         skip_slots: frozenset[int],
         where: Path,
+        logged: Mapping[str, Counter[tuple[int, Token]]] | None = None,
     ) -> None:
         self._txn: lmdb.Transaction | None = txn
         self._places_by_id = places_by_id
@@ -154,6 +158,18 @@ class DeferredMarking:
             b"\x00\x00" + self._deferred_ids[0]
         )
         self._rest: dict[str, list[bytes]] | None = None  # what detach() copied out
+        logged = logged or {}
+        removed = {
+            name: Counter({e: -n for e, n in changes.items() if n < 0})
+            for name, changes in logged.items()
+        }
+        self._removed = {name: r for name, r in removed.items() if r}
+        added = {
+            name: [e for e, n in changes.items() if n > 0 for _ in range(n)]
+            for name, changes in logged.items()
+        }
+        self._added: Entries = {name: entries for name, entries in added.items() if entries}
+        self._added_from: dict[str, int] = {}  # how many of each place's were taken
         self.done = not deferred_ids
 
     def read(self, entries_max: int) -> Entries:
@@ -166,21 +182,71 @@ class DeferredMarking:
         # paused while they are made (it would walk the growing heap over and over).
         gc_was_enabled = gc.isenabled()
         gc.disable()
+        found: Entries = {}
         try:
-            encoded = (
-                self._from_rest(entries_max) if self._rest is not None else self._take(entries_max)
-            )
-            found: Entries = {}
-            for name, encodings in encoded.items():
-                decode_entries(name, encodings, self._places[name], found.setdefault(name, []))
+            if self._more or self._rest:
+                encoded = (
+                    self._from_rest(entries_max)
+                    if self._rest is not None
+                    else self._take(entries_max)
+                )
+                for name, encodings in encoded.items():
+                    decode_entries(name, encodings, self._places[name], found.setdefault(name, []))
+                    if name in self._removed:
+                        found[name] = self._without_removed(name, found[name])
+            if not self._more and not self._rest:
+                self._check_removed()
+                found = self._take_added(found, entries_max)
         except MarkingReadError as exc:
             self.close()
             raise MarkingReadError(f"{self._where}: {exc}") from exc
         finally:
             if gc_was_enabled:
                 gc.enable()
-        if not self._more and not self._rest:
+        if not self._more and not self._rest and not self._added:
             self.close()
+        return found
+
+    def _without_removed(
+        self, name: str, entries: list[tuple[int, Token]]
+    ) -> list[tuple[int, Token]]:
+        """``entries`` without those the log removed (each removal takes one token)."""
+        removed = self._removed[name]
+        kept = []
+        for entry in entries:
+            if removed.get(entry, 0) > 0:
+                removed[entry] -= 1
+            else:
+                kept.append(entry)
+        return kept
+
+    def _check_removed(self) -> None:
+        """Every stored entry is read: every removal the log holds must have met its
+        entry."""
+        missing = {name: +removed for name, removed in self._removed.items() if +removed}
+        if missing:
+            name, removed = next(iter(missing.items()))
+            raise MarkingReadError(
+                f"the log removes {sum(removed.values())} entries of place {name!r} "
+                f"that the marking table does not hold, e.g. {next(iter(removed))!r:.100}"
+            )
+        self._removed = {}
+
+    def _take_added(self, found: Entries, entries_max: int) -> Entries:
+        """The log's additions, after the stored entries, within the chunk's budget."""
+        left = entries_max - sum(len(entries) for entries in found.values())
+        for name in list(self._added):
+            if left <= 0:
+                break
+            added, start = self._added[name], self._added_from.get(name, 0)
+            # An offset instead of slicing off what was taken: a long log's additions
+            # would otherwise be copied once per chunk.
+            taken = added[start : start + left]
+            found.setdefault(name, []).extend(taken)
+            left -= len(taken)
+            self._added_from[name] = start + len(taken)
+            if start + len(taken) >= len(added):
+                del self._added[name]
         return found
 
     def _take(self, entries_max: int) -> dict[str, list[bytes]]:

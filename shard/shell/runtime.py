@@ -28,6 +28,7 @@ from shard.batch import Batch, Recovered
 from shard.core import ShardCore, ShardSetup, quantile
 from shard.reading import ReadingMark, ShardReading
 from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability, Store, StoreError
+from shard.shell.store_log import CATCH_UP_ENTRIES_MAX, LOG_ENTRIES_KEPT
 
 LATENCIES_KEPT_MAX: Final = 4_096
 BATCH_MS_MAX: Final = 20  # while requests wait for the batch's commit
@@ -136,6 +137,7 @@ class ShardRuntime:
             map_size_bytes=config.map_size_bytes,
             shard_id=config.shard_id,
             shard_count=config.shard_count,
+            fault=functools.partial(fault_point, config.data_dir),
         )
         self.counters: Counter[str] = Counter()
         self.commit_latencies_ms: deque[float] = deque(maxlen=LATENCIES_KEPT_MAX)
@@ -218,6 +220,33 @@ class ShardRuntime:
             mark=ReadingMark(self.core_generation, self.commits_done, core.handoffs_timed),
         )
 
+    def catch_up(self, *, idle: bool) -> bool:
+        """Fold one slice of the batch log into the marking table (docs/shard.md, "The
+        store"): while the loop is ``idle`` (nothing to fire or answer now) and a whole
+        slice is logged, or when the log is longer than it is kept. The loop calls this
+        every turn, after the replies went, so a slice never delays an acknowledgement;
+        a busy shard leaves its log alone, and the tokens a later batch consumes cancel
+        out in the slice that folds both instead of costing the table a put and a pop.
+
+        Returns whether a whole slice is left to fold (the loop then polls without
+        waiting, so an idle shard folds slice after slice until a request comes)."""
+        logged = self.store.log_entries
+        if (
+            logged <= (CATCH_UP_ENTRIES_MAX if idle else LOG_ENTRIES_KEPT)
+            or self.core.read_only_reason
+            # The deferred places load first: a restarted shard holds its whole marking
+            # sooner, and its read transaction does not pin the pages a slice frees.
+            or self.core.deferred.active
+        ):
+            return False
+        try:
+            self.store.catch_up()
+        except StoreError as exc:  # the next commit meets this failure too
+            log.error("could not fold the batch log into the marking table: %s", exc)
+            self.counters["catch_ups_failed"] += 1
+            return False
+        return self.store.log_entries > CATCH_UP_ENTRIES_MAX
+
     def load_deferred(self) -> None:
         """One chunk of the deferred places' tokens; when the last is in, the stored
         counts are corrected if they were off and the loaded tokens frozen out of gc."""
@@ -261,6 +290,10 @@ class ShardRuntime:
             "commit_ms_p99": quantile(latencies, 0.99),
             "map_size_bytes": store.map_size_bytes,
             "map_resizes": store.map_resizes,
+            "log_entries": store.log_entries,
+            "log_records": store.log_records,
+            "catch_ups": store.catch_ups,
+            "log_entries_folded": store.entries_folded,
         }
 
     def close(self) -> None:

@@ -70,6 +70,8 @@ REQUESTS_PER_BATCH_MAX: Final = 1_000
 # so a flood of handoffs cannot stretch a batch (and every reply) without bound.
 HANDOFF_TOKENS_PER_BATCH_MAX: Final = 50_000
 IDLE_WAKE_MS: Final = 1_000  # the loop turns at least this often (heartbeats, leases)
+# The loop is idle, and folds a slice of the batch log, only when nothing is due sooner.
+IDLE_FOLD_MS_MIN: Final = 50
 
 log = logging.getLogger("cpn.shard")
 
@@ -164,10 +166,11 @@ def serve(config: ShardConfig) -> None:
     if config.rate_limit is not None:
         limits = PeerRateLimits(per_s=config.rate_limit[0], burst=config.rate_limit[1])
     held: deque[list[bytes]] = deque()  # requests read during a batch, not yet handled
+    folding = False  # an idle loop has more of the batch log to fold: it does not wait
     try:
         peers.update(runtime.core.peer_endpoints())
         while not runtime.core.stopping:
-            _poll(socket, wake_read, peers, 0 if held else _timeout_ms(runtime))
+            ready = _poll(socket, wake_read, peers, 0 if held or folding else _timeout_ms(runtime))
             now_ms = runtime.clock.now_ms()
             core = runtime.core
             for source, envelope in peers.receive():
@@ -176,7 +179,7 @@ def serve(config: ShardConfig) -> None:
             core.loop_back()
             replies = _receive(runtime, socket, held, limits)
             waiting = _requests_waiting(socket, held, peers, core, answering=bool(replies))
-            core.fire(runtime.clock.now_ms(), BatchTimer(waiting))
+            fired = core.fire(runtime.clock.now_ms(), BatchTimer(waiting))
             replies += core.answer_parked(runtime.clock.now_ms())
             if not runtime.commit():
                 replies = [
@@ -193,6 +196,9 @@ def serve(config: ShardConfig) -> None:
                 if not peers.send(send.target, send.frame):
                     core.send_failed(send)
             runtime.load_deferred()
+            # One slice of the batch log, if it is long or the turn found nothing to do.
+            idle = not (ready or fired or replies or held) and _idle(socket, peers, runtime)
+            folding = runtime.catch_up(idle=idle)
             if metrics is not None:  # after the replies went: they never wait for it
                 metrics.after_batch(runtime.reading(metrics.mark))
     finally:
@@ -209,7 +215,8 @@ def serve(config: ShardConfig) -> None:
         log.info("shard stopped")
 
 
-def _poll(socket: zmq.Socket[bytes], wake_read: int, peers: Peers, timeout_ms: int) -> None:
+def _poll(socket: zmq.Socket[bytes], wake_read: int, peers: Peers, timeout_ms: int) -> bool:
+    """Wait up to ``timeout_ms`` for a socket to be readable; whether one is."""
     # The set of peer sockets changes when a peer moves, so the poller is built per
     # turn: a handful of registrations, negligible next to a batch.
     poller = zmq.Poller()
@@ -217,7 +224,7 @@ def _poll(socket: zmq.Socket[bytes], wake_read: int, peers: Peers, timeout_ms: i
     poller.register(wake_read, zmq.POLLIN)
     for peer in peers.sockets():
         poller.register(peer, zmq.POLLIN)
-    poller.poll(timeout_ms)
+    return bool(poller.poll(timeout_ms))
 
 
 def _timeout_ms(runtime: ShardRuntime) -> int:
@@ -225,6 +232,16 @@ def _timeout_ms(runtime: ShardRuntime) -> int:
     if deadline_ms is None:
         return IDLE_WAKE_MS
     return max(0, min(IDLE_WAKE_MS, deadline_ms - runtime.clock.now_ms()))
+
+
+def _idle(socket: zmq.Socket[bytes], peers: Peers, runtime: ShardRuntime) -> bool:
+    """Nothing is waiting on a socket and nothing is due to fire soon (a slice of the
+    batch log, up to about 25 ms, would postpone it)."""
+    events = socket.getsockopt(zmq.EVENTS)
+    if (isinstance(events, int) and events & zmq.POLLIN) or peers.readable():
+        return False
+    deadline_ms = runtime.core.next_deadline_ms()
+    return deadline_ms is None or deadline_ms >= runtime.clock.now_ms() + IDLE_FOLD_MS_MIN
 
 
 READ_ONLY_REQUESTS: Final = (QueryCounts, QueryTokens, Stats, Ping)

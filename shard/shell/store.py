@@ -10,8 +10,10 @@ Layout (all keys sortable; the slot comes first so a slot is one contiguous rang
   multiplicity (4 bytes BE), followed by the encoding when the key holds only its
   digest. Recovery rebuilds the token from whichever holds the encoding. Time-ordered
   keys put a commit's new entries together at the end of their slot's range. The
-  marking is stored directly (no log to replay): recovery is one cursor scan, and each
-  commit writes only the entries that changed. See docs/shard.md.
+  table is the marking up to the last folded log record; see docs/shard.md.
+* ``log``: key ``seq (8 bytes BE)`` -> a batch log record (``shard/shell/store_log.py``):
+  commits append records, the shard's loop folds the oldest into ``marking`` in
+  slices, and recovery is ``marking`` plus every record.
 * ``meta``: ``net`` (the net's name), ``incarnation`` (starts so far), ``clock_ms``
   (the shard's time high-water mark), ``initialised`` (the initial marking was
   committed), ``schema`` (layout version), ``place:<name>`` (each place's stable id),
@@ -57,7 +59,7 @@ import gc
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -72,10 +74,25 @@ from nets.errors import CpnError
 from nets.model import Net, Token
 from router.shell.datadir import lock_directory
 from router.slots import slot_of_token
-from shard.batch import Batch, Recovered
+from shard.batch import ArrivedRun, Batch, Recovered
 from shard.shell.marking_reader import DeferredMarking, MarkingReadError, read_marking
+from shard.shell.store_log import (
+    CATCH_UP_ENTRIES_MAX,
+    LOG_BATCH_BYTES_MAX,
+    LOG_BATCH_ENTRIES_MAX,
+    LOG_ENTRIES_MAX,
+    LOG_RECORD_ENTRIES_MAX,
+    Delta,
+    LogRecordError,
+    apply_to_entries,
+    delta_of,
+    encode_record,
+    fold_record,
+    fold_run,
+    record_entries,
+)
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 # LMDB keys hold at most 511 bytes: after slot, place id and time, entries of up to this
 # size stay in the key itself.
 ENTRY_IN_KEY_BYTES_MAX: Final = 320
@@ -105,9 +122,13 @@ class Durability(Enum):
 @dataclass(frozen=True, slots=True)
 class CommitStatistics:
     commits: int
-    entries_written: int
+    entries_written: int  # marking-table entries written (by catch-up or large batches)
     map_size_bytes: int
     map_resizes: int
+    log_entries: int = 0  # entries the batch log holds now (docs/shard.md, "The store")
+    log_records: int = 0
+    catch_ups: int = 0  # slices folded into the marking table (and commits that folded)
+    entries_folded: int = 0  # log entries folded so far
 
 
 class Store:
@@ -131,9 +152,15 @@ class Store:
         map_size_bytes: int = MAP_SIZE_BYTES_INITIAL,
         shard_id: int = 0,
         shard_count: int = 1,
+        fault: Callable[[str], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        # A fault point (router/shell/datadir.py) inside a catch-up slice's transaction,
+        # after its writes and before its commit: the SIGKILL tests aim there.
+        self._fault = fault
         self.net = net
+        self._places = {p.name: p for p in net.places}
+        self._place_names = frozenset(self._places)
         self.shard_id = shard_id
         self.shard_count = shard_count
         for place in net.places:
@@ -175,6 +202,7 @@ class Store:
         self._inbox = self._env.open_db(b"inbox")
         self._phases = self._env.open_db(b"phases")
         self._staged = self._env.open_db(b"staged")
+        self._log = self._env.open_db(b"log")
         self._commits = 0
         self._entries_written = 0
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -183,7 +211,12 @@ class Store:
         }
         self._prefixes: dict[tuple[str, Any], bytes] = {}
         self._resizes = 0
+        self._catch_ups = 0
+        self._entries_folded = 0
         self.incarnation = self._start_incarnation()
+        # The log's length and next seq, kept in memory (read once here: the log is
+        # bounded, and only this process writes it).
+        self.log_entries, self.log_records, self._log_next = self._read_log_extent()
 
     # -- opening ------------------------------------------------------------------------
 
@@ -267,6 +300,11 @@ class Store:
                 txn.put(b"place:" + place.name.encode(), ids[place.name], db=self._meta)
         self._place_ids = ids
         self._places_by_id = {v: k for k, v in ids.items()}
+        # The same ids as numbers, as log records name places (only the net's places).
+        self._place_numbers = {name: int.from_bytes(i, "big") for name, i in ids.items()}
+        self._places_by_number = {
+            self._place_numbers[name]: place for name, place in self._places.items()
+        }
 
     def recount(self) -> None:
         """Count every place's tokens again from the stored entries (a scan)."""
@@ -277,8 +315,16 @@ class Store:
         counts: Counter[bytes] = Counter(dict.fromkeys(self._places_by_id, 0))
         for key, value in txn.cursor(db=self._marking):
             counts[bytes(key[2:4])] += int.from_bytes(value[:4], "big")
+        for name, changes in self._log_delta(txn).items():
+            counts[self._place_ids[name]] += sum(changes.values())
         for place_id, count in counts.items():
             txn.put(b"count:" + place_id, count.to_bytes(8, "big"), db=self._meta)
+
+    def _start_log(self, txn: lmdb.Transaction) -> None:
+        """Schema 7 to 8: the batch log starts empty (a schema-7 marking table is the
+        whole marking, so nothing moves); a release before schema 8 would ignore the
+        log, so the schema number alone keeps it from opening the store."""
+        assert txn.stat(self._log)["entries"] == 0, "a schema-7 store with a batch log"
 
     def _start_firing_totals(self, txn: lmdb.Transaction) -> None:
         """Schema 6 to 7: the firing totals count from now (no earlier ones were kept)."""
@@ -291,7 +337,7 @@ class Store:
         # that what it reads later belongs to the same snapshot as the rest.
         txn = self._env.begin()
         try:
-            recovered = self._read_state(txn, places, deferred_ids)
+            recovered, logged_deferred = self._read_state(txn, places, deferred_ids)
         except BaseException:
             txn.abort()
             raise
@@ -306,6 +352,7 @@ class Store:
             deferred_ids,
             skip_slots=frozenset(recovered.phases),
             where=self.path,
+            logged=logged_deferred,
         )
         self._readers = [r for r in self._readers if not r.done]
         self._readers.append(reader)
@@ -313,13 +360,37 @@ class Store:
 
     def _read_state(
         self, txn: lmdb.Transaction, places: Mapping[str, Any], deferred_ids: frozenset[bytes]
-    ) -> Recovered:
+    ) -> tuple[Recovered, dict[str, Counter[tuple[int, Token]]]]:
+        """What the store holds, and the log's changes to the deferred places (for
+        their reader)."""
         clients: dict[str, tuple[int, bytes]] = {}
         clock_ms = int(txn.get(b"clock_ms", b"0", db=self._meta))
         initialised = txn.get(b"initialised", db=self._meta) is not None
         marking = read_marking(
             txn.cursor(db=self._marking), self._places_by_id, places, deferred_ids
         )
+        # The snapshot plus the log (replayed in memory: recovery never writes, so it
+        # also works on a full disk). The deferred places' share goes to their reader.
+        sealed = {int.from_bytes(key, "big") for key, _value in txn.cursor(db=self._phases)}
+        deferred_names = {self._places_by_id[i] for i in deferred_ids}
+        logged_deferred: dict[str, Counter[tuple[int, Token]]] = {}
+        for name, changes in self._log_delta(txn).items():
+            if name in deferred_names:
+                if sealed:  # the reader skips sealed slots: so does their log
+                    place = self._places[name]
+                    changes = Counter(
+                        {
+                            e: n
+                            for e, n in changes.items()
+                            if slot_of_token(place, e[1]) not in sealed
+                        }
+                    )
+                logged_deferred[name] = changes
+                continue
+            try:
+                marking[name] = apply_to_entries(marking[name], changes, where=repr(name))
+            except LogRecordError as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
         deferred_counts = {
             name: int.from_bytes(
                 txn.get(b"count:" + self._place_ids[name], bytes(8), db=self._meta), "big"
@@ -366,7 +437,7 @@ class Store:
         staged = {
             int.from_bytes(key, "big"): bytes(value) for key, value in txn.cursor(db=self._staged)
         }
-        return Recovered(
+        recovered = Recovered(
             marking,
             clock_ms,
             clients,
@@ -383,23 +454,34 @@ class Store:
             firings_since_ms=since_ms,
             firings_since=since_what,
         )
+        return recovered, logged_deferred
 
     def slot_entries(self, slot: int) -> list[tuple[str, int, Token]]:
         """Every committed entry of ``slot``, one per token (a range scan: the slot's
         keys are contiguous). A slot move reads what it seals, ships or forgets here."""
+        if self.log_records:
+            # The slot's table entries are one range scan, but its log entries would need
+            # the whole log decoded, for every slot a move reads (a scale-in reads
+            # hundreds): fold the log first, which the loop's slices would have done
+            # anyway. Where that write fails (a full disk), the log is read instead.
+            with contextlib.suppress(StoreError):
+                self.catch_up(LOG_ENTRIES_MAX)
         places = {p.name: p for p in self.net.places}
         prefix = slot.to_bytes(2, "big")
-        found: list[tuple[str, int, Token]] = []
+        held: Counter[tuple[str, int, Token]] = Counter()
         with self._env.begin() as txn:
             cursor = txn.cursor(db=self._marking)
-            if not cursor.set_range(prefix):
-                return found
-            for key, value in cursor:
-                if key[:2] != prefix:
-                    break
-                name, time, token, count = self._decode_entry(key, value, places)
-                found.extend([(name, time, token)] * count)
-        return found
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if key[:2] != prefix:
+                        break
+                    name, time, token, count = self._decode_entry(key, value, places)
+                    held[(name, time, token)] += count
+            for name, changes in self._log_delta(txn).items():
+                for (time, token), n in changes.items():
+                    if n and slot_of_token(places[name], token) == slot:
+                        held[(name, time, token)] += n
+        return _one_per_token(held)
 
     def _decode_entry(
         self, key: bytes, value: bytes, places: Mapping[str, Any]
@@ -455,44 +537,81 @@ class Store:
     def commit(self, batch: Batch, *, initialised: bool = False) -> None:
         """Write ``batch`` in one transaction (nothing if it fails).
 
-        Raises:
-            StoreError: the write failed (e.g. the disk is full); the committed state
-                is unchanged and the caller must not release anything of the batch.
-        """
+        The marking delta and the handoff runs applied go into the log, in records of
+        at most ``LOG_RECORD_ENTRIES_MAX`` entries (the initial marking, and a batch
+        larger than ``LOG_BATCH_ENTRIES_MAX`` entries or ``LOG_BATCH_BYTES_MAX`` bytes,
+        write their additions to the marking table and log only their removals); the
+        rest (counts, clients, outbox, clock) as before.
 
-        def write(txn: lmdb.Transaction) -> None:
-            written = 0
-            changes: Counter[str] = Counter()
-            for (place, time, token), n in batch.marking.items():
-                if n == 0:
-                    continue
-                changes[place] += n
-                key, entry = self._entry_key(place, time, token)
-                # The common cases take one LMDB operation: a new entry (put without
-                # overwrite) and an entry that leaves (pop); a multiplicity needs two.
-                # The value holds the encoding only when the key holds a digest of it.
-                tail = entry if len(entry) > ENTRY_IN_KEY_BYTES_MAX else b""
-                if n > 0:
-                    value = n.to_bytes(4, "big") + tail
-                    if txn.put(key, value, overwrite=False, db=self._marking):
-                        written += 1
-                        continue
-                    old = txn.get(key, db=self._marking)
-                else:
-                    old = txn.pop(key, db=self._marking)
-                assert old is not None, f"{place}: no stored entry {time} {token!r} to remove"
-                # Distinct entries with one 128-bit digest would be a programmer error
-                # (or a broken hash); refuse rather than merge their counts.
-                assert bytes(old[4:]) == tail, f"digest collision in {place!r}"
-                count = int.from_bytes(old[:4], "big") + n
-                assert count >= 0, f"negative count for {place} {time} {token!r}"
-                if count > 0:
-                    txn.put(key, count.to_bytes(4, "big") + tail, db=self._marking)
-                written += 1
+        Raises:
+            StoreError: the write failed (e.g. the disk is full) or the batch holds a
+                token that cannot be stored; the committed state is unchanged and the
+                caller must not release anything of the batch.
+        """
+        changes: Counter[str] = Counter()
+        delta: list[tuple[int, int, Token, int]] = []
+        numbers = self._place_numbers
+        for (place, time, token), n in batch.marking.items():
+            if n == 0:
+                continue
+            if not 0 <= time < 1 << 63:
+                raise StoreError(
+                    f"cannot store {token!r} in {place!r}: time {time} is out of range"
+                )
+            changes[place] += n
+            delta.append((numbers[place], time, token, n))
+        arrived_tokens = 0
+        for run in batch.arrived:
+            changes.update(run.counts)
+            arrived_tokens += run.tokens()
+        size = len(delta) + arrived_tokens
+        # A batch too large for the log (the initial marking, a slot's shipment, a
+        # flood of puts) writes its additions to the marking table directly; they
+        # commute with the log (a table entry the log removes is only counted up). Its
+        # removals, which may be of entries the log adds, go to the log as records.
+        direct = initialised or size > LOG_BATCH_ENTRIES_MAX
+        logged = [entry for entry in delta if entry[3] < 0] if direct else delta
+        try:
+            records = self._encode_records(logged, () if direct else batch.arrived)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise StoreError(f"cannot store the batch's marking change: {exc}") from exc
+        if not direct and sum(map(len, records)) > LOG_BATCH_BYTES_MAX:
+            # Replaying the log must stay cheap in bytes too (long tokens).
+            direct = True
+            logged = [entry for entry in delta if entry[3] < 0]
+            records = self._encode_records(logged, ())
+        logged_size = len(logged) + (0 if direct else arrived_tokens)
+
+        def write(txn: lmdb.Transaction) -> tuple[int, int, int, int, int]:
+            log_entries, log_records, log_next = self.log_entries, self.log_records, self._log_next
+            folded = written = 0
+            if direct:
+                additions = self._batch_delta(batch)
+                for counter in additions.values():
+                    for entry, n in counter.items():
+                        if n < 0:
+                            counter[entry] = 0  # logged below
+                written += self._apply_delta(txn, additions)
+            if records:
+                if log_entries + logged_size > LOG_ENTRIES_MAX:
+                    # The loop fell behind: fold the oldest records here, so the log
+                    # (and recovery's replay) stays within its bound.
+                    gone, folded, written_now = self._catch_up(
+                        txn, log_entries + logged_size - LOG_ENTRIES_MAX
+                    )
+                    written += written_now
+                    log_entries, log_records = log_entries - folded, log_records - gone
+                for value in records:
+                    txn.put(log_next.to_bytes(8, "big"), value, db=self._log, append=True)
+                    log_next += 1
+                log_entries, log_records = log_entries + logged_size, log_records + len(records)
             for place, n in changes.items():
                 if n:
                     key = b"count:" + self._place_ids[place]
                     count = int.from_bytes(txn.get(key, bytes(8), db=self._meta), "big") + n
+                    # The log is not searched for what a batch removes (the engine only
+                    # removes what it holds); a count below zero is still caught here.
+                    assert count >= 0, f"{place}: no stored entry to remove ({count} left)"
                     txn.put(key, count.to_bytes(8, "big"), db=self._meta)
             for client_id, (seq, reply) in batch.clients.items():
                 txn.put(
@@ -510,10 +629,153 @@ class Store:
             txn.put(b"clock_ms", str(batch.clock_ms).encode(), db=self._meta)
             if initialised:
                 txn.put(b"initialised", b"1", db=self._meta)
-            self._entries_written += written
+            return log_entries, log_records, log_next, written, folded
 
-        self._write(write)
+        log_entries, log_records, log_next, written, folded = self._write(write)
+        # Only now that the transaction is committed do the figures in memory move.
+        self.log_entries, self.log_records, self._log_next = log_entries, log_records, log_next
+        self._entries_written += written
+        if folded:
+            self._catch_ups += 1
+            self._entries_folded += folded
         self._commits += 1
+
+    def _encode_records(
+        self, delta: list[tuple[int, int, Token, int]], arrived: Sequence[ArrivedRun]
+    ) -> list[bytes]:
+        """A batch's log records: one per handoff run it applied (as the run arrived),
+        then its delta in chunks of at most ``LOG_RECORD_ENTRIES_MAX`` entries. Each
+        record is one msgpack call when written and one when folded: bounding it bounds
+        how long either holds the GIL (the metrics thread waits for it,
+        docs/observability.md).
+
+        Raises:
+            TypeError, ValueError, OverflowError: a token does not pack.
+        """
+        # The runs come first: the batch applied them before it fired, and its delta may
+        # remove what they added. A slice folds a prefix of the log, which must never
+        # remove an entry before the record that adds it (the delta's chunks hold
+        # distinct entries, so their order does not matter).
+        packer, chunk = self._packer, LOG_RECORD_ENTRIES_MAX
+        records = [
+            encode_record(packer, [], [(run.skip, run.blob)], run.tokens()) for run in arrived
+        ]
+        records += [
+            encode_record(packer, delta[i : i + chunk], [], len(delta[i : i + chunk]))
+            for i in range(0, len(delta), chunk)
+        ]
+        return records
+
+    def catch_up(self, entries_max: int = CATCH_UP_ENTRIES_MAX) -> int:
+        """Fold the oldest log records (at least one, about ``entries_max`` entries) into
+        the marking table in one write transaction; returns the log entries folded.
+
+        Raises:
+            StoreError: the write failed; the log and marking table are as they were.
+        """
+        if not self.log_records:
+            return 0
+
+        def write(txn: lmdb.Transaction) -> tuple[int, int, int]:
+            return self._catch_up(txn, entries_max)
+
+        records, folded, written = self._write(write)
+        self.log_entries -= folded
+        self.log_records -= records
+        self._entries_written += written
+        self._catch_ups += 1
+        self._entries_folded += folded
+        return int(folded)
+
+    def _catch_up(self, txn: lmdb.Transaction, entries_max: int) -> tuple[int, int, int]:
+        """Fold the oldest records, at least one and then while they fit in
+        ``entries_max`` entries; returns (records, entries folded, entries written)."""
+        delta: Delta = {}
+        keys: list[bytes] = []
+        folded = 0
+        cursor = txn.cursor(db=self._log)
+        for key, value in cursor:
+            size = record_entries(value)
+            if keys and folded + size > entries_max:
+                break
+            self._fold(bytes(value), delta)
+            keys.append(bytes(key))
+            folded += size
+        for key in keys:
+            txn.delete(key, db=self._log)
+        written = self._apply_delta(txn, delta)
+        if self._fault is not None:
+            self._fault("store-catch-up")
+        return len(keys), folded, written
+
+    def _fold(self, value: bytes, delta: Delta) -> None:
+        try:
+            fold_record(value, delta, self._places_by_number, self._places)
+        except LogRecordError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    def _batch_delta(self, batch: Batch) -> Delta:
+        """A batch's whole marking change: its delta and the runs it applied, decoded."""
+        delta = delta_of(batch.marking)
+        for run in batch.arrived:
+            try:
+                fold_run(run.skip, run.blob, delta, self._places)
+            except LogRecordError as exc:
+                raise StoreError(f"cannot store the run from shard {run.sender}: {exc}") from exc
+        return delta
+
+    def _apply_delta(self, txn: lmdb.Transaction, delta: Delta) -> int:
+        """Write a marking delta into the marking table; returns the entries written."""
+        written = 0
+        for place, changes in delta.items():
+            for (time, token), n in changes.items():
+                if n:
+                    written += self._apply_entry(txn, place, time, token, n)
+        return written
+
+    def _apply_entry(
+        self, txn: lmdb.Transaction, place: str, time: int, token: Token, n: int
+    ) -> int:
+        """Add ``n`` (< 0: remove) of one entry in the marking table; returns 1."""
+        key, entry = self._entry_key(place, time, token)
+        # The common cases take one LMDB operation: a new entry (put without
+        # overwrite) and an entry that leaves (pop); a multiplicity needs two.
+        # The value holds the encoding only when the key holds a digest of it.
+        tail = entry if len(entry) > ENTRY_IN_KEY_BYTES_MAX else b""
+        if n > 0:
+            value = n.to_bytes(4, "big") + tail
+            if txn.put(key, value, overwrite=False, db=self._marking):
+                return 1
+            old = txn.get(key, db=self._marking)
+        else:
+            old = txn.pop(key, db=self._marking)
+        assert old is not None, f"{place}: no stored entry {time} {token!r} to remove"
+        # Distinct entries with one 128-bit digest would be a programmer error
+        # (or a broken hash); refuse rather than merge their counts.
+        assert bytes(old[4:]) == tail, f"digest collision in {place!r}"
+        count = int.from_bytes(old[:4], "big") + n
+        assert count >= 0, f"negative count for {place} {time} {token!r}"
+        if count > 0:
+            txn.put(key, count.to_bytes(4, "big") + tail, db=self._marking)
+        return 1
+
+    def _read_log_extent(self) -> tuple[int, int, int]:
+        """(entries, records, next seq) of the stored log."""
+        entries = records = 0
+        last = 0
+        with self._env.begin() as txn:
+            for key, value in txn.cursor(db=self._log):
+                entries += record_entries(value)
+                records += 1
+                last = int.from_bytes(key, "big")
+        return entries, records, last + 1
+
+    def _log_delta(self, txn: lmdb.Transaction) -> Delta:
+        """The whole log folded: what it adds to the marking table."""
+        delta: Delta = {}
+        for _key, value in txn.cursor(db=self._log):
+            self._fold(bytes(value), delta)
+        return delta
 
     def _write_handoff(self, txn: lmdb.Transaction, batch: Batch) -> None:
         """The batch's outbox runs, lane counters, inbox marks, table and endpoints."""
@@ -577,16 +839,23 @@ class Store:
             entries_written=self._entries_written,
             map_size_bytes=self._env.info()["map_size"],
             map_resizes=self._resizes,
+            log_entries=self.log_entries,
+            log_records=self.log_records,
+            catch_ups=self._catch_ups,
+            entries_folded=self._entries_folded,
         )
 
     def entries(self) -> Iterator[tuple[str, int, Token]]:
         """Every stored entry, one per token (for checks and tools)."""
-        places = {p.name: p for p in self.net.places}
+        places = self._places
+        held: Counter[tuple[str, int, Token]] = Counter()
         with self._env.begin() as txn:
             for key, value in txn.cursor(db=self._marking):
                 name, time, token, count = self._decode_entry(key, value, places)
-                for _ in range(count):
-                    yield name, time, token
+                held[(name, time, token)] += count
+            for name, changes in self._log_delta(txn).items():
+                held.update({(name, time, token): n for (time, token), n in changes.items()})
+        yield from _one_per_token(held)
 
     def close(self) -> None:
         """Close the environment and release the directory lock (idempotent)."""
@@ -604,11 +873,21 @@ class Store:
 
 
 # Each older schema's step to the next one (see _start_incarnation): schema 5 lacked
-# the per-place counts, schema 6 the firing totals. A new schema adds one line here.
+# the per-place counts, schema 6 the firing totals, schema 7 the batch log. A new
+# schema adds one line here.
 _UPGRADES: Final[dict[int, Callable[[Store, lmdb.Transaction], None]]] = {
     5: Store._count_places,
     6: Store._start_firing_totals,
+    7: Store._start_log,
 }
+
+
+def _one_per_token(
+    held: Counter[tuple[str, int, Token]],
+) -> list[tuple[str, int, Token]]:
+    """Entries with multiplicities as one (place, time, token) per token."""
+    assert all(n >= 0 for n in held.values()), "the log removes an entry never stored"
+    return [entry for entry, n in held.items() for _ in range(n)]
 
 
 def _wall_ms() -> int:
