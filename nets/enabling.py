@@ -256,9 +256,12 @@ def guard_holds(transition: Transition) -> bool:
         ) from exc
 
 
-def compile_chooser(transitions: Sequence[TransitionState]) -> Callable[[int], Step | None]:
+def compile_chooser(
+    transitions: Sequence[TransitionState], counts: list[int]
+) -> Callable[[int], Step | None]:
     """Generate ``fire_next(now)``: fire the first of ``transitions`` (in conflict order)
-    that has a binding, and return its step, or ``None`` if none has.
+    that has a binding, count it in ``counts[transition index]`` and return its step,
+    or return ``None`` if none has.
 
     It asks exactly what the loop over :meth:`TransitionState.preferred` asks, but a
     clean component is read where it stands, without a call: a whole component's
@@ -267,14 +270,17 @@ def compile_chooser(transitions: Sequence[TransitionState]) -> Callable[[int], S
     capacity to check or one with a guard without variables goes through the methods.
     Call it after every transition's firing is compiled.
     """
-    ns: dict[str, Any] = {}
+    ns: dict[str, Any] = {"N": counts}
     lines = ["def fire_next(now):"]
     for i, ts in enumerate(transitions):
         assert ts.fire is not None
         ns[f"T{i}"], ns[f"F{i}"] = ts, ts.fire
         if ts.capacity or ts.const_guard:
             lines.append(f"    f = T{i}.preferred()")
-            lines.append(f"    if f is not None: return F{i}(f, now)")
+            lines.append("    if f is not None:")
+            lines.append(f"        s = F{i}(f, now)")
+            lines.append(f"        N[{ts.index}] += 1")
+            lines.append("        return s")
             continue
         # One block per component, each nested in the one before: a component without
         # a binding skips the rest of the transition.
@@ -288,7 +294,10 @@ def compile_chooser(transitions: Sequence[TransitionState]) -> Callable[[int], S
             if ts.single is not None
             else f"({''.join(f'f{j}, ' for j in range(len(ts.components)))})"
         )
-        lines.append(f"{pad}return F{i}({found}, now)")
+        # Counted once fired: a firing that raises changed nothing, so it is no firing.
+        lines.append(f"{pad}s = F{i}({found}, now)")
+        lines.append(f"{pad}N[{ts.index}] += 1")
+        lines.append(f"{pad}return s")
     lines.append("    return None")
     source = "\n".join(lines) + "\n"
     code = compile(source, "<cpn choice of the next firing>", "exec")
