@@ -240,11 +240,14 @@ def _arc_step(
 
 # A compiled search returns the component's preferred binding as one flat tuple, or
 # ``None``: the chosen entries in binding order (an entry, or a tuple of entries for a
-# many-token arc), then, for a per-key component, a sequence number and the key, and
-# last the dictionary of bound variables. Its prefix of entries orders bindings as
-# conflict resolution does, and the sequence number breaks ties before the dictionary
-# is reached, so the tuple itself is the item of the component's per-key heap: no
-# second tuple, and one nesting level less to compare (see docs/engine.md).
+# many-token arc), then, for a per-key component, a sequence number and the key last.
+# Its prefix of entries orders bindings as conflict resolution does, and the sequence
+# number breaks ties before the key is reached, so the tuple itself is the item of the
+# component's per-key heap: no second tuple, and one nesting level less to compare (see
+# docs/engine.md). It holds no dictionary of the variables: every variable is a field
+# of a chosen token, the token itself or the key, so whoever needs the values reads
+# them from the entries (see :func:`variable_sources`), and a search that is done again
+# before its transition fires never builds one.
 Searcher = Callable[..., "tuple[Any, ...] | None"]
 
 
@@ -271,7 +274,6 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
     }
     key_var = component.key_var
     lines = [f"def search(v_{key_var}):" if key_var is not None else "def search():"]
-    bound = [key_var] if key_var is not None else []
     entries: list[str] = []
     probes = _probe_plan(component)
     lines += _probe_lines(probes.get(-1, ()), steps, namespace, "    ", "return None")
@@ -306,12 +308,10 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
             assert not step.const_checks
             if step.whole is not None:
                 lines.append(f"{pad}v_{step.whole} = tuple([e[1] for e in e{i}])")
-                bound.append(step.whole)
         else:
             lines.append(f"{pad}t{i} = e{i}[1]")
             for pos, name in step.binds:
                 lines.append(f"{pad}v_{name} = t{i}[{pos}]")
-                bound.append(name)
             for pos, name in step.checks:
                 lines.append(f"{pad}if t{i}[{pos}] != v_{name}: continue")
             for j, (pos, value) in enumerate(step.const_checks):
@@ -319,7 +319,6 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
                 lines.append(f"{pad}if t{i}[{pos}] != K{i}_{j}: continue")
             if step.whole is not None:
                 lines.append(f"{pad}v_{step.whole} = t{i}")
-                bound.append(step.whole)
         lines += _probe_lines(probes.get(i, ()), steps, namespace, pad, "continue")
         if step.guard is not None:
             namespace[f"G{i}"] = step.guard
@@ -328,9 +327,8 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
         entries.append(f"e{i}")
         chosen.append((step.store, f"e{i}", step.count))
     pad = "    " * depth
-    values = "{" + ", ".join(f"{name!r}: v_{name}" for name in dict.fromkeys(bound)) + "}"
-    tail = f"next(SEQ), v_{key_var}, {values}" if key_var is not None else values
-    lines.append(f"{pad}return ({''.join(e + ', ' for e in entries)}{tail},)")
+    tail = f"next(SEQ), v_{key_var}, " if key_var is not None else ""
+    lines.append(f"{pad}return ({''.join(e + ', ' for e in entries)}{tail})")
     if depth > 1:
         lines.append("    return None")
     source = "\n".join(lines) + "\n"
@@ -338,6 +336,63 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
     exec(code, namespace)  # noqa: S102 - source built above from the net's structure only
     fn: Searcher = namespace["search"]
     return fn
+
+
+# Where a variable's value sits in a search result: ("key",) the key (last item),
+# ("field", slot, position) a field of the token of entry ``slot``, ("whole", slot) that
+# token, ("many", slot) the tokens of a many-token arc's entries.
+VariableSource = tuple[str, ...] | tuple[str, int] | tuple[str, int, int]
+
+
+def variable_sources(component: Component) -> tuple[tuple[str, VariableSource], ...]:
+    """Each variable the component binds, with where its value sits in a search result.
+
+    In the order the search binds them (the key first, then arc by arc in binding
+    order), which is the order of a step's ``binding``.
+    """
+    found: dict[str, VariableSource] = {}
+    if component.key_var is not None:
+        found[component.key_var] = ("key",)
+    slot = 0
+    for step in component.steps:
+        if step.kind == INHIBIT:
+            continue
+        if step.count != 1:
+            if step.whole is not None:
+                found.setdefault(step.whole, ("many", slot))
+        else:
+            for pos, name in step.binds:
+                found.setdefault(name, ("field", slot, pos))
+            if step.whole is not None:
+                found.setdefault(step.whole, ("whole", slot))
+        slot += 1
+    return tuple(found.items())
+
+
+def variable_expression(source: VariableSource, item: str) -> str:
+    """Source reading a variable's value from the search result named ``item``."""
+    if source[0] == "key":
+        return f"{item}[-1]"
+    if source[0] == "field":
+        return f"{item}[{source[1]}][1][{source[2]}]"
+    if source[0] == "whole":
+        return f"{item}[{source[1]}][1]"
+    return f"tuple([e[1] for e in {item}[{source[1]}]])"
+
+
+def variable_values(component: Component, item: tuple[Any, ...]) -> dict[str, Any]:
+    """The variables of a search result, as a dictionary (for inspection)."""
+    values: dict[str, Any] = {}
+    for name, source in variable_sources(component):
+        if source[0] == "key":
+            values[name] = item[-1]
+        elif source[0] == "field":
+            values[name] = item[int(source[1])][1][int(source[2])]
+        elif source[0] == "whole":
+            values[name] = item[int(source[1])][1]
+        else:
+            values[name] = tuple([e[1] for e in item[int(source[1])]])
+    return values
 
 
 def _probe_plan(component: Component) -> dict[int, list[int]]:

@@ -6,9 +6,10 @@ Theory of operation (docs/engine.md, "Components and per-key incremental enablin
   reads changes (``all_dirty``).
 * A per-key component keeps, for each key with a binding, one item in a heap. The item
   is the compiled search's flat result (nets/binding.py, ``Searcher``): the chosen
-  entries, a sequence number, the key and the variables. Its entries come first, so
-  the heap's top is the component's preferred binding; the sequence number, unique,
-  keeps comparisons from reaching the key or the dictionary. ``current`` maps each key
+  entries, a sequence number and the key (the variables are read from the entries when
+  the transition fires). Its entries come first, so the heap's top is the component's
+  preferred binding; the sequence number, unique, keeps comparisons from reaching the
+  key. ``current`` maps each key
   to its live item; an item that is not its key's live one is stale and is dropped
   when it reaches the top, and the heap is rebuilt from the live items when it grows
   past twice their number.
@@ -34,6 +35,7 @@ from nets.binding import (
     InscriptionError,
     compile_components,
     compile_search,
+    variable_values,
 )
 from nets.firing import FireFn, Step
 from nets.marking import PlaceStore
@@ -145,11 +147,11 @@ class KeyedComponentState:
                 raise _guard_failed(self.tname, exc) from exc
             dirty.clear()
             if len(heap) > 2 * len(current) + HEAP_SLACK:
-                heap[:] = [item for item in heap if current.get(item[-2]) is item]
+                heap[:] = [item for item in heap if current.get(item[-1]) is item]
                 heapify(heap)
         while heap:
             item = heap[0]
-            if current.get(item[-2]) is item:
+            if current.get(item[-1]) is item:
                 return item
             heappop(heap)
         return None
@@ -238,10 +240,10 @@ class TransitionState:
     def values(self, found: Any) -> dict[str, Any]:
         """Every variable's value in ``found`` (a result of :meth:`preferred`)."""
         if self.single is not None:
-            return dict(found[-1])
+            return variable_values(self.single.component, found)
         merged: dict[str, Any] = {}
-        for item in found:
-            merged.update(item[-1])
+        for cs, item in zip(self.components, found, strict=True):
+            merged.update(variable_values(cs.component, item))
         return merged
 
 
@@ -317,7 +319,7 @@ def _component_lines(cs: ComponentState, name: str, result: str, ns: dict[str, A
         f"    {result} = {name}.preferred()",
         f"elif H_{name}:",
         f"    {result} = H_{name}[0]",
-        f"    if CUR_{name}.get({result}[-2]) is not {result}:",
+        f"    if CUR_{name}.get({result}[-1]) is not {result}:",
         f"        {result} = {name}.preferred()",
         "else:",
         f"    {result} = None",

@@ -23,7 +23,15 @@ from typing import Any, NamedTuple, Protocol
 
 from sortedcontainers import SortedList
 
-from nets.binding import CONSUME, INHIBIT, Component, InscriptionError, compiled
+from nets.binding import (
+    CONSUME,
+    INHIBIT,
+    Component,
+    InscriptionError,
+    compiled,
+    variable_expression,
+    variable_sources,
+)
 from nets.marking import BUCKET_LIST_MAX, PlaceStore
 from nets.model import NOW, OutputArc, Place, Token, Transition, Var, parameters
 
@@ -41,8 +49,9 @@ class Step(NamedTuple):
 
 
 # A transition's binding as nets/enabling.py finds it: for a transition of one component
-# that component's search result (its entries in binding order first, its variables'
-# dictionary last; nets/binding.py, Searcher), otherwise a tuple of one per component.
+# that component's search result (its entries in binding order first, then for a per-key
+# component a sequence number and the key; nets/binding.py, Searcher), otherwise a tuple
+# of one per component.
 Found = Any
 FireFn = Callable[[Found, int], Step]
 
@@ -108,18 +117,23 @@ def compile_firing(
     lines = ["def fire(found, now):"]
     if len(components) == 1:
         lines.append("    entries0 = found")
-        lines.append("    values = found[-1]")
-    elif not components:  # a transition without input arcs
-        lines.append("    values = {}")
-    else:
+    elif components:
         lines.append(f"    {''.join(f'entries{c}, ' for c in range(len(components)))}= found")
-        merged = ", ".join(f"**entries{c}[-1]" for c in range(len(components)))
-        lines.append(f"    values = {{{merged}}}")
+    # Every variable is read from the chosen entries (nets/binding.py, variable_sources):
+    # the search builds no dictionary, so the step's binding is the one built here.
+    names: list[str] = []
+    for c, component in enumerate(components):
+        for name, source in variable_sources(component):
+            lines.append(f"    v_{name} = {variable_expression(source, f'entries{c}')}")
+            names.append(name)
+    lines.append(f"    values = {{{''.join(f'{name!r}: v_{name}, ' for name in names)}}}")
     used: dict[str, None] = {}
     for arc in transition.produce:
         used.update(dict.fromkeys(sorted(arc.variables())))
     lines += [
-        "    v_now = now" if name == NOW else f"    v_{name} = values[{name!r}]" for name in used
+        "    v_now = now" if name == NOW else f"    v_{name} = values[{name!r}]"
+        for name in used
+        if name not in names
     ]
 
     # 1. Evaluate every output, checking classes and delays, before touching the marking.
