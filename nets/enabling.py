@@ -35,6 +35,7 @@ from nets.binding import (
     InscriptionError,
     compile_components,
     compile_search,
+    compiled,
     variable_values,
 )
 from nets.firing import FireFn, Step
@@ -90,6 +91,7 @@ class KeyedComponentState:
         "required",
         "search",
         "tname",
+        "top",
     )
 
     def __init__(self, component: Component, tname: str, sequence: itertools.count[int]) -> None:
@@ -111,6 +113,7 @@ class KeyedComponentState:
                 if st.kind != INHIBIT and st.store.place.key is not None
             )
         )
+        self.top = _compile_top(self)
 
     def known_disabled(self) -> bool:
         """Whether the component is clean and known to have no binding (no search)."""
@@ -119,42 +122,79 @@ class KeyedComponentState:
     def preferred(self) -> tuple[Any, ...] | None:
         """The least live item of the heap, after searching the dirty keys again."""
         dirty = self.dirty_keys
-        heap, current = self.heap, self.current
         if self.all_dirty:
             # A change to a non-keyed place of this component can affect every key.
             for store in self.component.key_stores:
                 dirty.update(store.primary.buckets)
-            dirty.update(current)
+            dirty.update(self.current)
             self.all_dirty = False
-        if dirty:
-            search, required = self.search, self.required
-            try:
-                for key in dirty:
-                    for buckets in required:
-                        if key not in buckets:
-                            current.pop(key, None)
-                            break
-                    else:
-                        item = search(key)
-                        if item is None:
-                            current.pop(key, None)
-                        else:
-                            current[key] = item
-                            heappush(heap, item)
-            except InscriptionError:
-                raise
-            except Exception as exc:
-                raise _guard_failed(self.tname, exc) from exc
-            dirty.clear()
-            if len(heap) > 2 * len(current) + HEAP_SLACK:
-                heap[:] = [item for item in heap if current.get(item[-1]) is item]
-                heapify(heap)
-        while heap:
-            item = heap[0]
-            if current.get(item[-1]) is item:
-                return item
-            heappop(heap)
-        return None
+        return self.top()
+
+    def compact(self) -> None:
+        """Drop the stale items (the heap grew past twice its live ones)."""
+        current = self.current
+        self.heap[:] = [item for item in self.heap if current.get(item[-1]) is item]
+        heapify(self.heap)
+
+
+def _keyed_top_lines(
+    cs: KeyedComponentState, name: str, result: str, ns: dict[str, Any]
+) -> list[str]:
+    """Lines that search ``cs``'s dirty keys again and set ``result`` to its least live
+    item (or ``None``), with the component's objects bound into ``ns`` under ``name``.
+
+    The one implementation of a per-key refresh: :meth:`KeyedComponentState.preferred`
+    runs it as a function, the generated chooser inlines it (no call per firing). A key
+    missing from a keyed consume or read place has no binding: it is dropped without a
+    search (one ``in`` per such place, written out).
+    """
+    ns[name], ns[f"S_{name}"], ns[f"T_{name}"] = cs, cs.search, cs.tname
+    ns[f"DK_{name}"], ns[f"H_{name}"], ns[f"CUR_{name}"] = cs.dirty_keys, cs.heap, cs.current
+    ns.update(heappush=heappush, heappop=heappop, IE=InscriptionError, GF=_guard_failed)
+    present = []
+    for j, buckets in enumerate(cs.required):
+        ns[f"RB_{name}_{j}"] = buckets
+        present.append(f"k in RB_{name}_{j}")
+    return [
+        f"if DK_{name}:",
+        "    try:",
+        f"        for k in DK_{name}:",
+        f"            if {' and '.join(present)}:",
+        f"                it = S_{name}(k)",
+        "                if it is None:",
+        f"                    CUR_{name}.pop(k, None)",
+        "                else:",
+        f"                    CUR_{name}[k] = it",
+        f"                    heappush(H_{name}, it)",
+        "            else:",
+        f"                CUR_{name}.pop(k, None)",
+        "    except IE:",
+        "        raise",
+        "    except Exception as exc:",
+        f"        raise GF(T_{name}, exc) from exc",
+        f"    DK_{name}.clear()",
+        f"    if len(H_{name}) > 2 * len(CUR_{name}) + {HEAP_SLACK}:",
+        f"        {name}.compact()",
+        f"while H_{name}:",
+        f"    {result} = H_{name}[0]",
+        f"    if CUR_{name}.get({result}[-1]) is {result}:",
+        "        break",
+        f"    heappop(H_{name})",
+        "else:",
+        f"    {result} = None",
+    ]
+
+
+def _compile_top(cs: KeyedComponentState) -> Callable[[], tuple[Any, ...] | None]:
+    """``top()``: the component's least live item after searching its dirty keys again."""
+    ns: dict[str, Any] = {}
+    lines = ["def top():", *(f"    {line}" for line in _keyed_top_lines(cs, "C", "f", ns))]
+    lines.append("    return f")
+    source = "\n".join(lines) + "\n"
+    code = compiled(source, f"<cpn refresh of a per-key component of {cs.tname!r}>")
+    exec(code, ns)  # noqa: S102 - source built above from the net's structure only
+    top: Callable[[], tuple[Any, ...] | None] = ns["top"]
+    return top
 
 
 ComponentState = WholeComponentState | KeyedComponentState
@@ -313,14 +353,9 @@ def _component_lines(cs: ComponentState, name: str, result: str, ns: dict[str, A
     ns[name] = cs
     if isinstance(cs, WholeComponentState):
         return [f"{result} = {name}.preferred() if {name}.all_dirty else {name}.best"]
-    ns[f"DK_{name}"], ns[f"H_{name}"], ns[f"CUR_{name}"] = cs.dirty_keys, cs.heap, cs.current
     return [
-        f"if {name}.all_dirty or DK_{name}:",
+        f"if {name}.all_dirty:",
         f"    {result} = {name}.preferred()",
-        f"elif H_{name}:",
-        f"    {result} = H_{name}[0]",
-        f"    if CUR_{name}.get({result}[-1]) is not {result}:",
-        f"        {result} = {name}.preferred()",
         "else:",
-        f"    {result} = None",
+        *(f"    {line}" for line in _keyed_top_lines(cs, name, result, ns)),
     ]
