@@ -338,10 +338,10 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
     return fn
 
 
-# Where a variable's value sits in a search result: ("key",) the key (last item),
-# ("field", slot, position) a field of the token of entry ``slot``, ("whole", slot) that
-# token, ("many", slot) the tokens of a many-token arc's entries.
-VariableSource = tuple[str, ...] | tuple[str, int] | tuple[str, int, int]
+# Where a variable's value sits in a search result: ("key", -1, -1) the key (last item),
+# ("field", slot, position) a field of the token of entry ``slot``, ("whole", slot, -1)
+# that token, ("many", slot, -1) the tokens of a many-token arc's entries.
+VariableSource = tuple[str, int, int]
 
 
 def variable_sources(component: Component) -> tuple[tuple[str, VariableSource], ...]:
@@ -352,19 +352,19 @@ def variable_sources(component: Component) -> tuple[tuple[str, VariableSource], 
     """
     found: dict[str, VariableSource] = {}
     if component.key_var is not None:
-        found[component.key_var] = ("key",)
+        found[component.key_var] = ("key", -1, -1)
     slot = 0
     for step in component.steps:
         if step.kind == INHIBIT:
             continue
         if step.count != 1:
             if step.whole is not None:
-                found.setdefault(step.whole, ("many", slot))
+                found.setdefault(step.whole, ("many", slot, -1))
         else:
             for pos, name in step.binds:
                 found.setdefault(name, ("field", slot, pos))
             if step.whole is not None:
-                found.setdefault(step.whole, ("whole", slot))
+                found.setdefault(step.whole, ("whole", slot, -1))
         slot += 1
     return tuple(found.items())
 
@@ -383,15 +383,15 @@ def variable_expression(source: VariableSource, item: str) -> str:
 def variable_values(component: Component, item: tuple[Any, ...]) -> dict[str, Any]:
     """The variables of a search result, as a dictionary (for inspection)."""
     values: dict[str, Any] = {}
-    for name, source in variable_sources(component):
-        if source[0] == "key":
+    for name, (kind, slot, position) in variable_sources(component):
+        if kind == "key":
             values[name] = item[-1]
-        elif source[0] == "field":
-            values[name] = item[int(source[1])][1][int(source[2])]
-        elif source[0] == "whole":
-            values[name] = item[int(source[1])][1]
+        elif kind == "field":
+            values[name] = item[slot][1][position]
+        elif kind == "whole":
+            values[name] = item[slot][1]
         else:
-            values[name] = tuple([e[1] for e in item[int(source[1])]])
+            values[name] = tuple([e[1] for e in item[slot]])
     return values
 
 

@@ -107,8 +107,12 @@ class Engine:
         self._rng = random.Random(seed)
         self.now = 0
         self._stores = {p.name: PlaceStore(p) for p in net.places}
-        self._pending: list[tuple[int, int, str, Token]] = []
-        self._pending_seq = itertools.count()
+        # Entries from the future, by time: each time's ``(place, token)`` pairs in the
+        # order they were produced, and a heap of the distinct times. Firings at one
+        # moment with one delay produce many entries of one time, so most entries cost
+        # an append, and the heap holds and compares plain ints (see _push_pending).
+        self._pending: dict[int, list[tuple[str, Token]]] = {}
+        self._pending_times: list[int] = []
         # Pending entries taken out before their time (withdraw): left in the heap, where
         # finding them would cost a scan, and skipped when they come due.
         self._withdrawn: dict[tuple[int, str, Token], int] = {}
@@ -141,7 +145,7 @@ class Engine:
                 [cs.component for cs in ts.components],
                 self._stores,
                 self._pending,
-                self._pending_seq,
+                self._pending_times,
                 locality=locality,
                 exported=self._exported,
             )
@@ -197,7 +201,16 @@ class Engine:
         if time <= self.now or not store.timed:
             store.add_available((time, token))
         else:
-            heapq.heappush(self._pending, (time, next(self._pending_seq), place, token))
+            self._push_pending(time, place, token)
+
+    def _push_pending(self, time: int, place: str, token: Token) -> None:
+        """Let ``(time, token)`` wait for its time (the compiled firings do the same)."""
+        waiting = self._pending.get(time)
+        if waiting is None:
+            self._pending[time] = [(place, token)]
+            heapq.heappush(self._pending_times, time)
+        else:
+            waiting.append((place, token))
 
     def add(self, place: str, token: Token, *, time: int | None = None) -> None:
         """Put ``token`` into ``place``, available from ``time`` (default: now).
@@ -232,7 +245,7 @@ class Engine:
             available = [entry for entry in entries if entry[0] <= now]
             for time, token in entries:
                 if time > now:
-                    heapq.heappush(self._pending, (time, next(self._pending_seq), place, token))
+                    self._push_pending(time, place, token)
         else:
             available = entries
         store.count += len(entries)
@@ -292,14 +305,21 @@ class Engine:
         return True
 
     def _drop_withdrawn_heads(self) -> None:
-        # The heap's head is the next deadline: a withdrawn one would wake the caller
-        # for nothing.
-        pending = self._pending
-        while pending and self._withdrawn:
-            time, _seq, place, token = pending[0]
-            if not self._skip_withdrawn((time, place, token)):
+        # The earliest pending time is the next deadline: one whose entries were all
+        # withdrawn would wake the caller for nothing.
+        times, pending = self._pending_times, self._pending
+        while times and self._withdrawn:
+            time = times[0]
+            kept = [
+                (place, token)
+                for place, token in pending[time]
+                if not self._skip_withdrawn((time, place, token))
+            ]
+            if kept:
+                pending[time] = kept
                 return
-            heapq.heappop(pending)
+            del pending[time]
+            heapq.heappop(times)
 
     def extract(self, entries: Iterable[tuple[str, int, Token]]) -> None:
         """Take entries ``(place, time, token)`` out, available or not yet (a slot leaving).
@@ -322,20 +342,25 @@ class Engine:
                 pending_wanted[key] = pending_wanted.get(key, 0) + 1
         if not pending_wanted:
             return
-        kept = []
-        for item in self._pending:
-            key = (item[0], item[2], item[3])
-            if self._withdrawn and self._skip_withdrawn(key):
-                continue  # withdrawn before: it goes now, and is not what is wanted
-            if pending_wanted.get(key, 0) > 0:
-                pending_wanted[key] -= 1
-                self._stores[item[2]].count -= 1
+        for time in list(self._pending):
+            kept = []
+            for place, token in self._pending[time]:
+                key = (time, place, token)
+                if self._withdrawn and self._skip_withdrawn(key):
+                    continue  # withdrawn before: it goes now, and is not what is wanted
+                if pending_wanted.get(key, 0) > 0:
+                    pending_wanted[key] -= 1
+                    self._stores[place].count -= 1
+                else:
+                    kept.append((place, token))
+            if kept:
+                self._pending[time] = kept
             else:
-                kept.append(item)
+                del self._pending[time]
         missing = [key for key, n in pending_wanted.items() if n > 0]
         # The compiled firings hold this very list: change it in place.
-        self._pending[:] = kept
-        heapq.heapify(self._pending)
+        self._pending_times[:] = self._pending
+        heapq.heapify(self._pending_times)
         if missing:
             time, place, token = missing[0]
             raise CpnError(f"place {place!r} has no token {token!r} at time {time} to take out")
@@ -360,9 +385,8 @@ class Engine:
                     available.append((time, token))
                 else:
                     store.count += 1
-                    self._pending.append((time, next(self._pending_seq), place, token))
+                    self._push_pending(time, place, token)
             store.load(available)
-        heapq.heapify(self._pending)
         for ts in self._transitions:
             for cs in ts.components:
                 cs.all_dirty = True
@@ -394,15 +418,15 @@ class Engine:
         """Move the engine's time to ``now`` and release pending tokens that are due."""
         assert now >= self.now, f"time went backwards: {now} < {self.now}"
         self.now = now
-        pending = self._pending
+        times, pending = self._pending_times, self._pending
         inserts = self._inserts
         withdrawn = self._withdrawn
-        heappop = heapq.heappop
-        while pending and pending[0][0] <= now:
-            time, _seq, place, token = heappop(pending)
-            if withdrawn and self._skip_withdrawn((time, place, token)):
-                continue
-            inserts[place]((time, token))
+        while times and times[0] <= now:
+            time = heapq.heappop(times)
+            for place, token in pending.pop(time):
+                if withdrawn and self._skip_withdrawn((time, place, token)):
+                    continue
+                inserts[place]((time, token))
 
     # -- choosing and firing ------------------------------------------------------------
 
@@ -416,8 +440,8 @@ class Engine:
             InscriptionError: a guard or output function raised or returned a token of
                 the wrong colour; the marking is unchanged.
         """
-        pending = self._pending
-        if pending and pending[0][0] <= now:
+        times = self._pending_times
+        if times and times[0] <= now:
             self.advance(now)
         else:
             assert now >= self.now, f"time went backwards: {now} < {self.now}"
@@ -479,12 +503,12 @@ class Engine:
         # fires millions of steps through here (bench/engine.py).
         fired = 0
         now = self.now
-        pending = self._pending
+        times = self._pending_times
         changes = self._changes
         fire_next = self._fire_next
         hooks = self.hooks  # mutated in place, never replaced
         while max_steps is None or fired < max_steps:
-            if pending and pending[0][0] <= now:
+            if times and times[0] <= now:
                 self.advance(now)
             if changes.all_dirty:
                 step = fire_next(now)
@@ -524,7 +548,7 @@ class Engine:
         place gains an available token) without a firing or a put.
         """
         self._drop_withdrawn_heads()
-        return self._pending[0][0] if self._pending else None
+        return self._pending_times[0] if self._pending_times else None
 
     def take_exported(self) -> list[PlacedEntry]:
         """The produced entries this engine's locality did not keep, since the last call.
@@ -543,13 +567,14 @@ class Engine:
         store = self._store(place)
         entries = list(store.entries())
         withdrawn = dict(self._withdrawn)
-        for t, _s, p, tok in self._pending:
-            if p != place:
-                continue
-            if withdrawn.get((t, p, tok), 0) > 0:
-                withdrawn[t, p, tok] -= 1
-                continue
-            entries.append((t, tok))
+        for t, waiting in self._pending.items():
+            for p, tok in waiting:
+                if p != place:
+                    continue
+                if withdrawn.get((t, p, tok), 0) > 0:
+                    withdrawn[t, p, tok] -= 1
+                    continue
+                entries.append((t, tok))
         entries.sort()
         return entries
 
@@ -572,7 +597,7 @@ class Engine:
             steps=sum(self._counts),
             firings={t.name: n for t, n in zip(self.net.transitions, self._counts, strict=True)},
             tokens={name: store.count for name, store in self._stores.items()},
-            pending=len(self._pending) - sum(self._withdrawn.values()),
+            pending=sum(map(len, self._pending.values())) - sum(self._withdrawn.values()),
         )
 
 

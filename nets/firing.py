@@ -16,7 +16,6 @@ naming the transition and the binding.
 from __future__ import annotations
 
 import heapq
-import itertools
 from bisect import bisect_left, insort
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -90,16 +89,16 @@ def compile_firing(
     transition: Transition,
     components: Sequence[Component],
     stores: Mapping[str, PlaceStore],
-    pending: list[tuple[int, int, str, Token]],
-    sequence: itertools.count[int],
+    pending: dict[int, list[tuple[str, Token]]],
+    pending_times: list[int],
     *,
     locality: Locality | None = None,
     exported: list[PlacedEntry] | None = None,
 ) -> FireFn:
     """Generate the firing function of ``transition`` for one engine's marking.
 
-    ``pending`` is the engine's heap of future entries ``(time, seq, place, token)``
-    and ``sequence`` numbers them, so that equal times pop in production order. With
+    ``pending`` holds the engine's future entries, each time's ``(place, token)`` pairs
+    in production order, and ``pending_times`` is the heap of those times. With
     a ``locality``, produced tokens it does not keep go to ``exported`` instead of the
     marking (and are not in the step's ``produced``).
     """
@@ -108,7 +107,7 @@ def compile_firing(
         "NEW": tuple.__new__,
         "heappush": heapq.heappush,
         "PENDING": pending,
-        "SEQ": sequence,
+        "TIMES": pending_times,
         "NAME": transition.name,
         "failed": _failed,
         "bad_token": _bad_token,
@@ -123,8 +122,8 @@ def compile_firing(
     # the search builds no dictionary, so the step's binding is the one built here.
     names: list[str] = []
     for c, component in enumerate(components):
-        for name, source in variable_sources(component):
-            lines.append(f"    v_{name} = {variable_expression(source, f'entries{c}')}")
+        for name, where in variable_sources(component):
+            lines.append(f"    v_{name} = {variable_expression(where, f'entries{c}')}")
             names.append(name)
     lines.append(f"    values = {{{''.join(f'{name!r}: v_{name}, ' for name in names)}}}")
     used: dict[str, None] = {}
@@ -264,7 +263,14 @@ def _add_lines(
     """
     name = store.place.name
     insert = [f"e = ({time}, {token})", *_insert_lines(store, ns)]
-    pend = [f"heappush(PENDING, ({time}, next(SEQ), {name!r}, {token}))"]
+    pend = [
+        f"w = PENDING.get({time})",
+        "if w is None:",
+        f"    PENDING[{time}] = [({name!r}, {token})]",
+        f"    heappush(TIMES, {time})",
+        "else:",
+        f"    w.append(({name!r}, {token}))",
+    ]
     lines = [f"S_{name}.count += 1"]
     if not store.timed or (delay is not None and delay <= 0):
         return lines + insert
