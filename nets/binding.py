@@ -369,15 +369,22 @@ def variable_sources(component: Component) -> tuple[tuple[str, VariableSource], 
     return tuple(found.items())
 
 
-def variable_expression(source: VariableSource, item: str) -> str:
-    """Source reading a variable's value from the search result named ``item``."""
-    if source[0] == "key":
-        return f"{item}[-1]"
-    if source[0] == "field":
-        return f"{item}[{source[1]}][1][{source[2]}]"
-    if source[0] == "whole":
-        return f"{item}[{source[1]}][1]"
-    return f"tuple([e[1] for e in {item}[{source[1]}]])"
+def variable_expression(source: VariableSource, entries: Sequence[str], key: str) -> str:
+    """Source reading a variable's value, given the names of the locals that hold a
+    search result's entries (one per slot) and its key."""
+    kind, slot, position = source
+    if kind == "key":
+        return key
+    if kind == "field":
+        return f"{entries[slot]}[1][{position}]"
+    if kind == "whole":
+        return f"{entries[slot]}[1]"
+    return f"tuple([e[1] for e in {entries[slot]}])"
+
+
+def result_slots(component: Component) -> int:
+    """How many entries (or tuples of entries, for many-token arcs) a result starts with."""
+    return sum(1 for step in component.steps if step.kind != INHIBIT)
 
 
 def variable_values(component: Component, item: tuple[Any, ...]) -> dict[str, Any]:

@@ -166,6 +166,9 @@ def _keyed_top_lines(
         "                else:",
         f"                    CUR_{name}[k] = it",
         f"                    heappush(H_{name}, it)",
+        # Only a push can make the heap outgrow its live items.
+        f"                    if len(H_{name}) > 2 * len(CUR_{name}) + {HEAP_SLACK}:",
+        f"                        {name}.compact()",
         "            else:",
         f"                CUR_{name}.pop(k, None)",
         "    except IE:",
@@ -173,8 +176,6 @@ def _keyed_top_lines(
         "    except Exception as exc:",
         f"        raise GF(T_{name}, exc) from exc",
         f"    DK_{name}.clear()",
-        f"    if len(H_{name}) > 2 * len(CUR_{name}) + {HEAP_SLACK}:",
-        f"        {name}.compact()",
         f"while H_{name}:",
         f"    {result} = H_{name}[0]",
         f"    if CUR_{name}.get({result}[-1]) is {result}:",
@@ -352,7 +353,21 @@ def _component_lines(cs: ComponentState, name: str, result: str, ns: dict[str, A
     """Lines setting ``result`` to the component's preferred binding (or ``None``)."""
     ns[name] = cs
     if isinstance(cs, WholeComponentState):
-        return [f"{result} = {name}.preferred() if {name}.all_dirty else {name}.best"]
+        # WholeComponentState.preferred, inlined.
+        ns[f"S_{name}"], ns[f"T_{name}"] = cs.search, cs.tname
+        ns.update(IE=InscriptionError, GF=_guard_failed)
+        return [
+            f"if {name}.all_dirty:",
+            "    try:",
+            f"        {result} = {name}.best = S_{name}()",
+            "    except IE:",
+            "        raise",
+            "    except Exception as exc:",
+            f"        raise GF(T_{name}, exc) from exc",
+            f"    {name}.all_dirty = False",
+            "else:",
+            f"    {result} = {name}.best",
+        ]
     return [
         f"if {name}.all_dirty:",
         f"    {result} = {name}.preferred()",

@@ -28,6 +28,7 @@ from nets.binding import (
     Component,
     InscriptionError,
     compiled,
+    result_slots,
     variable_expression,
     variable_sources,
 )
@@ -114,16 +115,25 @@ def compile_firing(
         "bad_delay": _bad_delay,
     }
     lines = ["def fire(found, now):"]
-    if len(components) == 1:
-        lines.append("    entries0 = found")
-    elif components:
-        lines.append(f"    {''.join(f'entries{c}, ' for c in range(len(components)))}= found")
+    # Each chosen entry into a local ``a{component}_{slot}`` (and each key into
+    # ``key{component}``) by unpacking: the removal, the variables and the step's
+    # ``consumed`` read the locals instead of indexing the result again.
+    results = ["found"] if len(components) == 1 else [f"found{c}" for c in range(len(components))]
+    if len(components) > 1:
+        lines.append(f"    {''.join(f'{r}, ' for r in results)}= found")
+    for c, component in enumerate(components):
+        unpacked = [f"a{c}_{slot}" for slot in range(result_slots(component))]
+        if component.key_var is not None:
+            unpacked += ["_", f"key{c}"]
+        if unpacked:
+            lines.append(f"    {''.join(f'{name}, ' for name in unpacked)}= {results[c]}")
     # Every variable is read from the chosen entries (nets/binding.py, variable_sources):
     # the search builds no dictionary, so the step's binding is the one built here.
     names: list[str] = []
     for c, component in enumerate(components):
+        entries = [f"a{c}_{slot}" for slot in range(result_slots(component))]
         for name, where in variable_sources(component):
-            lines.append(f"    v_{name} = {variable_expression(where, f'entries{c}')}")
+            lines.append(f"    v_{name} = {variable_expression(where, entries, f'key{c}')}")
             names.append(name)
     lines.append(f"    values = {{{''.join(f'{name!r}: v_{name}, ' for name in names)}}}")
     used: dict[str, None] = {}
@@ -153,7 +163,7 @@ def compile_firing(
             if step.kind == CONSUME:
                 store = f"S_{step.store.place.name}"
                 ns[store] = step.store
-                picked = f"entries{c}[{slot}]"
+                picked = f"a{c}_{slot}"
                 if step.count == 1:
                     lines.append(f"    e = {picked}")
                     lines += [f"    {line}" for line in _remove_lines(step.store, ns)]
