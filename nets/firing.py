@@ -339,13 +339,25 @@ def compile_insert(store: PlaceStore) -> Callable[[tuple[int, Token]], None]:
     return insert
 
 
-def _notify_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
-    """Lines telling the components that read the place about key ``k`` changing."""
+def _notify_lines(store: PlaceStore, ns: dict[str, Any], *, removal: bool = False) -> list[str]:
+    """Lines telling the components that read the place about key ``k`` changing.
+
+    A removal tells a per-key component only if it holds a binding for ``k`` (or reads
+    the place through an inhibitor arc): its consume and read arcs can only lose
+    candidates, so a key without a binding cannot gain one. A key dirty already is
+    searched again anyway, whatever its cached binding. In the scraper, a response
+    taken by ``fetched`` no longer makes ``retry`` and ``give_up`` search its domain.
+    """
     name = store.place.name
     lines = []
     for j, watcher in enumerate(store.key_watchers):
         ns[f"DK_{name}_{j}"] = watcher.dirty_keys
-        lines.append(f"DK_{name}_{j}.add(k)")
+        inhibits = any(st.kind == INHIBIT and st.store is store for st in watcher.component.steps)
+        if removal and not inhibits:
+            ns[f"CUR_{name}_{j}"] = watcher.current
+            lines.append(f"if k in CUR_{name}_{j}: DK_{name}_{j}.add(k)")
+        else:
+            lines.append(f"DK_{name}_{j}.add(k)")
     for j, place_watcher in enumerate(store.place_watchers):
         ns[f"PW_{name}_{j}"] = place_watcher
         lines.append(f"PW_{name}_{j}.all_dirty = True")
@@ -382,7 +394,7 @@ def _remove_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
     ]
     if store.secondary:
         lines += [f"for index in S_{name}.secondary:", "    index.remove(e)"]
-    lines += _notify_lines(store, ns)
+    lines += _notify_lines(store, ns, removal=True)
     for j, capacity_watcher in enumerate(store.capacity_watchers):
         ns[f"CW_{name}_{j}"] = capacity_watcher
         lines.append(f"CW_{name}_{j}.blocked = None")
