@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Final
@@ -240,23 +240,26 @@ def _arc_step(
 
 # A compiled search returns the component's preferred binding as one flat tuple, or
 # ``None``: the chosen entries in binding order (an entry, or a tuple of entries for a
-# many-token arc), then, for a per-key component, a sequence number and the key last.
-# Its prefix of entries orders bindings as conflict resolution does, and the sequence
-# number breaks ties before the key is reached, so the tuple itself is the item of the
+# many-token arc), then, for a per-key component, the key. Its prefix of entries orders
+# bindings as conflict resolution does, so the tuple itself is the item of the
 # component's per-key heap: no second tuple, and one nesting level less to compare (see
-# docs/engine.md). It holds no dictionary of the variables: every variable is a field
+# docs/engine.md). Two items compare equal only if their entries are equal, and then
+# their keys are too (a per-key component has a keyed consume or read arc, whose token
+# holds the key), so a comparison never needs a tie breaker past the entries. It used
+# to carry a sequence number for that, when a dictionary followed (an int allocated
+# per search). It holds no dictionary of the variables: every variable is a field
 # of a chosen token, the token itself or the key, so whoever needs the values reads
 # them from the entries (see :func:`variable_sources`), and a search that is done again
 # before its transition fires never builds one.
 Searcher = Callable[..., "tuple[Any, ...] | None"]
 
 
-def compile_search(component: Component, transition_name: str, sequence: Iterator[int]) -> Searcher:
+def compile_search(component: Component, transition_name: str) -> Searcher:
     """Generate the search of ``component`` as straight-line Python.
 
     Returns ``search(key)`` for a per-key component, ``search()`` otherwise; each
-    returns the preferred binding as a flat tuple (see :data:`Searcher`), taking its
-    sequence number from ``sequence``, or ``None``. The result is the one
+    returns the preferred binding as a flat tuple (see :data:`Searcher`), or ``None``.
+    The result is the one
     :func:`search` finds: the same walk in binding order, one nested ``for`` loop per
     arc over its index bucket, binds as local variables, the guard and inhibitors
     inlined where their variables become bound. A many-token arc loops over the
@@ -268,7 +271,6 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
     steps = component.steps
     namespace: dict[str, Any] = {
         "EMPTY": (),
-        "SEQ": sequence,
         "combinations": combinations,
         "untaken": _untaken,
     }
@@ -327,7 +329,7 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
         entries.append(f"e{i}")
         chosen.append((step.store, f"e{i}", step.count))
     pad = "    " * depth
-    tail = f"next(SEQ), v_{key_var}, " if key_var is not None else ""
+    tail = f"v_{key_var}, " if key_var is not None else ""
     lines.append(f"{pad}return ({''.join(e + ', ' for e in entries)}{tail})")
     if depth > 1:
         lines.append("    return None")

@@ -6,10 +6,9 @@ Theory of operation (docs/engine.md, "Components and per-key incremental enablin
   reads changes (``all_dirty``).
 * A per-key component keeps, for each key with a binding, one item in a heap. The item
   is the compiled search's flat result (nets/binding.py, ``Searcher``): the chosen
-  entries, a sequence number and the key (the variables are read from the entries when
-  the transition fires). Its entries come first, so the heap's top is the component's
-  preferred binding; the sequence number, unique, keeps comparisons from reaching the
-  key. ``current`` maps each key
+  entries and the key (the variables are read from the entries when the transition
+  fires). Its entries come first, so the heap's top is the component's preferred
+  binding. ``current`` maps each key
   to its live item; an item that is not its key's live one is stale and is dropped
   when it reaches the top, and the heap is rebuilt from the live items when it grows
   past twice their number.
@@ -24,7 +23,6 @@ Theory of operation (docs/engine.md, "Components and per-key incremental enablin
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from heapq import heapify, heappop, heappush
 from typing import Any
@@ -55,10 +53,10 @@ class WholeComponentState:
 
     __slots__ = ("all_dirty", "best", "component", "search", "tname")
 
-    def __init__(self, component: Component, tname: str, sequence: itertools.count[int]) -> None:
+    def __init__(self, component: Component, tname: str) -> None:
         self.component = component
         self.tname = tname
-        self.search = compile_search(component, tname, sequence)
+        self.search = compile_search(component, tname)
         self.all_dirty = True
         self.best: tuple[Any, ...] | None = None
 
@@ -94,10 +92,10 @@ class KeyedComponentState:
         "top",
     )
 
-    def __init__(self, component: Component, tname: str, sequence: itertools.count[int]) -> None:
+    def __init__(self, component: Component, tname: str) -> None:
         self.component = component
         self.tname = tname
-        self.search = compile_search(component, tname, sequence)
+        self.search = compile_search(component, tname)
         self.all_dirty = True
         # Cleared in place, never replaced: compiled firings and places hold this set.
         self.dirty_keys: set[Any] = set()
@@ -220,14 +218,13 @@ class TransitionState:
         index: int,
         transition: Transition,
         stores: dict[str, PlaceStore],
-        sequence: itertools.count[int],
     ) -> None:
         self.index = index
         self.transition = transition
         self.components: list[ComponentState] = [
-            KeyedComponentState(c, transition.name, sequence)
+            KeyedComponentState(c, transition.name)
             if c.key_var is not None
-            else WholeComponentState(c, transition.name, sequence)
+            else WholeComponentState(c, transition.name)
             for c in compile_components(transition, stores)
         ]
         # The one component of most transitions: its item is the binding itself.

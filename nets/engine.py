@@ -25,7 +25,6 @@ Theory of operation:
 from __future__ import annotations
 
 import heapq
-import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -123,11 +122,8 @@ class Engine:
         # Produced tokens of partitions held elsewhere (with a locality), oldest first;
         # the shell takes them with take_exported() and hands them off.
         self._exported: list[PlacedEntry] = []
-        # Numbers the compiled searches' results: ties in a per-key heap never reach
-        # the variables' dictionaries (nets/enabling.py).
-        binding_seq = itertools.count()
         self._transitions = [
-            TransitionState(i, t, self._stores, binding_seq) for i, t in enumerate(net.transitions)
+            TransitionState(i, t, self._stores) for i, t in enumerate(net.transitions)
         ]
         priorities = sorted({t.priority for t in net.transitions}, reverse=True)
         self._groups = [

@@ -124,7 +124,7 @@ def compile_firing(
     for c, component in enumerate(components):
         unpacked = [f"a{c}_{slot}" for slot in range(result_slots(component))]
         if component.key_var is not None:
-            unpacked += ["_", f"key{c}"]
+            unpacked.append(f"key{c}")
         if unpacked:
             lines.append(f"    {''.join(f'{name}, ' for name in unpacked)}= {results[c]}")
     # Every variable is read from the chosen entries (nets/binding.py, variable_sources):
@@ -164,13 +164,20 @@ def compile_firing(
                 store = f"S_{step.store.place.name}"
                 ns[store] = step.store
                 picked = f"a{c}_{slot}"
+                # Every keyed arc of a per-key component binds the place's key to the
+                # component's key (nets/binding.py): the entry's key is that local.
+                key = (
+                    f"key{c}"
+                    if component.key_var is not None and step.store.place.key is not None
+                    else None
+                )
                 if step.count == 1:
                     lines.append(f"    e = {picked}")
-                    lines += [f"    {line}" for line in _remove_lines(step.store, ns)]
+                    lines += [f"    {line}" for line in _remove_lines(step.store, ns, key)]
                     consumed.append(f"({step.store.place.name!r}, {picked}[0], {picked}[1])")
                 else:
                     lines.append(f"    for e in {picked}:")
-                    lines += [f"        {line}" for line in _remove_lines(step.store, ns)]
+                    lines += [f"        {line}" for line in _remove_lines(step.store, ns, key)]
                     consumed.append(f"*[({step.store.place.name!r}, e[0], e[1]) for e in {picked}]")
             slot += 1
 
@@ -364,18 +371,20 @@ def _notify_lines(store: PlaceStore, ns: dict[str, Any], *, removal: bool = Fals
     return lines
 
 
-def _remove_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
+def _remove_lines(store: PlaceStore, ns: dict[str, Any], key: str | None = None) -> list[str]:
     """Inline :meth:`PlaceStore.remove_available` for entry ``e`` (same effects, no call).
 
     Specialised to the store's fixed shape: its key field, its secondary indexes and
     the components and transitions that watch it (their dirty-key sets and flags are
-    long-lived objects, bound into the generated code).
+    long-lived objects, bound into the generated code). ``key`` names a local that
+    holds the entry's key already (a per-key component's key), if there is one.
     """
     name = store.place.name
     ns[f"S_{name}"] = store
     ns[f"B_{name}"] = store.primary.buckets
     ns["bisect_left"] = bisect_left
-    key = f"e[1][{store.key_position}]" if store.key_position >= 0 else "None"
+    if key is None:
+        key = f"e[1][{store.key_position}]" if store.key_position >= 0 else "None"
     lines = [
         f"k = {key}",
         f"b = B_{name}[k]",
