@@ -8,10 +8,10 @@ Theory of operation (docs/engine.md, "Components and per-key incremental enablin
   is the compiled search's flat result (nets/binding.py, ``Searcher``): the chosen
   entries and the key (the variables are read from the entries when the transition
   fires). Its entries come first, so the heap's top is the component's preferred
-  binding. ``current`` maps each key
-  to its live item; an item that is not its key's live one is stale and is dropped
-  when it reaches the top, and the heap is rebuilt from the live items when it grows
-  past twice their number.
+  binding. ``current`` maps each key to its live item; an item that is not its key's
+  live one is stale and is dropped when it reaches the top, and the heap is rebuilt
+  from the live items when it grows past twice their number. The refresh of the dirty
+  keys is generated per component and inlined into the chooser (``_keyed_top_lines``).
 * Places mark what a change dirties: one key of a per-key component (``dirty_keys``)
   or a whole component (``all_dirty``). Only that is searched again, when the engine
   next asks.
