@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Final
@@ -240,20 +240,26 @@ def _arc_step(
 
 # A compiled search returns the component's preferred binding as one flat tuple, or
 # ``None``: the chosen entries in binding order (an entry, or a tuple of entries for a
-# many-token arc), then, for a per-key component, a sequence number and the key, and
-# last the dictionary of bound variables. Its prefix of entries orders bindings as
-# conflict resolution does, and the sequence number breaks ties before the dictionary
-# is reached, so the tuple itself is the item of the component's per-key heap: no
-# second tuple, and one nesting level less to compare (see docs/engine.md).
+# many-token arc), then, for a per-key component, the key. Its prefix of entries orders
+# bindings as conflict resolution does, so the tuple itself is the item of the
+# component's per-key heap: no second tuple, and one nesting level less to compare (see
+# docs/engine.md). Two items compare equal only if their entries are equal, and then
+# their keys are too (a per-key component has a keyed consume or read arc, whose token
+# holds the key), so a comparison never needs a tie breaker past the entries. It used
+# to carry a sequence number for that, when a dictionary followed (an int allocated
+# per search). It holds no dictionary of the variables: every variable is a field
+# of a chosen token, the token itself or the key, so whoever needs the values reads
+# them from the entries (see :func:`variable_sources`), and a search that is done again
+# before its transition fires never builds one.
 Searcher = Callable[..., "tuple[Any, ...] | None"]
 
 
-def compile_search(component: Component, transition_name: str, sequence: Iterator[int]) -> Searcher:
+def compile_search(component: Component, transition_name: str) -> Searcher:
     """Generate the search of ``component`` as straight-line Python.
 
     Returns ``search(key)`` for a per-key component, ``search()`` otherwise; each
-    returns the preferred binding as a flat tuple (see :data:`Searcher`), taking its
-    sequence number from ``sequence``, or ``None``. The result is the one
+    returns the preferred binding as a flat tuple (see :data:`Searcher`), or ``None``.
+    The result is the one
     :func:`search` finds: the same walk in binding order, one nested ``for`` loop per
     arc over its index bucket, binds as local variables, the guard and inhibitors
     inlined where their variables become bound. A many-token arc loops over the
@@ -265,13 +271,11 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
     steps = component.steps
     namespace: dict[str, Any] = {
         "EMPTY": (),
-        "SEQ": sequence,
         "combinations": combinations,
         "untaken": _untaken,
     }
     key_var = component.key_var
     lines = [f"def search(v_{key_var}):" if key_var is not None else "def search():"]
-    bound = [key_var] if key_var is not None else []
     entries: list[str] = []
     probes = _probe_plan(component)
     lines += _probe_lines(probes.get(-1, ()), steps, namespace, "    ", "return None")
@@ -306,12 +310,10 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
             assert not step.const_checks
             if step.whole is not None:
                 lines.append(f"{pad}v_{step.whole} = tuple([e[1] for e in e{i}])")
-                bound.append(step.whole)
         else:
             lines.append(f"{pad}t{i} = e{i}[1]")
             for pos, name in step.binds:
                 lines.append(f"{pad}v_{name} = t{i}[{pos}]")
-                bound.append(name)
             for pos, name in step.checks:
                 lines.append(f"{pad}if t{i}[{pos}] != v_{name}: continue")
             for j, (pos, value) in enumerate(step.const_checks):
@@ -319,7 +321,6 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
                 lines.append(f"{pad}if t{i}[{pos}] != K{i}_{j}: continue")
             if step.whole is not None:
                 lines.append(f"{pad}v_{step.whole} = t{i}")
-                bound.append(step.whole)
         lines += _probe_lines(probes.get(i, ()), steps, namespace, pad, "continue")
         if step.guard is not None:
             namespace[f"G{i}"] = step.guard
@@ -328,9 +329,8 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
         entries.append(f"e{i}")
         chosen.append((step.store, f"e{i}", step.count))
     pad = "    " * depth
-    values = "{" + ", ".join(f"{name!r}: v_{name}" for name in dict.fromkeys(bound)) + "}"
-    tail = f"next(SEQ), v_{key_var}, {values}" if key_var is not None else values
-    lines.append(f"{pad}return ({''.join(e + ', ' for e in entries)}{tail},)")
+    tail = f"v_{key_var}, " if key_var is not None else ""
+    lines.append(f"{pad}return ({''.join(e + ', ' for e in entries)}{tail})")
     if depth > 1:
         lines.append("    return None")
     source = "\n".join(lines) + "\n"
@@ -338,6 +338,70 @@ def compile_search(component: Component, transition_name: str, sequence: Iterato
     exec(code, namespace)  # noqa: S102 - source built above from the net's structure only
     fn: Searcher = namespace["search"]
     return fn
+
+
+# Where a variable's value sits in a search result: ("key", -1, -1) the key (last item),
+# ("field", slot, position) a field of the token of entry ``slot``, ("whole", slot, -1)
+# that token, ("many", slot, -1) the tokens of a many-token arc's entries.
+VariableSource = tuple[str, int, int]
+
+
+def variable_sources(component: Component) -> tuple[tuple[str, VariableSource], ...]:
+    """Each variable the component binds, with where its value sits in a search result.
+
+    In the order the search binds them (the key first, then arc by arc in binding
+    order), which is the order of a step's ``binding``.
+    """
+    found: dict[str, VariableSource] = {}
+    if component.key_var is not None:
+        found[component.key_var] = ("key", -1, -1)
+    slot = 0
+    for step in component.steps:
+        if step.kind == INHIBIT:
+            continue
+        if step.count != 1:
+            if step.whole is not None:
+                found.setdefault(step.whole, ("many", slot, -1))
+        else:
+            for pos, name in step.binds:
+                found.setdefault(name, ("field", slot, pos))
+            if step.whole is not None:
+                found.setdefault(step.whole, ("whole", slot, -1))
+        slot += 1
+    return tuple(found.items())
+
+
+def variable_expression(source: VariableSource, entries: Sequence[str], key: str) -> str:
+    """Source reading a variable's value, given the names of the locals that hold a
+    search result's entries (one per slot) and its key."""
+    kind, slot, position = source
+    if kind == "key":
+        return key
+    if kind == "field":
+        return f"{entries[slot]}[1][{position}]"
+    if kind == "whole":
+        return f"{entries[slot]}[1]"
+    return f"tuple([e[1] for e in {entries[slot]}])"
+
+
+def result_slots(component: Component) -> int:
+    """How many entries (or tuples of entries, for many-token arcs) a result starts with."""
+    return sum(1 for step in component.steps if step.kind != INHIBIT)
+
+
+def variable_values(component: Component, item: tuple[Any, ...]) -> dict[str, Any]:
+    """The variables of a search result, as a dictionary (for inspection)."""
+    values: dict[str, Any] = {}
+    for name, (kind, slot, position) in variable_sources(component):
+        if kind == "key":
+            values[name] = item[-1]
+        elif kind == "field":
+            values[name] = item[slot][1][position]
+        elif kind == "whole":
+            values[name] = item[slot][1]
+        else:
+            values[name] = tuple([e[1] for e in item[slot]])
+    return values
 
 
 def _probe_plan(component: Component) -> dict[int, list[int]]:

@@ -6,12 +6,12 @@ Theory of operation (docs/engine.md, "Components and per-key incremental enablin
   reads changes (``all_dirty``).
 * A per-key component keeps, for each key with a binding, one item in a heap. The item
   is the compiled search's flat result (nets/binding.py, ``Searcher``): the chosen
-  entries, a sequence number, the key and the variables. Its entries come first, so
-  the heap's top is the component's preferred binding; the sequence number, unique,
-  keeps comparisons from reaching the key or the dictionary. ``current`` maps each key
-  to its live item; an item that is not its key's live one is stale and is dropped
-  when it reaches the top, and the heap is rebuilt from the live items when it grows
-  past twice their number.
+  entries and the key (the variables are read from the entries when the transition
+  fires). Its entries come first, so the heap's top is the component's preferred
+  binding. ``current`` maps each key to its live item; an item that is not its key's
+  live one is stale and is dropped when it reaches the top, and the heap is rebuilt
+  from the live items when it grows past twice their number. The refresh of the dirty
+  keys is generated per component and inlined into the chooser (``_keyed_top_lines``).
 * Places mark what a change dirties: one key of a per-key component (``dirty_keys``)
   or a whole component (``all_dirty``). Only that is searched again, when the engine
   next asks.
@@ -23,7 +23,6 @@ Theory of operation (docs/engine.md, "Components and per-key incremental enablin
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from heapq import heapify, heappop, heappush
 from typing import Any
@@ -34,6 +33,8 @@ from nets.binding import (
     InscriptionError,
     compile_components,
     compile_search,
+    compiled,
+    variable_values,
 )
 from nets.firing import FireFn, Step
 from nets.marking import PlaceStore
@@ -52,10 +53,10 @@ class WholeComponentState:
 
     __slots__ = ("all_dirty", "best", "component", "search", "tname")
 
-    def __init__(self, component: Component, tname: str, sequence: itertools.count[int]) -> None:
+    def __init__(self, component: Component, tname: str) -> None:
         self.component = component
         self.tname = tname
-        self.search = compile_search(component, tname, sequence)
+        self.search = compile_search(component, tname)
         self.all_dirty = True
         self.best: tuple[Any, ...] | None = None
 
@@ -88,12 +89,13 @@ class KeyedComponentState:
         "required",
         "search",
         "tname",
+        "top",
     )
 
-    def __init__(self, component: Component, tname: str, sequence: itertools.count[int]) -> None:
+    def __init__(self, component: Component, tname: str) -> None:
         self.component = component
         self.tname = tname
-        self.search = compile_search(component, tname, sequence)
+        self.search = compile_search(component, tname)
         self.all_dirty = True
         # Cleared in place, never replaced: compiled firings and places hold this set.
         self.dirty_keys: set[Any] = set()
@@ -109,6 +111,7 @@ class KeyedComponentState:
                 if st.kind != INHIBIT and st.store.place.key is not None
             )
         )
+        self.top = _compile_top(self)
 
     def known_disabled(self) -> bool:
         """Whether the component is clean and known to have no binding (no search)."""
@@ -117,42 +120,80 @@ class KeyedComponentState:
     def preferred(self) -> tuple[Any, ...] | None:
         """The least live item of the heap, after searching the dirty keys again."""
         dirty = self.dirty_keys
-        heap, current = self.heap, self.current
         if self.all_dirty:
             # A change to a non-keyed place of this component can affect every key.
             for store in self.component.key_stores:
                 dirty.update(store.primary.buckets)
-            dirty.update(current)
+            dirty.update(self.current)
             self.all_dirty = False
-        if dirty:
-            search, required = self.search, self.required
-            try:
-                for key in dirty:
-                    for buckets in required:
-                        if key not in buckets:
-                            current.pop(key, None)
-                            break
-                    else:
-                        item = search(key)
-                        if item is None:
-                            current.pop(key, None)
-                        else:
-                            current[key] = item
-                            heappush(heap, item)
-            except InscriptionError:
-                raise
-            except Exception as exc:
-                raise _guard_failed(self.tname, exc) from exc
-            dirty.clear()
-            if len(heap) > 2 * len(current) + HEAP_SLACK:
-                heap[:] = [item for item in heap if current.get(item[-2]) is item]
-                heapify(heap)
-        while heap:
-            item = heap[0]
-            if current.get(item[-2]) is item:
-                return item
-            heappop(heap)
-        return None
+        return self.top()
+
+    def compact(self) -> None:
+        """Drop the stale items (the heap grew past twice its live ones)."""
+        current = self.current
+        self.heap[:] = [item for item in self.heap if current.get(item[-1]) is item]
+        heapify(self.heap)
+
+
+def _keyed_top_lines(
+    cs: KeyedComponentState, name: str, result: str, ns: dict[str, Any]
+) -> list[str]:
+    """Lines that search ``cs``'s dirty keys again and set ``result`` to its least live
+    item (or ``None``), with the component's objects bound into ``ns`` under ``name``.
+
+    The one implementation of a per-key refresh: :meth:`KeyedComponentState.preferred`
+    runs it as a function, the generated chooser inlines it (no call per firing). A key
+    missing from a keyed consume or read place has no binding: it is dropped without a
+    search (one ``in`` per such place, written out).
+    """
+    ns[name], ns[f"S_{name}"], ns[f"T_{name}"] = cs, cs.search, cs.tname
+    ns[f"DK_{name}"], ns[f"H_{name}"], ns[f"CUR_{name}"] = cs.dirty_keys, cs.heap, cs.current
+    ns.update(heappush=heappush, heappop=heappop, IE=InscriptionError, GF=_guard_failed)
+    present = []
+    for j, buckets in enumerate(cs.required):
+        ns[f"RB_{name}_{j}"] = buckets
+        present.append(f"k in RB_{name}_{j}")
+    return [
+        f"if DK_{name}:",
+        "    try:",
+        f"        for k in DK_{name}:",
+        f"            if {' and '.join(present)}:",
+        f"                it = S_{name}(k)",
+        "                if it is None:",
+        f"                    CUR_{name}.pop(k, None)",
+        "                else:",
+        f"                    CUR_{name}[k] = it",
+        f"                    heappush(H_{name}, it)",
+        # Only a push can make the heap outgrow its live items.
+        f"                    if len(H_{name}) > 2 * len(CUR_{name}) + {HEAP_SLACK}:",
+        f"                        {name}.compact()",
+        "            else:",
+        f"                CUR_{name}.pop(k, None)",
+        "    except IE:",
+        "        raise",
+        "    except Exception as exc:",
+        f"        raise GF(T_{name}, exc) from exc",
+        f"    DK_{name}.clear()",
+        f"while H_{name}:",
+        f"    {result} = H_{name}[0]",
+        f"    if CUR_{name}.get({result}[-1]) is {result}:",
+        "        break",
+        f"    heappop(H_{name})",
+        "else:",
+        f"    {result} = None",
+    ]
+
+
+def _compile_top(cs: KeyedComponentState) -> Callable[[], tuple[Any, ...] | None]:
+    """``top()``: the component's least live item after searching its dirty keys again."""
+    ns: dict[str, Any] = {}
+    lines = ["def top():", *(f"    {line}" for line in _keyed_top_lines(cs, "C", "f", ns))]
+    lines.append("    return f")
+    source = "\n".join(lines) + "\n"
+    code = compiled(source, f"<cpn refresh of a per-key component of {cs.tname!r}>")
+    exec(code, ns)  # noqa: S102 - source built above from the net's structure only
+    top: Callable[[], tuple[Any, ...] | None] = ns["top"]
+    return top
 
 
 ComponentState = WholeComponentState | KeyedComponentState
@@ -177,14 +218,13 @@ class TransitionState:
         index: int,
         transition: Transition,
         stores: dict[str, PlaceStore],
-        sequence: itertools.count[int],
     ) -> None:
         self.index = index
         self.transition = transition
         self.components: list[ComponentState] = [
-            KeyedComponentState(c, transition.name, sequence)
+            KeyedComponentState(c, transition.name)
             if c.key_var is not None
-            else WholeComponentState(c, transition.name, sequence)
+            else WholeComponentState(c, transition.name)
             for c in compile_components(transition, stores)
         ]
         # The one component of most transitions: its item is the binding itself.
@@ -238,10 +278,10 @@ class TransitionState:
     def values(self, found: Any) -> dict[str, Any]:
         """Every variable's value in ``found`` (a result of :meth:`preferred`)."""
         if self.single is not None:
-            return dict(found[-1])
+            return variable_values(self.single.component, found)
         merged: dict[str, Any] = {}
-        for item in found:
-            merged.update(item[-1])
+        for cs, item in zip(self.components, found, strict=True):
+            merged.update(variable_values(cs.component, item))
         return merged
 
 
@@ -256,9 +296,12 @@ def guard_holds(transition: Transition) -> bool:
         ) from exc
 
 
-def compile_chooser(transitions: Sequence[TransitionState]) -> Callable[[int], Step | None]:
+def compile_chooser(
+    transitions: Sequence[TransitionState], counts: list[int]
+) -> Callable[[int], Step | None]:
     """Generate ``fire_next(now)``: fire the first of ``transitions`` (in conflict order)
-    that has a binding, and return its step, or ``None`` if none has.
+    that has a binding, count it in ``counts[transition index]`` and return its step,
+    or return ``None`` if none has.
 
     It asks exactly what the loop over :meth:`TransitionState.preferred` asks, but a
     clean component is read where it stands, without a call: a whole component's
@@ -267,14 +310,17 @@ def compile_chooser(transitions: Sequence[TransitionState]) -> Callable[[int], S
     capacity to check or one with a guard without variables goes through the methods.
     Call it after every transition's firing is compiled.
     """
-    ns: dict[str, Any] = {}
+    ns: dict[str, Any] = {"N": counts}
     lines = ["def fire_next(now):"]
     for i, ts in enumerate(transitions):
         assert ts.fire is not None
         ns[f"T{i}"], ns[f"F{i}"] = ts, ts.fire
         if ts.capacity or ts.const_guard:
             lines.append(f"    f = T{i}.preferred()")
-            lines.append(f"    if f is not None: return F{i}(f, now)")
+            lines.append("    if f is not None:")
+            lines.append(f"        s = F{i}(f, now)")
+            lines.append(f"        N[{ts.index}] += 1")
+            lines.append("        return s")
             continue
         # One block per component, each nested in the one before: a component without
         # a binding skips the rest of the transition.
@@ -288,7 +334,10 @@ def compile_chooser(transitions: Sequence[TransitionState]) -> Callable[[int], S
             if ts.single is not None
             else f"({''.join(f'f{j}, ' for j in range(len(ts.components)))})"
         )
-        lines.append(f"{pad}return F{i}({found}, now)")
+        # Counted once fired: a firing that raises changed nothing, so it is no firing.
+        lines.append(f"{pad}s = F{i}({found}, now)")
+        lines.append(f"{pad}N[{ts.index}] += 1")
+        lines.append(f"{pad}return s")
     lines.append("    return None")
     source = "\n".join(lines) + "\n"
     code = compile(source, "<cpn choice of the next firing>", "exec")
@@ -301,15 +350,24 @@ def _component_lines(cs: ComponentState, name: str, result: str, ns: dict[str, A
     """Lines setting ``result`` to the component's preferred binding (or ``None``)."""
     ns[name] = cs
     if isinstance(cs, WholeComponentState):
-        return [f"{result} = {name}.preferred() if {name}.all_dirty else {name}.best"]
-    ns[f"DK_{name}"], ns[f"H_{name}"], ns[f"CUR_{name}"] = cs.dirty_keys, cs.heap, cs.current
+        # WholeComponentState.preferred, inlined.
+        ns[f"S_{name}"], ns[f"T_{name}"] = cs.search, cs.tname
+        ns.update(IE=InscriptionError, GF=_guard_failed)
+        return [
+            f"if {name}.all_dirty:",
+            "    try:",
+            f"        {result} = {name}.best = S_{name}()",
+            "    except IE:",
+            "        raise",
+            "    except Exception as exc:",
+            f"        raise GF(T_{name}, exc) from exc",
+            f"    {name}.all_dirty = False",
+            "else:",
+            f"    {result} = {name}.best",
+        ]
     return [
-        f"if {name}.all_dirty or DK_{name}:",
+        f"if {name}.all_dirty:",
         f"    {result} = {name}.preferred()",
-        f"elif H_{name}:",
-        f"    {result} = H_{name}[0]",
-        f"    if CUR_{name}.get({result}[-2]) is not {result}:",
-        f"        {result} = {name}.preferred()",
         "else:",
-        f"    {result} = None",
+        *(f"    {line}" for line in _keyed_top_lines(cs, name, result, ns)),
     ]

@@ -25,7 +25,6 @@ Theory of operation:
 from __future__ import annotations
 
 import heapq
-import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -107,22 +106,24 @@ class Engine:
         self._rng = random.Random(seed)
         self.now = 0
         self._stores = {p.name: PlaceStore(p) for p in net.places}
-        self._pending: list[tuple[int, int, str, Token]] = []
-        self._pending_seq = itertools.count()
+        # Entries from the future, by time: each time's ``(place, token)`` pairs in the
+        # order they were produced, and a heap of the distinct times. Firings at one
+        # moment with one delay produce many entries of one time, so most entries cost
+        # an append, and the heap holds and compares plain ints (see _push_pending).
+        self._pending: dict[int, list[tuple[str, Token]]] = {}
+        self._pending_times: list[int] = []
         # Pending entries taken out before their time (withdraw): left in the heap, where
         # finding them would cost a scan, and skipped when they come due.
         self._withdrawn: dict[tuple[int, str, Token], int] = {}
-        self._steps = 0
-        self._firings = {t.name: 0 for t in net.transitions}
+        # Firings per transition, in declaration order: the compiled chooser counts
+        # into this very list (one list slot, not a dictionary keyed by the step's name).
+        self._counts = [0] * len(net.transitions)
         self.hooks: list[StepHook] = []
         # Produced tokens of partitions held elsewhere (with a locality), oldest first;
         # the shell takes them with take_exported() and hands them off.
         self._exported: list[PlacedEntry] = []
-        # Numbers the compiled searches' results: ties in a per-key heap never reach
-        # the variables' dictionaries (nets/enabling.py).
-        binding_seq = itertools.count()
         self._transitions = [
-            TransitionState(i, t, self._stores, binding_seq) for i, t in enumerate(net.transitions)
+            TransitionState(i, t, self._stores) for i, t in enumerate(net.transitions)
         ]
         priorities = sorted({t.priority for t in net.transitions}, reverse=True)
         self._groups = [
@@ -140,11 +141,11 @@ class Engine:
                 [cs.component for cs in ts.components],
                 self._stores,
                 self._pending,
-                self._pending_seq,
+                self._pending_times,
                 locality=locality,
                 exported=self._exported,
             )
-        self._fire_next = compile_chooser(self._ordered)
+        self._fire_next = compile_chooser(self._ordered, self._counts)
         if initial_marking:
             # Components start dirty, so bulk loading needs no notifications.
             for place in net.places:
@@ -196,7 +197,16 @@ class Engine:
         if time <= self.now or not store.timed:
             store.add_available((time, token))
         else:
-            heapq.heappush(self._pending, (time, next(self._pending_seq), place, token))
+            self._push_pending(time, place, token)
+
+    def _push_pending(self, time: int, place: str, token: Token) -> None:
+        """Let ``(time, token)`` wait for its time (the compiled firings do the same)."""
+        waiting = self._pending.get(time)
+        if waiting is None:
+            self._pending[time] = [(place, token)]
+            heapq.heappush(self._pending_times, time)
+        else:
+            waiting.append((place, token))
 
     def add(self, place: str, token: Token, *, time: int | None = None) -> None:
         """Put ``token`` into ``place``, available from ``time`` (default: now).
@@ -231,7 +241,7 @@ class Engine:
             available = [entry for entry in entries if entry[0] <= now]
             for time, token in entries:
                 if time > now:
-                    heapq.heappush(self._pending, (time, next(self._pending_seq), place, token))
+                    self._push_pending(time, place, token)
         else:
             available = entries
         store.count += len(entries)
@@ -291,14 +301,21 @@ class Engine:
         return True
 
     def _drop_withdrawn_heads(self) -> None:
-        # The heap's head is the next deadline: a withdrawn one would wake the caller
-        # for nothing.
-        pending = self._pending
-        while pending and self._withdrawn:
-            time, _seq, place, token = pending[0]
-            if not self._skip_withdrawn((time, place, token)):
+        # The earliest pending time is the next deadline: one whose entries were all
+        # withdrawn would wake the caller for nothing.
+        times, pending = self._pending_times, self._pending
+        while times and self._withdrawn:
+            time = times[0]
+            kept = [
+                (place, token)
+                for place, token in pending[time]
+                if not self._skip_withdrawn((time, place, token))
+            ]
+            if kept:
+                pending[time] = kept
                 return
-            heapq.heappop(pending)
+            del pending[time]
+            heapq.heappop(times)
 
     def extract(self, entries: Iterable[tuple[str, int, Token]]) -> None:
         """Take entries ``(place, time, token)`` out, available or not yet (a slot leaving).
@@ -321,20 +338,25 @@ class Engine:
                 pending_wanted[key] = pending_wanted.get(key, 0) + 1
         if not pending_wanted:
             return
-        kept = []
-        for item in self._pending:
-            key = (item[0], item[2], item[3])
-            if self._withdrawn and self._skip_withdrawn(key):
-                continue  # withdrawn before: it goes now, and is not what is wanted
-            if pending_wanted.get(key, 0) > 0:
-                pending_wanted[key] -= 1
-                self._stores[item[2]].count -= 1
+        for time in list(self._pending):
+            kept = []
+            for place, token in self._pending[time]:
+                key = (time, place, token)
+                if self._withdrawn and self._skip_withdrawn(key):
+                    continue  # withdrawn before: it goes now, and is not what is wanted
+                if pending_wanted.get(key, 0) > 0:
+                    pending_wanted[key] -= 1
+                    self._stores[place].count -= 1
+                else:
+                    kept.append((place, token))
+            if kept:
+                self._pending[time] = kept
             else:
-                kept.append(item)
+                del self._pending[time]
         missing = [key for key, n in pending_wanted.items() if n > 0]
         # The compiled firings hold this very list: change it in place.
-        self._pending[:] = kept
-        heapq.heapify(self._pending)
+        self._pending_times[:] = self._pending
+        heapq.heapify(self._pending_times)
         if missing:
             time, place, token = missing[0]
             raise CpnError(f"place {place!r} has no token {token!r} at time {time} to take out")
@@ -346,7 +368,7 @@ class Engine:
         entries after the engine's ``now`` wait as usual. Call :meth:`advance` first to
         set the time.
         """
-        assert self._steps == 0, "restore() is for a fresh engine"
+        assert not any(self._counts), "restore() is for a fresh engine"
         now = self.now
         for place, entries in marking.items():
             store = self._store(place)
@@ -359,9 +381,8 @@ class Engine:
                     available.append((time, token))
                 else:
                     store.count += 1
-                    self._pending.append((time, next(self._pending_seq), place, token))
+                    self._push_pending(time, place, token)
             store.load(available)
-        heapq.heapify(self._pending)
         for ts in self._transitions:
             for cs in ts.components:
                 cs.all_dirty = True
@@ -393,15 +414,15 @@ class Engine:
         """Move the engine's time to ``now`` and release pending tokens that are due."""
         assert now >= self.now, f"time went backwards: {now} < {self.now}"
         self.now = now
-        pending = self._pending
+        times, pending = self._pending_times, self._pending
         inserts = self._inserts
         withdrawn = self._withdrawn
-        heappop = heapq.heappop
-        while pending and pending[0][0] <= now:
-            time, _seq, place, token = heappop(pending)
-            if withdrawn and self._skip_withdrawn((time, place, token)):
-                continue
-            inserts[place]((time, token))
+        while times and times[0] <= now:
+            time = heapq.heappop(times)
+            for place, token in pending.pop(time):
+                if withdrawn and self._skip_withdrawn((time, place, token)):
+                    continue
+                inserts[place]((time, token))
 
     # -- choosing and firing ------------------------------------------------------------
 
@@ -415,8 +436,8 @@ class Engine:
             InscriptionError: a guard or output function raised or returned a token of
                 the wrong colour; the marking is unchanged.
         """
-        pending = self._pending
-        if pending and pending[0][0] <= now:
+        times = self._pending_times
+        if times and times[0] <= now:
             self.advance(now)
         else:
             assert now >= self.now, f"time went backwards: {now} < {self.now}"
@@ -428,10 +449,8 @@ class Engine:
             # An idle shard asks every turn of its loop.
             return None
         if self.tie_break is TieBreak.ORDERED:
-            step = self._fire_next(now)
+            step = self._fire_next(now)  # counts the firing itself
             if step is not None:
-                self._steps += 1
-                self._firings[step.transition] += 1
                 for hook in self.hooks:
                     hook(step)
                 return step
@@ -462,8 +481,7 @@ class Engine:
     def _fire(self, ts: TransitionState, found: Any) -> Step:
         assert ts.fire is not None
         step = ts.fire(found, self.now)
-        self._steps += 1
-        self._firings[step.transition] += 1
+        self._counts[ts.index] += 1
         for hook in self.hooks:
             hook(step)
         return step
@@ -474,6 +492,36 @@ class Engine:
         Stops when nothing is enabled before ``until`` (inclusive) or after
         ``max_steps`` firings. Yields each step.
         """
+        if self.tie_break is not TieBreak.ORDERED:
+            yield from self._run_calling_fire(until, max_steps)
+            return
+        # What fire() does, with its per-call work hoisted out of the loop: a simulation
+        # fires millions of steps through here (bench/engine.py).
+        fired = 0
+        now = self.now
+        times = self._pending_times
+        changes = self._changes
+        fire_next = self._fire_next
+        hooks = self.hooks  # mutated in place, never replaced
+        while max_steps is None or fired < max_steps:
+            if times and times[0] <= now:
+                self.advance(now)
+            if changes.all_dirty:
+                step = fire_next(now)
+                if step is not None:
+                    for hook in hooks:
+                        hook(step)
+                    fired += 1
+                    yield step
+                    continue
+                changes.all_dirty = False
+            deadline = self.next_deadline()
+            if deadline is None or deadline > until:
+                return
+            now = deadline
+            self.advance(now)
+
+    def _run_calling_fire(self, until: int, max_steps: int | None) -> Iterator[Step]:
         fired = 0
         now = self.now
         fire = self.fire
@@ -496,7 +544,7 @@ class Engine:
         place gains an available token) without a firing or a put.
         """
         self._drop_withdrawn_heads()
-        return self._pending[0][0] if self._pending else None
+        return self._pending_times[0] if self._pending_times else None
 
     def take_exported(self) -> list[PlacedEntry]:
         """The produced entries this engine's locality did not keep, since the last call.
@@ -515,13 +563,14 @@ class Engine:
         store = self._store(place)
         entries = list(store.entries())
         withdrawn = dict(self._withdrawn)
-        for t, _s, p, tok in self._pending:
-            if p != place:
-                continue
-            if withdrawn.get((t, p, tok), 0) > 0:
-                withdrawn[t, p, tok] -= 1
-                continue
-            entries.append((t, tok))
+        for t, waiting in self._pending.items():
+            for p, tok in waiting:
+                if p != place:
+                    continue
+                if withdrawn.get((t, p, tok), 0) > 0:
+                    withdrawn[t, p, tok] -= 1
+                    continue
+                entries.append((t, tok))
         entries.sort()
         return entries
 
@@ -536,15 +585,15 @@ class Engine:
     @property
     def steps(self) -> int:
         """How many steps the engine has fired (cheaper than :meth:`statistics`)."""
-        return self._steps
+        return sum(self._counts)
 
     def statistics(self) -> EngineStatistics:
         return EngineStatistics(
             now=self.now,
-            steps=self._steps,
-            firings=dict(self._firings),
+            steps=sum(self._counts),
+            firings={t.name: n for t, n in zip(self.net.transitions, self._counts, strict=True)},
             tokens={name: store.count for name, store in self._stores.items()},
-            pending=len(self._pending) - sum(self._withdrawn.values()),
+            pending=sum(map(len, self._pending.values())) - sum(self._withdrawn.values()),
         )
 
 

@@ -16,14 +16,22 @@ naming the transition and the binding.
 from __future__ import annotations
 
 import heapq
-import itertools
 from bisect import bisect_left, insort
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from sortedcontainers import SortedList
 
-from nets.binding import CONSUME, INHIBIT, Component, InscriptionError, compiled
+from nets.binding import (
+    CONSUME,
+    INHIBIT,
+    Component,
+    InscriptionError,
+    compiled,
+    result_slots,
+    variable_expression,
+    variable_sources,
+)
 from nets.marking import BUCKET_LIST_MAX, PlaceStore
 from nets.model import NOW, OutputArc, Place, Token, Transition, Var, parameters
 
@@ -41,8 +49,9 @@ class Step(NamedTuple):
 
 
 # A transition's binding as nets/enabling.py finds it: for a transition of one component
-# that component's search result (its entries in binding order first, its variables'
-# dictionary last; nets/binding.py, Searcher), otherwise a tuple of one per component.
+# that component's search result (its entries in binding order first, then for a per-key
+# component a sequence number and the key; nets/binding.py, Searcher), otherwise a tuple
+# of one per component.
 Found = Any
 FireFn = Callable[[Found, int], Step]
 
@@ -81,16 +90,16 @@ def compile_firing(
     transition: Transition,
     components: Sequence[Component],
     stores: Mapping[str, PlaceStore],
-    pending: list[tuple[int, int, str, Token]],
-    sequence: itertools.count[int],
+    pending: dict[int, list[tuple[str, Token]]],
+    pending_times: list[int],
     *,
     locality: Locality | None = None,
     exported: list[PlacedEntry] | None = None,
 ) -> FireFn:
     """Generate the firing function of ``transition`` for one engine's marking.
 
-    ``pending`` is the engine's heap of future entries ``(time, seq, place, token)``
-    and ``sequence`` numbers them, so that equal times pop in production order. With
+    ``pending`` holds the engine's future entries, each time's ``(place, token)`` pairs
+    in production order, and ``pending_times`` is the heap of those times. With
     a ``locality``, produced tokens it does not keep go to ``exported`` instead of the
     marking (and are not in the step's ``produced``).
     """
@@ -99,27 +108,41 @@ def compile_firing(
         "NEW": tuple.__new__,
         "heappush": heapq.heappush,
         "PENDING": pending,
-        "SEQ": sequence,
+        "TIMES": pending_times,
         "NAME": transition.name,
         "failed": _failed,
         "bad_token": _bad_token,
         "bad_delay": _bad_delay,
     }
     lines = ["def fire(found, now):"]
-    if len(components) == 1:
-        lines.append("    entries0 = found")
-        lines.append("    values = found[-1]")
-    elif not components:  # a transition without input arcs
-        lines.append("    values = {}")
-    else:
-        lines.append(f"    {''.join(f'entries{c}, ' for c in range(len(components)))}= found")
-        merged = ", ".join(f"**entries{c}[-1]" for c in range(len(components)))
-        lines.append(f"    values = {{{merged}}}")
+    # Each chosen entry into a local ``a{component}_{slot}`` (and each key into
+    # ``key{component}``) by unpacking: the removal, the variables and the step's
+    # ``consumed`` read the locals instead of indexing the result again.
+    results = ["found"] if len(components) == 1 else [f"found{c}" for c in range(len(components))]
+    if len(components) > 1:
+        lines.append(f"    {''.join(f'{r}, ' for r in results)}= found")
+    for c, component in enumerate(components):
+        unpacked = [f"a{c}_{slot}" for slot in range(result_slots(component))]
+        if component.key_var is not None:
+            unpacked.append(f"key{c}")
+        if unpacked:
+            lines.append(f"    {''.join(f'{name}, ' for name in unpacked)}= {results[c]}")
+    # Every variable is read from the chosen entries (nets/binding.py, variable_sources):
+    # the search builds no dictionary, so the step's binding is the one built here.
+    names: list[str] = []
+    for c, component in enumerate(components):
+        entries = [f"a{c}_{slot}" for slot in range(result_slots(component))]
+        for name, where in variable_sources(component):
+            lines.append(f"    v_{name} = {variable_expression(where, entries, f'key{c}')}")
+            names.append(name)
+    lines.append(f"    values = {{{''.join(f'{name!r}: v_{name}, ' for name in names)}}}")
     used: dict[str, None] = {}
     for arc in transition.produce:
         used.update(dict.fromkeys(sorted(arc.variables())))
     lines += [
-        "    v_now = now" if name == NOW else f"    v_{name} = values[{name!r}]" for name in used
+        "    v_now = now" if name == NOW else f"    v_{name} = values[{name!r}]"
+        for name in used
+        if name not in names
     ]
 
     # 1. Evaluate every output, checking classes and delays, before touching the marking.
@@ -140,14 +163,24 @@ def compile_firing(
             if step.kind == CONSUME:
                 store = f"S_{step.store.place.name}"
                 ns[store] = step.store
-                picked = f"entries{c}[{slot}]"
+                picked = f"a{c}_{slot}"
+                # Every keyed arc of a per-key component binds the place's key to the
+                # component's key (nets/binding.py): the entry's key is that local.
+                key = (
+                    f"key{c}"
+                    if component.key_var is not None and step.store.place.key is not None
+                    else None
+                )
                 if step.count == 1:
                     lines.append(f"    e = {picked}")
-                    lines += [f"    {line}" for line in _remove_lines(step.store, ns)]
-                    consumed.append(f"({step.store.place.name!r}, {picked}[0], {picked}[1])")
+                    lines += [f"    {line}" for line in _remove_lines(step.store, ns, key)]
+                    # (place,) + (time, token): one concatenation of a constant tuple,
+                    # half the cost of indexing the entry twice into a new tuple.
+                    ns[f"P_{step.store.place.name}"] = (step.store.place.name,)
+                    consumed.append(f"P_{step.store.place.name} + {picked}")
                 else:
                     lines.append(f"    for e in {picked}:")
-                    lines += [f"        {line}" for line in _remove_lines(step.store, ns)]
+                    lines += [f"        {line}" for line in _remove_lines(step.store, ns, key)]
                     consumed.append(f"*[({step.store.place.name!r}, e[0], e[1]) for e in {picked}]")
             slot += 1
 
@@ -250,7 +283,14 @@ def _add_lines(
     """
     name = store.place.name
     insert = [f"e = ({time}, {token})", *_insert_lines(store, ns)]
-    pend = [f"heappush(PENDING, ({time}, next(SEQ), {name!r}, {token}))"]
+    pend = [
+        f"w = PENDING.get({time})",
+        "if w is None:",
+        f"    PENDING[{time}] = [({name!r}, {token})]",
+        f"    heappush(TIMES, {time})",
+        "else:",
+        f"    w.append(({name!r}, {token}))",
+    ]
     lines = [f"S_{name}.count += 1"]
     if not store.timed or (delay is not None and delay <= 0):
         return lines + insert
@@ -309,31 +349,45 @@ def compile_insert(store: PlaceStore) -> Callable[[tuple[int, Token]], None]:
     return insert
 
 
-def _notify_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
-    """Lines telling the components that read the place about key ``k`` changing."""
+def _notify_lines(store: PlaceStore, ns: dict[str, Any], *, removal: bool = False) -> list[str]:
+    """Lines telling the components that read the place about key ``k`` changing.
+
+    A removal tells a per-key component only if it holds a binding for ``k`` (or reads
+    the place through an inhibitor arc): its consume and read arcs can only lose
+    candidates, so a key without a binding cannot gain one. A key dirty already is
+    searched again anyway, whatever its cached binding. In the scraper, a response
+    taken by ``fetched`` no longer makes ``retry`` and ``give_up`` search its domain.
+    """
     name = store.place.name
     lines = []
     for j, watcher in enumerate(store.key_watchers):
         ns[f"DK_{name}_{j}"] = watcher.dirty_keys
-        lines.append(f"DK_{name}_{j}.add(k)")
+        inhibits = any(st.kind == INHIBIT and st.store is store for st in watcher.component.steps)
+        if removal and not inhibits:
+            ns[f"CUR_{name}_{j}"] = watcher.current
+            lines.append(f"if k in CUR_{name}_{j}: DK_{name}_{j}.add(k)")
+        else:
+            lines.append(f"DK_{name}_{j}.add(k)")
     for j, place_watcher in enumerate(store.place_watchers):
         ns[f"PW_{name}_{j}"] = place_watcher
         lines.append(f"PW_{name}_{j}.all_dirty = True")
     return lines
 
 
-def _remove_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
+def _remove_lines(store: PlaceStore, ns: dict[str, Any], key: str | None = None) -> list[str]:
     """Inline :meth:`PlaceStore.remove_available` for entry ``e`` (same effects, no call).
 
     Specialised to the store's fixed shape: its key field, its secondary indexes and
     the components and transitions that watch it (their dirty-key sets and flags are
-    long-lived objects, bound into the generated code).
+    long-lived objects, bound into the generated code). ``key`` names a local that
+    holds the entry's key already (a per-key component's key), if there is one.
     """
     name = store.place.name
     ns[f"S_{name}"] = store
     ns[f"B_{name}"] = store.primary.buckets
     ns["bisect_left"] = bisect_left
-    key = f"e[1][{store.key_position}]" if store.key_position >= 0 else "None"
+    if key is None:
+        key = f"e[1][{store.key_position}]" if store.key_position >= 0 else "None"
     lines = [
         f"k = {key}",
         f"b = B_{name}[k]",
@@ -352,7 +406,7 @@ def _remove_lines(store: PlaceStore, ns: dict[str, Any]) -> list[str]:
     ]
     if store.secondary:
         lines += [f"for index in S_{name}.secondary:", "    index.remove(e)"]
-    lines += _notify_lines(store, ns)
+    lines += _notify_lines(store, ns, removal=True)
     for j, capacity_watcher in enumerate(store.capacity_watchers):
         ns[f"CW_{name}_{j}"] = capacity_watcher
         lines.append(f"CW_{name}_{j}.blocked = None")

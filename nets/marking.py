@@ -41,7 +41,12 @@ BUCKET_LIST_MAX: Final = 2048
 
 
 class KeyWatcher(Protocol):
+    """A per-key component (nets/enabling.py): its keys to search again, its cached
+    binding per key, and its plan (nets/binding.py, Component)."""
+
     dirty_keys: set[Any]
+    current: dict[Any, Any]
+    component: Any
 
 
 class PlaceWatcher(Protocol):
