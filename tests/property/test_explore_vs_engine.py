@@ -27,14 +27,15 @@ STEPS_MAX = 25
 
 
 def _canonical(net: Net, transition: str, binding: object) -> dict[str, object]:
-    """A binding with each many-token arc's tuple in value order.
+    """A binding with each many-token arc's tuple in value order, consume and read arcs.
 
     The engine binds a ``many`` arc's tokens in marking order, time first; the explorer
     drops (untimed) or clamps (relative) the times of available tokens, so it binds them
     in value order. Both are the same sub-multiset (docs/verify.md, Limits).
     """
     values = dict(binding)  # type: ignore[call-overload]
-    for pattern in net.transition(transition).consume:
+    arcs = net.transition(transition)
+    for pattern in (*arcs.consume, *arcs.read):
         if pattern.count != 1 and pattern.var is not None:
             values[pattern.var.name] = tuple(sorted(values[pattern.var.name]))
     return values
