@@ -95,18 +95,12 @@ def domain_name(i: int) -> str:
 
 
 def initial_targets(params: ScraperParams) -> list[Target]:
-    """``params.targets`` targets spread round-robin over the domains.
-
-    A domain's targets share one name string, as tokens decoded with interned keys
-    would: a string per target was a fifth of what a target costs in memory
-    (bench/engine.py measures bytes per token).
-    """
-    names = [domain_name(i) for i in range(params.domains)]
+    """``params.targets`` targets spread round-robin over the domains."""
     return [
         Target(
-            names[n % params.domains],
+            domain_name(n % params.domains),
             (n * 7) % 3,
-            f"https://{names[n % params.domains]}/p/{n}",
+            f"https://{domain_name(n % params.domains)}/p/{n}",
             0,
         )
         for n in range(params.targets)
