@@ -192,6 +192,11 @@ class Fetched(NamedTuple):
     # The answer's Retry-After as a wall-clock time (the worker converts seconds or an
     # HTTP date); 0 when it had none. The net caps it at ``retry_after_max_ms``.
     retry_at_ms: int = 0
+    # A page the fetch worker parsed itself (its links come with this result, ``body`` is
+    # then ""): the title and the number of links found. -1: not parsed, the page goes
+    # through ``parse_queue`` (docs/scraper.md, "Per request").
+    title: str = ""
+    links_count: int = -1
 
 
 class Page(NamedTuple):
@@ -405,7 +410,8 @@ def _transient(r: Fetched) -> bool:
 def verdict(r: Fetched, max_attempts: int, hops: int = 0) -> str:
     """What a fetch result means for the crawl: the one transition that takes it.
 
-    ``late``, ``page``, ``skip`` (not HTML, too large), ``redirect`` (``final_url`` is
+    ``late``, ``page`` (to be parsed), ``page_parsed`` (parsed by the fetch worker,
+    its links already given), ``skip`` (not HTML, too large), ``redirect`` (``final_url`` is
     where it points), ``retry``, ``give_up``, ``final``,
     and for robots.txt ``robots`` (rules), ``robots_none`` (allow all),
     ``robots_unreachable`` (disallow all) or ``robots_redirect`` (fetch ``final_url``
@@ -429,7 +435,9 @@ def verdict(r: Fetched, max_attempts: int, hops: int = 0) -> str:
             return "retry" if retries_left else "robots_unreachable"
         return "robots_none"
     if ok:
-        return "page" if r.content_type in HTML_TYPES else "skip"
+        if r.content_type not in HTML_TYPES:
+            return "skip"
+        return "page_parsed" if r.links_count >= 0 else "page"
     if redirect:
         return "redirect"
     if r.error == "too_large":
@@ -501,7 +509,11 @@ def crawler_net(
     politeness = Place("politeness", Politeness, key="domain")
     targets = Place("targets", Target, key="domain")
     proxies = Place("proxies", Proxy, pool=True, initial=initial_proxies(p))
-    fetch_queue = Place("fetch_queue", Fetch, key="domain", work_queue=True, results=("fetched",))
+    # A fetch worker parses the pages it fetched (their links come with the result: no
+    # hop through parse_queue); parse_queue stays for results without links.
+    fetch_queue = Place(
+        "fetch_queue", Fetch, key="domain", work_queue=True, results=("fetched", "links")
+    )
     fetching = Place("fetching", InFlight, key="domain", capacity=p.fetching_max)
     fetched = Place("fetched", Fetched, key="domain")
     fail_log = Place("fail_log", Failure, key="domain")
@@ -784,6 +796,27 @@ def crawler_net(
                     r.content_type,
                     r.started_ms,
                     r.body,
+                )
+            ),
+        ),
+        # Parsed by the fetch worker: straight to ``parsed`` (its capacity is the back
+        # pressure here), the links having come with the result.
+        on(
+            "page_parsed",
+            "page_parsed",
+            parsed.produce(
+                lambda i, r: Parsed(
+                    r.domain,
+                    r.url,
+                    i.depth,
+                    r.attempt,
+                    r.proxy,
+                    r.status,
+                    r.final_url,
+                    r.content_type,
+                    r.started_ms,
+                    r.title,
+                    r.links_count,
                 )
             ),
         ),
