@@ -278,7 +278,7 @@ MUTATIONS: Final[dict[str, Mutation]] = _registry(
         "nothing made the peers ask the router for the table again.",
         "eff1e8e",
         _config(MANY_SLOTS, "crash_shard,drop=0.05,reorder=0.05"),
-        1,
+        78,
         _no_table_refresh_while_pending,
     ),
     Mutation(
