@@ -268,7 +268,7 @@ MUTATIONS: Final[dict[str, Mutation]] = _registry(
         "outbox. Found by the handoff's state-machine test.",
         "9d362e4",
         _config(MANY_SLOTS, "one_way_partition=0.3,scale_out=0.3,scale_in=0.3,delay=0.05"),
-        48,
+        162,
         _redirect_waits_for_newer_epoch,
     ),
     Mutation(
