@@ -192,6 +192,11 @@ class Fetched(NamedTuple):
     # The answer's Retry-After as a wall-clock time (the worker converts seconds or an
     # HTTP date); 0 when it had none. The net caps it at ``retry_after_max_ms``.
     retry_at_ms: int = 0
+    # A page the fetch worker parsed itself (its links come with this result, ``body`` is
+    # then ""): the title and the number of links found. -1: not parsed, the page goes
+    # through ``parse_queue`` (docs/scraper.md, "Per request").
+    title: str = ""
+    links_count: int = -1
 
 
 class Page(NamedTuple):
@@ -299,6 +304,10 @@ class CrawlPolicy:
     # when it is this late (a stalled worker), well within any lease.
     late_anchored_ms: int = 1_000
     lead_ms: int = 200  # decide up to this long before a start (the clock is due that early)
+    # Without proxies, decide at most this long before a start instead: a decided fetch
+    # holds one of the ``direct_slots`` until its answer, so a fetch decided lead_ms early
+    # would spend the cluster-wide cap on waiting out its domain's delay.
+    direct_lead_ms: int = 40
     ready_ms: int = 20  # a start is at least this long after its decision: time to lease it
     concurrency: int = 1  # requests in flight per domain
     proxies: tuple[str, ...] = ()  # proxy URLs; none means direct connections
@@ -405,7 +414,8 @@ def _transient(r: Fetched) -> bool:
 def verdict(r: Fetched, max_attempts: int, hops: int = 0) -> str:
     """What a fetch result means for the crawl: the one transition that takes it.
 
-    ``late``, ``page``, ``skip`` (not HTML, too large), ``redirect`` (``final_url`` is
+    ``late``, ``page`` (to be parsed), ``page_parsed`` (parsed by the fetch worker,
+    its links already given), ``skip`` (not HTML, too large), ``redirect`` (``final_url`` is
     where it points), ``retry``, ``give_up``, ``final``,
     and for robots.txt ``robots`` (rules), ``robots_none`` (allow all),
     ``robots_unreachable`` (disallow all) or ``robots_redirect`` (fetch ``final_url``
@@ -429,7 +439,9 @@ def verdict(r: Fetched, max_attempts: int, hops: int = 0) -> str:
             return "retry" if retries_left else "robots_unreachable"
         return "robots_none"
     if ok:
-        return "page" if r.content_type in HTML_TYPES else "skip"
+        if r.content_type not in HTML_TYPES:
+            return "skip"
+        return "page_parsed" if r.links_count >= 0 else "page"
     if redirect:
         return "redirect"
     if r.error == "too_large":
@@ -501,7 +513,11 @@ def crawler_net(
     politeness = Place("politeness", Politeness, key="domain")
     targets = Place("targets", Target, key="domain")
     proxies = Place("proxies", Proxy, pool=True, initial=initial_proxies(p))
-    fetch_queue = Place("fetch_queue", Fetch, key="domain", work_queue=True, results=("fetched",))
+    # A fetch worker parses the pages it fetched (their links come with the result: no
+    # hop through parse_queue); parse_queue stays for results without links.
+    fetch_queue = Place(
+        "fetch_queue", Fetch, key="domain", work_queue=True, results=("fetched", "links")
+    )
     fetching = Place("fetching", InFlight, key="domain", capacity=p.fetching_max)
     fetched = Place("fetched", Fetched, key="domain")
     fail_log = Place("fail_log", Failure, key="domain")
@@ -608,6 +624,11 @@ def crawler_net(
         ),
     ]
 
+    # How far ahead of its start a fetch is decided: the slot and the clock come back due
+    # that early. Without proxies a decided fetch holds a direct slot (the cluster-wide
+    # cap) while it waits for its start, so the lead is shorter there.
+    lead_ms = p.lead_ms if p.proxies else min(p.lead_ms, p.direct_lead_ms)
+
     def start_ms(now: int, s: Clock, x: Proxy, q: Slot, pl: Politeness) -> int:
         # The server stamps a request when it has parsed it, which can lag its sending by
         # tens of ms on a new connection; it cannot stamp it after answering it. So a start
@@ -645,40 +666,57 @@ def crawler_net(
     )
     direct_back = [] if p.proxies else [proxies.produce(lambda i: Proxy(i.proxy, "", 0, 0))]
 
-    scrape = Transition(
-        "scrape",
-        consume=[clock(s, domain=d), free(q, domain=d), targets(t, domain=d), proxies(x)],
-        read=[politeness(pl, domain=d)],
-        produce=[
-            fetch_queue.produce(
-                lambda now, s, t, x, q, pl: Fetch(
-                    t.domain,
-                    t.url,
-                    t.kind,
-                    t.depth,
-                    t.attempt,
-                    x.name,
-                    x.url,
-                    start_ms(now, s, x, q, pl),
-                    late_limit_ms(x),
-                )
-            ),
-            fetching.produce(
-                lambda t, x, q: InFlight(
-                    t.domain, t.url, t.kind, t.depth, t.attempt, t.priority, x.name, q.answered_ms
-                )
-            ),
-            clock.produce(
-                lambda now, s, x, q, pl: Clock(
-                    s.domain, start_ms(now, s, x, q, pl) + s.gap_ms, s.gap_ms
+    # A due retry goes before the domain's other targets: the engine takes the target that
+    # has been due longest, so a retry (due only after its backoff or Retry-After) would
+    # queue behind every page found meanwhile, and its chain of waits is the longest path
+    # of a host's crawl (docs/scraper.md, "Per request").
+    def scraping(name: str, priority: int, guard: Callable[[Target], bool] | None) -> Transition:
+        return Transition(
+            name,
+            consume=[clock(s, domain=d), free(q, domain=d), targets(t, domain=d), proxies(x)],
+            read=[politeness(pl, domain=d)],
+            produce=[
+                fetch_queue.produce(
+                    lambda now, s, t, x, q, pl: Fetch(
+                        t.domain,
+                        t.url,
+                        t.kind,
+                        t.depth,
+                        t.attempt,
+                        x.name,
+                        x.url,
+                        start_ms(now, s, x, q, pl),
+                        late_limit_ms(x),
+                    )
                 ),
-                delay=lambda now, s, x, q, pl: max(
-                    0, start_ms(now, s, x, q, pl) + s.gap_ms - p.lead_ms - now
+                fetching.produce(
+                    lambda t, x, q: InFlight(
+                        t.domain,
+                        t.url,
+                        t.kind,
+                        t.depth,
+                        t.attempt,
+                        t.priority,
+                        x.name,
+                        q.answered_ms,
+                    )
                 ),
-            ),
-            *proxy_back,
-        ],
-    )
+                clock.produce(
+                    lambda now, s, x, q, pl: Clock(
+                        s.domain, start_ms(now, s, x, q, pl) + s.gap_ms, s.gap_ms
+                    ),
+                    delay=lambda now, s, x, q, pl: max(
+                        0, start_ms(now, s, x, q, pl) + s.gap_ms - lead_ms - now
+                    ),
+                ),
+                *proxy_back,
+            ],
+            guard=guard,
+            priority=priority,
+        )
+
+    scrape = scraping("scrape", 0, None)
+    scrape_retry = scraping("scrape_retry", 1, lambda t: t.attempt > 0)
 
     # Results: each takes the in-flight record and the worker's result for one URL, and
     # frees the domain's slot. Exactly one verdict holds for a result.
@@ -691,11 +729,12 @@ def crawler_net(
         answered = r.started_ms if r.error == "late" else r.answered_ms
         return max(i.answered_ms, answered)
 
-    # The slot comes back due lead_ms before the start it allows (one delay after the
-    # answer), so that a fetch is never decided, and leased, longer than that ahead.
+    # The slot comes back due lead_ms (direct_lead_ms without proxies) before the start it
+    # allows (one delay after the answer), so that a fetch is never decided, and leased,
+    # longer than that ahead.
     slot_back = free.produce(
         lambda d, i, r: Slot(d, anchor_ms(i, r)),
-        delay=lambda now, i, r, pl: max(0, anchor_ms(i, r) + pl.delay_ms + 1 - p.lead_ms - now),
+        delay=lambda now, i, r, pl: max(0, anchor_ms(i, r) + pl.delay_ms + 1 - lead_ms - now),
     )
 
     def adapted(pl: Politeness, r: Fetched, delay_ms: int | None = None) -> Politeness:
@@ -784,6 +823,27 @@ def crawler_net(
                     r.content_type,
                     r.started_ms,
                     r.body,
+                )
+            ),
+        ),
+        # Parsed by the fetch worker: straight to ``parsed`` (its capacity is the back
+        # pressure here), the links having come with the result.
+        on(
+            "page_parsed",
+            "page_parsed",
+            parsed.produce(
+                lambda i, r: Parsed(
+                    r.domain,
+                    r.url,
+                    i.depth,
+                    r.attempt,
+                    r.proxy,
+                    r.status,
+                    r.final_url,
+                    r.content_type,
+                    r.started_ms,
+                    r.title,
+                    r.links_count,
                 )
             ),
         ),
@@ -943,7 +1003,7 @@ def crawler_net(
             store_done,
             stored,
         ],
-        transitions=[*results, *robots_results, *pipeline, *admission, scrape],
+        transitions=[*results, *robots_results, *pipeline, *admission, scrape_retry, scrape],
         effects=effects,
         invariants=invariants,
     )

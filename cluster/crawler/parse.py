@@ -1,9 +1,14 @@
 """The parse stage's work (pure): an HTML page's title and its crawlable links.
 
-Parse workers (:mod:`cluster.crawler.workers`) lease ``Page`` tokens from the net's
-``parse_queue`` and complete each lease with what :func:`parse_results` returns: one
-``parse_done`` token (title, number of links) and one ``links`` token per distinct
-canonical link, at the page's depth + 1, which the net admits or skips.
+A fetch worker (:mod:`cluster.crawler.workers`) parses every HTML page it fetched right
+after the answer, in its own process, and completes the fetch with what
+:func:`fetched_results` returns: the ``fetched`` token with the title and the number of
+links in place of the body, and one ``links`` token per distinct canonical link, at the
+page's depth + 1, which the net admits or skips. That saves the discovery path a hop
+through the net and a lease round trip (docs/scraper.md, "Per request"). Parse workers
+lease the ``Page`` tokens that still come through ``parse_queue`` (results without
+links) and complete each lease with what :func:`parse_results` returns: one
+``parse_done`` token (title, number of links) and the same ``links`` tokens.
 
 Parsing uses the standard library's :class:`html.parser.HTMLParser`, a tolerant
 tokenizer that accepts any text (broken markup never raises). Links are the ``href`` of
@@ -83,6 +88,34 @@ def parse_page(body: str, final_url: str) -> ParsedPage:
     title = " ".join("".join(parser.title_parts).split())[:TITLE_CHARS_MAX]
     links = tuple(seen)
     return ParsedPage(title, links[:LINKS_PER_PAGE_MAX], len(links))
+
+
+# Fetched(domain, url, kind, attempt, status, error, final_url, content_type, body,
+# started_ms, answered_ms, proxy, retry_at_ms, title, links_count): the fields read here.
+FETCHED_BODY: Final = 8
+FETCHED_FIELDS: Final = 13  # up to retry_at_ms: title and links_count follow
+PAGE_KIND: Final = "page"
+NOT_PARSED: Final = -1  # links_count of a result the net is to parse (or has no page)
+HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
+
+
+def fetched_results(fetched: Sequence[Any], depth: int) -> list[tuple[str, tuple[Any, ...]]]:
+    """The completion of a fetch whose result is ``fetched`` (a page at ``depth``).
+
+    A 2xx HTML page is parsed here: ``("fetched", ...)`` without its body, with its
+    title and links count, then one ``("links", Link(domain, url, depth + 1))`` per
+    link. Any other result goes as it is, with no title and ``NOT_PARSED`` links (the
+    net decides what it means).
+    """
+    kind, status, error, content_type = fetched[2], fetched[4], fetched[5], fetched[7]
+    head = tuple(fetched[:FETCHED_FIELDS])
+    if kind != PAGE_KIND or error or not 200 <= status < 300 or content_type not in HTML_TYPES:
+        return [("fetched", (*head, "", NOT_PARSED))]
+    found = parse_page(fetched[FETCHED_BODY], fetched[6] or fetched[1])
+    parsed = (*head[:FETCHED_BODY], "", *head[FETCHED_BODY + 1 :], found.title, found.links_found)
+    results: list[tuple[str, tuple[Any, ...]]] = [("fetched", parsed)]
+    results += [("links", (domain_of(link), link, depth + 1)) for link in found.links]
+    return results
 
 
 def parse_results(page: Sequence[Any]) -> list[tuple[str, tuple[Any, ...]]]:

@@ -5,11 +5,14 @@ cluster in ``CLUSTER_DIR`` (its net must be the crawler's, ``nets.scraper:net``)
 ``cpn worker run`` (:mod:`cluster.sdk.runner`) with the crawler's settings:
 
 * ``fetch`` leases ``fetch_queue``, waits for the start time and GETs the URL (the late
-  rule, :mod:`cluster.crawler.fetch`), and completes with a ``fetched`` token; four
+  rule, :mod:`cluster.crawler.fetch`), parses an HTML page right away
+  (:func:`cluster.crawler.parse.fetched_results`), and completes with a ``fetched``
+  token and the page's ``links``; four
   long polls wait on each shard (a fetch lease carries one token, so a burst of
   fetches decided in one batch is leased at once);
-* ``parse`` leases ``parse_queue``, extracts the title and the links
-  (:mod:`cluster.crawler.parse`), and completes with ``parse_done`` and ``links`` tokens;
+* ``parse`` leases ``parse_queue`` (pages a fetch worker did not parse), extracts the
+  title and the links (:mod:`cluster.crawler.parse`), and completes with ``parse_done``
+  and ``links`` tokens;
 * ``store`` leases ``store_queue`` 32 tokens at a time, appends each page's JSON
   record once (flock + fsync, :mod:`cluster.crawler.store`) with one fsync for the
   lease, and completes with ``store_done`` tokens.
@@ -34,7 +37,7 @@ from typing import Any, Final
 
 from cluster.crawler.fetch import Fetcher, FetchSettings, wall_ms
 from cluster.crawler.metrics import CrawlCounts
-from cluster.crawler.parse import parse_results
+from cluster.crawler.parse import fetched_results, parse_results
 from cluster.crawler.store import PageStore, page_record
 from cluster.sdk.context import current
 from cluster.sdk.runner import RunOptions, Target, connect_to, run
@@ -53,6 +56,7 @@ LEASE_END_MARGIN_MS: Final = 1_000
 # A fetch lease outlasts the fetch's deadline (twice its timeout) by at least this: the
 # lead of its decision, its late limit and the margin above.
 FETCH_LEASE_SLACK_MS: Final = 5_000
+FETCH_DEPTH: Final = 3
 FETCH_START_AT: Final = 7  # Fetch(domain, url, kind, depth, attempt, proxy, proxy_url,
 FETCH_LATE: Final = 8  #       start_at_ms, late_ms): the fields the lease rule reads
 STORE_BATCH: Final = 32
@@ -135,7 +139,7 @@ def fetch_worker(
             if log_file is not None:
                 log_file.close()
 
-    async def fetch(job: tuple[Any, ...]) -> Output:
+    async def fetch(job: tuple[Any, ...]) -> list[Output]:
         leased_ms = wall_ms()  # the lease's arrival: the trace of a domain's requests
         job = _within_lease(job, current().expires_at_ms, deadline_ms)
         if counts is not None:
@@ -151,7 +155,10 @@ def fetch_worker(
             trace = {"leased_ms": leased_ms, "start_at_ms": job[FETCH_START_AT]}
             log_file.write(json.dumps(outcome.timing.to_json() | trace) + "\n")
             log_file.flush()
-        return to("fetched", outcome.fetched)
+        # Parsed here, on the loop: a page takes a millisecond or two, less than the hop
+        # through the net and a parse worker's lease it saves its links.
+        results = fetched_results(outcome.fetched, job[FETCH_DEPTH])
+        return [to(place, fields) for place, fields in results]
 
     return WorkerSpec(
         fetch, "fetch_queue", concurrency=CONCURRENCY_DEFAULT["fetch"], lease_ms=lease_ms,

@@ -223,13 +223,15 @@ def test_direct_slots_cap_requests_in_flight_and_retry_after_is_waited_at_the_se
     assert report.failures.get("http 503") == len(refusing)
 
 
-def test_a_slow_store_backs_up_to_raw_html_at_its_capacity(tmp_path: Path) -> None:
+def test_a_slow_store_backs_up_to_parsed_at_its_capacity(tmp_path: Path) -> None:
     site = SiteModel(SiteConfig(hosts=3, pages_per_host=12, seed=2, failing_fraction=0))
     capacity = 2
     seen: list[int] = []
 
+    # A fetch worker parses its pages: they go from `fetched` straight into `parsed`, whose
+    # capacity holds them back (and the fetches behind them) while the store is slow.
     def watch(run: Crawl, tokens: dict[str, int]) -> None:
-        seen.append(tokens.get("raw_html", 0))
+        seen.append(tokens.get("parsed", 0))
         if seen.count(capacity) >= 5:
             run.stop_requested = True
 
@@ -241,9 +243,7 @@ def test_a_slow_store_backs_up_to_raw_html_at_its_capacity(tmp_path: Path) -> No
             on_poll=watch,
             worker_env={"CPN_STORE_DELAY_MS": "400"},
             net_params={
-                "raw_html_max": capacity,
-                "parsing_max": 1,
-                "parsed_max": 1,
+                "parsed_max": capacity,
                 "validated_max": 1,
                 "storing_max": 1,
                 "delay_ms": 10,

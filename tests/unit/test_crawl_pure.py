@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from cluster.crawler.fetch import retry_at_ms
-from cluster.crawler.parse import LINKS_PER_PAGE_MAX, parse_page, parse_results
+from cluster.crawler.parse import LINKS_PER_PAGE_MAX, fetched_results, parse_page, parse_results
 from cluster.crawler.urls import InvalidUrl, canonical_url, domain_of, resolve_link, robots_url
 from cluster.layout import ClusterConfig, net_param_args, parse_net_param
 from nets.errors import CpnError, LoadError
 from nets.loader import load_net
+from nets.scraper import PAGE, Fetched, verdict
 
 
 @pytest.mark.parametrize(
@@ -92,6 +93,34 @@ def test_parse_results_complete_a_page_token() -> None:
         ("links", ("h.example", "http://h.example/a", 3)),
         ("links", ("o.example", "http://o.example/", 3)),
     ]
+
+
+def test_fetched_results_parse_an_html_page_in_the_fetch_worker() -> None:
+    body = '<title>T</title><a href="/a">a</a><a href="http://o.example/">'
+    fetched = ("h.example", "http://h.example/", "page", 0, 200, "", "http://h.example/",
+               "text/html", body, 10, 20, "direct000", 0)  # fmt: skip
+    assert fetched_results(fetched, 2) == [
+        ("fetched", (*fetched[:8], "", *fetched[9:], "T", 2)),
+        ("links", ("h.example", "http://h.example/a", 3)),
+        ("links", ("o.example", "http://o.example/", 3)),
+    ]
+
+
+def test_fetched_results_leave_other_results_to_the_net() -> None:
+    at = "http://h.example/robots.txt"
+    robots = ("h.example", at, "robots", 0, 200, "", at, "text/plain", "User-agent: *", 10, 20,
+              "d", 0)  # fmt: skip
+    failed = ("h.example", "http://h.example/", "page", 1, 503, "", "http://h.example/",
+              "text/html", "", 10, 20, "d", 0)  # fmt: skip
+    for fetched in (robots, failed):
+        assert fetched_results(fetched, 0) == [("fetched", (*fetched, "", -1))]
+
+
+def test_a_page_parsed_by_its_fetch_worker_skips_the_parse_stage() -> None:
+    parsed = Fetched("h", "http://h/", PAGE, 0, 200, "", "http://h/", "text/html", "", 1, 2, "d",
+                     0, "T", 3)  # fmt: skip
+    assert verdict(parsed, 4) == "page_parsed"
+    assert verdict(parsed._replace(links_count=-1), 4) == "page"
 
 
 def test_net_params_parse_as_json_else_strings() -> None:

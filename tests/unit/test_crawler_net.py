@@ -519,3 +519,27 @@ def test_a_redirect_becomes_a_discovered_link() -> None:
     assert web.url(0, 1) not in result.stored
     reasons = {t.url: t.reason for t in tokens(result.engine, "skipped")}
     assert reasons[web.url(0, 1)] == "redirect"
+
+
+def test_without_proxies_fetches_are_decided_at_most_direct_lead_ms_ahead() -> None:
+    """A decided fetch holds a direct slot (the cluster-wide cap) until its answer: it is
+    decided only direct_lead_ms before its start, not lead_ms, so the cap is not spent on
+    waiting out the domain's delay."""
+    web = FakeWeb(hosts=2, pages=5, wide=True)
+    policy = CrawlPolicy(delay_ms=300, lead_ms=200, direct_lead_ms=40, direct_slots=1)
+    result = crawl(policy, web)
+    assert max(result.leads_ms) <= policy.direct_lead_ms + 1
+    assert min(min(g) for g in gaps_by_domain(web.requests).values()) >= 300
+    assert sorted(result.stored) == sorted(web.url(h, i) for h in range(2) for i in range(5))
+
+
+def test_a_due_retry_goes_before_the_pages_found_meanwhile() -> None:
+    web = FakeWeb(hosts=1, pages=8, wide=True)
+    failing = web.url(0, 1)
+    web.failing[failing] = 1
+    result = crawl(CrawlPolicy(delay_ms=100, backoff_base_ms=100), web)
+    urls = [u for _d, u, _s in web.requests]
+    first, retry = (i for i, u in enumerate(urls) if u == failing)
+    # At most one fetch decided before the retry was due (direct_lead_ms ahead) goes first.
+    assert retry - first <= 2, urls
+    assert failing in result.stored
