@@ -8,7 +8,7 @@ decides depends on them, so the startup read skips their key ranges and a
 snapshot (one read transaction held open until it is done). See docs/shard.md,
 "Deferred places".
 
-Keys are ``slot (2) | place id (2) | time (8) | entry`` (shard/shell/store.py), so each
+Keys are ``slot (2) | place id (2) | time (8) | entry`` (shard/shell/store_schema.py), so each
 (slot, place) pair is one contiguous range, and skipping a range is one seek.
 """
 

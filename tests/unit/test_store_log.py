@@ -22,6 +22,7 @@ import lmdb
 import pytest
 
 import shard.shell.store
+import shard.shell.store_fold
 from nets import Net, Place
 from nets.codec import pack
 from nets.model import Token
@@ -148,7 +149,7 @@ def test_the_log_never_passes_its_bound(store: Store, monkeypatch: Any) -> None:
 def test_a_batch_is_cut_into_records_of_bounded_entries(store: Store, monkeypatch: Any) -> None:
     # One record is one msgpack call when written and when folded: it stays small so
     # that no single call holds the GIL long (the metrics thread waits for it).
-    monkeypatch.setattr(shard.shell.store, "LOG_RECORD_ENTRIES_MAX", 2)
+    monkeypatch.setattr(shard.shell.store_fold, "LOG_RECORD_ENTRIES_MAX", 2)
     marking: Marking = Counter()
     _commit(store, marking, 1, work_1=1, done_2=1, bag_3=1, work_4=1, done_5=1)
     assert (store.log_records, store.log_entries) == (3, 5)
@@ -160,7 +161,7 @@ def test_a_batch_is_cut_into_records_of_bounded_entries(store: Store, monkeypatc
 def test_a_batch_too_large_for_the_log_writes_its_additions_to_the_table(
     store: Store, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(shard.shell.store, "LOG_BATCH_ENTRIES_MAX", 3)
+    monkeypatch.setattr(shard.shell.store_fold, "LOG_BATCH_ENTRIES_MAX", 3)
     marking: Marking = Counter()
     _commit(store, marking, 1, work_1=1, done_2=1)
     assert store.log_records == 1
@@ -179,7 +180,7 @@ def test_a_batch_too_large_for_the_log_writes_its_additions_to_the_table(
 def test_a_batch_of_too_many_bytes_writes_its_additions_to_the_table(
     store: Store, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(shard.shell.store, "LOG_BATCH_BYTES_MAX", 40)
+    monkeypatch.setattr(shard.shell.store_fold, "LOG_BATCH_BYTES_MAX", 40)
     marking: Marking = Counter()
     _commit(store, marking, 1, work_1=1)
     assert store.log_records == 1
@@ -220,7 +221,7 @@ def test_a_batch_that_consumes_what_it_received_folds_record_by_record(
     # A batch's delta removes an entry its received run added (a token handed off and
     # consumed in the same batch). Records are folded one at a time: the run's record
     # must come before the delta's, or a slice would remove an entry not yet stored.
-    monkeypatch.setattr(shard.shell.store, "LOG_RECORD_ENTRIES_MAX", 1)
+    monkeypatch.setattr(shard.shell.store_fold, "LOG_RECORD_ENTRIES_MAX", 1)
     received = ("work", 10, Item("k1", 1))
     batch = Batch(clock_ms=1)
     batch.arrived.append(ArrivedRun(2, 5, 100, 0, _run([received]), {"work": 1}))
@@ -244,7 +245,7 @@ def test_a_slice_that_fails_changes_nothing(store: Store, monkeypatch: Any) -> N
         txn.put(b"\x00\x00\x00\x01" + bytes(9), b"half written")  # then dies
         raise lmdb.DiskError("injected")
 
-    monkeypatch.setattr(store, "_apply_delta", fail)
+    monkeypatch.setattr(store._batch_log, "apply_delta", fail)
     with pytest.raises(StoreError, match="disk error"):
         store.catch_up(1 << 30)
     monkeypatch.undo()
