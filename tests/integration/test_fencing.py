@@ -75,7 +75,12 @@ def test_a_restarted_shard_is_fenced_at_a_new_epoch(cluster: Cluster) -> None:
             timeout_s=WAIT_S,
         )  # fmt: skip
         before = client.table(refresh=True)
-        old = _stats(cluster.shards[1].endpoint)
+        # The router lists an endpoint when the shard's heartbeat arrives; the fence is in
+        # the reply to it, which reaches the shard a moment later.
+        old = wait_for(
+            lambda: _stats(cluster.shards[1].endpoint), lambda s: s["fence_epoch"] != 0,
+            what="shard 1's first fence", timeout_s=WAIT_S,
+        )  # fmt: skip
         assert (old["incarnation"], old["fence_epoch"]) == (1, 1), "a first start is not fenced"
 
         endpoint = cluster.shards[1].endpoint
