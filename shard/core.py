@@ -292,7 +292,11 @@ class ShardCore:
         self.handed_times: list[int] = []  # their times (when the sender produced them)
         self.exports: list[tuple[str, int, Token]] = []  # tokens for other shards
         self.more_enabled = True  # until a batch shows otherwise
-        self.engine.hooks.append(self._record_step)
+        # What recording a batch's steps looks up by transition index (_record_steps).
+        self._transition_names = tuple(t.name for t in self.net.transitions)
+        self._lease_expiries = frozenset(
+            name for name in self._transition_names if name.endswith("__lease_expired")
+        )
         self.deferred = DeferredLoad(recovered.deferred, recovered.deferred_counts)
         self.initialised = recovered.initialised
         self.commits = 0  # batches committed by this core
@@ -381,19 +385,47 @@ class ShardCore:
         if exported:
             self.exchange.export(exported, self.batch)
 
-    def _record_step(self, step: Step) -> None:
-        # A step's entries are already (place, time, token) tuples: the batch's keys.
+    def _record_steps(self, steps: list[Step]) -> None:
+        """Put a run of fired steps in the batch (Engine.fire_batch's ``record``).
+
+        One pass over the entries, each a (place, time, token) tuple already: the
+        batch's key. An entry produced and consumed in the batch ends at 0, which the
+        store skips; a consumed stored entry ends at -1, a removal. The firings per
+        transition are counted apart (_count_firings), from the engine's counters.
+        """
         marking = self.batch.marking
-        self.batch.firings[step.transition] += 1
-        for entry in step.consumed:
-            marking[entry] = marking.get(entry, 0) - 1
-        for entry in step.produced:
-            marking[entry] = marking.get(entry, 0) + 1
-        if step.transition.endswith("__lease_expired"):
-            self.counters["leased_tokens_expired"] += 1
-            for place, _time_ms, token in step.consumed:
-                if place.endswith("__held"):
-                    self._forget_lease(token[0])  # the lease id; its work is back
+        get, pop = marking.get, marking.pop  # dict's own (Counter's __delitem__ is Python)
+        for step in steps:
+            for entry in step[3]:  # consumed (Step is a NamedTuple: indexing is cheaper)
+                left = get(entry, 0) - 1
+                if left:
+                    marking[entry] = left
+                else:
+                    # Produced in this batch: gone again. Dropped rather than kept at
+                    # 0, so that the entry dies now instead of living to the commit
+                    # (the garbage collector walks what lives: a batch of thousands).
+                    pop(entry)
+            for entry in step[4]:  # produced
+                marking[entry] = get(entry, 0) + 1
+        if self._lease_expiries:  # a net with work queues
+            for step in steps:
+                if step[0] in self._lease_expiries:
+                    self.counters["leased_tokens_expired"] += 1
+                    for place, _time_ms, token in step.consumed:
+                        if place.endswith("__held"):
+                            self._forget_lease(token[0])  # the lease id; its work is back
+
+    def _count_firings(self, counts_before: list[int]) -> int:
+        """Add the firings since the engine's ``counts_before`` to the batch's, by
+        transition (one look at each transition's counter, none per step); their sum."""
+        firings = self.batch.firings
+        fired = 0
+        for index, count in enumerate(self.engine.firing_counts()):
+            grown = count - counts_before[index]
+            if grown:
+                firings[self._transition_names[index]] += grown
+                fired += grown
+        return fired
 
     def add(self, place: str, token: Token, time_ms: int) -> None:
         """Add an entry to the engine and to the batch (committed with it)."""
@@ -913,27 +945,28 @@ class ShardCore:
     # -- the batch ----------------------------------------------------------------------
 
     def fire(self, now_ms: int, budget: FiringBudget) -> int:
-        """Fire what is enabled at ``now_ms`` (bounded); the hook records the steps in
-        the batch. Stops when nothing is enabled, after ``FIRINGS_PER_BATCH_MAX``, or
-        when ``budget`` is exhausted (asked every few firings): a longer batch lets
-        more tokens be produced and consumed within it, which never reach the store,
-        but requests wait for its commit.
+        """Fire what is enabled at ``now_ms`` (bounded) and record the steps in the
+        batch. Stops when nothing is enabled, after ``FIRINGS_PER_BATCH_MAX``, or when
+        ``budget`` is exhausted (asked every ``FIRINGS_PER_BUDGET_CHECK`` firings): a
+        longer batch lets more tokens be produced and consumed within it, which never
+        reach the store, but requests wait for its commit.
         """
         self.engine.advance(now_ms)
         if self.read_only_reason is not None or not self.mover.may_fire(self.exchange, now_ms):
             return 0
-        fired = 0
-        fire = self.engine.fire
-        while fired < FIRINGS_PER_BATCH_MAX:
-            if fire(now_ms) is None:
-                self.more_enabled = False
-                break
-            fired += 1
-            if fired % FIRINGS_PER_BUDGET_CHECK == 0 and budget.exhausted():
-                self.more_enabled = True  # stopped by a bound, not for want of work
-                break
-        else:
-            self.more_enabled = True
+        counts_before = self.engine.firing_counts()
+        try:
+            self.more_enabled = self.engine.fire_batch(
+                now_ms,
+                FIRINGS_PER_BATCH_MAX,
+                record=self._record_steps,
+                stop=budget.exhausted,
+                stop_every=FIRINGS_PER_BUDGET_CHECK,
+            )
+        finally:
+            # Also when a firing raised: the firings before it are applied, and are the
+            # batch's as much as if nothing had.
+            fired = self._count_firings(counts_before)
         self.mover.fired(fired, now_ms)
         return fired
 
