@@ -24,12 +24,14 @@ import lmdb
 import msgpack
 
 from nets.model import Token
+from router.slots import slot_of_token
 from shard.batch import StoreReadError
 
 ONE: Final = (1).to_bytes(4, "big")  # the value of an entry held once
 RANGE_LAST: Final = (1 << 32) - 1  # the last (slot, place id) prefix
 
 Entries = dict[str, list[tuple[int, Token]]]  # place -> (time, token) entries
+Entry = tuple[int, Token]
 
 
 class MarkingReadError(StoreReadError):
@@ -131,7 +133,9 @@ class DeferredMarking:
     ``skip_slots`` (sealed for a move: the shard does not hold their tokens) are not
     read either. ``logged`` is what the store's batch log (as of the same snapshot)
     changes in these places, per place: its removals are taken out of what is read, and
-    its additions come after the last stored entry (shard/shell/store_log.py).
+    its additions (shard/shell/store_log.py) come with their slot's stored entries, in
+    the same chunk right after them (or, past the chunk's budget, first in the next);
+    those of slots with no stored entry come after the last stored entry.
     """
 
     def __init__(
@@ -164,11 +168,18 @@ class DeferredMarking:
             for name, changes in logged.items()
         }
         self._removed = {name: r for name, r in removed.items() if r}
-        added = {
-            name: [e for e, n in changes.items() if n > 0 for _ in range(n)]
+        # The additions per place and slot: the engine indexes a place's tokens by key,
+        # in (time, token) order, and merges a chunk's entries of one key in one sort.
+        # Added apart from their key's stored entries (a few per chunk), each would be
+        # inserted into the key's sorted list on its own whenever it is older than the
+        # last stored entry; with them, the sort merges them at a run's cost.
+        self._added_by_slot = {
+            name: by_slot
             for name, changes in logged.items()
+            if (by_slot := _by_slot(places[name], changes))
         }
-        self._added: Entries = {name: entries for name, entries in added.items() if entries}
+        self._spilled: list[tuple[str, list[Entry]]] = []  # past a chunk's budget
+        self._added: Entries = {}  # the slots with no stored entry (after the cursor)
         self._added_from: dict[str, int] = {}  # how many of each place's were taken
         self.done = not deferred_ids
 
@@ -184,18 +195,23 @@ class DeferredMarking:
         gc.disable()
         found: Entries = {}
         try:
-            if self._more or self._rest:
+            left = self._take_spilled(found, entries_max)
+            if left > 0 and (self._more or self._rest):
+                added: Entries = {}
                 encoded = (
-                    self._from_rest(entries_max)
-                    if self._rest is not None
-                    else self._take(entries_max)
+                    self._from_rest(left) if self._rest is not None else self._take(left, added)
                 )
                 for name, encodings in encoded.items():
                     decode_entries(name, encodings, self._places[name], found.setdefault(name, []))
                     if name in self._removed:
                         found[name] = self._without_removed(name, found[name])
-            if not self._more and not self._rest:
+                for name, entries in added.items():
+                    found.setdefault(name, []).extend(entries)
+            if not self._more and not self._rest and not self._spilled:
                 self._check_removed()
+                for name, by_slot in self._added_by_slot.items():  # slots never met
+                    self._added[name] = [e for entries in by_slot.values() for e in entries]
+                self._added_by_slot = {}
                 found = self._take_added(found, entries_max)
         except MarkingReadError as exc:
             self.close()
@@ -203,9 +219,37 @@ class DeferredMarking:
         finally:
             if gc_was_enabled:
                 gc.enable()
-        if not self._more and not self._rest and not self._added:
+        if not (self._more or self._rest or self._spilled or self._added):
             self.close()
         return found
+
+    def _take_spilled(self, found: Entries, entries_max: int) -> int:
+        """The additions spilled past earlier chunks' budgets, within this one's;
+        returns the budget left."""
+        left = entries_max
+        while self._spilled and left > 0:
+            name, entries = self._spilled[0]
+            found.setdefault(name, []).extend(entries[:left])
+            if len(entries) > left:
+                self._spilled[0] = (name, entries[left:])
+                return 0
+            left -= len(entries)
+            del self._spilled[0]
+        return left
+
+    def _slot_added(self, name: str, slot: bytes, added: Entries, left: int) -> int:
+        """Put the log's additions to ``slot`` of place ``name`` (its stored entries all
+        taken) into ``added``, within ``left`` entries (the rest spills); returns how
+        many went into ``added``."""
+        by_slot = self._added_by_slot.get(name)
+        entries = None if by_slot is None else by_slot.pop(slot, None)
+        if entries is None:
+            return 0
+        taken = entries[: max(left, 0)]
+        if len(taken) < len(entries):
+            self._spilled.append((name, entries[len(taken) :]))
+        added.setdefault(name, []).extend(taken)
+        return len(taken)
 
     def _without_removed(
         self, name: str, entries: list[tuple[int, Token]]
@@ -249,9 +293,11 @@ class DeferredMarking:
                 del self._added[name]
         return found
 
-    def _take(self, entries_max: int) -> dict[str, list[bytes]]:
+    def _take(self, entries_max: int, added: Entries) -> dict[str, list[bytes]]:
         """The encodings of up to ``entries_max`` entries, from the cursor on; the cursor
-        seeks past every range that is not a deferred place's or is a sealed slot's."""
+        seeks past every range that is not a deferred place's or is a sealed slot's. The
+        log's additions to each range read to its end go into ``added`` (within the
+        same budget)."""
         cursor = self._cursor
         encoded: dict[str, list[bytes]] = {}
         taken = 0
@@ -269,15 +315,19 @@ class DeferredMarking:
             encodings = encoded.setdefault(name, [])
             prefix = key[:4]
             self._more = False  # unless an entry after this range turns up
+            ended = True  # the range was read to its end
             for key, value in _from_here(cursor):  # the current entry first
                 if key[:4] != prefix or taken >= entries_max:
                     self._more = True  # the cursor is at that entry, still to look at
+                    ended = key[:4] != prefix
                     break
                 if value == ONE:
                     encodings.append(key[12:])
                 else:
                     _collect(value, key, encodings)
                 taken += 1
+            if ended:
+                taken += self._slot_added(name, slot, added, entries_max - taken)
         return encoded
 
     def _seek_after(self, cursor: lmdb.Cursor, slot: bytes, place_id: bytes) -> bool:
@@ -308,7 +358,9 @@ class DeferredMarking:
         """Copy the encodings still to read into memory and end the read transaction."""
         if self._txn is None:
             return
-        self._rest = self._take(1 << 62)
+        added: Entries = {}
+        self._rest = self._take(1 << 62, added)
+        self._spilled.extend(added.items())
         self._more = False
         self._end()
 
@@ -316,6 +368,7 @@ class DeferredMarking:
         """Stop reading (the shard stops, or every entry is read)."""
         self._more = False
         self._rest = None
+        self._spilled = []
         self._end()
         self.done = True
 
@@ -324,3 +377,23 @@ class DeferredMarking:
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
+
+
+def _by_slot(place: Any, changes: Counter[Entry]) -> dict[bytes, list[Entry]]:
+    """The additions among ``changes`` (one per token), by slot (2 bytes BE, as in a
+    marking key), each slot's in the order of ``changes``."""
+    by_slot: dict[bytes, list[Entry]] = {}
+    position = place.colour_set.field_index(place.key) if place.key is not None else -1
+    slots: dict[Any, bytes] = {}  # key value -> slot: hashing a key costs more than the rest
+    for entry, n in changes.items():
+        if n <= 0:
+            continue
+        value = entry[1][position] if position >= 0 else None
+        slot = slots.get(value)
+        if slot is None:
+            slot = slots[value] = slot_of_token(place, entry[1]).to_bytes(2, "big")
+        entries = by_slot.get(slot)
+        if entries is None:
+            entries = by_slot[slot] = []
+        entries.extend([entry] * n)
+    return by_slot
