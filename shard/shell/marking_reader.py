@@ -162,26 +162,37 @@ class DeferredMarking:
             b"\x00\x00" + self._deferred_ids[0]
         )
         self._rest: dict[str, list[bytes]] | None = None  # what detach() copied out
-        logged = logged or {}
+        # Split by the first read (or detach), not here: the shard serves sooner.
+        self._logged: Mapping[str, Counter[Entry]] | None = logged or {}
+        self._removed: dict[str, Counter[Entry]] = {}
+        self._added_by_slot: dict[str, dict[bytes, list[Entry]]] = {}
+        self._spilled: list[tuple[str, list[Entry]]] = []  # past a chunk's budget
+        self._added: Entries = {}  # the slots with no stored entry (after the cursor)
+        self._added_from: dict[str, int] = {}  # how many of each place's were taken
+        self.done = not deferred_ids
+
+    def _split_log(self) -> None:
+        """The log's removals per place, and its additions per place and slot.
+
+        The engine indexes a place's tokens by key, in (time, token) order, and merges
+        a chunk's entries of one key in one sort. Added apart from their key's stored
+        entries (a few per chunk), each addition would be inserted into the key's
+        sorted list on its own whenever it is older than the last stored entry; with
+        them, the sort merges them at a run's cost.
+        """
+        logged, self._logged = self._logged, None
+        if logged is None:
+            return
         removed = {
             name: Counter({e: -n for e, n in changes.items() if n < 0})
             for name, changes in logged.items()
         }
         self._removed = {name: r for name, r in removed.items() if r}
-        # The additions per place and slot: the engine indexes a place's tokens by key,
-        # in (time, token) order, and merges a chunk's entries of one key in one sort.
-        # Added apart from their key's stored entries (a few per chunk), each would be
-        # inserted into the key's sorted list on its own whenever it is older than the
-        # last stored entry; with them, the sort merges them at a run's cost.
         self._added_by_slot = {
             name: by_slot
             for name, changes in logged.items()
-            if (by_slot := _by_slot(places[name], changes))
+            if (by_slot := _by_slot(self._places[name], changes))
         }
-        self._spilled: list[tuple[str, list[Entry]]] = []  # past a chunk's budget
-        self._added: Entries = {}  # the slots with no stored entry (after the cursor)
-        self._added_from: dict[str, int] = {}  # how many of each place's were taken
-        self.done = not deferred_ids
 
     def read(self, entries_max: int) -> Entries:
         """Up to ``entries_max`` more entries (none, and ``done``, at the end).
@@ -195,6 +206,7 @@ class DeferredMarking:
         gc.disable()
         found: Entries = {}
         try:
+            self._split_log()
             left = self._take_spilled(found, entries_max)
             if left > 0 and (self._more or self._rest):
                 added: Entries = {}
@@ -358,6 +370,7 @@ class DeferredMarking:
         """Copy the encodings still to read into memory and end the read transaction."""
         if self._txn is None:
             return
+        self._split_log()
         added: Entries = {}
         self._rest = self._take(1 << 62, added)
         self._spilled.extend(added.items())
