@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from itertools import islice
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -29,6 +30,7 @@ from shard.batch import StoreReadError
 
 ONE: Final = (1).to_bytes(4, "big")  # the value of an entry held once
 RANGE_LAST: Final = (1 << 32) - 1  # the last (slot, place id) prefix
+RANGES_END: Final = b"\xff" * 5  # above every key (times are below 2**63)
 
 Entries = dict[str, list[tuple[int, Token]]]  # place -> (time, token) entries
 Entry = tuple[int, Token]
@@ -325,19 +327,30 @@ class DeferredMarking:
             if name not in self._places:
                 raise MarkingReadError(_unknown_place(name or place_id))
             encodings = encoded.setdefault(name, [])
-            prefix = key[:4]
-            self._more = False  # unless an entry after this range turns up
+            # The loop below is the reader's hot path: the budget bounds the iterator and
+            # the range's end is one bytes comparison, so the common entry (held once)
+            # costs a comparison, a slice and an append. Past the last range, no key
+            # reaches RANGES_END (a key's time field never starts with 0xff).
+            end = _next_range(key[:4]) or RANGES_END
+            budget = entries_max - taken
+            before = len(encodings)
+            extra = 0  # encodings beyond one per entry (multiplicities)
             ended = True  # the range was read to its end
-            for key, value in _from_here(cursor):  # the current entry first
-                if key[:4] != prefix or taken >= entries_max:
-                    self._more = True  # the cursor is at that entry, still to look at
-                    ended = key[:4] != prefix
-                    break
+            append = encodings.append
+            for key, value in islice(_from_here(cursor), budget):  # the current entry first
+                if key >= end:
+                    break  # the cursor is at that entry, still to look at
                 if value == ONE:
-                    encodings.append(key[12:])
+                    append(key[12:])
                 else:
+                    extra += int.from_bytes(value[:4], "big") - 1
                     _collect(value, key, encodings)
-                taken += 1
+            else:
+                # The budget ran out (the cursor is at the last entry taken) or the
+                # table did (the cursor is past its end).
+                self._more = bool(cursor.key()) and cursor.next()
+                ended = not self._more or cast(bytes, cursor.key()) >= end
+            taken += len(encodings) - before - extra
             if ended:
                 taken += self._slot_added(name, slot, added, entries_max - taken)
         return encoded
