@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from itertools import islice
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -24,12 +25,15 @@ import lmdb
 import msgpack
 
 from nets.model import Token
+from router.slots import slot_of_token
 from shard.batch import StoreReadError
 
 ONE: Final = (1).to_bytes(4, "big")  # the value of an entry held once
 RANGE_LAST: Final = (1 << 32) - 1  # the last (slot, place id) prefix
+RANGES_END: Final = b"\xff" * 5  # above every key (times are below 2**63)
 
 Entries = dict[str, list[tuple[int, Token]]]  # place -> (time, token) entries
+Entry = tuple[int, Token]
 
 
 class MarkingReadError(StoreReadError):
@@ -131,7 +135,9 @@ class DeferredMarking:
     ``skip_slots`` (sealed for a move: the shard does not hold their tokens) are not
     read either. ``logged`` is what the store's batch log (as of the same snapshot)
     changes in these places, per place: its removals are taken out of what is read, and
-    its additions come after the last stored entry (shard/shell/store_log.py).
+    its additions (shard/shell/store_log.py) come with their slot's stored entries, in
+    the same chunk right after them (or, past the chunk's budget, first in the next);
+    those of slots with no stored entry come after the last stored entry.
     """
 
     def __init__(
@@ -158,19 +164,37 @@ class DeferredMarking:
             b"\x00\x00" + self._deferred_ids[0]
         )
         self._rest: dict[str, list[bytes]] | None = None  # what detach() copied out
-        logged = logged or {}
+        # Split by the first read (or detach), not here: the shard serves sooner.
+        self._logged: Mapping[str, Counter[Entry]] | None = logged or {}
+        self._removed: dict[str, Counter[Entry]] = {}
+        self._added_by_slot: dict[str, dict[bytes, list[Entry]]] = {}
+        self._spilled: list[tuple[str, list[Entry]]] = []  # past a chunk's budget
+        self._added: Entries = {}  # the slots with no stored entry (after the cursor)
+        self._added_from: dict[str, int] = {}  # how many of each place's were taken
+        self.done = not deferred_ids
+
+    def _split_log(self) -> None:
+        """The log's removals per place, and its additions per place and slot.
+
+        The engine indexes a place's tokens by key, in (time, token) order, and merges
+        a chunk's entries of one key in one sort. Added apart from their key's stored
+        entries (a few per chunk), each addition would be inserted into the key's
+        sorted list on its own whenever it is older than the last stored entry; with
+        them, the sort merges them at a run's cost.
+        """
+        logged, self._logged = self._logged, None
+        if logged is None:
+            return
         removed = {
             name: Counter({e: -n for e, n in changes.items() if n < 0})
             for name, changes in logged.items()
         }
         self._removed = {name: r for name, r in removed.items() if r}
-        added = {
-            name: [e for e, n in changes.items() if n > 0 for _ in range(n)]
+        self._added_by_slot = {
+            name: by_slot
             for name, changes in logged.items()
+            if (by_slot := _by_slot(self._places[name], changes))
         }
-        self._added: Entries = {name: entries for name, entries in added.items() if entries}
-        self._added_from: dict[str, int] = {}  # how many of each place's were taken
-        self.done = not deferred_ids
 
     def read(self, entries_max: int) -> Entries:
         """Up to ``entries_max`` more entries (none, and ``done``, at the end).
@@ -184,18 +208,24 @@ class DeferredMarking:
         gc.disable()
         found: Entries = {}
         try:
-            if self._more or self._rest:
+            self._split_log()
+            left = self._take_spilled(found, entries_max)
+            if left > 0 and (self._more or self._rest):
+                added: Entries = {}
                 encoded = (
-                    self._from_rest(entries_max)
-                    if self._rest is not None
-                    else self._take(entries_max)
+                    self._from_rest(left) if self._rest is not None else self._take(left, added)
                 )
                 for name, encodings in encoded.items():
                     decode_entries(name, encodings, self._places[name], found.setdefault(name, []))
                     if name in self._removed:
                         found[name] = self._without_removed(name, found[name])
-            if not self._more and not self._rest:
+                for name, entries in added.items():
+                    found.setdefault(name, []).extend(entries)
+            if not self._more and not self._rest and not self._spilled:
                 self._check_removed()
+                for name, by_slot in self._added_by_slot.items():  # slots never met
+                    self._added[name] = [e for entries in by_slot.values() for e in entries]
+                self._added_by_slot = {}
                 found = self._take_added(found, entries_max)
         except MarkingReadError as exc:
             self.close()
@@ -203,9 +233,37 @@ class DeferredMarking:
         finally:
             if gc_was_enabled:
                 gc.enable()
-        if not self._more and not self._rest and not self._added:
+        if not (self._more or self._rest or self._spilled or self._added):
             self.close()
         return found
+
+    def _take_spilled(self, found: Entries, entries_max: int) -> int:
+        """The additions spilled past earlier chunks' budgets, within this one's;
+        returns the budget left."""
+        left = entries_max
+        while self._spilled and left > 0:
+            name, entries = self._spilled[0]
+            found.setdefault(name, []).extend(entries[:left])
+            if len(entries) > left:
+                self._spilled[0] = (name, entries[left:])
+                return 0
+            left -= len(entries)
+            del self._spilled[0]
+        return left
+
+    def _slot_added(self, name: str, slot: bytes, added: Entries, left: int) -> int:
+        """Put the log's additions to ``slot`` of place ``name`` (its stored entries all
+        taken) into ``added``, within ``left`` entries (the rest spills); returns how
+        many went into ``added``."""
+        by_slot = self._added_by_slot.get(name)
+        entries = None if by_slot is None else by_slot.pop(slot, None)
+        if entries is None:
+            return 0
+        taken = entries[: max(left, 0)]
+        if len(taken) < len(entries):
+            self._spilled.append((name, entries[len(taken) :]))
+        added.setdefault(name, []).extend(taken)
+        return len(taken)
 
     def _without_removed(
         self, name: str, entries: list[tuple[int, Token]]
@@ -249,9 +307,11 @@ class DeferredMarking:
                 del self._added[name]
         return found
 
-    def _take(self, entries_max: int) -> dict[str, list[bytes]]:
+    def _take(self, entries_max: int, added: Entries) -> dict[str, list[bytes]]:
         """The encodings of up to ``entries_max`` entries, from the cursor on; the cursor
-        seeks past every range that is not a deferred place's or is a sealed slot's."""
+        seeks past every range that is not a deferred place's or is a sealed slot's. The
+        log's additions to each range read to its end go into ``added`` (within the
+        same budget)."""
         cursor = self._cursor
         encoded: dict[str, list[bytes]] = {}
         taken = 0
@@ -267,17 +327,32 @@ class DeferredMarking:
             if name not in self._places:
                 raise MarkingReadError(_unknown_place(name or place_id))
             encodings = encoded.setdefault(name, [])
-            prefix = key[:4]
-            self._more = False  # unless an entry after this range turns up
-            for key, value in _from_here(cursor):  # the current entry first
-                if key[:4] != prefix or taken >= entries_max:
-                    self._more = True  # the cursor is at that entry, still to look at
-                    break
+            # The loop below is the reader's hot path: the budget bounds the iterator and
+            # the range's end is one bytes comparison, so the common entry (held once)
+            # costs a comparison, a slice and an append. Past the last range, no key
+            # reaches RANGES_END (a key's time field never starts with 0xff).
+            end = _next_range(key[:4]) or RANGES_END
+            budget = entries_max - taken
+            before = len(encodings)
+            extra = 0  # encodings beyond one per entry (multiplicities)
+            ended = True  # the range was read to its end
+            append = encodings.append
+            for key, value in islice(_from_here(cursor), budget):  # the current entry first
+                if key >= end:
+                    break  # the cursor is at that entry, still to look at
                 if value == ONE:
-                    encodings.append(key[12:])
+                    append(key[12:])
                 else:
+                    extra += int.from_bytes(value[:4], "big") - 1
                     _collect(value, key, encodings)
-                taken += 1
+            else:
+                # The budget ran out (the cursor is at the last entry taken) or the
+                # table did (the cursor is past its end).
+                self._more = bool(cursor.key()) and cursor.next()
+                ended = not self._more or cast(bytes, cursor.key()) >= end
+            taken += len(encodings) - before - extra
+            if ended:
+                taken += self._slot_added(name, slot, added, entries_max - taken)
         return encoded
 
     def _seek_after(self, cursor: lmdb.Cursor, slot: bytes, place_id: bytes) -> bool:
@@ -308,7 +383,10 @@ class DeferredMarking:
         """Copy the encodings still to read into memory and end the read transaction."""
         if self._txn is None:
             return
-        self._rest = self._take(1 << 62)
+        self._split_log()
+        added: Entries = {}
+        self._rest = self._take(1 << 62, added)
+        self._spilled.extend(added.items())
         self._more = False
         self._end()
 
@@ -316,6 +394,7 @@ class DeferredMarking:
         """Stop reading (the shard stops, or every entry is read)."""
         self._more = False
         self._rest = None
+        self._spilled = []
         self._end()
         self.done = True
 
@@ -324,3 +403,23 @@ class DeferredMarking:
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
+
+
+def _by_slot(place: Any, changes: Counter[Entry]) -> dict[bytes, list[Entry]]:
+    """The additions among ``changes`` (one per token), by slot (2 bytes BE, as in a
+    marking key), each slot's in the order of ``changes``."""
+    by_slot: dict[bytes, list[Entry]] = {}
+    position = place.colour_set.field_index(place.key) if place.key is not None else -1
+    slots: dict[Any, bytes] = {}  # key value -> slot: hashing a key costs more than the rest
+    for entry, n in changes.items():
+        if n <= 0:
+            continue
+        value = entry[1][position] if position >= 0 else None
+        slot = slots.get(value)
+        if slot is None:
+            slot = slots[value] = slot_of_token(place, entry[1]).to_bytes(2, "big")
+        entries = by_slot.get(slot)
+        if entries is None:
+            entries = by_slot[slot] = []
+        entries.extend([entry] * n)
+    return by_slot
