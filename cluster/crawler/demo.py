@@ -1,6 +1,7 @@
 """``cpn demo``: the crawler on an embedded mock web, checked from the server's side (SHELL).
 
-Starts the mock web (:mod:`cluster.mock_web.web`: dozens of loopback hosts with robots.txt,
+Starts the mock web in a child process (:mod:`cluster.mock_web.child` serving
+:mod:`cluster.mock_web.web`: dozens of loopback hosts with robots.txt,
 latency, a seeded failure schedule, a host that resets connections, a 50 MB page, and
 non-HTML files), crawls it with :class:`cluster.crawler.crawl.Crawl` from every host's root, and
 adds to the crawl's report what only the server can measure: politeness violations in
@@ -25,9 +26,10 @@ from typing import Any, TextIO
 
 from cluster.crawler.crawl import Crawl, CrawlOptions
 from cluster.crawler.report import CrawlReport, file_pages
+from cluster.mock_web.child import read_requests, serve_in_child
 from cluster.mock_web.log import max_concurrency, politeness_violations
 from cluster.mock_web.site import SiteConfig, SiteModel
-from cluster.mock_web.web import MockWeb
+from cluster.mock_web.web import REQUESTS_FILE
 
 MAX_ATTEMPTS: int = 4  # the crawler net's default (nets/scraper.py CrawlPolicy)
 BACKOFF_BASE_MS: int = 100
@@ -100,7 +102,11 @@ def run_demo(options: DemoOptions, *, stderr: TextIO | None = None) -> DemoResul
     site = SiteModel(config)
     with tempfile.TemporaryDirectory(prefix="cpn-demo-") as scratch:
         out = options.out or Path(scratch) / "pages.jsonl"
-        with MockWeb(site, latency_ms=options.latency_ms) as web:
+        # The mock web runs in a child process (its threads here would keep the crawl
+        # from forking its cluster and workers: seconds of start-up); its request log is
+        # read once it has stopped, and the site model is rebuilt here from its config.
+        web_dir = Path(scratch) / "web"
+        with serve_in_child(config, latency_ms=options.latency_ms, out=web_dir) as web:
             crawl = Crawl(
                 CrawlOptions(
                     seeds=web.seeds(),
@@ -118,7 +124,7 @@ def run_demo(options: DemoOptions, *, stderr: TextIO | None = None) -> DemoResul
                 stderr=stderr,
             )
             report = crawl.run()
-            records = web.requests()
+        records = read_requests(web_dir / REQUESTS_FILE)
         attempts = int(options.net_params.get("max_attempts", MAX_ATTEMPTS))
         expectation = site.expected_crawl(attempts_max=attempts)
         expected = web.expected_urls(expectation)
