@@ -38,6 +38,7 @@ from cluster.forked import EXIT_CRASHED, ForkedProcess, fork_is_safe
 from cluster.mock_web.log import RequestRecord
 from cluster.mock_web.site import CrawlExpectation, MockWebError, PageRef, SiteConfig
 from cluster.mock_web.web import HOSTS_FILE, STOP_TIMEOUT_S
+from cluster.mock_web.web import main as web_main
 
 READY_TIMEOUT_S: Final = 60.0  # a new interpreter on a loaded machine, binding 500 hosts
 READY_POLL_S: Final = 0.005  # hosts.txt is another process's file: no event to wait on
@@ -147,9 +148,7 @@ def _fork_web(args: list[str], log_path: Path) -> ForkedProcess:
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
-        from cluster.mock_web.web import main  # noqa: PLC0415 (imported already, above)
-
-        main.main(args=args, prog_name="cluster.mock_web.web")
+        web_main.main(args=args, prog_name="cluster.mock_web.web")
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
