@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -106,14 +106,47 @@ def fork_cpn(
 
     The caller checked :func:`fork_is_safe` and has opened no ZeroMQ or LMDB.
     """
-    assert fork_is_safe(), "fork_cpn with more than one thread"
+
+    def run() -> None:
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = [sys.argv[0], *cli_args]
+        from cluster.cli import main  # noqa: PLC0415 (imported already: the parent runs it)
+
+        main()
+
+    return fork_call(
+        run,
+        cli_args,
+        log_path=log_path,
+        stdin_fd=stdin_fd,
+        close_fds=close_fds,
+        new_session=new_session,
+    )
+
+
+def fork_call(
+    run: Callable[[], object],
+    args: Sequence[str],
+    *,
+    log_path: Path,
+    stdin_fd: int | None = None,
+    close_fds: Sequence[int] = (),
+    new_session: bool = False,
+) -> ForkedProcess:
+    """Call ``run()`` in a forked child and exit with its outcome (``SystemExit``'s code,
+    0 on return, ``EXIT_CRASHED`` on any other exception); return at once. ``args``
+    names the child (what :class:`ForkedProcess` reports); the other arguments are
+    :func:`fork_cpn`'s. The caller checked :func:`fork_is_safe`.
+    """
+    assert fork_is_safe(), "fork_call with more than one thread"
     log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid:
         os.close(log_fd)
-        return ForkedProcess(pid, cli_args)
+        return ForkedProcess(pid, args)
     code = EXIT_CRASHED
     try:
         for fd in close_fds:
@@ -121,7 +154,7 @@ def fork_cpn(
         if new_session:
             os.setsid()
         # The parent's log handlers and signal handlers (its log file, a Ctrl-C
-        # handler) are not the command's: the command sets up its own.
+        # handler) are not the child's: what it runs sets up its own.
         for handler in logging.root.handlers[:]:
             logging.root.removeHandler(handler)
             handler.close()  # this child's copy of the file: the parent's stays open
@@ -137,12 +170,7 @@ def fork_cpn(
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
-        os.environ.clear()
-        os.environ.update(env)
-        sys.argv = [sys.argv[0], *cli_args]
-        from cluster.cli import main  # noqa: PLC0415 (imported already: the parent runs it)
-
-        main()
+        run()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -436,12 +436,7 @@ class Engine:
             InscriptionError: a guard or output function raised or returned a token of
                 the wrong colour; the marking is unchanged.
         """
-        times = self._pending_times
-        if times and times[0] <= now:
-            self.advance(now)
-        else:
-            assert now >= self.now, f"time went backwards: {now} < {self.now}"
-            self.now = now
+        self._move_to(now)
         changes = self._changes
         if not changes.all_dirty:
             # The last scan found nothing enabled and no place that matters changed
@@ -468,6 +463,16 @@ class Engine:
         changes.all_dirty = False
         return None
 
+    def _move_to(self, now: int) -> None:
+        """Set the clock to ``now``: :meth:`advance` when an entry comes due by then,
+        else only the clock (the common case of a busy loop, without its call)."""
+        times = self._pending_times
+        if times and times[0] <= now:
+            self.advance(now)
+        else:
+            assert now >= self.now, f"time went backwards: {now} < {self.now}"
+            self.now = now
+
     def fire_batch(
         self,
         now: int,
@@ -493,12 +498,7 @@ class Engine:
             ``False`` when nothing is.
         """
         assert stop_every > 0, f"stop_every must be positive, not {stop_every}"
-        times = self._pending_times
-        if times and times[0] <= now:
-            self.advance(now)
-        else:
-            assert now >= self.now, f"time went backwards: {now} < {self.now}"
-            self.now = now
+        self._move_to(now)
         # ``now`` holds for the whole call and a firing puts what it produces at ``now``
         # into the marking at once, so no token comes due on the way: fire() would
         # not advance again.

@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from cluster.forked import EXIT_CRASHED, ForkedProcess, fork_is_safe
+from cluster.forked import ForkedProcess, fork_call, fork_is_safe
 from cluster.mock_web.log import RequestRecord
 from cluster.mock_web.site import CrawlExpectation, MockWebError, PageRef, SiteConfig
 from cluster.mock_web.web import HOSTS_FILE, STOP_TIMEOUT_S
@@ -128,37 +126,11 @@ def read_requests(path: Path) -> list[RequestRecord]:
 def _fork_web(args: list[str], log_path: Path) -> ForkedProcess:
     """``python -m cluster.mock_web.web ARGS`` in a forked child (this process has one
     thread and no ZeroMQ or LMDB open: the caller checked)."""
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        os.close(log_fd)
-        return ForkedProcess(pid, args)
-    code = EXIT_CRASHED
-    try:
-        # The parent's log handlers and signal handlers are not the web's: it sets its own.
-        for handler in logging.root.handlers[:]:
-            logging.root.removeHandler(handler)
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
-            signal.signal(signum, signal.SIG_DFL)
-        nothing = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(nothing, 0)
-        os.close(nothing)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
-        web_main.main(args=args, prog_name="cluster.mock_web.web")
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 - a child must never return into its parent's code
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+    return fork_call(
+        lambda: web_main.main(args=args, prog_name="cluster.mock_web.web"),
+        args,
+        log_path=log_path,
+    )
 
 
 def _spawn_web(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
