@@ -361,13 +361,18 @@ class ShardCore:
         ``i`` to shard ``i % shard_count``, so they start spread over the cluster.
         """
         me, count = self.setup.shard_id, self.setup.shard_count
+        now = self.engine.now
         for place in self.net.places:
-            for index, token in enumerate(place.initial):
-                if place.pool:
-                    if index % count == me:
-                        self.add(place.name, token, self.engine.now)
-                elif self.exchange.owns(place, token):
-                    self.add(place.name, token, self.engine.now)
+            if place.pool:
+                tokens = [t for i, t in enumerate(place.initial) if i % count == me]
+            else:
+                tokens = [t for t in place.initial if self.exchange.owns(place, t)]
+            # In bulk: the Place checked its initial tokens, and one merge per index
+            # keeps its buckets sorted, where token by token most landed out of order
+            # (an insort each: about 0.9 s of a 100,000-target shard's start).
+            self.engine.add_checked(place.name, [(now, token) for token in tokens])
+            for token in tokens:
+                self.batch.add(place.name, now, token)
 
     def _emit(self, place: str, token: Token, time_ms: int) -> None:
         """A token the shell produces (a completion's result): here, or handed off."""
