@@ -48,13 +48,14 @@ on a shared 2-core machine they are steadier than the rates.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -166,37 +167,47 @@ def _wait_count(client: ShardClient, place: str, count: int) -> float:
 StartCluster = Callable[..., list[ShardProcess]]
 
 
-def time_handoff(
-    tokens: int, latency_tokens: int, root: Path, *, start: StartCluster | None = None
-) -> dict[str, Any]:
-    handles = (start or _cluster)(RELAY_NET, root / "relay", 2, durability="fsync")
+@contextlib.contextmanager
+def _relay(
+    net: str, root: Path, start: StartCluster | None
+) -> Iterator[tuple[list[ShardProcess], ShardClient, ShardClient]]:
+    """A router and two fsync shards of ``net`` (the sender, shard 0, and the receiver),
+    with a client of each once both know their peer; every process stopped after."""
+    handles = (start or _cluster)(net, root, 2, durability="fsync")
     try:
         sender = ShardClient(handles[1].endpoint, timeout_ms=30_000)
         receiver = ShardClient(handles[2].endpoint, timeout_ms=30_000)
         with sender, receiver:
             _wait_peers_known(sender)
             _wait_peers_known(receiver)
-            # Light load first (small bursts, spaced): the receiver's latencies are then
-            # those of single handoffs, not of a queue.
-            light = latency_tokens // LATENCY_BURST_TOKENS
-            for i in range(light):
-                sender.put("bursts", [tuple(burst(i, LATENCY_BURST_TOKENS))])
-                time.sleep(LATENCY_BURST_GAP_S)
-            base = light * LATENCY_BURST_TOKENS
-            _wait_count(receiver, "arrived", base)
-            quiet = receiver.stats()
-            bursts = [tuple(burst(light + i, BURST_TOKENS)) for i in range(tokens // BURST_TOKENS)]
-            moved = len(bursts) * BURST_TOKENS
-            before = sender.stats()["counters"]
-            cpu_before = _cpu_s(handles[2].pid)
-            started = time.perf_counter()
-            for i in range(0, len(bursts), BURSTS_PER_PUT):
-                sender.put("bursts", bursts[i : i + BURSTS_PER_PUT])
-            done = _wait_count(receiver, "arrived", base + moved)
-            cpu_after = _cpu_s(handles[2].pid)
-            loaded = sender.stats()["counters"]
+            yield handles, sender, receiver
     finally:
         stop_all(handles)
+
+
+def time_handoff(
+    tokens: int, latency_tokens: int, root: Path, *, start: StartCluster | None = None
+) -> dict[str, Any]:
+    with _relay(RELAY_NET, root / "relay", start) as (handles, sender, receiver):
+        # Light load first (small bursts, spaced): the receiver's latencies are then
+        # those of single handoffs, not of a queue.
+        light = latency_tokens // LATENCY_BURST_TOKENS
+        for i in range(light):
+            sender.put("bursts", [tuple(burst(i, LATENCY_BURST_TOKENS))])
+            time.sleep(LATENCY_BURST_GAP_S)
+        base = light * LATENCY_BURST_TOKENS
+        _wait_count(receiver, "arrived", base)
+        quiet = receiver.stats()
+        bursts = [tuple(burst(light + i, BURST_TOKENS)) for i in range(tokens // BURST_TOKENS)]
+        moved = len(bursts) * BURST_TOKENS
+        before = sender.stats()["counters"]
+        cpu_before = _cpu_s(handles[2].pid)
+        started = time.perf_counter()
+        for i in range(0, len(bursts), BURSTS_PER_PUT):
+            sender.put("bursts", bursts[i : i + BURSTS_PER_PUT])
+        done = _wait_count(receiver, "arrived", base + moved)
+        cpu_after = _cpu_s(handles[2].pid)
+        loaded = sender.stats()["counters"]
     messages = max(1, loaded["handoff_messages_sent"] - before.get("handoff_messages_sent", 0))
     offered = loaded["handoff_tokens_offered"] - before.get("handoff_tokens_offered", 0)
     return {
@@ -228,24 +239,16 @@ def _wait_fired(client: ShardClient, transition: str, count: int) -> float:
 def time_handoff_consumed(
     tokens: int, root: Path, *, start: StartCluster | None = None
 ) -> dict[str, Any]:
-    handles = (start or _cluster)(RELAY_CONSUMED_NET, root / "consumed", 2, durability="fsync")
-    try:
-        sender = ShardClient(handles[1].endpoint, timeout_ms=30_000)
-        receiver = ShardClient(handles[2].endpoint, timeout_ms=30_000)
-        with sender, receiver:
-            _wait_peers_known(sender)
-            _wait_peers_known(receiver)
-            bursts = [tuple(burst(i, BURST_TOKENS)) for i in range(tokens // BURST_TOKENS)]
-            moved = len(bursts) * BURST_TOKENS
-            cpu_before = _cpu_s(handles[2].pid)
-            started = time.perf_counter()
-            for i in range(0, len(bursts), BURSTS_PER_PUT):
-                sender.put("bursts", bursts[i : i + BURSTS_PER_PUT])
-            done = _wait_fired(receiver, "absorb", moved)
-            cpu_after = _cpu_s(handles[2].pid)
-            left = receiver.counts()["arrived"]
-    finally:
-        stop_all(handles)
+    with _relay(RELAY_CONSUMED_NET, root / "consumed", start) as (handles, sender, receiver):
+        bursts = [tuple(burst(i, BURST_TOKENS)) for i in range(tokens // BURST_TOKENS)]
+        moved = len(bursts) * BURST_TOKENS
+        cpu_before = _cpu_s(handles[2].pid)
+        started = time.perf_counter()
+        for i in range(0, len(bursts), BURSTS_PER_PUT):
+            sender.put("bursts", bursts[i : i + BURSTS_PER_PUT])
+        done = _wait_fired(receiver, "absorb", moved)
+        cpu_after = _cpu_s(handles[2].pid)
+        left = receiver.counts()["arrived"]
     if left:
         raise CpnError(f"absorb fired {moved} times but {left} parcels are left in 'arrived'")
     return {
