@@ -394,8 +394,8 @@ class ShardCore:
         """Put a run of fired steps in the batch (Engine.fire_batch's ``record``).
 
         One pass over the entries, each a (place, time, token) tuple already: the
-        batch's key. An entry produced and consumed in the batch ends at 0, which the
-        store skips; a consumed stored entry ends at -1, a removal. The firings per
+        batch's key. An entry produced and consumed in the batch leaves the delta at
+        once; a consumed stored entry ends at -1, a removal. The firings per
         transition are counted apart (_count_firings), from the engine's counters.
         """
         marking = self.batch.marking
@@ -843,6 +843,7 @@ class ShardCore:
             received += len(run.entries)
         self.exchange.accept(receipt, received)  # the hwms move only now
         for run in runs:
+            entries = tuple(run.entries)  # one tuple for the store's record and the journal
             # Stored as it arrived: one log record holding the run's bytes, which the
             # store decodes only when it folds its log or recovers (docs/shard.md).
             self.batch.arrived.append(
@@ -853,12 +854,10 @@ class ShardCore:
                     run.skip,
                     run.payload,
                     {place: len(tokens) for place, tokens in run.by_place.items()},
-                    tuple(run.entries),
+                    entries,
                 )
             )
-            self.batch.received.append(
-                (message.sender, run.lane, run.first_seq, tuple(run.entries))
-            )
+            self.batch.received.append((message.sender, run.lane, run.first_seq, entries))
             self.handed_times.extend(map(itemgetter(1), run.entries))
         self.handed_in += received
         self.batch.hwms.update(receipt.hwms)
