@@ -270,6 +270,11 @@ class Place:
     def keyed(self) -> bool:
         return self.key is not None
 
+    @property
+    def key_index(self) -> int | None:
+        """The position of the partition-key field in a token (``None`` if unkeyed)."""
+        return None if self.key is None else self.colour_set.field_index(self.key)
+
     def __call__(self, var: Var | None = None, /, **fields: object) -> Pattern:
         """``place(t, domain=d)``: a pattern binding the token to ``t`` and its domain to ``d``."""
         return Pattern(self, var, tuple(fields.items()))

@@ -95,12 +95,19 @@ def domain_name(i: int) -> str:
 
 
 def initial_targets(params: ScraperParams) -> list[Target]:
-    """``params.targets`` targets spread round-robin over the domains."""
+    """``params.targets`` targets spread round-robin over the domains.
+
+    A domain's targets share one name string, as every token a shard decodes does (a
+    shard interns the partition key of what it decodes: ``nets.codec.share_key``). A
+    string per target would be a fifth of what a target costs in memory, and no shard
+    holds its tokens that way (bench/engine.py measures bytes per token).
+    """
+    names = [domain_name(i) for i in range(params.domains)]
     return [
         Target(
-            domain_name(n % params.domains),
+            names[n % params.domains],
             (n * 7) % 3,
-            f"https://{domain_name(n % params.domains)}/p/{n}",
+            f"https://{names[n % params.domains]}/p/{n}",
             0,
         )
         for n in range(params.targets)

@@ -568,9 +568,12 @@ class ShardCore:
                 f"place {place_name!r} belongs to the lease machinery; only leases and "
                 "completions change it",
             )
+        key_index = place.key_index
         try:
             return [
-                token_from_fields(place.colour_set, fields, where=f"place {place_name!r}")
+                token_from_fields(
+                    place.colour_set, fields, where=f"place {place_name!r}", key_index=key_index
+                )
                 for fields in items
             ]
         except TokenError as exc:

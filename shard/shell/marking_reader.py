@@ -15,6 +15,7 @@ Keys are ``slot (2) | place id (2) | time (8) | entry`` (shard/shell/store_schem
 from __future__ import annotations
 
 import gc
+import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from itertools import islice
@@ -63,15 +64,25 @@ def decode_entries(
 
     One streaming msgpack pass over the joined encodings costs a fraction of one unpack
     call per entry. Stored tokens are trusted (each was checked against its colour set
-    when it entered the net), so tokens are built without the colour set's checks.
+    when it entered the net), so tokens are built without the colour set's checks; a
+    keyed place's key strings are interned, as :func:`nets.codec.share_key` does for
+    tokens that arrive (inlined: a call per token would cost more than the interning).
     """
     new = tuple.__new__
-    cls = place.colour_set.cls
+    intern = sys.intern
+    colour = place.colour_set
+    cls = colour.cls
+    k = place.key_index
     blob = b"".join(encodings)
     unpacker = msgpack.Unpacker(use_list=False, max_buffer_size=max(1, len(blob)))
     unpacker.feed(blob)
     try:
-        entries.extend([(time, new(cls, fields)) for time, fields in unpacker])
+        if k is None or colour.types[k].scalar is not str:
+            entries.extend([(time, new(cls, fields)) for time, fields in unpacker])
+        else:
+            entries.extend(
+                [(time, new(cls, (*f[:k], intern(f[k]), *f[k + 1 :]))) for time, f in unpacker]
+            )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise MarkingReadError(f"corrupt marking entry in place {name!r}: {exc}") from exc
 

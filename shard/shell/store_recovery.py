@@ -150,7 +150,9 @@ def decode_entry(
         time, fields = unpack(bytes(encoded))
     except CodecError as exc:
         raise StoreError(f"{where}: corrupt marking entry in place {name!r}: {exc}") from exc
-    token = token_from_fields(place.colour_set, fields, where=f"stored {name}")
+    token = token_from_fields(
+        place.colour_set, fields, where=f"stored {name}", key_index=place.key_index
+    )
     return name, time, token, int.from_bytes(value[:4], "big")
 
 

@@ -41,6 +41,7 @@ class _Place(NamedTuple):
     colour_set: _ColourSet
     key: str | None = None
     pool: bool = False
+    key_index: int | None = None
 
 
 PLACE_IDS = (1, 2, 3, 0x00FF, 0x0100, 0xFFFE, 0xFFFF)
