@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from cluster.commands.options import DURATION, NetParam
+from cluster.commands.terminate import sigterm_unwinds
 from nets.scraper import SCOPES
 from router.table import SHARDS_MAX
 
@@ -129,7 +130,8 @@ def crawl(
         fetch_timeout_ms=fetch_timeout_ms,
         progress=not quiet,
     )
-    report = Crawl(options).run()
+    with sigterm_unwinds():
+        report = Crawl(options).run()
     for line in report.lines():
         click.echo(line)
     if report_json is not None:
@@ -216,22 +218,22 @@ def demo(
     )
     from cluster.crawler.demo import DemoOptions, run_demo  # noqa: PLC0415 - see the note above
 
-    result = run_demo(
-        DemoOptions(
-            hosts=hosts,
-            pages=pages,
-            seed=seed,
-            latency_ms=latency_ms,
-            delay_ms=delay_ms,
-            failing_fraction=failing,
-            retry_after_fraction=retry_after_pages,
-            retry_after_s=retry_after_ms // 1000,
-            shards=shards,
-            fetch_workers=workers,
-            out=out,
-            data_dir=data_dir,
-        )
+    options = DemoOptions(
+        hosts=hosts,
+        pages=pages,
+        seed=seed,
+        latency_ms=latency_ms,
+        delay_ms=delay_ms,
+        failing_fraction=failing,
+        retry_after_fraction=retry_after_pages,
+        retry_after_s=retry_after_ms // 1000,
+        shards=shards,
+        fetch_workers=workers,
+        out=out,
+        data_dir=data_dir,
     )
+    with sigterm_unwinds():
+        result = run_demo(options)
     for line in result.lines():
         click.echo(line)
     if report_json is not None:

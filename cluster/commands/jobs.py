@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from cluster.commands.options import DURATION
+from cluster.commands.terminate import sigterm_unwinds
 from router.table import SHARDS_MAX
 
 EXIT_FAILED = 1
@@ -126,7 +127,8 @@ def jobs_demo(
         data_dir=data_dir,
         progress=not quiet,
     )
-    report = JobsDemo(options).run()
+    with sigterm_unwinds():
+        report = JobsDemo(options).run()
     for line in report.lines():
         click.echo(line)
     if report_json is not None:

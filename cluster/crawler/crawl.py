@@ -255,10 +255,20 @@ class Crawl:
         except CpnError as exc:
             raise CpnError(f"the crawl's cluster did not start: {exc}") from None
 
-    def _stop(self) -> None:
-        """Stop the workers and the cluster this crawl started, all at once: the
-        supervisor stops its children itself (SIGTERM, then SIGKILL after a grace)."""
+    def _stop(self, *, interrupted: bool) -> None:
+        """Stop the workers and the cluster this crawl started: the supervisor stops its
+        children itself (SIGTERM, then SIGKILL after a grace).
+
+        A finished crawl stops them all at once: its workers hold no lease. An
+        interrupted one (Ctrl-C, SIGTERM, an error) stops its workers first, while the
+        shards still answer: a worker drains on SIGTERM, completing its running fetches
+        and handing back the rest, and with the shards already gone it would retry
+        its completions for its whole drain time (10 s) before giving up.
+        """
         handles = [w.handle for w in self.workers if w.handle is not None]
+        if interrupted:
+            stop_all(handles, timeout_s=STOP_S)
+            handles = []
         if self._supervisor is not None:
             process = self._supervisor[0]
             root = self.layout.root if self.layout is not None else Path()
@@ -326,6 +336,7 @@ class Crawl:
             raise CpnError(
                 "no usable seed URL: " + ("; ".join(self.report.bad_inputs) or "none given")
             )
+        interrupted = True  # until the crawl has run to its end
         try:
             self.layout = self._start_or_join(params)
             self._mark("cluster_started")
@@ -357,8 +368,9 @@ class Crawl:
                 self._mark("done")
                 self._collect(client)
                 self._mark("collected")
+            interrupted = False
         finally:
-            self._stop()
+            self._stop(interrupted=interrupted)
             self._mark("stopped")
             self.report.wall_s = (self.done_s or time.monotonic()) - self.first_put_s
             self._collect_files()  # the timing logs may live in a temporary directory
