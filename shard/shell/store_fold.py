@@ -253,7 +253,9 @@ class BatchLog:
                 for skip, blob in arrived:
                     fold_run(skip, blob, delta, self._places)
                 self._key_delta(delta, counts, tails)
-        except (LogRecordError, TypeError, ValueError, OverflowError, IndexError) as exc:
+        except LogRecordError as exc:
+            raise StoreError(f"{self._where}: {exc}") from exc
+        except (TypeError, ValueError, OverflowError, IndexError) as exc:
             self._packer.reset()
             raise StoreError(f"{self._where}: corrupt log record: {exc}") from exc
 
