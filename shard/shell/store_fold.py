@@ -30,6 +30,7 @@ from shard.shell.store_log import (
     LOG_RECORD_ENTRIES_MAX,
     Delta,
     LogRecordError,
+    decode_record,
     delta_of,
     encode_record,
     fold_record,
@@ -39,6 +40,8 @@ from shard.shell.store_log import (
 from shard.shell.store_schema import ENTRY_IN_KEY_BYTES_MAX, Databases, PlaceIds, StoreError
 
 PREFIXES_CACHED_MAX: Final = 100_000
+TIME_LIMIT: Final = 1 << 63  # a time is 8 bytes of the key, below 2**63
+COUNT_ONE: Final = (1).to_bytes(4, "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,18 +107,22 @@ class BatchLog:
         Raises:
             StoreError: the batch holds a token that cannot be stored.
         """
+        # One pass, with the dict's own get and bound appends: it runs over every entry
+        # of every batch (about 0.4 us an entry; Counter's += and a separate range
+        # check cost twice that).
         changes: Counter[str] = Counter()
+        changed = changes.get
         delta: list[tuple[int, int, Token, int]] = []
+        append = delta.append
         numbers = self._ids.numbers
         for (place, time, token), n in batch.marking.items():
-            if n == 0:
-                continue
-            if not 0 <= time < 1 << 63:
+            if n and 0 <= time < TIME_LIMIT:
+                changes[place] = changed(place, 0) + n
+                append((numbers[place], time, token, n))
+            elif n:
                 raise StoreError(
                     f"cannot store {token!r} in {place!r}: time {time} is out of range"
                 )
-            changes[place] += n
-            delta.append((numbers[place], time, token, n))
         arrived_tokens = 0
         for run in batch.arrived:
             changes.update(run.counts)
@@ -177,8 +184,14 @@ class BatchLog:
 
     def catch_up(self, txn: lmdb.Transaction, entries_max: int) -> tuple[int, int, int]:
         """Fold the oldest records, at least one and then while they fit in
-        ``entries_max`` entries; returns (records, entries folded, entries written)."""
-        delta: Delta = {}
+        ``entries_max`` entries; returns (records, entries folded, entries written).
+
+        The records' entries are counted by their marking-table keys, built straight
+        from the stored fields: a folded entry is never made a token again, and one
+        produced by a record and consumed by a later one cancels out by its key.
+        """
+        counts: dict[bytes, int] = {}
+        tails: dict[bytes, bytes] = {}
         keys: list[bytes] = []
         folded = 0
         cursor = txn.cursor(db=self._log)
@@ -186,15 +199,65 @@ class BatchLog:
             size = record_entries(value)
             if keys and folded + size > entries_max:
                 break
-            self._fold(bytes(value), delta)
+            self._fold_keyed(bytes(value), counts, tails)
             keys.append(bytes(key))
             folded += size
         for key in keys:
             txn.delete(key, db=self._log)
-        written = self.apply_delta(txn, delta)
+        written = self.write_entries(txn, counts, tails)
         if self._fault is not None:
             self._fault("store-catch-up")
         return len(keys), folded, written
+
+    def _fold_keyed(
+        self, value: bytes, counts: dict[bytes, int], tails: dict[bytes, bytes]
+    ) -> None:
+        """Add one record's changes to ``counts`` (marking-table key -> n), the long
+        encodings to ``tails`` (see :meth:`_entry_key`).
+
+        ``pack((time, fields))`` is the entry's encoding: a token packs as the tuple
+        of its fields, which is what the record held (packed by this store).
+
+        Raises:
+            StoreError: the record does not decode or names an unknown place.
+        """
+        try:
+            changes, arrived = decode_record(value)
+            # (_entry_key clears the prefixes in place when there are too many.)
+            prefixes, pack, counted = self._prefixes, self._packer.pack, counts.get
+            new: Any = tuple.__new__
+            last_number = -1
+            name, position = "", -1
+            cls: Any = None
+            for number, time, fields, n in changes:
+                if number != last_number:  # the place changes firing by firing
+                    place = self._ids.places_by_number.get(number)
+                    if place is None:
+                        raise LogRecordError(f"a log record names place id {number}, unknown")
+                    name, cls, last_number = place.name, place.colour_set.cls, number
+                    position = self._key_positions[name]
+                prefix = prefixes.get((name, None if position < 0 else fields[position]))
+                if prefix is None:
+                    key, entry = self._entry_key(name, time, new(cls, fields))
+                else:
+                    entry = pack((time, fields))
+                    if len(entry) <= ENTRY_IN_KEY_BYTES_MAX:
+                        key = prefix + time.to_bytes(8, "big") + entry
+                    else:
+                        key = prefix + time.to_bytes(8, "big") + _digest_marker(entry)
+                if len(entry) > ENTRY_IN_KEY_BYTES_MAX:
+                    assert tails.setdefault(key, entry) == entry, f"digest collision in {name!r}"
+                counts[key] = counted(key, 0) + n
+            if arrived:
+                delta: Delta = {}
+                for skip, blob in arrived:
+                    fold_run(skip, blob, delta, self._places)
+                self._key_delta(delta, counts, tails)
+        except LogRecordError as exc:
+            raise StoreError(f"{self._where}: {exc}") from exc
+        except (TypeError, ValueError, OverflowError, IndexError) as exc:
+            self._packer.reset()
+            raise StoreError(f"{self._where}: corrupt log record: {exc}") from exc
 
     def log_delta(self, txn: lmdb.Transaction) -> Delta:
         """The whole log folded: what it adds to the marking table."""
@@ -220,39 +283,85 @@ class BatchLog:
         return delta
 
     def apply_delta(self, txn: lmdb.Transaction, delta: Delta) -> int:
-        """Write a marking delta into the marking table; returns the entries written."""
+        """Write a marking delta into the marking table; returns the entries written.
+
+        Raises:
+            StoreError: a token does not pack or its time is out of range.
+        """
+        counts: dict[bytes, int] = {}
+        tails: dict[bytes, bytes] = {}
+        self._key_delta(delta, counts, tails)
+        return self.write_entries(txn, counts, tails)
+
+    def write_entries(
+        self, txn: lmdb.Transaction, counts: dict[bytes, int], tails: dict[bytes, bytes]
+    ) -> int:
+        """Add ``counts[key]`` (< 0: remove) of each entry to the marking table, the
+        value holding ``tails[key]`` where the key holds only a digest; returns the
+        entries written.
+
+        Written in key order: a slot's keys are random, and in arrival order nearly
+        every entry dirties (copies) another page of the table; sorted, neighbours
+        share their pages (a 4,096-entry slice into a 200,000-entry table: 2.4 us an
+        entry sorted, 3.7 unsorted, measured).
+        """
+        marking = self._marking
+        put, pop, get = txn.put, txn.pop, txn.get
         written = 0
-        for place, changes in delta.items():
-            for (time, token), n in changes.items():
-                if n:
-                    written += self._apply_entry(txn, place, time, token, n)
+        for key in sorted(counts):
+            n = counts[key]
+            if not n:
+                continue  # cancelled out
+            written += 1
+            tail = tails.get(key, b"") if tails else b""
+            # The common cases take one LMDB operation: a new entry (put without
+            # overwrite) and an entry that leaves (pop); a multiplicity needs two.
+            if n > 0:
+                value = COUNT_ONE if n == 1 and not tail else n.to_bytes(4, "big") + tail
+                if put(key, value, overwrite=False, db=marking):
+                    continue
+                old = get(key, db=marking)
+            else:
+                old = pop(key, db=marking)
+            assert old is not None, f"no stored entry {key.hex()} to remove"
+            # Distinct entries with one 128-bit digest would be a programmer error
+            # (or a broken hash); refuse rather than merge their counts.
+            assert bytes(old[4:]) == tail, f"digest collision at {key.hex()}"
+            count = int.from_bytes(old[:4], "big") + n
+            assert count >= 0, f"negative count for {key.hex()}"
+            if count > 0:
+                put(key, count.to_bytes(4, "big") + tail, db=marking)
         return written
 
-    def _apply_entry(
-        self, txn: lmdb.Transaction, place: str, time: int, token: Token, n: int
-    ) -> int:
-        """Add ``n`` (< 0: remove) of one entry in the marking table; returns 1."""
-        key, entry = self._entry_key(place, time, token)
-        # The common cases take one LMDB operation: a new entry (put without
-        # overwrite) and an entry that leaves (pop); a multiplicity needs two.
-        # The value holds the encoding only when the key holds a digest of it.
-        tail = entry if len(entry) > ENTRY_IN_KEY_BYTES_MAX else b""
-        if n > 0:
-            value = n.to_bytes(4, "big") + tail
-            if txn.put(key, value, overwrite=False, db=self._marking):
-                return 1
-            old = txn.get(key, db=self._marking)
-        else:
-            old = txn.pop(key, db=self._marking)
-        assert old is not None, f"{place}: no stored entry {time} {token!r} to remove"
-        # Distinct entries with one 128-bit digest would be a programmer error
-        # (or a broken hash); refuse rather than merge their counts.
-        assert bytes(old[4:]) == tail, f"digest collision in {place!r}"
-        count = int.from_bytes(old[:4], "big") + n
-        assert count >= 0, f"negative count for {place} {time} {token!r}"
-        if count > 0:
-            txn.put(key, count.to_bytes(4, "big") + tail, db=self._marking)
-        return 1
+    def _key_delta(self, delta: Delta, counts: dict[bytes, int], tails: dict[bytes, bytes]) -> None:
+        """Add each entry the delta changes to ``counts`` by its key, and its encoding
+        to ``tails`` when the key holds only its digest (:meth:`_entry_key`, inlined:
+        it runs once per entry written).
+
+        Raises:
+            StoreError: a token does not pack or its time is out of range.
+        """
+        prefixes = self._prefixes
+        pack = self._packer.pack
+        counted = counts.get
+        for place, changes in delta.items():
+            position = self._key_positions[place]
+            for (time, token), n in changes.items():
+                if not n:
+                    continue
+                prefix = prefixes.get((place, None if position < 0 else token[position]))
+                try:
+                    if prefix is None or not 0 <= time < TIME_LIMIT:
+                        raise ValueError  # (the rare paths: _entry_key takes them)
+                    entry: bytes = pack((time, token))
+                    key = prefix + time.to_bytes(8, "big")
+                    key += entry if len(entry) <= ENTRY_IN_KEY_BYTES_MAX else _digest_marker(entry)
+                except (TypeError, ValueError, OverflowError):
+                    self._packer.reset()
+                    key, entry = self._entry_key(place, time, token)  # or StoreError
+                if len(entry) > ENTRY_IN_KEY_BYTES_MAX:
+                    assert tails.setdefault(key, entry) == entry, f"digest collision in {place!r}"
+                counts[key] = counted(key, 0) + n
 
     def _entry_key(self, place: str, time: int, token: Token) -> tuple[bytes, bytes]:
         """The LMDB key of an entry and its encoding (see shard/shell/store_schema.py)."""
@@ -279,6 +388,10 @@ class BatchLog:
         head = prefix + time.to_bytes(8, "big")
         if len(entry) <= ENTRY_IN_KEY_BYTES_MAX:
             return head + entry, entry
-        # Too long for an LMDB key: name it by a digest, marked by 0xc1, a byte that
-        # never starts a msgpack value (so the two forms cannot be confused).
-        return head + b"\xc1" + hashlib.blake2b(entry, digest_size=16).digest(), entry
+        return head + _digest_marker(entry), entry
+
+
+def _digest_marker(entry: bytes) -> bytes:
+    # An encoding too long for an LMDB key is named by its digest, marked by 0xc1, a
+    # byte that never starts a msgpack value (so the two forms cannot be confused).
+    return b"\xc1" + hashlib.blake2b(entry, digest_size=16).digest()

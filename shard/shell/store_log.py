@@ -108,23 +108,41 @@ def fold_record(
         LogRecordError: the record does not decode or names an unknown place.
     """
     new = tuple.__new__
+    changes, arrived = decode_record(value)
     try:
-        changes, arrived = _unpack(bytes(value[HEADER_BYTES:]))
         last_number = -1
         cls: Any = None
         counter: Counter[tuple[int, Token]] = Counter()
+        counted = counter.get
         for number, time, fields, n in changes:
             if number != last_number:  # a batch's entries come place by place, mostly
                 place = places_by_number.get(number)
                 if place is None:
                     raise LogRecordError(f"a log record names place id {number}, which is unknown")
                 cls, last_number = place.colour_set.cls, number
-                counter = delta.setdefault(place.name, Counter())
-            counter[(time, new(cls, fields))] += n
+                counter = _changes_of(delta, place.name)
+                counted = counter.get
+            # The dict's own get: Counter's += calls its Python __missing__ for every
+            # entry new to the fold, which most are.
+            entry = (time, new(cls, fields))
+            counter[entry] = counted(entry, 0) + n
         for skip, blob in arrived:
             fold_run(skip, blob, delta, places)
     except (CodecError, TypeError, ValueError, msgpack.UnpackException) as exc:
         raise LogRecordError(f"corrupt log record: {exc}") from exc
+
+
+def decode_record(value: bytes) -> tuple[Any, Any]:
+    """A record's (delta, arrived), as stored (see the module docstring).
+
+    Raises:
+        LogRecordError: the record does not decode.
+    """
+    try:
+        changes, arrived = _unpack(bytes(value[HEADER_BYTES:]))
+    except (TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise LogRecordError(f"corrupt log record: {exc}") from exc
+    return changes, arrived
 
 
 def fold_run(skip: int, blob: bytes, delta: Delta, places: Mapping[str, Place]) -> None:
@@ -146,7 +164,7 @@ def fold_run(skip: int, blob: bytes, delta: Delta, places: Mapping[str, Place]) 
                 if place is None:
                     raise LogRecordError(f"a logged run names place {name!r}, which is unknown")
                 cls, last_name = place.colour_set.cls, name
-                counter = delta.setdefault(name, Counter())
+                counter = _changes_of(delta, name)
             counter[(time, new(cls, fields))] += 1
     except (CodecError, TypeError, ValueError, msgpack.UnpackException) as exc:
         raise LogRecordError(f"corrupt logged run: {exc}") from exc
@@ -165,8 +183,18 @@ def delta_of(marking: Mapping[tuple[str, int, Token], int]) -> Delta:
     delta: Delta = {}
     for (place, time, token), n in marking.items():
         if n:
-            delta.setdefault(place, Counter())[(time, token)] += n
+            changes = _changes_of(delta, place)
+            changes[(time, token)] = changes.get((time, token), 0) + n
     return delta
+
+
+def _changes_of(delta: Delta, place: str) -> Counter[tuple[int, Token]]:
+    # Not delta.setdefault(place, Counter()): that builds a Counter (a Python __init__)
+    # for every call, and a batch's entries alternate between places firing by firing.
+    changes = delta.get(place)
+    if changes is None:
+        changes = delta[place] = Counter()
+    return changes
 
 
 def apply_to_entries(
