@@ -1048,7 +1048,10 @@ class ShardCore:
         self.firings_total.update(self._firings_committing)
         self._firings_committing = Counter()
         if self.handed_times:
-            self.handoff_latencies_ms.extend([now_ms - t for t in self.handed_times])
+            # The deque keeps only its newest HANDOFF_LATENCIES_KEPT_MAX: older times of
+            # a large batch would be computed only to be pushed out again.
+            newest = self.handed_times[-HANDOFF_LATENCIES_KEPT_MAX:]
+            self.handoff_latencies_ms.extend([now_ms - t for t in newest])
             self.handoffs_timed += len(self.handed_times)
             self.handed_times = []
 
