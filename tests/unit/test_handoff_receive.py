@@ -139,6 +139,10 @@ def test_columns_and_entries_decode_a_run_alike() -> None:
         assert (run.lane, run.first_seq, run.skip, run.payload) == (lane, first_seq, 0, blob)
         assert run.by_place == {"arrived": [(t, token) for _p, t, token in one_by_one]}
         assert all(type(token).__name__ == "Parcel" for _p, _t, token in run.entries)
+        # Both paths intern the key (nets.codec.share_key): one string per key value.
+        for decoded in (run.entries, one_by_one):
+            keys = {token[0]: token[0] for _p, _t, token in decoded}
+            assert all(token[0] is keys[token[0]] for _p, _t, token in decoded)
 
 
 @pytest.mark.parametrize(
