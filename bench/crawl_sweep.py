@@ -43,7 +43,6 @@ before and after a change back to back). Scrapy comes from the optional ``bench`
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import itertools
 import json
@@ -59,8 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import psutil
-
+from bench.crawl_cpu import RUN_TIMEOUT_S, tree_cpu_s
 from cluster.mock_web.bounds import online_lower_bound_ms
 from cluster.mock_web.log import RequestRecord, max_concurrency, politeness_violations
 from cluster.mock_web.site import CrawlExpectation, SiteConfig, SiteModel
@@ -89,11 +87,8 @@ BACKOFF_BASE_MS: Final = 100
 SEED: Final = 1
 FAILING_FRACTION: Final = 0.1
 RETRY_AFTER_S: Final = 1
-RUN_TIMEOUT_S: Final = 180.0
-SAMPLE_S: Final = 0.2
 WEB_START_S_MAX: Final = 30.0
 WEB_STOP_S_MAX: Final = 15.0
-STOP_S_MAX: Final = 60.0  # a crawler out of time: from Ctrl-C to SIGKILL
 
 
 @dataclass(frozen=True)
@@ -290,80 +285,6 @@ def _served(point: SweepPoint, directory: Path) -> Iterator[tuple[int, list[str]
             process.wait()
 
 
-def _role(proc: psutil.Process) -> str:
-    """What a crawler's process is, for the CPU table: the log its stdout goes to
-    (``fetch-0.log``; a forked child shares its parent's command line but not its log),
-    or for a cluster's child the directory of its ``stderr.log`` (``shard-1``), else
-    its command name."""
-    with contextlib.suppress(OSError):
-        log = Path(os.readlink(f"/proc/{proc.pid}/fd/1"))
-        return log.parent.name if log.name == "stderr.log" else log.stem
-    return str(proc.name())
-
-
-def _tree_cpu_s(process: subprocess.Popen[bytes]) -> tuple[float, bool, dict[str, float]]:
-    """CPU seconds of ``process`` and every process it starts, sampled until it exits
-    (a process's CPU time only grows: the largest sample per pid is its total), whether
-    it finished within ``RUN_TIMEOUT_S`` (if not, it is stopped), and the CPU seconds
-    by role (:func:`_role`; processes of one role summed)."""
-    seen: dict[int, float] = {}
-    roles: dict[int, str] = {}
-
-    def sample() -> None:
-        try:
-            root = psutil.Process(process.pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        for proc in tree:
-            try:
-                times = proc.cpu_times()
-            except psutil.Error:
-                continue
-            seen[proc.pid] = max(seen.get(proc.pid, 0.0), times.user + times.system)
-            # Again at every sample: a spare becomes a shard or the router later.
-            role = "driver" if proc.pid == process.pid else _role(proc)
-            if role != "python" or proc.pid not in roles:  # not an exiting child's
-                roles[proc.pid] = role
-
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while process.poll() is None:
-        sample()
-        if time.monotonic() > deadline:
-            _stop_tree(process)
-            return sum(seen.values()), False, _by_role(seen, roles)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=SAMPLE_S)
-    return sum(seen.values()), True, _by_role(seen, roles)
-
-
-def _by_role(seen: dict[int, float], roles: dict[int, str]) -> dict[str, float]:
-    by_role: dict[str, float] = {}
-    for pid, cpu_s in seen.items():
-        role = roles.get(pid, "?")
-        by_role[role] = by_role.get(role, 0.0) + cpu_s
-    return by_role
-
-
-def _stop_tree(process: subprocess.Popen[bytes]) -> None:
-    """Stop a crawler that ran out of time, and everything it started: SIGINT first (a
-    crawler stops its workers and its cluster on Ctrl-C), then SIGKILL whatever of that
-    tree still runs (psutil checks that a pid is still the same process)."""
-    try:
-        root = psutil.Process(process.pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        tree = []
-    process.send_signal(signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=STOP_S_MAX)
-    for proc in tree:
-        with contextlib.suppress(psutil.Error):
-            if proc.is_running():
-                proc.kill()
-    process.wait()
-
-
 def run_crawler(
     name: str, point: SweepPoint, root: Path, command: Sequence[str], out: Path
 ) -> CrawlerRun:
@@ -388,7 +309,7 @@ def run_crawler(
                 env={**os.environ, "PYTHONPATH": str(code_root)},
                 cwd=code_root,
             )
-            cpu_s, finished, cpu_by_role = _tree_cpu_s(process)
+            cpu_s, finished, cpu_by_role = tree_cpu_s(process)
         exited_ms = time.time_ns() // 1_000_000
         assert web_pid != process.pid
         records = _read_log(web_dir / "requests.jsonl")
@@ -468,8 +389,8 @@ def describe(run: CrawlerRun) -> str:
         (
             f"  {run.name:7s}{stopped} span {run.span_ms / 1000:6.2f} s / bound "
             f"{run.bound_ms / 1000:5.2f} s = {run.span_over_bound:4.2f} (online bound "
-            f"{run.online_bound_ms / 1000:5.2f} s: {run.span_over_online_bound:4.2f}); launch to exit "
-            f"{run.wall_s:5.2f} s, start-up "
+            f"{run.online_bound_ms / 1000:5.2f} s: {run.span_over_online_bound:4.2f}); "
+            f"launch to exit {run.wall_s:5.2f} s, start-up "
             f"{run.startup_s:4.2f} s; violations {run.violations}, duplicates {run.duplicates}, "
             f"missing {run.missing}, over cap {run.over_cap}; {run.pages} pages, "
             f"{run.requests} requests; CPU {run.cpu_s:5.2f} s = {run.cpu_s_per_1k_pages:5.2f} s "
