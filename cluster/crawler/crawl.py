@@ -502,6 +502,7 @@ class Crawl:
         r.robots_skips = sum(1 for s in skipped if s[2] == "robots")
         r.skips = tally((s for s in skipped if s[2] != "robots"), 2)
         r.late_refusals = firings.get("fetch_late", 0)
+        r.extra["firings"] = dict(sorted(firings.items()))  # where the shards' work goes
         r.extra["crawl_delay_ms"] = robots
 
     def _collect_files(self) -> None:
