@@ -104,8 +104,9 @@ def crawl(
 ) -> None:
     """Crawl from SEEDS (URLs, or files with one URL a line) politely, on a cluster.
 
-    Starts a cluster of the crawler net (or joins one with --cluster), starts fetch,
-    parse and store workers, shows progress, and prints a report at the end.
+    Starts a cluster of the crawler net (or joins one with --cluster), starts fetch and
+    store workers (and parse workers if asked, or once a page waits to be parsed),
+    shows progress, and prints a report at the end.
     """
     if scope == "allow-list" and not allow:
         raise click.BadParameter("--scope allow-list needs at least one --allow DOMAIN")

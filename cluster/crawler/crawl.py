@@ -7,8 +7,10 @@
 2. starts a cluster of ``nets.scraper:net`` with the crawl's net parameters (its
    supervisor, ``cpn up --foreground`` in ``DATA/cluster``), or joins a running one
    (``--cluster DIR``);
-3. starts the workers (``cpn worker`` processes: fetch, parse, store) while the cluster
-   comes up, and restarts any that dies;
+3. starts the workers (``cpn worker`` processes: fetch and store, parse only if asked
+   or once a page waits in ``parse_queue``) while the cluster comes up, and restarts
+   any that dies; one shard and one fetch worker for a small crawl unless told
+   (:func:`auto_processes`);
 4. once the cluster serves and every worker leases, puts the scope and the seeds into the
    net (each on its domain's shard);
 5. shows a progress line while it watches the cluster, and decides the crawl is done
