@@ -6,7 +6,8 @@ twice before succeeding; seed 1) twice in one invocation, each time against a fr
 web process (its failure counters start anew):
 
 1. **the net**: ``cluster.crawler.crawl.Crawl`` (what ``cpn crawl`` runs) starts a cluster of
-   ``nets.scraper:net`` (2 shards) and its fetch, parse and store workers, and crawls
+   ``nets.scraper:net`` (2 shards) and its fetch and store workers (its fetch workers
+   parse the pages; ``--parse-workers N`` adds parse workers), and crawls
    from every host's root;
 2. **the baseline**: ``bench/crawl_handwritten.py``, the same policy written by hand as
    one asyncio process, with the same fetch, parse and store code.
@@ -543,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 hosts x 20 pages")
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--fetch-workers", type=int, default=2)
-    parser.add_argument("--parse-workers", type=int, default=1)
+    parser.add_argument("--parse-workers", type=int, default=0)
     parser.add_argument("--store-workers", type=int, default=1)
     parser.add_argument("--delay-ms", type=int, default=DELAY_MS)
     parser.add_argument("--backoff-base-ms", type=int, default=BACKOFF_BASE_MS)

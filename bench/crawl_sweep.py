@@ -31,7 +31,11 @@ failing pages (503 twice, then 200) and pages that always answer 503 with
 ``Retry-After``. The last line is one JSON object with the keys of
 :data:`SWEEP_JSON_KEYS`: the worst span over bound, our launch-to-exit over Scrapy's at
 that point, violations, duplicates and missing pages summed over the points, the largest
-excess over a cap, the largest start-up, and our CPU over Scrapy's at the worst point.
+excess over a cap, the largest start-up, our CPU over Scrapy's at the worst point, and
+the worst span over the *online* bound (:func:`point_online_bound_ms`: as the bound, but
+a URL is asked no sooner than a page linking to it was answered,
+:mod:`cluster.mock_web.bounds`). Under each run its CPU is split by process (the driver,
+the supervisor, the router, each shard and worker: :func:`_role`).
 ``CPN_SWEEP_CRAWLER_ROOT=DIR`` runs the ``cpn crawl`` of another checkout (to measure
 before and after a change back to back). Scrapy comes from the optional ``bench`` extra
 (``pip install -e '.[bench]'``); without it ``--sweep`` stops with a one-line error.
@@ -39,7 +43,6 @@ before and after a change back to back). Scrapy comes from the optional ``bench`
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import itertools
 import json
@@ -55,8 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import psutil
-
+from bench.crawl_cpu import RUN_TIMEOUT_S, tree_cpu_s
+from cluster.mock_web.bounds import online_lower_bound_ms
 from cluster.mock_web.log import RequestRecord, max_concurrency, politeness_violations
 from cluster.mock_web.site import CrawlExpectation, SiteConfig, SiteModel
 from nets.errors import CpnError
@@ -74,6 +77,7 @@ SWEEP_JSON_KEYS: Final = (
     "over_cap",
     "startup_s",
     "cpu_over_scrapy",
+    "worst_span_over_online_bound",
 )
 RATE_MAX_PER_S: Final = 800.0  # hosts / delay: requests per second politeness allows
 BOUND_S_MAX: Final = 30.0
@@ -83,11 +87,8 @@ BACKOFF_BASE_MS: Final = 100
 SEED: Final = 1
 FAILING_FRACTION: Final = 0.1
 RETRY_AFTER_S: Final = 1
-RUN_TIMEOUT_S: Final = 180.0
-SAMPLE_S: Final = 0.2
 WEB_START_S_MAX: Final = 30.0
 WEB_STOP_S_MAX: Final = 15.0
-STOP_S_MAX: Final = 60.0  # a crawler out of time: from Ctrl-C to SIGKILL
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,23 @@ def point_bound_ms(point: SweepPoint, expectation: CrawlExpectation, *, cap: int
     )
     requests = sum(expectation.requests_per_host)
     return max(politeness, -(-requests * point.latency_ms // cap))
+
+
+def point_online_bound_ms(
+    point: SweepPoint, site: SiteModel, expectation: CrawlExpectation, *, cap: int = CAP
+) -> int:
+    """As :func:`point_bound_ms`, with the online bound
+    (:func:`cluster.mock_web.bounds.online_lower_bound_ms`: a URL is asked no sooner than
+    a page linking to it was answered) in place of the retry-inclusive one."""
+    online = online_lower_bound_ms(
+        site,
+        expectation,
+        delay_ms=point.delay_ms,
+        latency_ms=point.latency_ms,
+        backoff_base_ms=BACKOFF_BASE_MS,
+    )
+    requests = sum(expectation.requests_per_host)
+    return max(online, -(-requests * point.latency_ms // cap))
 
 
 def eligible(points: Iterable[SweepPoint]) -> tuple[SweepPoint, ...]:
@@ -217,6 +235,13 @@ class CrawlerRun:
     # Ours only: when each phase of start-up and shut-down ended, in seconds since the
     # crawl's exec (its report's ``phases_s``, cluster/crawler/crawl.py).
     phases_s: tuple[tuple[str, float], ...] = ()
+    # CPU seconds by process role (:func:`_role`), the largest first.
+    cpu_by_role: tuple[tuple[str, float], ...] = ()
+    online_bound_ms: int = 0  # point_online_bound_ms; 0: not computed
+
+    @property
+    def span_over_online_bound(self) -> float:
+        return self.span_ms / (self.online_bound_ms or self.bound_ms)
 
     @property
     def span_over_bound(self) -> float:
@@ -260,55 +285,6 @@ def _served(point: SweepPoint, directory: Path) -> Iterator[tuple[int, list[str]
             process.wait()
 
 
-def _tree_cpu_s(process: subprocess.Popen[bytes]) -> tuple[float, bool]:
-    """CPU seconds of ``process`` and every process it starts, sampled until it exits
-    (a process's CPU time only grows: the largest sample per pid is its total), and
-    whether it finished within ``RUN_TIMEOUT_S`` (if not, it is stopped)."""
-    seen: dict[int, float] = {}
-
-    def sample() -> None:
-        try:
-            root = psutil.Process(process.pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        for proc in tree:
-            try:
-                times = proc.cpu_times()
-            except psutil.Error:
-                continue
-            seen[proc.pid] = max(seen.get(proc.pid, 0.0), times.user + times.system)
-
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while process.poll() is None:
-        sample()
-        if time.monotonic() > deadline:
-            _stop_tree(process)
-            return sum(seen.values()), False
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=SAMPLE_S)
-    return sum(seen.values()), True
-
-
-def _stop_tree(process: subprocess.Popen[bytes]) -> None:
-    """Stop a crawler that ran out of time, and everything it started: SIGINT first (a
-    crawler stops its workers and its cluster on Ctrl-C), then SIGKILL whatever of that
-    tree still runs (psutil checks that a pid is still the same process)."""
-    try:
-        root = psutil.Process(process.pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        tree = []
-    process.send_signal(signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=STOP_S_MAX)
-    for proc in tree:
-        with contextlib.suppress(psutil.Error):
-            if proc.is_running():
-                proc.kill()
-    process.wait()
-
-
 def run_crawler(
     name: str, point: SweepPoint, root: Path, command: Sequence[str], out: Path
 ) -> CrawlerRun:
@@ -333,7 +309,7 @@ def run_crawler(
                 env={**os.environ, "PYTHONPATH": str(code_root)},
                 cwd=code_root,
             )
-            cpu_s, finished = _tree_cpu_s(process)
+            cpu_s, finished, cpu_by_role = tree_cpu_s(process)
         exited_ms = time.time_ns() // 1_000_000
         assert web_pid != process.pid
         records = _read_log(web_dir / "requests.jsonl")
@@ -354,6 +330,7 @@ def run_crawler(
         # Stopped: it had not ended when stopped, so its span is at least that long.
         span_ms=max(last_answer_ms, last_record_ms, 0 if finished else exited_ms) - first_ms,
         bound_ms=point_bound_ms(point, expectation),
+        online_bound_ms=point_online_bound_ms(point, site, expectation),
         violations=len(politeness_violations(records, gaps)),
         duplicates=server_duplicates(records),
         missing=len(expected - stored),
@@ -363,6 +340,7 @@ def run_crawler(
         cpu_s=cpu_s,
         finished=finished,
         phases_s=_phases(out.with_suffix(".report.json")),
+        cpu_by_role=tuple(sorted(cpu_by_role.items(), key=lambda item: -item[1])),
     )
 
 
@@ -408,18 +386,28 @@ def scrapy_command(point: SweepPoint, out: Path) -> list[str]:
 def describe(run: CrawlerRun) -> str:
     stopped = "" if run.finished else f" STOPPED after {RUN_TIMEOUT_S:.0f} s:"
     return (
-        f"  {run.name:7s}{stopped} span {run.span_ms / 1000:6.2f} s / bound "
-        f"{run.bound_ms / 1000:5.2f} s = {run.span_over_bound:4.2f}; launch to exit "
-        f"{run.wall_s:5.2f} s, start-up "
-        f"{run.startup_s:4.2f} s; violations {run.violations}, duplicates {run.duplicates}, "
-        f"missing {run.missing}, over cap {run.over_cap}; {run.pages} pages, "
-        f"{run.requests} requests; CPU {run.cpu_s:5.2f} s = {run.cpu_s_per_1k_pages:5.2f} s "
-        "per 1,000 pages"
-    ) + (
-        "\n          phases (s since exec): "
-        + ", ".join(f"{name} {at_s:.2f}" for name, at_s in run.phases_s)
-        if run.phases_s
-        else ""
+        (
+            f"  {run.name:7s}{stopped} span {run.span_ms / 1000:6.2f} s / bound "
+            f"{run.bound_ms / 1000:5.2f} s = {run.span_over_bound:4.2f} (online bound "
+            f"{run.online_bound_ms / 1000:5.2f} s: {run.span_over_online_bound:4.2f}); "
+            f"launch to exit {run.wall_s:5.2f} s, start-up "
+            f"{run.startup_s:4.2f} s; violations {run.violations}, duplicates {run.duplicates}, "
+            f"missing {run.missing}, over cap {run.over_cap}; {run.pages} pages, "
+            f"{run.requests} requests; CPU {run.cpu_s:5.2f} s = {run.cpu_s_per_1k_pages:5.2f} s "
+            "per 1,000 pages"
+        )
+        + (
+            "\n          phases (s since exec): "
+            + ", ".join(f"{name} {at_s:.2f}" for name, at_s in run.phases_s)
+            if run.phases_s
+            else ""
+        )
+        + (
+            "\n          CPU by process (s): "
+            + ", ".join(f"{role} {cpu_s:.2f}" for role, cpu_s in run.cpu_by_role)
+            if run.cpu_by_role
+            else ""
+        )
     )
 
 
@@ -438,6 +426,7 @@ def summary(pairs: Sequence[tuple[CrawlerRun, CrawlerRun]]) -> dict[str, Any]:
         "cpu_over_scrapy": round(
             worst_ours.cpu_s_per_1k_pages / max(worst_scrapy.cpu_s_per_1k_pages, 1e-9), 3
         ),
+        "worst_span_over_online_bound": round(max(o.span_over_online_bound for o, _ in pairs), 3),
     }
     assert tuple(figures) == SWEEP_JSON_KEYS
     return figures

@@ -34,14 +34,17 @@ FILE = click.Path(dir_okay=False, path_type=Path)
 @click.argument("seeds", nargs=-1, required=True, metavar="SEEDS_FILE_OR_URL...")
 @click.option("--out", type=FILE, required=True, help="The JSON Lines file of stored pages.")
 @click.option(
-    "--shards", type=click.IntRange(1, SHARDS_MAX), default=2, show_default=True,
-    help="Shards of the cluster this crawl starts.",
+    "--shards", type=click.IntRange(0, SHARDS_MAX), default=0, show_default=True,
+    help="Shards of the cluster this crawl starts (0: 1 for at most 50 domains, else 2).",
 )  # fmt: skip
 @click.option(
-    "--workers", type=click.IntRange(1, 64), default=2, show_default=True,
-    help="Fetch worker processes (each runs many fetches at once).",
+    "--workers", type=click.IntRange(0, 64), default=0, show_default=True,
+    help="Fetch worker processes, each running many fetches (0: as --shards 0).",
 )  # fmt: skip
-@click.option("--parse-workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--parse-workers", type=click.IntRange(0, 64), default=0, show_default=True,
+    help="Parse workers (0: one, started only if a page waits to be parsed).",
+)  # fmt: skip
 @click.option("--store-workers", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option(
     "--delay", "delay_ms", type=DURATION, default="1s", show_default=True,
@@ -102,8 +105,9 @@ def crawl(
 ) -> None:
     """Crawl from SEEDS (URLs, or files with one URL a line) politely, on a cluster.
 
-    Starts a cluster of the crawler net (or joins one with --cluster), starts fetch,
-    parse and store workers, shows progress, and prints a report at the end.
+    Starts a cluster of the crawler net (or joins one with --cluster), starts fetch and
+    store workers (and parse workers if asked, or once a page waits to be parsed),
+    shows progress, and prints a report at the end.
     """
     if scope == "allow-list" and not allow:
         raise click.BadParameter("--scope allow-list needs at least one --allow DOMAIN")

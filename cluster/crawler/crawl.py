@@ -7,8 +7,10 @@
 2. starts a cluster of ``nets.scraper:net`` with the crawl's net parameters (its
    supervisor, ``cpn up --foreground`` in ``DATA/cluster``), or joins a running one
    (``--cluster DIR``);
-3. starts the workers (``cpn worker`` processes: fetch, parse, store) while the cluster
-   comes up, and restarts any that dies;
+3. starts the workers (``cpn worker`` processes: fetch and store, parse only if asked
+   or once a page waits in ``parse_queue``) while the cluster comes up, and restarts
+   any that dies; one shard and one fetch worker for a small crawl unless told
+   (:func:`auto_processes`);
 4. once the cluster serves and every worker leases, puts the scope and the seeds into the
    net (each on its domain's shard);
 5. shows a progress line while it watches the cluster, and decides the crawl is done
@@ -54,9 +56,16 @@ STATS_TIMEOUT_MS: Final = 2_000
 READY_TIMEOUT_S: Final = 120.0
 READY_POLL_S: Final = 0.01  # the router's status, while the cluster comes up
 STOP_S: Final = 60.0
-# The crawl's cluster warms its spares for restarts only after this (a short crawl ends
-# before: three interpreters, 1.2 s of CPU, while the crawl starts).
-SPARES_AFTER_MS: Final = 10_000
+# The crawl's cluster warms its spares for restarts only after this: three interpreters,
+# about 1 s of CPU, which a crawl shorter than this never pays (a shard that dies before
+# restarts as a new interpreter, some 0.5 s slower).
+SPARES_AFTER_MS: Final = 60_000
+# `auto` (0) shards and fetch workers: one of each for a crawl of at most this many
+# domains (its seeds' domains, the scope same-domains keeps it to), two otherwise. A
+# second shard and fetch worker cost more CPU than they give there: a process each,
+# and the pool tokens and links handed between the shards (docs/scraper.md).
+SMALL_CRAWL_DOMAINS_MAX: Final = 50
+WIDE_CRAWL_PROCESSES: Final = 2
 WORKERS_READY_S: Final = 60.0
 # Places that hold work in progress (kept in step with nets/scraper.py WORK_PLACES,
 # which is used when it can be imported).
@@ -73,9 +82,9 @@ class CrawlOptions:
 
     seeds: tuple[str, ...]
     out: Path
-    shards: int = 2
-    fetch_workers: int = 2
-    parse_workers: int = 1
+    shards: int = 0  # 0: auto (auto_processes)
+    fetch_workers: int = 0  # 0: auto (auto_processes)
+    parse_workers: int = 0  # 0: one, started when a page waits in parse_queue
     store_workers: int = 1
     delay_ms: int = 1_000
     proxies_file: Path | None = None
@@ -113,6 +122,7 @@ class Crawl:
         self.stop_requested = False  # set (e.g. from on_poll) to end the crawl early
         self._exec_s = 0.0  # when this process started, on the monotonic clock
         self._phases_s: dict[str, float] = {}
+        self._shards, self._fetch_workers = options.shards, options.fetch_workers
 
     # -- input ----------------------------------------------------------------------------
 
@@ -222,8 +232,9 @@ class Crawl:
             return layout
         layout = ClusterLayout(self._crawl_dir() / "cluster")
         config = settle_config(
-            layout, net=NET, shards=o.shards, seed=None, durability=o.durability, params=params
-        )
+            layout, net=NET, shards=self._shards, seed=None, durability=o.durability,
+            params=params,
+        )  # fmt: skip
         load_net(config.net, seed=config.seed, params=config.params)  # one-line errors here
         # The supervisor (`cpn up --foreground`) is started here, not through `cpn up`
         # (one interpreter less before the first request), forked from this process
@@ -279,31 +290,45 @@ class Crawl:
 
     def _plan_workers(self, layout: ClusterLayout) -> None:
         o = self.options
+        plan = [("fetch", self._fetch_workers), ("parse", o.parse_workers)]
+        for role, count in [*plan, ("store", o.store_workers)]:
+            for index in range(count):
+                self.workers.append(self._worker(layout, role, index))
+
+    def _worker(self, layout: ClusterLayout, role: str, index: int) -> WorkerProcess:
+        """Worker ``index`` of ``role`` (not started); a fetch worker's timing log is noted."""
+        o = self.options
         logs = self._crawl_dir() / "workers"
         logs.mkdir(parents=True, exist_ok=True)
-        base_env = dict(o.worker_env)
-        plan = [("fetch", o.fetch_workers), ("parse", o.parse_workers), ("store", o.store_workers)]
-        for role, count in plan:
-            for index in range(count):
-                args = [
-                    sys.executable, "-m", "cluster.cli", "worker", "--role", role,
-                    "--data", str(layout.root), "--lease", f"{o.lease_ms}ms",
-                ]  # fmt: skip
-                timings = None
-                if role == "fetch":
-                    timings = logs / f"fetch-{index}.timings.jsonl"
-                    args += ["--timings", str(timings), "--timeout", f"{o.fetch_timeout_ms}ms"]
-                if role == "store":
-                    args += ["--out", str(o.out.resolve())]
-                    if o.durability == "process":
-                        args += ["--no-fsync"]
-                log_path = logs / f"{role}-{index}.log"
-                ready = logs / f"{role}-{index}.ready"
-                ready.unlink(missing_ok=True)
-                args += ["--ready-file", str(ready)]
-                self.workers.append(WorkerProcess(role, index, args, log_path, base_env, ready))
-                if timings is not None:
-                    self.timing_files.append(timings)
+        args = [
+            sys.executable, "-m", "cluster.cli", "worker", "--role", role,
+            "--data", str(layout.root), "--lease", f"{o.lease_ms}ms",
+        ]  # fmt: skip
+        if role == "fetch":
+            timings = logs / f"fetch-{index}.timings.jsonl"
+            args += ["--timings", str(timings), "--timeout", f"{o.fetch_timeout_ms}ms"]
+            self.timing_files.append(timings)
+        if role == "store":
+            args += ["--out", str(o.out.resolve())]
+            if o.durability == "process":
+                args += ["--no-fsync"]
+        ready = logs / f"{role}-{index}.ready"
+        ready.unlink(missing_ok=True)
+        args += ["--ready-file", str(ready)]
+        log_path = logs / f"{role}-{index}.log"
+        return WorkerProcess(role, index, args, log_path, dict(o.worker_env), ready)
+
+    def _parse_on_demand(self, tokens: dict[str, int]) -> None:
+        """Start a parse worker the first time a page waits in ``parse_queue`` (with
+        ``parse_workers`` 0): this crawl's fetch workers parse every page they fetch, so
+        only a fetch worker of another kind (in a joined cluster) leaves pages there."""
+        waiting = tokens.get("parse_queue", 0) + tokens.get("parse_queue__held", 0)
+        if waiting == 0 or self.layout is None or any(w.role == "parse" for w in self.workers):
+            return
+        worker = self._worker(self.layout, "parse", 0)
+        self.workers.append(worker)
+        worker.start()  # a new interpreter: this process has a client (ZeroMQ) open now
+        self._say(f"{waiting} pages wait to be parsed: started a parse worker")
 
     def _check_workers(self) -> None:
         restart_exited(self.workers, self._say)
@@ -336,6 +361,8 @@ class Crawl:
             raise CpnError(
                 "no usable seed URL: " + ("; ".join(self.report.bad_inputs) or "none given")
             )
+        self._shards, self._fetch_workers = auto_processes(self.options, seeds)
+        self.report.extra["processes"] = {"shards": self._shards, "fetch": self._fetch_workers}
         interrupted = True  # until the crawl has run to its end
         try:
             self.layout = self._start_or_join(params)
@@ -419,6 +446,8 @@ class Crawl:
                 tokens, outbox, firings = looked
                 busy = sum(tokens.get(p, 0) for p in work_places) + outbox
                 idle_polls = idle_polls + 1 if busy == 0 else 0
+                if self.options.parse_workers == 0:
+                    self._parse_on_demand(tokens)
                 if on_poll is not None:
                     on_poll(self, tokens)
                 now = time.monotonic()
@@ -487,6 +516,7 @@ class Crawl:
         r.robots_skips = sum(1 for s in skipped if s[2] == "robots")
         r.skips = tally((s for s in skipped if s[2] != "robots"), 2)
         r.late_refusals = firings.get("fetch_late", 0)
+        r.extra["firings"] = dict(sorted(firings.items()))  # where the shards' work goes
         r.extra["crawl_delay_ms"] = robots
 
     def _collect_files(self) -> None:
@@ -503,6 +533,21 @@ class Crawl:
     def _say(self, text: str) -> None:
         self.stderr.write(f"crawl: {text}\n")
         self.stderr.flush()
+
+
+def auto_processes(options: CrawlOptions, seeds: Sequence[tuple[str, str]]) -> tuple[int, int]:
+    """(shards, fetch workers) of a crawl: the options', or for each left at 0 (auto)
+    one when the crawl stays within ``SMALL_CRAWL_DOMAINS_MAX`` domains (the scope
+    ``same-domains`` and its seeds' domains, or ``allow-list`` and its domains), else
+    ``WIDE_CRAWL_PROCESSES``."""
+    if options.scope == "same-domains":
+        domains = len({domain for domain, _url in seeds})
+    elif options.scope == "allow-list":
+        domains = len(set(options.allow))
+    else:
+        domains = SMALL_CRAWL_DOMAINS_MAX + 1  # any domain: not known to be small
+    auto = 1 if domains <= SMALL_CRAWL_DOMAINS_MAX else WIDE_CRAWL_PROCESSES
+    return options.shards or auto, options.fetch_workers or auto
 
 
 def _since_exec_s() -> float:

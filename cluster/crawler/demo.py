@@ -49,7 +49,7 @@ class DemoOptions:
     reset_host: bool = True
     shards: int = 2
     fetch_workers: int = 2
-    parse_workers: int = 1
+    parse_workers: int = 0  # the fetch workers parse every page (one is started if not)
     store_workers: int = 1
     out: Path | None = None
     data_dir: Path | None = None

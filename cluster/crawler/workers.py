@@ -60,6 +60,9 @@ FETCH_DEPTH: Final = 3
 FETCH_START_AT: Final = 7  # Fetch(domain, url, kind, depth, attempt, proxy, proxy_url,
 FETCH_LATE: Final = 8  #       start_at_ms, late_ms): the fields the lease rule reads
 STORE_BATCH: Final = 32
+# Links a fetch worker remembers having delivered (then it forgets them all and starts
+# again): a bound on its memory, far above a crawl's links on one worker.
+DELIVERED_LINKS_MAX: Final = 1_000_000
 FAULT_ENV: Final = "CPN_FAULT"
 SLOW_STORE_ENV: Final = "CPN_STORE_DELAY_MS"  # tests: a deliberately slow store stage
 
@@ -117,6 +120,17 @@ def fetch_worker(
     ``counts`` counts its fetches (cluster/crawler/metrics.py)."""
     state: dict[str, Any] = {}
     deadline_ms = int(settings.timeout_s * 2 * 1000)  # see Fetcher.fetch
+    # The links of completions the shards took (committed). The net admits a URL once
+    # (`seen`) and drops every later link to it, so such a link is left out of later
+    # completions: most links of a page are to pages found before, and each would cost
+    # the shard a firing (`drop_seen`). Only committed ones: a link of a completion
+    # that was refused or lost comes again when its fetch is leased again.
+    delivered: set[str] = set()
+
+    def completed(results: tuple[tuple[str, tuple[Any, ...]], ...]) -> None:
+        if len(delivered) >= DELIVERED_LINKS_MAX:
+            delivered.clear()
+        delivered.update(str(fields[1]) for place, fields in results if place == "links")
 
     @contextlib.asynccontextmanager
     async def lifespan(env: WorkerEnv) -> AsyncIterator[None]:
@@ -158,11 +172,15 @@ def fetch_worker(
         # Parsed here, on the loop: a page takes a millisecond or two, less than the hop
         # through the net and a parse worker's lease it saves its links.
         results = fetched_results(outcome.fetched, job[FETCH_DEPTH])
-        return [to(place, fields) for place, fields in results]
+        return [
+            to(place, fields)
+            for place, fields in results
+            if place != "links" or fields[1] not in delivered
+        ]
 
     return WorkerSpec(
         fetch, "fetch_queue", concurrency=CONCURRENCY_DEFAULT["fetch"], lease_ms=lease_ms,
-        polls_per_shard=4, lifespan=lifespan, name="fetch",
+        polls_per_shard=4, lifespan=lifespan, name="fetch", on_completed=completed,
     )  # fmt: skip
 
 

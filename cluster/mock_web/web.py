@@ -71,6 +71,11 @@ from cluster.mock_web.site import (
 LOG = logging.getLogger(__name__)
 
 CONNECTIONS_MAX: Final = 64
+# `python -m cluster.mock_web.web` allows this many open connections per host (at least
+# CONNECTIONS_MAX in all): a crawler keeps a connection or two alive at each host, and
+# with 64 over 200 hosts the 65th waited in the backlog until another's 10 s idle
+# timeout, so a crawl of many hosts measured the mock web's cap, not the crawler.
+CONNECTIONS_PER_HOST: Final = 4
 LOG_RECORDS_MAX: Final = 1_000_000
 IDLE_TIMEOUT_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 10.0
@@ -389,7 +394,13 @@ def main(
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        web = MockWeb(config, latency_ms=latency_ms, port=port, log_path=out / REQUESTS_FILE)
+        web = MockWeb(
+            config,
+            latency_ms=latency_ms,
+            port=port,
+            log_path=out / REQUESTS_FILE,
+            connections_max=max(CONNECTIONS_MAX, CONNECTIONS_PER_HOST * hosts),
+        )
         with web:
             partial = out / f".{HOSTS_FILE}.{os.getpid()}"
             partial.write_text("".join(url + "\n" for url in web.seeds()), encoding="utf-8")

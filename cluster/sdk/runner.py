@@ -512,6 +512,8 @@ class Runner:
             try:
                 await lane.complete(leased.lease_id, results, indexes)
                 self.counters["completed"] += len(indexes) or len(leased.entries)
+                if self.spec.on_completed is not None:
+                    self.spec.on_completed(results)
                 return True
             except ShardError as exc:
                 # lease_expired: the tokens went back, or an earlier try of this very

@@ -88,6 +88,8 @@ class WorkerSpec:
         on_error: the results of a token whose call raised (default: a failure token).
         lifespan: an async context manager entered once per worker process around
             the whole run (open a client, warm a connection pool...).
+        on_completed: called on the worker's loop with the results of a completion
+            once the shard has taken it (committed), never for one refused or lost.
     """
 
     function: Callable[..., Any]
@@ -104,6 +106,7 @@ class WorkerSpec:
     on_error: Callable[[Any, BaseException], Any] | None = None
     lifespan: Lifespan | None = None
     name: str = field(default="")
+    on_completed: Callable[[tuple[tuple[str, tuple[Any, ...]], ...]], None] | None = None
 
     def __post_init__(self) -> None:
         where = f"worker {self.name or getattr(self.function, '__qualname__', '?')!r}"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
+from cluster.crawler.crawl import SMALL_CRAWL_DOMAINS_MAX, CrawlOptions, auto_processes
 from cluster.crawler.fetch import retry_at_ms
 from cluster.crawler.parse import LINKS_PER_PAGE_MAX, fetched_results, parse_page, parse_results
 from cluster.crawler.urls import InvalidUrl, canonical_url, domain_of, resolve_link, robots_url
@@ -185,3 +189,18 @@ def test_the_cli_spells_the_worker_roles_as_the_worker_does() -> None:
 )
 def test_retry_after_becomes_a_wall_clock_time(value: str | None, expected_ms: int) -> None:
     assert retry_at_ms(value, 1_700_000_000_000) == expected_ms
+
+
+def test_a_small_crawl_runs_one_shard_and_one_fetch_worker_unless_told() -> None:
+    def seeds(domains: int) -> list[tuple[str, str]]:
+        return [(f"h{d}.example", f"http://h{d}.example/{p}") for d in range(domains) for p in "ab"]
+
+    small, wide = seeds(SMALL_CRAWL_DOMAINS_MAX), seeds(SMALL_CRAWL_DOMAINS_MAX + 1)
+    options = CrawlOptions(seeds=(), out=Path("out.jsonl"))
+    assert auto_processes(options, small) == (1, 1)
+    assert auto_processes(options, wide) == (2, 2)
+    assert auto_processes(replace(options, shards=3), small) == (3, 1)
+    assert auto_processes(replace(options, fetch_workers=4), wide) == (2, 4)
+    assert auto_processes(replace(options, scope="any"), small) == (2, 2)
+    allow = replace(options, scope="allow-list", allow=("a.example", "b.example"))
+    assert auto_processes(allow, wide) == (1, 1)

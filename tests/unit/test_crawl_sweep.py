@@ -94,6 +94,7 @@ def test_the_last_line_takes_the_ratios_at_the_worst_point() -> None:
     figures = summary(pairs)
     assert tuple(figures) == SWEEP_JSON_KEYS
     assert figures["worst_span_over_bound"] == 1.4
+    assert figures["worst_span_over_online_bound"] == 1.4, "no online bound: the bound"
     assert figures["worst_wall_over_scrapy"] == 1.25
     assert figures["cpu_over_scrapy"] == 1.5
     assert figures["violations"] == 0, "ours only"

@@ -117,3 +117,19 @@ def test_a_lease_of_one_token_completes_without_indexes(jobs: int) -> None:
     lane = FakeLane()
     _lease_work(quick, lane, jobs)
     assert lane.completions == [((0, 1) if jobs == 2 else (), tuple(f"j{n}" for n in range(jobs)))]
+
+
+def test_on_completed_sees_the_results_the_shard_took_and_only_those() -> None:
+    taken: list[tuple[str, ...]] = []
+
+    async def quick(job: Job) -> Any:
+        return to("done", job)
+
+    spec = WorkerSpec(
+        quick, "queue", batch=3,
+        on_completed=lambda results: taken.append(tuple(t[1] for _p, t in results)),
+    )  # fmt: skip
+    lane = FakeLane(refuse_joint=True, refused="j1")
+    _lease_work(spec, lane, 3)
+    # The joint completion and j1's own were refused: never reported as taken.
+    assert sorted(taken) == [("j0",), ("j2",)]
