@@ -1,9 +1,9 @@
 """Benchmark: the CPU cost per HTTP fetch of ``cluster.crawler.fetch.Fetcher``.
 
-``python -m bench.fetch_cpu [--quick] [--profile] [--late-ms N]`` starts the mock web in
-its own process (``bench.crawl.served_web``: 20 hosts x 40 pages, or 10 x 20 with
-``--quick``; 10 ms latency; 10 % of the HTML pages answer 503 twice; seed 1), so that its
-CPU is never counted, then fetches in this process, through one
+``python -m bench.fetch_cpu [--quick] [--profile] [--late-ms N] [--client C]`` starts the
+mock web in its own process (``bench.crawl.served_web``: 20 hosts x 40 pages, or 10 x 20
+with ``--quick``; 10 ms latency; 10 % of the HTML pages answer 503 twice; seed 1), so that
+its CPU is never counted, then fetches in this process, through one
 :class:`~cluster.crawler.fetch.Fetcher` (made, prepared and warmed up as a fetch worker
 does), every host's robots.txt and then each of its page paths once, in order: one fetch
 at a time per host, every host at once. As a polite crawler plans it, each fetch of a host
@@ -26,9 +26,11 @@ Measured in this process, from the first fetch handed over to the last result:
 goes, by package and by function; the CPU figure is then inflated by the profiler and
 only the shares mean something, and the late allowance is widened to
 ``PROFILE_LATE_MS`` (a late fetch is never sent: a slowed-down run would otherwise
-measure another workload). ``--late-ms`` sets the allowance for a plain run too: the
-default is the crawl policy's 5 ms, under which a loaded machine makes some fetches late
-and so changes the work measured; a wider one compares two versions more steadily.
+measure another workload). ``--client httpx`` measures the same fetcher on its former
+HTTP client (``bench/fetch_httpx.py``) instead of aiohttp, for a side-by-side figure.
+``--late-ms`` sets the allowance for a plain run too: the default is the crawl policy's
+5 ms, under which a loaded machine makes some fetches late and so changes the work
+measured; a wider one compares two versions more steadily.
 
 Timings move with the machine's load (2 shared cores): run it a few times. The last line
 is one JSON object with the keys of :data:`JSON_KEYS`.
@@ -53,11 +55,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.crawl import ServedWeb, Workload, served_web
+from bench.fetch_httpx import HttpxFetcher
 from cluster.crawler.fetch import ROBOTS_KIND, Fetcher, FetchSettings, wall_ms
 from nets.errors import CpnError
 from nets.scraper import CrawlPolicy
 
-JSON_KEYS: Final = ("fetches", "cpu_ms_per_fetch", "errors")
+JSON_KEYS: Final = ("fetches", "cpu_ms_per_fetch", "errors", "client")
+CLIENTS: Final = ("aiohttp", "httpx")
 DELAY_MS: Final = 100  # from an answer at a host to the start of its next fetch
 READY_MS: Final = 50  # a fetch is handed to the fetcher at least this long before its start
 LATE_MS: Final = CrawlPolicy().late_ms
@@ -67,6 +71,11 @@ RUN_S_MAX_QUICK: Final = 12.0  # --quick must end within 20 s, the mock web's st
 PROFILE_ROWS: Final = 25
 # Where a function's own time goes, by the file it is defined in (first match wins).
 PACKAGES: Final = (
+    ("aiohttp/yarl/multidict", "/aiohttp/"),
+    ("aiohttp/yarl/multidict", "/yarl/"),
+    ("aiohttp/yarl/multidict", "/multidict/"),
+    ("aiohttp/yarl/multidict", "/aiohappyeyeballs/"),
+    ("aiohttp/yarl/multidict", "/propcache/"),
     ("httpx", "/httpx/"),
     ("httpcore", "/httpcore/"),
     ("h11", "/h11/"),
@@ -164,12 +173,12 @@ async def fetch_all(
     late_ms: int,
     run_s_max: float,
     profile: cProfile.Profile | None,
+    client: str,
 ) -> FetchRun:
     """Every host's fetches, all hosts at once, through one prepared, warmed-up fetcher."""
     policy = CrawlPolicy()
-    fetcher = Fetcher(
-        FetchSettings(user_agent=policy.user_agent, body_max_bytes=policy.body_max_bytes)
-    )
+    settings = FetchSettings(user_agent=policy.user_agent, body_max_bytes=policy.body_max_bytes)
+    fetcher = Fetcher(settings) if client == "aiohttp" else HttpxFetcher(settings)
     fetcher.prepare([])
     await fetcher.warm_up()
     tally = Tally()
@@ -205,11 +214,19 @@ def run_fetches(
     late_ms: int,
     run_s_max: float,
     profile: cProfile.Profile | None,
+    client: str,
 ) -> FetchRun:
     selector = CountingSelector()
     with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
         return runner.run(
-            fetch_all(jobs, selector, late_ms=late_ms, run_s_max=run_s_max, profile=profile)
+            fetch_all(
+                jobs,
+                selector,
+                late_ms=late_ms,
+                run_s_max=run_s_max,
+                profile=profile,
+                client=client,
+            )
         )
 
 
@@ -264,12 +281,13 @@ def describe(run: FetchRun, connections: int) -> list[str]:
     ]
 
 
-def summary(run: FetchRun) -> dict[str, Any]:
+def summary(run: FetchRun, client: str) -> dict[str, Any]:
     """The benchmark's last line: exactly the keys of :data:`JSON_KEYS`."""
     figures = {
         "fetches": run.fetches,
         "cpu_ms_per_fetch": round(run.cpu_ms_per_fetch, 3),
         "errors": run.fetches - run.tally.errors[""],
+        "client": client,
     }
     assert tuple(figures) == JSON_KEYS
     return figures
@@ -285,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"the late allowance (default {LATE_MS}; {PROFILE_LATE_MS} with --profile)",
     )
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default=CLIENTS[0],
+        help="the fetcher's HTTP client (default aiohttp, the crawler's; httpx, its former)",
+    )
     args = parser.parse_args(argv)
     late_ms = args.late_ms
     if late_ms is None:
@@ -294,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"mock web: {hosts} hosts x {pages} pages, seed {workload.seed}, latency "
         f"{workload.latency_ms} ms; {DELAY_MS} ms from an answer to the host's next start, "
-        f"ready {READY_MS} ms, late allowance {late_ms} ms"
+        f"ready {READY_MS} ms, late allowance {late_ms} ms; client {args.client}"
     )
     # CPU time, not wall time: a wait in epoll costs nothing.
     profile = cProfile.Profile(time.process_time) if args.profile else None
@@ -308,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             late_ms=late_ms,
             run_s_max=RUN_S_MAX_QUICK if args.quick else RUN_S_MAX,
             profile=profile,
+            client=args.client,
         )
         connections = len({record.client for record in web.requests()})
     planned = sum(len(urls) for urls in jobs)
@@ -320,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in profile_report(profile):
             print(line)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(json.dumps(summary(run)))
+    print(json.dumps(summary(run, args.client)))
     return 0
 
 

@@ -81,7 +81,16 @@ RULES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ),
     (
         NETWORK,
-        ("socket.", "_socket.", "ssl.", "urllib.request.", "http.client.", "requests.", "httpx."),
+        (
+            "socket.",
+            "_socket.",
+            "ssl.",
+            "urllib.request.",
+            "http.client.",
+            "requests.",
+            "httpx.",
+            "aiohttp.",  # the crawler's fetch workers' client (cluster/crawler/fetch.py)
+        ),
     ),
     (
         SUBPROCESS,

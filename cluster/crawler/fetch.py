@@ -2,7 +2,9 @@
 
 Fetch workers (:mod:`cluster.crawler.workers`) lease ``Fetch`` tokens from the net's
 ``fetch_queue`` and complete each lease with one ``Fetched`` result, built here by
-:meth:`Fetcher.fetch`. The HTTP client is httpx (async, streaming).
+:meth:`Fetcher.fetch`. The HTTP client is aiohttp (async, streaming; its HTTP parser,
+headers and URLs are compiled code): about a third of httpx's CPU per fetch, which was
+most of a fetch worker's CPU (docs/scraper.md, "CPU per process").
 
 Theory of operation:
 
@@ -10,8 +12,8 @@ Theory of operation:
   (``start_at_ms``, wall-clock milliseconds, the shards' clock) and a late allowance
   (``late_ms``). The fetcher begins ``CONNECT_AHEAD_MS`` early, so that opening a
   connection overlaps the wait, and holds the request at the last moment before its
-  first byte leaves (httpcore's ``send_request_headers`` trace event) until the start
-  time; there it checks the clock: later than ``start_at_ms + late_ms``, the request
+  first byte leaves (once aiohttp has a connection for it: :class:`_TimedRequest`) until
+  the start time; there it checks the clock: later than ``start_at_ms + late_ms``, the request
   is not sent and the answer is ``error="late"`` (the net puts the target back without
   counting an attempt). Since the net spaces the start times of one domain by its delay
   plus the late allowance plus a safety margin, two requests at a host never start
@@ -25,23 +27,23 @@ Theory of operation:
 * **Limits.** Connect and read timeouts and a total deadline per fetch; the body is
   streamed and reading stops at ``body_max_bytes`` (``error="too_large"``); only HTML
   bodies and robots.txt are read at all (``body=""`` otherwise; the connection is
-  closed unread).
+  closed unread, unless its body had already come whole).
 * **Proxies.** A fetch with a ``proxy_url`` goes through that forward proxy; an
   unreachable proxy is ``error="proxy"``. The environment's proxy settings are ignored
   (``trust_env=False``): the net decides the proxy.
-* **One client per route** (a proxy, or none, and an origin), all sharing one SSL
-  context: httpcore scans its whole connection pool (and asks each connection whether
-  its socket is readable) twice per request, so one pool for every host a worker talks
-  to cost CPU in proportion to the hosts, a third of a fetch's CPU. A connection only
-  ever serves one origin, so nothing is shared less. The least recently used routes
-  beyond ``ROUTES_IDLE_MAX`` are closed once no request uses them.
+* **One session per route** (a proxy, or none, and an origin), each with its own
+  connection pool (at most ``CONNECTIONS_PER_ROUTE_MAX`` connections, idle ones closed
+  after ``KEEPALIVE_S``), all sharing one SSL context loaded once: a connection only
+  ever serves one origin, so nothing is shared less, and a route's pool closes as a
+  whole. The least recently used routes beyond ``ROUTES_IDLE_MAX`` are closed once no
+  request uses them.
 * **Retry-After** (RFC 9110, 10.2.3), in delay-seconds or as an HTTP date, becomes a
   wall-clock time in the result (``retry_at_ms``, 0 without one): the net, which caps
   it at ``retry_after_max_ms``, holds the host after a 429 and the URL after a 503.
 * **Errors** become results, never exceptions: ``timeout``, ``connect``, ``reset``
-  (the connection broke), ``proxy``, ``too_large``, ``invalid`` (a URL or an answer
-  the client cannot use, too many redirects), with ``status`` 0 when no HTTP answer
-  came. The net decides what to retry.
+  (the connection broke, or the answer could not be parsed), ``proxy``, ``too_large``,
+  ``invalid`` (a URL the client cannot use, a body whose content-encoding does not
+  decode), with ``status`` 0 when no HTTP answer came. The net decides what to retry.
 
 Every fetch that was sent is also reported as a :class:`FetchTiming` (when it was
 sent and answered), which the worker appends to its timing log for the crawl's
@@ -53,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import contextvars
 import email.utils
 import ssl
 import time
@@ -62,22 +65,23 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urljoin, urlsplit
 
-import httpx
+import aiohttp
+import certifi
+from aiohttp.http_exceptions import ContentEncodingError
 
 from cluster.crawler.urls import InvalidUrl, canonical_url
 
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
 ROBOTS_KIND: Final = "robots"
 TIMEOUT_S_DEFAULT: Final = 10.0
 CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
 CONNECT_AHEAD_MS: Final = 30  # begin this early: a new connection opens during the wait
-SEND_EVENT: Final = "http11.send_request_headers.started"  # httpcore: the first byte leaves
 WAIT_S_MAX: Final = 60.0  # a start time further away than this is waited for this long only
 CONNECTIONS_PER_ROUTE_MAX: Final = 256
-KEEPALIVE_PER_ROUTE_MAX: Final = 32
+KEEPALIVE_S: Final = 5.0  # an idle connection is closed after this (httpx's default)
 ROUTES_IDLE_MAX: Final = 64  # routes kept beyond those in use (least recently used go)
 TEXT_BYTES_MAX: Final = 3 * 1024 * 1024  # decoded text travels in one 4 MiB frame
-ANSWER_KEY: Final = "cpn_answer"  # the request extension that carries the fetch's state
 # A Retry-After further away is cut to this (the net's cap is far lower): the time stays
 # an integer msgpack can carry.
 RETRY_AFTER_S_MAX: Final = 86_400 * 366
@@ -148,6 +152,10 @@ class _Late(Exception):
     """Raised at the send point: the request would leave after its late limit."""
 
 
+class _BadUrl(Exception):
+    """A URL without a host or with a port out of range: the answer is ``invalid``."""
+
+
 class _Answer:
     """What one request produced, filled in as it goes."""
 
@@ -163,14 +171,12 @@ class _Answer:
         self.body = ""
         self.retry_at_ms = 0  # the answer's Retry-After as a wall-clock time, 0 if none
 
-    async def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's trace hook; at the send point: wait for the start, apply the late rule.
+    async def at_send(self) -> None:
+        """At the send point: wait for the start time, then apply the late rule.
 
-        Only the first send counts (a request is sent once: redirects are not followed).
+        Raises:
+            _Late: the clock is past ``late_at_ms``; nothing was sent.
         """
-        del info
-        if event != SEND_EVENT or self.sent_ms:
-            return
         await _wait_until(self.start_at_ms)
         now_ms = wall_ms()
         if now_ms > self.late_at_ms:
@@ -178,19 +184,40 @@ class _Answer:
         self.sent_ms = now_ms
 
 
+# The answer of the fetch in progress in this task. aiohttp builds the request object
+# itself, so the send point (_TimedRequest.send) finds the fetch's state here; each fetch
+# runs in its own task (or one after another), and sets and resets it around its request.
+_SENDING: Final[contextvars.ContextVar[_Answer | None]] = contextvars.ContextVar(
+    "cpn_fetch_sending", default=None
+)
+
+
+class _TimedRequest(aiohttp.ClientRequest):
+    """aiohttp's request, held at the send point (a connection is ready, no byte has
+    left) until the fetch's start time, and not sent at all when that is too late."""
+
+    async def send(self, conn: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        answer = _SENDING.get()
+        # A CONNECT to a proxy is built by aiohttp as a plain ClientRequest; the check
+        # keeps the hold on the request the host receives should that ever change.
+        if answer is not None and self.method != "CONNECT":
+            await answer.at_send()
+        return await super().send(conn)
+
+
 RouteKey = tuple[str, str, str, int | None]  # proxy URL, scheme, host, port
 
 
 @dataclass(slots=True)
 class _Route:
-    """The client (and so the connection pool) of one proxy, or none, to one origin."""
+    """The session (and so the connection pool) of one proxy, or none, to one origin."""
 
-    client: httpx.AsyncClient
+    session: aiohttp.ClientSession
     requests: int = 0  # in progress: a route is never closed while one is
 
 
 class Fetcher:
-    """Sends the fetches of one worker process (one httpx client per route)."""
+    """Sends the fetches of one worker process (one aiohttp session per route)."""
 
     def __init__(self, settings: FetchSettings) -> None:
         self.settings = settings
@@ -198,18 +225,18 @@ class Fetcher:
         self._routes: OrderedDict[RouteKey, _Route] = OrderedDict()  # least recent first
 
     def _route(self, proxy_url: str, url: str) -> _Route:
-        """The route of ``url`` through ``proxy_url``.
+        """The route of ``url`` through ``proxy_url`` (made in the running event loop).
 
         Raises:
-            httpx.InvalidURL: ``url`` has no host or a port out of range.
+            _BadUrl: ``url`` has no host or a port out of range.
         """
         parts = urlsplit(url)
         try:
             port = parts.port
         except ValueError as exc:
-            raise httpx.InvalidURL(f"{url!r}: {exc}") from None
+            raise _BadUrl(f"{url!r}: {exc}") from None
         if not parts.hostname:
-            raise httpx.InvalidURL(f"{url!r} has no host")
+            raise _BadUrl(f"{url!r} has no host")
         key = (proxy_url, parts.scheme, parts.hostname, port)
         route = self._routes.get(key)
         if route is not None:
@@ -217,21 +244,30 @@ class Fetcher:
             return route
         if self._ssl_context is None:
             # Loading the CA certificates takes tens of milliseconds: once per process.
-            self._ssl_context = httpx.create_ssl_context(trust_env=False)
+            # certifi's bundle (it comes with httpx) as before, not the system's.
+            self._ssl_context = ssl.create_default_context(cafile=certifi.where())
         s = self.settings
-        client = httpx.AsyncClient(
-            proxy=proxy_url or None,
-            verify=self._ssl_context,
-            follow_redirects=False,
-            timeout=httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=CONNECTIONS_PER_ROUTE_MAX,
-                max_keepalive_connections=KEEPALIVE_PER_ROUTE_MAX,
+        connector = aiohttp.TCPConnector(
+            limit=CONNECTIONS_PER_ROUTE_MAX,
+            limit_per_host=CONNECTIONS_PER_ROUTE_MAX,
+            ssl=self._ssl_context,
+            keepalive_timeout=KEEPALIVE_S,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            # `connect` bounds the wait for a pooled connection and the connect together,
+            # as httpx's pool timeout did; `sock_connect` the connect alone.
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=s.timeout_s,
+                sock_connect=s.connect_timeout_s,
+                sock_read=s.timeout_s,
             ),
             headers={"User-Agent": s.user_agent},
+            request_class=_TimedRequest,
             trust_env=False,
         )
-        route = self._routes[key] = _Route(client)
+        route = self._routes[key] = _Route(session)
         return route
 
     async def _close_idle_routes(self) -> None:
@@ -244,25 +280,31 @@ class Fetcher:
         idle = [key for key, route in self._routes.items() if not route.requests][:surplus]
         closing = [self._routes.pop(key) for key in idle]
         for route in closing:
-            await route.client.aclose()
+            await route.session.close()
 
     def prepare(self, proxy_urls: Sequence[str]) -> None:
         """Check the proxy URLs and load the SSL context now (not on the first request).
 
+        Call it in the event loop the fetches run in.
+
         Raises:
-            ValueError: a proxy URL httpx cannot use (from httpx).
+            ValueError: a proxy URL that is not ``http://`` or ``https://`` with a host
+                and a valid port.
         """
         for proxy_url in proxy_urls:
-            httpx.Proxy(proxy_url)
+            parts = urlsplit(proxy_url)
+            if parts.scheme not in {"http", "https"} or not parts.hostname:
+                raise ValueError(f"proxy URL {proxy_url!r}: expected http://HOST:PORT")
+            _ = parts.port  # raises ValueError for a port out of range
         self._route("", "http://127.0.0.1/")
 
     async def warm_up(self) -> None:
         """One request to a throw-away server on 127.0.0.1, before any real fetch.
 
-        A process's first request pays for lazy set-up (imports, the resolver's thread
-        pool, the first connection), tens of milliseconds between the moment the late
-        rule checks the clock and the moment the request leaves; a real request must
-        not: its host would see it late, closer to the next one than planned.
+        A process's first request pays for lazy set-up (imports, the first connection),
+        milliseconds between the moment the late rule checks the clock and the moment the
+        request leaves; a real request must not: its host would see it late, closer to
+        the next one than planned.
         """
 
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -285,7 +327,7 @@ class Fetcher:
         routes = list(self._routes.values())
         self._routes.clear()
         for route in routes:
-            await route.client.aclose()
+            await route.session.close()
 
     async def fetch(self, job: Sequence[Any]) -> FetchOutcome:
         """Do the fetch of a ``Fetch`` token (fields in the net's colour-set order).
@@ -319,53 +361,61 @@ class Fetcher:
 
     async def _get(self, url: str, kind: str, proxy_url: str, answer: _Answer) -> None:
         route: _Route | None = None
+        sending = _SENDING.set(answer)
         try:
             route = self._route(proxy_url, url)
             route.requests += 1
-            extensions = {ANSWER_KEY: answer, "trace": answer.trace}
-            async with route.client.stream("GET", url, extensions=extensions) as response:
+            async with route.session.get(
+                url, proxy=proxy_url or None, allow_redirects=False
+            ) as response:
                 answer.answered_ms = wall_ms()
-                answer.status = response.status_code
+                answer.status = response.status
                 answer.final_url = _final_url(response, url)
                 answer.retry_at_ms = retry_at_ms(
-                    response.headers.get("retry-after"), answer.answered_ms
+                    response.headers.get("Retry-After"), answer.answered_ms
                 )
-                media = response.headers.get("content-type", "").split(";")[0]
+                media = response.headers.get("Content-Type", "").split(";")[0]
                 answer.content_type = media.strip().lower()
                 wanted = kind == ROBOTS_KIND or answer.content_type in HTML_TYPES
-                if 200 <= response.status_code < 300 and wanted:
+                if 200 <= response.status < 300 and wanted:
                     await self._read_body(response, answer)
-        except httpx.TimeoutException:
+        # The order matters: aiohttp's timeouts are also connection errors, and a proxy
+        # that cannot be reached is also a connector error.
+        except (_BadUrl, aiohttp.InvalidURL, aiohttp.TooManyRedirects):
+            answer.error = "invalid"
+        except TimeoutError:
             answer.error = "timeout"
-        except httpx.ProxyError:
+        except (aiohttp.ClientHttpProxyError, aiohttp.ClientProxyConnectionError):
             answer.error = "proxy"
-        except httpx.ConnectError:
+        except aiohttp.ClientConnectorError:
             answer.error = "proxy" if proxy_url else "connect"
-        except (httpx.TooManyRedirects, httpx.InvalidURL, httpx.UnsupportedProtocol):
-            answer.error = "invalid"
-        except httpx.DecodingError:
-            answer.error = "invalid"
-        except (httpx.TransportError, httpx.StreamError):
+        except aiohttp.ClientPayloadError as exc:
+            # A body that does not decode (gzip, deflate, br) is the page's fault; one cut
+            # short is the connection's.
+            bad_encoding = isinstance(exc.__cause__, ContentEncodingError)
+            answer.error = "invalid" if bad_encoding else "reset"
+        except aiohttp.ClientError:
             answer.error = "reset"  # read/write errors, a connection closed mid-answer
         except OSError:
             answer.error = "connect"
         finally:
+            _SENDING.reset(sending)
             if route is not None:
                 route.requests -= 1
         if answer.error and answer.error != "too_large":
             answer.body = ""
 
-    async def _read_body(self, response: httpx.Response, answer: _Answer) -> None:
+    async def _read_body(self, response: aiohttp.ClientResponse, answer: _Answer) -> None:
         limit = self.settings.body_max_bytes
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.content.iter_any():
             size += len(chunk)
             if size > limit:
                 answer.error = "too_large"  # stop reading: the rest is never downloaded
                 return
             chunks.append(chunk)
-        text = _decode(b"".join(chunks), response.charset_encoding)
+        text = _decode(b"".join(chunks), response.charset)
         if len(text) > TEXT_BYTES_MAX // 4 and len(text.encode()) > TEXT_BYTES_MAX:
             answer.error = "too_large"
             return
@@ -385,11 +435,12 @@ async def _wait_until(start_at_ms: int) -> None:
         await asyncio.sleep(min(remaining_ns / 1e9, WAIT_S_MAX))
 
 
-def _final_url(response: httpx.Response, url: str) -> str:
+def _final_url(response: aiohttp.ClientResponse, url: str) -> str:
     """Where the answer came from, or for a redirect where it points (canonical)."""
     target = str(response.url)
-    if response.is_redirect:
-        target = urljoin(target, response.headers.get("location", ""))
+    location = response.headers.get("Location")
+    if response.status in REDIRECT_STATUSES and location is not None:
+        target = urljoin(target, location)
     try:
         return canonical_url(target)
     except InvalidUrl:

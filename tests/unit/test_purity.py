@@ -27,6 +27,7 @@ from os import environ
 from time import time as now_s
 from typing import Any, NamedTuple
 
+import aiohttp
 import pytest
 
 import nets.classic_nets
@@ -88,6 +89,10 @@ def network_guard(x: Item) -> bool:
     return urllib.request.urlopen(x.key) is not None
 
 
+def aiohttp_guard(x: Item) -> bool:
+    return aiohttp.request("GET", x.key) is not None
+
+
 def subprocess_guard(x: Item) -> bool:
     return subprocess.run(["true"], check=False).returncode == 0
 
@@ -119,6 +124,7 @@ def global_guard(x: Item) -> bool:
         (random_guard, "random"),
         (io_guard, "io"),
         (network_guard, "network"),
+        (aiohttp_guard, "network"),
         (subprocess_guard, "subprocess"),
         (environment_guard, "environment"),
         (mutating_guard, "global-mutation"),
