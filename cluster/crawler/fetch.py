@@ -21,6 +21,10 @@ Theory of operation:
   lease taken late): lateness becomes a retry, never a violation. The result also
   says when the answer arrived (``answered_ms``): the net starts the domain's next
   request no sooner than one delay after it, which keeps the gap at the server too.
+* **Sent once.** A request is sent at most once per fetch: aiohttp would send a GET
+  again when a kept-alive connection breaks under it, but the host may have seen the
+  first (``error="reset"``, the net decides). Politeness counts every request a host
+  receives.
 * **Redirects are not followed**: a 3xx answer reports where it points in
   ``final_url`` and the net admits that URL as a discovered link, so every request a
   host receives is one the net planned.
@@ -152,6 +156,11 @@ class _Late(Exception):
     """Raised at the send point: the request would leave after its late limit."""
 
 
+class _Resent(Exception):
+    """Raised at a second send point of one fetch: aiohttp retries a GET once when a
+    kept-alive connection broke under it, but the host may have seen the first one."""
+
+
 class _BadUrl(Exception):
     """A URL without a host or with a port out of range: the answer is ``invalid``."""
 
@@ -176,7 +185,10 @@ class _Answer:
 
         Raises:
             _Late: the clock is past ``late_at_ms``; nothing was sent.
+            _Resent: this fetch's request was sent already; it is not sent again.
         """
+        if self.sent_ms:
+            raise _Resent
         await _wait_until(self.start_at_ms)
         now_ms = wall_ms()
         if now_ms > self.late_at_ms:
@@ -394,7 +406,7 @@ class Fetcher:
             # short is the connection's.
             bad_encoding = isinstance(exc.__cause__, ContentEncodingError)
             answer.error = "invalid" if bad_encoding else "reset"
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, _Resent):
             answer.error = "reset"  # read/write errors, a connection closed mid-answer
         except OSError:
             answer.error = "connect"
