@@ -22,7 +22,7 @@ from cluster.commands.terminate import sigterm_unwinds
 from nets.scraper import SCOPES
 from router.table import SHARDS_MAX
 
-# The crawl modules (httpx, the mock web) are imported inside the commands that use them:
+# The crawl modules (aiohttp, the mock web) are imported inside the commands that use them:
 # every `cpn` process, shards and routers included, imports this module, and a shard
 # restarted after a crash should not pay for an HTTP client it never uses.
 

@@ -116,7 +116,7 @@ def fetch_worker(
     timings: Path | None,
     counts: CrawlCounts | None = None,
 ) -> WorkerSpec:
-    """The fetch worker: one Fetcher (an httpx client per route) for the process;
+    """The fetch worker: one Fetcher (an aiohttp session per route) for the process;
     ``counts`` counts its fetches (cluster/crawler/metrics.py)."""
     state: dict[str, Any] = {}
     deadline_ms = int(settings.timeout_s * 2 * 1000)  # see Fetcher.fetch
