@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -38,21 +39,24 @@ class HttpxFetcher(Fetcher):
     def __init__(self, settings: FetchSettings) -> None:
         super().__init__(settings)
         self._clients: dict[tuple[str, str, str, int | None], httpx.AsyncClient] = {}
+        # One SSL context for every client, as before: each would load the CA bundle.
+        self._httpx_ssl_context = httpx.create_ssl_context(trust_env=False)
 
     def prepare(self, proxy_urls: Sequence[str]) -> None:
         for proxy_url in proxy_urls:
             httpx.Proxy(proxy_url)
 
     def _client(self, proxy_url: str, url: str) -> httpx.AsyncClient:
-        parts = httpx.URL(url)
-        if not parts.host:
+        parts = urlsplit(url)
+        if not parts.hostname:
             raise httpx.InvalidURL(f"{url!r} has no host")
-        key = (proxy_url, parts.scheme, parts.host, parts.port)
+        key = (proxy_url, parts.scheme, parts.hostname, parts.port)
         client = self._clients.get(key)
         if client is None:
             s = self.settings
             client = self._clients[key] = httpx.AsyncClient(
                 proxy=proxy_url or None,
+                verify=self._httpx_ssl_context,
                 follow_redirects=False,
                 timeout=httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s),
                 limits=httpx.Limits(
