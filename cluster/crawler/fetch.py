@@ -85,6 +85,9 @@ WAIT_S_MAX: Final = 60.0  # a start time further away than this is waited for th
 CONNECTIONS_PER_ROUTE_MAX: Final = 256
 KEEPALIVE_S: Final = 5.0  # an idle connection is closed after this (httpx's default)
 ROUTES_IDLE_MAX: Final = 64  # routes kept beyond those in use (least recently used go)
+# A header line longer is an answer the fetcher cannot use (``reset``): h11, under httpx
+# before, took heads up to 16 KiB; aiohttp's default is 8 KiB a line.
+HEADER_LINE_BYTES_MAX: Final = 16 * 1024
 TEXT_BYTES_MAX: Final = 3 * 1024 * 1024  # decoded text travels in one 4 MiB frame
 # A Retry-After further away is cut to this (the net's cap is far lower): the time stays
 # an integer msgpack can carry.
@@ -278,6 +281,8 @@ class Fetcher:
             headers={"User-Agent": s.user_agent},
             request_class=_TimedRequest,
             trust_env=False,
+            max_line_size=HEADER_LINE_BYTES_MAX,
+            max_field_size=HEADER_LINE_BYTES_MAX,
         )
         route = self._routes[key] = _Route(session)
         return route

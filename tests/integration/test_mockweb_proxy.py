@@ -9,6 +9,7 @@ process exiting), never a bare sleep.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -21,9 +22,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from cluster.crawler.fetch import ROBOTS_KIND, Fetcher, FetchSettings, wall_ms
 from cluster.mock_web.proxy import (
     PROXIES_FILE,
     PROXY_REQUESTS_FILE,
@@ -146,13 +147,26 @@ def test_keep_alive_503_headers_and_head_are_relayed(web: MockWeb, proxies: Mock
     assert [r.method for r in records] == ["GET", "GET", "HEAD", "GET"]
 
 
-def test_the_httpx_client_used_by_the_workers_goes_through_a_proxy(
+def _fetch_via(proxy_url: str, url: str) -> tuple[object, ...]:
+    """The ``Fetched`` fields of one robots.txt fetch by the workers' Fetcher."""
+
+    async def fetch() -> tuple[object, ...]:
+        fetcher = Fetcher(FetchSettings(timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S))
+        try:
+            fetcher.prepare([proxy_url])
+            job = ("d", url, ROBOTS_KIND, 0, 0, "p0", proxy_url, wall_ms(), 1_000)
+            return (await fetcher.fetch(job)).fetched
+        finally:
+            await fetcher.aclose()
+
+    return asyncio.run(asyncio.wait_for(fetch(), TIMEOUT_S * 4))
+
+
+def test_the_fetcher_used_by_the_workers_goes_through_a_proxy(
     web: MockWeb, proxies: MockProxies
 ) -> None:
-    ref = PageRef(1, "/robots.txt")
-    with httpx.Client(proxy=proxies.urls[0], timeout=TIMEOUT_S, trust_env=False) as client:
-        answer = client.get(web.url(ref))
-    assert answer.status_code == 200 and answer.text == web.site.robots_txt(1)
+    fetched = _fetch_via(proxies.urls[0], web.url(PageRef(1, "/robots.txt")))
+    assert (fetched[4], fetched[5], fetched[8]) == (200, "", web.site.robots_txt(1))
     assert proxies.wait_requests(1, timeout_s=TIMEOUT_S)
     assert [(r.proxy, r.target) for r in proxies.requests()] == [("proxy-0", web.netlocs[1])]
 
@@ -209,11 +223,7 @@ def test_an_unreachable_proxy_refuses_connections(proxies: MockProxies) -> None:
     address, port = url.removeprefix("http://").rsplit(":", 1)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((address, int(port)), timeout=TIMEOUT_S).close()
-    with (
-        httpx.Client(proxy=url, timeout=TIMEOUT_S, trust_env=False) as client,
-        pytest.raises(httpx.ConnectError),
-    ):
-        client.get("http://127.0.1.1:1/")
+    assert _fetch_via(url, "http://127.0.1.1:1/robots.txt")[4:6] == (0, "proxy")
 
 
 def test_a_long_body_is_streamed_and_the_client_may_hang_up(
