@@ -400,19 +400,20 @@ class ShardCore:
         batch's key. An entry produced and consumed in the batch leaves the delta at
         once; a consumed stored entry ends at -1, a removal. The firings per
         transition are counted apart (_count_firings), from the engine's counters.
+        Hashing an entry (a tuple holding a token tuple: about 0.1-0.15 us on this
+        machine) is most of the cost, so each look-up counts.
         """
         marking = self.batch.marking
         get, pop = marking.get, marking.pop  # dict's own (Counter's __delitem__ is Python)
         for step in steps:
             for entry in step[3]:  # consumed (Step is a NamedTuple: indexing is cheaper)
-                left = get(entry, 0) - 1
+                # Popped first: most consumed entries were produced once in this batch
+                # and are gone again with this one look-up (get then pop took two).
+                # Dropped rather than kept at 0, so that the entry dies now instead of
+                # living to the commit (the garbage collector walks what lives).
+                left = pop(entry, 0) - 1
                 if left:
                     marking[entry] = left
-                else:
-                    # Produced in this batch: gone again. Dropped rather than kept at
-                    # 0, so that the entry dies now instead of living to the commit
-                    # (the garbage collector walks what lives: a batch of thousands).
-                    pop(entry)
             for entry in step[4]:  # produced
                 marking[entry] = get(entry, 0) + 1
         if self._lease_expiries:  # a net with work queues

@@ -184,7 +184,8 @@ def serve(config: ShardConfig) -> None:
             waiting = _requests_waiting(socket, held, peers, core, answering=bool(replies))
             fired = core.fire(runtime.clock.now_ms(), BatchTimer(waiting))
             replies += core.answer_parked(runtime.clock.now_ms())
-            if not runtime.commit():
+            # A batch that answers nothing also folds the long log's slice (one fsync).
+            if not runtime.commit(fold=not replies):
                 replies = [
                     (peer, Error("store_unavailable", runtime.read_only_reason or ""), mid)
                     if not isinstance(reply, Error) and writes(reply)

@@ -316,14 +316,17 @@ class Store:
 
     # -- committing ---------------------------------------------------------------------
 
-    def commit(self, batch: Batch, *, initialised: bool = False) -> None:
+    def commit(self, batch: Batch, *, initialised: bool = False, fold_entries_max: int = 0) -> None:
         """Write ``batch`` in one transaction (nothing if it fails).
 
         The marking delta and the handoff runs applied go into the log, in records of
         at most ``LOG_RECORD_ENTRIES_MAX`` entries (the initial marking, and a batch
         larger than ``LOG_BATCH_ENTRIES_MAX`` entries or ``LOG_BATCH_BYTES_MAX`` bytes,
         write their additions to the marking table and log only their removals); the
-        rest (counts, clients, outbox, clock) as before.
+        rest (counts, clients, outbox, clock) as before. With ``fold_entries_max``, the
+        same transaction first folds the oldest records as :meth:`catch_up` would (at
+        least one, about that many entries): a busy shard's slice then costs no
+        transaction (an fsync) of its own.
 
         Raises:
             StoreError: the write failed (e.g. the disk is full) or the batch holds a
@@ -337,15 +340,17 @@ class Store:
             folded = written = 0
             if logged.direct:
                 written += self._batch_log.write_additions(txn, batch)
+            # The loop fell behind (over LOG_ENTRIES_MAX): fold the oldest records here,
+            # so the log (and recovery's replay) stays within its bound; or the shell
+            # asked for its slice here. Before the batch's records: they stay logged.
+            overflow = log_entries + logged.entries - LOG_ENTRIES_MAX if logged.records else 0
+            if log_records and max(overflow, fold_entries_max) > 0:
+                gone, folded, written_now = self._batch_log.catch_up(
+                    txn, max(overflow, fold_entries_max)
+                )
+                written += written_now
+                log_entries, log_records = log_entries - folded, log_records - gone
             if logged.records:
-                if log_entries + logged.entries > LOG_ENTRIES_MAX:
-                    # The loop fell behind: fold the oldest records here, so the log
-                    # (and recovery's replay) stays within its bound.
-                    gone, folded, written_now = self._batch_log.catch_up(
-                        txn, log_entries + logged.entries - LOG_ENTRIES_MAX
-                    )
-                    written += written_now
-                    log_entries, log_records = log_entries - folded, log_records - gone
                 for value in logged.records:
                     txn.put(log_next.to_bytes(8, "big"), value, db=self._db.log, append=True)
                     log_next += 1

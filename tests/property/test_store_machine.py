@@ -528,10 +528,15 @@ class StoreMachine(RuleBasedStateMachine):
         loaded = core.deferred.step(core.engine, self.clock.now_ms(), entries_max)
         event(f"deferred load: {min(loaded, 2)} or more entries in a step")
 
-    @rule()
-    def commit(self) -> None:
+    @rule(fold=st.booleans())
+    def commit(self, fold: bool) -> None:
+        """Commit the batch; with ``fold`` (a batch that answers nothing, in the loop),
+        the log's oldest records are folded in the same transaction when it is long."""
         assert self.shard is not None
-        assert self.shard.commit(), self.shard.read_only_reason
+        folds_before = self.shard.store.statistics().catch_ups
+        assert self.shard.commit(fold=fold), self.shard.read_only_reason
+        if self.shard.store.statistics().catch_ups > folds_before:
+            event("commit: folded the log's oldest records in its transaction")
         if self.pending:
             self._snapshot()
         self.pending = False
@@ -629,6 +634,8 @@ def test_store_agrees_with_the_in_memory_engine(
 ) -> None:
     monkeypatch.setattr(shard.shell.runtime, "SystemClock", _VirtualSystemClock)
     monkeypatch.setattr(StoreMachine, "base_dir", tmp_path, raising=False)
+    # A log this long is "long" (ShardRuntime.commit(fold=True) folds in the commit).
+    monkeypatch.setattr(shard.shell.runtime, "LOG_ENTRIES_KEPT", 2)
     try:
         run_state_machine_as_test(StoreMachine, settings=_SETTINGS)
     finally:

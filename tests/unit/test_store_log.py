@@ -183,6 +183,28 @@ def test_the_log_never_passes_its_bound(store: Store, monkeypatch: Any) -> None:
     _check(store, marking)
 
 
+def test_a_commit_folds_the_oldest_records_in_its_own_transaction(store: Store) -> None:
+    # The busy shard's slice (ShardRuntime.commit(fold=True)): the oldest records go to
+    # the table before the batch's own record is appended, in one transaction.
+    marking: Marking = Counter()
+    _commit(store, marking, 1, work_1=1, done_2=1)
+    _commit(store, marking, 2, work_1=-1, bag_3=1)
+    assert (store.log_records, store.log_entries) == (2, 4)
+    batch = Batch(clock_ms=3)
+    for entry, n in ((("done", 2, Item("k2", 2)), -1), (("work", 4, Item("k4", 4)), 1)):
+        batch.marking[entry] += n
+        marking[entry] += n
+    store.commit(batch, fold_entries_max=1)  # at least one record: the oldest
+    assert (store.log_records, store.log_entries) == (2, 4)
+    assert store.statistics().catch_ups == 1
+    _check(store, marking)
+    batch = Batch(clock_ms=4, marking=Counter({("bag", 5, Item("k5", 5)): 1}))
+    marking[("bag", 5, Item("k5", 5))] += 1
+    store.commit(batch, fold_entries_max=1 << 20)  # all of the log before this batch
+    assert (store.log_records, store.log_entries) == (1, 1)
+    _check(store, marking)
+
+
 def test_a_batch_is_cut_into_records_of_bounded_entries(store: Store, monkeypatch: Any) -> None:
     # One record is one msgpack call when written and when folded: it stays small so
     # that no single call holds the GIL long (the metrics thread waits for it).
