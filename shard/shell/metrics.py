@@ -1,7 +1,7 @@
 """A shard's Prometheus metrics, read from what its core already counts (SHELL).
 
-Once per batch, after the commit, the loop asks the runtime for a
-:class:`shard.reading.ShardReading` (the core's :class:`~shard.reading.CoreReading`:
+At most every ``METRICS_SAMPLE_MS`` (:mod:`shard.shell.serve`), after a commit, the
+loop asks the runtime for a :class:`shard.reading.ShardReading` (the core's :class:`~shard.reading.CoreReading`:
 firings, token counts, counters, outbox, leases; plus the shell's commit figures) and
 :meth:`ShardMetrics.after_batch` swaps in a frozen :class:`ShardSample` made from it.
 Neither walks a marking or sorts anything: its cost is proportional to the net's size (places,
@@ -9,8 +9,8 @@ transitions, queues), not to its tokens, plus one bucket look-up per distinct ha
 time. ``/metrics`` renders the current sample on the HTTP server's thread
 (:mod:`router.shell.metrics`; docs/observability.md lists the names).
 
-Token high-water marks are as seen at commits: tokens produced and consumed within
-one batch never reach a commit, so they are not seen here either.
+Token high-water marks are as seen at samples: tokens produced and consumed between
+two samples are not seen here.
 """
 
 from __future__ import annotations
