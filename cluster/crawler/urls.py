@@ -19,11 +19,15 @@ Theory of operation (built on :mod:`urllib.parse`, never on string hacks):
 from __future__ import annotations
 
 import posixpath
+from functools import lru_cache
 from typing import Final
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 SCHEMES: Final = {"http": 80, "https": 443}
 URL_CHARS_MAX: Final = 2_048  # longer URLs are refused (servers and LMDB keys have limits)
+# Links resolved lately, by (base, href): most links of a site's pages are to the same
+# pages (a menu, a sibling), and a fetch worker resolves every link of every page.
+RESOLVED_CACHED_MAX: Final = 8_192
 
 
 class InvalidUrl(ValueError):
@@ -87,6 +91,18 @@ def resolve_link(base: str, href: str) -> str | None:
     href = href.strip()
     if not href or href.startswith("#"):
         return None
+    if href.startswith("/") and not href.startswith("//"):
+        # A root-relative link reads only the base's scheme and host: resolved against
+        # them, it is the same look-up from every page of the site.
+        scheme_end = base.find("://")
+        path_start = base.find("/", scheme_end + 3) if scheme_end > 0 else -1
+        if path_start > 0:
+            base = base[: path_start + 1]
+    return _resolved(base, href)
+
+
+@lru_cache(maxsize=RESOLVED_CACHED_MAX)
+def _resolved(base: str, href: str) -> str | None:
     try:
         return canonical_url(urljoin(base, href))
     except (InvalidUrl, ValueError):

@@ -295,7 +295,13 @@ class Runner:
             for index in range(len(leased.entries))
         ]
         pending = set(range(len(leased.entries)))  # not completed yet
-        heartbeat = asyncio.create_task(self._heartbeat(lane, leased, contexts))
+        # The heartbeat is a task only once the lease has run a third of its length: most
+        # calls end sooner, and a timer costs a lease less than a task started and cancelled.
+        beats: list[asyncio.Task[None]] = []
+        heartbeat = asyncio.get_running_loop().call_later(
+            self.lease_ms / HEARTBEATS_PER_LEASE / 1000,
+            lambda: beats.append(asyncio.create_task(self._heartbeat(lane, leased, contexts))),
+        )
         try:
             tokens = [self.shape.token(fields) for _time_ms, fields in leased.entries]
             for context, token in zip(contexts, tokens, strict=True):
@@ -310,6 +316,9 @@ class Runner:
                     self._one(lane, leased, index, token, contexts[index], pending, joining)
                     for index, token in enumerate(tokens)
                 ]
+                if len(calls) == 1:  # on this lease's task: no task of its own to start
+                    await calls[0]
+                    return
                 # Every token's call ends before the lease's slot is given back, even
                 # when another token's fails; the first failure is then reported below.
                 failures = [
@@ -332,7 +341,9 @@ class Runner:
             log.exception("shard %d lease %s failed", lane.shard_id, leased.lease_id)
         finally:
             heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            for beat in beats:
+                beat.cancel()
+            await asyncio.gather(*beats, return_exceptions=True)
             self._expiry.pop(leased.lease_id, None)
             slots.release()
 
@@ -441,7 +452,9 @@ class Runner:
 
     async def _call(self, token: tuple[Any, ...], context: LeaseContext) -> Any:
         if self.spec.is_async:
-            enter(context)  # this task's context (gather gave each call a task of its own)
+            # This task's context: a lease's only call runs on the lease's task, and gather
+            # gives each call of a lease of several a task of its own.
+            enter(context)
             return await self.spec.function(token)
         return await self._on_thread(context, token)
 
@@ -484,25 +497,32 @@ class Runner:
     async def _heartbeat(
         self, lane: ShardLane, leased: Leased, contexts: Sequence[LeaseContext]
     ) -> None:
+        """Renew now (a third of the lease has run), then every third of its length."""
         interval_s = self.lease_ms / HEARTBEATS_PER_LEASE / 1000
-        while True:
+        while await self._renew(lane, leased, contexts):
             await asyncio.sleep(interval_s)
-            progress = next((c.progress_text for c in contexts if c.progress_text), "")
-            try:
-                expires = await lane.renew(leased.lease_id, self.lease_ms, progress)
-            except ShardError as exc:
-                if exc.code == "lease_expired":
-                    self.counters["renew_expired"] += 1
-                    return
-                log.info("shard %d: renewal refused (%s)", lane.shard_id, exc)
-                continue
-            except CpnError as exc:
-                log.info("shard %d: renewal failed, retrying (%s)", lane.shard_id, exc)
-                continue
-            self.counters["renewed"] += 1
-            self._expiry[leased.lease_id] = expires
-            for context in contexts:
-                context.expires_at_ms = expires
+
+    async def _renew(
+        self, lane: ShardLane, leased: Leased, contexts: Sequence[LeaseContext]
+    ) -> bool:
+        """One heartbeat; False once the lease is known to have expired."""
+        progress = next((c.progress_text for c in contexts if c.progress_text), "")
+        try:
+            expires = await lane.renew(leased.lease_id, self.lease_ms, progress)
+        except ShardError as exc:
+            if exc.code == "lease_expired":
+                self.counters["renew_expired"] += 1
+                return False
+            log.info("shard %d: renewal refused (%s)", lane.shard_id, exc)
+            return True
+        except CpnError as exc:
+            log.info("shard %d: renewal failed, retrying (%s)", lane.shard_id, exc)
+            return True
+        self.counters["renewed"] += 1
+        self._expiry[leased.lease_id] = expires
+        for context in contexts:
+            context.expires_at_ms = expires
+        return True
 
     async def _complete(
         self, lane: ShardLane, leased: Leased, results: Results, indexes: tuple[int, ...]
