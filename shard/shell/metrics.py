@@ -1,8 +1,9 @@
 """A shard's Prometheus metrics, read from what its core already counts (SHELL).
 
 At most every ``METRICS_SAMPLE_MS`` (:mod:`shard.shell.serve`), after a commit, the
-loop asks the runtime for a :class:`shard.reading.ShardReading` (the core's :class:`~shard.reading.CoreReading`:
-firings, token counts, counters, outbox, leases; plus the shell's commit figures) and
+loop asks the runtime for a :class:`shard.reading.ShardReading` (the core's
+:class:`~shard.reading.CoreReading`: firings, token counts, counters, outbox, leases;
+plus the shell's commit figures) and
 :meth:`ShardMetrics.after_batch` swaps in a frozen :class:`ShardSample` made from it.
 Neither walks a marking or sorts anything: its cost is proportional to the net's size (places,
 transitions, queues), not to its tokens, plus one bucket look-up per distinct handoff
