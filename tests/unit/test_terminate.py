@@ -35,28 +35,26 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_sigterm_runs_the_finally_blocks_and_exits_143() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert done.returncode == EXIT_TERMINATED == 143, done.stderr
-    assert done.stdout.split("\n")[:2] == ["cleaned up", "restored True"]
-
-
-def test_without_sigterm_the_body_runs_through() -> None:
-    script = (
-        "from cluster.commands.terminate import sigterm_unwinds\n"
-        "with sigterm_unwinds():\n    print('ran')\n"
-    )
-    done = subprocess.run(
+def _run(script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter (its own main thread and signal handlers)."""
+    return subprocess.run(
         [sys.executable, "-c", script],
         check=False,
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
+    )
+
+
+def test_sigterm_runs_the_finally_blocks_and_exits_143() -> None:
+    done = _run(SCRIPT)
+    assert done.returncode == EXIT_TERMINATED == 143, done.stderr
+    assert done.stdout.split("\n")[:2] == ["cleaned up", "restored True"]
+
+
+def test_without_sigterm_the_body_runs_through() -> None:
+    done = _run(
+        "from cluster.commands.terminate import sigterm_unwinds\n"
+        "with sigterm_unwinds():\n    print('ran')\n"
     )
     assert (done.returncode, done.stdout) == (0, "ran\n"), done.stderr
