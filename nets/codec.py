@@ -87,6 +87,13 @@ def share_key(fields: tuple[Any, ...], key_index: int | None) -> tuple[Any, ...]
     return (*fields[:key_index], sys.intern(value), *fields[key_index + 1 :])
 
 
+def share_keys(rows: list[tuple[Any, ...]], key_index: int) -> list[tuple[Any, ...]]:
+    """:func:`share_key` over ``rows`` whose field ``key_index`` is a ``str`` in every
+    row (a run checked column by column): one comprehension, no call per row."""
+    k, intern = key_index, sys.intern
+    return [(*f[:k], intern(f[k]), *f[k + 1 :]) for f in rows]
+
+
 def token_from_fields(
     colour: ColourSet, fields: object, *, where: str, key_index: int | None = None
 ) -> tuple[Any, ...]:

@@ -419,8 +419,6 @@ class Fetcher:
             _SENDING.reset(sending)
             if route is not None:
                 route.requests -= 1
-        if answer.error and answer.error != "too_large":
-            answer.body = ""
 
     async def _read_body(self, response: aiohttp.ClientResponse, answer: _Answer) -> None:
         limit = self.settings.body_max_bytes

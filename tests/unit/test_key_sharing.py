@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import msgpack
 
-from nets.codec import pack, share_key, token_from_fields, unpack
+from nets.codec import pack, share_key, share_keys, token_from_fields, unpack
 from nets.model import Place
 from router.wire import Put, decode, encode
 from shard.batch import Recovered
@@ -37,6 +37,9 @@ def test_share_key_interns_the_key_field_only() -> None:
     assert shared_a[1] is not shared_b[1]  # only the key is interned
     assert share_key(a, None) is a  # type: ignore[arg-type]
     assert share_key((7, "x"), 0) == (7, "x")  # an int key is left alone
+    rows = [_decoded(("queue-" + "y", f"job-{i}", i)) for i in range(3)]
+    shared = share_keys(rows, 0)  # type: ignore[arg-type]
+    assert shared == rows and shared[0][0] is shared[1][0] is shared[2][0]
 
 
 def test_token_from_fields_shares_the_key_and_still_checks_the_colour() -> None:
