@@ -5,7 +5,9 @@ At each point of the sweep (:data:`POINTS`, or :data:`QUICK_POINTS`) a fresh moc
 process serves the site twice in turn, once for each crawler (its failure counters start
 anew), and each crawler runs as its own process from the command line a user would type:
 ``python -m cluster.cli crawl SEEDS ...`` and ``python -m bench.crawl_scrapy ...``
-(:mod:`bench.crawl_scrapy`). Everything is measured from the outside:
+(:mod:`bench.crawl_scrapy`), then the same with ``--polite`` (the fair peer: Crawl-delay,
+the answer anchor and ``Retry-After`` kept; its keys come last in the JSON line).
+Everything is measured from the outside:
 
 * **span**: from the first request the mock web received to the later of the last
   answer and the output file's last write; over the point's **bound**, the larger of the
