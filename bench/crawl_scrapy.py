@@ -132,16 +132,15 @@ class RetryAfterMiddleware(RetryMiddleware):  # type: ignore[misc, unused-ignore
     too, so no request to that host starts before the time either.
     """
 
-    def __init__(self, settings: Any) -> None:
-        super().__init__(settings)
+    def __init__(self, crawler: Any) -> None:
+        super().__init__(crawler.settings)
+        self.crawler = crawler
         self.waiting = 0
+        crawler.signals.connect(self.spider_idle, signal=signals.spider_idle)
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> RetryAfterMiddleware:
-        middleware = cls(crawler.settings)
-        middleware.crawler = crawler
-        crawler.signals.connect(middleware.spider_idle, signal=signals.spider_idle)
-        return middleware
+        return cls(crawler)
 
     def spider_idle(self) -> None:
         if self.waiting:
