@@ -5,7 +5,9 @@ At each point of the sweep (:data:`POINTS`, or :data:`QUICK_POINTS`) a fresh moc
 process serves the site twice in turn, once for each crawler (its failure counters start
 anew), and each crawler runs as its own process from the command line a user would type:
 ``python -m cluster.cli crawl SEEDS ...`` and ``python -m bench.crawl_scrapy ...``
-(:mod:`bench.crawl_scrapy`). Everything is measured from the outside:
+(:mod:`bench.crawl_scrapy`), then the same with ``--polite`` (the fair peer: Crawl-delay,
+the answer anchor and ``Retry-After`` kept; its keys come last in the JSON line).
+Everything is measured from the outside:
 
 * **span**: from the first request the mock web received to the later of the last
   answer and the output file's last write; over the point's **bound**, the larger of the
@@ -78,6 +80,10 @@ SWEEP_JSON_KEYS: Final = (
     "startup_s",
     "cpu_over_scrapy",
     "worst_span_over_online_bound",
+    # Against the polite Scrapy (bench/crawl_scrapy.py --polite), after the keys above.
+    "worst_wall_over_polite_scrapy",
+    "cpu_over_polite_scrapy",
+    "polite_scrapy_violations",
 )
 RATE_MAX_PER_S: Final = 800.0  # hosts / delay: requests per second politeness allows
 BOUND_S_MAX: Final = 30.0
@@ -375,11 +381,14 @@ def ours(point: SweepPoint, out: Path, data: Path) -> list[str]:
     ]
 
 
-def scrapy_command(point: SweepPoint, out: Path) -> list[str]:
+def scrapy_command(point: SweepPoint, out: Path, *, polite: bool = False) -> list[str]:
+    """Scrapy with the issue's settings; ``polite``: also keeping Crawl-delay and
+    Retry-After (``bench.crawl_scrapy --polite``)."""
     return [
         *(sys.executable, "-m", "bench.crawl_scrapy", "--seeds", "{seeds}", "--out", str(out)),
         *("--delay-ms", str(point.delay_ms), "--cap", str(CAP)),
         *("--retry-times", str(MAX_ATTEMPTS - 1)),
+        *(("--polite",) if polite else ()),
     ]
 
 
@@ -411,10 +420,16 @@ def describe(run: CrawlerRun) -> str:
     )
 
 
-def summary(pairs: Sequence[tuple[CrawlerRun, CrawlerRun]]) -> dict[str, Any]:
+def summary(
+    pairs: Sequence[tuple[CrawlerRun, CrawlerRun]], *, polite: Sequence[CrawlerRun] = ()
+) -> dict[str, Any]:
     """The sweep's last line (the keys of :data:`SWEEP_JSON_KEYS`): ours, each pair being
-    (ours, Scrapy's) at one point; the ratios at the point of the worst span over bound."""
-    worst_ours, worst_scrapy = max(pairs, key=lambda pair: pair[0].span_over_bound)
+    (ours, Scrapy's) at one point; the ratios at the point of the worst span over bound.
+    ``polite`` holds the polite Scrapy's run at each point, in the same order (empty: not
+    run, and its keys are null)."""
+    assert not polite or len(polite) == len(pairs), (len(polite), len(pairs))
+    worst_at = max(range(len(pairs)), key=lambda at: pairs[at][0].span_over_bound)
+    worst_ours, worst_scrapy = pairs[worst_at]
     figures = {
         "worst_span_over_bound": round(worst_ours.span_over_bound, 3),
         "worst_wall_over_scrapy": round(worst_ours.wall_s / worst_scrapy.wall_s, 3),
@@ -427,9 +442,28 @@ def summary(pairs: Sequence[tuple[CrawlerRun, CrawlerRun]]) -> dict[str, Any]:
             worst_ours.cpu_s_per_1k_pages / max(worst_scrapy.cpu_s_per_1k_pages, 1e-9), 3
         ),
         "worst_span_over_online_bound": round(max(o.span_over_online_bound for o, _ in pairs), 3),
+        **_polite_figures(worst_ours, polite[worst_at] if polite else None, polite),
     }
     assert tuple(figures) == SWEEP_JSON_KEYS
     return figures
+
+
+def _polite_figures(
+    worst_ours: CrawlerRun, worst_polite: CrawlerRun | None, polite: Sequence[CrawlerRun]
+) -> dict[str, Any]:
+    """The polite Scrapy's keys of the last line: ours over it at our worst point, and
+    its violations summed over the points (its acceptance: 0)."""
+    if worst_polite is None:
+        return dict.fromkeys(
+            ("worst_wall_over_polite_scrapy", "cpu_over_polite_scrapy", "polite_scrapy_violations")
+        )
+    return {
+        "worst_wall_over_polite_scrapy": round(worst_ours.wall_s / worst_polite.wall_s, 3),
+        "cpu_over_polite_scrapy": round(
+            worst_ours.cpu_s_per_1k_pages / max(worst_polite.cpu_s_per_1k_pages, 1e-9), 3
+        ),
+        "polite_scrapy_violations": sum(p.violations for p in polite),
+    }
 
 
 def scrapy_missing() -> str | None:
@@ -447,6 +481,7 @@ def sweep(*, quick: bool, wall_over_bound_max: float) -> int:
     points = eligible(QUICK_CANDIDATES if quick else CANDIDATES)
     started = time.perf_counter()
     pairs: list[tuple[CrawlerRun, CrawlerRun]] = []
+    polite: list[CrawlerRun] = []
     with tempfile.TemporaryDirectory(prefix="cpn-bench-sweep-") as scratch:
         for index, point in enumerate(points):
             root = Path(scratch) / f"point-{index}"
@@ -466,7 +501,18 @@ def sweep(*, quick: bool, wall_over_bound_max: float) -> int:
             )
             print(describe(theirs), flush=True)
             pairs.append((mine, theirs))
-    figures = summary(pairs)
+            polite_out = root / "scrapy-polite.jsonl"
+            polite.append(
+                run_crawler(
+                    "scrapy-polite",
+                    point,
+                    root,
+                    scrapy_command(point, polite_out, polite=True),
+                    polite_out,
+                )
+            )
+            print(describe(polite[-1]), flush=True)
+    figures = summary(pairs, polite=polite)
     verdict = "ok" if figures["worst_span_over_bound"] <= wall_over_bound_max else "MISSED"
     print(
         f"worst span over bound {figures['worst_span_over_bound']} (target "

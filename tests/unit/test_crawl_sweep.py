@@ -100,3 +100,30 @@ def test_the_last_line_takes_the_ratios_at_the_worst_point() -> None:
     assert figures["violations"] == 0, "ours only"
     assert figures["over_cap"] == 1
     assert figures["startup_s"] == 0.5
+
+
+def test_the_polite_scrapys_keys_come_last_at_our_worst_point() -> None:
+    pairs = [
+        (run("ours", 1_100, 3.0, 1.0), run("scrapy", 500, 2.0, 2.0, violations=9)),
+        (run("ours", 1_400, 5.0, 3.0), run("scrapy", 600, 2.5, 2.0, violations=30)),
+    ]
+    polite = [
+        run("scrapy-polite", 1_200, 6.0, 2.0),
+        run("scrapy-polite", 1_300, 4.0, 2.4, violations=2),
+    ]
+    figures = summary(pairs, polite=polite)
+    assert tuple(figures) == SWEEP_JSON_KEYS
+    # After the keys before them (another key may be added at the end beside them).
+    at = SWEEP_JSON_KEYS.index("worst_wall_over_polite_scrapy")
+    assert at > SWEEP_JSON_KEYS.index("worst_span_over_online_bound")
+    assert SWEEP_JSON_KEYS[at : at + 3] == (
+        "worst_wall_over_polite_scrapy", "cpu_over_polite_scrapy", "polite_scrapy_violations",
+    )  # fmt: skip
+    assert figures["worst_wall_over_polite_scrapy"] == 1.25, "at point 2, ours 5.0 / 4.0"
+    assert figures["cpu_over_polite_scrapy"] == 1.25
+    assert figures["polite_scrapy_violations"] == 2, "summed over the points"
+    assert figures["worst_wall_over_scrapy"] == 2.0, "the impolite Scrapy's key unchanged"
+    assert figures["violations"] == 0, "ours only"
+    without = summary(pairs)
+    assert tuple(without) == SWEEP_JSON_KEYS
+    assert without["polite_scrapy_violations"] is None, "not run: null, not 0"
