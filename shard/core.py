@@ -1,11 +1,12 @@
 """One shard as a sans-IO core: requests and peer messages in, a batch and sends out.
 
 :class:`ShardCore` holds what one shard owns: the engine (its marking), the batch of
-changes since the last commit, the client table, leases, the partition exchange, slot
-moves (:mod:`shard.mover`), long polls (:mod:`shard.parked`) and the conversation with
-peers and the router (:mod:`shard.link`). It reads no clock, opens no file and touches
-no socket: every input carries ``now_ms``, and the shell (:mod:`shard.shell.serve`, or a
-simulator) owns the clock, the LMDB store and the sockets.
+changes since the last commit, the client table, the lease desk, the partition
+exchange, slot moves (:mod:`shard.mover`), long polls (:mod:`shard.parked`) and the
+conversation with peers and the router (:mod:`shard.link`). It reads no clock, opens no
+file and touches no socket: every input carries ``now_ms``, and the shell
+(:mod:`shard.shell.serve`, or a simulator) owns the clock, the LMDB store and the
+sockets.
 
 Theory of operation, one turn of the shell's loop:
 
@@ -27,12 +28,14 @@ the client table, never applied twice. Requests are dispatched by a table from m
 type to handler (:data:`_REQUEST_HANDLERS`), and a client's writes that are new by a
 second one (:data:`_CLIENT_WRITES`).
 
-Leases (:mod:`shard.leases`): :attr:`ShardCore.leases` indexes what each granted lease
-still holds and when it expires, rebuilt from the marking on recovery. A completion
-or a hand-back names some of a lease's tokens by their lease index (or all of them); a
-lease is live while every token it still holds is held, and gone once it holds none.
-A renewal moves the timers of the tokens it still holds. A completion may produce only
-into the places its queue declares (``Place(results=...)``).
+What lives apart, each with the parts of the core it needs passed in explicitly: the
+lease desk (:mod:`shard.lease_desk`: grants, completions, renewals, hand-backs and the
+index of live leases), the checks a request must pass (:mod:`shard.request_checks`), and
+the read side (:mod:`shard.reading`: statistics, counts, token pages, metrics readings).
+What stays here is what every turn runs through: dispatch, the client table, the batch
+and the firings recorded into it, handoffs received, and the hosts' narrow access to the
+engine. The firing path (:meth:`ShardCore.fire`, ``_record_steps``, :meth:`take_batch`,
+:meth:`committed`) calls into no other module per firing or per entry.
 """
 
 from __future__ import annotations
@@ -46,9 +49,7 @@ from itertools import islice
 from operator import itemgetter
 from typing import Any, Final, Protocol
 
-from nets.codec import token_from_fields
 from nets.engine import Engine, unread_places
-from nets.errors import CpnError, TokenError
 from nets.firing import PlacedEntry, Step
 from nets.model import Net, Token
 from router.handoff import ProtocolError
@@ -80,44 +81,29 @@ from router.wire import (
     ShuttingDown,
     Statistics,
     Stats,
-    Tokens,
     decode,
     encode,
 )
 from shard.batch import ArrivedRun, Batch, MarkingDelta, Recovered
 from shard.deferred import DeferredLoad
 from shard.exchange import Exchange, HandoffRefused
-from shard.leases import LiveLease, WorkQueue, live_leases, with_work_queues
+from shard.lease_desk import LeaseDesk
+from shard.leases import WorkQueue, with_work_queues
 from shard.link import Link, Send
 from shard.mover import Mover
 from shard.parked import LongPolls, Reply
-from shard.reading import CoreReading
+from shard.reading import CoreReading, core_reading, shard_statistics, token_counts, tokens_page
+from shard.request_checks import DURATION_MS_MAX, RequestError, place_of, tokens_of
 
-IDLE_WAKE_MS: Final = 1_000
 FIRINGS_PER_BATCH_MAX: Final = 100_000
 FIRINGS_PER_BUDGET_CHECK: Final = 16  # one firing can take a millisecond (robots.txt)
-TOKENS_PAGE_MAX: Final = 10_000
-LEASE_TOKENS_MAX: Final = 10_000
-LEASE_WAIT_MS_MAX: Final = 60_000  # a long poll waits at most this long for work
-LEASE_PROGRESS_CHARS_MAX: Final = 200  # a renewal's progress note, kept in memory per lease
-LEASE_PROGRESS_SHOWN_MAX: Final = 20  # the statistics show the most recently renewed leases
 HANDOFF_LATENCIES_KEPT_MAX: Final = 20_000  # sorted for each Stats request
-# Times are stored as msgpack integers; a delay or lease beyond ten years is a mistake.
-DURATION_MS_MAX: Final = 10 * 365 * 24 * 3_600_000
 log = logging.getLogger("cpn.shard")
 
 # The replies that change the marking: a failed commit turns them into errors.
 WRITING_REPLIES: Final = (PutAck, Leased, Completed, Renewed, Released, HandoffAck, PoolAnswer)
 # A client's writes: each carries (client_id, request_seq) and goes through the client table.
 ClientWrite = Put | Lease | Complete | Renew | Release
-
-
-class RequestError(CpnError):
-    """A request the shard understood but cannot serve; ``code`` goes on the wire."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class FiringBudget(Protocol):
@@ -237,7 +223,6 @@ class ShardCore:
         self.net = setup.net
         self.queues = setup.queues
         self.companions = setup.companions
-        self.queue_of_held = {queue.held.name: queue for queue in self.queues.values()}
         self.deferred_places = setup.deferred_places
         self.incarnation = incarnation
         self._slots = slots
@@ -261,17 +246,12 @@ class ShardCore:
                 ),
             )
         self.counters = carried.counters
-        self._lease_seq = carried.lease_seq
         self.sender_incarnations = carried.sender_incarnations  # the newest each peer spoke as
         self.polls = carried.polls  # lease requests waiting for work (shard/parked.py)
         self.mover = carried.mover  # slot moves and fencing (shard/mover.py)
         self.link = carried.link  # heartbeats, tables, handoff sends (shard/link.py)
         self.handoff_latencies_ms: deque[int] = deque(maxlen=HANDOFF_LATENCIES_KEPT_MAX)
         self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
-        self.leases: dict[str, LiveLease] = {}  # what each lease still holds
-        # The latest progress note of each live lease, most recently renewed last. Kept in
-        # memory only: a restarted shard shows a lease's progress from its next renewal.
-        self.lease_progress: dict[str, str] = {}
         self.exchange = Exchange(
             self.net,
             shard_id=setup.shard_id,
@@ -323,14 +303,17 @@ class ShardCore:
         else:
             # The first batch is the store's initialisation (take_batch marks it).
             self._initial_marking()
-        for queue in self.queues.values():
-            self.leases.update(
-                live_leases(
-                    queue,
-                    self.engine.tokens(queue.held.name),
-                    self.engine.tokens(queue.timer.name),
-                )
-            )
+        # What each lease still holds, rebuilt from the marking (shard/lease_desk.py).
+        self.lease_desk = LeaseDesk(
+            self.net,
+            self.queues,
+            self.companions,
+            self.engine,
+            shard_id=setup.shard_id,
+            incarnation=incarnation,
+            lease_seq=carried.lease_seq,
+            counters=self.counters,
+        )
 
     def after_failed_commit(self, recovered: Recovered, reason: str, now_ms: int) -> ShardCore:
         """The core rebuilt from what is committed after a commit failed: it refuses
@@ -338,7 +321,7 @@ class ShardCore:
         self.deferred.close()
         carried = Carried(
             self.counters,
-            self._lease_seq,
+            self.lease_desk.lease_seq,
             self.sender_incarnations,
             self.polls,
             self.mover,
@@ -422,7 +405,7 @@ class ShardCore:
                     self.counters["leased_tokens_expired"] += 1
                     for place, _time_ms, token in step.consumed:
                         if place.endswith("__held"):
-                            self._forget_lease(token[0])  # the lease id; its work is back
+                            self.lease_desk.expired(token[0])  # the lease id; its work is back
 
     def _count_firings(self, counts_before: list[int]) -> int:
         """Add the firings since the engine's ``counts_before`` to the batch's, by
@@ -454,7 +437,7 @@ class ShardCore:
 
         Raises:
             RequestError: the request cannot be served; nothing of it is applied.
-            CpnError: a token or place in it is wrong (answered as ``bad_request``).
+            nets.errors.CpnError: a token or place in it is wrong (answered as ``bad_request``).
         """
         self.engine.advance(now_ms)
         message = envelope.message
@@ -508,7 +491,7 @@ class ShardCore:
 
     def _on_query_counts(self, _envelope: Envelope) -> Message | None:
         return Counts(
-            self._counts(),
+            token_counts(self.net, self.engine, self.deferred),
             self.engine.now,
             self.exchange.in_flight(),
             self.deferred.pending_total(),
@@ -516,7 +499,9 @@ class ShardCore:
 
     def _on_query_tokens(self, envelope: Envelope) -> Message | None:
         assert isinstance(envelope.message, QueryTokens)
-        return self._tokens(envelope.message)
+        return tokens_page(
+            self.net, self.engine, self.deferred, self.deferred_places, envelope.message
+        )
 
     def _on_stats(self, _envelope: Envelope) -> Message | None:
         return Statistics(self.statistics())
@@ -538,7 +523,9 @@ class ShardCore:
             reply = decode(known[1]).message
             if isinstance(reply, PutAck | Completed):
                 reply = dataclasses.replace(reply, duplicate=True)
-            elif isinstance(reply, Leased) and reply.entries and not self._untouched(reply):
+            elif (
+                isinstance(reply, Leased) and reply.entries and not self.lease_desk.untouched(reply)
+            ):
                 # Taken back (its reply could not be delivered), expired, completed or
                 # handed back, even in part: its tokens may be another lease's by now,
                 # so the repeat gets none.
@@ -555,36 +542,8 @@ class ShardCore:
         self.batch.clients[client_id] = (seq, frame)
         return reply
 
-    def _place(self, name: str) -> Any:
-        if not self.net.has_place(name):
-            raise RequestError(
-                "unknown_place",
-                f"net {self.net.name!r} has no place {name!r} "
-                f"(places: {', '.join(p.name for p in self.net.places)})",
-            )
-        return self.net.place(name)
-
-    def _tokens_of(self, place_name: str, items: tuple[Any, ...]) -> list[Token]:
-        place = self._place(place_name)
-        if place_name in self.companions:
-            raise RequestError(
-                "reserved_place",
-                f"place {place_name!r} belongs to the lease machinery; only leases and "
-                "completions change it",
-            )
-        key_index = place.key_index
-        try:
-            return [
-                token_from_fields(
-                    place.colour_set, fields, where=f"place {place_name!r}", key_index=key_index
-                )
-                for fields in items
-            ]
-        except TokenError as exc:
-            raise RequestError("wrong_colour", str(exc)) from exc
-
     def _put(self, put: Put) -> Message:
-        tokens = self._tokens_of(put.place, put.tokens)
+        tokens = tokens_of(self.net, self.companions, put.place, put.tokens)
         if not 0 <= put.delay_ms <= DURATION_MS_MAX:
             raise RequestError(
                 "bad_request", f"delay_ms must be in 0..{DURATION_MS_MAX}, got {put.delay_ms}"
@@ -610,222 +569,30 @@ class ShardCore:
             put.client_id, put.request_seq, PutAck(put.request_seq, len(tokens), False)
         )
 
-    def _queue(self, name: str) -> WorkQueue:
-        self._place(name)
-        queue = self.queues.get(name)
-        if queue is None:
-            raise RequestError(
-                "not_a_work_queue",
-                f"place {name!r} is not a work queue (declare it with work_queue=True); "
-                f"work queues: {', '.join(self.queues) or 'none'}",
-            )
-        return queue
-
     def _lease(self, lease: Lease) -> Message | None:
         """Grant ``lease``; None when it waits for work (parked, answered later)."""
-        self._queue(lease.place)
-        if (
-            not 0 < lease.max_tokens <= LEASE_TOKENS_MAX
-            or not 0 < lease.lease_ms <= DURATION_MS_MAX
-            or not 0 <= lease.wait_ms <= LEASE_WAIT_MS_MAX
-        ):
-            raise RequestError(
-                "bad_request",
-                f"a lease needs 0 < max_tokens <= {LEASE_TOKENS_MAX}, "
-                f"0 < lease_ms <= {DURATION_MS_MAX} and 0 <= wait_ms <= {LEASE_WAIT_MS_MAX}",
-            )
+        self.lease_desk.check(lease)
         if lease.wait_ms and self.polls.can_park() and not self.engine.has_available(lease.place):
             return None
         return self.grant(lease)
 
-    def _live(self, lease: LiveLease) -> bool:
-        """Whether every token the lease still holds is held (none expired)."""
-        return all(self.engine.holds(p, tok, time=t) for p, t, tok in lease.held)
-
-    def _untouched(self, leased: Leased) -> bool:
-        """Whether a granted lease still holds every token it was granted."""
-        lease = self.leases.get(leased.lease_id)
-        return lease is not None and len(lease.held) == len(leased.entries) and self._live(lease)
-
-    def _live_lease(self, lease_id: str) -> LiveLease:
-        """The lease ``lease_id`` if it is live.
-
-        Raises:
-            RequestError: ``lease_expired``: unknown, expired, or completed or handed
-                back in full (nothing of the request is applied).
-        """
-        lease = self.leases.get(lease_id)
-        if lease is None or not self._live(lease):
-            self._forget_lease(lease_id)
-            raise RequestError(
-                "lease_expired",
-                f"lease {lease_id!r} is unknown or expired (its tokens went back to their "
-                "queue), or it was completed or handed back",
-            )
-        return lease
-
-    def _forget_lease(self, lease_id: str) -> None:
-        self.leases.pop(lease_id, None)
-        self.lease_progress.pop(lease_id, None)
-
-    def _chosen(
-        self, lease_id: str, lease: LiveLease, indexes: tuple[int, ...]
-    ) -> tuple[PlacedEntry, ...]:
-        """The held entries a completion or hand-back names (``()``: all still held).
-
-        Raises:
-            RequestError: ``bad_request`` for an index given twice; ``unknown_index``
-                for one the lease does not hold (completed or handed back before, or
-                never in it).
-        """
-        if not indexes:
-            return lease.held
-        by_index = {lease.index_of(entry): entry for entry in lease.held}
-        seen: set[int] = set()
-        for index in indexes:
-            if index in seen:
-                raise RequestError(
-                    "bad_request", f"lease {lease_id!r}: index {index} is given twice"
-                )
-            seen.add(index)
-            if index not in by_index:
-                raise RequestError(
-                    "unknown_index",
-                    f"lease {lease_id!r} holds no token with index {index}: completed or "
-                    f"handed back before, or never in the lease (it holds "
-                    f"{', '.join(map(str, sorted(by_index)))})",
-                )
-        return tuple(by_index[index] for index in indexes)
-
-    def _held_no_more(self, lease_id: str, lease: LiveLease, gone: tuple[PlacedEntry, ...]) -> bool:
-        """Record that ``gone`` left the lease; whether it holds nothing any more."""
-        rest = lease.without(gone)
-        if rest is None:
-            self._forget_lease(lease_id)
-            return True
-        self.leases[lease_id] = rest
-        return False
-
     def grant(self, lease: Lease) -> Message:
         """Lease up to ``max_tokens`` available tokens (maybe none) in this batch."""
-        queue = self.queues[lease.place]
-        now = self.engine.now
-        self._lease_seq += 1
-        lease_id = f"{self.setup.shard_id}.{self.incarnation}.{self._lease_seq}"
-        expires = now + lease.lease_ms
-        taken = self.engine.available(lease.place, lease.max_tokens)
-        held_entries = []
-        for index, (time_ms, token) in enumerate(taken):
-            self.remove(lease.place, token, time_ms)
-            held = queue.held_token(lease_id, index, token)
-            self.add(queue.held.name, held, now)
-            self.add(queue.timer.name, queue.timer_token(lease_id, index, token), expires)
-            held_entries.append((queue.held.name, now, held))
-        if held_entries:
-            self.leases[lease_id] = LiveLease(lease.place, expires, tuple(held_entries))
-            self.counters["leases_granted"] += 1
-        reply = Leased(
-            lease.request_seq, lease_id, expires, tuple((t, tuple(tok)) for t, tok in taken)
-        )
+        reply = self.lease_desk.grant(lease, self.batch)
         return self._remember(lease.client_id, lease.request_seq, reply)
 
     def _complete(self, complete: Complete) -> Message:
-        """Swap the lease's held tokens named by ``complete.indexes`` (all still held
-        when empty) for the results, in one step; the others stay leased."""
-        lease = self._live_lease(complete.lease_id)
-        chosen = self._chosen(complete.lease_id, lease, complete.indexes)
-        queue = self.queues[lease.queue]
-        results: list[tuple[str, Token]] = []
-        for place, fields in complete.results:
-            self._declared_result(complete.lease_id, queue, place)
-            results += [(place, token) for token in self._tokens_of(place, (fields,))]
-        for place, time_ms, token in chosen:
-            self.remove(place, token, time_ms)
-        for place, token in results:
-            self._emit(place, token, self.engine.now)
-        if self._held_no_more(complete.lease_id, lease, chosen):
-            self.counters["leases_completed"] += 1
-        self.counters["leased_tokens_completed"] += len(chosen)
-        reply = Completed(complete.request_seq, complete.lease_id, False)
+        reply = self.lease_desk.complete(complete, self.batch, self._emit)
         return self._remember(complete.client_id, complete.request_seq, reply)
 
     def _renew(self, renew: Renew) -> Message:
-        """Move the expiry of every token the lease still holds to ``lease_ms`` from now.
-
-        Each timer is taken out at the old expiry and added at the new one, in the
-        batch, so the expiry cannot fire before the new time (not even after a
-        restart). Completed and handed-back tokens' timers stay and are spent.
-        """
-        if not 0 < renew.lease_ms <= DURATION_MS_MAX or (
-            len(renew.progress) > LEASE_PROGRESS_CHARS_MAX
-        ):
-            raise RequestError(
-                "bad_request",
-                f"a renewal needs 0 < lease_ms <= {DURATION_MS_MAX} and a progress of at "
-                f"most {LEASE_PROGRESS_CHARS_MAX} characters, got lease_ms={renew.lease_ms} "
-                f"and {len(renew.progress)} characters",
-            )
-        lease = self._live_lease(renew.lease_id)
-        queue = self.queues[lease.queue]
-        expires = self.engine.now + renew.lease_ms
-        if expires != lease.expires_at_ms:
-            for _place, _time_ms, held in lease.held:
-                timer = queue.timer_token(renew.lease_id, held[1], queue.original(held))
-                self.engine.withdraw(queue.timer.name, timer, time=lease.expires_at_ms)
-                self.batch.remove(queue.timer.name, lease.expires_at_ms, timer)
-                self.add(queue.timer.name, timer, expires)
-            self.leases[renew.lease_id] = dataclasses.replace(lease, expires_at_ms=expires)
-        self.lease_progress.pop(renew.lease_id, None)  # re-inserted: most recent last
-        if renew.progress:
-            self.lease_progress[renew.lease_id] = renew.progress
-        self.counters["leases_renewed"] += 1
-        reply = Renewed(renew.request_seq, renew.lease_id, expires)
+        reply = self.lease_desk.renew(renew, self.batch)
         return self._remember(renew.client_id, renew.request_seq, reply)
 
     def _release(self, release: Release) -> Message:
-        """Put the lease's held tokens named by ``release.indexes`` (all still held when
-        empty) back in their queue now; the others stay leased."""
-        lease = self._live_lease(release.lease_id)
-        chosen = self._chosen(release.lease_id, lease, release.indexes)
-        self._back_to_queue(chosen)
-        if self._held_no_more(release.lease_id, lease, chosen):
-            self.counters["leases_released"] += 1
-        self.counters["leased_tokens_released"] += len(chosen)
-        reply = Released(release.request_seq, release.lease_id, len(chosen))
-        return self._remember(release.client_id, release.request_seq, reply)
-
-    def _back_to_queue(self, entries: tuple[PlacedEntry, ...]) -> None:
-        """Held entries back into their queue, available now (their timers are spent
-        when due: the held tokens are gone)."""
-        for place, time_ms, token in entries:
-            self.remove(place, token, time_ms)
-            queue = self.queue_of_held[place]
-            self.add(queue.queue.name, queue.original(token), self.engine.now)
+        reply = self.lease_desk.release(release, self.batch)
         self.more_enabled = True  # offer the work again at once
-
-    def _declared_result(self, lease_id: str, queue: WorkQueue, place: str) -> None:
-        """Refuse a result that ``queue`` does not declare (Place(results=...)).
-
-        Raises:
-            RequestError: ``unknown_place``, ``reserved_place`` (the lease machinery's),
-                or ``wrong_place``: a place of the net the queue's completions may not
-                produce into.
-        """
-        self._place(place)
-        if place in self.companions:
-            raise RequestError(
-                "reserved_place",
-                f"place {place!r} belongs to the lease machinery; only leases and "
-                "completions change it",
-            )
-        declared = queue.queue.results or ()
-        if place not in declared:
-            raise RequestError(
-                "wrong_place",
-                f"lease {lease_id!r} of work queue {queue.queue.name!r} cannot produce into "
-                f"place {place!r}: the queue declares results "
-                f"({', '.join(declared) or 'none'}); nothing of the completion was applied",
-            )
+        return self._remember(release.client_id, release.request_seq, reply)
 
     def _handoff(self, message: Handoff, incarnation: int) -> Message:
         newest = self.sender_incarnations.setdefault(message.sender, incarnation)
@@ -871,7 +638,7 @@ class ShardCore:
         return HandoffAck(receipt.acks, receipt.redirects, receipt.deferred)
 
     def _give_pool(self, message: PoolWanted) -> Message:
-        place = self._place(message.place)
+        place = place_of(self.net, message.place)
         if not place.pool:
             raise RequestError("not_a_pool", f"place {message.place!r} is not a pool place")
         if not 0 <= message.sender < self.exchange.table.shard_count or (
@@ -889,70 +656,28 @@ class ShardCore:
         self.counters["pool_tokens_given"] += len(given)
         return PoolAnswer(place.name, len(given))
 
-    def _counts(self) -> dict[str, int]:
-        return {p.name: self._count(p.name) for p in self.net.places}
-
-    def _count(self, place: str) -> int:
-        """Tokens ``place`` holds, counting those of a deferred place still to load."""
-        count = self.engine.count(place)
-        return count + self.deferred.pending(place)
-
-    def _tokens(self, query: QueryTokens) -> Message:
-        self._place(query.place)
-        if query.offset < 0 or not 0 < query.limit <= TOKENS_PAGE_MAX:
-            raise RequestError(
-                "bad_request", f"need offset >= 0 and 0 < limit <= {TOKENS_PAGE_MAX}"
-            )
-        if query.place in self.deferred_places:
-            self.deferred.complete(self.engine, self.engine.now)
-        entries = self.engine.tokens(query.place)
-        page = entries[query.offset : query.offset + query.limit]
-        return Tokens(
-            query.place, query.offset, len(entries), tuple((t, tuple(tok)) for t, tok in page)
-        )
-
     def statistics(self) -> dict[str, Any]:
         """The core's figures; the shell adds its own (commit latencies, recovery steps)."""
-        stats = self.engine.statistics()
-        handoff: list[float] = sorted(self.handoff_latencies_ms)
-        shell = dict(self._shell_statistics())
-        counters = (
-            self.counters
+        return shard_statistics(
+            self.net,
+            self.engine,
+            self.deferred,
+            self.exchange,
+            self.mover,
+            self.lease_desk,
+            incarnation=self.incarnation,
+            counters=self.counters
             + self.polls.counters
             + self.exchange.counters
-            + self.link.counters
-            + Counter(shell.pop("counters", {}))
+            + self.link.counters,
+            firings_total=self.firings_total,
+            firings_since_ms=self.firings_since_ms,
+            firings_since=self.firings_since,
+            firings_committed_ms=self.firings_committed_ms,
+            handoff_latencies_ms=self.handoff_latencies_ms,
+            read_only_reason=self.read_only_reason,
+            shell=self._shell_statistics(),
         )
-        return {
-            "net": self.net.name,
-            "incarnation": self.incarnation,
-            # When the deferred places' tokens were all loaded, and how many there were.
-            "deferred_loaded_ms": self.deferred.loaded_ms,
-            "deferred_tokens": self.deferred.loaded,
-            "now_ms": self.engine.now,
-            "firings": dict(stats.firings),
-            "firings_total": dict(self.firings_total),
-            "firings_since_ms": self.firings_since_ms,
-            "firings_since": self.firings_since,
-            "firings_committed_ms": self.firings_committed_ms,
-            "tokens": self._counts(),
-            # Tokens this shard handed off that the receiver has not acknowledged yet,
-            # by place, and those of deferred places not loaded yet (counted in tokens).
-            "in_flight": self.exchange.in_flight(),
-            "tokens_loading": self.deferred.pending_total(),
-            "handoff_ms_p50": quantile(handoff, 0.50),
-            "handoff_ms_p99": quantile(handoff, 0.99),
-            "read_only": self.read_only_reason or "",
-            "leases_live": len(self.leases),
-            # What the most recently renewed leases' workers say they are doing.
-            "lease_progress": [
-                (lease_id, progress) for lease_id, progress in reversed(self.lease_progress.items())
-            ][:LEASE_PROGRESS_SHOWN_MAX],
-            "counters": dict(counters),
-            **self.exchange.statistics(),
-            **self.mover.statistics(self.exchange),
-            **shell,
-        }
 
     # -- the batch ----------------------------------------------------------------------
 
@@ -1022,16 +747,8 @@ class ShardCore:
 
     def take_back(self, lease_id: str) -> None:
         """Put a lease's tokens back in their queue (committed with the next batch)."""
-        lease = self.leases.get(lease_id)
-        if lease is None:
-            return
-        self._forget_lease(lease_id)
-        # Those that expired meanwhile are back already, by their expiry. A repeat of
-        # the request is answered with no entries (the lease is not live).
-        self._back_to_queue(
-            tuple(e for e in lease.held if self.engine.holds(e[0], e[2], time=e[1]))
-        )
-        self.counters["leases_taken_back"] += 1
+        if self.lease_desk.take_back(lease_id, self.batch):
+            self.more_enabled = True  # offer the work again at once
 
     def take_batch(self) -> Batch:
         """The batch to commit now (this batch's exports moved into outbox runs), and a
@@ -1145,39 +862,23 @@ class ShardCore:
         return sum(self.engine.count(p.name) for p in self.net.places if p.pool)
 
     def reading(self) -> CoreReading:
-        """The figures the shard's metrics show, read without walking a marking or
-        sorting anything: proportional to the net's size, not its tokens."""
-        stats = self.engine.statistics()  # copies two small dicts
-        deferred = self.deferred
-        tokens = (
-            {place: count + deferred.pending(place) for place, count in stats.tokens.items()}
-            if deferred.active
-            else dict(stats.tokens)
-        )
-        counters = (
-            self.counters
+        """The figures the shard's metrics show (:func:`shard.reading.core_reading`)."""
+        return core_reading(
+            self.net,
+            self.engine,
+            self.deferred,
+            self.exchange,
+            self.lease_desk,
+            queues=self.queues,
+            incarnation=self.incarnation,
+            read_only=self.read_only_reason is not None,
+            enabled_left=self.more_enabled,
+            leases_parked=len(self.polls.parked),
+            counters=self.counters
             + self.polls.counters
             + self.exchange.counters
             + self.link.counters
-            + self.mover.counters
-        )
-        # Leases are granted in order, so the first live one is the oldest; its held
-        # entries carry the time it was granted.
-        oldest = next(iter(self.leases.values()), None)
-        return CoreReading(
-            net=self.net.name,
-            incarnation=self.incarnation,
-            read_only=self.read_only_reason is not None,
-            firings=dict(stats.firings),
-            tokens=tokens,
-            queue_tokens={queue: tokens.get(queue, 0) for queue in self.queues},
-            pending_tokens=stats.pending,
-            enabled_left=self.more_enabled,
-            leases_live=len(self.leases),
-            lease_age_ms_max=max(0, stats.now - oldest.held[0][1]) if oldest else 0,
-            leases_parked=len(self.polls.parked),
-            outbox_tokens=self.exchange.outbox.pending_tokens(),
-            counters=dict(counters),
+            + self.mover.counters,
             handoffs_timed=self.handoffs_timed,
         )
 
@@ -1223,9 +924,3 @@ _CLIENT_WRITES: Final[dict[type[Message], Callable[[ShardCore, Any], Message | N
 def writes(reply: Message) -> bool:
     """Whether ``reply`` reports a change to the marking (a failed commit undoes it)."""
     return isinstance(reply, WRITING_REPLIES)
-
-
-def quantile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 3)

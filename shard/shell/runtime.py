@@ -25,8 +25,8 @@ from router.shell.curve import CurveKeys
 from router.shell.datadir import fault_point
 from router.shell.metrics import METRICS_DEFAULT
 from shard.batch import Batch, Recovered
-from shard.core import ShardCore, ShardSetup, quantile
-from shard.reading import ReadingMark, ShardReading
+from shard.core import ShardCore, ShardSetup
+from shard.reading import ReadingMark, ShardReading, quantile
 from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability, Store, StoreError
 from shard.shell.store_log import CATCH_UP_ENTRIES_MAX, LOG_ENTRIES_KEPT
 

@@ -61,8 +61,9 @@ from router.wire import (
     decode,
     encode,
 )
-from shard.core import RequestError, ShardCore, writes
+from shard.core import ShardCore, writes
 from shard.reading import ReadingMark
+from shard.request_checks import RequestError
 from shard.shell.peers import Peers
 from shard.shell.runtime import BatchTimer, ShardConfig, ShardRuntime, wall_ms
 
