@@ -42,17 +42,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from itertools import islice
-from operator import itemgetter
 from typing import Any, Final, Protocol
 
 from nets.engine import Engine, unread_places
 from nets.firing import PlacedEntry, Step
 from nets.model import Net, Token
-from router.handoff import ProtocolError
 from router.wire import (
     Complete,
     Completed,
@@ -86,7 +83,8 @@ from router.wire import (
 )
 from shard.batch import ArrivedRun, Batch, MarkingDelta, Recovered
 from shard.deferred import DeferredLoad
-from shard.exchange import Exchange, HandoffRefused
+from shard.exchange import Exchange
+from shard.intake import HandoffIntake
 from shard.lease_desk import LeaseDesk
 from shard.leases import WorkQueue, with_work_queues
 from shard.link import Link, Send
@@ -97,7 +95,6 @@ from shard.request_checks import DURATION_MS_MAX, RequestError, place_of, tokens
 
 FIRINGS_PER_BATCH_MAX: Final = 100_000
 FIRINGS_PER_BUDGET_CHECK: Final = 16  # one firing can take a millisecond (robots.txt)
-HANDOFF_LATENCIES_KEPT_MAX: Final = 20_000  # sorted for each Stats request
 log = logging.getLogger("cpn.shard")
 
 # The replies that change the marking: a failed commit turns them into errors.
@@ -246,11 +243,9 @@ class ShardCore:
                 ),
             )
         self.counters = carried.counters
-        self.sender_incarnations = carried.sender_incarnations  # the newest each peer spoke as
         self.polls = carried.polls  # lease requests waiting for work (shard/parked.py)
         self.mover = carried.mover  # slot moves and fencing (shard/mover.py)
         self.link = carried.link  # heartbeats, tables, handoff sends (shard/link.py)
-        self.handoff_latencies_ms: deque[int] = deque(maxlen=HANDOFF_LATENCIES_KEPT_MAX)
         self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
         self.exchange = Exchange(
             self.net,
@@ -268,8 +263,8 @@ class ShardCore:
         )
         self.engine.advance(max(now_ms, recovered.clock_ms))
         self.batch = Batch()
-        self.handed_in = 0  # tokens received from peers in this batch
-        self.handed_times: list[int] = []  # their times (when the sender produced them)
+        # Handoffs received, and the newest incarnation each peer spoke as (shard/intake.py).
+        self.intake = HandoffIntake(self.engine, self.exchange, carried.sender_incarnations)
         self.exports: list[tuple[str, int, Token]] = []  # tokens for other shards
         self.more_enabled = True  # until a batch shows otherwise
         # What recording a batch's steps looks up by transition index (_record_steps).
@@ -280,7 +275,6 @@ class ShardCore:
         self.deferred = DeferredLoad(recovered.deferred, recovered.deferred_counts)
         self.initialised = recovered.initialised
         self.commits = 0  # batches committed by this core
-        self.handoffs_timed = 0  # handed-in tokens whose latency was taken (metrics)
         # Committed firings over every incarnation of the store (docs/shard.md, "Firing
         # totals"): the batch being committed adds its own in committed(), so a batch
         # that fails to commit never counts. The engine's figures are this process's.
@@ -322,7 +316,7 @@ class ShardCore:
         carried = Carried(
             self.counters,
             self.lease_desk.lease_seq,
-            self.sender_incarnations,
+            self.intake.sender_incarnations,
             self.polls,
             self.mover,
             self.link,
@@ -472,7 +466,7 @@ class ShardCore:
     def _on_handoff(self, envelope: Envelope) -> Message | None:
         assert isinstance(envelope.message, Handoff)
         self._writable()
-        return self._handoff(envelope.message, envelope.incarnation)
+        return self.intake.receive(envelope.message, envelope.incarnation, self.batch)
 
     def _on_pool_wanted(self, envelope: Envelope) -> Message | None:
         assert isinstance(envelope.message, PoolWanted)
@@ -594,49 +588,6 @@ class ShardCore:
         self.more_enabled = True  # offer the work again at once
         return self._remember(release.client_id, release.request_seq, reply)
 
-    def _handoff(self, message: Handoff, incarnation: int) -> Message:
-        newest = self.sender_incarnations.setdefault(message.sender, incarnation)
-        if incarnation < newest:
-            # An old incarnation's frame, late: its successor resends what counts.
-            raise RequestError(
-                "stale_incarnation",
-                f"shard {message.sender}'s incarnation {incarnation} is older than {newest}",
-            )
-        self.sender_incarnations[message.sender] = incarnation
-        try:
-            runs, receipt = self.exchange.receive(message, incarnation)
-        except (HandoffRefused, ProtocolError) as exc:
-            log.error("handoff from shard %d refused: %s", message.sender, exc)
-            raise RequestError("handoff_refused", str(exc)) from exc
-        # Each run was decoded once and is applied in bulk: its tokens enter the indexes
-        # in one merge per place and wake the transitions that read them once.
-        received = 0
-        for run in runs:
-            for place, timed_tokens in run.by_place.items():
-                self.engine.add_checked(place, timed_tokens)
-            received += len(run.entries)
-        self.exchange.accept(receipt, received)  # the hwms move only now
-        for run in runs:
-            entries = tuple(run.entries)  # one tuple for the store's record and the journal
-            # Stored as it arrived: one log record holding the run's bytes, which the
-            # store decodes only when it folds its log or recovers (docs/shard.md).
-            self.batch.arrived.append(
-                ArrivedRun(
-                    message.sender,
-                    run.lane,
-                    run.first_seq - run.skip,
-                    run.skip,
-                    run.payload,
-                    {place: len(tokens) for place, tokens in run.by_place.items()},
-                    entries,
-                )
-            )
-            self.batch.received.append((message.sender, run.lane, run.first_seq, entries))
-            self.handed_times.extend(map(itemgetter(1), run.entries))
-        self.handed_in += received
-        self.batch.hwms.update(receipt.hwms)
-        return HandoffAck(receipt.acks, receipt.redirects, receipt.deferred)
-
     def _give_pool(self, message: PoolWanted) -> Message:
         place = place_of(self.net, message.place)
         if not place.pool:
@@ -674,7 +625,7 @@ class ShardCore:
             firings_since_ms=self.firings_since_ms,
             firings_since=self.firings_since,
             firings_committed_ms=self.firings_committed_ms,
-            handoff_latencies_ms=self.handoff_latencies_ms,
+            handoff_latencies_ms=self.intake.latencies_ms,
             read_only_reason=self.read_only_reason,
             shell=self._shell_statistics(),
         )
@@ -712,11 +663,10 @@ class ShardCore:
         here, or is sealed here), as a peer's would be, in the current batch."""
         for message in self.exchange.take_loopback():
             try:
-                reply = self._handoff(message, self.incarnation)
+                reply = self.intake.receive(message, self.incarnation, self.batch)
             except RequestError as exc:
                 log.error("loopback handoff refused: %s", exc)
                 continue
-            assert isinstance(reply, HandoffAck)
             self.exchange.acknowledged(reply, self.engine.now, self.batch)
 
     def answer_parked(self, now_ms: int) -> list[Reply]:
@@ -754,7 +704,7 @@ class ShardCore:
         """The batch to commit now (this batch's exports moved into outbox runs), and a
         new one begun. The shell commits it, then calls :meth:`committed`."""
         self.flush_exports()
-        self.handed_in = 0
+        self.intake.batch_taken()
         batch, self.batch = self.batch, Batch()
         if batch.arrived:
             batch.arrived = _consumed_runs_to_delta(batch.marking, batch.arrived)
@@ -771,13 +721,7 @@ class ShardCore:
             self.firings_committed_ms = now_ms
         self.firings_total.update(self._firings_committing)
         self._firings_committing = Counter()
-        if self.handed_times:
-            # The deque keeps only its newest HANDOFF_LATENCIES_KEPT_MAX: older times of
-            # a large batch would be computed only to be pushed out again.
-            newest = self.handed_times[-HANDOFF_LATENCIES_KEPT_MAX:]
-            self.handoff_latencies_ms.extend([now_ms - t for t in newest])
-            self.handoffs_timed += len(self.handed_times)
-            self.handed_times = []
+        self.intake.committed(now_ms)
 
     def load_deferred(self, now_ms: int) -> None:
         """One chunk of the deferred places' tokens (the loop calls this every turn)."""
@@ -879,12 +823,8 @@ class ShardCore:
             + self.exchange.counters
             + self.link.counters
             + self.mover.counters,
-            handoffs_timed=self.handoffs_timed,
+            handoffs_timed=self.intake.handoffs_timed,
         )
-
-    def newest_handoff_latencies(self, count: int) -> tuple[int, ...]:
-        """The latencies of the ``count`` handoffs timed last (at most those kept)."""
-        return tuple(islice(reversed(self.handoff_latencies_ms), count))
 
     def committed_firings(self) -> dict[str, int]:
         """Committed firings per transition over the store's life (a retiring shard's
