@@ -40,16 +40,14 @@ engine. The firing path (:meth:`ShardCore.fire`, ``_record_steps``, :meth:`take_
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
-from nets.engine import Engine, unread_places
+from nets.engine import Engine
 from nets.firing import PlacedEntry, Step
-from nets.model import Net, Token
+from nets.model import Token
 from router.wire import (
     Complete,
     Completed,
@@ -78,20 +76,18 @@ from router.wire import (
     ShuttingDown,
     Statistics,
     Stats,
-    decode,
-    encode,
 )
 from shard.batch import ArrivedRun, Batch, MarkingDelta, Recovered
+from shard.clients import ClientTable
 from shard.deferred import DeferredLoad
 from shard.exchange import Exchange
 from shard.intake import HandoffIntake
 from shard.lease_desk import LeaseDesk
-from shard.leases import WorkQueue, with_work_queues
-from shard.link import Link, Send
-from shard.mover import Mover
-from shard.parked import LongPolls, Reply
+from shard.link import Send
+from shard.parked import Reply
 from shard.reading import CoreReading, core_reading, shard_statistics, token_counts, tokens_page
 from shard.request_checks import DURATION_MS_MAX, RequestError, place_of, tokens_of
+from shard.shard_setup import Carried, FaultPoint, FiringBudget, ShardSetup, StoredSlots, no_fault
 
 FIRINGS_PER_BATCH_MAX: Final = 100_000
 FIRINGS_PER_BUDGET_CHECK: Final = 16  # one firing can take a millisecond (robots.txt)
@@ -101,74 +97,6 @@ log = logging.getLogger("cpn.shard")
 WRITING_REPLIES: Final = (PutAck, Leased, Completed, Renewed, Released, HandoffAck, PoolAnswer)
 # A client's writes: each carries (client_id, request_seq) and goes through the client table.
 ClientWrite = Put | Lease | Complete | Renew | Release
-
-
-class FiringBudget(Protocol):
-    """The shell's bound on one batch of firings (wall time, waiting requests); asked
-    every :data:`FIRINGS_PER_BUDGET_CHECK` firings. A simulator counts instead."""
-
-    def exhausted(self) -> bool: ...
-
-
-class StoredSlots(Protocol):
-    """What the core reads from its store outside recovery: a slot's committed entries
-    (a slot sealed for a move keeps its tokens there, not in the engine)."""
-
-    def slot_entries(self, slot: int) -> list[PlacedEntry]: ...
-
-
-FaultPoint = Callable[[str], None]  # the shell may end the process at a named step
-
-
-def no_fault(_name: str) -> None:
-    """The fault point of a shell that injects no faults."""
-
-
-@dataclass(frozen=True, slots=True)
-class ShardSetup:
-    """What every incarnation of one shard is built from: its net, with the lease
-    machinery added, and its place in the cluster."""
-
-    net: Net
-    queues: Mapping[str, WorkQueue]
-    shard_id: int = 0
-    shard_count: int = 1
-    router: str = ""  # the router's endpoint ("": standalone); a routed shard is fenced
-    cluster_id: str = ""  # a table from another cluster's router is refused
-    endpoint: str = ""  # where the others reach it (its heartbeat says so)
-
-    @classmethod
-    def of(cls, net: Net, **identity: Any) -> ShardSetup:
-        """The setup of a shard of ``net`` (its work queues get their companions)."""
-        with_queues, queues = with_work_queues(net)
-        return cls(with_queues, queues, **identity)
-
-    @property
-    def companions(self) -> frozenset[str]:
-        """The places of the lease machinery: only leases and completions change them."""
-        return frozenset(
-            place.name for queue in self.queues.values() for place in (queue.held, queue.timer)
-        )
-
-    @property
-    def deferred_places(self) -> frozenset[str]:
-        """Places whose tokens only accumulate: read after the shard starts firing."""
-        return frozenset(
-            name for name in unread_places(self.net, self.queues) if not self.net.place(name).pool
-        )
-
-
-@dataclass(slots=True)
-class Carried:
-    """What a core passes on to the core rebuilt after a failed commit: the counters,
-    the conversations in progress and the ids already handed out."""
-
-    counters: Counter[str]
-    lease_seq: int
-    sender_incarnations: dict[int, int]
-    polls: LongPolls
-    mover: Mover
-    link: Link
 
 
 def _consumed_runs_to_delta(marking: MarkingDelta, arrived: list[ArrivedRun]) -> list[ArrivedRun]:
@@ -228,25 +156,15 @@ class ShardCore:
         self.read_only_reason = read_only_reason
         self.stopping = False
         if carried is None:
-            carried = Carried(
-                Counter(),
-                0,
-                {},
-                LongPolls(),
-                Mover(incarnation=incarnation, routed=bool(setup.router), fault=fault),
-                Link(
-                    me=setup.shard_id,
-                    incarnation=incarnation,
-                    endpoint=setup.endpoint,
-                    cluster_id=setup.cluster_id,
-                    router=setup.router,
-                ),
-            )
+            carried = Carried.fresh(setup, incarnation=incarnation, fault=fault)
         self.counters = carried.counters
         self.polls = carried.polls  # lease requests waiting for work (shard/parked.py)
         self.mover = carried.mover  # slot moves and fencing (shard/mover.py)
         self.link = carried.link  # heartbeats, tables, handoff sends (shard/link.py)
-        self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
+        # Each client's newest write and its reply (shard/clients.py).
+        self.client_table = ClientTable(
+            recovered.clients, incarnation=incarnation, counters=self.counters
+        )
         self.exchange = Exchange(
             self.net,
             shard_id=setup.shard_id,
@@ -445,7 +363,9 @@ class ShardCore:
 
     def _client_request(self, message: ClientWrite) -> Message | None:
         """A client's write: answered from the client table if it is a repeat."""
-        duplicate = self._duplicate(message.client_id, message.request_seq)
+        duplicate = self.client_table.repeat(
+            message.client_id, message.request_seq, self.lease_desk.untouched
+        )
         if duplicate is not None:
             return duplicate
         # The client asked again (it gave up waiting): only its newest request is
@@ -507,34 +427,8 @@ class ShardCore:
         self.stopping = True
         return ShuttingDown()
 
-    def _duplicate(self, client_id: str, seq: int) -> Message | None:
-        known = self.clients.get(client_id)
-        if known is None or seq > known[0]:
-            return None
-        self.counters["requests_duplicate"] += 1
-        if seq == known[0]:
-            # The very reply the client may have missed, marked as a repeat.
-            reply = decode(known[1]).message
-            if isinstance(reply, PutAck | Completed):
-                reply = dataclasses.replace(reply, duplicate=True)
-            elif (
-                isinstance(reply, Leased) and reply.entries and not self.lease_desk.untouched(reply)
-            ):
-                # Taken back (its reply could not be delivered), expired, completed or
-                # handed back, even in part: its tokens may be another lease's by now,
-                # so the repeat gets none.
-                reply = dataclasses.replace(reply, entries=())
-            return reply
-        raise RequestError(
-            "stale_request",
-            f"client {client_id!r} sent request {seq}, but request {known[0]} came after it",
-        )
-
     def _remember(self, client_id: str, seq: int, reply: Message) -> Message:
-        frame = encode(reply, message_id=0, incarnation=self.incarnation)
-        self.clients[client_id] = (seq, frame)
-        self.batch.clients[client_id] = (seq, frame)
-        return reply
+        return self.client_table.remember(client_id, seq, reply, self.batch)
 
     def _put(self, put: Put) -> Message:
         tokens = tokens_of(self.net, self.companions, put.place, put.tokens)

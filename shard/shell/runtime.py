@@ -25,8 +25,9 @@ from router.shell.curve import CurveKeys
 from router.shell.datadir import fault_point
 from router.shell.metrics import METRICS_DEFAULT
 from shard.batch import Batch, Recovered
-from shard.core import ShardCore, ShardSetup
+from shard.core import ShardCore
 from shard.reading import ReadingMark, ShardReading, quantile
+from shard.shard_setup import ShardSetup
 from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability, Store, StoreError
 from shard.shell.store_log import CATCH_UP_ENTRIES_MAX, LOG_ENTRIES_KEPT
 
@@ -77,7 +78,7 @@ class ShardConfig:
 
 
 class BatchTimer:
-    """The firing budget of one batch on the real clock (:class:`shard.core.FiringBudget`).
+    """The firing budget of one batch on the real clock (:class:`shard.shard_setup.FiringBudget`).
 
     A batch runs up to ``BATCH_MS_MAX`` while requests are waiting (they are answered
     only after the commit) and up to ``BATCH_MS_MAX_IDLE`` otherwise: a longer batch

@@ -598,7 +598,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert token_counts(core.net, core.engine, core.deferred) == {
             p: len(e) for p, e in self.model.marking().items()
         }
-        assert core.clients == self.clients
+        assert core.client_table.clients == self.clients
 
     @invariant()
     def store_holds_the_last_commit(self) -> None:

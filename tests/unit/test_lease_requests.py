@@ -28,9 +28,10 @@ from router.wire import (
     encode,
 )
 from shard.batch import Batch, Recovered
-from shard.core import ShardCore, ShardSetup
+from shard.core import ShardCore
 from shard.lease_desk import LEASE_PROGRESS_CHARS_MAX, LEASE_PROGRESS_SHOWN_MAX
 from shard.request_checks import RequestError
+from shard.shard_setup import ShardSetup
 from tests.nets_for_tests import jobs
 
 T0_MS = 1_000_000
@@ -129,12 +130,12 @@ def _work(core: ShardCore) -> list[tuple[str, str, int]]:
 def _refused(core: ShardCore, now_ms: int, message: Message, code: str, match: str) -> None:
     """``message`` is refused with ``code`` and changes nothing (batch, client table)."""
     _commit(core, None)
-    clients = dict(core.clients)
+    clients = dict(core.client_table.clients)
     with pytest.raises(RequestError, match=match) as refused:
         _request(core, now_ms, message)
     assert refused.value.code == code
     assert core.take_batch().is_empty(), f"a refused {type(message).__name__} changed the batch"
-    assert core.clients == clients
+    assert core.client_table.clients == clients
 
 
 # -- declared results ---------------------------------------------------------------------
