@@ -28,14 +28,22 @@ the client table, never applied twice. Requests are dispatched by a table from m
 type to handler (:data:`_REQUEST_HANDLERS`), and a client's writes that are new by a
 second one (:data:`_CLIENT_WRITES`).
 
-What lives apart, each with the parts of the core it needs passed in explicitly: the
-lease desk (:mod:`shard.lease_desk`: grants, completions, renewals, hand-backs and the
-index of live leases), the checks a request must pass (:mod:`shard.request_checks`), and
-the read side (:mod:`shard.reading`: statistics, counts, token pages, metrics readings).
-What stays here is what every turn runs through: dispatch, the client table, the batch
-and the firings recorded into it, handoffs received, and the hosts' narrow access to the
-engine. The firing path (:meth:`ShardCore.fire`, ``_record_steps``, :meth:`take_batch`,
-:meth:`committed`) calls into no other module per firing or per entry.
+What lives apart, each built here with the parts of the core it needs passed in
+explicitly (never the core itself), and each for a reason given in its own docstring:
+
+* :mod:`shard.lease_desk`: grants, completions, renewals, hand-backs and the index of
+  live leases (state rebuilt from the marking, its id sequence carried on);
+* :mod:`shard.clients`: the client table, which every client write passes first;
+* :mod:`shard.intake`: handoffs received, with the senders' incarnations and latencies;
+* :mod:`shard.request_checks`: the checks a request must pass against the net;
+* :mod:`shard.reading`: the read side (statistics, counts, token pages, metrics);
+* :mod:`shard.move_host`: what slot moves may do to the engine;
+* :mod:`shard.shard_setup`: what a core is built from and what a rebuilt one carries.
+
+What stays here is what every turn runs through: dispatch, the batch and the firings
+recorded into it, the exports, and the shell's interface. The firing path
+(:meth:`ShardCore.fire`, ``_record_steps``, :meth:`take_batch`, :meth:`committed`)
+calls into no other module per firing or per entry.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from nets.engine import Engine
-from nets.firing import PlacedEntry, Step
+from nets.firing import Step
 from nets.model import Token
 from router.wire import (
     Complete,
@@ -84,6 +92,7 @@ from shard.exchange import Exchange
 from shard.intake import HandoffIntake
 from shard.lease_desk import LeaseDesk
 from shard.link import Send
+from shard.move_host import EngineMoveHost
 from shard.parked import Reply
 from shard.reading import CoreReading, core_reading, shard_statistics, token_counts, tokens_page
 from shard.request_checks import DURATION_MS_MAX, RequestError, place_of, tokens_of
@@ -225,6 +234,10 @@ class ShardCore:
             incarnation=incarnation,
             lease_seq=carried.lease_seq,
             counters=self.counters,
+        )
+        # What slot moves may do to the engine and read of the store (shard/move_host.py).
+        self.move_host = EngineMoveHost(
+            self.net, self.engine, self.deferred, slots, self.committed_firings
         )
 
     def after_failed_commit(self, recovered: Recovered, reason: str, now_ms: int) -> ShardCore:
@@ -629,13 +642,15 @@ class ShardCore:
         applied to the current batch."""
         self.engine.advance(now_ms)
         self.link.take(
-            now_ms, source, envelope.message, self.exchange, self.mover, self.batch, self
+            now_ms, source, envelope.message, self.exchange, self.mover, self.batch, self.move_host
         )
 
     def sends(self, now_ms: int) -> list[Send]:
         """What to send now that the batch is committed: handoff runs, pool requests,
         the heartbeat, move reports, table and shipment requests."""
-        return self.link.sends(now_ms, self.exchange, self.mover, self.engine, self.progress, self)
+        return self.link.sends(
+            now_ms, self.exchange, self.mover, self.engine, self.progress, self.move_host
+        )
 
     def send_failed(self, send: Send) -> None:
         """``send`` could not go now (the peer is down, slow or unknown)."""
@@ -668,36 +683,7 @@ class ShardCore:
         ]
         return min(deadlines, default=None)
 
-    # -- the move host (shard/mover.py): narrow access to the engine ----------------------
-
-    def sealed_entries(self, slot: int) -> list[PlacedEntry]:
-        """A slot's committed entries, the deferred ones loaded first (to take it out)."""
-        self.deferred.complete(self.engine, self.engine.now)
-        return self._slots.slot_entries(slot)
-
-    def stored_entries(self, slot: int) -> list[PlacedEntry]:
-        return self._slots.slot_entries(slot)
-
-    def extract(self, entries: list[PlacedEntry]) -> None:
-        self.engine.extract(entries)
-
-    def add_entries(self, entries: list[PlacedEntry]) -> None:
-        by_place: dict[str, list[tuple[int, Token]]] = {}
-        for place, time_ms, token in entries:
-            by_place.setdefault(place, []).append((time_ms, token))
-        for place, timed in by_place.items():
-            self.engine.add_checked(place, timed)
-
-    def pool_entries(self) -> list[PlacedEntry]:
-        return [
-            (place.name, t, tok)
-            for place in self.net.places
-            if place.pool
-            for t, tok in self.engine.tokens(place.name)
-        ]
-
-    def pool_token_count(self) -> int:
-        return sum(self.engine.count(p.name) for p in self.net.places if p.pool)
+    # -- the read side (shard/reading.py) ------------------------------------------------
 
     def reading(self) -> CoreReading:
         """The figures the shard's metrics show (:func:`shard.reading.core_reading`)."""
