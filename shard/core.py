@@ -1,11 +1,12 @@
 """One shard as a sans-IO core: requests and peer messages in, a batch and sends out.
 
 :class:`ShardCore` holds what one shard owns: the engine (its marking), the batch of
-changes since the last commit, the client table, leases, the partition exchange, slot
-moves (:mod:`shard.mover`), long polls (:mod:`shard.parked`) and the conversation with
-peers and the router (:mod:`shard.link`). It reads no clock, opens no file and touches
-no socket: every input carries ``now_ms``, and the shell (:mod:`shard.shell.serve`, or a
-simulator) owns the clock, the LMDB store and the sockets.
+changes since the last commit, the client table, the lease desk, the partition
+exchange, slot moves (:mod:`shard.mover`), long polls (:mod:`shard.parked`) and the
+conversation with peers and the router (:mod:`shard.link`). It reads no clock, opens no
+file and touches no socket: every input carries ``now_ms``, and the shell
+(:mod:`shard.shell.serve`, or a simulator) owns the clock, the LMDB store and the
+sockets.
 
 Theory of operation, one turn of the shell's loop:
 
@@ -27,31 +28,34 @@ the client table, never applied twice. Requests are dispatched by a table from m
 type to handler (:data:`_REQUEST_HANDLERS`), and a client's writes that are new by a
 second one (:data:`_CLIENT_WRITES`).
 
-Leases (:mod:`shard.leases`): :attr:`ShardCore.leases` indexes what each granted lease
-still holds and when it expires, rebuilt from the marking on recovery. A completion
-or a hand-back names some of a lease's tokens by their lease index (or all of them); a
-lease is live while every token it still holds is held, and gone once it holds none.
-A renewal moves the timers of the tokens it still holds. A completion may produce only
-into the places its queue declares (``Place(results=...)``).
+What lives apart, each built here with the parts of the core it needs passed in
+explicitly (never the core itself), and each for a reason given in its own docstring:
+
+* :mod:`shard.lease_desk`: grants, completions, renewals, hand-backs and the index of
+  live leases (state rebuilt from the marking, its id sequence carried on);
+* :mod:`shard.clients`: the client table, which every client write passes first;
+* :mod:`shard.intake`: handoffs received, with the senders' incarnations and latencies;
+* :mod:`shard.request_checks`: the checks a request must pass against the net;
+* :mod:`shard.reading`: the read side (statistics, counts, token pages, metrics);
+* :mod:`shard.move_host`: what slot moves may do to the engine;
+* :mod:`shard.shard_setup`: what a core is built from and what a rebuilt one carries.
+
+What stays here is what every turn runs through: dispatch, the batch and the firings
+recorded into it, the exports, and the shell's interface. The firing path
+(:meth:`ShardCore.fire`, ``_record_steps``, :meth:`take_batch`, :meth:`committed`)
+calls into no other module per firing or per entry.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from itertools import islice
-from operator import itemgetter
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
-from nets.codec import token_from_fields
-from nets.engine import Engine, unread_places
-from nets.errors import CpnError, TokenError
-from nets.firing import PlacedEntry, Step
-from nets.model import Net, Token
-from router.handoff import ProtocolError
+from nets.engine import Engine
+from nets.firing import Step
+from nets.model import Token
 from router.wire import (
     Complete,
     Completed,
@@ -80,112 +84,28 @@ from router.wire import (
     ShuttingDown,
     Statistics,
     Stats,
-    Tokens,
-    decode,
-    encode,
 )
 from shard.batch import ArrivedRun, Batch, MarkingDelta, Recovered
+from shard.clients import ClientTable
 from shard.deferred import DeferredLoad
-from shard.exchange import Exchange, HandoffRefused
-from shard.leases import LiveLease, WorkQueue, live_leases, with_work_queues
-from shard.link import Link, Send
-from shard.mover import Mover
-from shard.parked import LongPolls, Reply
-from shard.reading import CoreReading
+from shard.exchange import Exchange
+from shard.intake import HandoffIntake
+from shard.lease_desk import LeaseDesk
+from shard.link import Send
+from shard.move_host import EngineMoveHost
+from shard.parked import Reply
+from shard.reading import CoreReading, core_reading, shard_statistics, token_counts, tokens_page
+from shard.request_checks import DURATION_MS_MAX, RequestError, place_of, tokens_of
+from shard.shard_setup import Carried, FaultPoint, FiringBudget, ShardSetup, StoredSlots, no_fault
 
-IDLE_WAKE_MS: Final = 1_000
 FIRINGS_PER_BATCH_MAX: Final = 100_000
 FIRINGS_PER_BUDGET_CHECK: Final = 16  # one firing can take a millisecond (robots.txt)
-TOKENS_PAGE_MAX: Final = 10_000
-LEASE_TOKENS_MAX: Final = 10_000
-LEASE_WAIT_MS_MAX: Final = 60_000  # a long poll waits at most this long for work
-LEASE_PROGRESS_CHARS_MAX: Final = 200  # a renewal's progress note, kept in memory per lease
-LEASE_PROGRESS_SHOWN_MAX: Final = 20  # the statistics show the most recently renewed leases
-HANDOFF_LATENCIES_KEPT_MAX: Final = 20_000  # sorted for each Stats request
-# Times are stored as msgpack integers; a delay or lease beyond ten years is a mistake.
-DURATION_MS_MAX: Final = 10 * 365 * 24 * 3_600_000
 log = logging.getLogger("cpn.shard")
 
 # The replies that change the marking: a failed commit turns them into errors.
 WRITING_REPLIES: Final = (PutAck, Leased, Completed, Renewed, Released, HandoffAck, PoolAnswer)
 # A client's writes: each carries (client_id, request_seq) and goes through the client table.
 ClientWrite = Put | Lease | Complete | Renew | Release
-
-
-class RequestError(CpnError):
-    """A request the shard understood but cannot serve; ``code`` goes on the wire."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class FiringBudget(Protocol):
-    """The shell's bound on one batch of firings (wall time, waiting requests); asked
-    every :data:`FIRINGS_PER_BUDGET_CHECK` firings. A simulator counts instead."""
-
-    def exhausted(self) -> bool: ...
-
-
-class StoredSlots(Protocol):
-    """What the core reads from its store outside recovery: a slot's committed entries
-    (a slot sealed for a move keeps its tokens there, not in the engine)."""
-
-    def slot_entries(self, slot: int) -> list[PlacedEntry]: ...
-
-
-FaultPoint = Callable[[str], None]  # the shell may end the process at a named step
-
-
-def no_fault(_name: str) -> None:
-    """The fault point of a shell that injects no faults."""
-
-
-@dataclass(frozen=True, slots=True)
-class ShardSetup:
-    """What every incarnation of one shard is built from: its net, with the lease
-    machinery added, and its place in the cluster."""
-
-    net: Net
-    queues: Mapping[str, WorkQueue]
-    shard_id: int = 0
-    shard_count: int = 1
-    router: str = ""  # the router's endpoint ("": standalone); a routed shard is fenced
-    cluster_id: str = ""  # a table from another cluster's router is refused
-    endpoint: str = ""  # where the others reach it (its heartbeat says so)
-
-    @classmethod
-    def of(cls, net: Net, **identity: Any) -> ShardSetup:
-        """The setup of a shard of ``net`` (its work queues get their companions)."""
-        with_queues, queues = with_work_queues(net)
-        return cls(with_queues, queues, **identity)
-
-    @property
-    def companions(self) -> frozenset[str]:
-        """The places of the lease machinery: only leases and completions change them."""
-        return frozenset(
-            place.name for queue in self.queues.values() for place in (queue.held, queue.timer)
-        )
-
-    @property
-    def deferred_places(self) -> frozenset[str]:
-        """Places whose tokens only accumulate: read after the shard starts firing."""
-        return frozenset(
-            name for name in unread_places(self.net, self.queues) if not self.net.place(name).pool
-        )
-
-
-@dataclass(slots=True)
-class Carried:
-    """What a core passes on to the core rebuilt after a failed commit: the counters,
-    the conversations in progress and the ids already handed out."""
-
-    counters: Counter[str]
-    lease_seq: int
-    sender_incarnations: dict[int, int]
-    polls: LongPolls
-    mover: Mover
-    link: Link
 
 
 def _consumed_runs_to_delta(marking: MarkingDelta, arrived: list[ArrivedRun]) -> list[ArrivedRun]:
@@ -237,7 +157,6 @@ class ShardCore:
         self.net = setup.net
         self.queues = setup.queues
         self.companions = setup.companions
-        self.queue_of_held = {queue.held.name: queue for queue in self.queues.values()}
         self.deferred_places = setup.deferred_places
         self.incarnation = incarnation
         self._slots = slots
@@ -246,32 +165,15 @@ class ShardCore:
         self.read_only_reason = read_only_reason
         self.stopping = False
         if carried is None:
-            carried = Carried(
-                Counter(),
-                0,
-                {},
-                LongPolls(),
-                Mover(incarnation=incarnation, routed=bool(setup.router), fault=fault),
-                Link(
-                    me=setup.shard_id,
-                    incarnation=incarnation,
-                    endpoint=setup.endpoint,
-                    cluster_id=setup.cluster_id,
-                    router=setup.router,
-                ),
-            )
+            carried = Carried.fresh(setup, incarnation=incarnation, fault=fault)
         self.counters = carried.counters
-        self._lease_seq = carried.lease_seq
-        self.sender_incarnations = carried.sender_incarnations  # the newest each peer spoke as
         self.polls = carried.polls  # lease requests waiting for work (shard/parked.py)
         self.mover = carried.mover  # slot moves and fencing (shard/mover.py)
         self.link = carried.link  # heartbeats, tables, handoff sends (shard/link.py)
-        self.handoff_latencies_ms: deque[int] = deque(maxlen=HANDOFF_LATENCIES_KEPT_MAX)
-        self.clients: dict[str, tuple[int, bytes]] = dict(recovered.clients)
-        self.leases: dict[str, LiveLease] = {}  # what each lease still holds
-        # The latest progress note of each live lease, most recently renewed last. Kept in
-        # memory only: a restarted shard shows a lease's progress from its next renewal.
-        self.lease_progress: dict[str, str] = {}
+        # Each client's newest write and its reply (shard/clients.py).
+        self.client_table = ClientTable(
+            recovered.clients, incarnation=incarnation, counters=self.counters
+        )
         self.exchange = Exchange(
             self.net,
             shard_id=setup.shard_id,
@@ -288,8 +190,8 @@ class ShardCore:
         )
         self.engine.advance(max(now_ms, recovered.clock_ms))
         self.batch = Batch()
-        self.handed_in = 0  # tokens received from peers in this batch
-        self.handed_times: list[int] = []  # their times (when the sender produced them)
+        # Handoffs received, and the newest incarnation each peer spoke as (shard/intake.py).
+        self.intake = HandoffIntake(self.engine, self.exchange, carried.sender_incarnations)
         self.exports: list[tuple[str, int, Token]] = []  # tokens for other shards
         self.more_enabled = True  # until a batch shows otherwise
         # What recording a batch's steps looks up by transition index (_record_steps).
@@ -300,7 +202,6 @@ class ShardCore:
         self.deferred = DeferredLoad(recovered.deferred, recovered.deferred_counts)
         self.initialised = recovered.initialised
         self.commits = 0  # batches committed by this core
-        self.handoffs_timed = 0  # handed-in tokens whose latency was taken (metrics)
         # Committed firings over every incarnation of the store (docs/shard.md, "Firing
         # totals"): the batch being committed adds its own in committed(), so a batch
         # that fails to commit never counts. The engine's figures are this process's.
@@ -323,14 +224,21 @@ class ShardCore:
         else:
             # The first batch is the store's initialisation (take_batch marks it).
             self._initial_marking()
-        for queue in self.queues.values():
-            self.leases.update(
-                live_leases(
-                    queue,
-                    self.engine.tokens(queue.held.name),
-                    self.engine.tokens(queue.timer.name),
-                )
-            )
+        # What each lease still holds, rebuilt from the marking (shard/lease_desk.py).
+        self.lease_desk = LeaseDesk(
+            self.net,
+            self.queues,
+            self.companions,
+            self.engine,
+            shard_id=setup.shard_id,
+            incarnation=incarnation,
+            lease_seq=carried.lease_seq,
+            counters=self.counters,
+        )
+        # What slot moves may do to the engine and read of the store (shard/move_host.py).
+        self.move_host = EngineMoveHost(
+            self.net, self.engine, self.deferred, slots, self.committed_firings
+        )
 
     def after_failed_commit(self, recovered: Recovered, reason: str, now_ms: int) -> ShardCore:
         """The core rebuilt from what is committed after a commit failed: it refuses
@@ -338,8 +246,8 @@ class ShardCore:
         self.deferred.close()
         carried = Carried(
             self.counters,
-            self._lease_seq,
-            self.sender_incarnations,
+            self.lease_desk.lease_seq,
+            self.intake.sender_incarnations,
             self.polls,
             self.mover,
             self.link,
@@ -422,7 +330,7 @@ class ShardCore:
                     self.counters["leased_tokens_expired"] += 1
                     for place, _time_ms, token in step.consumed:
                         if place.endswith("__held"):
-                            self._forget_lease(token[0])  # the lease id; its work is back
+                            self.lease_desk.expired(token[0])  # the lease id; its work is back
 
     def _count_firings(self, counts_before: list[int]) -> int:
         """Add the firings since the engine's ``counts_before`` to the batch's, by
@@ -454,7 +362,7 @@ class ShardCore:
 
         Raises:
             RequestError: the request cannot be served; nothing of it is applied.
-            CpnError: a token or place in it is wrong (answered as ``bad_request``).
+            nets.errors.CpnError: a token or place in it is wrong (answered as ``bad_request``).
         """
         self.engine.advance(now_ms)
         message = envelope.message
@@ -468,7 +376,9 @@ class ShardCore:
 
     def _client_request(self, message: ClientWrite) -> Message | None:
         """A client's write: answered from the client table if it is a repeat."""
-        duplicate = self._duplicate(message.client_id, message.request_seq)
+        duplicate = self.client_table.repeat(
+            message.client_id, message.request_seq, self.lease_desk.untouched
+        )
         if duplicate is not None:
             return duplicate
         # The client asked again (it gave up waiting): only its newest request is
@@ -489,7 +399,7 @@ class ShardCore:
     def _on_handoff(self, envelope: Envelope) -> Message | None:
         assert isinstance(envelope.message, Handoff)
         self._writable()
-        return self._handoff(envelope.message, envelope.incarnation)
+        return self.intake.receive(envelope.message, envelope.incarnation, self.batch)
 
     def _on_pool_wanted(self, envelope: Envelope) -> Message | None:
         assert isinstance(envelope.message, PoolWanted)
@@ -508,7 +418,7 @@ class ShardCore:
 
     def _on_query_counts(self, _envelope: Envelope) -> Message | None:
         return Counts(
-            self._counts(),
+            token_counts(self.net, self.engine, self.deferred),
             self.engine.now,
             self.exchange.in_flight(),
             self.deferred.pending_total(),
@@ -516,7 +426,9 @@ class ShardCore:
 
     def _on_query_tokens(self, envelope: Envelope) -> Message | None:
         assert isinstance(envelope.message, QueryTokens)
-        return self._tokens(envelope.message)
+        return tokens_page(
+            self.net, self.engine, self.deferred, self.deferred_places, envelope.message
+        )
 
     def _on_stats(self, _envelope: Envelope) -> Message | None:
         return Statistics(self.statistics())
@@ -528,63 +440,11 @@ class ShardCore:
         self.stopping = True
         return ShuttingDown()
 
-    def _duplicate(self, client_id: str, seq: int) -> Message | None:
-        known = self.clients.get(client_id)
-        if known is None or seq > known[0]:
-            return None
-        self.counters["requests_duplicate"] += 1
-        if seq == known[0]:
-            # The very reply the client may have missed, marked as a repeat.
-            reply = decode(known[1]).message
-            if isinstance(reply, PutAck | Completed):
-                reply = dataclasses.replace(reply, duplicate=True)
-            elif isinstance(reply, Leased) and reply.entries and not self._untouched(reply):
-                # Taken back (its reply could not be delivered), expired, completed or
-                # handed back, even in part: its tokens may be another lease's by now,
-                # so the repeat gets none.
-                reply = dataclasses.replace(reply, entries=())
-            return reply
-        raise RequestError(
-            "stale_request",
-            f"client {client_id!r} sent request {seq}, but request {known[0]} came after it",
-        )
-
     def _remember(self, client_id: str, seq: int, reply: Message) -> Message:
-        frame = encode(reply, message_id=0, incarnation=self.incarnation)
-        self.clients[client_id] = (seq, frame)
-        self.batch.clients[client_id] = (seq, frame)
-        return reply
-
-    def _place(self, name: str) -> Any:
-        if not self.net.has_place(name):
-            raise RequestError(
-                "unknown_place",
-                f"net {self.net.name!r} has no place {name!r} "
-                f"(places: {', '.join(p.name for p in self.net.places)})",
-            )
-        return self.net.place(name)
-
-    def _tokens_of(self, place_name: str, items: tuple[Any, ...]) -> list[Token]:
-        place = self._place(place_name)
-        if place_name in self.companions:
-            raise RequestError(
-                "reserved_place",
-                f"place {place_name!r} belongs to the lease machinery; only leases and "
-                "completions change it",
-            )
-        key_index = place.key_index
-        try:
-            return [
-                token_from_fields(
-                    place.colour_set, fields, where=f"place {place_name!r}", key_index=key_index
-                )
-                for fields in items
-            ]
-        except TokenError as exc:
-            raise RequestError("wrong_colour", str(exc)) from exc
+        return self.client_table.remember(client_id, seq, reply, self.batch)
 
     def _put(self, put: Put) -> Message:
-        tokens = self._tokens_of(put.place, put.tokens)
+        tokens = tokens_of(self.net, self.companions, put.place, put.tokens)
         if not 0 <= put.delay_ms <= DURATION_MS_MAX:
             raise RequestError(
                 "bad_request", f"delay_ms must be in 0..{DURATION_MS_MAX}, got {put.delay_ms}"
@@ -610,268 +470,33 @@ class ShardCore:
             put.client_id, put.request_seq, PutAck(put.request_seq, len(tokens), False)
         )
 
-    def _queue(self, name: str) -> WorkQueue:
-        self._place(name)
-        queue = self.queues.get(name)
-        if queue is None:
-            raise RequestError(
-                "not_a_work_queue",
-                f"place {name!r} is not a work queue (declare it with work_queue=True); "
-                f"work queues: {', '.join(self.queues) or 'none'}",
-            )
-        return queue
-
     def _lease(self, lease: Lease) -> Message | None:
         """Grant ``lease``; None when it waits for work (parked, answered later)."""
-        self._queue(lease.place)
-        if (
-            not 0 < lease.max_tokens <= LEASE_TOKENS_MAX
-            or not 0 < lease.lease_ms <= DURATION_MS_MAX
-            or not 0 <= lease.wait_ms <= LEASE_WAIT_MS_MAX
-        ):
-            raise RequestError(
-                "bad_request",
-                f"a lease needs 0 < max_tokens <= {LEASE_TOKENS_MAX}, "
-                f"0 < lease_ms <= {DURATION_MS_MAX} and 0 <= wait_ms <= {LEASE_WAIT_MS_MAX}",
-            )
+        self.lease_desk.check(lease)
         if lease.wait_ms and self.polls.can_park() and not self.engine.has_available(lease.place):
             return None
         return self.grant(lease)
 
-    def _live(self, lease: LiveLease) -> bool:
-        """Whether every token the lease still holds is held (none expired)."""
-        return all(self.engine.holds(p, tok, time=t) for p, t, tok in lease.held)
-
-    def _untouched(self, leased: Leased) -> bool:
-        """Whether a granted lease still holds every token it was granted."""
-        lease = self.leases.get(leased.lease_id)
-        return lease is not None and len(lease.held) == len(leased.entries) and self._live(lease)
-
-    def _live_lease(self, lease_id: str) -> LiveLease:
-        """The lease ``lease_id`` if it is live.
-
-        Raises:
-            RequestError: ``lease_expired``: unknown, expired, or completed or handed
-                back in full (nothing of the request is applied).
-        """
-        lease = self.leases.get(lease_id)
-        if lease is None or not self._live(lease):
-            self._forget_lease(lease_id)
-            raise RequestError(
-                "lease_expired",
-                f"lease {lease_id!r} is unknown or expired (its tokens went back to their "
-                "queue), or it was completed or handed back",
-            )
-        return lease
-
-    def _forget_lease(self, lease_id: str) -> None:
-        self.leases.pop(lease_id, None)
-        self.lease_progress.pop(lease_id, None)
-
-    def _chosen(
-        self, lease_id: str, lease: LiveLease, indexes: tuple[int, ...]
-    ) -> tuple[PlacedEntry, ...]:
-        """The held entries a completion or hand-back names (``()``: all still held).
-
-        Raises:
-            RequestError: ``bad_request`` for an index given twice; ``unknown_index``
-                for one the lease does not hold (completed or handed back before, or
-                never in it).
-        """
-        if not indexes:
-            return lease.held
-        by_index = {lease.index_of(entry): entry for entry in lease.held}
-        seen: set[int] = set()
-        for index in indexes:
-            if index in seen:
-                raise RequestError(
-                    "bad_request", f"lease {lease_id!r}: index {index} is given twice"
-                )
-            seen.add(index)
-            if index not in by_index:
-                raise RequestError(
-                    "unknown_index",
-                    f"lease {lease_id!r} holds no token with index {index}: completed or "
-                    f"handed back before, or never in the lease (it holds "
-                    f"{', '.join(map(str, sorted(by_index)))})",
-                )
-        return tuple(by_index[index] for index in indexes)
-
-    def _held_no_more(self, lease_id: str, lease: LiveLease, gone: tuple[PlacedEntry, ...]) -> bool:
-        """Record that ``gone`` left the lease; whether it holds nothing any more."""
-        rest = lease.without(gone)
-        if rest is None:
-            self._forget_lease(lease_id)
-            return True
-        self.leases[lease_id] = rest
-        return False
-
     def grant(self, lease: Lease) -> Message:
         """Lease up to ``max_tokens`` available tokens (maybe none) in this batch."""
-        queue = self.queues[lease.place]
-        now = self.engine.now
-        self._lease_seq += 1
-        lease_id = f"{self.setup.shard_id}.{self.incarnation}.{self._lease_seq}"
-        expires = now + lease.lease_ms
-        taken = self.engine.available(lease.place, lease.max_tokens)
-        held_entries = []
-        for index, (time_ms, token) in enumerate(taken):
-            self.remove(lease.place, token, time_ms)
-            held = queue.held_token(lease_id, index, token)
-            self.add(queue.held.name, held, now)
-            self.add(queue.timer.name, queue.timer_token(lease_id, index, token), expires)
-            held_entries.append((queue.held.name, now, held))
-        if held_entries:
-            self.leases[lease_id] = LiveLease(lease.place, expires, tuple(held_entries))
-            self.counters["leases_granted"] += 1
-        reply = Leased(
-            lease.request_seq, lease_id, expires, tuple((t, tuple(tok)) for t, tok in taken)
-        )
+        reply = self.lease_desk.grant(lease, self.batch)
         return self._remember(lease.client_id, lease.request_seq, reply)
 
     def _complete(self, complete: Complete) -> Message:
-        """Swap the lease's held tokens named by ``complete.indexes`` (all still held
-        when empty) for the results, in one step; the others stay leased."""
-        lease = self._live_lease(complete.lease_id)
-        chosen = self._chosen(complete.lease_id, lease, complete.indexes)
-        queue = self.queues[lease.queue]
-        results: list[tuple[str, Token]] = []
-        for place, fields in complete.results:
-            self._declared_result(complete.lease_id, queue, place)
-            results += [(place, token) for token in self._tokens_of(place, (fields,))]
-        for place, time_ms, token in chosen:
-            self.remove(place, token, time_ms)
-        for place, token in results:
-            self._emit(place, token, self.engine.now)
-        if self._held_no_more(complete.lease_id, lease, chosen):
-            self.counters["leases_completed"] += 1
-        self.counters["leased_tokens_completed"] += len(chosen)
-        reply = Completed(complete.request_seq, complete.lease_id, False)
+        reply = self.lease_desk.complete(complete, self.batch, self._emit)
         return self._remember(complete.client_id, complete.request_seq, reply)
 
     def _renew(self, renew: Renew) -> Message:
-        """Move the expiry of every token the lease still holds to ``lease_ms`` from now.
-
-        Each timer is taken out at the old expiry and added at the new one, in the
-        batch, so the expiry cannot fire before the new time (not even after a
-        restart). Completed and handed-back tokens' timers stay and are spent.
-        """
-        if not 0 < renew.lease_ms <= DURATION_MS_MAX or (
-            len(renew.progress) > LEASE_PROGRESS_CHARS_MAX
-        ):
-            raise RequestError(
-                "bad_request",
-                f"a renewal needs 0 < lease_ms <= {DURATION_MS_MAX} and a progress of at "
-                f"most {LEASE_PROGRESS_CHARS_MAX} characters, got lease_ms={renew.lease_ms} "
-                f"and {len(renew.progress)} characters",
-            )
-        lease = self._live_lease(renew.lease_id)
-        queue = self.queues[lease.queue]
-        expires = self.engine.now + renew.lease_ms
-        if expires != lease.expires_at_ms:
-            for _place, _time_ms, held in lease.held:
-                timer = queue.timer_token(renew.lease_id, held[1], queue.original(held))
-                self.engine.withdraw(queue.timer.name, timer, time=lease.expires_at_ms)
-                self.batch.remove(queue.timer.name, lease.expires_at_ms, timer)
-                self.add(queue.timer.name, timer, expires)
-            self.leases[renew.lease_id] = dataclasses.replace(lease, expires_at_ms=expires)
-        self.lease_progress.pop(renew.lease_id, None)  # re-inserted: most recent last
-        if renew.progress:
-            self.lease_progress[renew.lease_id] = renew.progress
-        self.counters["leases_renewed"] += 1
-        reply = Renewed(renew.request_seq, renew.lease_id, expires)
+        reply = self.lease_desk.renew(renew, self.batch)
         return self._remember(renew.client_id, renew.request_seq, reply)
 
     def _release(self, release: Release) -> Message:
-        """Put the lease's held tokens named by ``release.indexes`` (all still held when
-        empty) back in their queue now; the others stay leased."""
-        lease = self._live_lease(release.lease_id)
-        chosen = self._chosen(release.lease_id, lease, release.indexes)
-        self._back_to_queue(chosen)
-        if self._held_no_more(release.lease_id, lease, chosen):
-            self.counters["leases_released"] += 1
-        self.counters["leased_tokens_released"] += len(chosen)
-        reply = Released(release.request_seq, release.lease_id, len(chosen))
+        reply = self.lease_desk.release(release, self.batch)
+        self.more_enabled = True  # offer the work again at once
         return self._remember(release.client_id, release.request_seq, reply)
 
-    def _back_to_queue(self, entries: tuple[PlacedEntry, ...]) -> None:
-        """Held entries back into their queue, available now (their timers are spent
-        when due: the held tokens are gone)."""
-        for place, time_ms, token in entries:
-            self.remove(place, token, time_ms)
-            queue = self.queue_of_held[place]
-            self.add(queue.queue.name, queue.original(token), self.engine.now)
-        self.more_enabled = True  # offer the work again at once
-
-    def _declared_result(self, lease_id: str, queue: WorkQueue, place: str) -> None:
-        """Refuse a result that ``queue`` does not declare (Place(results=...)).
-
-        Raises:
-            RequestError: ``unknown_place``, ``reserved_place`` (the lease machinery's),
-                or ``wrong_place``: a place of the net the queue's completions may not
-                produce into.
-        """
-        self._place(place)
-        if place in self.companions:
-            raise RequestError(
-                "reserved_place",
-                f"place {place!r} belongs to the lease machinery; only leases and "
-                "completions change it",
-            )
-        declared = queue.queue.results or ()
-        if place not in declared:
-            raise RequestError(
-                "wrong_place",
-                f"lease {lease_id!r} of work queue {queue.queue.name!r} cannot produce into "
-                f"place {place!r}: the queue declares results "
-                f"({', '.join(declared) or 'none'}); nothing of the completion was applied",
-            )
-
-    def _handoff(self, message: Handoff, incarnation: int) -> Message:
-        newest = self.sender_incarnations.setdefault(message.sender, incarnation)
-        if incarnation < newest:
-            # An old incarnation's frame, late: its successor resends what counts.
-            raise RequestError(
-                "stale_incarnation",
-                f"shard {message.sender}'s incarnation {incarnation} is older than {newest}",
-            )
-        self.sender_incarnations[message.sender] = incarnation
-        try:
-            runs, receipt = self.exchange.receive(message, incarnation)
-        except (HandoffRefused, ProtocolError) as exc:
-            log.error("handoff from shard %d refused: %s", message.sender, exc)
-            raise RequestError("handoff_refused", str(exc)) from exc
-        # Each run was decoded once and is applied in bulk: its tokens enter the indexes
-        # in one merge per place and wake the transitions that read them once.
-        received = 0
-        for run in runs:
-            for place, timed_tokens in run.by_place.items():
-                self.engine.add_checked(place, timed_tokens)
-            received += len(run.entries)
-        self.exchange.accept(receipt, received)  # the hwms move only now
-        for run in runs:
-            entries = tuple(run.entries)  # one tuple for the store's record and the journal
-            # Stored as it arrived: one log record holding the run's bytes, which the
-            # store decodes only when it folds its log or recovers (docs/shard.md).
-            self.batch.arrived.append(
-                ArrivedRun(
-                    message.sender,
-                    run.lane,
-                    run.first_seq - run.skip,
-                    run.skip,
-                    run.payload,
-                    {place: len(tokens) for place, tokens in run.by_place.items()},
-                    entries,
-                )
-            )
-            self.batch.received.append((message.sender, run.lane, run.first_seq, entries))
-            self.handed_times.extend(map(itemgetter(1), run.entries))
-        self.handed_in += received
-        self.batch.hwms.update(receipt.hwms)
-        return HandoffAck(receipt.acks, receipt.redirects, receipt.deferred)
-
     def _give_pool(self, message: PoolWanted) -> Message:
-        place = self._place(message.place)
+        place = place_of(self.net, message.place)
         if not place.pool:
             raise RequestError("not_a_pool", f"place {message.place!r} is not a pool place")
         if not 0 <= message.sender < self.exchange.table.shard_count or (
@@ -889,70 +514,28 @@ class ShardCore:
         self.counters["pool_tokens_given"] += len(given)
         return PoolAnswer(place.name, len(given))
 
-    def _counts(self) -> dict[str, int]:
-        return {p.name: self._count(p.name) for p in self.net.places}
-
-    def _count(self, place: str) -> int:
-        """Tokens ``place`` holds, counting those of a deferred place still to load."""
-        count = self.engine.count(place)
-        return count + self.deferred.pending(place)
-
-    def _tokens(self, query: QueryTokens) -> Message:
-        self._place(query.place)
-        if query.offset < 0 or not 0 < query.limit <= TOKENS_PAGE_MAX:
-            raise RequestError(
-                "bad_request", f"need offset >= 0 and 0 < limit <= {TOKENS_PAGE_MAX}"
-            )
-        if query.place in self.deferred_places:
-            self.deferred.complete(self.engine, self.engine.now)
-        entries = self.engine.tokens(query.place)
-        page = entries[query.offset : query.offset + query.limit]
-        return Tokens(
-            query.place, query.offset, len(entries), tuple((t, tuple(tok)) for t, tok in page)
-        )
-
     def statistics(self) -> dict[str, Any]:
         """The core's figures; the shell adds its own (commit latencies, recovery steps)."""
-        stats = self.engine.statistics()
-        handoff: list[float] = sorted(self.handoff_latencies_ms)
-        shell = dict(self._shell_statistics())
-        counters = (
-            self.counters
+        return shard_statistics(
+            self.net,
+            self.engine,
+            self.deferred,
+            self.exchange,
+            self.mover,
+            self.lease_desk,
+            incarnation=self.incarnation,
+            counters=self.counters
             + self.polls.counters
             + self.exchange.counters
-            + self.link.counters
-            + Counter(shell.pop("counters", {}))
+            + self.link.counters,
+            firings_total=self.firings_total,
+            firings_since_ms=self.firings_since_ms,
+            firings_since=self.firings_since,
+            firings_committed_ms=self.firings_committed_ms,
+            handoff_latencies_ms=self.intake.latencies_ms,
+            read_only_reason=self.read_only_reason,
+            shell=self._shell_statistics(),
         )
-        return {
-            "net": self.net.name,
-            "incarnation": self.incarnation,
-            # When the deferred places' tokens were all loaded, and how many there were.
-            "deferred_loaded_ms": self.deferred.loaded_ms,
-            "deferred_tokens": self.deferred.loaded,
-            "now_ms": self.engine.now,
-            "firings": dict(stats.firings),
-            "firings_total": dict(self.firings_total),
-            "firings_since_ms": self.firings_since_ms,
-            "firings_since": self.firings_since,
-            "firings_committed_ms": self.firings_committed_ms,
-            "tokens": self._counts(),
-            # Tokens this shard handed off that the receiver has not acknowledged yet,
-            # by place, and those of deferred places not loaded yet (counted in tokens).
-            "in_flight": self.exchange.in_flight(),
-            "tokens_loading": self.deferred.pending_total(),
-            "handoff_ms_p50": quantile(handoff, 0.50),
-            "handoff_ms_p99": quantile(handoff, 0.99),
-            "read_only": self.read_only_reason or "",
-            "leases_live": len(self.leases),
-            # What the most recently renewed leases' workers say they are doing.
-            "lease_progress": [
-                (lease_id, progress) for lease_id, progress in reversed(self.lease_progress.items())
-            ][:LEASE_PROGRESS_SHOWN_MAX],
-            "counters": dict(counters),
-            **self.exchange.statistics(),
-            **self.mover.statistics(self.exchange),
-            **shell,
-        }
 
     # -- the batch ----------------------------------------------------------------------
 
@@ -987,11 +570,10 @@ class ShardCore:
         here, or is sealed here), as a peer's would be, in the current batch."""
         for message in self.exchange.take_loopback():
             try:
-                reply = self._handoff(message, self.incarnation)
+                reply = self.intake.receive(message, self.incarnation, self.batch)
             except RequestError as exc:
                 log.error("loopback handoff refused: %s", exc)
                 continue
-            assert isinstance(reply, HandoffAck)
             self.exchange.acknowledged(reply, self.engine.now, self.batch)
 
     def answer_parked(self, now_ms: int) -> list[Reply]:
@@ -1022,22 +604,14 @@ class ShardCore:
 
     def take_back(self, lease_id: str) -> None:
         """Put a lease's tokens back in their queue (committed with the next batch)."""
-        lease = self.leases.get(lease_id)
-        if lease is None:
-            return
-        self._forget_lease(lease_id)
-        # Those that expired meanwhile are back already, by their expiry. A repeat of
-        # the request is answered with no entries (the lease is not live).
-        self._back_to_queue(
-            tuple(e for e in lease.held if self.engine.holds(e[0], e[2], time=e[1]))
-        )
-        self.counters["leases_taken_back"] += 1
+        if self.lease_desk.take_back(lease_id, self.batch):
+            self.more_enabled = True  # offer the work again at once
 
     def take_batch(self) -> Batch:
         """The batch to commit now (this batch's exports moved into outbox runs), and a
         new one begun. The shell commits it, then calls :meth:`committed`."""
         self.flush_exports()
-        self.handed_in = 0
+        self.intake.batch_taken()
         batch, self.batch = self.batch, Batch()
         if batch.arrived:
             batch.arrived = _consumed_runs_to_delta(batch.marking, batch.arrived)
@@ -1054,13 +628,7 @@ class ShardCore:
             self.firings_committed_ms = now_ms
         self.firings_total.update(self._firings_committing)
         self._firings_committing = Counter()
-        if self.handed_times:
-            # The deque keeps only its newest HANDOFF_LATENCIES_KEPT_MAX: older times of
-            # a large batch would be computed only to be pushed out again.
-            newest = self.handed_times[-HANDOFF_LATENCIES_KEPT_MAX:]
-            self.handoff_latencies_ms.extend([now_ms - t for t in newest])
-            self.handoffs_timed += len(self.handed_times)
-            self.handed_times = []
+        self.intake.committed(now_ms)
 
     def load_deferred(self, now_ms: int) -> None:
         """One chunk of the deferred places' tokens (the loop calls this every turn)."""
@@ -1074,13 +642,15 @@ class ShardCore:
         applied to the current batch."""
         self.engine.advance(now_ms)
         self.link.take(
-            now_ms, source, envelope.message, self.exchange, self.mover, self.batch, self
+            now_ms, source, envelope.message, self.exchange, self.mover, self.batch, self.move_host
         )
 
     def sends(self, now_ms: int) -> list[Send]:
         """What to send now that the batch is committed: handoff runs, pool requests,
         the heartbeat, move reports, table and shipment requests."""
-        return self.link.sends(now_ms, self.exchange, self.mover, self.engine, self.progress, self)
+        return self.link.sends(
+            now_ms, self.exchange, self.mover, self.engine, self.progress, self.move_host
+        )
 
     def send_failed(self, send: Send) -> None:
         """``send`` could not go now (the peer is down, slow or unknown)."""
@@ -1113,77 +683,28 @@ class ShardCore:
         ]
         return min(deadlines, default=None)
 
-    # -- the move host (shard/mover.py): narrow access to the engine ----------------------
-
-    def sealed_entries(self, slot: int) -> list[PlacedEntry]:
-        """A slot's committed entries, the deferred ones loaded first (to take it out)."""
-        self.deferred.complete(self.engine, self.engine.now)
-        return self._slots.slot_entries(slot)
-
-    def stored_entries(self, slot: int) -> list[PlacedEntry]:
-        return self._slots.slot_entries(slot)
-
-    def extract(self, entries: list[PlacedEntry]) -> None:
-        self.engine.extract(entries)
-
-    def add_entries(self, entries: list[PlacedEntry]) -> None:
-        by_place: dict[str, list[tuple[int, Token]]] = {}
-        for place, time_ms, token in entries:
-            by_place.setdefault(place, []).append((time_ms, token))
-        for place, timed in by_place.items():
-            self.engine.add_checked(place, timed)
-
-    def pool_entries(self) -> list[PlacedEntry]:
-        return [
-            (place.name, t, tok)
-            for place in self.net.places
-            if place.pool
-            for t, tok in self.engine.tokens(place.name)
-        ]
-
-    def pool_token_count(self) -> int:
-        return sum(self.engine.count(p.name) for p in self.net.places if p.pool)
+    # -- the read side (shard/reading.py) ------------------------------------------------
 
     def reading(self) -> CoreReading:
-        """The figures the shard's metrics show, read without walking a marking or
-        sorting anything: proportional to the net's size, not its tokens."""
-        stats = self.engine.statistics()  # copies two small dicts
-        deferred = self.deferred
-        tokens = (
-            {place: count + deferred.pending(place) for place, count in stats.tokens.items()}
-            if deferred.active
-            else dict(stats.tokens)
-        )
-        counters = (
-            self.counters
+        """The figures the shard's metrics show (:func:`shard.reading.core_reading`)."""
+        return core_reading(
+            self.net,
+            self.engine,
+            self.deferred,
+            self.exchange,
+            self.lease_desk,
+            queues=self.queues,
+            incarnation=self.incarnation,
+            read_only=self.read_only_reason is not None,
+            enabled_left=self.more_enabled,
+            leases_parked=len(self.polls.parked),
+            counters=self.counters
             + self.polls.counters
             + self.exchange.counters
             + self.link.counters
-            + self.mover.counters
+            + self.mover.counters,
+            handoffs_timed=self.intake.handoffs_timed,
         )
-        # Leases are granted in order, so the first live one is the oldest; its held
-        # entries carry the time it was granted.
-        oldest = next(iter(self.leases.values()), None)
-        return CoreReading(
-            net=self.net.name,
-            incarnation=self.incarnation,
-            read_only=self.read_only_reason is not None,
-            firings=dict(stats.firings),
-            tokens=tokens,
-            queue_tokens={queue: tokens.get(queue, 0) for queue in self.queues},
-            pending_tokens=stats.pending,
-            enabled_left=self.more_enabled,
-            leases_live=len(self.leases),
-            lease_age_ms_max=max(0, stats.now - oldest.held[0][1]) if oldest else 0,
-            leases_parked=len(self.polls.parked),
-            outbox_tokens=self.exchange.outbox.pending_tokens(),
-            counters=dict(counters),
-            handoffs_timed=self.handoffs_timed,
-        )
-
-    def newest_handoff_latencies(self, count: int) -> tuple[int, ...]:
-        """The latencies of the ``count`` handoffs timed last (at most those kept)."""
-        return tuple(islice(reversed(self.handoff_latencies_ms), count))
 
     def committed_firings(self) -> dict[str, int]:
         """Committed firings per transition over the store's life (a retiring shard's
@@ -1223,9 +744,3 @@ _CLIENT_WRITES: Final[dict[type[Message], Callable[[ShardCore, Any], Message | N
 def writes(reply: Message) -> bool:
     """Whether ``reply`` reports a change to the marking (a failed commit undoes it)."""
     return isinstance(reply, WRITING_REPLIES)
-
-
-def quantile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 3)

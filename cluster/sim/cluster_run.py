@@ -60,7 +60,7 @@ from nets.model import Net
 from router.slots import POOL_SLOT
 from router.table import PartitionTable
 from router.wire import Scale, Scaled, decode, encode
-from shard.core import ShardSetup
+from shard.shard_setup import ShardSetup
 
 ROUTER: Final = "router"
 UNTIL_MS_DEFAULT: Final = 60_000

@@ -37,9 +37,11 @@ from router.slots import slot_of_token
 from router.wire import REQUESTS, Error, Lease, Message, WireFormatError, decode, encode
 from shard.batch import Batch
 from shard.batch import Recovered as StoreRecovered
-from shard.core import RequestError, ShardCore, ShardSetup, writes
+from shard.core import ShardCore, writes
 from shard.link import ROUTER
 from shard.link import Send as CoreSend
+from shard.request_checks import RequestError
+from shard.shard_setup import ShardSetup
 from shard.shell.store import Durability, Store, StoreError
 from shard.shell.store_log import Delta, fold_run
 

@@ -25,8 +25,9 @@ from router.shell.curve import CurveKeys
 from router.shell.datadir import fault_point
 from router.shell.metrics import METRICS_DEFAULT
 from shard.batch import Batch, Recovered
-from shard.core import ShardCore, ShardSetup, quantile
-from shard.reading import ReadingMark, ShardReading
+from shard.core import ShardCore
+from shard.reading import ReadingMark, ShardReading, quantile
+from shard.shard_setup import ShardSetup
 from shard.shell.store import MAP_SIZE_BYTES_INITIAL, Durability, Store, StoreError
 from shard.shell.store_log import CATCH_UP_ENTRIES_MAX, LOG_ENTRIES_KEPT
 
@@ -77,7 +78,7 @@ class ShardConfig:
 
 
 class BatchTimer:
-    """The firing budget of one batch on the real clock (:class:`shard.core.FiringBudget`).
+    """The firing budget of one batch on the real clock (:class:`shard.shard_setup.FiringBudget`).
 
     A batch runs up to ``BATCH_MS_MAX`` while requests are waiting (they are answered
     only after the commit) and up to ``BATCH_MS_MAX_IDLE`` otherwise: a longer batch
@@ -228,7 +229,7 @@ class ShardRuntime:
             recovery_ms=max(0, self.recovered_ms - self.started_ms),
             commit_latencies_ms=tuple(islice(reversed(self.commit_latencies_ms), commits)),
             batch_entries=tuple(islice(reversed(self.batch_sizes), commits)),
-            handoff_latencies_ms=self.core.newest_handoff_latencies(timed),
+            handoff_latencies_ms=self.core.intake.newest_latencies(timed),
             mark=ReadingMark(self.core_generation, self.commits_done, core.handoffs_timed),
         )
 

@@ -61,8 +61,9 @@ from router.wire import (
     decode,
     encode,
 )
-from shard.core import RequestError, ShardCore, writes
+from shard.core import ShardCore, writes
 from shard.reading import ReadingMark
+from shard.request_checks import RequestError
 from shard.shell.peers import Peers
 from shard.shell.runtime import BatchTimer, ShardConfig, ShardRuntime, wall_ms
 
@@ -319,7 +320,7 @@ def _receive(
     parked = 0  # requests that wait for work count towards the batch's requests too
     while (
         len(replies) + parked < REQUESTS_PER_BATCH_MAX
-        and core.handed_in < HANDOFF_TOKENS_PER_BATCH_MAX
+        and core.intake.handed_in < HANDOFF_TOKENS_PER_BATCH_MAX
     ):
         if held:
             frames = held.popleft()

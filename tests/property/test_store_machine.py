@@ -66,8 +66,10 @@ from router.wire import (
     decode,
     encode,
 )
-from shard.core import FIRINGS_PER_BATCH_MAX, RequestError
+from shard.core import FIRINGS_PER_BATCH_MAX
 from shard.leases import WorkQueue, with_work_queues
+from shard.reading import token_counts
+from shard.request_checks import RequestError
 from shard.shell.runtime import ShardConfig, ShardRuntime
 from shard.shell.store import Durability
 
@@ -593,8 +595,10 @@ class StoreMachine(RuleBasedStateMachine):
             assert not loaded - Counter(_normal(expected).get("finished", []))
             actual["finished"] = expected["finished"] = []
         assert _normal(actual) == _normal(expected)
-        assert core._counts() == {p: len(e) for p, e in self.model.marking().items()}
-        assert core.clients == self.clients
+        assert token_counts(core.net, core.engine, core.deferred) == {
+            p: len(e) for p, e in self.model.marking().items()
+        }
+        assert core.client_table.clients == self.clients
 
     @invariant()
     def store_holds_the_last_commit(self) -> None:

@@ -22,8 +22,9 @@ from bench.cluster_nets import DESTINATION_KEYS, burst, relay, relay_consumed
 from nets import Engine, Net, Place, Transition, variables
 from nets.codec import unpack
 from router.wire import Handoff, HandoffAck, Put, decode, encode
-from shard.core import ShardCore, ShardSetup
+from shard.core import ShardCore
 from shard.exchange import HandoffRefused
+from shard.shard_setup import ShardSetup
 from tests.unit.test_shard_core import T0_MS, NoSlots, Unbounded, _fresh
 
 

@@ -11,7 +11,8 @@ from nets.codec import pack, share_key, share_keys, token_from_fields, unpack
 from nets.model import Place
 from router.wire import Put, decode, encode
 from shard.batch import Recovered
-from shard.core import ShardCore, ShardSetup
+from shard.core import ShardCore
+from shard.shard_setup import ShardSetup
 from shard.shell.marking_reader import decode_entries
 from tests.nets_for_tests import Job, jobs
 

@@ -28,13 +28,10 @@ from router.wire import (
     encode,
 )
 from shard.batch import Batch, Recovered
-from shard.core import (
-    LEASE_PROGRESS_CHARS_MAX,
-    LEASE_PROGRESS_SHOWN_MAX,
-    RequestError,
-    ShardCore,
-    ShardSetup,
-)
+from shard.core import ShardCore
+from shard.lease_desk import LEASE_PROGRESS_CHARS_MAX, LEASE_PROGRESS_SHOWN_MAX
+from shard.request_checks import RequestError
+from shard.shard_setup import ShardSetup
 from tests.nets_for_tests import jobs
 
 T0_MS = 1_000_000
@@ -133,12 +130,12 @@ def _work(core: ShardCore) -> list[tuple[str, str, int]]:
 def _refused(core: ShardCore, now_ms: int, message: Message, code: str, match: str) -> None:
     """``message`` is refused with ``code`` and changes nothing (batch, client table)."""
     _commit(core, None)
-    clients = dict(core.clients)
+    clients = dict(core.client_table.clients)
     with pytest.raises(RequestError, match=match) as refused:
         _request(core, now_ms, message)
     assert refused.value.code == code
     assert core.take_batch().is_empty(), f"a refused {type(message).__name__} changed the batch"
-    assert core.clients == clients
+    assert core.client_table.clients == clients
 
 
 # -- declared results ---------------------------------------------------------------------
@@ -209,7 +206,7 @@ def test_a_renewal_postpones_the_expiry_even_across_a_restart() -> None:
     # A restarted shard reads the moved timers: still not expired, then expired.
     core = _core(store, incarnation=2, now_ms=leased.expires_at_ms + 1)
     _fire(core, leased.expires_at_ms + 1)
-    assert _work(core) == [] and core.leases[leased.lease_id].expires_at_ms == new_expiry
+    assert _work(core) == [] and core.lease_desk.leases[leased.lease_id].expires_at_ms == new_expiry
     _fire(core, new_expiry)
     assert _work(core) == [_job(0), _job(1)], "they come back after the new expiry"
     assert _counts(core) == {"work": 2, "work__held": 0, "work__timer": 0, "results": 0}
@@ -238,7 +235,7 @@ def test_a_renewal_is_bounded() -> None:
         Renew("worker", 2, leased.lease_id, LEASE_MS, "x" * (LEASE_PROGRESS_CHARS_MAX + 1)),
     ):
         _refused(core, T0_MS + 1, renew, "bad_request", "a renewal needs 0 < lease_ms")
-    assert core.leases[leased.lease_id].expires_at_ms == leased.expires_at_ms
+    assert core.lease_desk.leases[leased.lease_id].expires_at_ms == leased.expires_at_ms
 
 
 def test_the_statistics_show_live_leases_and_their_latest_progress() -> None:
@@ -263,7 +260,10 @@ def test_the_statistics_show_live_leases_and_their_latest_progress() -> None:
     stats = core.statistics()
     assert stats["leases_live"] == count - 1
     assert [lease_id for lease_id, _p in stats["lease_progress"]][:2] == lease_ids[-1:-3:-1]
-    assert lease_ids[0] not in core.lease_progress and lease_ids[1] not in core.lease_progress
+    assert (
+        lease_ids[0] not in core.lease_desk.progress
+        and lease_ids[1] not in core.lease_desk.progress
+    )
 
 
 # -- hand-back ----------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def test_a_release_puts_all_the_tokens_back_at_once() -> None:
     released = _request(core, T0_MS + 5, Release("worker", 2, leased.lease_id))
     assert released == Released(2, leased.lease_id, 3)
     assert _work(core) == [_job(0), _job(1), _job(2)]
-    assert leased.lease_id not in core.leases
+    assert leased.lease_id not in core.lease_desk.leases
     again = _request(core, T0_MS + 6, Lease("other", 1, "work", 3, LEASE_MS))
     assert len(again.entries) == 3, "released work is leased again at once"
     _refused(
@@ -297,7 +297,7 @@ def test_a_release_of_some_indexes_leaves_the_others_leased() -> None:
     released = _request(core, T0_MS + 5, Release("worker", 2, leased.lease_id, (2, 0)))
     assert released == Released(2, leased.lease_id, 2)
     assert _work(core) == [_job(0), _job(2)]
-    assert core.leases[leased.lease_id].indexes() == (1,)
+    assert core.lease_desk.leases[leased.lease_id].indexes() == (1,)
     _refused(
         core,
         T0_MS + 6,
@@ -314,7 +314,7 @@ def test_a_release_of_some_indexes_leaves_the_others_leased() -> None:
     )
     done = _request(core, T0_MS + 7, Complete("worker", 3, leased.lease_id, (_result(1),)))
     assert done == Completed(3, leased.lease_id, False)
-    assert leased.lease_id not in core.leases
+    assert leased.lease_id not in core.lease_desk.leases
     _fire(core, leased.expires_at_ms)
     assert _counts(core) == {"work": 2, "work__held": 0, "work__timer": 0, "results": 1}
 
@@ -327,7 +327,7 @@ def test_tokens_complete_one_by_one_and_the_rest_expire_as_usual() -> None:
     leased = _leased(core, 3)
     one = Complete("worker", 2, leased.lease_id, (_result(1),), (1,))
     assert _request(core, T0_MS + 1, one) == Completed(2, leased.lease_id, False)
-    assert core.leases[leased.lease_id].indexes() == (0, 2)
+    assert core.lease_desk.leases[leased.lease_id].indexes() == (0, 2)
     _refused(
         core,
         T0_MS + 2,
@@ -367,7 +367,7 @@ def test_completing_the_last_tokens_ends_the_lease() -> None:
     leased = _leased(core, 2)
     _request(core, T0_MS + 1, Complete("worker", 2, leased.lease_id, (), (0,)))
     _request(core, T0_MS + 2, Complete("worker", 3, leased.lease_id, (_result(1),)))  # the rest
-    assert leased.lease_id not in core.leases
+    assert leased.lease_id not in core.lease_desk.leases
     counters = core.statistics()["counters"]
     assert counters["leases_completed"] == 1 and counters["leased_tokens_completed"] == 2
     _fire(core, leased.expires_at_ms)
@@ -394,10 +394,10 @@ def test_repeats_are_answered_from_the_client_table_and_never_applied_again() ->
     for request, repeated in requests:
         first = _request(core, T0_MS + 1, request)
         _commit(core, None)
-        before = (_counts(core), core.leases[leased.lease_id])
+        before = (_counts(core), core.lease_desk.leases[leased.lease_id])
         assert _request(core, T0_MS + 1, request) == repeated
         assert core.take_batch().is_empty(), f"a repeated {type(request).__name__} was applied"
-        assert (_counts(core), core.leases[leased.lease_id]) == before
+        assert (_counts(core), core.lease_desk.leases[leased.lease_id]) == before
         assert first == repeated or first == Completed(2, leased.lease_id, False)
     with pytest.raises(RequestError) as stale:
         _request(core, T0_MS + 3, requests[0][0])

@@ -22,7 +22,7 @@ from nets.loader import load_net
 from router.moves import MoveState
 from router.shell.metrics import Histogram, metrics_address, name_problem
 from router.shell.router_metrics import RouterSample, router_families
-from shard.core import ShardSetup
+from shard.shard_setup import ShardSetup
 from shard.shell.metrics import ShardSample, shard_families
 
 BUNDLED_NETS = ("nets.scraper:net", "nets.jobs:net", "tests.nets_for_tests:hopping")

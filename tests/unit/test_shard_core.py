@@ -34,8 +34,10 @@ from router.wire import (
     encode,
 )
 from shard.batch import Batch, Recovered
-from shard.core import _REQUEST_HANDLERS, RequestError, ShardCore, ShardSetup
+from shard.core import _REQUEST_HANDLERS, ShardCore
 from shard.link import ROUTER
+from shard.request_checks import RequestError
+from shard.shard_setup import ShardSetup
 from tests.nets_for_tests import hopper, hopping, jobs
 
 T0_MS = 1_000_000

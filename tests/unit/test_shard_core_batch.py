@@ -7,7 +7,8 @@ from typing import NamedTuple
 from nets import Net, Place, Transition, variables
 from nets.firing import PlacedEntry
 from shard.batch import Recovered
-from shard.core import ShardCore, ShardSetup
+from shard.core import ShardCore
+from shard.shard_setup import ShardSetup
 
 T0_MS = 1_000_000
 
