@@ -1,6 +1,7 @@
 """Processes by pid, read from ``/proc`` (SHELL): whether one runs, its parent, its
-command line, the ``flock`` it holds. Used to tell a live supervisor or endpoint from a
-stale pid file."""
+command line, the ``flock`` it holds, the processes naming a path. Used to tell a live
+supervisor or endpoint from a stale pid file, and by tests to find every process of a
+command they started."""
 
 from __future__ import annotations
 
@@ -37,6 +38,24 @@ def process_args(pid: int) -> list[str]:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return []
     return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def processes_naming(path: Path) -> list[int]:
+    """The processes (this one left out) whose command line names ``path``: every process
+    of a crawl or demo given that data directory (a forked child keeps its parent's
+    command line; the others are given the directory)."""
+    needle = str(path).encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if needle in cmdline:
+            found.append(int(name))
+    return found
 
 
 def holds_flock(pid: int, path: Path) -> bool:

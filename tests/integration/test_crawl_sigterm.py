@@ -17,29 +17,13 @@ from pathlib import Path
 import pytest
 
 from cluster.commands.terminate import EXIT_TERMINATED
+from cluster.pids import processes_naming
 from cluster.testing import assert_eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 TIMEOUT_S = 60.0
 PROGRESS = re.compile(rb"crawl: [1-9][0-9]* pages stored")
-
-
-def _processes_naming(path: Path) -> list[int]:
-    """The processes whose command line names ``path``: every process of this crawl (a
-    forked child keeps the command's line; the others are given the data directory)."""
-    needle = str(path).encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as cmdline:
-                if needle in cmdline.read():
-                    found.append(int(name))
-        except OSError:
-            continue  # gone meanwhile
-    return found
 
 
 def test_sigterm_stops_the_crawl_and_every_process_it_started(tmp_path: Path) -> None:
@@ -57,12 +41,12 @@ def test_sigterm_stops_the_crawl_and_every_process_it_started(tmp_path: Path) ->
             lambda: PROGRESS.search(err_path.read_bytes()), bool, timeout_s=TIMEOUT_S,
             what="the demo's crawl storing pages",
         )  # fmt: skip
-        seen.update(_processes_naming(data))
+        seen.update(processes_naming(data))
         assert len(seen) >= 5, f"expected the crawl's processes, found {sorted(seen)}"
         demo.send_signal(signal.SIGTERM)
         assert demo.wait(timeout=TIMEOUT_S) == EXIT_TERMINATED, err_path.read_text()
         left = assert_eventually(
-            lambda: _processes_naming(data), lambda pids: not pids, timeout_s=TIMEOUT_S,
+            lambda: processes_naming(data), lambda pids: not pids, timeout_s=TIMEOUT_S,
             what="every process of the crawl stopped",
         )  # fmt: skip
         assert left == []
@@ -70,6 +54,6 @@ def test_sigterm_stops_the_crawl_and_every_process_it_started(tmp_path: Path) ->
         if demo.poll() is None:
             demo.kill()
             demo.wait(timeout=TIMEOUT_S)
-        for pid in _processes_naming(data):  # still this crawl's: it names the directory
+        for pid in processes_naming(data):  # still this crawl's: it names the directory
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

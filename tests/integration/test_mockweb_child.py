@@ -7,6 +7,7 @@ run as its own process (one thread), here and in tests/integration/test_crawl.py
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -20,7 +21,7 @@ import cluster.mock_web.child
 from cluster.mock_web.child import LOG_FILE, read_requests, serve_in_child
 from cluster.mock_web.site import MockWebError, SiteConfig, SiteModel
 from cluster.mock_web.web import REQUESTS_FILE
-from cluster.pids import parent_pid, pid_running, process_args
+from cluster.pids import parent_pid, pid_running, process_args, processes_naming
 from cluster.testing import assert_eventually
 
 pytestmark = pytest.mark.integration
@@ -107,4 +108,9 @@ def test_an_interrupted_demo_stops_its_forked_mock_web(tmp_path: Path) -> None:
         if demo.poll() is None:
             demo.kill()
             demo.wait(timeout=TIMEOUT_S)
+        # Killed, the demo stopped nothing it started: its router, shards and workers
+        # all name its data directory.
+        for pid in processes_naming(data):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         stderr.close()
