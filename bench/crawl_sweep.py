@@ -61,6 +61,7 @@ from typing import Any, Final
 from bench.crawl_cpu import RUN_TIMEOUT_S, tree_cpu_s
 from cluster.mock_web.bounds import online_lower_bound_ms
 from cluster.mock_web.log import RequestRecord, max_concurrency, politeness_violations
+from cluster.mock_web.schedule import QueueOrder, crawl_plan, schedule
 from cluster.mock_web.site import CrawlExpectation, SiteConfig, SiteModel
 from nets.errors import CpnError
 
@@ -78,7 +79,11 @@ SWEEP_JSON_KEYS: Final = (
     "startup_s",
     "cpu_over_scrapy",
     "worst_span_over_online_bound",
+    "worst_span_over_schedule",
 )
+# Which released request of a host the net starts first: ``scrape`` takes the target
+# due longest (nets/scraper.py), a retry being due at the end of its wait.
+OUR_QUEUE_ORDER: Final = QueueOrder.FIFO
 RATE_MAX_PER_S: Final = 800.0  # hosts / delay: requests per second politeness allows
 BOUND_S_MAX: Final = 30.0
 CAP: Final = 16  # direct_slots for the net, CONCURRENT_REQUESTS for Scrapy
@@ -170,6 +175,22 @@ def point_online_bound_ms(
     return max(online, -(-requests * point.latency_ms // cap))
 
 
+def point_schedule_ms(
+    point: SweepPoint,
+    site: SiteModel,
+    expectation: CrawlExpectation,
+    *,
+    order: QueueOrder = OUR_QUEUE_ORDER,
+    cap: int = CAP,
+) -> int:
+    """The span of the ideal crawler of :mod:`cluster.mock_web.schedule` at ``point``
+    (no overhead, not clairvoyant, ``order`` at a host): a reference, not a bound."""
+    plan = crawl_plan(site, expectation, delay_ms=point.delay_ms)
+    return schedule(
+        plan, latency_ms=point.latency_ms, backoff_base_ms=BACKOFF_BASE_MS, cap=cap, order=order
+    ).span_ms
+
+
 def eligible(points: Iterable[SweepPoint]) -> tuple[SweepPoint, ...]:
     """The points whose politeness rate and bound stay within the sweep's limits."""
     chosen = []
@@ -238,10 +259,15 @@ class CrawlerRun:
     # CPU seconds by process role (:func:`_role`), the largest first.
     cpu_by_role: tuple[tuple[str, float], ...] = ()
     online_bound_ms: int = 0  # point_online_bound_ms; 0: not computed
+    schedule_ms: int = 0  # point_schedule_ms for OUR_QUEUE_ORDER; 0: not computed
 
     @property
     def span_over_online_bound(self) -> float:
         return self.span_ms / (self.online_bound_ms or self.bound_ms)
+
+    @property
+    def span_over_schedule(self) -> float:
+        return self.span_ms / (self.schedule_ms or self.bound_ms)
 
     @property
     def span_over_bound(self) -> float:
@@ -331,6 +357,7 @@ def run_crawler(
         span_ms=max(last_answer_ms, last_record_ms, 0 if finished else exited_ms) - first_ms,
         bound_ms=point_bound_ms(point, expectation),
         online_bound_ms=point_online_bound_ms(point, site, expectation),
+        schedule_ms=point_schedule_ms(point, site, expectation),
         violations=len(politeness_violations(records, gaps)),
         duplicates=server_duplicates(records),
         missing=len(expected - stored),
@@ -383,13 +410,31 @@ def scrapy_command(point: SweepPoint, out: Path) -> list[str]:
     ]
 
 
+def schedule_line(point: SweepPoint) -> str:
+    """The point's bounds and the ideal crawler's span for each :class:`QueueOrder`
+    (ours marked with *)."""
+    site = point.site()
+    expectation = site.expected_crawl(attempts_max=MAX_ATTEMPTS)
+    spans = ", ".join(
+        f"{order.value}{'*' if order is OUR_QUEUE_ORDER else ''} "
+        f"{point_schedule_ms(point, site, expectation, order=order) / 1000:.2f} s"
+        for order in QueueOrder
+    )
+    return (
+        f"  bound {point_bound_ms(point, expectation) / 1000:.2f} s, online bound "
+        f"{point_online_bound_ms(point, site, expectation) / 1000:.2f} s; ideal "
+        f"non-clairvoyant schedule (cluster/mock_web/schedule.py): {spans}"
+    )
+
+
 def describe(run: CrawlerRun) -> str:
     stopped = "" if run.finished else f" STOPPED after {RUN_TIMEOUT_S:.0f} s:"
     return (
         (
             f"  {run.name:7s}{stopped} span {run.span_ms / 1000:6.2f} s / bound "
             f"{run.bound_ms / 1000:5.2f} s = {run.span_over_bound:4.2f} (online bound "
-            f"{run.online_bound_ms / 1000:5.2f} s: {run.span_over_online_bound:4.2f}); "
+            f"{run.online_bound_ms / 1000:5.2f} s: {run.span_over_online_bound:4.2f}; "
+            f"schedule {run.schedule_ms / 1000:5.2f} s: {run.span_over_schedule:4.2f}); "
             f"launch to exit {run.wall_s:5.2f} s, start-up "
             f"{run.startup_s:4.2f} s; violations {run.violations}, duplicates {run.duplicates}, "
             f"missing {run.missing}, over cap {run.over_cap}; {run.pages} pages, "
@@ -427,6 +472,7 @@ def summary(pairs: Sequence[tuple[CrawlerRun, CrawlerRun]]) -> dict[str, Any]:
             worst_ours.cpu_s_per_1k_pages / max(worst_scrapy.cpu_s_per_1k_pages, 1e-9), 3
         ),
         "worst_span_over_online_bound": round(max(o.span_over_online_bound for o, _ in pairs), 3),
+        "worst_span_over_schedule": round(max(o.span_over_schedule for o, _ in pairs), 3),
     }
     assert tuple(figures) == SWEEP_JSON_KEYS
     return figures
@@ -458,6 +504,7 @@ def sweep(*, quick: bool, wall_over_bound_max: float) -> int:
                 f"{RETRY_AFTER_S}; cap {CAP}; {point.rate_per_s:,.0f} requests/s allowed",
                 flush=True,
             )
+            print(schedule_line(point), flush=True)
             our_out, scrapy_out = root / "ours.jsonl", root / "scrapy.jsonl"
             mine = run_crawler("ours", point, root, ours(point, our_out, root / "crawl"), our_out)
             print(describe(mine), flush=True)
