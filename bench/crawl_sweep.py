@@ -34,7 +34,10 @@ that point, violations, duplicates and missing pages summed over the points, the
 excess over a cap, the largest start-up, our CPU over Scrapy's at the worst point, and
 the worst span over the *online* bound (:func:`point_online_bound_ms`: as the bound, but
 a URL is asked no sooner than a page linking to it was answered,
-:mod:`cluster.mock_web.bounds`). Under each run its CPU is split by process (the driver,
+:mod:`cluster.mock_web.bounds`), and last the worst span over the reference schedule
+(:func:`point_schedule_ms`: an ideal, non-clairvoyant crawl taking a host's requests in
+the net's order, :mod:`cluster.mock_web.schedule`; a reference, not a bound). Under each
+run its CPU is split by process (the driver,
 the supervisor, the router, each shard and worker: :func:`_role`).
 ``CPN_SWEEP_CRAWLER_ROOT=DIR`` runs the ``cpn crawl`` of another checkout (to measure
 before and after a change back to back). Scrapy comes from the optional ``bench`` extra
