@@ -36,7 +36,10 @@ that point, violations, duplicates and missing pages summed over the points, the
 excess over a cap, the largest start-up, our CPU over Scrapy's at the worst point, and
 the worst span over the *online* bound (:func:`point_online_bound_ms`: as the bound, but
 a URL is asked no sooner than a page linking to it was answered,
-:mod:`cluster.mock_web.bounds`). Under each run its CPU is split by process (the driver,
+:mod:`cluster.mock_web.bounds`), and last the worst span over the reference schedule
+(:func:`point_schedule_ms`: an ideal, non-clairvoyant crawl taking a host's requests in
+the net's order, :mod:`cluster.mock_web.schedule`; a reference, not a bound). Under each
+run its CPU is split by process (the driver,
 the supervisor, the router, each shard and worker: :func:`_role`).
 ``CPN_SWEEP_CRAWLER_ROOT=DIR`` runs the ``cpn crawl`` of another checkout (to measure
 before and after a change back to back). Scrapy comes from the optional ``bench`` extra
@@ -63,6 +66,7 @@ from typing import Any, Final
 from bench.crawl_cpu import RUN_TIMEOUT_S, tree_cpu_s
 from cluster.mock_web.bounds import online_lower_bound_ms
 from cluster.mock_web.log import RequestRecord, max_concurrency, politeness_violations
+from cluster.mock_web.schedule import QueueOrder, crawl_plan, schedule
 from cluster.mock_web.site import CrawlExpectation, SiteConfig, SiteModel
 from nets.errors import CpnError
 
@@ -84,7 +88,11 @@ SWEEP_JSON_KEYS: Final = (
     "worst_wall_over_polite_scrapy",
     "cpu_over_polite_scrapy",
     "polite_scrapy_violations",
+    "worst_span_over_schedule",
 )
+# Which released request of a host the net starts first: ``scrape`` takes the target
+# due longest (nets/scraper.py), a retry being due at the end of its wait.
+OUR_QUEUE_ORDER: Final = QueueOrder.FIFO
 RATE_MAX_PER_S: Final = 800.0  # hosts / delay: requests per second politeness allows
 BOUND_S_MAX: Final = 30.0
 CAP: Final = 16  # direct_slots for the net, CONCURRENT_REQUESTS for Scrapy
@@ -176,6 +184,22 @@ def point_online_bound_ms(
     return max(online, -(-requests * point.latency_ms // cap))
 
 
+def point_schedule_ms(
+    point: SweepPoint,
+    site: SiteModel,
+    expectation: CrawlExpectation,
+    *,
+    order: QueueOrder = OUR_QUEUE_ORDER,
+    cap: int = CAP,
+) -> int:
+    """The span of the ideal crawler of :mod:`cluster.mock_web.schedule` at ``point``
+    (no overhead, not clairvoyant, ``order`` at a host): a reference, not a bound."""
+    plan = crawl_plan(site, expectation, delay_ms=point.delay_ms)
+    return schedule(
+        plan, latency_ms=point.latency_ms, backoff_base_ms=BACKOFF_BASE_MS, cap=cap, order=order
+    ).span_ms
+
+
 def eligible(points: Iterable[SweepPoint]) -> tuple[SweepPoint, ...]:
     """The points whose politeness rate and bound stay within the sweep's limits."""
     chosen = []
@@ -244,10 +268,15 @@ class CrawlerRun:
     # CPU seconds by process role (:func:`_role`), the largest first.
     cpu_by_role: tuple[tuple[str, float], ...] = ()
     online_bound_ms: int = 0  # point_online_bound_ms; 0: not computed
+    schedule_ms: int = 0  # point_schedule_ms for OUR_QUEUE_ORDER; 0: not computed
 
     @property
     def span_over_online_bound(self) -> float:
         return self.span_ms / (self.online_bound_ms or self.bound_ms)
+
+    @property
+    def span_over_schedule(self) -> float:
+        return self.span_ms / (self.schedule_ms or self.bound_ms)
 
     @property
     def span_over_bound(self) -> float:
@@ -337,6 +366,7 @@ def run_crawler(
         span_ms=max(last_answer_ms, last_record_ms, 0 if finished else exited_ms) - first_ms,
         bound_ms=point_bound_ms(point, expectation),
         online_bound_ms=point_online_bound_ms(point, site, expectation),
+        schedule_ms=point_schedule_ms(point, site, expectation),
         violations=len(politeness_violations(records, gaps)),
         duplicates=server_duplicates(records),
         missing=len(expected - stored),
@@ -392,13 +422,31 @@ def scrapy_command(point: SweepPoint, out: Path, *, polite: bool = False) -> lis
     ]
 
 
+def schedule_line(point: SweepPoint) -> str:
+    """The point's bounds and the ideal crawler's span for each :class:`QueueOrder`
+    (ours marked with *)."""
+    site = point.site()
+    expectation = site.expected_crawl(attempts_max=MAX_ATTEMPTS)
+    spans = ", ".join(
+        f"{order.value}{'*' if order is OUR_QUEUE_ORDER else ''} "
+        f"{point_schedule_ms(point, site, expectation, order=order) / 1000:.2f} s"
+        for order in QueueOrder
+    )
+    return (
+        f"  bound {point_bound_ms(point, expectation) / 1000:.2f} s, online bound "
+        f"{point_online_bound_ms(point, site, expectation) / 1000:.2f} s; ideal "
+        f"non-clairvoyant schedule (cluster/mock_web/schedule.py): {spans}"
+    )
+
+
 def describe(run: CrawlerRun) -> str:
     stopped = "" if run.finished else f" STOPPED after {RUN_TIMEOUT_S:.0f} s:"
     return (
         (
             f"  {run.name:7s}{stopped} span {run.span_ms / 1000:6.2f} s / bound "
             f"{run.bound_ms / 1000:5.2f} s = {run.span_over_bound:4.2f} (online bound "
-            f"{run.online_bound_ms / 1000:5.2f} s: {run.span_over_online_bound:4.2f}); "
+            f"{run.online_bound_ms / 1000:5.2f} s: {run.span_over_online_bound:4.2f}; "
+            f"schedule {run.schedule_ms / 1000:5.2f} s: {run.span_over_schedule:4.2f}); "
             f"launch to exit {run.wall_s:5.2f} s, start-up "
             f"{run.startup_s:4.2f} s; violations {run.violations}, duplicates {run.duplicates}, "
             f"missing {run.missing}, over cap {run.over_cap}; {run.pages} pages, "
@@ -443,6 +491,7 @@ def summary(
         ),
         "worst_span_over_online_bound": round(max(o.span_over_online_bound for o, _ in pairs), 3),
         **_polite_figures(worst_ours, polite[worst_at] if polite else None, polite),
+        "worst_span_over_schedule": round(max(o.span_over_schedule for o, _ in pairs), 3),
     }
     assert tuple(figures) == SWEEP_JSON_KEYS
     return figures
@@ -493,6 +542,7 @@ def sweep(*, quick: bool, wall_over_bound_max: float) -> int:
                 f"{RETRY_AFTER_S}; cap {CAP}; {point.rate_per_s:,.0f} requests/s allowed",
                 flush=True,
             )
+            print(schedule_line(point), flush=True)
             our_out, scrapy_out = root / "ours.jsonl", root / "scrapy.jsonl"
             mine = run_crawler("ours", point, root, ours(point, our_out, root / "crawl"), our_out)
             print(describe(mine), flush=True)

@@ -666,57 +666,51 @@ def crawler_net(
     )
     direct_back = [] if p.proxies else [proxies.produce(lambda i: Proxy(i.proxy, "", 0, 0))]
 
-    # A due retry goes before the domain's other targets: the engine takes the target that
-    # has been due longest, so a retry (due only after its backoff or Retry-After) would
-    # queue behind every page found meanwhile, and its chain of waits is the longest path
-    # of a host's crawl (docs/scraper.md, "Per request").
-    def scraping(name: str, priority: int, guard: Callable[[Target], bool] | None) -> Transition:
-        return Transition(
-            name,
-            consume=[clock(s, domain=d), free(q, domain=d), targets(t, domain=d), proxies(x)],
-            read=[politeness(pl, domain=d)],
-            produce=[
-                fetch_queue.produce(
-                    lambda now, s, t, x, q, pl: Fetch(
-                        t.domain,
-                        t.url,
-                        t.kind,
-                        t.depth,
-                        t.attempt,
-                        x.name,
-                        x.url,
-                        start_ms(now, s, x, q, pl),
-                        late_limit_ms(x),
-                    )
+    # The engine takes the target that has been due longest: a page in the order it was
+    # found, a retry in the order its backoff or Retry-After ended. Preferring due retries
+    # makes a crawl longer: the first try of a page that will fail (no crawler knows which)
+    # then waits behind them (docs/scraper.md, "The reference schedule").
+    scrape = Transition(
+        "scrape",
+        consume=[clock(s, domain=d), free(q, domain=d), targets(t, domain=d), proxies(x)],
+        read=[politeness(pl, domain=d)],
+        produce=[
+            fetch_queue.produce(
+                lambda now, s, t, x, q, pl: Fetch(
+                    t.domain,
+                    t.url,
+                    t.kind,
+                    t.depth,
+                    t.attempt,
+                    x.name,
+                    x.url,
+                    start_ms(now, s, x, q, pl),
+                    late_limit_ms(x),
+                )
+            ),
+            fetching.produce(
+                lambda t, x, q: InFlight(
+                    t.domain,
+                    t.url,
+                    t.kind,
+                    t.depth,
+                    t.attempt,
+                    t.priority,
+                    x.name,
+                    q.answered_ms,
+                )
+            ),
+            clock.produce(
+                lambda now, s, x, q, pl: Clock(
+                    s.domain, start_ms(now, s, x, q, pl) + s.gap_ms, s.gap_ms
                 ),
-                fetching.produce(
-                    lambda t, x, q: InFlight(
-                        t.domain,
-                        t.url,
-                        t.kind,
-                        t.depth,
-                        t.attempt,
-                        t.priority,
-                        x.name,
-                        q.answered_ms,
-                    )
+                delay=lambda now, s, x, q, pl: max(
+                    0, start_ms(now, s, x, q, pl) + s.gap_ms - lead_ms - now
                 ),
-                clock.produce(
-                    lambda now, s, x, q, pl: Clock(
-                        s.domain, start_ms(now, s, x, q, pl) + s.gap_ms, s.gap_ms
-                    ),
-                    delay=lambda now, s, x, q, pl: max(
-                        0, start_ms(now, s, x, q, pl) + s.gap_ms - lead_ms - now
-                    ),
-                ),
-                *proxy_back,
-            ],
-            guard=guard,
-            priority=priority,
-        )
-
-    scrape = scraping("scrape", 0, None)
-    scrape_retry = scraping("scrape_retry", 1, lambda t: t.attempt > 0)
+            ),
+            *proxy_back,
+        ],
+    )
 
     # Results: each takes the in-flight record and the worker's result for one URL, and
     # frees the domain's slot. Exactly one verdict holds for a result.
@@ -1003,7 +997,7 @@ def crawler_net(
             store_done,
             stored,
         ],
-        transitions=[*results, *robots_results, *pipeline, *admission, scrape_retry, scrape],
+        transitions=[*results, *robots_results, *pipeline, *admission, scrape],
         effects=effects,
         invariants=invariants,
     )

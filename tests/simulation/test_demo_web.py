@@ -25,7 +25,7 @@ def test_the_simulated_crawl_fetches_and_stores_what_a_perfect_crawl_does() -> N
     fired = {t.name: t.firings for t in figures.transitions}
     assert fired["store_finished"] == len(expected.stored)
     # Every request of the perfect crawl, robots.txt and retries included, and no other.
-    assert fired["scrape"] + fired["scrape_retry"] == sum(expected.requests_per_host)
+    assert fired["scrape"] == sum(expected.requests_per_host)
     assert fired["disallowed"] == len(expected.skipped_by_robots)
     assert dict(figures.workers) == {"fetch_queue": 32, "parse_queue": 1, "store_queue": 1}
     crawl = crawl_ms(figures)

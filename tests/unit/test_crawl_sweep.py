@@ -4,11 +4,14 @@ started and Scrapy is not needed."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from bench.crawl_sweep import (
     BOUND_S_MAX,
     CANDIDATES,
     CAP,
     MAX_ATTEMPTS,
+    OUR_QUEUE_ORDER,
     QUICK_CANDIDATES,
     RATE_MAX_PER_S,
     SWEEP_JSON_KEYS,
@@ -21,6 +24,8 @@ from bench.crawl_sweep import (
     summary,
 )
 from cluster.mock_web.log import RequestRecord
+from cluster.mock_web.schedule import QueueOrder
+from nets.scraper import crawler_net
 
 MS = 1_000_000
 
@@ -95,6 +100,7 @@ def test_the_last_line_takes_the_ratios_at_the_worst_point() -> None:
     assert tuple(figures) == SWEEP_JSON_KEYS
     assert figures["worst_span_over_bound"] == 1.4
     assert figures["worst_span_over_online_bound"] == 1.4, "no online bound: the bound"
+    assert figures["worst_span_over_schedule"] == 1.4, "no schedule: the bound"
     assert figures["worst_wall_over_scrapy"] == 1.25
     assert figures["cpu_over_scrapy"] == 1.5
     assert figures["violations"] == 0, "ours only"
@@ -127,3 +133,23 @@ def test_the_polite_scrapys_keys_come_last_at_our_worst_point() -> None:
     without = summary(pairs)
     assert tuple(without) == SWEEP_JSON_KEYS
     assert without["polite_scrapy_violations"] is None, "not run: null, not 0"
+
+
+def test_the_worst_span_over_the_schedule_is_the_last_key_and_a_max_over_points() -> None:
+    pairs = [
+        (dataclasses.replace(run("ours", 1_100, 3.0, 1.0), schedule_ms=1_000),
+         run("scrapy", 1_500, 4.0, 2.0)),
+        (dataclasses.replace(run("ours", 1_400, 5.0, 3.0), schedule_ms=1_300),
+         run("scrapy", 900, 4.0, 2.0)),
+    ]  # fmt: skip
+    figures = summary(pairs)
+    assert list(figures)[-1] == SWEEP_JSON_KEYS[-1] == "worst_span_over_schedule"
+    assert figures["worst_span_over_schedule"] == 1.1, "the point with less span over bound"
+
+
+def test_the_schedule_the_sweep_compares_with_is_the_order_the_net_takes() -> None:
+    # One scraping transition: the engine takes the target due longest (fifo). A second
+    # one of higher priority for retries (or for fresh pages) is another order.
+    scraping = [t for t in crawler_net().transitions if t.name.startswith("scrape")]
+    assert [t.name for t in scraping] == ["scrape"]
+    assert OUR_QUEUE_ORDER is QueueOrder.FIFO
