@@ -529,6 +529,7 @@ def sweep(*, quick: bool, wall_over_bound_max: float) -> int:
                     root,
                     scrapy_command(point, polite_out, polite=True),
                     polite_out,
+                    installed=installed,
                 )
             )
             print(describe(polite[-1]), flush=True)
