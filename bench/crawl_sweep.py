@@ -44,6 +44,10 @@ the supervisor, the router, each shard and worker: :func:`_role`).
 ``CPN_SWEEP_CRAWLER_ROOT=DIR`` runs the ``cpn crawl`` of another checkout (to measure
 before and after a change back to back). Scrapy comes from the optional ``bench`` extra
 (``pip install -e '.[bench]'``); without it ``--sweep`` stops with a one-line error.
+Both crawlers run from byte-compiled copies of their checkouts, made once before the
+first point (:mod:`bench.installed`: with ``PYTHONDONTWRITEBYTECODE`` and an editable
+install, ours would otherwise compile its modules at every launch, which a user's
+``pip install .`` does once, as pip did Scrapy's).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.crawl_cpu import RUN_TIMEOUT_S, tree_cpu_s
+from bench.installed import InstalledCopies, install_checkouts
 from cluster.mock_web.bounds import online_lower_bound_ms
 from cluster.mock_web.log import RequestRecord, max_concurrency, politeness_violations
 from cluster.mock_web.schedule import QueueOrder, crawl_plan, schedule
@@ -321,8 +326,16 @@ def _served(point: SweepPoint, directory: Path) -> Iterator[tuple[int, list[str]
 
 
 def run_crawler(
-    name: str, point: SweepPoint, root: Path, command: Sequence[str], out: Path
+    name: str,
+    point: SweepPoint,
+    root: Path,
+    command: Sequence[str],
+    out: Path,
+    *,
+    installed: InstalledCopies | None = None,
 ) -> CrawlerRun:
+    """Run one crawler at ``point`` and measure it; with ``installed``, from the
+    byte-compiled copy of its checkout, as a user's install runs (bench/installed.py)."""
     site = point.site()
     expectation = site.expected_crawl(attempts_max=MAX_ATTEMPTS)
     with _served(point, root / f"web-{name}") as (web_pid, seeds, web_dir):
@@ -335,6 +348,8 @@ def run_crawler(
         launched_ms = time.time_ns() // 1_000_000
         log_path = root / f"{name}.log"
         code_root = CRAWLER_ROOT if name == "ours" else ROOT
+        if installed is not None:
+            code_root = installed.copy_of(code_root)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 argv,
@@ -532,6 +547,7 @@ def sweep(*, quick: bool, wall_over_bound_max: float) -> int:
     pairs: list[tuple[CrawlerRun, CrawlerRun]] = []
     polite: list[CrawlerRun] = []
     with tempfile.TemporaryDirectory(prefix="cpn-bench-sweep-") as scratch:
+        installed = install_checkouts(Path(scratch), (CRAWLER_ROOT, ROOT))  # untimed
         for index, point in enumerate(points):
             root = Path(scratch) / f"point-{index}"
             root.mkdir()
@@ -544,11 +560,15 @@ def sweep(*, quick: bool, wall_over_bound_max: float) -> int:
             )
             print(schedule_line(point), flush=True)
             our_out, scrapy_out = root / "ours.jsonl", root / "scrapy.jsonl"
-            mine = run_crawler("ours", point, root, ours(point, our_out, root / "crawl"), our_out)
+            mine = run_crawler(
+                "ours", point, root, ours(point, our_out, root / "crawl"), our_out,
+                installed=installed,
+            )  # fmt: skip
             print(describe(mine), flush=True)
             theirs = run_crawler(
-                "scrapy", point, root, scrapy_command(point, scrapy_out), scrapy_out
-            )
+                "scrapy", point, root, scrapy_command(point, scrapy_out), scrapy_out,
+                installed=installed,
+            )  # fmt: skip
             print(describe(theirs), flush=True)
             pairs.append((mine, theirs))
             polite_out = root / "scrapy-polite.jsonl"
@@ -559,6 +579,7 @@ def sweep(*, quick: bool, wall_over_bound_max: float) -> int:
                     root,
                     scrapy_command(point, polite_out, polite=True),
                     polite_out,
+                    installed=installed,
                 )
             )
             print(describe(polite[-1]), flush=True)

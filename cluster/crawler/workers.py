@@ -15,7 +15,8 @@ cluster in ``CLUSTER_DIR`` (its net must be the crawler's, ``nets.scraper:net``)
   and ``links`` tokens;
 * ``store`` leases ``store_queue`` 32 tokens at a time, appends each page's JSON
   record once (flock + fsync, :mod:`cluster.crawler.store`) with one fsync for the
-  lease, and completes with ``store_done`` tokens.
+  lease, and completes with ``store_done`` tokens (a lease of fewer pages
+  ``STORE_GATHER_MS`` later, so that the next one gathers more).
 
 Everything else (every shard, long polls, heartbeats, retries, draining on SIGTERM) is
 the SDK's. **Fault points** for tests: ``CPN_FAULT=store_after_write`` SIGKILLs a store
@@ -60,6 +61,13 @@ FETCH_DEPTH: Final = 3
 FETCH_START_AT: Final = 7  # Fetch(domain, url, kind, depth, attempt, proxy, proxy_url,
 FETCH_LATE: Final = 8  #       start_at_ms, late_ms): the fields the lease rule reads
 STORE_BATCH: Final = 32
+# Pages reach store_queue one by one as their fetches end, and a lease waits for
+# nothing, so a store lease carried one page: a lease, a completion and two shard turns
+# a page. After a lease of fewer than STORE_BATCH pages, written and flushed, the store
+# worker holds it this long before completing it, so that the pages arriving meanwhile
+# make the next lease (docs/scraper.md, "CPU per process"). Its cost: the net hears of
+# the stored pages that much later (the file has them at once).
+STORE_GATHER_MS: Final = 50
 # Links a fetch worker remembers having delivered (then it forgets them all and starts
 # again): a bound on its memory, far above a crawl's links on one worker.
 DELIVERED_LINKS_MAX: Final = 1_000_000
@@ -219,6 +227,8 @@ def store_worker(out: Path, durable: bool, lease_ms: int) -> WorkerSpec:
         if fault == "store_after_write" and summary.written:
             log.warning("fault point store_after_write: killing myself (pid %d)", os.getpid())
             os.kill(os.getpid(), signal.SIGKILL)
+        if len(pages) < STORE_BATCH:
+            await asyncio.sleep(STORE_GATHER_MS / 1000)
         return [to("store_done", (parsed[0], parsed[1])) for parsed in pages]
 
     return WorkerSpec(
