@@ -72,7 +72,6 @@ from router.wire import (
     PutAck,
     QueryCounts,
     QueryTokens,
-    Redirect,
     Release,
     Released,
     Renew,
@@ -83,6 +82,7 @@ from router.wire import (
     Stats,
 )
 from shard.batch import Batch, Recovered
+from shard.client_writes import ClientWrite, ClientWrites
 from shard.clients import ClientTable
 from shard.deferred import DeferredLoad
 from shard.exchange import Exchange
@@ -93,7 +93,7 @@ from shard.move_host import EngineMoveHost
 from shard.parked import Reply
 from shard.reading import CoreReading, core_reading, shard_statistics, token_counts, tokens_page
 from shard.recorder import BatchRecorder
-from shard.request_checks import DURATION_MS_MAX, RequestError, place_of, tokens_of
+from shard.request_checks import RequestError, place_of
 from shard.shard_setup import Carried, FaultPoint, FiringBudget, ShardSetup, StoredSlots, no_fault
 from shard.start_marking import initial_share, restore_marking
 
@@ -103,8 +103,6 @@ log = logging.getLogger("cpn.shard")
 
 # The replies that change the marking: a failed commit turns them into errors.
 WRITING_REPLIES: Final = (PutAck, Leased, Completed, Renewed, Released, HandoffAck, PoolAnswer)
-# A client's writes: each carries (client_id, request_seq) and goes through the client table.
-ClientWrite = Put | Lease | Complete | Renew | Release
 
 
 class ShardCore:
@@ -211,6 +209,19 @@ class ShardCore:
         self.move_host = EngineMoveHost(
             self.net, self.engine, self.deferred, slots, self.recorder.committed_firings
         )
+        # A client's writes, from the client table's check to the reply (shard/client_writes.py).
+        self.client_writes = ClientWrites(
+            setup,
+            self.engine,
+            self.exchange,
+            self.recorder,
+            self.lease_desk,
+            self.client_table,
+            self.polls,
+            counters=self.counters,
+            read_only_reason=read_only_reason,
+            work_returned=self._work_returned,
+        )
 
     def after_failed_commit(self, recovered: Recovered, reason: str, now_ms: int) -> ShardCore:
         """The core rebuilt from what is committed after a commit failed: it refuses
@@ -256,19 +267,6 @@ class ShardCore:
             )
         return handler(self, envelope)
 
-    def _client_request(self, message: ClientWrite) -> Message | None:
-        """A client's write: answered from the client table if it is a repeat."""
-        duplicate = self.client_table.repeat(
-            message.client_id, message.request_seq, self.lease_desk.untouched
-        )
-        if duplicate is not None:
-            return duplicate
-        # The client asked again (it gave up waiting): only its newest request is
-        # answered, so the client table never goes back to an older one.
-        self.polls.drop(message.client_id)
-        self._writable()
-        return _CLIENT_WRITES[type(message)](self, message)
-
     def _writable(self) -> None:
         if self.read_only_reason is not None:
             raise RequestError("store_unavailable", self.read_only_reason)
@@ -276,7 +274,7 @@ class ShardCore:
     def _on_client_request(self, envelope: Envelope) -> Message | None:
         message = envelope.message
         assert isinstance(message, ClientWrite)
-        return self._client_request(message)
+        return self.client_writes.apply(message)
 
     def _on_handoff(self, envelope: Envelope) -> Message | None:
         assert isinstance(envelope.message, Handoff)
@@ -321,61 +319,6 @@ class ShardCore:
     def _on_shutdown(self, _envelope: Envelope) -> Message | None:
         self.stopping = True
         return ShuttingDown()
-
-    def _remember(self, client_id: str, seq: int, reply: Message) -> Message:
-        return self.client_table.remember(client_id, seq, reply, self.recorder.batch)
-
-    def _put(self, put: Put) -> Message:
-        tokens = tokens_of(self.net, self.companions, put.place, put.tokens)
-        if not 0 <= put.delay_ms <= DURATION_MS_MAX:
-            raise RequestError(
-                "bad_request", f"delay_ms must be in 0..{DURATION_MS_MAX}, got {put.delay_ms}"
-            )
-        place = self.net.place(put.place)
-        sealed = self.exchange.sealed
-        for token in tokens:
-            if not self.exchange.owns(place, token):
-                slot = self.exchange.lane_of(place, token)
-                assert slot is not None
-                if slot in sealed:
-                    continue  # moving: it goes through the outbox to the slot's next owner
-                self.counters["puts_redirected"] += 1
-                table = self.exchange.table
-                return Redirect(slot, table.owner(slot), table.epoch)
-        at = self.engine.now + put.delay_ms
-        for token in tokens:
-            if self.exchange.owns(place, token):
-                self.recorder.add(put.place, token, at)
-            else:
-                self.recorder.export(put.place, token, at)
-        return self._remember(
-            put.client_id, put.request_seq, PutAck(put.request_seq, len(tokens), False)
-        )
-
-    def _lease(self, lease: Lease) -> Message | None:
-        """Grant ``lease``; None when it waits for work (parked, answered later)."""
-        self.lease_desk.check(lease)
-        if lease.wait_ms and self.polls.can_park() and not self.engine.has_available(lease.place):
-            return None
-        return self.grant(lease)
-
-    def grant(self, lease: Lease) -> Message:
-        """Lease up to ``max_tokens`` available tokens (maybe none) in this batch."""
-        reply = self.lease_desk.grant(lease, self.recorder.batch)
-        return self._remember(lease.client_id, lease.request_seq, reply)
-
-    def _complete(self, complete: Complete) -> Message:
-        reply = self.lease_desk.complete(complete, self.recorder.batch, self.recorder.emit)
-        return self._remember(complete.client_id, complete.request_seq, reply)
-
-    def _renew(self, renew: Renew) -> Message:
-        reply = self.lease_desk.renew(renew, self.recorder.batch)
-        return self._remember(renew.client_id, renew.request_seq, reply)
-
-    def _release(self, release: Release) -> Message:
-        reply = self.lease_desk.release(release, self.recorder.batch)
-        self.more_enabled = True  # offer the work again at once
-        return self._remember(release.client_id, release.request_seq, reply)
 
     def _give_pool(self, message: PoolWanted) -> Message:
         place = place_of(self.net, message.place)
@@ -465,7 +408,7 @@ class ShardCore:
         return self.polls.answer(
             now_ms,
             self.engine.has_available,
-            self.grant,
+            self.client_writes.grant,
             refusal=self.read_only_reason,
             stopping=self.stopping,
         )
@@ -487,7 +430,11 @@ class ShardCore:
     def take_back(self, lease_id: str) -> None:
         """Put a lease's tokens back in their queue (committed with the next batch)."""
         if self.lease_desk.take_back(lease_id, self.recorder.batch):
-            self.more_enabled = True  # offer the work again at once
+            self._work_returned()
+
+    def _work_returned(self) -> None:
+        """Work went back to its queue (a lease taken back or handed back)."""
+        self.more_enabled = True  # offer the work again at once
 
     def take_batch(self) -> Batch:
         """The batch to commit now (this batch's exports moved into outbox runs), and a
@@ -600,16 +547,6 @@ _REQUEST_HANDLERS: Final[dict[type[Message], Callable[[ShardCore, Envelope], Mes
     Stats: ShardCore._on_stats,
     Ping: ShardCore._on_ping,
     Shutdown: ShardCore._on_shutdown,
-}
-
-
-# The client writes by type, once the client table found them new (see _client_request).
-_CLIENT_WRITES: Final[dict[type[Message], Callable[[ShardCore, Any], Message | None]]] = {
-    Put: ShardCore._put,
-    Lease: ShardCore._lease,
-    Complete: ShardCore._complete,
-    Renew: ShardCore._renew,
-    Release: ShardCore._release,
 }
 
 
