@@ -1,10 +1,10 @@
 """One shard as a sans-IO core: requests and peer messages in, a batch and sends out.
 
 :class:`ShardCore` holds what one shard owns: the engine (its marking), the batch of
-changes since the last commit, the client table, the lease desk, the partition
-exchange, slot moves (:mod:`shard.mover`), long polls (:mod:`shard.parked`) and the
-conversation with peers and the router (:mod:`shard.link`). It reads no clock, opens no
-file and touches no socket: every input carries ``now_ms``, and the shell
+changes since the last commit (in its recorder), the client table, the lease desk, the
+partition exchange, slot moves (:mod:`shard.mover`), long polls (:mod:`shard.parked`)
+and the conversation with peers and the router (:mod:`shard.link`). It reads no clock,
+opens no file and touches no socket: every input carries ``now_ms``, and the shell
 (:mod:`shard.shell.serve`, or a simulator) owns the clock, the LMDB store and the
 sockets.
 
@@ -25,12 +25,16 @@ Theory of operation, one turn of the shell's loop:
 
 A retried request carries the same client id and sequence number and is answered from
 the client table, never applied twice. Requests are dispatched by a table from message
-type to handler (:data:`_REQUEST_HANDLERS`), and a client's writes that are new by a
-second one (:data:`_CLIENT_WRITES`).
+type to handler (:data:`_REQUEST_HANDLERS`); a client's write goes on to
+:mod:`shard.client_writes`.
 
 What lives apart, each built here with the parts of the core it needs passed in
 explicitly (never the core itself), and each for a reason given in its own docstring:
 
+* :mod:`shard.recorder`: the current batch, its exports, the firings recorded into it
+  and the committed firing totals (what committing a batch means);
+* :mod:`shard.start_marking`: the marking a core starts from (recovered, or its share);
+* :mod:`shard.client_writes`: a client's write, from the client table to its reply;
 * :mod:`shard.lease_desk`: grants, completions, renewals, hand-backs and the index of
   live leases (state rebuilt from the marking, its id sequence carried on);
 * :mod:`shard.clients`: the client table, which every client write passes first;
@@ -40,10 +44,11 @@ explicitly (never the core itself), and each for a reason given in its own docst
 * :mod:`shard.move_host`: what slot moves may do to the engine;
 * :mod:`shard.shard_setup`: what a core is built from and what a rebuilt one carries.
 
-What stays here is what every turn runs through: dispatch, the batch and the firings
-recorded into it, the exports, and the shell's interface. The firing path
-(:meth:`ShardCore.fire`, ``_record_steps``, :meth:`take_batch`, :meth:`committed`)
-calls into no other module per firing or per entry.
+What stays here is what every turn runs through: dispatch, the engine's loop
+(:meth:`ShardCore.fire`), the peers' requests and the shell's interface. The firing
+path (:meth:`ShardCore.fire`, :meth:`shard.recorder.BatchRecorder.record_steps`,
+:meth:`take_batch`, :meth:`committed`) calls no other method per firing or per entry:
+the engine calls the recorder's bound method once per run of steps.
 """
 
 from __future__ import annotations
