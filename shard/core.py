@@ -1,10 +1,10 @@
 """One shard as a sans-IO core: requests and peer messages in, a batch and sends out.
 
 :class:`ShardCore` holds what one shard owns: the engine (its marking), the batch of
-changes since the last commit, the client table, the lease desk, the partition
-exchange, slot moves (:mod:`shard.mover`), long polls (:mod:`shard.parked`) and the
-conversation with peers and the router (:mod:`shard.link`). It reads no clock, opens no
-file and touches no socket: every input carries ``now_ms``, and the shell
+changes since the last commit (in its recorder), the client table, the lease desk, the
+partition exchange, slot moves (:mod:`shard.mover`), long polls (:mod:`shard.parked`)
+and the conversation with peers and the router (:mod:`shard.link`). It reads no clock,
+opens no file and touches no socket: every input carries ``now_ms``, and the shell
 (:mod:`shard.shell.serve`, or a simulator) owns the clock, the LMDB store and the
 sockets.
 
@@ -25,12 +25,16 @@ Theory of operation, one turn of the shell's loop:
 
 A retried request carries the same client id and sequence number and is answered from
 the client table, never applied twice. Requests are dispatched by a table from message
-type to handler (:data:`_REQUEST_HANDLERS`), and a client's writes that are new by a
-second one (:data:`_CLIENT_WRITES`).
+type to handler (:data:`_REQUEST_HANDLERS`); a client's write goes on to
+:mod:`shard.client_writes`.
 
 What lives apart, each built here with the parts of the core it needs passed in
 explicitly (never the core itself), and each for a reason given in its own docstring:
 
+* :mod:`shard.recorder`: the current batch, its exports, the firings recorded into it
+  and the committed firing totals (what committing a batch means);
+* :mod:`shard.start_marking`: the marking a core starts from (recovered, or its share);
+* :mod:`shard.client_writes`: a client's write, from the client table to its reply;
 * :mod:`shard.lease_desk`: grants, completions, renewals, hand-backs and the index of
   live leases (state rebuilt from the marking, its id sequence carried on);
 * :mod:`shard.clients`: the client table, which every client write passes first;
@@ -40,22 +44,20 @@ explicitly (never the core itself), and each for a reason given in its own docst
 * :mod:`shard.move_host`: what slot moves may do to the engine;
 * :mod:`shard.shard_setup`: what a core is built from and what a rebuilt one carries.
 
-What stays here is what every turn runs through: dispatch, the batch and the firings
-recorded into it, the exports, and the shell's interface. The firing path
-(:meth:`ShardCore.fire`, ``_record_steps``, :meth:`take_batch`, :meth:`committed`)
-calls into no other module per firing or per entry.
+What stays here is what every turn runs through: dispatch, the engine's loop
+(:meth:`ShardCore.fire`), the peers' requests and the shell's interface. The firing
+path (:meth:`ShardCore.fire`, :meth:`shard.recorder.BatchRecorder.record_steps`,
+:meth:`take_batch`, :meth:`committed`) calls no other method per firing or per entry:
+the engine calls the recorder's bound method once per run of steps.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from nets.engine import Engine
-from nets.firing import Step
-from nets.model import Token
 from router.wire import (
     Complete,
     Completed,
@@ -75,7 +77,6 @@ from router.wire import (
     PutAck,
     QueryCounts,
     QueryTokens,
-    Redirect,
     Release,
     Released,
     Renew,
@@ -85,7 +86,8 @@ from router.wire import (
     Statistics,
     Stats,
 )
-from shard.batch import ArrivedRun, Batch, MarkingDelta, Recovered
+from shard.batch import Batch, Recovered
+from shard.client_writes import ClientWrite, ClientWrites
 from shard.clients import ClientTable
 from shard.deferred import DeferredLoad
 from shard.exchange import Exchange
@@ -95,8 +97,10 @@ from shard.link import Send
 from shard.move_host import EngineMoveHost
 from shard.parked import Reply
 from shard.reading import CoreReading, core_reading, shard_statistics, token_counts, tokens_page
-from shard.request_checks import DURATION_MS_MAX, RequestError, place_of, tokens_of
+from shard.recorder import BatchRecorder
+from shard.request_checks import RequestError, place_of
 from shard.shard_setup import Carried, FaultPoint, FiringBudget, ShardSetup, StoredSlots, no_fault
+from shard.start_marking import initial_share, restore_marking
 
 FIRINGS_PER_BATCH_MAX: Final = 100_000
 FIRINGS_PER_BUDGET_CHECK: Final = 16  # one firing can take a millisecond (robots.txt)
@@ -104,24 +108,6 @@ log = logging.getLogger("cpn.shard")
 
 # The replies that change the marking: a failed commit turns them into errors.
 WRITING_REPLIES: Final = (PutAck, Leased, Completed, Renewed, Released, HandoffAck, PoolAnswer)
-# A client's writes: each carries (client_id, request_seq) and goes through the client table.
-ClientWrite = Put | Lease | Complete | Renew | Release
-
-
-def _consumed_runs_to_delta(marking: MarkingDelta, arrived: list[ArrivedRun]) -> list[ArrivedRun]:
-    """The runs to store as they arrived; the others' entries go into ``marking``.
-
-    A run the batch consumed from (a token handed in and fired at once) would cost a
-    record of its bytes plus a removal per consumed token, folded later; in the delta
-    its entries cancel against those removals and never reach the store.
-    """
-    kept = []
-    for run in arrived:
-        if any(marking.get(entry, 0) < 0 for entry in run.entries):
-            marking.update(run.entries)  # each entry +1
-        else:
-            kept.append(run)
-    return kept
 
 
 class ShardCore:
@@ -189,41 +175,20 @@ class ShardCore:
             locality=self.exchange if self.exchange.clustered else None,
         )
         self.engine.advance(max(now_ms, recovered.clock_ms))
-        self.batch = Batch()
         # Handoffs received, and the newest incarnation each peer spoke as (shard/intake.py).
         self.intake = HandoffIntake(self.engine, self.exchange, carried.sender_incarnations)
-        self.exports: list[tuple[str, int, Token]] = []  # tokens for other shards
         self.more_enabled = True  # until a batch shows otherwise
-        # What recording a batch's steps looks up by transition index (_record_steps).
-        self._transition_names = tuple(t.name for t in self.net.transitions)
-        self._lease_expiries = frozenset(
-            name for name in self._transition_names if name.endswith("__lease_expired")
-        )
         self.deferred = DeferredLoad(recovered.deferred, recovered.deferred_counts)
         self.initialised = recovered.initialised
         self.commits = 0  # batches committed by this core
-        # Committed firings over every incarnation of the store (docs/shard.md, "Firing
-        # totals"): the batch being committed adds its own in committed(), so a batch
-        # that fails to commit never counts. The engine's figures are this process's.
-        self.firings_total: Counter[str] = Counter(recovered.firings_total)
-        self.firings_since_ms = recovered.firings_since_ms
-        # When (wall clock, ms) the last batch with firings in it became durable: a
-        # benchmark times a workload to its last commit, not to its next look.
-        self.firings_committed_ms = 0
-        self.firings_since = recovered.firings_since
-        self._firings_committing: Counter[str] = Counter()
         if recovered.initialised:
-            self.engine.restore(recovered.marking)
-            for slot in sorted(self.exchange.sealed):
-                # Sealed for a move: kept in the store for the shipment, never fired.
-                entries = slots.slot_entries(slot)
-                self.engine.extract([e for e in entries if e[0] not in self.deferred_places])
-                for place, _time_ms, _token in entries:
-                    if place in self.deferred_places:
-                        self.deferred.not_loaded(place, 1)
+            restore_marking(
+                self.engine, self.exchange, recovered, slots, self.deferred, self.deferred_places
+            )
+            first_batch = Batch()
         else:
             # The first batch is the store's initialisation (take_batch marks it).
-            self._initial_marking()
+            first_batch = initial_share(setup, self.exchange, self.engine)
         # What each lease still holds, rebuilt from the marking (shard/lease_desk.py).
         self.lease_desk = LeaseDesk(
             self.net,
@@ -235,9 +200,32 @@ class ShardCore:
             lease_seq=carried.lease_seq,
             counters=self.counters,
         )
+        # What the current batch holds and what committing it means (shard/recorder.py).
+        self.recorder = BatchRecorder(
+            self.net,
+            self.engine,
+            self.exchange,
+            recovered,
+            first_batch=first_batch,
+            counters=self.counters,
+            lease_expired=self.lease_desk.expired,
+        )
         # What slot moves may do to the engine and read of the store (shard/move_host.py).
         self.move_host = EngineMoveHost(
-            self.net, self.engine, self.deferred, slots, self.committed_firings
+            self.net, self.engine, self.deferred, slots, self.recorder.committed_firings
+        )
+        # A client's writes, from the client table's check to the reply (shard/client_writes.py).
+        self.client_writes = ClientWrites(
+            setup,
+            self.engine,
+            self.exchange,
+            self.recorder,
+            self.lease_desk,
+            self.client_table,
+            self.polls,
+            counters=self.counters,
+            read_only_reason=read_only_reason,
+            work_returned=self._work_returned,
         )
 
     def after_failed_commit(self, recovered: Recovered, reason: str, now_ms: int) -> ShardCore:
@@ -264,96 +252,6 @@ class ShardCore:
             carried=carried,
         )
 
-    def _initial_marking(self) -> None:
-        """This shard's share of the net's initial marking.
-
-        Keyed and fixed tokens start at the shard that owns their slot (every shard
-        computes the same initial table); pool tokens are dealt round robin, token
-        ``i`` to shard ``i % shard_count``, so they start spread over the cluster.
-        """
-        me, count = self.setup.shard_id, self.setup.shard_count
-        now = self.engine.now
-        for place in self.net.places:
-            if place.pool:
-                tokens = [t for i, t in enumerate(place.initial) if i % count == me]
-            else:
-                tokens = [t for t in place.initial if self.exchange.owns(place, t)]
-            # In bulk: the Place checked its initial tokens, and one merge per index
-            # keeps its buckets sorted, where token by token most landed out of order
-            # (an insort each: about 0.9 s of a 100,000-target shard's start).
-            self.engine.add_checked(place.name, [(now, token) for token in tokens])
-            for token in tokens:
-                self.batch.add(place.name, now, token)
-
-    def _emit(self, place: str, token: Token, time_ms: int) -> None:
-        """A token the shell produces (a completion's result): here, or handed off."""
-        if self.exchange.owns(self.net.place(place), token):
-            self.add(place, token, time_ms)
-        else:
-            self.exports.append((place, time_ms, token))
-
-    def flush_exports(self) -> None:
-        """Move this batch's tokens for other shards into outbox runs (same commit)."""
-        exported = self.engine.take_exported()
-        if self.exports:
-            exported.extend(self.exports)
-            self.exports.clear()
-        if exported:
-            self.exchange.export(exported, self.batch)
-
-    def _record_steps(self, steps: list[Step]) -> None:
-        """Put a run of fired steps in the batch (Engine.fire_batch's ``record``).
-
-        One pass over the entries, each a (place, time, token) tuple already: the
-        batch's key. An entry produced and consumed in the batch leaves the delta at
-        once; a consumed stored entry ends at -1, a removal. The firings per
-        transition are counted apart (_count_firings), from the engine's counters.
-        Hashing an entry (a tuple holding a token tuple: about 0.1-0.15 us on this
-        machine) is most of the cost, so each look-up counts.
-        """
-        marking = self.batch.marking
-        get, pop = marking.get, marking.pop  # dict's own (Counter's __delitem__ is Python)
-        for step in steps:
-            for entry in step[3]:  # consumed (Step is a NamedTuple: indexing is cheaper)
-                # Popped first: most consumed entries were produced once in this batch
-                # and are gone again with this one look-up (get then pop took two).
-                # Dropped rather than kept at 0, so that the entry dies now instead of
-                # living to the commit (the garbage collector walks what lives).
-                left = pop(entry, 0) - 1
-                if left:
-                    marking[entry] = left
-            for entry in step[4]:  # produced
-                marking[entry] = get(entry, 0) + 1
-        if self._lease_expiries:  # a net with work queues
-            for step in steps:
-                if step[0] in self._lease_expiries:
-                    self.counters["leased_tokens_expired"] += 1
-                    for place, _time_ms, token in step.consumed:
-                        if place.endswith("__held"):
-                            self.lease_desk.expired(token[0])  # the lease id; its work is back
-
-    def _count_firings(self, counts_before: list[int]) -> int:
-        """Add the firings since the engine's ``counts_before`` to the batch's, by
-        transition (one look at each transition's counter, none per step); their sum."""
-        firings = self.batch.firings
-        fired = 0
-        for index, count in enumerate(self.engine.firing_counts()):
-            grown = count - counts_before[index]
-            if grown:
-                firings[self._transition_names[index]] += grown
-                fired += grown
-        return fired
-
-    def add(self, place: str, token: Token, time_ms: int) -> None:
-        """Add an entry to the engine and to the batch (committed with it)."""
-        self.engine.add(place, token, time=time_ms)
-        self.batch.add(place, time_ms, token)
-
-    def remove(self, place: str, token: Token, time_ms: int) -> None:
-        """Take an available entry out of the engine and the batch."""
-        self.engine.remove(place, token, time=time_ms)
-        self.batch.remove(place, time_ms, token)
-
     # -- requests ---------------------------------------------------------------------
 
     def handle(self, now_ms: int, envelope: Envelope) -> Message | None:
@@ -374,19 +272,6 @@ class ShardCore:
             )
         return handler(self, envelope)
 
-    def _client_request(self, message: ClientWrite) -> Message | None:
-        """A client's write: answered from the client table if it is a repeat."""
-        duplicate = self.client_table.repeat(
-            message.client_id, message.request_seq, self.lease_desk.untouched
-        )
-        if duplicate is not None:
-            return duplicate
-        # The client asked again (it gave up waiting): only its newest request is
-        # answered, so the client table never goes back to an older one.
-        self.polls.drop(message.client_id)
-        self._writable()
-        return _CLIENT_WRITES[type(message)](self, message)
-
     def _writable(self) -> None:
         if self.read_only_reason is not None:
             raise RequestError("store_unavailable", self.read_only_reason)
@@ -394,12 +279,12 @@ class ShardCore:
     def _on_client_request(self, envelope: Envelope) -> Message | None:
         message = envelope.message
         assert isinstance(message, ClientWrite)
-        return self._client_request(message)
+        return self.client_writes.apply(message)
 
     def _on_handoff(self, envelope: Envelope) -> Message | None:
         assert isinstance(envelope.message, Handoff)
         self._writable()
-        return self.intake.receive(envelope.message, envelope.incarnation, self.batch)
+        return self.intake.receive(envelope.message, envelope.incarnation, self.recorder.batch)
 
     def _on_pool_wanted(self, envelope: Envelope) -> Message | None:
         assert isinstance(envelope.message, PoolWanted)
@@ -440,61 +325,6 @@ class ShardCore:
         self.stopping = True
         return ShuttingDown()
 
-    def _remember(self, client_id: str, seq: int, reply: Message) -> Message:
-        return self.client_table.remember(client_id, seq, reply, self.batch)
-
-    def _put(self, put: Put) -> Message:
-        tokens = tokens_of(self.net, self.companions, put.place, put.tokens)
-        if not 0 <= put.delay_ms <= DURATION_MS_MAX:
-            raise RequestError(
-                "bad_request", f"delay_ms must be in 0..{DURATION_MS_MAX}, got {put.delay_ms}"
-            )
-        place = self.net.place(put.place)
-        sealed = self.exchange.sealed
-        for token in tokens:
-            if not self.exchange.owns(place, token):
-                slot = self.exchange.lane_of(place, token)
-                assert slot is not None
-                if slot in sealed:
-                    continue  # moving: it goes through the outbox to the slot's next owner
-                self.counters["puts_redirected"] += 1
-                table = self.exchange.table
-                return Redirect(slot, table.owner(slot), table.epoch)
-        at = self.engine.now + put.delay_ms
-        for token in tokens:
-            if self.exchange.owns(place, token):
-                self.add(put.place, token, at)
-            else:
-                self.exports.append((put.place, at, token))
-        return self._remember(
-            put.client_id, put.request_seq, PutAck(put.request_seq, len(tokens), False)
-        )
-
-    def _lease(self, lease: Lease) -> Message | None:
-        """Grant ``lease``; None when it waits for work (parked, answered later)."""
-        self.lease_desk.check(lease)
-        if lease.wait_ms and self.polls.can_park() and not self.engine.has_available(lease.place):
-            return None
-        return self.grant(lease)
-
-    def grant(self, lease: Lease) -> Message:
-        """Lease up to ``max_tokens`` available tokens (maybe none) in this batch."""
-        reply = self.lease_desk.grant(lease, self.batch)
-        return self._remember(lease.client_id, lease.request_seq, reply)
-
-    def _complete(self, complete: Complete) -> Message:
-        reply = self.lease_desk.complete(complete, self.batch, self._emit)
-        return self._remember(complete.client_id, complete.request_seq, reply)
-
-    def _renew(self, renew: Renew) -> Message:
-        reply = self.lease_desk.renew(renew, self.batch)
-        return self._remember(renew.client_id, renew.request_seq, reply)
-
-    def _release(self, release: Release) -> Message:
-        reply = self.lease_desk.release(release, self.batch)
-        self.more_enabled = True  # offer the work again at once
-        return self._remember(release.client_id, release.request_seq, reply)
-
     def _give_pool(self, message: PoolWanted) -> Message:
         place = place_of(self.net, message.place)
         if not place.pool:
@@ -508,9 +338,9 @@ class ShardCore:
         count = self.exchange.pool_to_give(self.engine, place, max(0, message.count))
         given = []
         for time_ms, token in self.engine.available(place.name, count):
-            self.remove(place.name, token, time_ms)
+            self.recorder.remove(place.name, token, time_ms)
             given.append((place.name, time_ms, token))
-        self.exchange.export_pool(given, message.sender, self.batch)
+        self.exchange.export_pool(given, message.sender, self.recorder.batch)
         self.counters["pool_tokens_given"] += len(given)
         return PoolAnswer(place.name, len(given))
 
@@ -528,10 +358,10 @@ class ShardCore:
             + self.polls.counters
             + self.exchange.counters
             + self.link.counters,
-            firings_total=self.firings_total,
-            firings_since_ms=self.firings_since_ms,
-            firings_since=self.firings_since,
-            firings_committed_ms=self.firings_committed_ms,
+            firings_total=self.recorder.firings_total,
+            firings_since_ms=self.recorder.firings_since_ms,
+            firings_since=self.recorder.firings_since,
+            firings_committed_ms=self.recorder.firings_committed_ms,
             handoff_latencies_ms=self.intake.latencies_ms,
             read_only_reason=self.read_only_reason,
             shell=self._shell_statistics(),
@@ -554,14 +384,14 @@ class ShardCore:
             self.more_enabled = self.engine.fire_batch(
                 now_ms,
                 FIRINGS_PER_BATCH_MAX,
-                record=self._record_steps,
+                record=self.recorder.record_steps,
                 stop=budget.exhausted,
                 stop_every=FIRINGS_PER_BUDGET_CHECK,
             )
         finally:
             # Also when a firing raised: the firings before it are applied, and are the
             # batch's as much as if nothing had.
-            fired = self._count_firings(counts_before)
+            fired = self.recorder.count_firings(counts_before)
         self.mover.fired(fired, now_ms)
         return fired
 
@@ -570,11 +400,11 @@ class ShardCore:
         here, or is sealed here), as a peer's would be, in the current batch."""
         for message in self.exchange.take_loopback():
             try:
-                reply = self.intake.receive(message, self.incarnation, self.batch)
+                reply = self.intake.receive(message, self.incarnation, self.recorder.batch)
             except RequestError as exc:
                 log.error("loopback handoff refused: %s", exc)
                 continue
-            self.exchange.acknowledged(reply, self.engine.now, self.batch)
+            self.exchange.acknowledged(reply, self.engine.now, self.recorder.batch)
 
     def answer_parked(self, now_ms: int) -> list[Reply]:
         """Replies to the parked leases that have work now or waited long enough
@@ -583,7 +413,7 @@ class ShardCore:
         return self.polls.answer(
             now_ms,
             self.engine.has_available,
-            self.grant,
+            self.client_writes.grant,
             refusal=self.read_only_reason,
             stopping=self.stopping,
         )
@@ -604,30 +434,25 @@ class ShardCore:
 
     def take_back(self, lease_id: str) -> None:
         """Put a lease's tokens back in their queue (committed with the next batch)."""
-        if self.lease_desk.take_back(lease_id, self.batch):
-            self.more_enabled = True  # offer the work again at once
+        if self.lease_desk.take_back(lease_id, self.recorder.batch):
+            self._work_returned()
+
+    def _work_returned(self) -> None:
+        """Work went back to its queue (a lease taken back or handed back)."""
+        self.more_enabled = True  # offer the work again at once
 
     def take_batch(self) -> Batch:
         """The batch to commit now (this batch's exports moved into outbox runs), and a
         new one begun. The shell commits it, then calls :meth:`committed`."""
-        self.flush_exports()
         self.intake.batch_taken()
-        batch, self.batch = self.batch, Batch()
-        if batch.arrived:
-            batch.arrived = _consumed_runs_to_delta(batch.marking, batch.arrived)
-        batch.clock_ms = self.engine.now
-        self._firings_committing = batch.firings
-        return batch
+        return self.recorder.take_batch()
 
     def committed(self, now_ms: int) -> None:
         """The batch taken last is durable: the store was initialised with it, and its
         handoff tokens count from the firing that produced them (the sender's clock)."""
         self.initialised = True
         self.commits += 1
-        if self._firings_committing:
-            self.firings_committed_ms = now_ms
-        self.firings_total.update(self._firings_committing)
-        self._firings_committing = Counter()
+        self.recorder.committed(now_ms)
         self.intake.committed(now_ms)
 
     def load_deferred(self, now_ms: int) -> None:
@@ -642,7 +467,13 @@ class ShardCore:
         applied to the current batch."""
         self.engine.advance(now_ms)
         self.link.take(
-            now_ms, source, envelope.message, self.exchange, self.mover, self.batch, self.move_host
+            now_ms,
+            source,
+            envelope.message,
+            self.exchange,
+            self.mover,
+            self.recorder.batch,
+            self.move_host,
         )
 
     def sends(self, now_ms: int) -> list[Send]:
@@ -706,13 +537,6 @@ class ShardCore:
             handoffs_timed=self.intake.handoffs_timed,
         )
 
-    def committed_firings(self) -> dict[str, int]:
-        """Committed firings per transition over the store's life (a retiring shard's
-        reports carry them to the router, which keeps them once it is gone). Sorted by
-        transition: the report's bytes must not depend on the order a store returned
-        them in (the simulator compares traces across store kinds)."""
-        return dict(sorted(self.firings_total.items()))
-
 
 _REQUEST_HANDLERS: Final[dict[type[Message], Callable[[ShardCore, Envelope], Message | None]]] = {
     Put: ShardCore._on_client_request,
@@ -728,16 +552,6 @@ _REQUEST_HANDLERS: Final[dict[type[Message], Callable[[ShardCore, Envelope], Mes
     Stats: ShardCore._on_stats,
     Ping: ShardCore._on_ping,
     Shutdown: ShardCore._on_shutdown,
-}
-
-
-# The client writes by type, once the client table found them new (see _client_request).
-_CLIENT_WRITES: Final[dict[type[Message], Callable[[ShardCore, Any], Message | None]]] = {
-    Put: ShardCore._put,
-    Lease: ShardCore._lease,
-    Complete: ShardCore._complete,
-    Renew: ShardCore._renew,
-    Release: ShardCore._release,
 }
 
 

@@ -1,4 +1,4 @@
-"""Which received runs a batch stores as they arrived (shard.core._consumed_runs_to_delta),
+"""Which received runs a batch stores as they arrived (shard.recorder.consumed_runs_to_delta),
 and how a logged run folds back into a marking delta (shard.shell.store_log.fold_run).
 
 A run none of whose tokens the batch consumed is logged as its bytes; a run the batch
@@ -13,7 +13,7 @@ import pytest
 
 from nets import Place
 from shard.batch import ArrivedRun, MarkingDelta
-from shard.core import _consumed_runs_to_delta
+from shard.recorder import consumed_runs_to_delta
 from shard.shell.store_log import Delta, LogRecordError, fold_run
 
 
@@ -29,7 +29,7 @@ def test_a_run_the_batch_consumed_from_joins_the_delta_and_cancels() -> None:
     eaten, kept = ("work", 5, Item("a")), ("work", 5, Item("b"))
     untouched = _run(("work", 6, Item("c")))
     marking: MarkingDelta = Counter({eaten: -1, ("done", 7, Item("a")): 1})
-    stored = _consumed_runs_to_delta(marking, [_run(eaten, kept), untouched])
+    stored = consumed_runs_to_delta(marking, [_run(eaten, kept), untouched])
     assert stored == [untouched]
     assert +marking == Counter({kept: 1, ("done", 7, Item("a")): 1})
     assert marking[eaten] == 0  # cancelled: the store writes nothing for it
@@ -38,7 +38,7 @@ def test_a_run_the_batch_consumed_from_joins_the_delta_and_cancels() -> None:
 def test_runs_nothing_consumed_from_are_all_stored_as_they_arrived() -> None:
     runs = [_run(("work", 1, Item("a"))), _run(("work", 2, Item("b")))]
     marking: MarkingDelta = Counter({("work", 9, Item("z")): -1})
-    assert _consumed_runs_to_delta(marking, runs) == runs
+    assert consumed_runs_to_delta(marking, runs) == runs
     assert marking == Counter({("work", 9, Item("z")): -1})
 
 

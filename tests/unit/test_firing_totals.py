@@ -142,7 +142,7 @@ def test_the_core_counts_a_batch_once_committed_and_never_a_failed_one() -> None
     )
     again = core.after_failed_commit(stored, "disk full", T0_MS + 1)
     assert again.statistics()["firings_total"] == {"hop": 3}
-    assert again.committed_firings() == {"hop": 3}
+    assert again.recorder.committed_firings() == {"hop": 3}
 
 
 def test_tokens_handed_off_show_in_flight_until_acknowledged() -> None:

@@ -70,5 +70,5 @@ def test_a_batch_stores_removals_and_additions_but_nothing_that_passed_through()
         + [(("done", T0_MS, Job(i)), 1) for i in range(40)]
     )
     core.committed(T0_MS)
-    assert core.committed_firings() == {"finish": 40, "start": 40}
+    assert core.recorder.committed_firings() == {"finish": 40, "start": 40}
     assert core.fire(T0_MS, budget) == 0 and not core.more_enabled
