@@ -59,9 +59,9 @@ def trace(root: Path) -> dict[str, Any]:
         attempts: dict[str, int] = defaultdict(int)
         stamped = []
         for t in requests:
-            path = t["url"].split(host, 1)[1] or "/"
-            attempts[path] += 1
-            record = server.get((host, path, attempts[path]))
+            url_path = t["url"].split(host, 1)[1] or "/"
+            attempts[url_path] += 1
+            record = server.get((host, url_path, attempts[url_path]))
             stamped.append(t | {"server_ms": record.start_wall_ms if record else 0})
         for before, after in itertools.pairwise(stamped):
             for step in STEPS:

@@ -301,7 +301,7 @@ class Fetcher:
         stale_s = time.monotonic() - KEEPALIVE_S
         # Least recently used first: past the first route used since stale_s, only the
         # surplus is left to close.
-        idle = []
+        idle: list[RouteKey] = []
         for key, route in self._routes.items():
             if route.used_s > stale_s and len(idle) >= surplus:
                 break
