@@ -59,9 +59,9 @@ def trace(root: Path) -> dict[str, Any]:
         attempts: dict[str, int] = defaultdict(int)
         stamped = []
         for t in requests:
-            path = t["url"].split(host, 1)[1] or "/"
-            attempts[path] += 1
-            record = server.get((host, path, attempts[path]))
+            url_path = t["url"].split(host, 1)[1] or "/"
+            attempts[url_path] += 1
+            record = server.get((host, url_path, attempts[url_path]))
             stamped.append(t | {"server_ms": record.start_wall_ms if record else 0})
         for before, after in itertools.pairwise(stamped):
             for step in STEPS:
@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=int, default=50)
     parser.add_argument("--retry-after-fraction", type=float, default=0.05)
     parser.add_argument("--keep", type=Path, default=None, help="keep the run here")
+    parser.add_argument("--shards", type=int, default=0, help="0: cpn crawl's auto rule")
+    parser.add_argument("--workers", type=int, default=0, help="fetch workers; 0: auto")
+    parser.add_argument(
+        "--net-param", action="append", default=[], metavar="KEY=VALUE", help="to cpn crawl"
+    )
     args = parser.parse_args(argv)
     point = SweepPoint(
         args.hosts, args.pages, args.delay_ms, retry_after_fraction=args.retry_after_fraction
@@ -95,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         root = args.keep or Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
         out = root / "ours.jsonl"
-        run = run_crawler("ours", point, root, ours(point, out, root / "crawl"), out)
+        command = ours(point, out, root / "crawl")
+        command += ["--shards", str(args.shards), "--workers", str(args.workers)]
+        command += [arg for param in args.net_param for arg in ("--net-param", param)]
+        run = run_crawler("ours", point, root, command, out)
         print(describe(run))
         figures = trace(root)
     print(f"{'ms after the previous answer at the host':44} {'p10':>6} {'median':>7}")

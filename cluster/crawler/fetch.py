@@ -39,8 +39,8 @@ Theory of operation:
   connection pool (at most ``CONNECTIONS_PER_ROUTE_MAX`` connections, idle ones closed
   after ``KEEPALIVE_S``), all sharing one SSL context loaded once: a connection only
   ever serves one origin, so nothing is shared less, and a route's pool closes as a
-  whole. The least recently used routes beyond ``ROUTES_IDLE_MAX`` are closed once no
-  request uses them.
+  whole. A route unused for ``KEEPALIVE_S`` is closed, and the least recently used
+  routes beyond ``ROUTES_IDLE_MAX`` once no request uses them.
 * **Retry-After** (RFC 9110, 10.2.3), in delay-seconds or as an HTTP date, becomes a
   wall-clock time in the result (``retry_at_ms``, 0 without one): the net, which caps
   it at ``retry_after_max_ms``, holds the host after a 429 and the URL after a 503.
@@ -84,7 +84,12 @@ CONNECT_AHEAD_MS: Final = 30  # begin this early: a new connection opens during 
 WAIT_S_MAX: Final = 60.0  # a start time further away than this is waited for this long only
 CONNECTIONS_PER_ROUTE_MAX: Final = 256
 KEEPALIVE_S: Final = 5.0  # an idle connection is closed after this (httpx's default)
-ROUTES_IDLE_MAX: Final = 64  # routes kept beyond those in use (least recently used go)
+# Idle routes kept (the least recently used beyond go). A crawl visits its hosts in turn,
+# so a bound below its number of hosts closed each route just before its next use: at
+# 100 hosts a worker opened a session and a connection for 5 requests in 6, at a few ms
+# of CPU each (docs/scraper.md, "The cap at 100 hosts"). Routes idle past the
+# keep-alive, whose connections are closed by then, go as well.
+ROUTES_IDLE_MAX: Final = 1_024
 # A header line longer is an answer the fetcher cannot use (``reset``): h11, under httpx
 # before, took heads up to 16 KiB; aiohttp's default is 8 KiB a line.
 HEADER_LINE_BYTES_MAX: Final = 16 * 1024
@@ -229,6 +234,7 @@ class _Route:
 
     session: aiohttp.ClientSession
     requests: int = 0  # in progress: a route is never closed while one is
+    used_s: float = 0.0  # time.monotonic() of its last use
 
 
 class Fetcher:
@@ -256,6 +262,7 @@ class Fetcher:
         route = self._routes.get(key)
         if route is not None:
             self._routes.move_to_end(key)
+            route.used_s = time.monotonic()
             return route
         if self._ssl_context is None:
             # Loading the CA certificates takes tens of milliseconds: once per process.
@@ -284,17 +291,24 @@ class Fetcher:
             max_line_size=HEADER_LINE_BYTES_MAX,
             max_field_size=HEADER_LINE_BYTES_MAX,
         )
-        route = self._routes[key] = _Route(session)
+        route = self._routes[key] = _Route(session, used_s=time.monotonic())
         return route
 
     async def _close_idle_routes(self) -> None:
-        """Close the least recently used routes beyond ``ROUTES_IDLE_MAX`` that are idle."""
+        """Close the idle routes unused for ``KEEPALIVE_S`` (their connections are closed
+        by then) and the least recently used idle ones beyond ``ROUTES_IDLE_MAX``."""
         surplus = len(self._routes) - ROUTES_IDLE_MAX
-        if surplus <= 0:
-            return
+        stale_s = time.monotonic() - KEEPALIVE_S
+        # Least recently used first: past the first route used since stale_s, only the
+        # surplus is left to close.
+        idle: list[RouteKey] = []
+        for key, route in self._routes.items():
+            if route.used_s > stale_s and len(idle) >= surplus:
+                break
+            if not route.requests:
+                idle.append(key)
         # Taken out before the first await: meanwhile another fetch may look for a route
         # (it makes a new one) or close routes too (it finds these gone).
-        idle = [key for key, route in self._routes.items() if not route.requests][:surplus]
         closing = [self._routes.pop(key) for key in idle]
         for route in closing:
             await route.session.close()

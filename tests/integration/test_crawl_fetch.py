@@ -16,8 +16,10 @@ pytestmark = pytest.mark.integration
 PAGE = b"<html><title>t</title></html>"
 
 
-async def _serve_pages() -> asyncio.Server:
+async def _serve_pages(connections: list[int] | None = None) -> asyncio.Server:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if connections is not None:
+            connections.append(1)
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while await reader.readuntil(b"\r\n\r\n"):
                 writer.write(
@@ -67,6 +69,38 @@ def test_routes_beyond_the_idle_maximum_are_closed_and_bad_urls_are_invalid(
     assert [(f[4], f[5], f[8]) for f in fetched] == [(200, "", PAGE.decode())] * 8
     assert routes <= 2
     assert bad == ["invalid"] * 3
+
+
+def test_a_route_is_kept_across_a_round_of_many_origins_and_closed_once_stale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A crawl visits its hosts in turn: each origin's route (and its kept-alive
+    connection) lasts until its next turn, however many origins there are within
+    ROUTES_IDLE_MAX, and a route unused for KEEPALIVE_S is closed."""
+
+    async def rounds(origins: int) -> tuple[int, int]:
+        connections: list[int] = []
+        servers = [await _serve_pages(connections) for _ in range(origins)]
+        fetcher = Fetcher(FetchSettings(timeout_s=5.0))
+        try:
+            fetcher.prepare([])
+            ports = [s.sockets[0].getsockname()[1] for s in servers]
+            for port in ports * 3:
+                outcome = await fetcher.fetch(_job(f"http://127.0.0.1:{port}/"))
+                assert outcome.fetched[4] == 200, outcome
+            return len(connections), len(fetcher._routes)
+        finally:
+            await fetcher.aclose()
+            for server in servers:
+                server.close()
+                await server.wait_closed()
+
+    # 70 origins: more than the 64 routes kept before, which closed each route just
+    # before its next turn and so opened a connection for every request.
+    connections, routes = asyncio.run(asyncio.wait_for(rounds(70), 60))
+    assert (connections, routes) == (70, 71)  # and the route `prepare` makes
+    monkeypatch.setattr(fetch_module, "KEEPALIVE_S", 0.0)
+    assert asyncio.run(asyncio.wait_for(rounds(2), 60)) == (6, 0)
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
