@@ -46,7 +46,8 @@ The last line is one JSON object with the keys ``handoff_tokens_per_s``,
 ``local_consume_per_s``, ``consume_ratio``, and the CPU the receiving shard spent per
 token (``handoff_receiver_us_per_token``, ``consumed_receiver_us_per_token``; from
 /proc, ``null`` without it) with the engine's alone (``local_consume_us_per_token``):
-on a shared 2-core machine they are steadier than the rates.
+on a shared 2-core machine they are steadier than the rates. ``scaling_to_reply`` is the
+scaling timed to the statistics reply, as it was before the commit's time was read.
 """
 
 from __future__ import annotations
@@ -488,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                 "handoff_receiver_us_per_token": handoff["receiver_us_per_token"],
                 "consumed_receiver_us_per_token": consumed["receiver_us_per_token"],
                 "local_consume_us_per_token": local["us_per_token"],
+                # Scaling timed to the statistics reply, as before firings_committed_ms.
+                "scaling_to_reply": round(one["seconds_to_reply"] / two["seconds_to_reply"], 3),
             }
         )
     )
