@@ -53,7 +53,8 @@ from typing import Final
 
 from cluster.mock_web.site import ROBOTS_PATH, CrawlExpectation, PageKind, PageRef, SiteModel
 
-# Bounds every loop: a plan's requests, each of them at most a few events.
+# Bounds every loop: a plan's requests, each of them at most a few events of its own,
+# and each answer one wake for every host the cap held back (at most all of them).
 EVENTS_PER_REQUEST_MAX: Final = 8
 
 
@@ -252,7 +253,7 @@ def schedule(
 
     for ref in plan.seeds:
         discover(ref, 0)
-    events_max = EVENTS_PER_REQUEST_MAX * (plan.requests() + 1)
+    events_max = (EVENTS_PER_REQUEST_MAX + len(plan.gap_ms)) * (plan.requests() + 1)
     for _ in range(events_max):
         if not events:
             break

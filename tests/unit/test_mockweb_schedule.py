@@ -141,6 +141,17 @@ def test_the_cap_holds_the_other_hosts_back() -> None:
     assert capped.span_ms == 120
 
 
+def test_a_cap_of_one_over_many_hosts_wakes_every_held_host_and_still_ends() -> None:
+    # Each answer wakes every host the cap held back: events grow with the hosts, not
+    # only with the requests (a bound of 8 events a request stopped this at 648).
+    hosts = 40
+    seeds = tuple(ref("/", h) for h in range(hosts))
+    plan = CrawlPlan(seeds=seeds, urls={s: UrlPlan(1) for s in seeds}, gap_ms=(100,) * hosts)
+    capped = run(plan, QueueOrder.FIFO, cap=1)
+    assert len(capped.requests) == 2 * hosts  # a robots.txt and a root each
+    assert capped.span_ms == 2 * hosts * 10  # one at a time, one latency each
+
+
 def test_anchored_waits_the_gap_after_the_answer() -> None:
     plan = one_host({"/": UrlPlan(1, links=(ref("/a"),)), "/a": UrlPlan(1)})
     # The next start one gap + 1 ms after the previous answer: 111, then 222.
