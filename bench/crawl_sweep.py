@@ -6,7 +6,8 @@ process serves the site twice in turn, once for each crawler (its failure counte
 anew), and each crawler runs as its own process from the command line a user would type:
 ``python -m cluster.cli crawl SEEDS ...`` and ``python -m bench.crawl_scrapy ...``
 (:mod:`bench.crawl_scrapy`), then the same with ``--polite`` (the fair peer: Crawl-delay,
-the answer anchor and ``Retry-After`` kept; its keys come last in the JSON line).
+the answer anchor and ``Retry-After`` kept; its three keys follow the first nine in the
+JSON line, before ``worst_span_over_schedule``: :data:`SWEEP_JSON_KEYS`).
 Everything is measured from the outside:
 
 * **span**: from the first request the mock web received to the later of the last
@@ -356,7 +357,12 @@ def run_crawler(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env={**os.environ, "PYTHONPATH": str(code_root)},
+                # Without PYTHONPYCACHEPREFIX, which would make Python read bytecode
+                # only from the prefix and skip the copy's (bench/installed.py).
+                env={
+                    **{k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"},
+                    "PYTHONPATH": str(code_root),
+                },
                 cwd=code_root,
             )
             cpu_s, finished, cpu_by_role = tree_cpu_s(process)

@@ -21,8 +21,10 @@ prefix, so every installed module's bytecode would have to be mirrored there fir
 (about 14,000 files in this project's environment, 4 to 12 s of system time on the
 benchmark machine), or Scrapy would compile its own at every launch.
 
-Nothing is hidden: a module the copy lacks is not found, and a module outside it is
-compiled (or not) exactly as before.
+Nothing is hidden: a module outside the copy is compiled (or not) exactly as before.
+The copy holds every package of the checkout, so none of them is looked up elsewhere;
+with an editable install of the project in the environment, a module missing from the
+copy would be found by the install's finder in the installed checkout, uncompiled.
 """
 
 from __future__ import annotations

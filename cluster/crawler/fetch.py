@@ -433,6 +433,9 @@ class Fetcher:
             _SENDING.reset(sending)
             if route is not None:
                 route.requests -= 1
+                # Idle from now: a request longer than KEEPALIVE_S left its connection
+                # alive, and the route must not be closed as stale at once.
+                route.used_s = time.monotonic()
 
     async def _read_body(self, response: aiohttp.ClientResponse, answer: _Answer) -> None:
         limit = self.settings.body_max_bytes
