@@ -50,7 +50,8 @@ class ClientWrites:
         setup: the net and the lease machinery's places (no client writes into them).
         engine, exchange, recorder, lease_desk, client_table, polls: the core's.
         counters: the core's counter table, counted into (``puts_redirected``).
-        read_only_reason: why the store refuses writes (None: it takes them).
+        writable: raises :class:`RequestError` while the store refuses writes (the core's
+            check: the core alone knows why it is read-only).
         work_returned: called when a hand-back made work available again.
     """
 
@@ -65,7 +66,7 @@ class ClientWrites:
         polls: LongPolls,
         *,
         counters: Counter[str],
-        read_only_reason: str | None,
+        writable: Callable[[], None],
         work_returned: Callable[[], None],
     ) -> None:
         self._net = setup.net
@@ -77,7 +78,7 @@ class ClientWrites:
         self._client_table = client_table
         self._polls = polls
         self._counters = counters
-        self._read_only_reason = read_only_reason
+        self._writable = writable
         self._work_returned = work_returned
 
     def apply(self, message: ClientWrite) -> Message | None:
@@ -96,8 +97,7 @@ class ClientWrites:
         # The client asked again (it gave up waiting): only its newest request is
         # answered, so the client table never goes back to an older one.
         self._polls.drop(message.client_id)
-        if self._read_only_reason is not None:
-            raise RequestError("store_unavailable", self._read_only_reason)
+        self._writable()
         return _WRITES[type(message)](self, message)
 
     def grant(self, lease: Lease) -> Message:

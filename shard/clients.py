@@ -13,8 +13,8 @@ sequence number it applied and the encoded reply it gave (docs/shard.md, "Reques
 A reply is remembered in the table and in the batch that applies its write, so the
 table is committed with the change it reports and recovered with the store. The table
 is apart from the core's dispatch because it is the one rule every client write goes
-through first; the core passes it the batch of the turn and, for a repeated lease,
-the lease desk's word on whether the lease is untouched.
+through first; the client writes (:mod:`shard.client_writes`) pass it the batch of the
+turn and, for a repeated lease, the lease desk's word on whether the lease is untouched.
 """
 
 from __future__ import annotations

@@ -224,7 +224,7 @@ class ShardCore:
             self.client_table,
             self.polls,
             counters=self.counters,
-            read_only_reason=read_only_reason,
+            writable=self._writable,
             work_returned=self._work_returned,
         )
 
@@ -490,6 +490,14 @@ class ShardCore:
     def peer_endpoints(self) -> tuple[str, ...]:
         """Where each shard is, as the newest table says (the shell connects to them)."""
         return self.exchange.endpoints
+
+    def handed_in(self) -> int:
+        """Tokens received from peers into the current batch (the shell bounds a turn's)."""
+        return self.intake.handed_in
+
+    def newest_handoff_latencies(self, count: int) -> tuple[int, ...]:
+        """The latencies of the newest ``count`` handoffs received, newest first (ms)."""
+        return self.intake.newest_latencies(count)
 
     def progress(self) -> dict[str, int]:
         """Counters that grow while the loop turns (for the router's heartbeat view)."""

@@ -6,14 +6,15 @@ granted lease still holds and when it expires, and changes the marking for them.
 its own object because the lease state has its own life: it is rebuilt from the marking
 when a core is built (:func:`shard.leases.live_leases`), its sequence of lease ids and
 its counters go on across a failed commit, and none of it is touched per firing, except
-that an expiry (an ordinary firing of ``<q>__lease_expired``) makes the core call
-:meth:`LeaseDesk.expired`.
+that an expiry (an ordinary firing of ``<q>__lease_expired``) makes the batch recorder
+(:mod:`shard.recorder`) call :meth:`LeaseDesk.expired`.
 
 Its collaborators are narrow and explicit: the engine it changes (built with the core,
 for the core's life), the batch of the turn (passed to each call: the core begins a new
-one at every commit), the client-table writes stay with the core (a grant's reply is
-remembered there), and a completion's results are handed to the ``emit`` the core passes
-(they stay here or are handed off). The core's counter table is passed in and counted
+one at every commit), the client table stays with the client writes
+(:mod:`shard.client_writes`: a grant's reply is remembered there), and a completion's
+results are handed to the ``emit`` the client writes pass (the recorder's: they stay
+here or are handed off). The core's counter table is passed in and counted
 into, so that the lease counters go on across a rebuilt core with the others.
 
 Theory of operation (docs/shard.md, "Leases"):
@@ -238,8 +239,8 @@ class LeaseDesk:
 
     def expired(self, lease_id: str) -> None:
         """The lease's held token expired (its work went back by the expiry's firing)."""
-        # Popped here rather than through _forget: the core calls this while it records
-        # a batch's firings, one call per expiry.
+        # Popped here rather than through _forget: the recorder calls this while it
+        # records a batch's firings, one call per expiry.
         self.leases.pop(lease_id, None)
         self.progress.pop(lease_id, None)
 

@@ -5,7 +5,7 @@ the place must be the net's, a client may not write into the lease machinery's c
 places, a token must be of its place's colour set, a lease must name a work queue, and a
 completion may produce only into the places its queue declares. These checks are pure
 functions of the net (and of the companions the lease machinery added to it), shared by
-the core's puts (:mod:`shard.core`) and the lease desk's completions
+the client writes' puts (:mod:`shard.client_writes`) and the lease desk's completions
 (:mod:`shard.lease_desk`); each raises :class:`RequestError` with the code that goes on
 the wire, and nothing of the request is applied.
 """

@@ -229,7 +229,7 @@ class ShardRuntime:
             recovery_ms=max(0, self.recovered_ms - self.started_ms),
             commit_latencies_ms=tuple(islice(reversed(self.commit_latencies_ms), commits)),
             batch_entries=tuple(islice(reversed(self.batch_sizes), commits)),
-            handoff_latencies_ms=self.core.intake.newest_latencies(timed),
+            handoff_latencies_ms=self.core.newest_handoff_latencies(timed),
             mark=ReadingMark(self.core_generation, self.commits_done, core.handoffs_timed),
         )
 

@@ -320,7 +320,7 @@ def _receive(
     parked = 0  # requests that wait for work count towards the batch's requests too
     while (
         len(replies) + parked < REQUESTS_PER_BATCH_MAX
-        and core.intake.handed_in < HANDOFF_TOKENS_PER_BATCH_MAX
+        and core.handed_in() < HANDOFF_TOKENS_PER_BATCH_MAX
     ):
         if held:
             frames = held.popleft()
