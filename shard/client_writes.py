@@ -128,10 +128,7 @@ class ClientWrites:
                 return Redirect(slot, table.owner(slot), table.epoch)
         at = self._engine.now + put.delay_ms
         for token in tokens:
-            if exchange.owns(place, token):
-                self._recorder.add(put.place, token, at)
-            else:
-                self._recorder.export(put.place, token, at)
+            self._recorder.emit(put.place, token, at)  # here, or on to a sealed slot's owner
         return self._remember(
             put.client_id, put.request_seq, PutAck(put.request_seq, len(tokens), False)
         )

@@ -120,12 +120,9 @@ class BatchRecorder:
         self._engine.remove(place, token, time=time_ms)
         self.batch.remove(place, time_ms, token)
 
-    def export(self, place: str, token: Token, time_ms: int) -> None:
-        """A token for another shard: into an outbox run when the batch is taken."""
-        self.exports.append((place, time_ms, token))
-
     def emit(self, place: str, token: Token, time_ms: int) -> None:
-        """A token the shell produces (a completion's result): here, or handed off."""
+        """A token a request produces (a put, a completion's result): here, or for
+        another shard (into an outbox run when the batch is taken)."""
         if self._exchange.owns(self._net.place(place), token):
             self.add(place, token, time_ms)
         else:
