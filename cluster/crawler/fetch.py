@@ -299,8 +299,10 @@ class Fetcher:
         by then) and the least recently used idle ones beyond ``ROUTES_IDLE_MAX``."""
         surplus = len(self._routes) - ROUTES_IDLE_MAX
         stale_s = time.monotonic() - KEEPALIVE_S
-        # Least recently used first: past the first route used since stale_s, only the
-        # surplus is left to close.
+        # In the order their last requests started (least recent first): past the first
+        # route used since stale_s, only the surplus is left to close. A route's use is
+        # also renewed when a request ends, so a stale route may stand behind a fresh one
+        # that started before it: it goes at a later call.
         idle: list[RouteKey] = []
         for key, route in self._routes.items():
             if route.used_s > stale_s and len(idle) >= surplus:
