@@ -39,6 +39,11 @@ def test_it_stores_every_reachable_page_once_and_obeys_robots(
         policy = CrawlPolicy(delay_ms=20, backoff_base_ms=20, proxies=urls, proxy_interval_ms=5)
         crawler = HandwrittenCrawler(policy, out)
         _crawl(crawler, web.seeds())
+        # The web and each proxy record a request after its answer is written, so the
+        # crawl can end a moment before they have counted its last one: wait for them.
+        total = sum(expectation.requests_per_host)
+        assert web.wait_requests(total, timeout_s=TIMEOUT_S)
+        assert running.wait_requests(total if proxies else 0, timeout_s=TIMEOUT_S)
         records = web.requests()
         proxied = running.statistics().requests
         expected = web.expected_urls(expectation)
@@ -54,4 +59,5 @@ def test_it_stores_every_reachable_page_once_and_obeys_robots(
         paths = [r.path for r in records if r.host == host]
         assert paths[0] == "/robots.txt" and paths.count("/robots.txt") == 1
         assert all(site.is_allowed(PageRef(host, path)) for path in paths)
-    assert proxied == (len(records) if proxies else 0)
+    assert len(records) == total
+    assert proxied == (total if proxies else 0)
