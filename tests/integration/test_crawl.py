@@ -37,6 +37,7 @@ DELAY_MS = 60
 ATTEMPTS = 3
 BACKOFF_MS = 100
 TIMEOUT_MS = 120_000
+LOG_WAIT_S = 10.0  # for a server to log the answers the crawl has already read
 
 
 def crawl(
@@ -170,8 +171,13 @@ def test_proxies_keep_their_interval_and_an_unreachable_one_is_retried(tmp_path:
             proxies_file=proxy_file,
             net_params={"proxy_interval_ms": interval_ms, "max_attempts": 6},
         )
+        expected = site.expected_crawl(attempts_max=6)
+        # The web and a proxy log a request after its answer is written: wait for all.
+        total = sum(expected.requests_per_host)
+        assert web.wait_requests(total, timeout_s=LOG_WAIT_S)
+        assert proxies.wait_requests(total, timeout_s=LOG_WAIT_S)
         proxy_log = proxies.requests()
-        must_store = web.expected_urls(site.expected_crawl(attempts_max=6))
+        must_store = web.expected_urls(expected)
         log = web.requests()
     assert report.complete
     assert file_pages(tmp_path / "pages.jsonl") == (set(must_store), 0)
@@ -204,6 +210,8 @@ def test_direct_slots_cap_requests_in_flight_and_retry_after_is_waited_at_the_se
     assert refusing, "the seed must reach a Retry-After page"
     with MockWeb(site, latency_ms=5) as web:
         _run, report = crawl(tmp_path, web.seeds(), net_params={"direct_slots": slots})
+        # The web logs a request after its answer is written: wait for the last one.
+        assert web.wait_requests(sum(expected.requests_per_host), timeout_s=LOG_WAIT_S)
         log = web.requests()
         must_store = web.expected_urls(expected)
     assert report.complete

@@ -103,6 +103,8 @@ def test_the_worker_runs_jobs_to_done_or_dead_with_one_key_per_job(
                 dead = [tuple(t) for _s, _t, t in client.tokens("dead")]
         finally:
             stop_all([worker] if worker is not None else [])
+        # A call is logged after its answer is written: wait for all 8 (1 + 3 + 4).
+        assert api.wait_requests(8, timeout_s=TIMEOUT_S)
         calls = api.requests()
         figures = api.figures()
     # Attempts count up to the one that ended the job (attempts_max 4, the default).

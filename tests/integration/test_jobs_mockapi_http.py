@@ -66,6 +66,7 @@ def test_calls_are_answered_by_the_rule_and_logged(api: MockApi, tmp_path: Path)
         bad = client.post(api.run_url, content=b'{"customer": "a"}')
         assert bad.status_code == 400 and "exactly customer" in bad.json()["error"]
         assert client.post(api.url + "/other", json={}).status_code == 404
+    assert api.wait_requests(10, timeout_s=TIMEOUT_S)  # each is logged after its answer
     records = api.requests()
     assert len(records) == 10 and api.statistics().by_status == {200: 4, 400: 1, 404: 1, 503: 4}
     assert all(r.end_ns - r.start_ns >= LATENCY_MS * 1_000_000 for r in records if r.key)
