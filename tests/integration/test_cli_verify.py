@@ -41,7 +41,7 @@ def test_the_broken_crawler_gives_a_counterexample_that_replays(tmp_path: Path) 
     )
     assert result.exit_code == 1, result.output
     assert "invariant at_most_concurrency_in_flight: VIOLATED" in result.output
-    assert "counterexample: 11 steps" in result.output
+    assert "counterexample: 12 steps" in result.output
     (trace,) = tmp_path.glob("*-invariant-*.trace.json")
     document = json.loads(trace.read_text())
     assert document["net"] == "tests.verify_nets:broken_crawler"
@@ -50,7 +50,7 @@ def test_the_broken_crawler_gives_a_counterexample_that_replays(tmp_path: Path) 
         cli, ["run", "tests.verify_nets:broken_crawler", "--replay", str(trace)]
     )
     assert replayed.exit_code == 0, replayed.output
-    assert "replayed 11 steps" in replayed.output
+    assert "replayed 12 steps" in replayed.output
     # A trace that does not match the net is an error naming the step.
     document["steps"][3]["binding"]["t"]["fields"][2] = "https://d0.example/nowhere"
     trace.write_text(json.dumps(document))

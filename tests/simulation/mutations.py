@@ -268,7 +268,7 @@ MUTATIONS: Final[dict[str, Mutation]] = _registry(
         "outbox. Found by the handoff's state-machine test.",
         "9d362e4",
         _config(MANY_SLOTS, "one_way_partition=0.3,scale_out=0.3,scale_in=0.3,delay=0.05"),
-        187,
+        536,
         _redirect_waits_for_newer_epoch,
     ),
     Mutation(
@@ -278,7 +278,7 @@ MUTATIONS: Final[dict[str, Mutation]] = _registry(
         "nothing made the peers ask the router for the table again.",
         "eff1e8e",
         _config(MANY_SLOTS, "crash_shard,drop=0.05,reorder=0.05"),
-        44,
+        1,
         _no_table_refresh_while_pending,
     ),
     Mutation(

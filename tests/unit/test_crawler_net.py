@@ -323,6 +323,21 @@ def test_direct_slots_cap_every_request_robots_txt_included() -> None:
     assert len(web.requests) == 6 * (1 + 3)
 
 
+def test_a_robots_txt_result_gives_its_direct_slot_back_at_once() -> None:
+    """Its Crawl-delay re-times the domain's clock once the clock is due (``hold_clock``),
+    but the result frees its direct slot at once: six new domains' robots.txt go out
+    two at a time, back to back, not one pair per delay (they once did)."""
+    delay_ms = 1_000
+    web = FakeWeb(hosts=6, pages=2, robots={"h0.test": "User-agent: *\nCrawl-delay: 2\n"})
+    crawl(CrawlPolicy(delay_ms=delay_ms, direct_slots=2), web, seeds=6)
+    robots = sorted(start for _d, url, start in web.requests if url.endswith("/robots.txt"))
+    assert len(robots) == 6
+    assert robots[-1] - robots[0] < delay_ms // 4, robots
+    # The Crawl-delay still holds: h0's first page waits 2 s after its robots.txt.
+    h0 = sorted(start for domain, _u, start in web.requests if domain == "h0.test")
+    assert h0[1] - h0[0] >= 2_000
+
+
 @pytest.mark.parametrize(("after_ms", "wait_ms"), [(2_000, 2_000), (3_600_000, 1_500)])
 def test_a_503_retry_after_delays_that_url_and_is_capped(after_ms: int, wait_ms: int) -> None:
     web = FakeWeb(hosts=1, pages=3)
