@@ -35,7 +35,8 @@ FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--out", type=FILE, required=True, help="The JSON Lines file of stored pages.")
 @click.option(
     "--shards", type=click.IntRange(0, SHARDS_MAX), default=0, show_default=True,
-    help="Shards of the cluster this crawl starts (0: 1 for at most 50 domains, else 2).",
+    help="Shards of the cluster this crawl starts (0: 1 while its domains over --delay "
+    "allow at most 1,000 requests/s, else 2).",
 )  # fmt: skip
 @click.option(
     "--workers", type=click.IntRange(0, 64), default=0, show_default=True,

@@ -61,11 +61,13 @@ STOP_S: Final = 60.0
 # about 1 s of CPU, which a crawl shorter than this never pays (a shard that dies before
 # restarts as a new interpreter, some 0.5 s slower).
 SPARES_AFTER_MS: Final = 60_000
-# `auto` (0) shards and fetch workers: one of each for a crawl of at most this many
-# domains (its seeds' domains, the scope same-domains keeps it to), two otherwise. A
-# second shard and fetch worker cost more CPU than they give there: a process each,
-# and the pool tokens and links handed between the shards (docs/scraper.md).
-SMALL_CRAWL_DOMAINS_MAX: Final = 50
+# `auto` (0) shards and fetch workers: one of each for a crawl whose politeness allows
+# at most this many requests a second (its domains, those of its seeds that the scope
+# same-domains keeps it to, over the delay), two otherwise. One shard and one fetch
+# worker each spend about 1 ms of CPU a request, so below this they do not fill a core,
+# and a second of each costs more CPU than it gives: a process each, and the pool tokens
+# and links handed between the shards (docs/scraper.md, "How many processes").
+SMALL_CRAWL_RATE_MAX: Final = 1_000
 WIDE_CRAWL_PROCESSES: Final = 2
 WORKERS_READY_S: Final = 60.0
 # Places that hold work in progress (kept in step with nets/scraper.py WORK_PLACES,
@@ -545,16 +547,18 @@ class Crawl:
 
 def auto_processes(options: CrawlOptions, seeds: Sequence[tuple[str, str]]) -> tuple[int, int]:
     """(shards, fetch workers) of a crawl: the options', or for each left at 0 (auto)
-    one when the crawl stays within ``SMALL_CRAWL_DOMAINS_MAX`` domains (the scope
-    ``same-domains`` and its seeds' domains, or ``allow-list`` and its domains), else
-    ``WIDE_CRAWL_PROCESSES``."""
+    one when its domains (the scope ``same-domains`` and its seeds' domains, or
+    ``allow-list`` and its domains) allow at most ``SMALL_CRAWL_RATE_MAX`` requests a
+    second at its delay, else ``WIDE_CRAWL_PROCESSES``; with the scope ``any``, whose
+    domains are not known in advance, ``WIDE_CRAWL_PROCESSES``."""
     if options.scope == "same-domains":
         domains = len({domain for domain, _url in seeds})
     elif options.scope == "allow-list":
         domains = len(set(options.allow))
     else:
-        domains = SMALL_CRAWL_DOMAINS_MAX + 1  # any domain: not known to be small
-    auto = 1 if domains <= SMALL_CRAWL_DOMAINS_MAX else WIDE_CRAWL_PROCESSES
+        return options.shards or WIDE_CRAWL_PROCESSES, options.fetch_workers or WIDE_CRAWL_PROCESSES
+    small = domains * 1_000 <= SMALL_CRAWL_RATE_MAX * max(options.delay_ms, 1)
+    auto = 1 if small else WIDE_CRAWL_PROCESSES
     return options.shards or auto, options.fetch_workers or auto
 
 
