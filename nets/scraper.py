@@ -317,10 +317,11 @@ class CrawlPolicy:
     # when it is this late (a stalled worker), well within any lease.
     late_anchored_ms: int = 1_000
     lead_ms: int = 200  # decide up to this long before a start (the clock is due that early)
-    # Without proxies, decide at most this long before a start instead: a decided fetch
-    # holds one of the ``direct_slots`` until its answer, so a fetch decided lead_ms early
-    # would spend the cluster-wide cap on waiting out its domain's delay.
-    direct_lead_ms: int = 40
+    # Without proxies, decide at most this long before a start instead, and give a worker
+    # at most this long to lease it (ready_ms): a decided fetch holds one of the
+    # ``direct_slots`` until its answer, so every millisecond between its decision and
+    # its start is one the cluster-wide cap spends waiting (docs/scraper.md).
+    direct_lead_ms: int = 10
     ready_ms: int = 20  # a start is at least this long after its decision: time to lease it
     concurrency: int = 1  # requests in flight per domain
     proxies: tuple[str, ...] = ()  # proxy URLs; none means direct connections
@@ -652,7 +653,9 @@ def crawler_net(
         # that lag; the clock alone (start + gap) keeps it at the sender. +1: both are
         # wall-clock readings rounded down to the millisecond.
         after_answer = q.answered_ms + pl.delay_ms + 1 if q.answered_ms else 0
-        return max(now + pl.ready_ms, s.next_start_ms, x.next_start_ms, after_answer)
+        # min: without proxies lead_ms is direct_lead_ms, which bounds the lease time too.
+        ready = min(pl.ready_ms, lead_ms)
+        return max(now + ready, s.next_start_ms, x.next_start_ms, after_answer)
 
     def late_limit_ms(x: Proxy) -> int:
         # With one request in flight per domain, the next start waits for this one's
