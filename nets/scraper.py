@@ -341,7 +341,11 @@ class CrawlPolicy:
     parsing_max: int = 16
     parsed_max: int = 32
     validated_max: int = 32
-    storing_max: int = 16
+    # Pages in the store stage per shard. A store worker leases up to 32 pages and holds
+    # a lease of fewer a moment so that the next gathers more (cluster/crawler/workers.py,
+    # STORE_BATCH, STORE_GATHER_MS); at 16 no lease was ever full, every one was held, and
+    # the store stage's back pressure set a crawl's pace at about 230 pages a second.
+    storing_max: int = 64
     body_max_bytes: int = 1_048_576
     user_agent: str = "cpn-cluster"
 
@@ -510,9 +514,7 @@ def crawler_net(
     its work queues with ``effects``.
     """
     p = policy
-    c, b, d, u, i, r, t, s, x, pg, m, pd, q, pl, h = variables(
-        "c b d u i r t s x pg m pd q pl h"
-    )
+    c, b, d, u, i, r, t, s, x, pg, m, pd, q, pl, h = variables("c b d u i r t s x pg m pd q pl h")
 
     # Admission
     links = Place("links", Link, key="domain", initial=seeds)

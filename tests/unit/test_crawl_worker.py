@@ -8,8 +8,9 @@ import pytest
 import zmq.asyncio
 
 from cluster.client import ShardUnavailable
-from cluster.crawler.workers import LEASE_END_MARGIN_MS, _within_lease
+from cluster.crawler.workers import LEASE_END_MARGIN_MS, STORE_BATCH, _within_lease
 from cluster.sdk.lanes import ShardLane
+from nets.scraper import CrawlPolicy
 
 DEADLINE_MS = 20_000  # the fetch's own deadline: twice a 10 s timeout
 
@@ -60,3 +61,10 @@ def test_a_lane_asks_the_router_afresh_after_its_shard_did_not_answer() -> None:
     refreshes, endpoint = asyncio.run(scenario())
     assert refreshes == [False, True]
     assert endpoint == "tcp://127.0.0.1:5002"
+
+
+def test_the_store_stage_holds_two_full_store_leases() -> None:
+    """A store lease of fewer than STORE_BATCH pages is held STORE_GATHER_MS before it
+    completes: with room for fewer pages than that in the stage, every lease was held,
+    and the store stage's back pressure paced the whole crawl (docs/scraper.md)."""
+    assert CrawlPolicy().storing_max >= 2 * STORE_BATCH
