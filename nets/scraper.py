@@ -15,7 +15,8 @@ that is fetched before any page (its rules and ``Crawl-delay`` become the ``robo
 
 **Scraping** is the join of a domain's ``clock`` (due), a ``free`` slot of the domain,
 its best target (robots first, then shallowest) and an available proxy. The fetch gets a
-start time: the latest of ``now + ready_ms`` (time for a worker to lease it), the clock's
+start time: the latest of ``now + ready_ms`` (time for a worker to lease it; at most
+the lead where a late send is not refused), the clock's
 next start, the proxy's next start, and one ``politeness`` delay (max(delay, Crawl-delay))
 after the answer that freed the slot. The clock comes back for ``start + gap`` (``gap`` =
 that delay + the late allowance + a safety margin), the proxy for ``start + its
@@ -138,7 +139,8 @@ class Politeness(NamedTuple):
     ``ready_ms`` is how far ahead of its start a fetch is decided. It doubles after a late
     refusal (workers needed more time) and shrinks by an eighth after a sent request,
     down to the policy's ``ready_ms``: a loaded cluster plans further ahead instead of
-    refusing again and again.
+    refusing again and again. Where the late limit is ``late_anchored_ms`` (one request
+    in flight per domain, no proxy interval) a start uses at most the lead instead.
     """
 
     domain: str
@@ -655,9 +657,15 @@ def crawler_net(
         # that lag; the clock alone (start + gap) keeps it at the sender. +1: both are
         # wall-clock readings rounded down to the millisecond.
         after_answer = q.answered_ms + pl.delay_ms + 1 if q.answered_ms else 0
-        # min: without proxies lead_ms is direct_lead_ms, which bounds the lease time too.
-        ready = min(pl.ready_ms, lead_ms)
-        return max(now + ready, s.next_start_ms, x.next_start_ms, after_answer)
+        return max(now + ready_ms(x, pl), s.next_start_ms, x.next_start_ms, after_answer)
+
+    def ready_ms(x: Proxy, pl: Politeness) -> int:
+        # Where a late send is refused only when it is very late (late_anchored_ms), the
+        # lease time is at most the lead (direct_lead_ms without proxies): a late lease
+        # then costs a few ms, not a refusal. Elsewhere the adapted ready_ms stands, which
+        # grows after late refusals.
+        anchored = late_limit_ms(x) == p.late_anchored_ms
+        return min(pl.ready_ms, lead_ms) if anchored else pl.ready_ms
 
     def late_limit_ms(x: Proxy) -> int:
         # With one request in flight per domain, the next start waits for this one's

@@ -67,7 +67,7 @@ SPARES_AFTER_MS: Final = 60_000
 # worker each spend about 1 ms of CPU a request, so below this they do not fill a core,
 # and a second of each costs more CPU than it gives: a process each, and the pool tokens
 # and links handed between the shards (docs/scraper.md, "How many processes").
-SMALL_CRAWL_RATE_MAX: Final = 1_000
+SMALL_CRAWL_REQUESTS_PER_S_MAX: Final = 1_000
 WIDE_CRAWL_PROCESSES: Final = 2
 WORKERS_READY_S: Final = 60.0
 # Places that hold work in progress (kept in step with nets/scraper.py WORK_PLACES,
@@ -548,16 +548,20 @@ class Crawl:
 def auto_processes(options: CrawlOptions, seeds: Sequence[tuple[str, str]]) -> tuple[int, int]:
     """(shards, fetch workers) of a crawl: the options', or for each left at 0 (auto)
     one when its domains (the scope ``same-domains`` and its seeds' domains, or
-    ``allow-list`` and its domains) allow at most ``SMALL_CRAWL_RATE_MAX`` requests a
-    second at its delay, else ``WIDE_CRAWL_PROCESSES``; with the scope ``any``, whose
-    domains are not known in advance, ``WIDE_CRAWL_PROCESSES``."""
+    ``allow-list`` and its domains) allow at most ``SMALL_CRAWL_REQUESTS_PER_S_MAX``
+    requests a second at its delay (``--net-param delay_ms`` if given, as the net gets
+    it; a delay of 0 allows any rate, so one domain only), else
+    ``WIDE_CRAWL_PROCESSES``; with the scope ``any``, whose domains are not known in
+    advance, ``WIDE_CRAWL_PROCESSES``."""
     if options.scope == "same-domains":
         domains = len({domain for domain, _url in seeds})
     elif options.scope == "allow-list":
         domains = len(set(options.allow))
     else:
         return options.shards or WIDE_CRAWL_PROCESSES, options.fetch_workers or WIDE_CRAWL_PROCESSES
-    small = domains * 1_000 <= SMALL_CRAWL_RATE_MAX * max(options.delay_ms, 1)
+    delay_ms = options.net_params.get("delay_ms", options.delay_ms)
+    delay_ms = delay_ms if isinstance(delay_ms, int) else options.delay_ms
+    small = domains * 1_000 <= SMALL_CRAWL_REQUESTS_PER_S_MAX * max(delay_ms, 1)
     auto = 1 if small else WIDE_CRAWL_PROCESSES
     return options.shards or auto, options.fetch_workers or auto
 

@@ -174,8 +174,8 @@ def test_proxies_keep_their_interval_and_an_unreachable_one_is_retried(tmp_path:
         expected = site.expected_crawl(attempts_max=6)
         # The web and a proxy log a request after its answer is written: wait for all.
         total = sum(expected.requests_per_host)
-        assert web.wait_requests(total, timeout_s=LOG_WAIT_S)
-        assert proxies.wait_requests(total, timeout_s=LOG_WAIT_S)
+        assert web.wait_requests(total, timeout_s=LOG_WAIT_S), (total, len(web.requests()))
+        assert proxies.wait_requests(total, timeout_s=LOG_WAIT_S), total
         proxy_log = proxies.requests()
         must_store = web.expected_urls(expected)
         log = web.requests()
@@ -184,6 +184,7 @@ def test_proxies_keep_their_interval_and_an_unreachable_one_is_retried(tmp_path:
     assert interval_violations(proxy_log, interval_ms) == ()
     assert {r.proxy for r in proxy_log} == {"proxy-0", "proxy-1"}
     assert proxy_log
+    assert len(log) == total  # the perfect crawl's requests, no more
     assert len(proxy_log) == len(log)  # every request went through a proxy
     assert report.retries_by_reason.get("proxy", 0) >= 1  # the unreachable one was tried
     records = [json.loads(line) for line in (tmp_path / "pages.jsonl").read_text().splitlines()]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.crawler.crawl import SMALL_CRAWL_RATE_MAX, CrawlOptions, auto_processes
+from cluster.crawler.crawl import SMALL_CRAWL_REQUESTS_PER_S_MAX, CrawlOptions, auto_processes
 from cluster.crawler.fetch import retry_at_ms
 from cluster.crawler.parse import LINKS_PER_PAGE_MAX, fetched_results, parse_page, parse_results
 from cluster.crawler.urls import InvalidUrl, canonical_url, domain_of, resolve_link, robots_url
@@ -197,10 +197,12 @@ def test_a_small_crawl_runs_one_shard_and_one_fetch_worker_unless_told() -> None
 
     # At a 250 ms delay, 250 domains allow 1,000 requests a second: still small.
     options = CrawlOptions(seeds=(), out=Path("out.jsonl"), delay_ms=250)
-    rate_domains = SMALL_CRAWL_RATE_MAX * options.delay_ms // 1_000
+    rate_domains = SMALL_CRAWL_REQUESTS_PER_S_MAX * options.delay_ms // 1_000
     small, wide = seeds(rate_domains), seeds(rate_domains + 1)
     assert auto_processes(replace(options, delay_ms=1_000), wide) == (1, 1)
     assert auto_processes(replace(options, delay_ms=20), seeds(21)) == (2, 2)
+    # The delay the net gets: --net-param delay_ms overrides --delay.
+    assert auto_processes(replace(options, net_params={"delay_ms": 20}), seeds(21)) == (2, 2)
     assert auto_processes(options, small) == (1, 1)
     assert auto_processes(options, wide) == (2, 2)
     assert auto_processes(replace(options, shards=3), small) == (3, 1)

@@ -548,6 +548,18 @@ def test_without_proxies_fetches_are_decided_at_most_direct_lead_ms_ahead() -> N
     assert sorted(result.stored) == sorted(web.url(h, i) for h in range(2) for i in range(5))
 
 
+def test_without_proxies_a_late_refusal_still_widens_the_lease_time_where_it_is_refused() -> None:
+    """With two requests in flight per domain a late send is refused (late_ms), so the
+    lease time must grow after a refusal, past direct_lead_ms; with one it is capped."""
+    web = FakeWeb(hosts=1, pages=4)
+    late = frozenset({web.url(0, 1)})
+    policy = CrawlPolicy(delay_ms=100, direct_lead_ms=10)
+    wide = crawl(dataclasses.replace(policy, concurrency=2), web, late_once=late)
+    assert max(wide.leads_ms) > policy.direct_lead_ms
+    narrow = crawl(policy, FakeWeb(hosts=1, pages=4), late_once=late)
+    assert max(narrow.leads_ms) <= policy.direct_lead_ms + 1
+
+
 def test_a_due_retry_waits_behind_the_pages_found_before_it_was_due() -> None:
     """The target due longest goes first: a retry is due when its backoff ends, after
     every page the root showed, so it goes last (preferring retries makes a crawl longer:
