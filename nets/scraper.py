@@ -659,19 +659,20 @@ def crawler_net(
         after_answer = q.answered_ms + pl.delay_ms + 1 if q.answered_ms else 0
         return max(now + ready_ms(x, pl), s.next_start_ms, x.next_start_ms, after_answer)
 
-    def ready_ms(x: Proxy, pl: Politeness) -> int:
-        # Where a late send is refused only when it is very late (late_anchored_ms), the
-        # lease time is at most the lead (direct_lead_ms without proxies): a late lease
-        # then costs a few ms, not a refusal. Elsewhere the adapted ready_ms stands, which
-        # grows after late refusals.
-        anchored = late_limit_ms(x) == p.late_anchored_ms
-        return min(pl.ready_ms, lead_ms) if anchored else pl.ready_ms
-
-    def late_limit_ms(x: Proxy) -> int:
+    def anchored(x: Proxy) -> bool:
         # With one request in flight per domain, the next start waits for this one's
         # answer (the anchor), so however late it is sent the gap holds at the server;
         # the clock's spacing matters only for concurrent requests and proxy intervals.
-        return p.late_ms if p.concurrency > 1 or x.interval_ms else p.late_anchored_ms
+        return p.concurrency == 1 and not x.interval_ms
+
+    def ready_ms(x: Proxy, pl: Politeness) -> int:
+        # Where the anchor keeps the gap, the lease time is at most the lead
+        # (direct_lead_ms without proxies): a late lease then costs a few ms, not a
+        # refusal. Elsewhere the adapted ready_ms stands, which grows after late refusals.
+        return min(pl.ready_ms, lead_ms) if anchored(x) else pl.ready_ms
+
+    def late_limit_ms(x: Proxy) -> int:
+        return p.late_anchored_ms if anchored(x) else p.late_ms
 
     def proxy_gap(x: Proxy) -> int:
         return x.interval_ms + p.late_ms + p.margin_ms if x.interval_ms else 0

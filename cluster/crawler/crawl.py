@@ -553,15 +553,16 @@ def auto_processes(options: CrawlOptions, seeds: Sequence[tuple[str, str]]) -> t
     it; a delay of 0 allows any rate, so one domain only), else
     ``WIDE_CRAWL_PROCESSES``; with the scope ``any``, whose domains are not known in
     advance, ``WIDE_CRAWL_PROCESSES``."""
+    domains: int | None = None  # the scope any: not known in advance
     if options.scope == "same-domains":
         domains = len({domain for domain, _url in seeds})
     elif options.scope == "allow-list":
         domains = len(set(options.allow))
-    else:
-        return options.shards or WIDE_CRAWL_PROCESSES, options.fetch_workers or WIDE_CRAWL_PROCESSES
     delay_ms = options.net_params.get("delay_ms", options.delay_ms)
     delay_ms = delay_ms if isinstance(delay_ms, int) else options.delay_ms
-    small = domains * 1_000 <= SMALL_CRAWL_REQUESTS_PER_S_MAX * max(delay_ms, 1)
+    small = (
+        domains is not None and domains * 1_000 / max(delay_ms, 1) <= SMALL_CRAWL_REQUESTS_PER_S_MAX
+    )
     auto = 1 if small else WIDE_CRAWL_PROCESSES
     return options.shards or auto, options.fetch_workers or auto
 
